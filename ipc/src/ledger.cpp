@@ -114,6 +114,7 @@ struct ledger::impl {
   std::uint32_t* free_dynamic_ports = nullptr;
   std::uint64_t* heartbeat = nullptr;
   std::uint16_t* static_ports = nullptr;
+  std::uint32_t* block_epoch = nullptr;
 
   explicit impl(detail::segment s, bool ro) : seg(std::move(s)), read_only(ro) { bind(); }
 
@@ -142,6 +143,7 @@ struct ledger::impl {
     free_dynamic_ports = col<std::uint32_t>(detail::col_free_dynamic_ports);
     heartbeat = col<std::uint64_t>(detail::col_heartbeat);
     static_ports = col<std::uint16_t>(detail::col_static_ports);
+    block_epoch = col<std::uint32_t>(detail::col_block_epoch);
   }
 
   std::uint64_t* id_words(std::uint32_t slot) const noexcept {
@@ -152,6 +154,13 @@ struct ledger::impl {
   }
   std::uint64_t& attribute_word(std::uint32_t w, std::uint32_t slot) const noexcept {
     return attributes[std::size_t{w} * slots + slot];
+  }
+
+  // Tells scanners the slot's block changed. release: whoever acquires the new epoch sees the
+  // change that preceded it.
+  void touch(std::uint32_t slot) noexcept {
+    std::atomic_ref<std::uint32_t>(block_epoch[slot / block_slots])
+        .fetch_add(1, std::memory_order_release);
   }
 
   bool owned_by_me(std::uint32_t slot) const noexcept {
@@ -198,6 +207,7 @@ struct ledger::impl {
       store(attribute_word(w, slot), r.attributes[w], std::memory_order_relaxed);
     }
     detail::end_write(seq[slot], odd);
+    touch(slot);
   }
 
   error unreadable(std::uint32_t slot) const noexcept {
@@ -207,32 +217,46 @@ struct ledger::impl {
     return {errc::row_busy};
   }
 
-  bool claim_port(std::uint32_t slot, std::uint16_t port) noexcept {
+  static constexpr std::int32_t port_taken = -1;
+  static constexpr std::int32_t port_table_full = -2;
+
+  // Claims `port` in the slot's table: the entry's index, or port_taken / port_table_full.
+  std::int32_t claim_port(std::uint32_t slot, std::uint16_t port) noexcept {
     std::uint16_t* p = ports(slot);
     // seq_cst throughout: two claimants of one port must each see the other's entry, at least
     // one of them (a store-load pattern that acquire/release does not order).
     for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
-      if (load(p[i], std::memory_order_seq_cst) == port) return false;
+      if (load(p[i], std::memory_order_seq_cst) == port) return port_taken;
     }
-    std::uint32_t mine = static_port_capacity;
+    std::int32_t mine = port_table_full;
     for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
       std::uint16_t empty = 0;
       if (std::atomic_ref<std::uint16_t>(p[i]).compare_exchange_strong(empty, port,
                                                                        std::memory_order_seq_cst)) {
-        mine = i;
+        mine = static_cast<std::int32_t>(i);
         break;
       }
     }
-    if (mine == static_port_capacity) return false;
+    if (mine < 0) return mine;
     for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
-      if (i != mine && load(p[i], std::memory_order_seq_cst) == port) {
+      if (static_cast<std::int32_t>(i) != mine && load(p[i], std::memory_order_seq_cst) == port) {
         // Someone else holds it or is claiming it at the same time: back out. Two racing
         // claimants may both back out (a spurious port_in_use); never may both keep it.
-        store(p[mine], std::uint16_t{0}, std::memory_order_seq_cst);
-        return false;
+        unclaim_port(slot, mine, port);
+        return port_taken;
       }
     }
-    return true;
+    return mine;
+  }
+
+  // Gives back the entry claim_port returned. While two claims of one port coexist, a release of
+  // that port may clear our entry instead of the other; then the other is the one to clear.
+  void unclaim_port(std::uint32_t slot, std::int32_t index, std::uint16_t port) noexcept {
+    std::uint16_t held = port;
+    if (!std::atomic_ref<std::uint16_t>(ports(slot)[index])
+             .compare_exchange_strong(held, 0, std::memory_order_seq_cst)) {
+      release_port(slot, port);
+    }
   }
 
   bool release_port(std::uint32_t slot, std::uint16_t port) noexcept {
@@ -263,6 +287,7 @@ struct ledger::impl {
     std::atomic_ref<std::uint32_t>(free_gpus[slot]).fetch_add(r.gpus, std::memory_order_relaxed);
     std::atomic_ref<std::uint32_t>(free_dynamic_ports[slot])
         .fetch_add(r.dynamic_ports, std::memory_order_relaxed);
+    touch(slot);
   }
 };
 
@@ -295,39 +320,55 @@ result<void> validate(const detail::segment& seg) {
   return {};
 }
 
+// Zeroes the segment but for init_pid, which arbitrates who initializes.
+void clear_except_init_pid(detail::segment& seg) noexcept {
+  constexpr std::size_t at = offsetof(detail::header, init_pid);
+  std::memset(seg.data(), 0, at);
+  std::memset(seg.data() + at + 4, 0, seg.size() - at - 4);
+}
+
 // Brings an opened segment to a usable state: waits for a live creator to finish, initializes
-// again one whose creator died first, and validates it.
+// again one whose creator died first, and validates it. The segment only ever grows here, so a
+// mapping another process holds never loses pages.
 result<void> attach(detail::segment& seg, bool read_only, std::uint32_t slots_if_new) {
   const auto deadline = std::chrono::steady_clock::now() + init_wait;
+  const std::size_t want = read_only ? 0 : detail::compute_layout(slots_if_new).total_size;
   for (;;) {
     const bool past = std::chrono::steady_clock::now() > deadline;
     if (seg.size() >= sizeof(std::uint64_t)) {
       auto* hdr = reinterpret_cast<detail::header*>(seg.data());
       const std::uint64_t magic = load(hdr->magic, std::memory_order_acquire);
-      if (magic == detail::segment_magic) return validate(seg);
+      if (magic == detail::segment_magic) {
+        // Our mapping may predate the initializer's growing the object.
+        if (seg.size() < sizeof(detail::header) || seg.size() < hdr->total_size) {
+          if (auto r = seg.remap(); !r) return r;
+        }
+        return validate(seg);
+      }
       if (magic != 0) return fail(errc::bad_segment);
     }
-    if (seg.size() >= sizeof(detail::header)) {
+    if (!read_only && seg.size() >= sizeof(detail::header)) {
       auto* hdr = reinterpret_cast<detail::header*>(seg.data());
-      const std::uint32_t initializer = load(hdr->init_pid, std::memory_order_acquire);
+      std::uint32_t initializer = load(hdr->init_pid, std::memory_order_acquire);
       const bool abandoned = initializer != 0 ? !process_alive(initializer) : past;
-      if (abandoned && !read_only) {
-        std::uint32_t expected = initializer;
-        const std::uint32_t me = this_pid();
-        if (std::atomic_ref<std::uint32_t>(hdr->init_pid).compare_exchange_strong(expected, me)) {
-          // Its creator died before publishing the header: start over at our size.
-          const std::size_t size = detail::compute_layout(slots_if_new).total_size;
-          if (auto r = seg.resize(size); !r) return r;
-          std::memset(seg.data(), 0, size);
-          hdr = reinterpret_cast<detail::header*>(seg.data());
-          store(hdr->init_pid, me, std::memory_order_relaxed);
-          initialize(hdr, slots_if_new);
-          continue;
+      const std::uint32_t me = this_pid();
+      if (abandoned && std::atomic_ref<std::uint32_t>(hdr->init_pid)
+                           .compare_exchange_strong(initializer, me, std::memory_order_acq_rel)) {
+        // Its creator died before publishing the header: start over.
+        if (auto r = seg.grow(want); !r) {
+          std::uint32_t mine = me;
+          std::atomic_ref<std::uint32_t>(reinterpret_cast<detail::header*>(seg.data())->init_pid)
+              .compare_exchange_strong(mine, 0, std::memory_order_release);
+          return r;
         }
+        clear_except_init_pid(seg);
+        initialize(reinterpret_cast<detail::header*>(seg.data()), slots_if_new);
+        continue;
       }
-    } else if (past && !read_only) {
-      // Created but never sized: its creator died between create and truncate.
-      if (auto r = seg.resize(detail::compute_layout(slots_if_new).total_size); !r) return r;
+    } else if (!read_only && past) {
+      // Created but never sized: its creator died between create and truncate. Size it, then
+      // init_pid (0) arbitrates among late openers.
+      if (auto r = seg.grow(want); !r) return r;
       continue;
     }
     if (past) return fail(errc::bad_segment);
@@ -431,8 +472,13 @@ result<ledger> ledger::open_or_create(const options& opts) {
     if (*created) {
       detail::segment seg = std::move(**created);
       auto* hdr = reinterpret_cast<detail::header*>(seg.data());
-      store(hdr->init_pid, this_pid(), std::memory_order_release);
-      initialize(hdr, opts.slots);
+      std::uint32_t none = 0;
+      if (std::atomic_ref<std::uint32_t>(hdr->init_pid)
+              .compare_exchange_strong(none, this_pid(), std::memory_order_acq_rel)) {
+        initialize(hdr, opts.slots);
+      } else if (auto r = attach(seg, false, opts.slots); !r) {
+        return tl::unexpected(r.error());  // taken over while we were slow: theirs now
+      }
       return ledger(std::make_unique<impl>(std::move(seg), false));
     }
     auto opened = detail::segment::open(*name, detail::segment::access::read_write);
@@ -584,6 +630,13 @@ result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
              .compare_exchange_strong(none, me, std::memory_order_acquire)) {
       continue;
     }
+    // A released slot is empty already; a slot whose claimant died before writing is not.
+    store(m.free[s], std::uint64_t{0}, std::memory_order_relaxed);
+    store(m.free_gpus[s], 0u, std::memory_order_relaxed);
+    store(m.free_dynamic_ports[s], 0u, std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
+      store(m.ports(s)[i], std::uint16_t{0}, std::memory_order_relaxed);
+    }
     row r;
     (void)r.set_id(instance_id);
     m.write_row(s, r);
@@ -622,6 +675,7 @@ result<void> ledger::set_free(std::uint32_t slot, const resources& f) {
   store(m.free[slot], pack(f.cpu, f.mib), std::memory_order_relaxed);
   store(m.free_gpus[slot], f.gpus, std::memory_order_relaxed);
   store(m.free_dynamic_ports[slot], f.dynamic_ports, std::memory_order_relaxed);
+  m.touch(slot);
   return {};
 }
 
@@ -645,8 +699,10 @@ result<void> ledger::release_slot(std::uint32_t slot) {
   store(m.free_dynamic_ports[slot], 0u, std::memory_order_relaxed);
   store(m.heartbeat[slot], std::uint64_t{0}, std::memory_order_relaxed);
   std::uint16_t* p = m.ports(slot);
-  for (std::uint32_t i = 0; i < static_port_capacity; ++i)
+  for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
     store(p[i], std::uint16_t{0}, std::memory_order_relaxed);
+  }
+  m.touch(slot);
   // release: the next claimant sees the slot emptied.
   store(m.owner[slot], 0u, std::memory_order_release);
   return {};
@@ -708,6 +764,7 @@ columns ledger::view() const noexcept {
   for (std::uint32_t w = 0; w < attribute_words; ++w)
     c.attributes[w] = {&m.attribute_word(w, 0), n};
   c.static_ports = {m.static_ports, n * static_port_capacity};
+  c.block_epoch = {m.block_epoch, (n + block_slots - 1) / block_slots};
   return c;
 }
 
@@ -727,6 +784,7 @@ result<void> ledger::try_reserve(std::uint32_t slot, std::uint32_t cpu, std::uin
     // relaxed: the word is the whole state; nothing else is published with it. A failed CAS
     // reloads `seen` and the checks above run again on what another reservation left.
   } while (!word.compare_exchange_weak(seen, seen - want, std::memory_order_relaxed));
+  m.touch(slot);
   return {};
 }
 
@@ -745,6 +803,7 @@ result<void> ledger::release(std::uint32_t slot, std::uint32_t cpu, std::uint32_
       return fail(errc::over_release);
     }
   } while (!word.compare_exchange_weak(seen, seen + give, std::memory_order_relaxed));
+  m.touch(slot);
   return {};
 }
 
@@ -755,6 +814,7 @@ result<void> ledger::reserve(std::uint32_t slot, const demand& d) {
   for (std::uint16_t port : d.static_ports) {
     if (port == 0) return fail(errc::invalid_argument);
   }
+  if (d.static_ports.size() > static_port_capacity) return fail(errc::insufficient_ports);
   if (auto r = try_reserve(slot, d.need.cpu, d.need.mib); !r) return r;
   resources taken{d.need.cpu, d.need.mib, 0, 0};
   auto undo = [&](errc why) {
@@ -767,13 +827,15 @@ result<void> ledger::reserve(std::uint32_t slot, const demand& d) {
     return undo(errc::insufficient_ports);
   }
   taken.dynamic_ports = d.need.dynamic_ports;
+  std::array<std::int32_t, static_port_capacity> claimed;
   for (std::size_t i = 0; i < d.static_ports.size(); ++i) {
-    if (!m.claim_port(slot, d.static_ports[i])) {
-      const bool full = m.ports_free_count(slot) == 0;
-      for (std::size_t j = 0; j < i; ++j) m.release_port(slot, d.static_ports[j]);
-      return undo(full ? errc::insufficient_ports : errc::port_in_use);
+    claimed[i] = m.claim_port(slot, d.static_ports[i]);
+    if (claimed[i] < 0) {
+      for (std::size_t j = 0; j < i; ++j) m.unclaim_port(slot, claimed[j], d.static_ports[j]);
+      return undo(claimed[i] == impl::port_taken ? errc::port_in_use : errc::insufficient_ports);
     }
   }
+  m.touch(slot);  // the GPUs and ports taken since try_reserve's touch
   return {};
 }
 
@@ -781,21 +843,33 @@ result<void> ledger::release(std::uint32_t slot, const demand& d) {
   impl& m = *impl_;
   if (m.read_only) return fail(errc::read_only);
   if (slot >= m.slots) return fail(errc::invalid_argument);
-  result<void> out = release(slot, d.need.cpu, d.need.mib);
+  // All or nothing, as reserve: each step that fails undoes the ones before it.
+  if (auto r = release(slot, d.need.cpu, d.need.mib); !r) return r;
+  auto undo = [&](std::uint32_t gpus, std::uint32_t dyn) {
+    (void)take_u32(m.free_gpus[slot], gpus);
+    (void)take_u32(m.free_dynamic_ports[slot], dyn);
+    (void)try_reserve(slot, d.need.cpu, d.need.mib);
+    return fail(errc::over_release);
+  };
   if (!give_u32(m.free_gpus[slot], d.need.gpus,
-                load(m.registered_gpus[slot], std::memory_order_relaxed)) &&
-      out) {
-    out = fail(errc::over_release);
+                load(m.registered_gpus[slot], std::memory_order_relaxed))) {
+    return undo(0, 0);
   }
   if (!give_u32(m.free_dynamic_ports[slot], d.need.dynamic_ports,
-                load(m.registered_dynamic_ports[slot], std::memory_order_relaxed)) &&
-      out) {
-    out = fail(errc::over_release);
+                load(m.registered_dynamic_ports[slot], std::memory_order_relaxed))) {
+    return undo(d.need.gpus, 0);
   }
+  // A port not held fails the release before any port is given back.
   for (std::uint16_t port : d.static_ports) {
-    if (!m.release_port(slot, port) && out) out = fail(errc::over_release);
+    bool held = false;
+    for (std::uint32_t i = 0; i < static_port_capacity && !held; ++i) {
+      held = load(m.ports(slot)[i], std::memory_order_relaxed) == port;
+    }
+    if (!held) return undo(d.need.gpus, d.need.dynamic_ports);
   }
-  return out;
+  for (std::uint16_t port : d.static_ports) m.release_port(slot, port);
+  m.touch(slot);
+  return {};
 }
 
 }  // namespace berth::ipc

@@ -89,11 +89,15 @@ result<void> segment::remove(const std::string& name) {
   return {};
 }
 
-result<void> segment::resize(std::size_t size) {
+result<void> segment::grow(std::size_t size) {
   if (state_->mode != bip::read_write) return tl::unexpected(error{errc::read_only});
   try {
-    state_->region = bip::mapped_region();
-    state_->shm.truncate(static_cast<bip::offset_t>(size));
+    bip::offset_t now = 0;
+    if (!state_->shm.get_size(now)) return tl::unexpected(error{errc::system, EIO});
+    if (static_cast<std::size_t>(now) < size) {
+      state_->region = bip::mapped_region();
+      state_->shm.truncate(static_cast<bip::offset_t>(size));
+    }
   } catch (const bip::interprocess_exception& e) {
     return tl::unexpected(from_exception(e));
   }

@@ -26,8 +26,8 @@ class segment {
   segment& operator=(segment&&) noexcept;
   ~segment();
 
-  // Sets the object's size and maps it again (read-write only).
-  result<void> resize(std::size_t size);
+  // Grows the object to at least `size` (never shrinks it: others may map more) and remaps.
+  result<void> grow(std::size_t size);
   // Maps the object again at its current size (it may have grown since open()).
   result<void> remap();
 

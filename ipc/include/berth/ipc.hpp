@@ -36,6 +36,9 @@ inline constexpr std::size_t max_attribute_length = 119;  // bytes of "name=valu
 inline constexpr std::size_t max_instance_id_length = 47;
 // Static host ports held per slot: the agent's reserved ports plus those of its tasks.
 inline constexpr std::uint32_t static_port_capacity = 64;
+// Slots are grouped in blocks; each block has an epoch that every change to one of its rows or
+// counters bumps, so that a scanner can cache per-block summaries and refresh only what moved.
+inline constexpr std::uint32_t block_slots = 64;
 // How many times a reader retries a row a writer is publishing before it reports.
 inline constexpr int read_attempts = 256;
 
@@ -149,6 +152,9 @@ struct columns {
   std::span<const std::uint64_t> heartbeat_ns;
   std::array<std::span<const std::uint64_t>, attribute_words> attributes;  // word w of every slot
   std::span<const std::uint16_t> static_ports;  // static_port_capacity per slot; 0 = unused
+  // One per block of block_slots over [0, count). Read it (acquire) before the block's values:
+  // an unchanged epoch means nothing in the block changed since values read after it.
+  std::span<const std::uint32_t> block_epoch;
 };
 
 struct options {
