@@ -623,7 +623,19 @@ result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
     return fail(errc::slot_in_use);
   }
 
-  for (std::uint32_t s = 0; s < m.slots; ++s) {
+  return claim_new_slot(instance_id);
+}
+
+result<std::uint32_t> ledger::claim_new_slot(std::string_view instance_id) {
+  impl& m = *impl_;
+  if (m.read_only) return fail(errc::read_only);
+  row r;
+  if (instance_id.empty() || !r.set_id(instance_id)) return fail(errc::invalid_argument);
+  const std::uint32_t me = this_pid();
+  // Slots past the high water are free: try there first, then reuse released ones.
+  const std::uint32_t hw = high_water();
+  for (std::uint32_t i = 0; i < m.slots; ++i) {
+    const std::uint32_t s = (hw + i) % m.slots;
     std::uint32_t none = 0;
     if (load(m.owner[s], std::memory_order_relaxed) != 0) continue;
     if (!std::atomic_ref<std::uint32_t>(m.owner[s])
@@ -634,11 +646,9 @@ result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
     store(m.free[s], std::uint64_t{0}, std::memory_order_relaxed);
     store(m.free_gpus[s], 0u, std::memory_order_relaxed);
     store(m.free_dynamic_ports[s], 0u, std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < static_port_capacity; ++i) {
-      store(m.ports(s)[i], std::uint16_t{0}, std::memory_order_relaxed);
+    for (std::uint32_t p = 0; p < static_port_capacity; ++p) {
+      store(m.ports(s)[p], std::uint16_t{0}, std::memory_order_relaxed);
     }
-    row r;
-    (void)r.set_id(instance_id);
     m.write_row(s, r);
     std::atomic_ref<std::uint32_t> hwm(m.hdr->high_water);
     std::uint32_t seen = hwm.load(std::memory_order_relaxed);
@@ -761,6 +771,7 @@ columns ledger::view() const noexcept {
   c.running_tasks = {m.running_tasks, n};
   c.availability_zone = {m.availability_zone, n};
   c.heartbeat_ns = {m.heartbeat, n};
+  c.registered_at_ns = {m.registered_at, n};
   for (std::uint32_t w = 0; w < attribute_words; ++w)
     c.attributes[w] = {&m.attribute_word(w, 0), n};
   c.static_ports = {m.static_ports, n * static_port_capacity};

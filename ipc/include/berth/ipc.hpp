@@ -150,6 +150,7 @@ struct columns {
   std::span<const std::uint32_t> running_tasks;
   std::span<const std::uint32_t> availability_zone;
   std::span<const std::uint64_t> heartbeat_ns;
+  std::span<const std::uint64_t> registered_at_ns;
   std::array<std::span<const std::uint64_t>, attribute_words> attributes;  // word w of every slot
   std::span<const std::uint16_t> static_ports;  // static_port_capacity per slot; 0 = unused
   // One per block of block_slots over [0, count). Read it (acquire) before the block's values:
@@ -194,6 +195,9 @@ class ledger {
   // Writer side. claim_slot() returns the slot already holding `instance_id` (taking it over if
   // its owner died) or a free one, owned by this process from then on.
   [[nodiscard]] result<std::uint32_t> claim_slot(std::string_view instance_id);
+  // Claims a free slot without looking for one that carries the id already (O(1) rather than a
+  // scan): for callers that know the id is new, such as a mirror replaying another store.
+  [[nodiscard]] result<std::uint32_t> claim_new_slot(std::string_view instance_id);
   // Publishes the row through the slot's seqlock. A row a dead writer left half-published is
   // repaired here. The row's id must be the slot's.
   result<void> publish(std::uint32_t slot, const row& r);

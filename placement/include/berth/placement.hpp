@@ -11,14 +11,13 @@
 // Ties are broken by a seeded pseudo-random permutation of slots, the same in both.
 #pragma once
 
-#include <tl/expected.hpp>
-
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <tl/expected.hpp>
 #include <unordered_map>
 #include <vector>
 
@@ -41,7 +40,7 @@ enum class errc {
 
 struct error {
   errc code;
-  std::string message;    // ECS-style, names the offending part
+  std::string message;       // ECS-style, names the offending part
   std::size_t position = 0;  // for invalid_expression: 0-based offset into the expression
   std::size_t index = 0;     // which constraint or strategy
 };
@@ -132,10 +131,10 @@ class query {
 
 struct place_options {
   std::uint32_t count = 1;
-  bool dry_run = false;  // choose as if reserving, but reserve nothing and record nothing
-  bool explain = false;  // report the first reason of every rejected instance
-  std::uint64_t seed = 0;          // random strategy and tie-breaks
-  std::uint64_t now_ns = 0;        // for agentConnected
+  bool dry_run = false;      // choose as if reserving, but reserve nothing and record nothing
+  bool explain = false;      // report the first reason of every rejected instance
+  std::uint64_t seed = 0;    // random strategy and tie-breaks
+  std::uint64_t now_ns = 0;  // for agentConnected
   std::uint64_t heartbeat_timeout_ns = 0;  // 0: every registered agent counts as connected
 };
 
@@ -171,8 +170,8 @@ class placer {
   placer& operator=(placer&&) noexcept;
   ~placer();
 
-  [[nodiscard]] result<outcome> place(const query& q, const requirements& need,
-                                      task_groups& groups, const place_options& opts);
+  [[nodiscard]] result<outcome> place(const query& q, const requirements& need, task_groups& groups,
+                                      const place_options& opts);
   [[nodiscard]] result<outcome> place(const query& q, task_groups& groups,
                                       const place_options& opts) {
     return place(q, q.source().need, groups, opts);

@@ -1,0 +1,832 @@
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <limits>
+#include <optional>
+
+#include "berth/placement.hpp"
+#include "expression.hpp"
+#include "kernels.hpp"
+
+namespace berth::placement {
+
+using detail::program;
+
+std::string_view to_string(reason r) noexcept {
+  switch (r) {
+    case reason::inactive:
+      return "INACTIVE";
+    case reason::cpu:
+      return "RESOURCE:CPU";
+    case reason::memory:
+      return "RESOURCE:MEMORY";
+    case reason::gpu:
+      return "RESOURCE:GPU";
+    case reason::ports:
+      return "RESOURCE:PORTS";
+    case reason::attribute:
+      return "ATTRIBUTE";
+    case reason::distinct_instance:
+      return "DISTINCT_INSTANCE";
+  }
+  return "UNKNOWN";
+}
+
+// ---- task groups ----
+
+namespace {
+
+template <class Fn>
+void for_each_bit(const std::array<std::uint64_t, ipc::attribute_words>& words, Fn&& fn) {
+  for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) {
+    for (std::uint64_t x = words[w]; x != 0; x &= x - 1) {
+      fn(w * 64 + static_cast<std::uint32_t>(std::countr_zero(x)));
+    }
+  }
+}
+
+}  // namespace
+
+void task_groups::add(std::string_view name, std::uint32_t slot,
+                      const std::array<std::uint64_t, ipc::attribute_words>& attributes) {
+  auto it = groups_.find(std::string(name));
+  if (it == groups_.end()) it = groups_.emplace(std::string(name), group{}).first;
+  group& g = it->second;
+  if (g.per_slot.size() <= slot) g.per_slot.resize(slot + 1, 0);
+  ++g.per_slot[slot];
+  for_each_bit(attributes, [&](std::uint32_t bit) { ++g.per_bit[bit]; });
+  ++g.total;
+}
+
+void task_groups::remove(std::string_view name, std::uint32_t slot,
+                         const std::array<std::uint64_t, ipc::attribute_words>& attributes) {
+  auto it = groups_.find(std::string(name));
+  if (it == groups_.end()) return;
+  group& g = it->second;
+  if (slot >= g.per_slot.size() || g.per_slot[slot] == 0) return;  // unknown task: nothing to do
+  --g.per_slot[slot];
+  for_each_bit(attributes, [&](std::uint32_t bit) {
+    if (g.per_bit[bit] > 0) --g.per_bit[bit];
+  });
+  --g.total;
+}
+
+const task_groups::group* task_groups::find(std::string_view name) const {
+  auto it = groups_.find(std::string(name));
+  return it == groups_.end() ? nullptr : &it->second;
+}
+
+// ---- compile ----
+
+namespace {
+
+struct compiled_strategy {
+  enum class kind { binpack_cpu, binpack_memory, spread_instance, spread_attribute, random } k;
+  std::string attribute;
+};
+
+}  // namespace
+
+struct query::impl {
+  request src;
+  std::vector<detail::ast> expressions;  // memberOf, in order
+  bool distinct = false;
+  std::vector<compiled_strategy> strategies;  // ends at the first random (it decides alone)
+
+  // Resolution against a ledger's dictionary, kept while the dictionary does not grow.
+  const ipc::ledger* resolved_for = nullptr;
+  std::uint32_t resolved_dict = std::numeric_limits<std::uint32_t>::max();
+  program prog;
+  std::vector<std::uint32_t> roots;
+  std::vector<std::vector<std::uint32_t>> spread_bits;  // per strategy: the attribute's values
+};
+
+query::query(std::unique_ptr<impl> p) noexcept : impl_(std::move(p)) {}
+query::query(query&&) noexcept = default;
+query& query::operator=(query&&) noexcept = default;
+query::~query() = default;
+const request& query::source() const noexcept { return impl_->src; }
+
+result<query> compile(const request& r) {
+  auto q = std::make_unique<query::impl>();
+  q->src = r;
+  if (r.constraints.size() > max_constraints) {
+    return tl::unexpected(
+        error{errc::too_many_constraints,
+              "at most " + std::to_string(max_constraints) + " placement constraints are allowed",
+              0, max_constraints});
+  }
+  if (r.strategies.size() > max_strategies) {
+    return tl::unexpected(
+        error{errc::too_many_strategies,
+              "at most " + std::to_string(max_strategies) + " placement strategies are allowed", 0,
+              max_strategies});
+  }
+  for (std::size_t i = 0; i < r.constraints.size(); ++i) {
+    const constraint& c = r.constraints[i];
+    if (c.type == "distinctInstance") {
+      if (!c.expression.empty()) {
+        return tl::unexpected(error{
+            errc::invalid_constraint,
+            "placementConstraints[" + std::to_string(i) + "]: distinctInstance takes no expression",
+            0, i});
+      }
+      q->distinct = true;
+    } else if (c.type == "memberOf") {
+      if (c.expression.empty()) {
+        return tl::unexpected(error{
+            errc::invalid_constraint,
+            "placementConstraints[" + std::to_string(i) + "]: memberOf needs an expression", 0, i});
+      }
+      auto e = detail::parse(c.expression);
+      if (!e) {
+        error err = e.error();
+        err.message = "placementConstraints[" + std::to_string(i) + "].expression: " + err.message;
+        err.index = i;
+        return tl::unexpected(err);
+      }
+      q->expressions.push_back(std::move(*e));
+    } else {
+      return tl::unexpected(error{errc::invalid_constraint,
+                                  "placementConstraints[" + std::to_string(i) +
+                                      "]: unknown type '" + c.type +
+                                      "' (expected distinctInstance or memberOf)",
+                                  0, i});
+    }
+  }
+  bool decided = false;  // after random, later strategies cannot change anything
+  for (std::size_t i = 0; i < r.strategies.size(); ++i) {
+    const strategy& s = r.strategies[i];
+    auto bad = [&](std::string what) {
+      return tl::unexpected(error{errc::invalid_strategy,
+                                  "placementStrategy[" + std::to_string(i) + "]: " + what, 0, i});
+    };
+    compiled_strategy cs{compiled_strategy::kind::random, {}};
+    if (s.type == "binpack") {
+      if (s.field == "cpu" || s.field == "CPU") {
+        cs.k = compiled_strategy::kind::binpack_cpu;
+      } else if (s.field == "memory" || s.field == "MEMORY") {
+        cs.k = compiled_strategy::kind::binpack_memory;
+      } else {
+        return bad("binpack field must be cpu or memory, not '" + s.field + "'");
+      }
+    } else if (s.type == "spread") {
+      if (s.field == "instanceId" || s.field == "host") {
+        cs.k = compiled_strategy::kind::spread_instance;
+      } else if (s.field.starts_with("attribute:") && s.field.size() > 10) {
+        cs.k = compiled_strategy::kind::spread_attribute;
+        cs.attribute = s.field.substr(10);
+      } else {
+        return bad("spread field must be instanceId, host or attribute:<name>, not '" + s.field +
+                   "'");
+      }
+    } else if (s.type == "random") {
+      if (!s.field.empty()) return bad("random takes no field");
+    } else {
+      return bad("unknown type '" + s.type + "' (expected binpack, spread or random)");
+    }
+    if (!decided) q->strategies.push_back(cs);
+    decided = decided || cs.k == compiled_strategy::kind::random;
+  }
+  return query(std::move(q));
+}
+
+// ---- shared decision semantics ----
+
+namespace {
+
+std::uint64_t splitmix(std::uint64_t& x) {
+  std::uint64_t z = (x += 0x9e37'79b9'7f4a'7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58'476d'1ce4'e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d0'49bb'1331'11ebull;
+  return z ^ (z >> 31);
+}
+
+// A seeded bijection on [0, 2^bits) ⊇ the slots: the random strategy and every final tie-break
+// take the host it ranks first. Invertible, so a search can walk slots in rank order.
+struct permutation {
+  static constexpr std::uint32_t a = 0x2c1b'3c6d, b = 0x297a'2d39;  // odd
+  std::uint32_t mask = 0, shift = 0, s1 = 0, s2 = 0, a_inv = 0, b_inv = 0;
+
+  static std::uint32_t inverse(std::uint32_t x) {  // of an odd number mod 2^32 (Newton)
+    std::uint32_t y = x;
+    for (int i = 0; i < 5; ++i) y *= 2 - x * y;
+    return y;
+  }
+
+  permutation(std::uint32_t count, std::uint64_t seed) {
+    const std::uint32_t bits = count <= 1 ? 0 : 32 - std::countl_zero(count - 1);
+    mask = bits == 32 ? 0xffff'ffffu : (1u << bits) - 1;
+    shift = (bits + 1) / 2;  // 2*shift >= bits: the xor-shift is its own inverse
+    std::uint64_t st = seed;
+    const std::uint64_t r = splitmix(st);
+    s1 = static_cast<std::uint32_t>(r) & mask;
+    s2 = static_cast<std::uint32_t>(r >> 32) & mask;
+    a_inv = inverse(a);
+    b_inv = inverse(b);
+  }
+  std::uint32_t xs(std::uint32_t x) const { return shift == 0 ? x : x ^ (x >> shift); }
+  std::uint32_t rank(std::uint32_t slot) const {
+    std::uint32_t x = xs((slot * a + s1) & mask);
+    return xs((x * b + s2) & mask);
+  }
+  std::uint32_t slot_at(std::uint32_t rank) const {
+    std::uint32_t x = ((xs(rank) - s2) * b_inv) & mask;
+    return ((xs(x) - s1) * a_inv) & mask;
+  }
+  std::uint32_t size() const { return mask + 1; }
+};
+
+using key = std::array<std::uint64_t, max_strategies + 1>;
+
+// What the batch so far holds that the ledger does not show (dry runs only).
+struct overlay_entry {
+  std::uint32_t slot;
+  std::uint32_t cpu, mib, gpus, dynamic_ports, tasks;
+  std::vector<std::uint16_t> ports;
+};
+
+// One decision's inputs, shared by both implementations.
+struct decision {
+  const ipc::columns& c;
+  const query::impl& q;
+  const requirements& need;
+  const task_groups::group* grp;
+  const std::vector<overlay_entry>& overlay;
+  const place_options& opts;
+  std::uint64_t connected_after = 0;
+  permutation perm;
+
+  const overlay_entry* extra(std::uint32_t slot) const {
+    for (const auto& o : overlay) {
+      if (o.slot == slot) return &o;
+    }
+    return nullptr;
+  }
+  std::uint32_t group_tasks(std::uint32_t slot) const {
+    std::uint32_t n = grp != nullptr && slot < grp->per_slot.size() ? grp->per_slot[slot] : 0;
+    if (const auto* o = extra(slot)) n += o->tasks;
+    return n;
+  }
+  std::uint32_t free_cpu(std::uint32_t slot) const {
+    const std::uint32_t f = static_cast<std::uint32_t>(c.free[slot] >> 32);
+    const auto* o = extra(slot);
+    return o == nullptr ? f : f - std::min(f, o->cpu);
+  }
+  std::uint32_t free_mib(std::uint32_t slot) const {
+    const std::uint32_t f = static_cast<std::uint32_t>(c.free[slot]);
+    const auto* o = extra(slot);
+    return o == nullptr ? f : f - std::min(f, o->mib);
+  }
+
+  bool ports_ok(std::uint32_t slot) const {
+    const auto* o = extra(slot);
+    std::uint32_t dyn = c.free_dynamic_ports[slot];
+    if (o != nullptr) dyn -= std::min(dyn, o->dynamic_ports);
+    if (dyn < need.dynamic_ports) return false;
+    if (need.static_ports.empty()) return true;
+    const std::uint16_t* table =
+        c.static_ports.data() + std::size_t{slot} * ipc::static_port_capacity;
+    std::uint32_t empty = 0;
+    for (std::uint32_t i = 0; i < ipc::static_port_capacity; ++i) {
+      empty += table[i] == 0;
+      for (std::uint16_t p : need.static_ports) {
+        if (table[i] == p) return false;
+      }
+    }
+    if (o != nullptr) {
+      for (std::uint16_t p : need.static_ports) {
+        if (std::find(o->ports.begin(), o->ports.end(), p) != o->ports.end()) return false;
+      }
+      empty -= std::min<std::uint32_t>(empty, static_cast<std::uint32_t>(o->ports.size()));
+    }
+    return empty >= need.static_ports.size();
+  }
+
+  // The first check the host fails, or nullopt when it can take the task.
+  std::optional<reason> check(std::uint32_t slot) const {
+    if (c.state[slot] != static_cast<std::uint32_t>(ipc::instance_state::active) ||
+        (connected_after != 0 && c.heartbeat_ns[slot] < connected_after)) {
+      return reason::inactive;
+    }
+    if (free_cpu(slot) < need.cpu) return reason::cpu;
+    if (free_mib(slot) < need.mib) return reason::memory;
+    std::uint32_t gpus = c.free_gpus[slot];
+    if (const auto* o = extra(slot)) gpus -= std::min(gpus, o->gpus);
+    if (gpus < need.gpus) return reason::gpu;
+    if (!ports_ok(slot)) return reason::ports;
+    for (std::uint32_t root : q.roots) {
+      if (!detail::eval_host(q.prog, root, c, slot)) return reason::attribute;
+    }
+    if (q.distinct && group_tasks(slot) > 0) return reason::distinct_instance;
+    return std::nullopt;
+  }
+
+  // The host's value of strategy s's attribute: its bit, or `none` when it has none.
+  static constexpr std::uint32_t none = 0xffff'ffffu;
+  std::uint32_t value_of(std::size_t s, std::uint32_t slot) const {
+    for (std::uint32_t bit : q.spread_bits[s]) {
+      if ((c.attributes[bit / 64][slot] >> (bit % 64)) & 1u) return bit;
+    }
+    return none;
+  }
+
+  // Tasks of the group on hosts sharing the host's value (hosts without it share "none").
+  std::uint64_t spread_value_tasks(std::size_t s, std::uint32_t slot) const {
+    const std::uint32_t v = value_of(s, slot);
+    std::uint64_t n = 0;
+    if (grp != nullptr) {
+      if (v != none) {
+        n = grp->per_bit[v];
+      } else {
+        std::uint64_t with_value = 0;
+        for (std::uint32_t bit : q.spread_bits[s]) with_value += grp->per_bit[bit];
+        n = grp->total - std::min<std::uint64_t>(grp->total, with_value);
+      }
+    }
+    for (const auto& o : overlay) {
+      if (value_of(s, o.slot) == v) n += o.tasks;
+    }
+    return n;
+  }
+
+  key keys(std::uint32_t slot) const {
+    key k{};
+    std::size_t i = 0;
+    for (; i < q.strategies.size(); ++i) {
+      switch (q.strategies[i].k) {
+        case compiled_strategy::kind::binpack_cpu:
+          k[i] = free_cpu(slot);
+          break;
+        case compiled_strategy::kind::binpack_memory:
+          k[i] = free_mib(slot);
+          break;
+        case compiled_strategy::kind::spread_instance:
+          k[i] = group_tasks(slot);
+          break;
+        case compiled_strategy::kind::spread_attribute:
+          k[i] = spread_value_tasks(i, slot);
+          break;
+        case compiled_strategy::kind::random:
+          k[i] = perm.rank(slot);
+          break;
+      }
+    }
+    k[i] = perm.rank(slot);  // final tie-break (a no-op after random)
+    return k;
+  }
+};
+
+// Resolves the query's expressions and spread attributes against the ledger, again when the
+// dictionary grew or the expressions read task groups or instance ids.
+void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const task_groups& g,
+             std::uint64_t connected_after) {
+  const std::uint32_t dict = l.attribute_count();
+  if (q.resolved_for == &l && q.resolved_dict == dict && !q.prog.dynamic && connected_after == 0) {
+    return;
+  }
+  q.prog = program{};
+  q.roots.clear();
+  const detail::resolve_context ctx{l, c, g, connected_after};
+  for (const auto& e : q.expressions) q.roots.push_back(detail::resolve(e, ctx, q.prog));
+  // Attribute tests every passing host must meet: roots that are attribute tests outright.
+  for (std::uint32_t root : q.roots) {
+    std::vector<std::uint32_t> stack{root};
+    while (!stack.empty()) {
+      const program::node& n = q.prog.nodes[stack.back()];
+      stack.pop_back();
+      if (n.k == program::kind::and_) {
+        stack.push_back(n.a);
+        stack.push_back(n.b);
+      } else if (n.k == program::kind::attr_any) {
+        q.prog.required.push_back(n.mask);
+      }
+    }
+  }
+  q.spread_bits.assign(q.strategies.size(), {});
+  for (std::size_t s = 0; s < q.strategies.size(); ++s) {
+    if (q.strategies[s].k != compiled_strategy::kind::spread_attribute) continue;
+    const std::string prefix = q.strategies[s].attribute + "=";
+    for (std::uint32_t bit = 0; bit < dict; ++bit) {
+      const std::string a = l.attribute(bit);
+      if (a.starts_with(prefix) || a == q.strategies[s].attribute) q.spread_bits[s].push_back(bit);
+    }
+  }
+  q.resolved_for = &l;
+  q.resolved_dict = dict;
+}
+
+// The oracle: every host, in slot order, plain scalar code.
+std::optional<std::uint32_t> choose_reference(const decision& d) {
+  std::optional<std::uint32_t> best;
+  key best_key{};
+  for (std::uint32_t slot = 0; slot < d.c.count; ++slot) {
+    if (d.check(slot)) continue;
+    const key k = d.keys(slot);
+    if (!best || k < best_key) {
+      best = slot;
+      best_key = k;
+    }
+  }
+  return best;
+}
+
+std::uint32_t load_acquire(const std::uint32_t& x) {
+  return std::atomic_ref<std::uint32_t>(const_cast<std::uint32_t&>(x))
+      .load(std::memory_order_acquire);
+}
+
+}  // namespace
+
+// ---- the vector implementation's state ----
+
+namespace {
+
+struct block_summary {
+  std::uint32_t max_cpu = 0, max_mib = 0, max_gpus = 0, max_dynamic = 0;
+  bool any_active = false;
+  std::array<std::uint64_t, ipc::attribute_words> attributes{};  // union over the block
+};
+
+// Hosts bucketed by one free quantity, for binpack: buckets are disjoint ranges in increasing
+// order, so the first bucket holding a passing host holds the best.
+struct bucket_index {
+  static constexpr std::uint32_t bucket_count = 1u << 14;
+  std::uint32_t shift = 0;
+  std::vector<std::vector<std::uint32_t>> buckets;
+  std::vector<std::uint64_t> nonempty;  // a bit per bucket
+  std::vector<std::uint32_t> where;     // per slot: bucket, or none
+  std::vector<std::uint32_t> position;  // per slot: index within its bucket
+  static constexpr std::uint32_t none = 0xffff'ffffu;
+
+  explicit bucket_index(std::uint32_t shift_bits)
+      : shift(shift_bits), buckets(bucket_count), nonempty(bucket_count / 64, 0) {}
+
+  std::uint32_t bucket_of(std::uint32_t value) const {
+    return std::min(value >> shift, bucket_count - 1);
+  }
+  void erase(std::uint32_t slot) {
+    const std::uint32_t b = where[slot];
+    if (b == none) return;
+    auto& v = buckets[b];
+    const std::uint32_t at = position[slot];
+    v[at] = v.back();
+    position[v[at]] = at;
+    v.pop_back();
+    if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    where[slot] = none;
+  }
+  void set(std::uint32_t slot, std::uint32_t value) {
+    if (slot >= where.size()) {
+      where.resize(slot + 1, none);
+      position.resize(slot + 1, 0);
+    }
+    const std::uint32_t b = bucket_of(value);
+    if (where[slot] == b) return;
+    erase(slot);
+    where[slot] = b;
+    position[slot] = static_cast<std::uint32_t>(buckets[b].size());
+    buckets[b].push_back(slot);
+    nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
+  }
+  // The first non-empty bucket at or after b, or bucket_count.
+  std::uint32_t next(std::uint32_t b) const {
+    if (b >= bucket_count) return bucket_count;
+    std::uint32_t w = b / 64;
+    std::uint64_t bits = nonempty[w] & (~std::uint64_t{0} << (b % 64));
+    while (bits == 0) {
+      if (++w == nonempty.size()) return bucket_count;
+      bits = nonempty[w];
+    }
+    return w * 64 + static_cast<std::uint32_t>(std::countr_zero(bits));
+  }
+};
+
+}  // namespace
+
+struct placer::impl {
+  ipc::ledger& l;
+  implementation which;
+  std::vector<std::uint32_t> epochs;  // per block, as last summarized
+  std::vector<block_summary> blocks;
+  std::uint32_t known = 0;  // slots summarized
+  std::vector<std::uint64_t> cached_free;
+  std::optional<bucket_index> by_cpu, by_mib;
+
+  impl(ipc::ledger& ledger, implementation w) : l(ledger), which(w) {}
+
+  void summarize(const ipc::columns& c, std::uint32_t b) {
+    block_summary s;
+    const std::uint32_t lo = b * ipc::block_slots;
+    const std::uint32_t hi = std::min(c.count, lo + ipc::block_slots);
+    for (std::uint32_t slot = lo; slot < hi; ++slot) {
+      const std::uint64_t f = c.free[slot];
+      const bool active = c.state[slot] == static_cast<std::uint32_t>(ipc::instance_state::active);
+      s.any_active |= active;
+      if (!active) continue;
+      s.max_cpu = std::max(s.max_cpu, static_cast<std::uint32_t>(f >> 32));
+      s.max_mib = std::max(s.max_mib, static_cast<std::uint32_t>(f));
+      s.max_gpus = std::max(s.max_gpus, c.free_gpus[slot]);
+      s.max_dynamic = std::max(s.max_dynamic, c.free_dynamic_ports[slot]);
+      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w)
+        s.attributes[w] |= c.attributes[w][slot];
+    }
+    for (std::uint32_t slot = lo; slot < hi; ++slot) {
+      const std::uint64_t f = c.free[slot];
+      if (slot < known && cached_free[slot] == f) continue;
+      cached_free[slot] = f;
+      if (by_cpu) by_cpu->set(slot, static_cast<std::uint32_t>(f >> 32));
+      if (by_mib) by_mib->set(slot, static_cast<std::uint32_t>(f));
+    }
+    blocks[b] = s;
+  }
+
+  // Brings the summaries up to date: only blocks whose epoch moved are read again.
+  void refresh(const ipc::columns& c) {
+    const std::uint32_t nblocks = static_cast<std::uint32_t>(c.block_epoch.size());
+    if (nblocks > blocks.size()) {
+      blocks.resize(nblocks);
+      epochs.resize(nblocks, 0);
+    }
+    if (c.count > cached_free.size()) cached_free.resize(c.count, 0);
+    const std::uint32_t first_new = known / ipc::block_slots;
+    for (std::uint32_t b = 0; b < nblocks; ++b) {
+      const std::uint32_t e = load_acquire(c.block_epoch[b]);
+      if (e == epochs[b] && b < first_new) continue;
+      epochs[b] = e;
+      summarize(c, b);
+    }
+    known = c.count;
+  }
+
+  void build_index(std::optional<bucket_index>& idx, std::uint32_t shift, bool cpu,
+                   const ipc::columns& c) {
+    if (idx) return;
+    idx.emplace(shift);
+    for (std::uint32_t slot = 0; slot < known; ++slot) {
+      const std::uint64_t f = cached_free[slot];
+      idx->set(slot, cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f));
+    }
+    (void)c;
+  }
+
+  bool block_may_fit(const decision& d, std::uint32_t b) const {
+    const block_summary& s = blocks[b];
+    if (!s.any_active || s.max_cpu < d.need.cpu || s.max_mib < d.need.mib ||
+        s.max_gpus < d.need.gpus || s.max_dynamic < d.need.dynamic_ports) {
+      return false;
+    }
+    for (const auto& m : d.q.prog.required) {
+      bool hit = false;
+      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) hit |= (s.attributes[w] & m[w]) != 0;
+      if (!hit) return false;
+    }
+    return true;
+  }
+
+  std::uint64_t eval_block(const decision& d, const detail::kernel_fns& k, std::uint32_t n,
+                           std::uint32_t lo, std::uint32_t count) const {
+    const program::node& x = d.q.prog.nodes[n];
+    const std::uint64_t all = count == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << count) - 1;
+    switch (x.k) {
+      case program::kind::constant:
+        return x.value ? all : 0;
+      case program::kind::and_: {
+        const std::uint64_t a = eval_block(d, k, x.a, lo, count);
+        return a == 0 ? 0 : a & eval_block(d, k, x.b, lo, count);
+      }
+      case program::kind::or_: {
+        const std::uint64_t a = eval_block(d, k, x.a, lo, count);
+        return a == all ? all : a | eval_block(d, k, x.b, lo, count);
+      }
+      case program::kind::not_:
+        return ~eval_block(d, k, x.a, lo, count) & all;
+      case program::kind::attr_any: {
+        const std::uint64_t* cols[ipc::attribute_words];
+        for (std::uint32_t w = 0; w < ipc::attribute_words; ++w)
+          cols[w] = d.c.attributes[w].data() + lo;
+        return k.attr(cols, x.mask.data(), count);
+      }
+      case program::kind::slot_set: {
+        const auto& bits = d.q.prog.bitmaps[x.slots];
+        return lo / 64 < bits.size() ? bits[lo / 64] & all : 0;
+      }
+      case program::kind::running:
+        return k.cmp32(d.c.running_tasks.data() + lo, count, static_cast<detail::cmp>(x.o),
+                       static_cast<std::uint32_t>(std::min<std::uint64_t>(x.number, 0xffff'ffffu)));
+      case program::kind::registered:
+        return k.cmp64(d.c.registered_at_ns.data() + lo, count, static_cast<detail::cmp>(x.o),
+                       x.number);
+      case program::kind::connected:
+        return k.cmp64(d.c.heartbeat_ns.data() + lo, count, detail::cmp::ge, x.number);
+    }
+    return 0;
+  }
+
+  // Every block that may fit, filtered 64 hosts at a time by the SIMD kernels.
+  std::optional<std::uint32_t> scan(const decision& d) const {
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    std::optional<std::uint32_t> best;
+    key best_key{};
+    // Ports, groups, this batch's holdings and heartbeats are checked per candidate, exactly.
+    const bool per_host = !d.need.static_ports.empty() || d.q.distinct || !d.overlay.empty() ||
+                          d.connected_after != 0;
+    for (std::uint32_t b = 0; b < blocks.size(); ++b) {
+      // Summaries over-estimate what a block holds, never under: skipping is always safe.
+      if (!block_may_fit(d, b)) continue;
+      const std::uint32_t lo = b * ipc::block_slots;
+      const std::uint32_t count = std::min(ipc::block_slots, d.c.count - lo);
+      const detail::fit_args fa{d.c.state.data() + lo,
+                                d.c.free.data() + lo,
+                                d.c.free_gpus.data() + lo,
+                                d.c.free_dynamic_ports.data() + lo,
+                                d.need.cpu,
+                                d.need.mib,
+                                d.need.gpus,
+                                d.need.dynamic_ports};
+      std::uint64_t mask = k.fit(fa, count);
+      for (std::uint32_t root : d.q.roots) {
+        if (mask == 0) break;
+        mask &= eval_block(d, k, root, lo, count);
+      }
+      for (; mask != 0; mask &= mask - 1) {
+        const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(mask));
+        if (per_host && d.check(slot)) continue;
+        const key kk = d.keys(slot);
+        if (!best || kk < best_key) {
+          best = slot;
+          best_key = kk;
+        }
+      }
+    }
+    return best;
+  }
+
+  // Walks slots in the permutation's order: the first passing host whose first key equals the
+  // lowest any host could have is the answer. Gives up after a budget.
+  std::optional<std::uint32_t> probe(const decision& d, std::uint64_t target, bool keyed,
+                                     bool& gave_up) const {
+    constexpr std::uint32_t budget = 512;
+    const std::uint32_t n = std::min(d.perm.size(), budget);
+    for (std::uint32_t r = 0; r < n; ++r) {
+      const std::uint32_t slot = d.perm.slot_at(r);
+      if (slot >= d.c.count || d.check(slot)) continue;
+      if (!keyed || d.keys(slot)[0] == target) return slot;
+    }
+    gave_up = n < d.perm.size();
+    return std::nullopt;
+  }
+
+  std::optional<std::uint32_t> walk(const decision& d, const bucket_index& idx, bool cpu) const {
+    std::uint32_t b = idx.next(idx.bucket_of(cpu ? d.need.cpu : d.need.mib));
+    for (; b < bucket_index::bucket_count; b = idx.next(b + 1)) {
+      std::optional<std::uint32_t> best;
+      key best_key{};
+      for (std::uint32_t slot : idx.buckets[b]) {
+        if (slot >= d.c.count || d.check(slot)) continue;
+        const key kk = d.keys(slot);
+        if (!best || kk < best_key) {
+          best = slot;
+          best_key = kk;
+        }
+      }
+      if (best) return best;
+    }
+    return std::nullopt;
+  }
+
+  // The lowest first key any host could have, for spread strategies.
+  std::uint64_t spread_floor(const decision& d) const {
+    const auto& s = d.q.strategies[0];
+    if (d.grp == nullptr) return 0;
+    if (s.k == compiled_strategy::kind::spread_instance) {
+      if (d.grp->total < d.c.count || d.grp->per_slot.size() < d.c.count) return 0;
+      return *std::min_element(d.grp->per_slot.begin(), d.grp->per_slot.begin() + d.c.count);
+    }
+    std::uint64_t floor = std::numeric_limits<std::uint64_t>::max(), with_value = 0;
+    for (std::uint32_t bit : d.q.spread_bits[0]) {
+      floor = std::min<std::uint64_t>(floor, d.grp->per_bit[bit]);
+      with_value += d.grp->per_bit[bit];
+    }
+    return std::min<std::uint64_t>(
+        floor, d.grp->total - std::min<std::uint64_t>(d.grp->total, with_value));
+  }
+
+  std::optional<std::uint32_t> choose_vector(const decision& d) {
+    refresh(d.c);
+    // The bucket index orders hosts by the ledger's values; a dry run's own holdings reorder them.
+    const bool plain = d.overlay.empty();
+    using kind = compiled_strategy::kind;
+    const kind first = d.q.strategies.empty() ? kind::random : d.q.strategies[0].k;
+    if (plain && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
+      const bool cpu = first == kind::binpack_cpu;
+      auto& idx = cpu ? by_cpu : by_mib;
+      build_index(idx, cpu ? 2 : 5, cpu, d.c);
+      return walk(d, *idx, cpu);
+    }
+    const bool alone = d.q.strategies.size() <= 1 ||
+                       d.q.strategies[1].k == kind::random;  // only the tie-break follows
+    if (first == kind::random) {
+      bool gave_up = false;
+      auto s = probe(d, 0, false, gave_up);
+      if (s || !gave_up) return s;
+    } else if (alone && (first == kind::spread_instance || first == kind::spread_attribute)) {
+      bool gave_up = false;
+      auto s = probe(d, spread_floor(d), true, gave_up);
+      if (s) return s;
+    }
+    return scan(d);
+  }
+};
+
+placer::placer(ipc::ledger& l, implementation which) : impl_(std::make_unique<impl>(l, which)) {}
+placer::placer(placer&&) noexcept = default;
+placer& placer::operator=(placer&&) noexcept = default;
+placer::~placer() = default;
+
+result<outcome> placer::place(const query& qy, const requirements& need, task_groups& groups,
+                              const place_options& opts) {
+  if (opts.count == 0) {
+    return tl::unexpected(error{errc::invalid_argument, "count must be at least 1"});
+  }
+  if (need.static_ports.size() > ipc::static_port_capacity) {
+    return tl::unexpected(error{errc::invalid_argument, "too many static host ports"});
+  }
+  query::impl& q = *qy.impl_;
+  impl& m = *impl_;
+  const std::string& group_name = q.src.group;
+  const std::uint64_t connected_after =
+      opts.heartbeat_timeout_ns == 0 || opts.now_ns < opts.heartbeat_timeout_ns
+          ? 0
+          : opts.now_ns - opts.heartbeat_timeout_ns;
+
+  outcome out;
+  std::vector<overlay_entry> overlay;
+  // Dry runs count their own choices here; real ones record them in `groups`.
+  constexpr std::uint32_t max_retries = 16;
+  const std::uint64_t seed = opts.seed;
+  for (std::uint32_t t = 0; t < opts.count; ++t) {
+    bool placed = false;
+    while (!placed) {
+      const ipc::columns c = m.l.view();
+      resolve(q, m.l, c, groups, connected_after);
+      const task_groups::group* grp = groups.find(group_name);
+      decision d{c,
+                 q,
+                 need,
+                 grp,
+                 overlay,
+                 opts,
+                 connected_after,
+                 permutation(c.count, seed ^ (std::uint64_t{t} << 32) ^ out.retries)};
+      if (opts.explain && t == 0 && out.rejected.empty()) {
+        for (std::uint32_t s = 0; s < c.count; ++s) {
+          if (c.state[s] == static_cast<std::uint32_t>(ipc::instance_state::empty)) continue;
+          if (auto why = d.check(s)) out.rejected.emplace_back(s, *why);
+        }
+      }
+      const std::optional<std::uint32_t> slot =
+          m.which == implementation::reference ? choose_reference(d) : m.choose_vector(d);
+      if (!slot) {
+        // Nothing fits: say why, instance by instance.
+        for (std::uint32_t s = 0; s < c.count; ++s) {
+          if (c.state[s] == static_cast<std::uint32_t>(ipc::instance_state::empty)) continue;
+          if (auto why = d.check(s)) {
+            ++out.failures[static_cast<std::size_t>(*why)];
+          }
+        }
+        return out;
+      }
+      if (opts.dry_run) {
+        overlay_entry* o = nullptr;
+        for (auto& e : overlay) {
+          if (e.slot == *slot) o = &e;
+        }
+        if (o == nullptr) o = &overlay.emplace_back(overlay_entry{*slot, 0, 0, 0, 0, 0, {}});
+        o->cpu += need.cpu;
+        o->mib += need.mib;
+        o->gpus += need.gpus;
+        o->dynamic_ports += need.dynamic_ports;
+        o->tasks += 1;
+        o->ports.insert(o->ports.end(), need.static_ports.begin(), need.static_ports.end());
+        placed = true;
+      } else {
+        const ipc::demand dm{{need.cpu, need.mib, need.gpus, need.dynamic_ports},
+                             need.static_ports};
+        if (auto r = m.l.reserve(*slot, dm); !r) {
+          // Another placer took the capacity since we looked: look again.
+          if (++out.retries > max_retries * opts.count) return out;
+          continue;
+        }
+        std::array<std::uint64_t, ipc::attribute_words> attrs;
+        for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) attrs[w] = c.attributes[w][*slot];
+        groups.add(group_name, *slot, attrs);
+        placed = true;
+      }
+      out.slots.push_back(*slot);
+    }
+  }
+  return out;
+}
+
+}  // namespace berth::placement

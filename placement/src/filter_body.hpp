@@ -1,0 +1,84 @@
+// One generic body of the block filters, compiled once per ISA inside that ISA's namespace
+// (filter_generic.cpp, filter_avx2.cpp, filter_avx512.cpp). Loops are branch-free over plain
+// arrays so that GCC vectorizes them (check with -fopt-info-vec); results are bytes of 0/1,
+// packed to bits eight at a time.
+//
+// No include guard: included once per namespace. Include kernels.hpp first.
+
+namespace {
+
+inline std::uint64_t pack(const std::uint8_t* ok, std::uint32_t n) {
+  std::uint64_t bits = 0;
+  std::uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t w = 0;
+    for (int k = 0; k < 8; ++k) w |= std::uint64_t{ok[i + k]} << (8 * k);
+    // Gathers the low bit of each byte into the top byte.
+    bits |= ((w * 0x0102'0408'1020'4080ull) >> 56) << i;
+  }
+  for (; i < n; ++i) bits |= std::uint64_t{ok[i]} << i;
+  return bits;
+}
+
+std::uint64_t fit(const fit_args& a, std::uint32_t n) {
+  alignas(64) std::uint8_t ok[64];
+  const std::uint64_t cpu = a.cpu, mib = a.mib;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint64_t f = a.free[i];
+    ok[i] = static_cast<std::uint8_t>(((f >> 32) >= cpu) & ((f & 0xffff'ffffu) >= mib));
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    ok[i] &= static_cast<std::uint8_t>((a.state[i] == 1u) & (a.gpus[i] >= a.gpu_count) &
+                                       (a.dynamic_ports[i] >= a.dynamic_count));
+  }
+  return pack(ok, n);
+}
+
+std::uint64_t attr(const std::uint64_t* const* cols, const std::uint64_t* mask, std::uint32_t n) {
+  alignas(64) std::uint64_t acc[64] = {};
+  for (std::uint32_t w = 0; w < 8; ++w) {
+    const std::uint64_t m = mask[w];
+    if (m == 0) continue;
+    const std::uint64_t* col = cols[w];
+    for (std::uint32_t i = 0; i < n; ++i) acc[i] |= col[i] & m;
+  }
+  alignas(64) std::uint8_t ok[64];
+  for (std::uint32_t i = 0; i < n; ++i) ok[i] = static_cast<std::uint8_t>(acc[i] != 0);
+  return pack(ok, n);
+}
+
+template <class T>
+std::uint64_t compare(const T* col, std::uint32_t n, cmp o, T v) {
+  alignas(64) std::uint8_t ok[64];
+  switch (o) {
+    case cmp::eq:
+      for (std::uint32_t i = 0; i < n; ++i) ok[i] = col[i] == v;
+      break;
+    case cmp::gt:
+      for (std::uint32_t i = 0; i < n; ++i) ok[i] = col[i] > v;
+      break;
+    case cmp::ge:
+      for (std::uint32_t i = 0; i < n; ++i) ok[i] = col[i] >= v;
+      break;
+    case cmp::lt:
+      for (std::uint32_t i = 0; i < n; ++i) ok[i] = col[i] < v;
+      break;
+    case cmp::le:
+      for (std::uint32_t i = 0; i < n; ++i) ok[i] = col[i] <= v;
+      break;
+  }
+  return pack(ok, n);
+}
+
+std::uint64_t cmp32(const std::uint32_t* col, std::uint32_t n, cmp o, std::uint32_t v) {
+  return compare(col, n, o, v);
+}
+
+std::uint64_t cmp64(const std::uint64_t* col, std::uint32_t n, cmp o, std::uint64_t v) {
+  return compare(col, n, o, v);
+}
+
+}  // namespace
+
+extern const kernel_fns fns;
+const kernel_fns fns = {fit, attr, cmp32, cmp64};

@@ -1,0 +1,41 @@
+// The SIMD kernels' interface: block filters over up to 64 hosts, each returning a bit per host.
+// Included by the per-ISA translation units, so it includes nothing but <cstdint>.
+#pragma once
+
+#include <cstdint>
+
+namespace berth::placement::detail {
+
+enum class cmp : std::uint8_t { eq, gt, ge, lt, le };
+
+// Columns from the block's first slot on; `n` hosts (at most 64).
+struct fit_args {
+  const std::uint32_t* state;
+  const std::uint64_t* free;  // CPU << 32 | MiB
+  const std::uint32_t* gpus;
+  const std::uint32_t* dynamic_ports;
+  std::uint32_t cpu, mib, gpu_count, dynamic_count;
+};
+
+struct kernel_fns {
+  // ACTIVE, and enough CPU, MiB, GPUs and dynamic ports.
+  std::uint64_t (*fit)(const fit_args& a, std::uint32_t n);
+  // Any bit of mask[w] set in cols[w] (words whose mask is 0 are skipped).
+  std::uint64_t (*attr)(const std::uint64_t* const* cols, const std::uint64_t* mask,
+                        std::uint32_t n);
+  std::uint64_t (*cmp32)(const std::uint32_t* col, std::uint32_t n, cmp o, std::uint32_t v);
+  std::uint64_t (*cmp64)(const std::uint64_t* col, std::uint32_t n, cmp o, std::uint64_t v);
+};
+
+struct kernel_entry {
+  const char* name;
+  bool (*supported)();
+  const kernel_fns* fns;
+};
+
+// Widest first; the last entry is always supported.
+extern const kernel_entry kernel_table[];
+extern const std::uint32_t kernel_table_size;
+const kernel_fns& active_kernel_fns();
+
+}  // namespace berth::placement::detail
