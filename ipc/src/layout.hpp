@@ -33,6 +33,7 @@ enum column : std::uint32_t {
   col_heartbeat,           // u64 atomic
   col_static_ports,        // u16[static_port_capacity] per slot, each entry claimed by CAS
   col_block_epoch,         // u32 atomic per block of block_slots: bumped by every change in it
+  col_block_row_epoch,     // u32 atomic per block: bumped by every publish in it
   column_count,
 };
 
@@ -98,7 +99,8 @@ constexpr layout compute_layout(std::uint32_t slots) {
   std::size_t at = align_up(sizeof(header), column_alignment);
   for (std::uint32_t c = 0; c < column_count; ++c) {
     l.offset[c] = at;
-    const std::size_t rows = c == col_block_epoch ? (slots + block_slots - 1) / block_slots : slots;
+    const bool per_block = c == col_block_epoch || c == col_block_row_epoch;
+    const std::size_t rows = per_block ? (slots + block_slots - 1) / block_slots : slots;
     at = align_up(at + column_width(static_cast<column>(c)) * rows, column_alignment);
   }
   l.total_size = at;

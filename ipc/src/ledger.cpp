@@ -115,6 +115,7 @@ struct ledger::impl {
   std::uint64_t* heartbeat = nullptr;
   std::uint16_t* static_ports = nullptr;
   std::uint32_t* block_epoch = nullptr;
+  std::uint32_t* block_row_epoch = nullptr;
 
   explicit impl(detail::segment s, bool ro) : seg(std::move(s)), read_only(ro) { bind(); }
 
@@ -144,6 +145,7 @@ struct ledger::impl {
     heartbeat = col<std::uint64_t>(detail::col_heartbeat);
     static_ports = col<std::uint16_t>(detail::col_static_ports);
     block_epoch = col<std::uint32_t>(detail::col_block_epoch);
+    block_row_epoch = col<std::uint32_t>(detail::col_block_row_epoch);
   }
 
   std::uint64_t* id_words(std::uint32_t slot) const noexcept {
@@ -207,6 +209,8 @@ struct ledger::impl {
       store(attribute_word(w, slot), r.attributes[w], std::memory_order_relaxed);
     }
     detail::end_write(seq[slot], odd);
+    std::atomic_ref<std::uint32_t>(block_row_epoch[slot / block_slots])
+        .fetch_add(1, std::memory_order_release);
     touch(slot);
   }
 
@@ -776,6 +780,7 @@ columns ledger::view() const noexcept {
     c.attributes[w] = {&m.attribute_word(w, 0), n};
   c.static_ports = {m.static_ports, n * static_port_capacity};
   c.block_epoch = {m.block_epoch, (n + block_slots - 1) / block_slots};
+  c.block_row_epoch = {m.block_row_epoch, (n + block_slots - 1) / block_slots};
   return c;
 }
 

@@ -49,7 +49,7 @@ void for_each_bit(const std::array<std::uint64_t, ipc::attribute_words>& words, 
 
 void task_groups::add(std::string_view name, std::uint32_t slot,
                       const std::array<std::uint64_t, ipc::attribute_words>& attributes) {
-  auto it = groups_.find(std::string(name));
+  auto it = groups_.find(name);
   if (it == groups_.end()) it = groups_.emplace(std::string(name), group{}).first;
   group& g = it->second;
   if (g.per_slot.size() <= slot) g.per_slot.resize(slot + 1, 0);
@@ -60,7 +60,7 @@ void task_groups::add(std::string_view name, std::uint32_t slot,
 
 void task_groups::remove(std::string_view name, std::uint32_t slot,
                          const std::array<std::uint64_t, ipc::attribute_words>& attributes) {
-  auto it = groups_.find(std::string(name));
+  auto it = groups_.find(name);
   if (it == groups_.end()) return;
   group& g = it->second;
   if (slot >= g.per_slot.size() || g.per_slot[slot] == 0) return;  // unknown task: nothing to do
@@ -72,7 +72,7 @@ void task_groups::remove(std::string_view name, std::uint32_t slot,
 }
 
 const task_groups::group* task_groups::find(std::string_view name) const {
-  auto it = groups_.find(std::string(name));
+  auto it = groups_.find(name);
   return it == groups_.end() ? nullptr : &it->second;
 }
 
@@ -400,6 +400,10 @@ void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const 
         stack.push_back(n.b);
       } else if (n.k == program::kind::attr_any) {
         q.prog.required.push_back(n.mask);
+        auto& words = q.prog.required_words.emplace_back();
+        for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) {
+          if (n.mask[w] != 0) words.emplace_back(w, n.mask[w]);
+        }
       }
     }
   }
@@ -454,13 +458,33 @@ struct bucket_index {
   static constexpr std::uint32_t bucket_count = 1u << 14;
   std::uint32_t shift = 0;
   std::vector<std::vector<std::uint32_t>> buckets;
-  std::vector<std::uint64_t> nonempty;  // a bit per bucket
-  std::vector<std::uint32_t> where;     // per slot: bucket, or none
-  std::vector<std::uint32_t> position;  // per slot: index within its bucket
+  std::vector<std::uint64_t> nonempty;    // a bit per bucket
+  std::vector<std::uint32_t> where;       // per slot: bucket, or none
+  std::vector<std::uint32_t> position;    // per slot: index within its bucket
+  std::vector<std::uint32_t> group_size;  // hosts per 64 buckets, for count_from
+  std::uint32_t total = 0;
   static constexpr std::uint32_t none = 0xffff'ffffu;
 
   explicit bucket_index(std::uint32_t shift_bits)
-      : shift(shift_bits), buckets(bucket_count), nonempty(bucket_count / 64, 0) {}
+      : shift(shift_bits),
+        buckets(bucket_count),
+        nonempty(bucket_count / 64, 0),
+        group_size(bucket_count / 64, 0) {}
+
+  void count(std::uint32_t b, std::int32_t delta) {
+    group_size[b / 64] += static_cast<std::uint32_t>(delta);
+    total += static_cast<std::uint32_t>(delta);
+  }
+  // Hosts in buckets [b, end): those whose value may reach the bucket's range. Updates are
+  // O(1); this sum is paid only when a decision asks.
+  std::uint32_t count_from(std::uint32_t b) const {
+    std::uint32_t below = 0;
+    for (std::uint32_t g = 0; g < b / 64; ++g) below += group_size[g];
+    for (std::uint32_t i = b / 64 * 64; i < b; ++i) {
+      below += static_cast<std::uint32_t>(buckets[i].size());
+    }
+    return total - below;
+  }
 
   std::uint32_t bucket_of(std::uint32_t value) const {
     return std::min(value >> shift, bucket_count - 1);
@@ -475,6 +499,7 @@ struct bucket_index {
     v.pop_back();
     if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
     where[slot] = none;
+    count(b, -1);
   }
   void set(std::uint32_t slot, std::uint32_t value) {
     if (slot >= where.size()) {
@@ -488,6 +513,7 @@ struct bucket_index {
     position[slot] = static_cast<std::uint32_t>(buckets[b].size());
     buckets[b].push_back(slot);
     nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
+    count(b, 1);
   }
   // The first non-empty bucket at or after b, or bucket_count.
   std::uint32_t next(std::uint32_t b) const {
@@ -507,7 +533,8 @@ struct bucket_index {
 struct placer::impl {
   ipc::ledger& l;
   implementation which;
-  std::vector<std::uint32_t> epochs;  // per block, as last summarized
+  std::vector<std::uint32_t> epochs;      // per block, as last summarized
+  std::vector<std::uint32_t> row_epochs;  // per block, as last summarized
   std::vector<block_summary> blocks;
   std::uint32_t known = 0;  // slots summarized
   std::vector<std::uint64_t> cached_free;
@@ -515,30 +542,60 @@ struct placer::impl {
 
   impl(ipc::ledger& ledger, implementation w) : l(ledger), which(w) {}
 
-  void summarize(const ipc::columns& c, std::uint32_t b) {
-    block_summary s;
+  // Branch-free, column by column, so that the loops vectorize: this runs for every block
+  // that changed since the last decision.
+  void summarize(const ipc::columns& c, std::uint32_t b, bool rows) {
+    block_summary& s = blocks[b];
     const std::uint32_t lo = b * ipc::block_slots;
-    const std::uint32_t hi = std::min(c.count, lo + ipc::block_slots);
-    for (std::uint32_t slot = lo; slot < hi; ++slot) {
-      const std::uint64_t f = c.free[slot];
-      const bool active = c.state[slot] == static_cast<std::uint32_t>(ipc::instance_state::active);
-      s.any_active |= active;
-      if (!active) continue;
-      s.max_cpu = std::max(s.max_cpu, static_cast<std::uint32_t>(f >> 32));
-      s.max_mib = std::max(s.max_mib, static_cast<std::uint32_t>(f));
-      s.max_gpus = std::max(s.max_gpus, c.free_gpus[slot]);
-      s.max_dynamic = std::max(s.max_dynamic, c.free_dynamic_ports[slot]);
-      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w)
-        s.attributes[w] |= c.attributes[w][slot];
+    const std::uint32_t n = std::min(ipc::block_slots, c.count - lo);
+    const std::uint32_t* state = c.state.data() + lo;
+    const std::uint64_t* free = c.free.data() + lo;
+    const std::uint32_t* gpus = c.free_gpus.data() + lo;
+    const std::uint32_t* dyn = c.free_dynamic_ports.data() + lo;
+    std::uint32_t max_cpu = 0, max_mib = 0, max_gpus = 0, max_dyn = 0, active = 0;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint32_t on =
+          state[i] == static_cast<std::uint32_t>(ipc::instance_state::active) ? ~0u : 0u;
+      max_cpu = std::max(max_cpu, static_cast<std::uint32_t>(free[i] >> 32) & on);
+      max_mib = std::max(max_mib, static_cast<std::uint32_t>(free[i]) & on);
+      max_gpus = std::max(max_gpus, gpus[i] & on);
+      max_dyn = std::max(max_dyn, dyn[i] & on);
+      active |= on;
     }
-    for (std::uint32_t slot = lo; slot < hi; ++slot) {
-      const std::uint64_t f = c.free[slot];
+    s.max_cpu = max_cpu;
+    s.max_mib = max_mib;
+    s.max_gpus = max_gpus;
+    s.max_dynamic = max_dyn;
+    s.any_active = active != 0;
+    // Over every host, active or not: a union that says too much only prunes less. Only a
+    // publish changes attributes.
+    for (std::uint32_t w = 0; rows && w < ipc::attribute_words; ++w) {
+      const std::uint64_t* col = c.attributes[w].data() + lo;
+      std::uint64_t acc = 0;
+      for (std::uint32_t i = 0; i < n; ++i) acc |= col[i];
+      s.attributes[w] = acc;
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint32_t slot = lo + i;
+      const std::uint64_t f = free[i];
       if (slot < known && cached_free[slot] == f) continue;
       cached_free[slot] = f;
       if (by_cpu) by_cpu->set(slot, static_cast<std::uint32_t>(f >> 32));
       if (by_mib) by_mib->set(slot, static_cast<std::uint32_t>(f));
     }
-    blocks[b] = s;
+  }
+
+  // A cheap first look before check(): capacity as last summarized, and the attribute tests
+  // every passing host must meet.
+  bool quick_reject(const decision& d, std::uint32_t slot) const {
+    const std::uint64_t f = cached_free[slot];
+    if ((f >> 32) < d.need.cpu || (f & 0xffff'ffffu) < d.need.mib) return true;
+    for (const auto& words : d.q.prog.required_words) {
+      bool hit = false;
+      for (const auto& [w, m] : words) hit |= (d.c.attributes[w][slot] & m) != 0;
+      if (!hit) return true;
+    }
+    return false;
   }
 
   // Brings the summaries up to date: only blocks whose epoch moved are read again.
@@ -547,14 +604,29 @@ struct placer::impl {
     if (nblocks > blocks.size()) {
       blocks.resize(nblocks);
       epochs.resize(nblocks, 0);
+      row_epochs.resize(nblocks, 0);
     }
     if (c.count > cached_free.size()) cached_free.resize(c.count, 0);
-    const std::uint32_t first_new = known / ipc::block_slots;
-    for (std::uint32_t b = 0; b < nblocks; ++b) {
-      const std::uint32_t e = load_acquire(c.block_epoch[b]);
-      if (e == epochs[b] && b < first_new) continue;
-      epochs[b] = e;
-      summarize(c, b);
+    // Blocks from here on hold slots not summarized yet.
+    const std::uint32_t first_new = c.count == known ? nblocks : known / ipc::block_slots;
+    const std::uint32_t* live = c.block_epoch.data();
+    for (std::uint32_t b0 = 0; b0 < nblocks; b0 += 16) {
+      const std::uint32_t end = std::min(b0 + 16, nblocks);
+      // Most blocks did not move: compare sixteen epochs at once (plain loads, vectorized),
+      // and read the ones that differ again with acquire below.
+      std::uint32_t moved = 0;
+      for (std::uint32_t b = b0; b < end; ++b) moved |= live[b] ^ epochs[b];
+      if (moved == 0 && end <= first_new) continue;
+      for (std::uint32_t b = b0; b < end; ++b) {
+        // Row epoch first: it is bumped before block_epoch, so a row change is never missed.
+        const std::uint32_t r = load_acquire(c.block_row_epoch[b]);
+        const std::uint32_t e = load_acquire(c.block_epoch[b]);
+        if (e == epochs[b] && b < first_new) continue;
+        const bool rows = r != row_epochs[b] || b >= first_new;
+        epochs[b] = e;
+        row_epochs[b] = r;
+        summarize(c, b, rows);
+      }
     }
     known = c.count;
   }
@@ -562,6 +634,7 @@ struct placer::impl {
   void build_index(std::optional<bucket_index>& idx, std::uint32_t shift, bool cpu,
                    const ipc::columns& c) {
     if (idx) return;
+    // Slots summarized so far enter at their cached values; later ones as refresh reads them.
     idx.emplace(shift);
     for (std::uint32_t slot = 0; slot < known; ++slot) {
       const std::uint64_t f = cached_free[slot];
@@ -666,11 +739,11 @@ struct placer::impl {
   // lowest any host could have is the answer. Gives up after a budget.
   std::optional<std::uint32_t> probe(const decision& d, std::uint64_t target, bool keyed,
                                      bool& gave_up) const {
-    constexpr std::uint32_t budget = 512;
+    constexpr std::uint32_t budget = 128;
     const std::uint32_t n = std::min(d.perm.size(), budget);
     for (std::uint32_t r = 0; r < n; ++r) {
       const std::uint32_t slot = d.perm.slot_at(r);
-      if (slot >= d.c.count || d.check(slot)) continue;
+      if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
       if (!keyed || d.keys(slot)[0] == target) return slot;
     }
     gave_up = n < d.perm.size();
@@ -683,7 +756,7 @@ struct placer::impl {
       std::optional<std::uint32_t> best;
       key best_key{};
       for (std::uint32_t slot : idx.buckets[b]) {
-        if (slot >= d.c.count || d.check(slot)) continue;
+        if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
         const key kk = d.keys(slot);
         if (!best || kk < best_key) {
           best = slot;
@@ -712,17 +785,47 @@ struct placer::impl {
         floor, d.grp->total - std::min<std::uint64_t>(d.grp->total, with_value));
   }
 
+  // Every host the index says has enough of its quantity, best key wins. Exact whatever the
+  // strategies: hosts it skips lack the capacity outright.
+  std::optional<std::uint32_t> enumerate(const decision& d, const bucket_index& idx,
+                                         bool cpu) const {
+    std::optional<std::uint32_t> best;
+    key best_key{};
+    std::uint32_t b = idx.next(idx.bucket_of(cpu ? d.need.cpu : d.need.mib));
+    for (; b < bucket_index::bucket_count; b = idx.next(b + 1)) {
+      for (std::uint32_t slot : idx.buckets[b]) {
+        if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
+        const key kk = d.keys(slot);
+        if (!best || kk < best_key) {
+          best = slot;
+          best_key = kk;
+        }
+      }
+    }
+    return best;
+  }
+
+  // Few hosts have the capacity: visit just those through the smaller index. Many: the SIMD
+  // scan over every block that may fit.
+  std::optional<std::uint32_t> exhaustive(const decision& d) const {
+    const std::uint32_t by_cpu_n = by_cpu->count_from(by_cpu->bucket_of(d.need.cpu));
+    const std::uint32_t by_mib_n = by_mib->count_from(by_mib->bucket_of(d.need.mib));
+    if (std::min(by_cpu_n, by_mib_n) * 8 < d.c.count) {
+      return by_cpu_n < by_mib_n ? enumerate(d, *by_cpu, true) : enumerate(d, *by_mib, false);
+    }
+    return scan(d);
+  }
+
   std::optional<std::uint32_t> choose_vector(const decision& d) {
+    build_index(by_cpu, 2, true, d.c);
+    build_index(by_mib, 5, false, d.c);
     refresh(d.c);
-    // The bucket index orders hosts by the ledger's values; a dry run's own holdings reorder them.
-    const bool plain = d.overlay.empty();
     using kind = compiled_strategy::kind;
     const kind first = d.q.strategies.empty() ? kind::random : d.q.strategies[0].k;
-    if (plain && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
+    // The bucket index orders hosts by the ledger's values; a dry run's own holdings reorder them.
+    if (d.overlay.empty() && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
       const bool cpu = first == kind::binpack_cpu;
-      auto& idx = cpu ? by_cpu : by_mib;
-      build_index(idx, cpu ? 2 : 5, cpu, d.c);
-      return walk(d, *idx, cpu);
+      return walk(d, cpu ? *by_cpu : *by_mib, cpu);
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
@@ -735,7 +838,7 @@ struct placer::impl {
       auto s = probe(d, spread_floor(d), true, gave_up);
       if (s) return s;
     }
-    return scan(d);
+    return exhaustive(d);
   }
 };
 

@@ -79,6 +79,8 @@ struct program {
   // Masks every passing host must intersect (top-level conjunction of attribute tests): a block
   // whose attribute union misses one cannot pass.
   std::vector<std::array<std::uint64_t, ipc::attribute_words>> required;
+  // The same, as (word, mask) pairs of the non-zero words: the per-host form.
+  std::vector<std::vector<std::pair<std::uint32_t, std::uint64_t>>> required_words;
   bool dynamic = false;  // depends on task groups or instance ids: resolve again per decision
 };
 

@@ -156,6 +156,9 @@ struct columns {
   // One per block of block_slots over [0, count). Read it (acquire) before the block's values:
   // an unchanged epoch means nothing in the block changed since values read after it.
   std::span<const std::uint32_t> block_epoch;
+  // Bumped only by publishes (rows: state, attributes, registered capacity), before block_epoch:
+  // a scanner may skip re-reading rows of a block whose row epoch did not move.
+  std::span<const std::uint32_t> block_row_epoch;
 };
 
 struct options {

@@ -94,13 +94,20 @@ class task_groups {
     std::array<std::uint32_t, ipc::max_attributes> per_bit{};  // tasks on hosts with each bit
     std::uint32_t total = 0;
   };
+  // Looked up by string_view without building a string: placement does it per decision.
+  struct name_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+  using map = std::unordered_map<std::string, group, name_hash, std::equal_to<>>;
+
   [[nodiscard]] const group* find(std::string_view name) const;
-  [[nodiscard]] const std::unordered_map<std::string, group>& all() const noexcept {
-    return groups_;
-  }
+  [[nodiscard]] const map& all() const noexcept { return groups_; }
 
  private:
-  std::unordered_map<std::string, group> groups_;
+  map groups_;
 };
 
 struct request {
