@@ -31,6 +31,7 @@ constexpr instance_type types[] = {{"m5.large", 2048, 8192},
                                    {"c5.xlarge", 4096, 8192},
                                    {"r5.large", 2048, 16384}};
 constexpr const char* zones[] = {"zone-a", "zone-b", "zone-c"};
+constexpr double background_fill = 0.62;
 constexpr double target_fill = 0.70;
 constexpr const char* group = "service:bench";
 
@@ -83,32 +84,50 @@ class workload {
       capacity_cpu += t.cpu;
       capacity_mib += t.mib;
     }
-    // Fill to the target by reserving tasks on random hosts directly.
+    // Other services fill the cluster to 62 %, reserved directly and never released; then this
+    // one's tasks, placed by the placer, bring it to 70 % and churn from there.
     std::uint64_t used_mib = 0;
-    while (used_mib < target_fill * static_cast<double>(capacity_mib)) {
+    while (used_mib < background_fill * static_cast<double>(capacity_mib)) {
       const pl::requirements need = draw();
       const std::uint32_t slot = static_cast<std::uint32_t>(rng_() % hosts);
       if (!ledger_.try_reserve(slot, need.cpu, need.mib)) continue;
-      record(slot, need);
+      used_mib += need.mib;
+    }
+    for (int misses = 0;
+         used_mib < target_fill * static_cast<double>(capacity_mib) && misses < 100;) {
+      const pl::requirements need = draw();
+      pl::place_options o;
+      o.seed = seed_++;
+      auto out = placer_.place(query_, need, groups_, o);
+      if (!out || out->slots.empty()) {
+        ++misses;
+        continue;
+      }
+      held_.push_back({out->slots[0], need});
       used_mib += need.mib;
     }
     (void)capacity_cpu;
   }
   ~workload() { (void)ipc::ledger::remove(name_); }
 
-  // One iteration: place a task, and give back the oldest when it placed.
+  // One iteration: place a task, then give back the oldest of this service's tasks.
   std::optional<std::uint32_t> step() {
     const pl::requirements need = draw();
     pl::place_options o;
     o.seed = seed_++;
     auto out = placer_.place(query_, need, groups_, o);
-    if (!out || out->slots.empty()) return std::nullopt;
-    held_.push_back({out->slots[0], need});
-    const auto [slot, old] = held_.front();
-    held_.pop_front();
-    (void)ledger_.release(slot, old.cpu, old.mib);
-    groups_.remove(group, slot, ledger_.read(slot)->published.attributes);
-    return out->slots[0];
+    std::optional<std::uint32_t> placed;
+    if (out && !out->slots.empty()) {
+      placed = out->slots[0];
+      held_.push_back({*placed, need});
+    }
+    if (!held_.empty()) {
+      const auto [slot, old] = held_.front();
+      held_.pop_front();
+      (void)ledger_.release(slot, old.cpu, old.mib);
+      groups_.remove(group, slot, attributes(slot));
+    }
+    return placed;
   }
 
  private:
@@ -124,9 +143,11 @@ class workload {
     return need;
   }
 
-  void record(std::uint32_t slot, const pl::requirements& need) {
-    held_.push_back({slot, need});
-    groups_.add(group, slot, ledger_.read(slot)->published.attributes);
+  std::array<std::uint64_t, ipc::attribute_words> attributes(std::uint32_t slot) const {
+    std::array<std::uint64_t, ipc::attribute_words> a;
+    const ipc::columns c = ledger_.view();
+    for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) a[w] = c.attributes[w][slot];
+    return a;
   }
 
   static inline int counter_ = 0;

@@ -540,6 +540,39 @@ struct placer::impl {
   std::vector<std::uint64_t> cached_free;
   std::optional<bucket_index> by_cpu, by_mib;
 
+  // For spread on an attribute: how many active hosts carry each of its values (the last entry:
+  // none of them), per block and in total. A value no host carries cannot be a spread's floor.
+  std::vector<std::uint32_t> spread_bits;
+  std::vector<std::uint16_t> value_hosts_block;  // blocks x (values + 1)
+  std::vector<std::uint32_t> value_hosts;        // values + 1
+
+  void count_values(const ipc::columns& c, std::uint32_t b) {
+    const std::size_t width = spread_bits.size() + 1;
+    std::uint16_t* mine = value_hosts_block.data() + b * width;
+    for (std::size_t v = 0; v < width; ++v) value_hosts[v] -= mine[v];
+    std::fill(mine, mine + width, 0);
+    const std::uint32_t lo = b * ipc::block_slots;
+    const std::uint32_t hi = std::min(c.count, lo + ipc::block_slots);
+    for (std::uint32_t slot = lo; slot < hi; ++slot) {
+      if (c.state[slot] != static_cast<std::uint32_t>(ipc::instance_state::active)) continue;
+      std::size_t v = 0;
+      for (; v < spread_bits.size(); ++v) {
+        const std::uint32_t bit = spread_bits[v];
+        if ((c.attributes[bit / 64][slot] >> (bit % 64)) & 1u) break;
+      }
+      ++mine[v];
+    }
+    for (std::size_t v = 0; v < width; ++v) value_hosts[v] += mine[v];
+  }
+
+  void track_values(const ipc::columns& c, const std::vector<std::uint32_t>& bits) {
+    if (bits == spread_bits && !value_hosts.empty()) return;
+    spread_bits = bits;
+    value_hosts.assign(bits.size() + 1, 0);
+    value_hosts_block.assign(blocks.size() * (bits.size() + 1), 0);
+    for (std::uint32_t b = 0; b < blocks.size(); ++b) count_values(c, b);
+  }
+
   impl(ipc::ledger& ledger, implementation w) : l(ledger), which(w) {}
 
   // Branch-free, column by column, so that the loops vectorize: this runs for every block
@@ -575,13 +608,21 @@ struct placer::impl {
       for (std::uint32_t i = 0; i < n; ++i) acc |= col[i];
       s.attributes[w] = acc;
     }
+    // Which hosts' free capacity moved: a vectorized compare, then only those are re-indexed.
+    std::uint64_t* cached = cached_free.data() + lo;
+    std::uint8_t moved[ipc::block_slots];
+    for (std::uint32_t i = 0; i < n; ++i) moved[i] = cached[i] != free[i];
+    if (lo + n > known) std::fill(moved + (known > lo ? known - lo : 0), moved + n, 1);
     for (std::uint32_t i = 0; i < n; ++i) {
-      const std::uint32_t slot = lo + i;
+      if (!moved[i]) continue;
       const std::uint64_t f = free[i];
-      if (slot < known && cached_free[slot] == f) continue;
-      cached_free[slot] = f;
-      if (by_cpu) by_cpu->set(slot, static_cast<std::uint32_t>(f >> 32));
-      if (by_mib) by_mib->set(slot, static_cast<std::uint32_t>(f));
+      cached[i] = f;
+      if (by_cpu) by_cpu->set(lo + i, static_cast<std::uint32_t>(f >> 32));
+      if (by_mib) by_mib->set(lo + i, static_cast<std::uint32_t>(f));
+    }
+    if (rows && !value_hosts.empty()) {
+      value_hosts_block.resize(blocks.size() * (spread_bits.size() + 1), 0);
+      count_values(c, b);
     }
   }
 
@@ -618,6 +659,7 @@ struct placer::impl {
       for (std::uint32_t b = b0; b < end; ++b) moved |= live[b] ^ epochs[b];
       if (moved == 0 && end <= first_new) continue;
       for (std::uint32_t b = b0; b < end; ++b) {
+        if (live[b] == epochs[b] && b < first_new) continue;
         // Row epoch first: it is bumped before block_epoch, so a row change is never missed.
         const std::uint32_t r = load_acquire(c.block_row_epoch[b]);
         const std::uint32_t e = load_acquire(c.block_epoch[b]);
@@ -769,20 +811,27 @@ struct placer::impl {
   }
 
   // The lowest first key any host could have, for spread strategies.
-  std::uint64_t spread_floor(const decision& d) const {
+  // The lowest first key a host can have, for spread strategies: a lower bound, so the first
+  // passing host (in tie-break order) that has it is the answer.
+  std::uint64_t spread_floor(const decision& d) {
     const auto& s = d.q.strategies[0];
     if (d.grp == nullptr) return 0;
     if (s.k == compiled_strategy::kind::spread_instance) {
       if (d.grp->total < d.c.count || d.grp->per_slot.size() < d.c.count) return 0;
       return *std::min_element(d.grp->per_slot.begin(), d.grp->per_slot.begin() + d.c.count);
     }
+    track_values(d.c, d.q.spread_bits[0]);
     std::uint64_t floor = std::numeric_limits<std::uint64_t>::max(), with_value = 0;
-    for (std::uint32_t bit : d.q.spread_bits[0]) {
-      floor = std::min<std::uint64_t>(floor, d.grp->per_bit[bit]);
-      with_value += d.grp->per_bit[bit];
+    for (std::size_t v = 0; v < spread_bits.size(); ++v) {
+      const std::uint32_t tasks = d.grp->per_bit[spread_bits[v]];
+      with_value += tasks;
+      if (value_hosts[v] > 0) floor = std::min<std::uint64_t>(floor, tasks);
     }
-    return std::min<std::uint64_t>(
-        floor, d.grp->total - std::min<std::uint64_t>(d.grp->total, with_value));
+    if (value_hosts.back() > 0) {
+      floor = std::min<std::uint64_t>(
+          floor, d.grp->total - std::min<std::uint64_t>(d.grp->total, with_value));
+    }
+    return floor == std::numeric_limits<std::uint64_t>::max() ? 0 : floor;
   }
 
   // Every host the index says has enough of its quantity, best key wins. Exact whatever the
