@@ -188,6 +188,8 @@ result<query> compile(const request& r) {
     if (!decided) q->strategies.push_back(cs);
     decided = decided || cs.k == compiled_strategy::kind::random;
   }
+  // No strategy: random, as ECS's RunTask.
+  if (q->strategies.empty()) q->strategies.push_back({compiled_strategy::kind::random, {}});
   return query(std::move(q));
 }
 
@@ -239,6 +241,11 @@ struct permutation {
 
 using key = std::array<std::uint64_t, max_strategies + 1>;
 
+// Binpack's ties go to a fixed pseudo-random order of the hosts, the same for every decision
+// while the cluster's size stays within one power of two: binpack keeps packing the same hosts,
+// and the vector implementation keeps its indexes sorted by that order.
+constexpr std::uint64_t tie_seed = 0x6a09'e667'f3bc'c908ull;
+
 // What the batch so far holds that the ledger does not show (dry runs only).
 struct overlay_entry {
   std::uint32_t slot;
@@ -255,7 +262,8 @@ struct decision {
   const std::vector<overlay_entry>& overlay;
   const place_options& opts;
   std::uint64_t connected_after = 0;
-  permutation perm;
+  permutation rnd;  // this placement's: the random strategy
+  permutation tie;  // fixed for the cluster's size: the final tie-break
 
   const overlay_entry* extra(std::uint32_t slot) const {
     for (const auto& o : overlay) {
@@ -368,11 +376,16 @@ struct decision {
           k[i] = spread_value_tasks(i, slot);
           break;
         case compiled_strategy::kind::random:
-          k[i] = perm.rank(slot);
+          k[i] = rnd.rank(slot);
           break;
       }
     }
-    k[i] = perm.rank(slot);  // final tie-break (a no-op after random)
+    // The final tie-break: binpack keeps packing the same hosts (a fixed order); every other
+    // chain breaks ties at random. A no-op after random.
+    const bool packs =
+        !q.strategies.empty() && (q.strategies[0].k == compiled_strategy::kind::binpack_cpu ||
+                                  q.strategies[0].k == compiled_strategy::kind::binpack_memory);
+    k[i] = packs ? tie.rank(slot) : rnd.rank(slot);
     return k;
   }
 };
@@ -452,68 +465,53 @@ struct block_summary {
   std::array<std::uint64_t, ipc::attribute_words> attributes{};  // union over the block
 };
 
-// Hosts bucketed by one free quantity, for binpack: buckets are disjoint ranges in increasing
-// order, so the first bucket holding a passing host holds the best.
-struct bucket_index {
+// Hosts by one free quantity (CPU or MiB), for binpack.
+// Buckets are disjoint value ranges in increasing order; each keeps its entries sorted by (value,
+// tie rank), so the first passing entry at or above a need is binpack's answer.
+struct value_index {
   static constexpr std::uint32_t bucket_count = 1u << 14;
-  std::uint32_t shift = 0;
-  std::vector<std::vector<std::uint32_t>> buckets;
-  std::vector<std::uint64_t> nonempty;    // a bit per bucket
-  std::vector<std::uint32_t> where;       // per slot: bucket, or none
-  std::vector<std::uint32_t> position;    // per slot: index within its bucket
-  std::vector<std::uint32_t> group_size;  // hosts per 64 buckets, for count_from
-  std::uint32_t total = 0;
   static constexpr std::uint32_t none = 0xffff'ffffu;
+  std::uint32_t shift = 0;
+  std::uint32_t tie_mask = 0;                       // the tie permutation the ranks are from
+  std::vector<std::vector<std::uint64_t>> buckets;  // value << 32 | tie rank
+  std::vector<std::uint64_t> nonempty;              // a bit per bucket
+  std::vector<std::uint32_t> group_size;            // entries per 64 buckets
+  std::uint32_t total = 0;
+  std::vector<std::uint32_t> value_of;  // per slot, or none
+  std::vector<std::uint32_t> rank_of;   // per slot
 
-  explicit bucket_index(std::uint32_t shift_bits)
-      : shift(shift_bits),
-        buckets(bucket_count),
-        nonempty(bucket_count / 64, 0),
-        group_size(bucket_count / 64, 0) {}
-
-  void count(std::uint32_t b, std::int32_t delta) {
-    group_size[b / 64] += static_cast<std::uint32_t>(delta);
-    total += static_cast<std::uint32_t>(delta);
-  }
-  // Hosts in buckets [b, end): those whose value may reach the bucket's range. Updates are
-  // O(1); this sum is paid only when a decision asks.
-  std::uint32_t count_from(std::uint32_t b) const {
-    std::uint32_t below = 0;
-    for (std::uint32_t g = 0; g < b / 64; ++g) below += group_size[g];
-    for (std::uint32_t i = b / 64 * 64; i < b; ++i) {
-      below += static_cast<std::uint32_t>(buckets[i].size());
-    }
-    return total - below;
-  }
+  explicit value_index(std::uint32_t shift_bits)
+      : shift(shift_bits), buckets(bucket_count), nonempty(bucket_count / 64, 0) {}
 
   std::uint32_t bucket_of(std::uint32_t value) const {
     return std::min(value >> shift, bucket_count - 1);
   }
-  void erase(std::uint32_t slot) {
-    const std::uint32_t b = where[slot];
-    if (b == none) return;
-    auto& v = buckets[b];
-    const std::uint32_t at = position[slot];
-    v[at] = v.back();
-    position[v[at]] = at;
-    v.pop_back();
-    if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
-    where[slot] = none;
-    count(b, -1);
+  static std::uint64_t entry(std::uint32_t value, std::uint32_t rank) {
+    return (std::uint64_t{value} << 32) | rank;
   }
-  void set(std::uint32_t slot, std::uint32_t value) {
-    if (slot >= where.size()) {
-      where.resize(slot + 1, none);
-      position.resize(slot + 1, 0);
+  void erase(std::uint32_t slot) {
+    if (slot >= value_of.size() || value_of[slot] == none) return;
+    const std::uint32_t b = bucket_of(value_of[slot]);
+    auto& v = buckets[b];
+    const auto it = std::lower_bound(v.begin(), v.end(), entry(value_of[slot], rank_of[slot]));
+    v.erase(it);
+    if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    value_of[slot] = none;
+  }
+  void set(std::uint32_t slot, std::uint32_t value, std::uint32_t rank) {
+    if (slot >= value_of.size()) {
+      value_of.resize(slot + 1, none);
+      rank_of.resize(slot + 1, 0);
     }
-    const std::uint32_t b = bucket_of(value);
-    if (where[slot] == b) return;
+    if (value_of[slot] == value && rank_of[slot] == rank) return;
     erase(slot);
-    where[slot] = b;
-    position[slot] = static_cast<std::uint32_t>(buckets[b].size());
-    buckets[b].push_back(slot);
+    const std::uint32_t b = bucket_of(value);
+    auto& v = buckets[b];
+    const std::uint64_t e = entry(value, rank);
+    v.insert(std::upper_bound(v.begin(), v.end(), e), e);
     nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
-    count(b, 1);
+    value_of[slot] = value;
+    rank_of[slot] = rank;
   }
   // The first non-empty bucket at or after b, or bucket_count.
   std::uint32_t next(std::uint32_t b) const {
@@ -528,6 +526,66 @@ struct bucket_index {
   }
 };
 
+// Hosts by (free CPU, free MiB) on a half-octave grid: the hosts with room for a need are those
+// in the cells at or above it, so a search for the few that fit visits about as many hosts as
+// fit, whatever the strategy.
+struct grid_index {
+  static constexpr std::uint32_t levels = 64;
+  static constexpr std::uint32_t none = 0xffff'ffffu;
+  std::vector<std::vector<std::uint32_t>> cells =
+      std::vector<std::vector<std::uint32_t>>(levels * levels);
+  std::vector<std::uint32_t> cell_of;  // per slot, or none
+  std::vector<std::uint32_t> position;
+
+  // Monotonic: 0–3 as they are, then two levels per power of two.
+  static std::uint32_t level(std::uint32_t v) {
+    if (v < 4) return v;
+    const std::uint32_t w = static_cast<std::uint32_t>(std::bit_width(v));
+    return 2 * (w - 3) + 4 + ((v >> (w - 2)) & 1u);
+  }
+  void set(std::uint32_t slot, std::uint32_t cpu, std::uint32_t mib) {
+    if (slot >= cell_of.size()) {
+      cell_of.resize(slot + 1, none);
+      position.resize(slot + 1, 0);
+    }
+    const std::uint32_t cell = level(cpu) * levels + level(mib);
+    if (cell_of[slot] == cell) return;
+    if (cell_of[slot] != none) {
+      auto& v = cells[cell_of[slot]];
+      const std::uint32_t at = position[slot];
+      v[at] = v.back();
+      position[v[at]] = at;
+      v.pop_back();
+    }
+    cell_of[slot] = cell;
+    position[slot] = static_cast<std::uint32_t>(cells[cell].size());
+    cells[cell].push_back(slot);
+  }
+  // Calls fn(slot) for every host in the cells at or above the need; returns how many.
+  template <class Fn>
+  std::uint32_t for_each_at_least(std::uint32_t cpu, std::uint32_t mib, Fn&& fn) const {
+    std::uint32_t n = 0;
+    const std::uint32_t lc = level(cpu), lm = level(mib);
+    for (std::uint32_t c = lc; c < levels; ++c) {
+      for (std::uint32_t m = lm; m < levels; ++m) {
+        for (std::uint32_t slot : cells[c * levels + m]) fn(slot);
+        n += static_cast<std::uint32_t>(cells[c * levels + m].size());
+      }
+    }
+    return n;
+  }
+  std::uint32_t count_at_least(std::uint32_t cpu, std::uint32_t mib) const {
+    std::uint32_t n = 0;
+    const std::uint32_t lc = level(cpu), lm = level(mib);
+    for (std::uint32_t c = lc; c < levels; ++c) {
+      for (std::uint32_t m = lm; m < levels; ++m) {
+        n += static_cast<std::uint32_t>(cells[c * levels + m].size());
+      }
+    }
+    return n;
+  }
+};
+
 }  // namespace
 
 struct placer::impl {
@@ -538,7 +596,9 @@ struct placer::impl {
   std::vector<block_summary> blocks;
   std::uint32_t known = 0;  // slots summarized
   std::vector<std::uint64_t> cached_free;
-  std::optional<bucket_index> by_cpu, by_mib;
+  std::optional<value_index> by_cpu, by_mib;  // built when a binpack first asks
+  grid_index grid;
+  std::optional<permutation> tie;  // the one the indexes' ranks are from
 
   // For spread on an attribute: how many active hosts carry each of its values (the last entry:
   // none of them), per block and in total. A value no host carries cannot be a spread's floor.
@@ -617,8 +677,9 @@ struct placer::impl {
       if (!moved[i]) continue;
       const std::uint64_t f = free[i];
       cached[i] = f;
-      if (by_cpu) by_cpu->set(lo + i, static_cast<std::uint32_t>(f >> 32));
-      if (by_mib) by_mib->set(lo + i, static_cast<std::uint32_t>(f));
+      grid.set(lo + i, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      if (by_cpu) by_cpu->set(lo + i, static_cast<std::uint32_t>(f >> 32), tie->rank(lo + i));
+      if (by_mib) by_mib->set(lo + i, static_cast<std::uint32_t>(f), tie->rank(lo + i));
     }
     if (rows && !value_hosts.empty()) {
       value_hosts_block.resize(blocks.size() * (spread_bits.size() + 1), 0);
@@ -673,16 +734,15 @@ struct placer::impl {
     known = c.count;
   }
 
-  void build_index(std::optional<bucket_index>& idx, std::uint32_t shift, bool cpu,
-                   const ipc::columns& c) {
+  void build_index(std::optional<value_index>& idx, std::uint32_t shift, bool cpu) {
     if (idx) return;
-    // Slots summarized so far enter at their cached values; later ones as refresh reads them.
     idx.emplace(shift);
+    idx->tie_mask = tie->mask;
     for (std::uint32_t slot = 0; slot < known; ++slot) {
       const std::uint64_t f = cached_free[slot];
-      idx->set(slot, cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f));
+      idx->set(slot, cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f),
+               tie->rank(slot));
     }
-    (void)c;
   }
 
   bool block_may_fit(const decision& d, std::uint32_t b) const {
@@ -779,38 +839,47 @@ struct placer::impl {
 
   // Walks slots in the permutation's order: the first passing host whose first key equals the
   // lowest any host could have is the answer. Gives up after a budget.
-  std::optional<std::uint32_t> probe(const decision& d, std::uint64_t target, bool keyed,
-                                     bool& gave_up) const {
+  std::optional<std::uint32_t> probe(const decision& d, const permutation& order,
+                                     std::uint64_t target, bool keyed, bool& gave_up) const {
     constexpr std::uint32_t budget = 128;
-    const std::uint32_t n = std::min(d.perm.size(), budget);
+    const std::uint32_t n = std::min(order.size(), budget);
     for (std::uint32_t r = 0; r < n; ++r) {
-      const std::uint32_t slot = d.perm.slot_at(r);
+      const std::uint32_t slot = order.slot_at(r);
       if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
       if (!keyed || d.keys(slot)[0] == target) return slot;
     }
-    gave_up = n < d.perm.size();
+    gave_up = n < order.size();
     return std::nullopt;
   }
 
-  std::optional<std::uint32_t> walk(const decision& d, const bucket_index& idx, bool cpu) const {
-    std::uint32_t b = idx.next(idx.bucket_of(cpu ? d.need.cpu : d.need.mib));
-    for (; b < bucket_index::bucket_count; b = idx.next(b + 1)) {
-      std::optional<std::uint32_t> best;
-      key best_key{};
-      for (std::uint32_t slot : idx.buckets[b]) {
+  // Binpack: entries in (value, tie rank) order from the need up. Alone, the first passing host
+  // is the answer; with more strategies, every passing host of that same value competes.
+  std::optional<std::uint32_t> walk(const decision& d, const value_index& idx, bool cpu) const {
+    const std::uint32_t need = cpu ? d.need.cpu : d.need.mib;
+    const bool alone = d.q.strategies.size() == 1;
+    std::optional<std::uint32_t> best;
+    key best_key{};
+    std::uint32_t best_value = 0;
+    for (std::uint32_t b = idx.next(idx.bucket_of(need)); b < value_index::bucket_count;
+         b = idx.next(b + 1)) {
+      for (const std::uint64_t e : idx.buckets[b]) {
+        const std::uint32_t value = static_cast<std::uint32_t>(e >> 32);
+        if (value < need) continue;
+        if (best && value > best_value) return best;
+        const std::uint32_t slot = d.tie.slot_at(static_cast<std::uint32_t>(e));
         if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
+        if (alone) return slot;
         const key kk = d.keys(slot);
         if (!best || kk < best_key) {
           best = slot;
           best_key = kk;
+          best_value = value;
         }
       }
-      if (best) return best;
     }
-    return std::nullopt;
+    return best;
   }
 
-  // The lowest first key any host could have, for spread strategies.
   // The lowest first key a host can have, for spread strategies: a lower bound, so the first
   // passing host (in tie-break order) that has it is the answer.
   std::uint64_t spread_floor(const decision& d) {
@@ -834,57 +903,50 @@ struct placer::impl {
     return floor == std::numeric_limits<std::uint64_t>::max() ? 0 : floor;
   }
 
-  // Every host the index says has enough of its quantity, best key wins. Exact whatever the
-  // strategies: hosts it skips lack the capacity outright.
-  std::optional<std::uint32_t> enumerate(const decision& d, const bucket_index& idx,
-                                         bool cpu) const {
+  // Few hosts have the room: visit just those, through the grid. Many: the SIMD scan over every
+  // block that may fit. Exact either way: hosts the grid skips lack the room outright.
+  std::optional<std::uint32_t> exhaustive(const decision& d) const {
+    if (grid.count_at_least(d.need.cpu, d.need.mib) * 4 > d.c.count) return scan(d);
     std::optional<std::uint32_t> best;
     key best_key{};
-    std::uint32_t b = idx.next(idx.bucket_of(cpu ? d.need.cpu : d.need.mib));
-    for (; b < bucket_index::bucket_count; b = idx.next(b + 1)) {
-      for (std::uint32_t slot : idx.buckets[b]) {
-        if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
-        const key kk = d.keys(slot);
-        if (!best || kk < best_key) {
-          best = slot;
-          best_key = kk;
-        }
+    grid.for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
+      if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) return;
+      const key kk = d.keys(slot);
+      if (!best || kk < best_key) {
+        best = slot;
+        best_key = kk;
       }
-    }
+    });
     return best;
   }
 
-  // Few hosts have the capacity: visit just those through the smaller index. Many: the SIMD
-  // scan over every block that may fit.
-  std::optional<std::uint32_t> exhaustive(const decision& d) const {
-    const std::uint32_t by_cpu_n = by_cpu->count_from(by_cpu->bucket_of(d.need.cpu));
-    const std::uint32_t by_mib_n = by_mib->count_from(by_mib->bucket_of(d.need.mib));
-    if (std::min(by_cpu_n, by_mib_n) * 8 < d.c.count) {
-      return by_cpu_n < by_mib_n ? enumerate(d, *by_cpu, true) : enumerate(d, *by_mib, false);
-    }
-    return scan(d);
-  }
-
   std::optional<std::uint32_t> choose_vector(const decision& d) {
-    build_index(by_cpu, 2, true, d.c);
-    build_index(by_mib, 5, false, d.c);
+    if (!tie || tie->mask != d.tie.mask) {
+      // The cluster grew past a power of two: ranks changed, index again.
+      by_cpu.reset();
+      by_mib.reset();
+      tie = d.tie;
+    }
     refresh(d.c);
     using kind = compiled_strategy::kind;
-    const kind first = d.q.strategies.empty() ? kind::random : d.q.strategies[0].k;
-    // The bucket index orders hosts by the ledger's values; a dry run's own holdings reorder them.
+    const kind first = d.q.strategies[0].k;
+    // The index orders hosts by the ledger's values; a dry run's own holdings reorder them.
     if (d.overlay.empty() && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
       const bool cpu = first == kind::binpack_cpu;
+      build_index(cpu ? by_cpu : by_mib, cpu ? 2 : 5, cpu);
       return walk(d, cpu ? *by_cpu : *by_mib, cpu);
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
     if (first == kind::random) {
       bool gave_up = false;
-      auto s = probe(d, 0, false, gave_up);
+      auto s = probe(d, d.rnd, 0, false, gave_up);
       if (s || !gave_up) return s;
     } else if (alone && (first == kind::spread_instance || first == kind::spread_attribute)) {
       bool gave_up = false;
-      auto s = probe(d, spread_floor(d), true, gave_up);
+      // The answer is the first host with the floor in the order of the next key: random,
+      // whether a random strategy follows or the tie-break decides.
+      auto s = probe(d, d.rnd, spread_floor(d), true, gave_up);
       if (s) return s;
     }
     return exhaustive(d);
@@ -930,7 +992,8 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
                  overlay,
                  opts,
                  connected_after,
-                 permutation(c.count, seed ^ (std::uint64_t{t} << 32) ^ out.retries)};
+                 permutation(c.count, seed ^ (std::uint64_t{t} << 32) ^ out.retries),
+                 permutation(c.count, tie_seed)};
       if (opts.explain && t == 0 && out.rejected.empty()) {
         for (std::uint32_t s = 0; s < c.count; ++s) {
           if (c.state[s] == static_cast<std::uint32_t>(ipc::instance_state::empty)) continue;
