@@ -260,7 +260,6 @@ struct decision {
   const requirements& need;
   const task_groups::group* grp;
   const std::vector<overlay_entry>& overlay;
-  const place_options& opts;
   std::uint64_t connected_after = 0;
   permutation rnd;  // this placement's: the random strategy
   permutation tie;  // fixed for the cluster's size: the final tie-break
@@ -990,7 +989,6 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
                  need,
                  grp,
                  overlay,
-                 opts,
                  connected_after,
                  permutation(c.count, seed ^ (std::uint64_t{t} << 32) ^ out.retries),
                  permutation(c.count, tie_seed)};
