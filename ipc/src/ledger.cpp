@@ -165,6 +165,17 @@ struct ledger::impl {
         .fetch_add(1, std::memory_order_release);
   }
 
+  // Does the slot carry r's instance id? Relaxed: ids change only when a slot is claimed.
+  bool id_matches(std::uint32_t slot, const row& r) const noexcept {
+    const std::uint64_t* id = id_words(slot);
+    for (std::size_t w = 0; w < detail::instance_id_words; ++w) {
+      std::uint64_t v;
+      std::memcpy(&v, r.instance_id.data() + 8 * w, 8);
+      if (load(id[w], std::memory_order_relaxed) != v) return false;
+    }
+    return true;
+  }
+
   bool owned_by_me(std::uint32_t slot) const noexcept {
     return load(owner[slot], std::memory_order_acquire) == this_pid();
   }
@@ -609,14 +620,7 @@ result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
   for (std::uint32_t s = 0; s < hw; ++s) {
     std::uint32_t holder = load(m.owner[s], std::memory_order_acquire);
     if (holder == 0) continue;
-    const std::uint64_t* id = m.id_words(s);
-    bool same = true;
-    for (std::size_t w = 0; w < detail::instance_id_words && same; ++w) {
-      std::uint64_t v;
-      std::memcpy(&v, wanted.instance_id.data() + 8 * w, 8);
-      same = load(id[w], std::memory_order_relaxed) == v;
-    }
-    if (!same) continue;
+    if (!m.id_matches(s, wanted)) continue;
     if (holder == me) return s;
     if (process_alive(holder)) return fail(errc::slot_in_use);
     // Take over from the dead owner; its row stays as it was until we publish.
@@ -670,12 +674,7 @@ result<void> ledger::publish(std::uint32_t slot, const row& r) {
   if (m.read_only) return fail(errc::read_only);
   if (slot >= m.slots) return fail(errc::invalid_argument);
   if (!m.owned_by_me(slot)) return fail(errc::not_owner);
-  const std::uint64_t* id = m.id_words(slot);
-  for (std::size_t w = 0; w < detail::instance_id_words; ++w) {
-    std::uint64_t v;
-    std::memcpy(&v, r.instance_id.data() + 8 * w, 8);
-    if (load(id[w], std::memory_order_relaxed) != v) return fail(errc::invalid_argument);
-  }
+  if (!m.id_matches(slot, r)) return fail(errc::invalid_argument);
   m.write_row(slot, r);
   return {};
 }

@@ -107,14 +107,16 @@ struct parser {
     return true;
   }
 
-  result<ast> parse_or() {
-    auto left = parse_and();
+  // One level of a left-associative chain: `next (op next)*`, op spelled as a word or a symbol.
+  result<ast> parse_chain(ast::kind kind, result<ast> (parser::*next)(), std::string_view word,
+                          std::string_view sym) {
+    auto left = (this->*next)();
     if (!left) return left;
-    while (keyword("or") || symbol("||")) {
-      auto right = parse_and();
+    while (keyword(word) || symbol(sym)) {
+      auto right = (this->*next)();
       if (!right) return right;
       ast node;
-      node.k = ast::kind::or_;
+      node.k = kind;
       node.position = left->position;
       node.kids.push_back(std::move(*left));
       node.kids.push_back(std::move(*right));
@@ -122,21 +124,9 @@ struct parser {
     }
     return left;
   }
-
+  result<ast> parse_or() { return parse_chain(ast::kind::or_, &parser::parse_and, "or", "||"); }
   result<ast> parse_and() {
-    auto left = parse_unary();
-    if (!left) return left;
-    while (keyword("and") || symbol("&&")) {
-      auto right = parse_unary();
-      if (!right) return right;
-      ast node;
-      node.k = ast::kind::and_;
-      node.position = left->position;
-      node.kids.push_back(std::move(*left));
-      node.kids.push_back(std::move(*right));
-      left = std::move(node);
-    }
-    return left;
+    return parse_chain(ast::kind::and_, &parser::parse_unary, "and", "&&");
   }
 
   result<ast> parse_unary() {
