@@ -357,33 +357,31 @@ struct decision {
     return n;
   }
 
+  // Strategy i's key for the host: lower is better.
+  std::uint64_t key_at(std::size_t i, std::uint32_t slot) const {
+    switch (q.strategies[i].k) {
+      case compiled_strategy::kind::binpack_cpu:
+        return free_cpu(slot);
+      case compiled_strategy::kind::binpack_memory:
+        return free_mib(slot);
+      case compiled_strategy::kind::spread_instance:
+        return group_tasks(slot);
+      case compiled_strategy::kind::spread_attribute:
+        return spread_value_tasks(i, slot);
+      case compiled_strategy::kind::random:
+        return rnd.rank(slot);
+    }
+    return 0;
+  }
+
   key keys(std::uint32_t slot) const {
     key k{};
     std::size_t i = 0;
-    for (; i < q.strategies.size(); ++i) {
-      switch (q.strategies[i].k) {
-        case compiled_strategy::kind::binpack_cpu:
-          k[i] = free_cpu(slot);
-          break;
-        case compiled_strategy::kind::binpack_memory:
-          k[i] = free_mib(slot);
-          break;
-        case compiled_strategy::kind::spread_instance:
-          k[i] = group_tasks(slot);
-          break;
-        case compiled_strategy::kind::spread_attribute:
-          k[i] = spread_value_tasks(i, slot);
-          break;
-        case compiled_strategy::kind::random:
-          k[i] = rnd.rank(slot);
-          break;
-      }
-    }
+    for (; i < q.strategies.size(); ++i) k[i] = key_at(i, slot);
     // The final tie-break: binpack keeps packing the same hosts (a fixed order); every other
     // chain breaks ties at random. A no-op after random.
-    const bool packs =
-        !q.strategies.empty() && (q.strategies[0].k == compiled_strategy::kind::binpack_cpu ||
-                                  q.strategies[0].k == compiled_strategy::kind::binpack_memory);
+    const bool packs = q.strategies[0].k == compiled_strategy::kind::binpack_cpu ||
+                       q.strategies[0].k == compiled_strategy::kind::binpack_memory;
     k[i] = packs ? tie.rank(slot) : rnd.rank(slot);
     return k;
   }
@@ -844,8 +842,10 @@ struct placer::impl {
     const std::uint32_t n = std::min(order.size(), budget);
     for (std::uint32_t r = 0; r < n; ++r) {
       const std::uint32_t slot = order.slot_at(r);
-      if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
-      if (!keyed || d.keys(slot)[0] == target) return slot;
+      if (slot >= d.c.count || quick_reject(d, slot)) continue;
+      // The key is cheaper than the full check: test it first.
+      if (keyed && d.key_at(0, slot) != target) continue;
+      if (!d.check(slot)) return slot;
     }
     gave_up = n < order.size();
     return std::nullopt;
@@ -909,7 +909,10 @@ struct placer::impl {
     std::optional<std::uint32_t> best;
     key best_key{};
     grid.for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
-      if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) return;
+      if (slot >= d.c.count || quick_reject(d, slot)) return;
+      // A host whose first key is already worse cannot win: skip the full check.
+      if (best && d.key_at(0, slot) > best_key[0]) return;
+      if (d.check(slot)) return;
       const key kk = d.keys(slot);
       if (!best || kk < best_key) {
         best = slot;
