@@ -430,19 +430,27 @@ void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const 
   q.resolved_dict = dict;
 }
 
+// The host with the lowest key offered so far.
+struct best_host {
+  std::optional<std::uint32_t> slot;
+  key k{};
+  bool offer(std::uint32_t s, const key& kk) {
+    if (slot && !(kk < k)) return false;
+    slot = s;
+    k = kk;
+    return true;
+  }
+  // Could a host whose first key is `first` still win? (Cheaper than its full check.)
+  bool may_beat(std::uint64_t first) const { return !slot || first <= k[0]; }
+};
+
 // The oracle: every host, in slot order, plain scalar code.
 std::optional<std::uint32_t> choose_reference(const decision& d) {
-  std::optional<std::uint32_t> best;
-  key best_key{};
+  best_host best;
   for (std::uint32_t slot = 0; slot < d.c.count; ++slot) {
-    if (d.check(slot)) continue;
-    const key k = d.keys(slot);
-    if (!best || k < best_key) {
-      best = slot;
-      best_key = k;
-    }
+    if (!d.check(slot)) best.offer(slot, d.keys(slot));
   }
-  return best;
+  return best.slot;
 }
 
 std::uint32_t load_acquire(const std::uint32_t& x) {
@@ -798,8 +806,7 @@ struct placer::impl {
   // Every block that may fit, filtered 64 hosts at a time by the SIMD kernels.
   std::optional<std::uint32_t> scan(const decision& d) const {
     const detail::kernel_fns& k = detail::active_kernel_fns();
-    std::optional<std::uint32_t> best;
-    key best_key{};
+    best_host best;
     // Ports, groups, this batch's holdings and heartbeats are checked per candidate, exactly.
     const bool per_host = !d.need.static_ports.empty() || d.q.distinct || !d.overlay.empty() ||
                           d.connected_after != 0;
@@ -823,15 +830,11 @@ struct placer::impl {
       }
       for (; mask != 0; mask &= mask - 1) {
         const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(mask));
-        if (per_host && d.check(slot)) continue;
-        const key kk = d.keys(slot);
-        if (!best || kk < best_key) {
-          best = slot;
-          best_key = kk;
-        }
+        if (!best.may_beat(d.key_at(0, slot)) || (per_host && d.check(slot))) continue;
+        best.offer(slot, d.keys(slot));
       }
     }
-    return best;
+    return best.slot;
   }
 
   // Walks slots in the permutation's order: the first passing host whose first key equals the
@@ -856,27 +859,21 @@ struct placer::impl {
   std::optional<std::uint32_t> walk(const decision& d, const value_index& idx, bool cpu) const {
     const std::uint32_t need = cpu ? d.need.cpu : d.need.mib;
     const bool alone = d.q.strategies.size() == 1;
-    std::optional<std::uint32_t> best;
-    key best_key{};
+    best_host best;
     std::uint32_t best_value = 0;
     for (std::uint32_t b = idx.next(idx.bucket_of(need)); b < value_index::bucket_count;
          b = idx.next(b + 1)) {
       for (const std::uint64_t e : idx.buckets[b]) {
         const std::uint32_t value = static_cast<std::uint32_t>(e >> 32);
         if (value < need) continue;
-        if (best && value > best_value) return best;
+        if (best.slot && value > best_value) return best.slot;
         const std::uint32_t slot = d.tie.slot_at(static_cast<std::uint32_t>(e));
         if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
         if (alone) return slot;
-        const key kk = d.keys(slot);
-        if (!best || kk < best_key) {
-          best = slot;
-          best_key = kk;
-          best_value = value;
-        }
+        if (best.offer(slot, d.keys(slot))) best_value = value;
       }
     }
-    return best;
+    return best.slot;
   }
 
   // The lowest first key a host can have, for spread strategies: a lower bound, so the first
@@ -906,20 +903,16 @@ struct placer::impl {
   // block that may fit. Exact either way: hosts the grid skips lack the room outright.
   std::optional<std::uint32_t> exhaustive(const decision& d) const {
     if (grid.count_at_least(d.need.cpu, d.need.mib) * 4 > d.c.count) return scan(d);
-    std::optional<std::uint32_t> best;
-    key best_key{};
+    best_host best;
     grid.for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
-      if (slot >= d.c.count || quick_reject(d, slot)) return;
-      // A host whose first key is already worse cannot win: skip the full check.
-      if (best && d.key_at(0, slot) > best_key[0]) return;
-      if (d.check(slot)) return;
-      const key kk = d.keys(slot);
-      if (!best || kk < best_key) {
-        best = slot;
-        best_key = kk;
+      // A host whose first key is already worse cannot win: skip its full check.
+      if (slot >= d.c.count || quick_reject(d, slot) || !best.may_beat(d.key_at(0, slot)) ||
+          d.check(slot)) {
+        return;
       }
+      best.offer(slot, d.keys(slot));
     });
-    return best;
+    return best.slot;
   }
 
   std::optional<std::uint32_t> choose_vector(const decision& d) {
