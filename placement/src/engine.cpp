@@ -601,7 +601,43 @@ struct placer::impl {
   std::vector<block_summary> blocks;
   std::uint32_t known = 0;  // slots summarized
   std::vector<std::uint64_t> cached_free;
-  std::optional<value_index> by_cpu, by_mib;  // built when a binpack first asks
+  // Binpack indexes, built when a binpack first asks: one per quantity and per set of attribute
+  // tests every passing host must meet, holding only the hosts that meet them.
+  using required_words = std::vector<std::vector<std::pair<std::uint32_t, std::uint64_t>>>;
+  struct binpack_index {
+    bool cpu;
+    required_words required;
+    value_index idx;
+  };
+  std::vector<binpack_index> indexes;
+
+  static bool eligible(const ipc::columns& c, std::uint32_t slot, const required_words& req) {
+    for (const auto& words : req) {
+      bool hit = false;
+      for (const auto& [w, m] : words) hit |= (c.attributes[w][slot] & m) != 0;
+      if (!hit) return false;
+    }
+    return true;
+  }
+
+  void index_host(binpack_index& x, const ipc::columns& c, std::uint32_t slot, std::uint64_t f) {
+    if (!eligible(c, slot, x.required)) {
+      x.idx.erase(slot);
+      return;
+    }
+    x.idx.set(slot, x.cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f),
+              tie->rank(slot));
+  }
+
+  value_index& binpack_index_for(const ipc::columns& c, bool cpu, const required_words& req) {
+    for (auto& x : indexes) {
+      if (x.cpu == cpu && x.required == req) return x.idx;
+    }
+    binpack_index& x = indexes.emplace_back(binpack_index{cpu, req, value_index(cpu ? 2 : 5)});
+    x.idx.tie_mask = tie->mask;
+    for (std::uint32_t slot = 0; slot < known; ++slot) index_host(x, c, slot, cached_free[slot]);
+    return x.idx;
+  }
   grid_index grid;
   std::optional<permutation> tie;  // the one the indexes' ranks are from
 
@@ -679,12 +715,12 @@ struct placer::impl {
     for (std::uint32_t i = 0; i < n; ++i) moved[i] = cached[i] != free[i];
     if (lo + n > known) std::fill(moved + (known > lo ? known - lo : 0), moved + n, 1);
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (!moved[i]) continue;
+      // A publish may change attributes, and so which indexes hold the host.
+      if (!moved[i] && !rows) continue;
       const std::uint64_t f = free[i];
       cached[i] = f;
       grid.set(lo + i, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
-      if (by_cpu) by_cpu->set(lo + i, static_cast<std::uint32_t>(f >> 32), tie->rank(lo + i));
-      if (by_mib) by_mib->set(lo + i, static_cast<std::uint32_t>(f), tie->rank(lo + i));
+      for (auto& x : indexes) index_host(x, c, lo + i, f);
     }
     if (rows && !value_hosts.empty()) {
       value_hosts_block.resize(blocks.size() * (spread_bits.size() + 1), 0);
@@ -737,17 +773,6 @@ struct placer::impl {
       }
     }
     known = c.count;
-  }
-
-  void build_index(std::optional<value_index>& idx, std::uint32_t shift, bool cpu) {
-    if (idx) return;
-    idx.emplace(shift);
-    idx->tie_mask = tie->mask;
-    for (std::uint32_t slot = 0; slot < known; ++slot) {
-      const std::uint64_t f = cached_free[slot];
-      idx->set(slot, cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f),
-               tie->rank(slot));
-    }
   }
 
   bool block_may_fit(const decision& d, std::uint32_t b) const {
@@ -918,8 +943,7 @@ struct placer::impl {
   std::optional<std::uint32_t> choose_vector(const decision& d) {
     if (!tie || tie->mask != d.tie.mask) {
       // The cluster grew past a power of two: ranks changed, index again.
-      by_cpu.reset();
-      by_mib.reset();
+      indexes.clear();
       tie = d.tie;
     }
     refresh(d.c);
@@ -928,8 +952,7 @@ struct placer::impl {
     // The index orders hosts by the ledger's values; a dry run's own holdings reorder them.
     if (d.overlay.empty() && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
       const bool cpu = first == kind::binpack_cpu;
-      build_index(cpu ? by_cpu : by_mib, cpu ? 2 : 5, cpu);
-      return walk(d, cpu ? *by_cpu : *by_mib, cpu);
+      return walk(d, binpack_index_for(d.c, cpu, d.q.prog.required_words), cpu);
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
