@@ -49,6 +49,7 @@ void for_each_bit(const std::array<std::uint64_t, ipc::attribute_words>& words, 
 
 void task_groups::add(std::string_view name, std::uint32_t slot,
                       const std::array<std::uint64_t, ipc::attribute_words>& attributes) {
+  if (slot >= ipc::max_slots) return;  // no such slot: nothing to record
   auto it = groups_.find(name);
   if (it == groups_.end()) it = groups_.emplace(std::string(name), group{}).first;
   group& g = it->second;
@@ -96,6 +97,7 @@ struct query::impl {
   // Resolution against a ledger's dictionary, kept while the dictionary does not grow.
   const ipc::ledger* resolved_for = nullptr;
   std::uint32_t resolved_dict = std::numeric_limits<std::uint32_t>::max();
+  std::uint64_t resolved_connected = 0;  // the heartbeat cutoff the program was resolved with
   program prog;
   std::vector<std::uint32_t> roots;
   std::vector<std::vector<std::uint32_t>> spread_bits;  // per strategy: the attribute's values
@@ -392,7 +394,8 @@ struct decision {
 void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const task_groups& g,
              std::uint64_t connected_after) {
   const std::uint32_t dict = l.attribute_count();
-  if (q.resolved_for == &l && q.resolved_dict == dict && !q.prog.dynamic && connected_after == 0) {
+  if (q.resolved_for == &l && q.resolved_dict == dict && !q.prog.dynamic &&
+      q.resolved_connected == connected_after) {
     return;
   }
   q.prog = program{};
@@ -428,6 +431,7 @@ void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const 
   }
   q.resolved_for = &l;
   q.resolved_dict = dict;
+  q.resolved_connected = connected_after;
 }
 
 // The host with the lowest key offered so far.
@@ -762,9 +766,10 @@ struct placer::impl {
       if (moved == 0 && end <= first_new) continue;
       for (std::uint32_t b = b0; b < end; ++b) {
         if (live[b] == epochs[b] && b < first_new) continue;
-        // Row epoch first: it is bumped before block_epoch, so a row change is never missed.
-        const std::uint32_t r = load_acquire(c.block_row_epoch[b]);
+        // Block epoch first: a publish bumps the row epoch before it, so whoever sees a publish's
+        // block epoch sees its row epoch too, and no row change is taken for a capacity change.
         const std::uint32_t e = load_acquire(c.block_epoch[b]);
+        const std::uint32_t r = load_acquire(c.block_row_epoch[b]);
         if (e == epochs[b] && b < first_new) continue;
         const bool rows = r != row_epochs[b] || b >= first_new;
         epochs[b] = e;
@@ -983,6 +988,14 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
   }
   if (need.static_ports.size() > ipc::static_port_capacity) {
     return tl::unexpected(error{errc::invalid_argument, "too many static host ports"});
+  }
+  for (std::size_t i = 0; i < need.static_ports.size(); ++i) {
+    const std::uint16_t p = need.static_ports[i];
+    const auto before = need.static_ports.begin() + static_cast<std::ptrdiff_t>(i);
+    if (p == 0 || std::find(need.static_ports.begin(), before, p) != before) {
+      return tl::unexpected(error{errc::invalid_argument,
+                                  "host port " + std::to_string(p) + " is invalid or repeated"});
+    }
   }
   query::impl& q = *qy.impl_;
   impl& m = *impl_;

@@ -65,9 +65,13 @@ bool parse_time(std::string_view s, std::uint64_t& ns) {
       offset = sign * (oh * 3600 + om * 60);
     }
   }
-  if (i != s.size() || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) {
+  static constexpr int days[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (i != s.size() || mo < 1 || mo > 12 || d < 1 || d > days[mo - 1] || h > 23 || mi > 59 ||
+      se > 60) {
     return false;
   }
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (mo == 2 && d == 29 && !leap) return false;
   tm.tm_year = y - 1900;
   tm.tm_mon = mo - 1;
   tm.tm_mday = d;
@@ -75,7 +79,8 @@ bool parse_time(std::string_view s, std::uint64_t& ns) {
   tm.tm_min = mi;
   tm.tm_sec = se;
   const std::int64_t t = static_cast<std::int64_t>(::timegm(&tm)) - offset;
-  if (t < 0) return false;
+  // Nanoseconds since 1970 fit 64 bits until 2554.
+  if (t < 0 || static_cast<std::uint64_t>(t) > ~std::uint64_t{0} / 1'000'000'000ull) return false;
   ns = static_cast<std::uint64_t>(t) * 1'000'000'000ull;
   return true;
 }
@@ -129,9 +134,19 @@ struct parser {
     return parse_chain(ast::kind::and_, &parser::parse_unary, "and", "&&");
   }
 
+  // Nesting is bounded so that hostile input cannot exhaust the stack here or in the passes
+  // that walk the tree.
+  static constexpr int max_depth = 64;
+  int depth = 0;
+
   result<ast> parse_unary() {
     skip();
     const std::size_t at = i;
+    if (++depth > max_depth) return syntax(at, "expression nested too deeply");
+    struct leave {
+      int& d;
+      ~leave() { --d; }
+    } guard{depth};
     if (keyword("not") || (s.substr(i, 1) == "!" && symbol("!"))) {
       auto inner = parse_unary();
       if (!inner) return inner;
@@ -272,6 +287,8 @@ struct parser {
       case subject::attribute:
         break;  // every operator
       case subject::agent_connected:
+        ok = t.o == op::eq && !list;  // == and != only: a boolean
+        break;
       case subject::ec2_instance_id:
       case subject::task_group:
         ok = !ordered && t.o != op::exists;
@@ -319,6 +336,9 @@ struct parser {
 }  // namespace
 
 result<ast> parse(std::string_view text) {
+  // ECS's limit on a constraint expression.
+  constexpr std::size_t max_length = 2000;
+  if (text.size() > max_length) return syntax(max_length, "expression longer than 2000 characters");
   parser p{text};
   if (p.at_end()) return syntax(0, "empty expression");
   auto e = p.parse_or();

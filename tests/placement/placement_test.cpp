@@ -178,6 +178,8 @@ TEST(QueryLanguageTest, RefusesMalformedWithPosition) {
            bad{"attribute:x == y z", 17, "unexpected text"},
            bad{"attribute:x =~ '('", 15, "regular expression"},
            bad{"attribute:x == 'open", 15, "unterminated"},
+           bad{"agentConnected in [true]", 15, "not valid"},
+           bad{"registeredAt < 2019-02-29", 15, "date"},
        }) {
     auto e = detail::parse(b.text);
     ASSERT_FALSE(e) << b.text;
@@ -186,6 +188,19 @@ TEST(QueryLanguageTest, RefusesMalformedWithPosition) {
     EXPECT_NE(e.error().message.find(b.says), std::string::npos) << e.error().message;
     EXPECT_NE(e.error().message.find("position " + std::to_string(b.position)), std::string::npos);
   }
+}
+
+TEST(QueryLanguageTest, RefusesHostileInputWithoutCrashing) {
+  EXPECT_EQ(detail::parse(std::string(200'000, '(')).error().position, 2000u);
+  std::string deep;
+  for (int i = 0; i < 300; ++i) deep += "not ";
+  deep += "attribute:x exists";
+  auto e = detail::parse(deep);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("nested too deeply"), std::string::npos);
+  std::string nested(100, '(');
+  nested += "attribute:x exists" + std::string(100, ')');
+  EXPECT_FALSE(detail::parse(nested));
 }
 
 TEST(QueryLanguageTest, WildcardsAndVersions) {
@@ -433,6 +448,22 @@ TEST(FailureTest, EachInstanceCountsItsFirstReason) {
   EXPECT_EQ(to_string(reason::memory), "RESOURCE:MEMORY");
 }
 
+TEST(FailureTest, RepeatedOrZeroPortsAreRefused) {
+  cluster c(unique("ports"));
+  c.add(make("h", 4096, 8192));
+  task_groups g;
+  placer p(c.ledger());
+  for (std::vector<std::uint16_t> ports :
+       {std::vector<std::uint16_t>{80, 80}, std::vector<std::uint16_t>{0}}) {
+    request r = req(1, 1);
+    r.need.static_ports = ports;
+    auto q = compile(r);
+    auto out = p.place(*q, g, {});
+    ASSERT_FALSE(out);
+    EXPECT_EQ(out.error().code, errc::invalid_argument);
+  }
+}
+
 TEST(FailureTest, AgentDisconnectedIsInactive) {
   cluster c(unique("heartbeat"));
   const std::uint32_t live = c.add(make("live", 4096, 8192));
@@ -452,6 +483,18 @@ TEST(FailureTest, AgentDisconnectedIsInactive) {
   o.dry_run = true;
   auto none = p.place(*q, g, o);
   EXPECT_TRUE(none->slots.empty()) << "a disconnected agent is never a candidate";
+  // The same query without a timeout: every agent counts as connected again.
+  auto connected = compile(req(128, 128, {}, {{"memberOf", "agentConnected == true"}}));
+  o.explain = true;
+  auto with = p.place(*connected, g, o);
+  place_options no_timeout;
+  no_timeout.dry_run = true;
+  no_timeout.count = 2;
+  no_timeout.explain = true;
+  auto without = p.place(*connected, g, no_timeout);
+  ASSERT_TRUE(with && without);
+  EXPECT_EQ(with->slots.size(), 1u);
+  EXPECT_EQ(without->slots.size(), 2u) << "the heartbeat cutoff was kept from the call before";
 }
 
 // ---- batches never over-commit ----

@@ -118,7 +118,8 @@ struct request {
 };
 
 // A request compiled against a ledger: expressions parsed, strategies checked. Attribute tests
-// are resolved to bit masks at place time, again whenever the ledger's dictionary grows.
+// are resolved to bit masks at place time, again whenever the ledger's dictionary grows; that
+// cache lives in the query, so one query serves one placer (thread) at a time.
 class query {
  public:
   query(query&&) noexcept;
