@@ -545,6 +545,7 @@ struct grid_index {
       std::vector<std::vector<std::uint32_t>>(levels * levels);
   std::vector<std::uint32_t> cell_of;  // per slot, or none
   std::vector<std::uint32_t> position;
+  std::uint32_t top_cpu = 0, top_mib = 0;  // highest levels ever used: searches stop there
 
   // Monotonic: 0–3 as they are, then two levels per power of two.
   static std::uint32_t level(std::uint32_t v) {
@@ -557,8 +558,11 @@ struct grid_index {
       cell_of.resize(slot + 1, none);
       position.resize(slot + 1, 0);
     }
-    const std::uint32_t cell = level(cpu) * levels + level(mib);
+    const std::uint32_t lc = level(cpu), lm = level(mib);
+    const std::uint32_t cell = lc * levels + lm;
     if (cell_of[slot] == cell) return;
+    top_cpu = std::max(top_cpu, lc);
+    top_mib = std::max(top_mib, lm);
     if (cell_of[slot] != none) {
       auto& v = cells[cell_of[slot]];
       const std::uint32_t at = position[slot];
@@ -575,8 +579,8 @@ struct grid_index {
   std::uint32_t for_each_at_least(std::uint32_t cpu, std::uint32_t mib, Fn&& fn) const {
     std::uint32_t n = 0;
     const std::uint32_t lc = level(cpu), lm = level(mib);
-    for (std::uint32_t c = lc; c < levels; ++c) {
-      for (std::uint32_t m = lm; m < levels; ++m) {
+    for (std::uint32_t c = lc; c <= top_cpu; ++c) {
+      for (std::uint32_t m = lm; m <= top_mib; ++m) {
         for (std::uint32_t slot : cells[c * levels + m]) fn(slot);
         n += static_cast<std::uint32_t>(cells[c * levels + m].size());
       }
@@ -586,8 +590,8 @@ struct grid_index {
   std::uint32_t count_at_least(std::uint32_t cpu, std::uint32_t mib) const {
     std::uint32_t n = 0;
     const std::uint32_t lc = level(cpu), lm = level(mib);
-    for (std::uint32_t c = lc; c < levels; ++c) {
-      for (std::uint32_t m = lm; m < levels; ++m) {
+    for (std::uint32_t c = lc; c <= top_cpu; ++c) {
+      for (std::uint32_t m = lm; m <= top_mib; ++m) {
         n += static_cast<std::uint32_t>(cells[c * levels + m].size());
       }
     }
