@@ -94,13 +94,7 @@ struct query::impl {
   bool distinct = false;
   std::vector<compiled_strategy> strategies;  // ends at the first random (it decides alone)
 
-  // Resolution against a ledger's dictionary, kept while the dictionary does not grow.
-  const ipc::ledger* resolved_for = nullptr;
-  std::uint32_t resolved_dict = std::numeric_limits<std::uint32_t>::max();
-  std::uint64_t resolved_connected = 0;  // the heartbeat cutoff the program was resolved with
-  program prog;
-  std::vector<std::uint32_t> roots;
-  std::vector<std::vector<std::uint32_t>> spread_bits;  // per strategy: the attribute's values
+  std::uint64_t id = 0;  // names the query in placers' caches; immutable once compiled
 };
 
 query::query(std::unique_ptr<impl> p) noexcept : impl_(std::move(p)) {}
@@ -110,7 +104,9 @@ query::~query() = default;
 const request& query::source() const noexcept { return impl_->src; }
 
 result<query> compile(const request& r) {
+  static std::atomic<std::uint64_t> next_id{1};
   auto q = std::make_unique<query::impl>();
+  q->id = next_id.fetch_add(1, std::memory_order_relaxed);  // relaxed: only uniqueness matters
   q->src = r;
   if (r.constraints.size() > max_constraints) {
     return tl::unexpected(
@@ -256,9 +252,22 @@ struct overlay_entry {
 };
 
 // One decision's inputs, shared by both implementations.
+// A query's expressions and spread attributes resolved against one ledger's dictionary. Kept by
+// the placer, not the query, so that one compiled query may serve placers on many threads.
+struct resolution {
+  std::uint64_t query_id = 0;
+  const ipc::ledger* ledger = nullptr;
+  std::uint32_t dict = std::numeric_limits<std::uint32_t>::max();
+  std::uint64_t connected = 0;  // the heartbeat cutoff the program was resolved with
+  program prog;
+  std::vector<std::uint32_t> roots;
+  std::vector<std::vector<std::uint32_t>> spread_bits;  // per strategy: the attribute's values
+};
+
 struct decision {
   const ipc::columns& c;
   const query::impl& q;
+  const resolution& r;
   const requirements& need;
   const task_groups::group* grp;
   const std::vector<overlay_entry>& overlay;
@@ -324,8 +333,8 @@ struct decision {
     if (const auto* o = extra(slot)) gpus -= std::min(gpus, o->gpus);
     if (gpus < need.gpus) return reason::gpu;
     if (!ports_ok(slot)) return reason::ports;
-    for (std::uint32_t root : q.roots) {
-      if (!detail::eval_host(q.prog, root, c, slot)) return reason::attribute;
+    for (std::uint32_t root : r.roots) {
+      if (!detail::eval_host(r.prog, root, c, slot)) return reason::attribute;
     }
     if (q.distinct && group_tasks(slot) > 0) return reason::distinct_instance;
     return std::nullopt;
@@ -334,7 +343,7 @@ struct decision {
   // The host's value of strategy s's attribute: its bit, or `none` when it has none.
   static constexpr std::uint32_t none = 0xffff'ffffu;
   std::uint32_t value_of(std::size_t s, std::uint32_t slot) const {
-    for (std::uint32_t bit : q.spread_bits[s]) {
+    for (std::uint32_t bit : r.spread_bits[s]) {
       if ((c.attributes[bit / 64][slot] >> (bit % 64)) & 1u) return bit;
     }
     return none;
@@ -349,7 +358,7 @@ struct decision {
         n = grp->per_bit[v];
       } else {
         std::uint64_t with_value = 0;
-        for (std::uint32_t bit : q.spread_bits[s]) with_value += grp->per_bit[bit];
+        for (std::uint32_t bit : r.spread_bits[s]) with_value += grp->per_bit[bit];
         n = grp->total - std::min<std::uint64_t>(grp->total, with_value);
       }
     }
@@ -391,47 +400,46 @@ struct decision {
 
 // Resolves the query's expressions and spread attributes against the ledger, again when the
 // dictionary grew or the expressions read task groups or instance ids.
-void resolve(query::impl& q, const ipc::ledger& l, const ipc::columns& c, const task_groups& g,
-             std::uint64_t connected_after) {
+void resolve(const query::impl& q, resolution& r, const ipc::ledger& l, const ipc::columns& c,
+             const task_groups& g, std::uint64_t connected_after) {
   const std::uint32_t dict = l.attribute_count();
-  if (q.resolved_for == &l && q.resolved_dict == dict && !q.prog.dynamic &&
-      q.resolved_connected == connected_after) {
+  if (r.ledger == &l && r.dict == dict && !r.prog.dynamic && r.connected == connected_after) {
     return;
   }
-  q.prog = program{};
-  q.roots.clear();
+  r.prog = program{};
+  r.roots.clear();
   const detail::resolve_context ctx{l, c, g, connected_after};
-  for (const auto& e : q.expressions) q.roots.push_back(detail::resolve(e, ctx, q.prog));
+  for (const auto& e : q.expressions) r.roots.push_back(detail::resolve(e, ctx, r.prog));
   // Attribute tests every passing host must meet: roots that are attribute tests outright.
-  for (std::uint32_t root : q.roots) {
+  for (std::uint32_t root : r.roots) {
     std::vector<std::uint32_t> stack{root};
     while (!stack.empty()) {
-      const program::node& n = q.prog.nodes[stack.back()];
+      const program::node& n = r.prog.nodes[stack.back()];
       stack.pop_back();
       if (n.k == program::kind::and_) {
         stack.push_back(n.a);
         stack.push_back(n.b);
       } else if (n.k == program::kind::attr_any) {
-        q.prog.required.push_back(n.mask);
-        auto& words = q.prog.required_words.emplace_back();
+        r.prog.required.push_back(n.mask);
+        auto& words = r.prog.required_words.emplace_back();
         for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) {
           if (n.mask[w] != 0) words.emplace_back(w, n.mask[w]);
         }
       }
     }
   }
-  q.spread_bits.assign(q.strategies.size(), {});
+  r.spread_bits.assign(q.strategies.size(), {});
   for (std::size_t s = 0; s < q.strategies.size(); ++s) {
     if (q.strategies[s].k != compiled_strategy::kind::spread_attribute) continue;
     const std::string prefix = q.strategies[s].attribute + "=";
     for (std::uint32_t bit = 0; bit < dict; ++bit) {
       const std::string a = l.attribute(bit);
-      if (a.starts_with(prefix) || a == q.strategies[s].attribute) q.spread_bits[s].push_back(bit);
+      if (a.starts_with(prefix) || a == q.strategies[s].attribute) r.spread_bits[s].push_back(bit);
     }
   }
-  q.resolved_for = &l;
-  q.resolved_dict = dict;
-  q.resolved_connected = connected_after;
+  r.ledger = &l;
+  r.dict = dict;
+  r.connected = connected_after;
 }
 
 // The host with the lowest key offered so far.
@@ -604,6 +612,19 @@ struct grid_index {
 struct placer::impl {
   ipc::ledger& l;
   implementation which;
+  // The queries this placer resolved lately, most recent last.
+  std::vector<resolution> resolutions;
+
+  resolution& resolution_for(const query::impl& q) {
+    for (auto it = resolutions.begin(); it != resolutions.end(); ++it) {
+      if (it->query_id == q.id) return *it;
+    }
+    constexpr std::size_t kept = 32;
+    if (resolutions.size() == kept) resolutions.erase(resolutions.begin());
+    resolutions.push_back(resolution{});
+    resolutions.back().query_id = q.id;
+    return resolutions.back();
+  }
   std::vector<std::uint32_t> epochs;      // per block, as last summarized
   std::vector<std::uint32_t> row_epochs;  // per block, as last summarized
   std::vector<block_summary> blocks;
@@ -741,7 +762,7 @@ struct placer::impl {
   bool quick_reject(const decision& d, std::uint32_t slot) const {
     const std::uint64_t f = cached_free[slot];
     if ((f >> 32) < d.need.cpu || (f & 0xffff'ffffu) < d.need.mib) return true;
-    for (const auto& words : d.q.prog.required_words) {
+    for (const auto& words : d.r.prog.required_words) {
       bool hit = false;
       for (const auto& [w, m] : words) hit |= (d.c.attributes[w][slot] & m) != 0;
       if (!hit) return true;
@@ -790,7 +811,7 @@ struct placer::impl {
         s.max_gpus < d.need.gpus || s.max_dynamic < d.need.dynamic_ports) {
       return false;
     }
-    for (const auto& m : d.q.prog.required) {
+    for (const auto& m : d.r.prog.required) {
       bool hit = false;
       for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) hit |= (s.attributes[w] & m[w]) != 0;
       if (!hit) return false;
@@ -800,7 +821,7 @@ struct placer::impl {
 
   std::uint64_t eval_block(const decision& d, const detail::kernel_fns& k, std::uint32_t n,
                            std::uint32_t lo, std::uint32_t count) const {
-    const program::node& x = d.q.prog.nodes[n];
+    const program::node& x = d.r.prog.nodes[n];
     const std::uint64_t all = count == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << count) - 1;
     switch (x.k) {
       case program::kind::constant:
@@ -822,7 +843,7 @@ struct placer::impl {
         return k.attr(cols, x.mask.data(), count);
       }
       case program::kind::slot_set: {
-        const auto& bits = d.q.prog.bitmaps[x.slots];
+        const auto& bits = d.r.prog.bitmaps[x.slots];
         return lo / 64 < bits.size() ? bits[lo / 64] & all : 0;
       }
       case program::kind::running:
@@ -858,7 +879,7 @@ struct placer::impl {
                                 d.need.gpus,
                                 d.need.dynamic_ports};
       std::uint64_t mask = k.fit(fa, count);
-      for (std::uint32_t root : d.q.roots) {
+      for (std::uint32_t root : d.r.roots) {
         if (mask == 0) break;
         mask &= eval_block(d, k, root, lo, count);
       }
@@ -919,7 +940,7 @@ struct placer::impl {
       if (d.grp->total < d.c.count || d.grp->per_slot.size() < d.c.count) return 0;
       return *std::min_element(d.grp->per_slot.begin(), d.grp->per_slot.begin() + d.c.count);
     }
-    track_values(d.c, d.q.spread_bits[0]);
+    track_values(d.c, d.r.spread_bits[0]);
     std::uint64_t floor = std::numeric_limits<std::uint64_t>::max(), with_value = 0;
     for (std::size_t v = 0; v < spread_bits.size(); ++v) {
       const std::uint32_t tasks = d.grp->per_bit[spread_bits[v]];
@@ -961,7 +982,7 @@ struct placer::impl {
     // The index orders hosts by the ledger's values; a dry run's own holdings reorder them.
     if (d.overlay.empty() && (first == kind::binpack_cpu || first == kind::binpack_memory)) {
       const bool cpu = first == kind::binpack_cpu;
-      return walk(d, binpack_index_for(d.c, cpu, d.q.prog.required_words), cpu);
+      return walk(d, binpack_index_for(d.c, cpu, d.r.prog.required_words), cpu);
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
@@ -1001,7 +1022,7 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
                                   "host port " + std::to_string(p) + " is invalid or repeated"});
     }
   }
-  query::impl& q = *qy.impl_;
+  const query::impl& q = *qy.impl_;
   impl& m = *impl_;
   const std::string& group_name = q.src.group;
   const std::uint64_t connected_after =
@@ -1018,10 +1039,12 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
     bool placed = false;
     while (!placed) {
       const ipc::columns c = m.l.view();
-      resolve(q, m.l, c, groups, connected_after);
+      resolution& r = m.resolution_for(q);
+      resolve(q, r, m.l, c, groups, connected_after);
       const task_groups::group* grp = groups.find(group_name);
       decision d{c,
                  q,
+                 r,
                  need,
                  grp,
                  overlay,

@@ -118,8 +118,8 @@ struct request {
 };
 
 // A request compiled against a ledger: expressions parsed, strategies checked. Attribute tests
-// are resolved to bit masks at place time, again whenever the ledger's dictionary grows; that
-// cache lives in the query, so one query serves one placer (thread) at a time.
+// are resolved to bit masks at place time by each placer, again whenever the ledger's dictionary
+// grows. Immutable once compiled: one query may serve placers on any number of threads.
 class query {
  public:
   query(query&&) noexcept;
