@@ -286,14 +286,6 @@ struct ledger::impl {
     return false;
   }
 
-  std::uint32_t ports_free_count(std::uint32_t slot) const noexcept {
-    std::uint32_t n = 0;
-    const std::uint16_t* p = ports(slot);
-    for (std::uint32_t i = 0; i < static_port_capacity; ++i)
-      n += load(p[i], std::memory_order_relaxed) == 0;
-    return n;
-  }
-
   // Gives capacity back without the registered-capacity check: only for undoing a reservation
   // this call just made.
   void undo(std::uint32_t slot, const resources& r) noexcept {
