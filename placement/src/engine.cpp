@@ -2,6 +2,7 @@
 #include <atomic>
 #include <bit>
 #include <limits>
+#include <memory>
 #include <optional>
 
 #include "berth/placement.hpp"
@@ -262,12 +263,18 @@ struct resolution {
   program prog;
   std::vector<std::uint32_t> roots;
   std::vector<std::vector<std::uint32_t>> spread_bits;  // per strategy: the attribute's values
+  // When every root reads only what a publish changes (attributes), the vector engine keeps
+  // which hosts of each block pass them all, with the block's row epoch and slot count it saw.
+  bool rows_only = false;
+  std::vector<std::uint64_t> pass;
+  std::vector<std::uint32_t> pass_epoch;
+  std::vector<std::uint32_t> pass_count;
 };
 
 struct decision {
   const ipc::columns& c;
   const query::impl& q;
-  const resolution& r;
+  resolution& r;
   const requirements& need;
   const task_groups::group* grp;
   const std::vector<overlay_entry>& overlay;
@@ -437,6 +444,14 @@ void resolve(const query::impl& q, resolution& r, const ipc::ledger& l, const ip
       if (a.starts_with(prefix) || a == q.strategies[s].attribute) r.spread_bits[s].push_back(bit);
     }
   }
+  using kind = program::kind;
+  r.rows_only = std::all_of(r.prog.nodes.begin(), r.prog.nodes.end(), [](const program::node& n) {
+    return n.k == kind::constant || n.k == kind::and_ || n.k == kind::or_ || n.k == kind::not_ ||
+           n.k == kind::attr_any;
+  });
+  r.pass.clear();
+  r.pass_epoch.clear();
+  r.pass_count.clear();
   r.ledger = &l;
   r.dict = dict;
   r.connected = connected_after;
@@ -479,26 +494,83 @@ namespace {
 struct block_summary {
   std::uint32_t max_cpu = 0, max_mib = 0, max_gpus = 0, max_dynamic = 0;
   bool any_active = false;
+  std::uint64_t active = 0, empty = 0;                           // a bit per host
   std::array<std::uint64_t, ipc::attribute_words> attributes{};  // union over the block
+};
+
+// The half-octave level of a quantity: monotonic, 0–3 as they are, then two levels per power of
+// two, at most 63.
+std::uint32_t level(std::uint32_t v) {
+  if (v < 4) return v;
+  const std::uint32_t w = static_cast<std::uint32_t>(std::bit_width(v));
+  return 2 * (w - 3) + 4 + ((v >> (w - 2)) & 1u);
+}
+
+// A sorted sequence kept in chunks of at most 2 × chunk entries: an insert or erase moves one
+// chunk, not the whole sequence, so a bucket of thousands of equal values stays cheap to update.
+class chunked_sorted {
+ public:
+  static constexpr std::size_t chunk = 64;
+  using chunks = std::vector<std::vector<std::uint64_t>>;
+
+  bool empty() const { return parts_.empty(); }
+  const chunks& parts() const { return parts_; }
+
+  void insert(std::uint64_t e) {
+    if (parts_.empty()) {
+      parts_.emplace_back().push_back(e);
+      return;
+    }
+    auto& v = *find(e);
+    v.insert(std::upper_bound(v.begin(), v.end(), e), e);
+    if (v.size() > 2 * chunk) {
+      const auto at = find(e);
+      std::vector<std::uint64_t> upper(at->begin() + chunk, at->end());
+      at->resize(chunk);
+      parts_.insert(at + 1, std::move(upper));
+    }
+  }
+  void erase(std::uint64_t e) {
+    const auto at = find(e);
+    at->erase(std::lower_bound(at->begin(), at->end(), e));
+    if (at->empty()) parts_.erase(at);
+  }
+
+ private:
+  // The first chunk whose last entry is at least e, or the last chunk.
+  chunks::iterator find(std::uint64_t e) {
+    auto at = std::lower_bound(
+        parts_.begin(), parts_.end(), e,
+        [](const std::vector<std::uint64_t>& v, std::uint64_t x) { return v.back() < x; });
+    return at == parts_.end() ? parts_.end() - 1 : at;
+  }
+  chunks parts_;
 };
 
 // Hosts by one free quantity (CPU or MiB), for binpack.
 // Buckets are disjoint value ranges in increasing order; each keeps its entries sorted by (value,
-// tie rank), so the first passing entry at or above a need is binpack's answer.
+// tie rank), so the first passing entry at or above a need is binpack's answer. Each bucket also
+// knows the levels of the other quantity its hosts have, so a walk skips buckets where no host
+// has enough of both.
 struct value_index {
   static constexpr std::uint32_t bucket_count = 1u << 14;
   static constexpr std::uint32_t none = 0xffff'ffffu;
   std::uint32_t shift = 0;
-  std::uint32_t tie_mask = 0;                       // the tie permutation the ranks are from
-  std::vector<std::vector<std::uint64_t>> buckets;  // value << 32 | tie rank
-  std::vector<std::uint64_t> nonempty;              // a bit per bucket
-  std::vector<std::uint32_t> group_size;            // entries per 64 buckets
-  std::uint32_t total = 0;
-  std::vector<std::uint32_t> value_of;  // per slot, or none
-  std::vector<std::uint32_t> rank_of;   // per slot
+  std::uint32_t tie_mask = 0;               // the tie permutation the ranks are from
+  std::vector<chunked_sorted> buckets;      // value << 32 | tie rank
+  std::vector<std::uint64_t> nonempty;      // a bit per bucket
+  std::vector<std::uint64_t> other_levels;  // per bucket, a bit per level in use
+  std::vector<std::unique_ptr<std::array<std::uint32_t, 64>>> other_counts;  // per bucket
+  std::vector<std::uint32_t> value_of;                                       // per slot, or none
+  std::vector<std::uint32_t> rank_of;                                        // per slot
+  std::vector<std::uint8_t> other_of;  // per slot: the other quantity's level
 
   explicit value_index(std::uint32_t shift_bits)
-      : shift(shift_bits), buckets(bucket_count), nonempty(bucket_count / 64, 0) {}
+      : shift(shift_bits),
+        buckets(bucket_count),
+        nonempty(bucket_count / 64, 0),
+        other_levels(bucket_count, 0),
+        other_counts(bucket_count) {}
 
   std::uint32_t bucket_of(std::uint32_t value) const {
     return std::min(value >> shift, bucket_count - 1);
@@ -510,25 +582,31 @@ struct value_index {
     if (slot >= value_of.size() || value_of[slot] == none) return;
     const std::uint32_t b = bucket_of(value_of[slot]);
     auto& v = buckets[b];
-    const auto it = std::lower_bound(v.begin(), v.end(), entry(value_of[slot], rank_of[slot]));
-    v.erase(it);
+    v.erase(entry(value_of[slot], rank_of[slot]));
     if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    if (--(*other_counts[b])[other_of[slot]] == 0) {
+      other_levels[b] &= ~(std::uint64_t{1} << other_of[slot]);
+    }
     value_of[slot] = none;
   }
-  void set(std::uint32_t slot, std::uint32_t value, std::uint32_t rank) {
+  void set(std::uint32_t slot, std::uint32_t value, std::uint32_t rank, std::uint32_t other) {
     if (slot >= value_of.size()) {
       value_of.resize(slot + 1, none);
       rank_of.resize(slot + 1, 0);
+      other_of.resize(slot + 1, 0);
     }
-    if (value_of[slot] == value && rank_of[slot] == rank) return;
+    const std::uint8_t lv = static_cast<std::uint8_t>(level(other));
+    if (value_of[slot] == value && rank_of[slot] == rank && other_of[slot] == lv) return;
     erase(slot);
     const std::uint32_t b = bucket_of(value);
-    auto& v = buckets[b];
-    const std::uint64_t e = entry(value, rank);
-    v.insert(std::upper_bound(v.begin(), v.end(), e), e);
+    buckets[b].insert(entry(value, rank));
     nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
+    if (!other_counts[b]) other_counts[b] = std::make_unique<std::array<std::uint32_t, 64>>();
+    ++(*other_counts[b])[lv];
+    other_levels[b] |= std::uint64_t{1} << lv;
     value_of[slot] = value;
     rank_of[slot] = rank;
+    other_of[slot] = lv;
   }
   // The first non-empty bucket at or after b, or bucket_count.
   std::uint32_t next(std::uint32_t b) const {
@@ -540,6 +618,10 @@ struct value_index {
       bits = nonempty[w];
     }
     return w * 64 + static_cast<std::uint32_t>(std::countr_zero(bits));
+  }
+  // May bucket b hold a host with at least `other` of the other quantity?
+  bool may_hold(std::uint32_t b, std::uint32_t other) const {
+    return (other_levels[b] >> level(other)) != 0;
   }
 };
 
@@ -555,12 +637,6 @@ struct grid_index {
   std::vector<std::uint32_t> position;
   std::uint32_t top_cpu = 0, top_mib = 0;  // highest levels ever used: searches stop there
 
-  // Monotonic: 0–3 as they are, then two levels per power of two.
-  static std::uint32_t level(std::uint32_t v) {
-    if (v < 4) return v;
-    const std::uint32_t w = static_cast<std::uint32_t>(std::bit_width(v));
-    return 2 * (w - 3) + 4 + ((v >> (w - 2)) & 1u);
-  }
   void set(std::uint32_t slot, std::uint32_t cpu, std::uint32_t mib) {
     if (slot >= cell_of.size()) {
       cell_of.resize(slot + 1, none);
@@ -654,8 +730,9 @@ struct placer::impl {
       x.idx.erase(slot);
       return;
     }
-    x.idx.set(slot, x.cpu ? static_cast<std::uint32_t>(f >> 32) : static_cast<std::uint32_t>(f),
-              tie->rank(slot));
+    const std::uint32_t cpu = static_cast<std::uint32_t>(f >> 32);
+    const std::uint32_t mib = static_cast<std::uint32_t>(f);
+    x.idx.set(slot, x.cpu ? cpu : mib, tie->rank(slot), x.cpu ? mib : cpu);
   }
 
   value_index& binpack_index_for(const ipc::columns& c, bool cpu, const required_words& req) {
@@ -705,31 +782,23 @@ struct placer::impl {
 
   impl(ipc::ledger& ledger, implementation w) : l(ledger), which(w) {}
 
-  // Branch-free, column by column, so that the loops vectorize: this runs for every block
-  // that changed since the last decision.
+  // Runs for every block that changed since the last decision: the SIMD summary kernel, then
+  // the indexes for just the hosts that moved.
   void summarize(const ipc::columns& c, std::uint32_t b, bool rows) {
     block_summary& s = blocks[b];
     const std::uint32_t lo = b * ipc::block_slots;
     const std::uint32_t n = std::min(ipc::block_slots, c.count - lo);
-    const std::uint32_t* state = c.state.data() + lo;
-    const std::uint64_t* free = c.free.data() + lo;
-    const std::uint32_t* gpus = c.free_gpus.data() + lo;
-    const std::uint32_t* dyn = c.free_dynamic_ports.data() + lo;
-    std::uint32_t max_cpu = 0, max_mib = 0, max_gpus = 0, max_dyn = 0, active = 0;
-    for (std::uint32_t i = 0; i < n; ++i) {
-      const std::uint32_t on =
-          state[i] == static_cast<std::uint32_t>(ipc::instance_state::active) ? ~0u : 0u;
-      max_cpu = std::max(max_cpu, static_cast<std::uint32_t>(free[i] >> 32) & on);
-      max_mib = std::max(max_mib, static_cast<std::uint32_t>(free[i]) & on);
-      max_gpus = std::max(max_gpus, gpus[i] & on);
-      max_dyn = std::max(max_dyn, dyn[i] & on);
-      active |= on;
-    }
-    s.max_cpu = max_cpu;
-    s.max_mib = max_mib;
-    s.max_gpus = max_gpus;
-    s.max_dynamic = max_dyn;
-    s.any_active = active != 0;
+    const detail::block_stats st = detail::active_kernel_fns().summarize(
+        {c.state.data() + lo, c.free.data() + lo, c.free_gpus.data() + lo,
+         c.free_dynamic_ports.data() + lo, cached_free.data() + lo},
+        n);
+    s.max_cpu = st.max_cpu;
+    s.max_mib = st.max_mib;
+    s.max_gpus = st.max_gpus;
+    s.max_dynamic = st.max_dynamic;
+    s.any_active = st.any_active;
+    s.active = st.active;
+    s.empty = st.empty;
     // Over every host, active or not: a union that says too much only prunes less. Only a
     // publish changes attributes.
     for (std::uint32_t w = 0; rows && w < ipc::attribute_words; ++w) {
@@ -738,18 +807,15 @@ struct placer::impl {
       for (std::uint32_t i = 0; i < n; ++i) acc |= col[i];
       s.attributes[w] = acc;
     }
-    // Which hosts' free capacity moved: a vectorized compare, then only those are re-indexed.
-    std::uint64_t* cached = cached_free.data() + lo;
-    std::uint8_t moved[ipc::block_slots];
-    for (std::uint32_t i = 0; i < n; ++i) moved[i] = cached[i] != free[i];
-    if (lo + n > known) std::fill(moved + (known > lo ? known - lo : 0), moved + n, 1);
-    for (std::uint32_t i = 0; i < n; ++i) {
-      // A publish may change attributes, and so which indexes hold the host.
-      if (!moved[i] && !rows) continue;
-      const std::uint64_t f = free[i];
-      cached[i] = f;
-      grid.set(lo + i, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
-      for (auto& x : indexes) index_host(x, c, lo + i, f);
+    // Only the hosts whose free capacity moved are indexed again; after a publish (attributes
+    // may have changed, and so which indexes hold a host) or for new slots, every host.
+    const std::uint64_t all = n == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
+    std::uint64_t redo = rows || lo + n > known ? all : st.moved;
+    for (; redo != 0; redo &= redo - 1) {
+      const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(redo));
+      const std::uint64_t f = cached_free[slot];
+      grid.set(slot, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      for (auto& x : indexes) index_host(x, c, slot, f);
     }
     if (rows && !value_hosts.empty()) {
       value_hosts_block.resize(blocks.size() * (spread_bits.size() + 1), 0);
@@ -858,6 +924,35 @@ struct placer::impl {
     return 0;
   }
 
+  // The hosts of a block that pass every root expression; kept per block while its rows stay
+  // unchanged when the roots read nothing else.
+  std::uint64_t roots_pass(const decision& d, const detail::kernel_fns& k, std::uint32_t lo,
+                           std::uint32_t count) const {
+    const std::uint64_t all = count == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << count) - 1;
+    if (d.r.roots.empty()) return all;
+    const std::uint32_t b = lo / ipc::block_slots;
+    resolution& r = d.r;
+    if (r.rows_only) {
+      if (r.pass.size() < blocks.size()) {
+        r.pass.resize(blocks.size(), 0);
+        r.pass_epoch.resize(blocks.size(), 0);
+        r.pass_count.resize(blocks.size(), 0);  // 0: not computed yet
+      }
+      if (r.pass_count[b] == count && r.pass_epoch[b] == row_epochs[b]) return r.pass[b];
+    }
+    std::uint64_t mask = all;
+    for (std::uint32_t root : d.r.roots) {
+      if (mask == 0) break;
+      mask &= eval_block(d, k, root, lo, count);
+    }
+    if (r.rows_only) {
+      r.pass[b] = mask;
+      r.pass_epoch[b] = row_epochs[b];
+      r.pass_count[b] = count;
+    }
+    return mask;
+  }
+
   // Every block that may fit, filtered 64 hosts at a time by the SIMD kernels.
   std::optional<std::uint32_t> scan(const decision& d) const {
     const detail::kernel_fns& k = detail::active_kernel_fns();
@@ -879,10 +974,7 @@ struct placer::impl {
                                 d.need.gpus,
                                 d.need.dynamic_ports};
       std::uint64_t mask = k.fit(fa, count);
-      for (std::uint32_t root : d.r.roots) {
-        if (mask == 0) break;
-        mask &= eval_block(d, k, root, lo, count);
-      }
+      if (mask != 0) mask &= roots_pass(d, k, lo, count);
       for (; mask != 0; mask &= mask - 1) {
         const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(mask));
         if (!best.may_beat(d.key_at(0, slot)) || (per_host && d.check(slot))) continue;
@@ -890,6 +982,66 @@ struct placer::impl {
       }
     }
     return best.slot;
+  }
+
+  // Why nothing fits: for each host the first test it fails, counted a block at a time with
+  // the kernels. Tests that need a host's own data (static ports, task groups) run per host,
+  // and only for the hosts that passed every test before them.
+  void count_failures(const decision& d, std::array<std::uint32_t, reason_count>& failures) const {
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    const auto add = [&](reason why, std::uint64_t bits) {
+      failures[static_cast<std::size_t>(why)] += static_cast<std::uint32_t>(std::popcount(bits));
+    };
+    // State and the largest free quantities come from the summaries, which refresh() brought
+    // up to date for this decision.
+    for (std::uint32_t lo = 0; lo < d.c.count; lo += ipc::block_slots) {
+      const std::uint32_t count = std::min(ipc::block_slots, d.c.count - lo);
+      const block_summary& s = blocks[lo / ipc::block_slots];
+      const std::uint64_t all = count == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << count) - 1;
+      std::uint64_t active = s.active;
+      if (d.connected_after != 0 && active != 0) {
+        active &= k.cmp64(d.c.heartbeat_ns.data() + lo, count, detail::cmp::ge, d.connected_after);
+      }
+      std::uint64_t left = all & ~s.empty;
+      const auto fail = [&](reason why, std::uint64_t pass) {
+        add(why, left & ~pass);
+        left &= pass;
+      };
+      fail(reason::inactive, active);
+      if (left == 0) continue;
+      if (s.max_cpu < d.need.cpu) {
+        fail(reason::cpu, 0);
+        continue;
+      }
+      const detail::room_masks room = k.room(d.c.free.data() + lo, d.need.cpu, d.need.mib, count);
+      fail(reason::cpu, room.cpu);
+      fail(reason::memory, room.mib);
+      if (left == 0) continue;
+      if (d.need.gpus > 0) {
+        fail(reason::gpu, k.cmp32(d.c.free_gpus.data() + lo, count, detail::cmp::ge, d.need.gpus));
+      }
+      std::uint64_t ports = all;
+      if (d.need.dynamic_ports > 0) {
+        ports = k.cmp32(d.c.free_dynamic_ports.data() + lo, count, detail::cmp::ge,
+                        d.need.dynamic_ports);
+      }
+      if (!d.need.static_ports.empty()) {
+        for (std::uint64_t m = left & ports; m != 0; m &= m - 1) {
+          const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(m));
+          if (!d.ports_ok(slot)) ports &= ~(std::uint64_t{1} << (slot - lo));
+        }
+      }
+      fail(reason::ports, ports);
+      if (left != 0) fail(reason::attribute, roots_pass(d, k, lo, count));
+      if (d.q.distinct) {
+        std::uint64_t alone = left;
+        for (std::uint64_t m = left; m != 0; m &= m - 1) {
+          const std::uint32_t i = static_cast<std::uint32_t>(std::countr_zero(m));
+          if (d.group_tasks(lo + i) > 0) alone &= ~(std::uint64_t{1} << i);
+        }
+        fail(reason::distinct_instance, alone);
+      }
+    }
   }
 
   // Walks slots in the permutation's order: the first passing host whose first key equals the
@@ -913,19 +1065,24 @@ struct placer::impl {
   // is the answer; with more strategies, every passing host of that same value competes.
   std::optional<std::uint32_t> walk(const decision& d, const value_index& idx, bool cpu) const {
     const std::uint32_t need = cpu ? d.need.cpu : d.need.mib;
+    const std::uint32_t other = cpu ? d.need.mib : d.need.cpu;
     const bool alone = d.q.strategies.size() == 1;
     best_host best;
     std::uint32_t best_value = 0;
     for (std::uint32_t b = idx.next(idx.bucket_of(need)); b < value_index::bucket_count;
          b = idx.next(b + 1)) {
-      for (const std::uint64_t e : idx.buckets[b]) {
-        const std::uint32_t value = static_cast<std::uint32_t>(e >> 32);
-        if (value < need) continue;
-        if (best.slot && value > best_value) return best.slot;
-        const std::uint32_t slot = d.tie.slot_at(static_cast<std::uint32_t>(e));
-        if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
-        if (alone) return slot;
-        if (best.offer(slot, d.keys(slot))) best_value = value;
+      if (!idx.may_hold(b, other)) continue;
+      for (const auto& part : idx.buckets[b].parts()) {
+        if (static_cast<std::uint32_t>(part.back() >> 32) < need) continue;
+        for (const std::uint64_t e : part) {
+          const std::uint32_t value = static_cast<std::uint32_t>(e >> 32);
+          if (value < need) continue;
+          if (best.slot && value > best_value) return best.slot;
+          const std::uint32_t slot = d.tie.slot_at(static_cast<std::uint32_t>(e));
+          if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
+          if (alone) return slot;
+          if (best.offer(slot, d.keys(slot))) best_value = value;
+        }
       }
     }
     return best.slot;
@@ -1061,6 +1218,10 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
           m.which == implementation::reference ? choose_reference(d) : m.choose_vector(d);
       if (!slot) {
         // Nothing fits: say why, instance by instance.
+        if (m.which == implementation::vector && overlay.empty()) {
+          m.count_failures(d, out.failures);
+          return out;
+        }
         for (std::uint32_t s = 0; s < c.count; ++s) {
           if (c.state[s] == static_cast<std::uint32_t>(ipc::instance_state::empty)) continue;
           if (auto why = d.check(s)) {

@@ -34,6 +34,16 @@ std::uint64_t fit(const fit_args& a, std::uint32_t n) {
   return pack(ok, n);
 }
 
+room_masks room(const std::uint64_t* free, std::uint32_t cpu, std::uint32_t mib, std::uint32_t n) {
+  alignas(64) std::uint8_t ok_cpu[64], ok_mib[64];
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint64_t f = free[i];
+    ok_cpu[i] = static_cast<std::uint8_t>((f >> 32) >= cpu);
+    ok_mib[i] = static_cast<std::uint8_t>((f & 0xffff'ffffu) >= mib);
+  }
+  return {pack(ok_cpu, n), pack(ok_mib, n)};
+}
+
 std::uint64_t attr(const std::uint64_t* const* cols, const std::uint64_t* mask, std::uint32_t n) {
   alignas(64) std::uint64_t acc[64] = {};
   for (std::uint32_t w = 0; w < 8; ++w) {
@@ -78,7 +88,34 @@ std::uint64_t cmp64(const std::uint64_t* col, std::uint32_t n, cmp o, std::uint6
   return compare(col, n, o, v);
 }
 
+block_stats summarize(const summary_args& a, std::uint32_t n) {
+  alignas(64) std::uint64_t f[64];
+  alignas(64) std::uint8_t moved[64], on[64], empty[64];
+  // One read of the live column: what is compared, cached and summarized is the same value.
+  for (std::uint32_t i = 0; i < n; ++i) f[i] = a.free[i];
+  for (std::uint32_t i = 0; i < n; ++i) moved[i] = a.cached[i] != f[i];
+  for (std::uint32_t i = 0; i < n; ++i) a.cached[i] = f[i];
+  for (std::uint32_t i = 0; i < n; ++i) {
+    on[i] = a.state[i] == 1u;
+    empty[i] = a.state[i] == 0u;
+  }
+  std::uint32_t max_cpu = 0, max_mib = 0, max_gpus = 0, max_dyn = 0, active = 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t on = a.state[i] == 1u ? ~0u : 0u;
+    const std::uint32_t cpu = static_cast<std::uint32_t>(f[i] >> 32) & on;
+    const std::uint32_t mib = static_cast<std::uint32_t>(f[i]) & on;
+    max_cpu = max_cpu > cpu ? max_cpu : cpu;
+    max_mib = max_mib > mib ? max_mib : mib;
+    const std::uint32_t g = a.gpus[i] & on, d = a.dynamic_ports[i] & on;
+    max_gpus = max_gpus > g ? max_gpus : g;
+    max_dyn = max_dyn > d ? max_dyn : d;
+    active |= on;
+  }
+  return {max_cpu,     max_mib,        max_gpus,    max_dyn,
+          active != 0, pack(moved, n), pack(on, n), pack(empty, n)};
+}
+
 }  // namespace
 
 extern const kernel_fns fns;
-const kernel_fns fns = {fit, attr, cmp32, cmp64};
+const kernel_fns fns = {fit, room, attr, cmp32, cmp64, summarize};

@@ -17,14 +17,37 @@ struct fit_args {
   std::uint32_t cpu, mib, gpu_count, dynamic_count;
 };
 
+// A block's summary: the largest free quantities over its ACTIVE hosts, and which hosts' free
+// capacity differs from `cached`, which is then brought up to date (from one read of `free`).
+struct summary_args {
+  const std::uint32_t* state;
+  const std::uint64_t* free;  // CPU << 32 | MiB
+  const std::uint32_t* gpus;
+  const std::uint32_t* dynamic_ports;
+  std::uint64_t* cached;
+};
+struct block_stats {
+  std::uint32_t max_cpu, max_mib, max_gpus, max_dynamic;
+  bool any_active;
+  std::uint64_t moved, active, empty;  // a bit per host
+};
+
+// Enough CPU, and enough MiB, each alone: for counting which test a host fails first.
+struct room_masks {
+  std::uint64_t cpu, mib;
+};
+
 struct kernel_fns {
   // ACTIVE, and enough CPU, MiB, GPUs and dynamic ports.
   std::uint64_t (*fit)(const fit_args& a, std::uint32_t n);
+  room_masks (*room)(const std::uint64_t* free, std::uint32_t cpu, std::uint32_t mib,
+                     std::uint32_t n);
   // Any bit of mask[w] set in cols[w] (words whose mask is 0 are skipped).
   std::uint64_t (*attr)(const std::uint64_t* const* cols, const std::uint64_t* mask,
                         std::uint32_t n);
   std::uint64_t (*cmp32)(const std::uint32_t* col, std::uint32_t n, cmp o, std::uint32_t v);
   std::uint64_t (*cmp64)(const std::uint64_t* col, std::uint32_t n, cmp o, std::uint64_t v);
+  block_stats (*summarize)(const summary_args& a, std::uint32_t n);
 };
 
 struct kernel_entry {
