@@ -358,7 +358,10 @@ struct decision {
 
   // Tasks of the group on hosts sharing the host's value (hosts without it share "none").
   std::uint64_t spread_value_tasks(std::size_t s, std::uint32_t slot) const {
-    const std::uint32_t v = value_of(s, slot);
+    return value_tasks(s, value_of(s, slot));
+  }
+  // Tasks of the group on hosts with value v of strategy s's attribute (a bit, or none).
+  std::uint64_t value_tasks(std::size_t s, std::uint32_t v) const {
     std::uint64_t n = 0;
     if (grp != nullptr) {
       if (v != none) {
@@ -392,9 +395,11 @@ struct decision {
     return 0;
   }
 
-  key keys(std::uint32_t slot) const {
+  // `first`, when given, is the first key already known.
+  key keys(std::uint32_t slot, std::optional<std::uint64_t> first = {}) const {
     key k{};
     std::size_t i = 0;
+    if (first) k[i++] = *first;
     for (; i < q.strategies.size(); ++i) k[i] = key_at(i, slot);
     // The final tie-break: binpack keeps packing the same hosts (a fixed order); every other
     // chain breaks ties at random. A no-op after random.
@@ -631,8 +636,12 @@ struct value_index {
 struct grid_index {
   static constexpr std::uint32_t levels = 64;
   static constexpr std::uint32_t none = 0xffff'ffffu;
-  std::vector<std::vector<std::uint32_t>> cells =
-      std::vector<std::vector<std::uint32_t>>(levels * levels);
+  // A host and its free capacity as last summarized, kept inline: a search reads its cells in
+  // order instead of the hosts' columns at random.
+  struct entry {
+    std::uint32_t slot, cpu, mib;
+  };
+  std::vector<std::vector<entry>> cells = std::vector<std::vector<entry>>(levels * levels);
   std::vector<std::uint32_t> cell_of;  // per slot, or none
   std::vector<std::uint32_t> position;
   std::uint32_t top_cpu = 0, top_mib = 0;  // highest levels ever used: searches stop there
@@ -644,28 +653,36 @@ struct grid_index {
     }
     const std::uint32_t lc = level(cpu), lm = level(mib);
     const std::uint32_t cell = lc * levels + lm;
-    if (cell_of[slot] == cell) return;
+    if (cell_of[slot] == cell) {
+      cells[cell][position[slot]] = {slot, cpu, mib};
+      return;
+    }
     top_cpu = std::max(top_cpu, lc);
     top_mib = std::max(top_mib, lm);
-    if (cell_of[slot] != none) {
-      auto& v = cells[cell_of[slot]];
-      const std::uint32_t at = position[slot];
-      v[at] = v.back();
-      position[v[at]] = at;
-      v.pop_back();
-    }
+    erase(slot);
     cell_of[slot] = cell;
     position[slot] = static_cast<std::uint32_t>(cells[cell].size());
-    cells[cell].push_back(slot);
+    cells[cell].push_back({slot, cpu, mib});
   }
-  // Calls fn(slot) for every host in the cells at or above the need; returns how many.
+  void erase(std::uint32_t slot) {
+    if (slot >= cell_of.size() || cell_of[slot] == none) return;
+    auto& v = cells[cell_of[slot]];
+    const std::uint32_t at = position[slot];
+    v[at] = v.back();
+    position[v[at].slot] = at;
+    v.pop_back();
+    cell_of[slot] = none;
+  }
+  // Calls fn(slot) for every host with at least the need; returns how many hosts it looked at.
   template <class Fn>
   std::uint32_t for_each_at_least(std::uint32_t cpu, std::uint32_t mib, Fn&& fn) const {
     std::uint32_t n = 0;
     const std::uint32_t lc = level(cpu), lm = level(mib);
     for (std::uint32_t c = lc; c <= top_cpu; ++c) {
       for (std::uint32_t m = lm; m <= top_mib; ++m) {
-        for (std::uint32_t slot : cells[c * levels + m]) fn(slot);
+        for (const entry& e : cells[c * levels + m]) {
+          if (e.cpu >= cpu && e.mib >= mib) fn(e.slot);
+        }
         n += static_cast<std::uint32_t>(cells[c * levels + m].size());
       }
     }
@@ -752,6 +769,16 @@ struct placer::impl {
   std::vector<std::uint32_t> spread_bits;
   std::vector<std::uint16_t> value_hosts_block;  // blocks x (values + 1)
   std::vector<std::uint32_t> value_hosts;        // values + 1
+  std::vector<std::uint32_t> value_id;           // per slot: its value's index, or values
+  std::vector<grid_index> value_grids;           // per value index: its hosts
+  // Per value index, this decision's first key (spread on an attribute comes first), so a host's
+  // key is two loads.
+  std::vector<std::uint64_t> value_key;
+  bool value_keyed = false;
+
+  std::uint64_t first_key(const decision& d, std::uint32_t slot) const {
+    return value_keyed ? value_key[value_id[slot]] : d.key_at(0, slot);
+  }
 
   void count_values(const ipc::columns& c, std::uint32_t b) {
     const std::size_t width = spread_bits.size() + 1;
@@ -760,14 +787,18 @@ struct placer::impl {
     std::fill(mine, mine + width, 0);
     const std::uint32_t lo = b * ipc::block_slots;
     const std::uint32_t hi = std::min(c.count, lo + ipc::block_slots);
+    if (value_id.size() < hi) value_id.resize(hi, 0);
     for (std::uint32_t slot = lo; slot < hi; ++slot) {
-      if (c.state[slot] != static_cast<std::uint32_t>(ipc::instance_state::active)) continue;
       std::size_t v = 0;
       for (; v < spread_bits.size(); ++v) {
         const std::uint32_t bit = spread_bits[v];
         if ((c.attributes[bit / 64][slot] >> (bit % 64)) & 1u) break;
       }
-      ++mine[v];
+      if (value_id[slot] != v) value_grids[value_id[slot]].erase(slot);
+      value_id[slot] = static_cast<std::uint32_t>(v);
+      const std::uint64_t f = cached_free[slot];
+      value_grids[v].set(slot, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      if (c.state[slot] == static_cast<std::uint32_t>(ipc::instance_state::active)) ++mine[v];
     }
     for (std::size_t v = 0; v < width; ++v) value_hosts[v] += mine[v];
   }
@@ -776,6 +807,8 @@ struct placer::impl {
     if (bits == spread_bits && !value_hosts.empty()) return;
     spread_bits = bits;
     value_hosts.assign(bits.size() + 1, 0);
+    value_grids.assign(bits.size() + 1, grid_index{});
+    value_id.assign(value_id.size(), static_cast<std::uint32_t>(bits.size()));
     value_hosts_block.assign(blocks.size() * (bits.size() + 1), 0);
     for (std::uint32_t b = 0; b < blocks.size(); ++b) count_values(c, b);
   }
@@ -815,6 +848,10 @@ struct placer::impl {
       const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(redo));
       const std::uint64_t f = cached_free[slot];
       grid.set(slot, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      if (!value_grids.empty() && slot < value_id.size()) {
+        value_grids[value_id[slot]].set(slot, static_cast<std::uint32_t>(f >> 32),
+                                        static_cast<std::uint32_t>(f));
+      }
       for (auto& x : indexes) index_host(x, c, slot, f);
     }
     if (rows && !value_hosts.empty()) {
@@ -828,6 +865,10 @@ struct placer::impl {
   bool quick_reject(const decision& d, std::uint32_t slot) const {
     const std::uint64_t f = cached_free[slot];
     if ((f >> 32) < d.need.cpu || (f & 0xffff'ffffu) < d.need.mib) return true;
+    return attributes_reject(d, slot);
+  }
+  // The attribute tests alone, for hosts whose capacity was tested already.
+  static bool attributes_reject(const decision& d, std::uint32_t slot) {
     for (const auto& words : d.r.prog.required_words) {
       bool hit = false;
       for (const auto& [w, m] : words) hit |= (d.c.attributes[w][slot] & m) != 0;
@@ -977,7 +1018,7 @@ struct placer::impl {
       if (mask != 0) mask &= roots_pass(d, k, lo, count);
       for (; mask != 0; mask &= mask - 1) {
         const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(mask));
-        if (!best.may_beat(d.key_at(0, slot)) || (per_host && d.check(slot))) continue;
+        if (!best.may_beat(first_key(d, slot)) || (per_host && d.check(slot))) continue;
         best.offer(slot, d.keys(slot));
       }
     }
@@ -1052,9 +1093,10 @@ struct placer::impl {
     const std::uint32_t n = std::min(order.size(), budget);
     for (std::uint32_t r = 0; r < n; ++r) {
       const std::uint32_t slot = order.slot_at(r);
-      if (slot >= d.c.count || quick_reject(d, slot)) continue;
-      // The key is cheaper than the full check: test it first.
-      if (keyed && d.key_at(0, slot) != target) continue;
+      // The key is cheapest, then capacity as last summarized, then the full check.
+      if (slot >= d.c.count || (keyed && first_key(d, slot) != target) || quick_reject(d, slot)) {
+        continue;
+      }
       if (!d.check(slot)) return slot;
     }
     gave_up = n < order.size();
@@ -1090,35 +1132,71 @@ struct placer::impl {
 
   // The lowest first key a host can have, for spread strategies: a lower bound, so the first
   // passing host (in tie-break order) that has it is the answer.
-  std::uint64_t spread_floor(const decision& d) {
+  std::uint64_t spread_floor(const decision& d) const {
     const auto& s = d.q.strategies[0];
-    if (d.grp == nullptr) return 0;
     if (s.k == compiled_strategy::kind::spread_instance) {
+      if (d.grp == nullptr) return 0;
       if (d.grp->total < d.c.count || d.grp->per_slot.size() < d.c.count) return 0;
       return *std::min_element(d.grp->per_slot.begin(), d.grp->per_slot.begin() + d.c.count);
     }
-    track_values(d.c, d.r.spread_bits[0]);
-    std::uint64_t floor = std::numeric_limits<std::uint64_t>::max(), with_value = 0;
-    for (std::size_t v = 0; v < spread_bits.size(); ++v) {
-      const std::uint32_t tasks = d.grp->per_bit[spread_bits[v]];
-      with_value += tasks;
-      if (value_hosts[v] > 0) floor = std::min<std::uint64_t>(floor, tasks);
-    }
-    if (value_hosts.back() > 0) {
-      floor = std::min<std::uint64_t>(
-          floor, d.grp->total - std::min<std::uint64_t>(d.grp->total, with_value));
+    // A value no active host carries cannot be the floor.
+    std::uint64_t floor = std::numeric_limits<std::uint64_t>::max();
+    for (std::size_t v = 0; v < value_key.size(); ++v) {
+      if (value_hosts[v] > 0) floor = std::min(floor, value_key[v]);
     }
     return floor == std::numeric_limits<std::uint64_t>::max() ? 0 : floor;
+  }
+
+  // Spread on an attribute first: each value's key, once for the decision.
+  void key_values(const decision& d) {
+    value_keyed = false;
+    if (d.q.strategies[0].k != compiled_strategy::kind::spread_attribute) return;
+    track_values(d.c, d.r.spread_bits[0]);
+    value_key.resize(spread_bits.size() + 1);
+    for (std::size_t v = 0; v < spread_bits.size(); ++v)
+      value_key[v] = d.value_tasks(0, spread_bits[v]);
+    value_key.back() = d.value_tasks(0, decision::none);
+    value_keyed = true;
+  }
+
+  // Spread on an attribute first, few hosts with room: values in order of their key, each
+  // value's hosts through its own grid. The first key's level with a passing host holds the
+  // answer.
+  std::optional<std::uint32_t> by_value(const decision& d) const {
+    std::uint32_t order[64];
+    std::uint32_t n = 0;
+    const std::uint32_t values = static_cast<std::uint32_t>(value_key.size());
+    if (values > 64) return scan(d);
+    for (std::uint32_t v = 0; v < values; ++v) {
+      if (value_hosts[v] > 0) order[n++] = v;
+    }
+    std::sort(order, order + n,
+              [&](std::uint32_t a, std::uint32_t b) { return value_key[a] < value_key[b]; });
+    const bool tie_only = d.q.strategies.size() == 1;
+    best_host best;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (best.slot && value_key[order[i]] > best.k[0]) break;
+      value_grids[order[i]].for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
+        // Only the random tie-break follows: a host ranked after the best cannot win.
+        if (slot >= d.c.count || (tie_only && best.slot && d.rnd.rank(slot) > best.k[1]) ||
+            attributes_reject(d, slot) || d.check(slot)) {
+          return;
+        }
+        best.offer(slot, d.keys(slot, value_key[order[i]]));
+      });
+    }
+    return best.slot;
   }
 
   // Few hosts have the room: visit just those, through the grid. Many: the SIMD scan over every
   // block that may fit. Exact either way: hosts the grid skips lack the room outright.
   std::optional<std::uint32_t> exhaustive(const decision& d) const {
     if (grid.count_at_least(d.need.cpu, d.need.mib) * 4 > d.c.count) return scan(d);
+    if (value_keyed) return by_value(d);
     best_host best;
     grid.for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
       // A host whose first key is already worse cannot win: skip its full check.
-      if (slot >= d.c.count || quick_reject(d, slot) || !best.may_beat(d.key_at(0, slot)) ||
+      if (slot >= d.c.count || attributes_reject(d, slot) || !best.may_beat(first_key(d, slot)) ||
           d.check(slot)) {
         return;
       }
@@ -1134,6 +1212,7 @@ struct placer::impl {
       tie = d.tie;
     }
     refresh(d.c);
+    key_values(d);
     using kind = compiled_strategy::kind;
     const kind first = d.q.strategies[0].k;
     // The index orders hosts by the ledger's values; a dry run's own holdings reorder them.
@@ -1151,8 +1230,13 @@ struct placer::impl {
       bool gave_up = false;
       // The answer is the first host with the floor in the order of the next key: random,
       // whether a random strategy follows or the tie-break decides.
-      auto s = probe(d, d.rnd, spread_floor(d), true, gave_up);
-      if (s) return s;
+      // Probe only where the hosts with room are not so few that the probe would likely miss.
+      const std::uint64_t room = grid.count_at_least(d.need.cpu, d.need.mib);
+      const std::uint64_t values = value_keyed ? value_key.size() : 1;
+      if (room * 128 >= 2 * values * d.c.count) {
+        auto s = probe(d, d.rnd, spread_floor(d), true, gave_up);
+        if (s) return s;
+      }
     }
     return exhaustive(d);
   }
