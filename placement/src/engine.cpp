@@ -1223,9 +1223,12 @@ struct placer::impl {
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
     if (first == kind::random) {
-      bool gave_up = false;
-      auto s = probe(d, d.rnd, 0, false, gave_up);
-      if (s || !gave_up) return s;
+      // Probe only where the hosts with room are not so few that the probe would likely miss.
+      if (grid.count_at_least(d.need.cpu, d.need.mib) * 128 >= 2 * std::uint64_t{d.c.count}) {
+        bool gave_up = false;
+        auto s = probe(d, d.rnd, 0, false, gave_up);
+        if (s || !gave_up) return s;
+      }
     } else if (alone && (first == kind::spread_instance || first == kind::spread_attribute)) {
       bool gave_up = false;
       // The answer is the first host with the floor in the order of the next key: random,

@@ -5,14 +5,16 @@
 //
 // No include guard: included once per namespace. Include kernels.hpp first.
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pack() reads bytes little-endian");
+
 namespace {
 
 inline std::uint64_t pack(const std::uint8_t* ok, std::uint32_t n) {
   std::uint64_t bits = 0;
   std::uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    std::uint64_t w = 0;
-    for (int k = 0; k < 8; ++k) w |= std::uint64_t{ok[i + k]} << (8 * k);
+    std::uint64_t w;
+    __builtin_memcpy(&w, ok + i, 8);  // little-endian: byte k is bits 8k..8k+7
     // Gathers the low bit of each byte into the top byte.
     bits |= ((w * 0x0102'0408'1020'4080ull) >> 56) << i;
   }
