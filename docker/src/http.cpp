@@ -1,0 +1,220 @@
+#include "http.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+namespace berth::docker::detail {
+
+namespace {
+
+std::once_flag global_init;
+
+std::size_t collect(char* data, std::size_t size, std::size_t n, void* user) {
+  static_cast<std::string*>(user)->append(data, size * n);
+  return size * n;
+}
+
+std::size_t read_file(char* out, std::size_t size, std::size_t n, void* user) {
+  return std::fread(out, size, n, static_cast<std::FILE*>(user));
+}
+
+// Maps a transfer failure: the daemon is not there, or the deadline passed.
+error transfer_error(CURLcode c, const char* errbuf, const std::string& socket) {
+  const std::string detail = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(c);
+  if (c == CURLE_OPERATION_TIMEDOUT)
+    return {errc::timeout, "Docker did not answer in time: " + detail};
+  return {errc::unavailable, "Docker at " + socket + " is unavailable: " + detail};
+}
+
+struct slist_deleter {
+  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+};
+
+}  // namespace
+
+transport::transport(const options& o) : opts_(o) {
+  std::call_once(global_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+curl_handle transport::acquire() {
+  {
+    std::lock_guard lock(mu_);
+    if (!idle_.empty()) {
+      curl_handle h = std::move(idle_.back());
+      idle_.pop_back();
+      curl_easy_reset(h.get());
+      return h;
+    }
+  }
+  return curl_handle(curl_easy_init());
+}
+
+void transport::release(curl_handle h) {
+  std::lock_guard lock(mu_);
+  constexpr std::size_t kept = 16;
+  if (idle_.size() < kept) idle_.push_back(std::move(h));
+}
+
+result<void> transport::prepare(CURL* h, const request& r, curl_slist*& headers, std::FILE*& upload,
+                                char* errbuf) {
+  const std::string url = "http://docker" + r.target;
+  curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, opts_.socket_path.c_str());
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.connect_timeout.count()));
+  const auto timeout = r.timeout.count() > 0 ? r.timeout : opts_.timeout;
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
+  // libcurl copies string options: the temporary may go.
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, std::string(r.method).c_str());
+  headers = curl_slist_append(headers, "Expect:");
+  if (r.upload_path != nullptr) {
+    upload = std::fopen(r.upload_path->c_str(), "rb");
+    if (upload == nullptr) {
+      return tl::unexpected(
+          error{errc::bad_request, "cannot open " + *r.upload_path + ": " + std::strerror(errno)});
+    }
+    std::fseek(upload, 0, SEEK_END);
+    const long size = std::ftell(upload);
+    std::fseek(upload, 0, SEEK_SET);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_READFUNCTION, read_file);
+    curl_easy_setopt(h, CURLOPT_READDATA, upload);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(size));
+    headers = curl_slist_append(headers, ("Content-Type: " + std::string(r.content_type)).c_str());
+  } else if (r.method == "POST" || r.method == "PUT") {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r.body.data());
+    if (!r.body.empty()) {
+      headers =
+          curl_slist_append(headers, ("Content-Type: " + std::string(r.content_type)).c_str());
+    }
+  }
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+  return {};
+}
+
+result<response> transport::send(const request& r) {
+  curl_handle h = acquire();
+  if (!h) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
+  char errbuf[CURL_ERROR_SIZE] = {};
+  curl_slist* headers = nullptr;
+  std::FILE* upload = nullptr;
+  auto ready = prepare(h.get(), r, headers, upload, errbuf);
+  const std::unique_ptr<curl_slist, slist_deleter> own_headers(headers);
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> own_upload(
+      upload, [](std::FILE* f) { return f != nullptr ? std::fclose(f) : 0; });
+  if (!ready) return tl::unexpected(ready.error());
+  response out;
+  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &out.body);
+  const CURLcode c = curl_easy_perform(h.get());
+  if (c != CURLE_OK) return tl::unexpected(transfer_error(c, errbuf, opts_.socket_path));
+  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &out.status);
+  release(std::move(h));
+  return out;
+}
+
+result<long> transport::stream(const request& r,
+                               const std::function<bool(std::string_view)>& on_data,
+                               const std::function<void(long)>& on_open,
+                               const std::atomic<bool>& stop, std::chrono::milliseconds poll) {
+  curl_handle h = acquire();
+  if (!h) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
+  char errbuf[CURL_ERROR_SIZE] = {};
+  curl_slist* headers = nullptr;
+  std::FILE* upload = nullptr;
+  auto ready = prepare(h.get(), r, headers, upload, errbuf);
+  const std::unique_ptr<curl_slist, slist_deleter> own_headers(headers);
+  if (upload != nullptr) std::fclose(upload);
+  if (!ready) return tl::unexpected(ready.error());
+  // A stream has no overall deadline; `stop` ends it.
+  curl_easy_setopt(h.get(), CURLOPT_TIMEOUT_MS, 0L);
+  struct sink {
+    const std::function<bool(std::string_view)>* fn;
+    bool refused = false;
+  } s{&on_data};
+  curl_easy_setopt(
+      h.get(), CURLOPT_WRITEFUNCTION,
+      +[](char* data, std::size_t size, std::size_t n, void* user) -> std::size_t {
+        auto* k = static_cast<sink*>(user);
+        if (!(*k->fn)(std::string_view(data, size * n))) {
+          k->refused = true;
+          return 0;
+        }
+        return size * n;
+      });
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &s);
+  struct opener {
+    CURL* h;
+    const std::function<void(long)>* fn;
+  } o{h.get(), &on_open};
+  curl_easy_setopt(
+      h.get(), CURLOPT_HEADERFUNCTION,
+      +[](char* data, std::size_t size, std::size_t n, void* user) -> std::size_t {
+        auto* k = static_cast<opener*>(user);
+        // The blank line that ends the headers.
+        if (size * n <= 2 && (n == 0 || data[0] == '\r' || data[0] == '\n')) {
+          long status = 0;
+          curl_easy_getinfo(k->h, CURLINFO_RESPONSE_CODE, &status);
+          (*k->fn)(status);
+        }
+        return size * n;
+      });
+  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &o);
+
+  CURLM* m = curl_multi_init();
+  const std::unique_ptr<CURLM, CURLMcode (*)(CURLM*)> own_multi(m, curl_multi_cleanup);
+  curl_multi_add_handle(m, h.get());
+  int running = 1;
+  CURLcode result_code = CURLE_OK;
+  while (running > 0 && !stop.load(std::memory_order_acquire)) {
+    curl_multi_perform(m, &running);
+    if (running == 0) break;
+    curl_multi_poll(m, nullptr, 0, static_cast<int>(poll.count()), nullptr);
+  }
+  int left = 0;
+  while (CURLMsg* msg = curl_multi_info_read(m, &left)) {
+    if (msg->msg == CURLMSG_DONE) result_code = msg->data.result;
+  }
+  curl_multi_remove_handle(m, h.get());
+  if (stop.load(std::memory_order_acquire) || s.refused) {
+    long status = 0;
+    curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);
+    return status;
+  }
+  if (result_code != CURLE_OK) {
+    return tl::unexpected(transfer_error(result_code, errbuf, opts_.socket_path));
+  }
+  long status = 0;
+  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);
+  return status;
+}
+
+std::string docker_message(const response& r) {
+  const auto j = nlohmann::json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("message") && j["message"].is_string()) {
+    return j["message"].get<std::string>();
+  }
+  std::string body = r.body;
+  while (!body.empty() && (body.back() == '\n' || body.back() == '\r')) body.pop_back();
+  return body.empty() ? "HTTP " + std::to_string(r.status) : body;
+}
+
+error status_error(const response& r) {
+  errc c = errc::bad_response;
+  if (r.status == 400) {
+    c = errc::bad_request;
+  } else if (r.status == 404) {
+    c = errc::not_found;
+  } else if (r.status == 409) {
+    c = errc::conflict;
+  } else if (r.status >= 500) {
+    c = errc::server_error;
+  }
+  return {c, docker_message(r), static_cast<int>(r.status)};
+}
+
+}  // namespace berth::docker::detail

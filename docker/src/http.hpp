@@ -1,0 +1,76 @@
+// HTTP/1.1 over the daemon's Unix socket, through libcurl. One easy handle per call in flight,
+// kept in a pool so connections are reused; every call has a deadline.
+#pragma once
+
+#include <curl/curl.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "berth/docker.hpp"
+
+namespace berth::docker::detail {
+
+struct curl_deleter {
+  void operator()(CURL* h) const noexcept { curl_easy_cleanup(h); }
+};
+using curl_handle = std::unique_ptr<CURL, curl_deleter>;
+
+struct response {
+  long status = 0;
+  std::string body;
+};
+
+struct request {
+  request(std::string_view m, std::string t, std::string_view b = {})
+      : method(m), target(std::move(t)), body(b) {}
+  std::string_view method = "GET";
+  std::string target;  // path and query, from '/'
+  std::string_view body;
+  std::string_view content_type = "application/json";
+  const std::string* upload_path = nullptr;  // send this file as the body instead
+  std::chrono::milliseconds timeout{0};      // 0: the transport's default
+};
+
+class transport {
+ public:
+  explicit transport(const options& o);
+  transport(const transport&) = delete;
+  transport& operator=(const transport&) = delete;
+
+  // The whole response. A status >= 400 is returned as a response, not an error: the caller
+  // knows what a 404 or a 304 means for its call.
+  result<response> send(const request& r);
+
+  // Streams the body to `on_data` until the daemon ends it, `on_data` returns false, or `stop`
+  // is set (checked at least every `poll`). Returns the HTTP status.
+  // `on_open` gets the status once the headers are in.
+  result<long> stream(const request& r, const std::function<bool(std::string_view)>& on_data,
+                      const std::function<void(long)>& on_open, const std::atomic<bool>& stop,
+                      std::chrono::milliseconds poll);
+
+  const options& opts() const noexcept { return opts_; }
+
+ private:
+  curl_handle acquire();
+  void release(curl_handle h);
+  result<void> prepare(CURL* h, const request& r, curl_slist*& headers, std::FILE*& upload,
+                       char* errbuf);
+
+  options opts_;
+  std::mutex mu_;
+  std::vector<curl_handle> idle_;
+};
+
+// Docker's {"message": "..."} from an error body, or the body itself.
+std::string docker_message(const response& r);
+// An error for a response of status >= 400.
+error status_error(const response& r);
+
+}  // namespace berth::docker::detail

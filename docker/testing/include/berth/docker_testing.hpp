@@ -1,0 +1,25 @@
+// What the docker tests and benchmarks share: a daemon that answers, and a local image built
+// without a registry from the machine's busybox-static.
+#pragma once
+
+#include <string>
+
+#include "berth/docker.hpp"
+
+namespace berth::docker::testing {
+
+// The image every test runs: a root filesystem of Debian's busybox-static, imported.
+// The tag names the root filesystem's content: change it when write_busybox_rootfs changes.
+inline constexpr const char* test_image = "berth-test/busybox:v1";
+
+// An engine on `socket`. When the socket does not answer, starts dockerd in the background
+// (its log in /tmp/berth-dockerd.log) and waits up to a minute for it.
+result<std::unique_ptr<engine>> daemon(const std::string& socket = "/var/run/docker.sock");
+
+// Writes a root-filesystem tarball of busybox (with its applets linked) to `tar_path`.
+result<void> write_busybox_rootfs(const std::string& tar_path);
+
+// Imports test_image into the engine's daemon unless it is there already.
+result<void> ensure_test_image(engine& e);
+
+}  // namespace berth::docker::testing
