@@ -619,7 +619,12 @@ class subscription_impl final : public subscription {
   void run() {
     std::chrono::milliseconds backoff{100};
     while (!stop_.load(std::memory_order_acquire)) {
-      // Resynchronize first: the stream then carries whatever happens after the list.
+      // Resynchronize first; the stream then starts at the list's time (or the last event seen),
+      // so nothing between the two is missed. The daemon shares this machine's clock.
+      const std::int64_t listed_at =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count();
       list_filter lf;
       lf.labels = filter_.labels;
       auto listed = engine_.list_containers(lf);
@@ -650,7 +655,8 @@ class subscription_impl final : public subscription {
         }
         return true;
       };
-      auto r = engine_.http().stream({"GET", target(last_ns_)}, on_data, on_open, stop_,
+      auto r = engine_.http().stream({"GET", target(last_ns_ > 0 ? last_ns_ : listed_at)}, on_data,
+                                     on_open, stop_,
                                      std::chrono::milliseconds(100));
       connected_.store(false, std::memory_order_release);
       if (stop_.load(std::memory_order_acquire)) return;
