@@ -3,6 +3,7 @@
 #include <atomic>
 #include <charconv>
 #include <condition_variable>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -521,6 +522,21 @@ class engine_impl final : public engine {
     return names;
   }
 
+  result<void> save_image(std::string_view ref, const std::string& tar_path) override {
+    auto r = call({"GET", prefix_ + "/images/" + std::string(ref) + "/get"});
+    if (!r) return tl::unexpected(r.error());
+    if (r->status != 200) return tl::unexpected(detail::status_error(*r));
+    std::FILE* f = std::fopen(tar_path.c_str(), "wb");
+    if (f == nullptr) {
+      return tl::unexpected(error{errc::bad_request, "cannot write " + tar_path});
+    }
+    const bool ok = std::fwrite(r->body.data(), 1, r->body.size(), f) == r->body.size();
+    if (std::fclose(f) != 0 || !ok) {
+      return tl::unexpected(error{errc::bad_request, "cannot write " + tar_path});
+    }
+    return {};
+  }
+
   result<void> remove_image(std::string_view ref, bool force) override {
     return expect(
         {"DELETE", prefix_ + "/images/" + std::string(ref) + "?force=" + (force ? "1" : "0")},
@@ -621,10 +637,9 @@ class subscription_impl final : public subscription {
     while (!stop_.load(std::memory_order_acquire)) {
       // Resynchronize first; the stream then starts at the list's time (or the last event seen),
       // so nothing between the two is missed. The daemon shares this machine's clock.
-      const std::int64_t listed_at =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(
-              std::chrono::system_clock::now().time_since_epoch())
-              .count();
+      const std::int64_t listed_at = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count();
       list_filter lf;
       lf.labels = filter_.labels;
       auto listed = engine_.list_containers(lf);
@@ -656,8 +671,7 @@ class subscription_impl final : public subscription {
         return true;
       };
       auto r = engine_.http().stream({"GET", target(last_ns_ > 0 ? last_ns_ : listed_at)}, on_data,
-                                     on_open, stop_,
-                                     std::chrono::milliseconds(100));
+                                     on_open, stop_, std::chrono::milliseconds(100));
       connected_.store(false, std::memory_order_release);
       if (stop_.load(std::memory_order_acquire)) return;
       error why{errc::unavailable, "the event stream ended"};

@@ -376,6 +376,47 @@ TEST_F(DockerTest, ImagesImportInspectListRemove) {
   EXPECT_EQ(again.error().code, dk::errc::not_found);
 }
 
+TEST_F(DockerTest, SavedImageLoadsBack) {
+  const std::string tar = "/tmp/berth-save-" + std::to_string(::getpid()) + ".tar";
+  ASSERT_TRUE(engine_->save_image(dk::testing::test_image, tar));
+  auto names = engine_->load_image(tar);
+  fs::remove(tar);
+  ASSERT_TRUE(names) << names.error().message;
+  ASSERT_EQ(names->size(), 1u);
+  EXPECT_EQ(names->front(), dk::testing::test_image);
+  auto bad = engine_->load_image("/tmp/berth-no-such-" + std::to_string(::getpid()) + ".tar");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("cannot open"), std::string::npos);
+}
+
+// What the container sees is what the spec asked for.
+TEST_F(DockerTest, HostConfigReachesTheContainer) {
+  const fs::path dir = fs::temp_directory_path() / ("berth-bind-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "file") << "from-host\n";
+  auto s =
+      spec({"sh", "-c",
+            "ulimit -n; id -u; cat /data/file; pwd; hostname; echo $GREETING; "
+            "touch /data/x 2>/dev/null || echo data-ro; touch /x 2>/dev/null || echo root-ro"});
+  s.env = {"GREETING=hi-there"};
+  s.user = "1234";
+  s.working_dir = "/tmp";
+  s.hostname = "box-1";
+  s.readonly_rootfs = true;
+  s.cap_drop = {"ALL"};
+  s.ulimits = {{"nofile", 512, 512}};
+  s.mounts = {{dir.string(), "/data", true, false}};
+  s.log = dk::log_config{"json-file", {{"max-size", "1m"}}};
+  const std::string id = run(s);
+  auto code = engine_->wait_container(id, 30s);
+  ASSERT_TRUE(code) << code.error().message;
+  EXPECT_EQ(*code, 0);
+  auto out = engine_->logs(id, 100);
+  ASSERT_TRUE(out);
+  EXPECT_EQ(*out, "512\n1234\nfrom-host\n/tmp\nbox-1\nhi-there\ndata-ro\nroot-ro\n");
+  fs::remove_all(dir);
+}
+
 TEST_F(DockerTest, StatsReportMemoryLimitAndPids) {
   auto s = spec({"sleep", "300"});
   s.memory_bytes = 48 << 20;

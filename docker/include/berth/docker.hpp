@@ -219,6 +219,8 @@ class engine {
                                            std::string_view tag) = 0;
   // A `docker save` tarball; the names it loaded.
   virtual result<std::vector<std::string>> load_image(const std::string& tar_path) = 0;
+  // Writes a `docker save` tarball of the image to `tar_path`.
+  virtual result<void> save_image(std::string_view ref, const std::string& tar_path) = 0;
   virtual result<void> remove_image(std::string_view ref, bool force) = 0;
   // Fails with Docker's message (server_error or not_found) when no registry answers, or with
   // timeout when the deadline passes first.
