@@ -221,7 +221,7 @@ TEST_F(DockerTest, LimitsAreWhatTheKernelEnforces) {
 }
 
 TEST_F(DockerTest, ExitCodeAndLogsAreObserved) {
-  const std::string id = run(spec({"sh", "-c", "echo one; echo two; echo three >&2; exit 7"}));
+  const std::string id = run(spec({"sh", "-c", "echo one; echo two; echo three; exit 7"}));
   auto code = engine_->wait_container(id, 30s);
   ASSERT_TRUE(code) << code.error().message;
   EXPECT_EQ(*code, 7);
@@ -232,6 +232,12 @@ TEST_F(DockerTest, ExitCodeAndLogsAreObserved) {
   auto tail = engine_->logs(id, 2);
   ASSERT_TRUE(tail);
   EXPECT_EQ(*tail, "two\nthree\n");
+  // stderr comes through the same demultiplexing (its order against stdout is Docker's).
+  const std::string err = run(spec({"sh", "-c", "echo to-stderr >&2"}));
+  ASSERT_TRUE(engine_->wait_container(err, 30s));
+  auto logged = engine_->logs(err, 10);
+  ASSERT_TRUE(logged);
+  EXPECT_EQ(*logged, "to-stderr\n");
 }
 
 TEST_F(DockerTest, OomKillIsObserved) {
