@@ -133,12 +133,15 @@ void BM_docker_create_start_remove(benchmark::State& state) {
     auto id = e->create_container(s);
     return id && e->start_container(*id) && e->remove_container(*id, {true, false});
   };
+  // Each call's HTTP status is checked, so a failing call cannot make this baseline cheaper.
   const auto cli_cycle = [&] {
     const std::string id = id_from(run_curl(cli_create));
     if (id.empty()) return false;
-    run_curl("-X POST " + base + "/containers/" + id + "/start");
-    run_curl("-X DELETE '" + base + "/containers/" + id + "?force=1'");
-    return true;
+    const std::string started =
+        run_curl("-o /dev/null -w '%{http_code}' -X POST " + base + "/containers/" + id + "/start");
+    const std::string removed = run_curl("-o /dev/null -w '%{http_code}' -X DELETE '" + base +
+                                         "/containers/" + id + "?force=1'");
+    return started == "204" && removed == "204";
   };
   double total[3] = {0, 0, 0};  // libcurl, client, curl CLI: wall seconds
   double cpu[3] = {0, 0, 0};    // this thread's CPU seconds: what the client itself costs

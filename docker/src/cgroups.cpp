@@ -84,10 +84,18 @@ std::optional<std::int64_t> number_of(const std::optional<std::string>& v) {
   return x;
 }
 
-// runc's mapping of CPU shares [2, 262144] to cgroup v2's weight [1, 10000].
-std::int64_t shares_to_weight(std::int64_t shares) {
+// runc's mappings of CPU shares [2, 262144] to cgroup v2's weight [1, 10000]: linear up to
+// runc 1.1, logarithmic from 1.2. Either is what the kernel was asked for.
+std::int64_t shares_to_weight_linear(std::int64_t shares) {
   if (shares == 0) return 0;
   return 1 + ((shares - 2) * 9999) / 262142;
+}
+std::int64_t shares_to_weight_log(std::int64_t shares) {
+  if (shares <= 2) return 1;
+  if (shares >= 262144) return 10000;
+  const double l = std::log2(static_cast<double>(shares));
+  const double exponent = (l * l + 125 * l) / 612.0 - 7.0 / 34.0;
+  return static_cast<std::int64_t>(std::ceil(std::pow(10, exponent)));
 }
 
 result<cgroup_reading> read_paths(const std::map<std::string, std::string>& paths) {
@@ -168,17 +176,23 @@ std::vector<std::string> check_limits(const requested_limits& asked, const cgrou
   }
   if (asked.cpu_shares > 0) {
     if (got.version == 2) {
-      differ("cpu weight (from shares)", shares_to_weight(asked.cpu_shares), got.cpu_weight);
+      const std::int64_t linear = shares_to_weight_linear(asked.cpu_shares);
+      const std::int64_t log = shares_to_weight_log(asked.cpu_shares);
+      if (got.cpu_weight != linear && got.cpu_weight != log) {
+        differ("cpu weight (from shares)", linear, got.cpu_weight);
+      }
     } else {
       differ("cpu shares", asked.cpu_shares, got.cpu_shares);
     }
   }
   if (asked.nano_cpus > 0) {
-    std::optional<std::int64_t> nano;
-    if (got.cpu_quota_us && got.cpu_period_us && *got.cpu_period_us > 0) {
-      nano = *got.cpu_quota_us * 1'000'000'000 / *got.cpu_period_us;
+    // Docker sets quota = nano * period / 1e9, truncated: compare in the kernel's terms.
+    if (!got.cpu_quota_us || !got.cpu_period_us) {
+      differ("cpu quota (us)", asked.nano_cpus / 10'000, std::nullopt);
+    } else {
+      differ("cpu quota (us)", asked.nano_cpus * *got.cpu_period_us / 1'000'000'000,
+             got.cpu_quota_us);
     }
-    differ("cpus (nano)", asked.nano_cpus, nano);
   }
   if (asked.pids_limit > 0) differ("pids limit", asked.pids_limit, got.pids_limit);
   return out;

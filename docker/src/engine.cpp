@@ -4,6 +4,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -90,6 +91,17 @@ int compare_versions(std::string_view a, std::string_view b) {
   return 0;
 }
 
+// Invalid UTF-8 in a caller's strings becomes U+FFFD rather than an exception.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// A member, or null when absent: safe on const objects, unlike operator[].
+const json& member(const json& j, const char* key) {
+  static const json null;
+  if (!j.is_object()) return null;
+  const auto it = j.find(key);
+  return it == j.end() ? null : *it;
+}
+
 result<json> parse(const response& r) {
   json j = json::parse(r.body, nullptr, false);
   if (j.is_discarded()) {
@@ -101,10 +113,12 @@ result<json> parse(const response& r) {
 }
 
 std::string str(const json& j, const char* key) {
+  if (!j.is_object()) return {};
   const auto it = j.find(key);
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 std::int64_t num(const json& j, const char* key) {
+  if (!j.is_object()) return 0;
   const auto it = j.find(key);
   return it != j.end() && it->is_number() ? it->get<std::int64_t>() : 0;
 }
@@ -354,7 +368,7 @@ class engine_impl final : public engine {
   result<std::string> create_container(const container_spec& spec) override {
     std::string target = prefix_ + "/containers/create";
     if (!spec.name.empty()) target += "?name=" + escape(spec.name);
-    const std::string body = create_body(spec).dump();
+    const std::string body = dump(create_body(spec));
     auto r = call({"POST", target, body});
     if (!r) return tl::unexpected(r.error());
     if (r->status != 201) return tl::unexpected(detail::status_error(*r));
@@ -386,7 +400,12 @@ class engine_impl final : public engine {
     auto r = expect({"DELETE", prefix_ + "/containers/" + escape(id) + "?force=" +
                                    (o.force ? "1" : "0") + "&v=" + (o.volumes ? "1" : "0")},
                     {204});
-    if (!r && r.error().code == errc::not_found) return {};
+    // Gone, or already being removed: either way it will not be there.
+    if (!r && (r.error().code == errc::not_found ||
+               (r.error().code == errc::conflict &&
+                r.error().message.find("already in progress") != std::string::npos))) {
+      return {};
+    }
     return r;
   }
 
@@ -397,11 +416,21 @@ class engine_impl final : public engine {
   }
 
   result<std::vector<container_summary>> list_containers(const list_filter& f) override {
+    return list_containers_within(f, std::chrono::milliseconds(0));
+  }
+  // With its own deadline (0: the default).
+  result<std::vector<container_summary>> list_containers_within(const list_filter& f,
+                                                                std::chrono::milliseconds timeout) {
     std::string target = prefix_ + "/containers/json?all=" + (f.all ? "1" : "0");
     if (!f.labels.empty()) {
-      target += "&filters=" + escape(json{{"label", label_filters(f.labels)}}.dump());
+      target += "&filters=" + escape(dump(json{{"label", label_filters(f.labels)}}));
     }
-    auto j = get_json(target);
+    request rq{"GET", target};
+    rq.timeout = timeout;
+    auto r = call(rq);
+    if (!r) return tl::unexpected(r.error());
+    if (r->status != 200) return tl::unexpected(detail::status_error(*r));
+    auto j = parse(*r);
     if (!j) return tl::unexpected(j.error());
     std::vector<container_summary> out;
     if (j->is_array()) {
@@ -433,24 +462,21 @@ class engine_impl final : public engine {
     auto j = get_json(prefix_ + "/containers/" + escape(id) + "/stats?stream=0&one-shot=1");
     if (!j) return tl::unexpected(j.error());
     container_stats s;
-    const json& cpu = (*j)["cpu_stats"];
-    if (cpu.is_object()) {
-      s.cpu_total_ns = static_cast<std::uint64_t>(num(cpu["cpu_usage"], "total_usage"));
-      s.system_cpu_ns = static_cast<std::uint64_t>(num(cpu, "system_cpu_usage"));
-      s.online_cpus = static_cast<std::uint32_t>(num(cpu, "online_cpus"));
-    }
-    const json& mem = (*j)["memory_stats"];
-    if (mem.is_object()) {
-      s.memory_usage = static_cast<std::uint64_t>(num(mem, "usage"));
-      s.memory_limit = static_cast<std::uint64_t>(num(mem, "limit"));
-    }
-    if (const json& nets = (*j)["networks"]; nets.is_object()) {
+    const json& cpu = member(*j, "cpu_stats");
+    s.cpu_total_ns = static_cast<std::uint64_t>(num(member(cpu, "cpu_usage"), "total_usage"));
+    s.system_cpu_ns = static_cast<std::uint64_t>(num(cpu, "system_cpu_usage"));
+    s.online_cpus = static_cast<std::uint32_t>(num(cpu, "online_cpus"));
+    const json& mem = member(*j, "memory_stats");
+    s.memory_usage = static_cast<std::uint64_t>(num(mem, "usage"));
+    s.memory_limit = static_cast<std::uint64_t>(num(mem, "limit"));
+    if (const json& nets = member(*j, "networks"); nets.is_object()) {
       for (const auto& [name, n] : nets.items()) {
         s.rx_bytes += static_cast<std::uint64_t>(num(n, "rx_bytes"));
         s.tx_bytes += static_cast<std::uint64_t>(num(n, "tx_bytes"));
       }
     }
-    if (const json& io = (*j)["blkio_stats"]["io_service_bytes_recursive"]; io.is_array()) {
+    const json& io = member(member(*j, "blkio_stats"), "io_service_bytes_recursive");
+    if (io.is_array()) {
       for (const auto& e : io) {
         const std::string op = str(e, "op");
         if (op == "Read" || op == "read")
@@ -460,12 +486,12 @@ class engine_impl final : public engine {
         }
       }
     }
-    s.pids = static_cast<std::uint64_t>(num((*j)["pids_stats"], "current"));
+    s.pids = static_cast<std::uint64_t>(num(member(*j, "pids_stats"), "current"));
     return s;
   }
 
   result<image_info> inspect_image(std::string_view ref) override {
-    auto j = get_json(prefix_ + "/images/" + std::string(ref) + "/json");
+    auto j = get_json(prefix_ + "/images/" + escape(ref) + "/json");
     if (!j) return tl::unexpected(j.error());
     image_info i = read_image(*j);
     return i;
@@ -523,7 +549,7 @@ class engine_impl final : public engine {
   }
 
   result<void> save_image(std::string_view ref, const std::string& tar_path) override {
-    auto r = call({"GET", prefix_ + "/images/" + std::string(ref) + "/get"});
+    auto r = call({"GET", prefix_ + "/images/" + escape(ref) + "/get"});
     if (!r) return tl::unexpected(r.error());
     if (r->status != 200) return tl::unexpected(detail::status_error(*r));
     std::FILE* f = std::fopen(tar_path.c_str(), "wb");
@@ -538,20 +564,28 @@ class engine_impl final : public engine {
   }
 
   result<void> remove_image(std::string_view ref, bool force) override {
-    return expect(
-        {"DELETE", prefix_ + "/images/" + std::string(ref) + "?force=" + (force ? "1" : "0")},
-        {200});
+    return expect({"DELETE", prefix_ + "/images/" + escape(ref) + "?force=" + (force ? "1" : "0")},
+                  {200});
   }
 
   result<void> pull_image(std::string_view ref, std::chrono::milliseconds timeout) override {
+    // name[:tag][@digest]: a digest is the tag; no tag means latest (an empty tag would pull
+    // every tag).
     std::string image(ref), tag;
-    const auto colon = image.rfind(':');
-    if (colon != std::string::npos && image.find('/', colon) == std::string::npos) {
-      tag = image.substr(colon + 1);
-      image.erase(colon);
+    if (const auto at = image.find('@'); at != std::string::npos) {
+      tag = image.substr(at + 1);
+      image.erase(at);
+    } else {
+      const auto colon = image.rfind(':');
+      const auto slash = image.rfind('/');
+      if (colon != std::string::npos && (slash == std::string::npos || colon > slash)) {
+        tag = image.substr(colon + 1);
+        image.erase(colon);
+      }
     }
-    request rq{"POST", prefix_ + "/images/create?fromImage=" + escape(image) +
-                           (tag.empty() ? "" : "&tag=" + escape(tag))};
+    if (tag.empty()) tag = "latest";
+    request rq{"POST",
+               prefix_ + "/images/create?fromImage=" + escape(image) + "&tag=" + escape(tag)};
     rq.timeout = timeout;
     auto r = call(rq);
     if (!r) return tl::unexpected(r.error());
@@ -592,6 +626,26 @@ class engine_impl final : public engine {
 
 // ---- events ----
 
+// Seconds with a fraction, as /events takes for since and until.
+std::string event_time(std::int64_t ns) {
+  return std::to_string(ns / 1'000'000'000) + "." +
+         std::to_string(1'000'000'000 + ns % 1'000'000'000).substr(1);
+}
+
+std::int64_t wall_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string events_filters(const event_filter& f) {
+  json filters = json::object();
+  if (!f.types.empty()) filters["type"] = f.types;
+  if (!f.actions.empty()) filters["event"] = f.actions;
+  if (!f.labels.empty()) filters["label"] = label_filters(f.labels);
+  return escape(dump(filters));
+}
+
 class subscription_impl final : public subscription {
  public:
   subscription_impl(engine_impl& e, event_filter f, event_handlers h)
@@ -604,6 +658,8 @@ class subscription_impl final : public subscription {
       stop_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
+    // Destroying a subscription from its own handler would join its own thread.
+    if (std::this_thread::get_id() == thread_.get_id()) std::terminate();
     thread_.join();
   }
   bool connected() const noexcept override { return connected_.load(std::memory_order_acquire); }
@@ -612,21 +668,16 @@ class subscription_impl final : public subscription {
   }
 
  private:
-  std::string target(std::int64_t since_ns) const {
-    json filters = json::object();
-    if (!filter_.types.empty()) filters["type"] = filter_.types;
-    if (!filter_.actions.empty()) filters["event"] = filter_.actions;
-    if (!filter_.labels.empty()) filters["label"] = label_filters(filter_.labels);
-    std::string t = engine_.prefix() + "/events?filters=" + escape(filters.dump());
-    if (since_ns > 0) {
-      // Seconds with a fraction: events at or after the last one seen (duplicates are dropped).
-      t += "&since=" + std::to_string(since_ns / 1'000'000'000) + "." +
-           std::to_string(1'000'000'000 + since_ns % 1'000'000'000).substr(1);
+  // A handler's exception must not unwind through libcurl's C frames: it is dropped here.
+  template <class Fn, class... Args>
+  static void guarded(const Fn& fn, Args&&... args) {
+    if (!fn) return;
+    try {
+      fn(std::forward<Args>(args)...);
+    } catch (...) {
     }
-    return t;
   }
 
-  // Whether to stop, after waiting `d` or being told to stop.
   bool pause(std::chrono::milliseconds d) {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, d, [&] { return stop_.load(std::memory_order_acquire); });
@@ -635,16 +686,16 @@ class subscription_impl final : public subscription {
   void run() {
     std::chrono::milliseconds backoff{100};
     while (!stop_.load(std::memory_order_acquire)) {
-      // Resynchronize first; the stream then starts at the list's time (or the last event seen),
-      // so nothing between the two is missed. The daemon shares this machine's clock.
-      const std::int64_t listed_at = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                         std::chrono::system_clock::now().time_since_epoch())
-                                         .count();
+      // Resynchronize first; the stream then starts at the list's time, or a second before the
+      // newest event seen (Docker stamps events before it orders them, so a late one may carry
+      // an earlier time). Replayed duplicates are dropped. The daemon shares this clock.
+      const std::int64_t listed_at = wall_ns();
       list_filter lf;
       lf.labels = filter_.labels;
-      auto listed = engine_.list_containers(lf);
+      // A short deadline: the destructor waits for this call.
+      auto listed = engine_.list_containers_within(lf, std::chrono::seconds(5));
       if (!listed) {
-        if (handlers_.on_disconnect) handlers_.on_disconnect(listed.error());
+        guarded(handlers_.on_disconnect, listed.error());
         if (pause(backoff)) return;
         backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
         continue;
@@ -658,7 +709,7 @@ class subscription_impl final : public subscription {
         opened = true;
         connected_.store(true, std::memory_order_release);
         connections_.fetch_add(1, std::memory_order_acq_rel);
-        if (handlers_.on_resync) handlers_.on_resync(*listed);
+        guarded(handlers_.on_resync, *listed);
       };
       const auto on_data = [&](std::string_view chunk) {
         buffer.append(chunk);
@@ -670,8 +721,11 @@ class subscription_impl final : public subscription {
         }
         return true;
       };
-      auto r = engine_.http().stream({"GET", target(last_ns_ > 0 ? last_ns_ : listed_at)}, on_data,
-                                     on_open, stop_, std::chrono::milliseconds(100));
+      const std::int64_t since = newest_ns_ > 0 ? newest_ns_ - 1'000'000'000 : listed_at;
+      auto r = engine_.http().stream(
+          {"GET", engine_.prefix() + "/events?filters=" + events_filters(filter_) +
+                      "&since=" + event_time(since)},
+          on_data, on_open, stop_, std::chrono::milliseconds(100));
       connected_.store(false, std::memory_order_release);
       if (stop_.load(std::memory_order_acquire)) return;
       error why{errc::unavailable, "the event stream ended"};
@@ -680,7 +734,7 @@ class subscription_impl final : public subscription {
       } else if (*r != 200) {
         why = detail::status_error({*r, buffer});
       }
-      if (handlers_.on_disconnect) handlers_.on_disconnect(why);
+      guarded(handlers_.on_disconnect, why);
       if (opened) backoff = std::chrono::milliseconds(100);
       if (pause(backoff)) return;
       backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
@@ -699,20 +753,21 @@ class subscription_impl final : public subscription {
     }
     if (e.id.empty()) e.id = str(j, "id");
     e.time_nano = num(j, "timeNano");
-    // After a reconnect, `since` replays events at the last one's second: skip those seen.
-    if (e.time_nano < last_ns_ ||
-        (e.time_nano == last_ns_ && seen_at_last_.contains(line_key(e)))) {
-      return;
+    // Only exact repeats are dropped (a replay after a reconnect): events may arrive slightly
+    // out of time order, and none of those may be lost.
+    const std::string key =
+        std::to_string(e.time_nano) + "/" + e.type + "/" + e.action + "/" + e.id;
+    if (seen_.contains(key)) return;
+    seen_.insert(key);
+    seen_order_.push_back(key);
+    // Docker replays at most its last 256 events: remembering 1024 covers every replay.
+    if (seen_order_.size() > 1024) {
+      seen_.erase(seen_order_.front());
+      seen_order_.pop_front();
     }
-    if (e.time_nano > last_ns_) {
-      last_ns_ = e.time_nano;
-      seen_at_last_.clear();
-    }
-    seen_at_last_.insert(line_key(e));
-    if (handlers_.on_event) handlers_.on_event(e);
+    newest_ns_ = std::max(newest_ns_, e.time_nano);
+    guarded(handlers_.on_event, e);
   }
-
-  static std::string line_key(const event& e) { return e.type + "/" + e.action + "/" + e.id; }
 
   engine_impl& engine_;
   event_filter filter_;
@@ -720,8 +775,9 @@ class subscription_impl final : public subscription {
   std::atomic<bool> stop_{false};
   std::atomic<bool> connected_{false};
   std::atomic<std::uint64_t> connections_{0};
-  std::int64_t last_ns_ = 0;
-  std::set<std::string> seen_at_last_;
+  std::int64_t newest_ns_ = 0;
+  std::set<std::string> seen_;
+  std::deque<std::string> seen_order_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::thread thread_;
@@ -729,6 +785,13 @@ class subscription_impl final : public subscription {
 
 result<std::unique_ptr<subscription>> engine_impl::subscribe(const event_filter& f,
                                                              event_handlers h) {
+  // A filter Docker refuses is the caller's error now, not a reconnect loop later: ask for an
+  // empty window (until = since) with it, which Docker answers at once.
+  const std::string now = event_time(wall_ns());
+  auto probe = call({"GET", prefix_ + "/events?filters=" + events_filters(f) + "&since=" + now +
+                                "&until=" + now});
+  if (!probe) return tl::unexpected(probe.error());
+  if (probe->status != 200) return tl::unexpected(detail::status_error(*probe));
   return std::unique_ptr<subscription>(std::make_unique<subscription_impl>(*this, f, std::move(h)));
 }
 

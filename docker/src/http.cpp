@@ -17,7 +17,11 @@ std::size_t collect(char* data, std::size_t size, std::size_t n, void* user) {
 }
 
 std::size_t read_file(char* out, std::size_t size, std::size_t n, void* user) {
-  return std::fread(out, size, n, static_cast<std::FILE*>(user));
+  auto* f = static_cast<std::FILE*>(user);
+  const std::size_t got = std::fread(out, 1, size * n, f);
+  // 0 means the end of the body to libcurl: a read error must abort instead.
+  if (got == 0 && std::ferror(f) != 0) return CURL_READFUNC_ABORT;
+  return got;
 }
 
 // Maps a transfer failure: the daemon is not there, or the deadline passed.
@@ -76,9 +80,11 @@ result<void> transport::prepare(CURL* h, const request& r, curl_slist*& headers,
       return tl::unexpected(
           error{errc::bad_request, "cannot open " + *r.upload_path + ": " + std::strerror(errno)});
     }
-    std::fseek(upload, 0, SEEK_END);
-    const long size = std::ftell(upload);
-    std::fseek(upload, 0, SEEK_SET);
+    long size = -1;
+    if (std::fseek(upload, 0, SEEK_END) == 0) size = std::ftell(upload);
+    if (size < 0 || std::fseek(upload, 0, SEEK_SET) != 0) {
+      return tl::unexpected(error{errc::bad_request, "cannot read " + *r.upload_path});
+    }
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_READFUNCTION, read_file);
     curl_easy_setopt(h, CURLOPT_READDATA, upload);
@@ -86,7 +92,8 @@ result<void> transport::prepare(CURL* h, const request& r, curl_slist*& headers,
     headers = curl_slist_append(headers, ("Content-Type: " + std::string(r.content_type)).c_str());
   } else if (r.method == "POST" || r.method == "PUT") {
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r.body.data());
+    // Never NULL: that would mean "read the body from stdin".
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r.body.empty() ? "" : r.body.data());
     if (!r.body.empty()) {
       headers =
           curl_slist_append(headers, ("Content-Type: " + std::string(r.content_type)).c_str());

@@ -183,8 +183,10 @@ struct event_handlers {
 };
 
 // An open /events stream. It reconnects by itself (with back-off) when the daemon goes away;
-// destroying it stops the stream and joins its thread. Handlers run on that thread. The engine
-// that made it must outlive it.
+// destroying it stops the stream and joins its thread. Handlers run on that thread and should
+// return quickly: Docker drops events for a subscriber that stops reading. A handler must not
+// destroy its own subscription, and an exception from one is dropped. The engine that made it
+// must outlive it.
 class subscription {
  public:
   virtual ~subscription() = default;
@@ -226,6 +228,7 @@ class engine {
   // timeout when the deadline passes first.
   virtual result<void> pull_image(std::string_view ref, std::chrono::milliseconds timeout) = 0;
 
+  // Fails at once when Docker refuses the filter.
   virtual result<std::unique_ptr<subscription>> subscribe(const event_filter& f,
                                                           event_handlers h) = 0;
 };

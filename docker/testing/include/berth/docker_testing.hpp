@@ -10,7 +10,7 @@ namespace berth::docker::testing {
 
 // The image every test runs: a root filesystem of Debian's busybox-static, imported.
 // The tag names the root filesystem's content: change it when write_busybox_rootfs changes.
-inline constexpr const char* test_image = "berth-test/busybox:v1";
+inline constexpr const char* test_image = "berth-test/busybox:v2";
 
 // An engine on `socket`. When the socket does not answer, starts dockerd in the background
 // (its log in /tmp/berth-dockerd.log) and waits up to a minute for it.
