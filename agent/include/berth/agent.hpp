@@ -1,5 +1,62 @@
-// berth::agent — berthd: config, ECS API server, store, task engine, services.
-// TODO(issue 6): the daemon.
+// berthd, the node agent: configuration, and the daemon that serves the ECS API.
 #pragma once
 
-namespace berth::agent {}  // namespace berth::agent
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tl/expected.hpp>
+#include <vector>
+
+namespace berth::agent {
+
+struct error {
+  std::string message;
+};
+template <class T>
+using result = tl::expected<T, error>;
+
+// Everything berthd can be told. Precedence: flags, then BERTH_*/ECS_* environment variables,
+// then the config file (KEY=VALUE, the ECS agent's ecs.config format), then these defaults.
+struct config {
+  std::string cluster = "default";
+  std::string state_dir = "/var/lib/berth";
+  std::string socket = "/run/berth/berth.sock";
+  std::string listen_tcp;   // host:port; empty: no TCP listener
+  std::string credentials;  // ~/.aws/credentials format; required with listen_tcp
+  std::string docker_socket = "/var/run/docker.sock";
+  std::string config_file = "/etc/berth/berth.conf";
+  std::string instance_address = "127.0.0.1";  // what tasks' network bindings report
+  std::string host_ip = "0.0.0.0";             // where container ports are published
+  std::string imds_endpoint;                   // EC2 metadata; empty: not asked
+  std::string region = "us-east-1";
+  std::string account_id = "000000000000";
+  std::string availability_zone;  // empty: <region>a
+  std::string instance_type = "berth.local";
+  std::uint64_t reserved_memory_mib = 0;
+  std::vector<std::uint16_t> reserved_ports = {22, 2375, 2376, 51678, 51679};
+  std::map<std::string, std::string> attributes;   // custom instance attributes
+  std::chrono::milliseconds stop_timeout{30'000};  // a container's default stopTimeout
+  std::uint64_t max_body_bytes = 1 << 20;
+  std::string log_level = "info";
+  bool show_help = false;
+  std::string help_text;
+};
+
+// Reads flags, environment and the config file. A bad key or value is an error naming it.
+result<config> load_config(int argc, const char* const* argv,
+                           const std::map<std::string, std::string>& environment);
+
+// The running agent. start() returns once it serves; stop() shuts it down cleanly and leaves
+// its tasks' containers running.
+class daemon {
+ public:
+  virtual ~daemon() = default;
+  virtual void stop() = 0;
+  // Blocks until stop() or a SIGTERM/SIGINT handled by the caller.
+  virtual void wait() = 0;
+};
+result<std::unique_ptr<daemon>> start(const config& c);
+
+}  // namespace berth::agent

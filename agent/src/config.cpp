@@ -1,0 +1,267 @@
+// berthd's configuration: flags over environment over file over defaults, every value checked.
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "berth/agent.hpp"
+
+namespace berth::agent {
+
+namespace {
+
+// One setting: its flag, its BERTH_ key, the ECS agent's key when there is one, and its help.
+struct setting {
+  const char* flag;
+  const char* key;
+  const char* ecs_key;
+  const char* help;
+};
+
+constexpr setting settings[] = {
+    {"--cluster", "BERTH_CLUSTER", "ECS_CLUSTER", "cluster to join (created if needed)"},
+    {"--state-dir", "BERTH_STATE_DIR", "ECS_DATADIR", "where the store (SQLite) lives"},
+    {"--socket", "BERTH_SOCKET", nullptr, "the API's Unix socket"},
+    {"--listen-tcp", "BERTH_LISTEN_TCP", nullptr,
+     "also serve the API on HOST:PORT (loopback unless you say otherwise); needs --credentials"},
+    {"--credentials", "BERTH_CREDENTIALS", nullptr,
+     "keys allowed on TCP, in ~/.aws/credentials format (SigV4 checked)"},
+    {"--docker-socket", "BERTH_DOCKER_SOCKET", nullptr, "dockerd's socket"},
+    {"--config", "BERTH_CONFIG", nullptr, "KEY=VALUE file (BERTH_* and ECS_* keys)"},
+    {"--instance-address", "BERTH_INSTANCE_ADDRESS", nullptr,
+     "address that tasks' network bindings report"},
+    {"--host-ip", "BERTH_HOST_IP", nullptr, "address container ports are published on"},
+    {"--imds-endpoint", "BERTH_IMDS_ENDPOINT", nullptr,
+     "EC2 instance metadata service URL (off unless given)"},
+    {"--region", "BERTH_REGION", "AWS_DEFAULT_REGION", "region in ARNs"},
+    {"--account-id", "BERTH_ACCOUNT_ID", nullptr, "account id in ARNs"},
+    {"--availability-zone", "BERTH_AVAILABILITY_ZONE", nullptr,
+     "ecs.availability-zone attribute (default: <region>a)"},
+    {"--instance-type", "BERTH_INSTANCE_TYPE", nullptr, "ecs.instance-type attribute"},
+    {"--reserved-memory", "BERTH_RESERVED_MEMORY", "ECS_RESERVED_MEMORY",
+     "MiB kept back from tasks"},
+    {"--reserved-ports", "BERTH_RESERVED_PORTS", "ECS_RESERVED_PORTS",
+     "host ports kept back from tasks, a JSON list"},
+    {"--attributes", "BERTH_INSTANCE_ATTRIBUTES", "ECS_INSTANCE_ATTRIBUTES",
+     "custom instance attributes, a JSON object"},
+    {"--stop-timeout", "BERTH_CONTAINER_STOP_TIMEOUT", "ECS_CONTAINER_STOP_TIMEOUT",
+     "grace before SIGKILL when a task stops, e.g. 30s"},
+    {"--log-level", "BERTH_LOG_LEVEL", "ECS_LOGLEVEL", "trace, debug, info, warn, error"},
+};
+
+std::string trim(std::string s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  const auto e = s.find_last_not_of(" \t\r");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+const setting* by_key(const std::string& k) {
+  for (const auto& s : settings) {
+    if (k == s.key || (s.ecs_key != nullptr && k == s.ecs_key)) return &s;
+  }
+  return nullptr;
+}
+
+result<std::map<std::string, std::string>> read_file(const std::string& path, bool required) {
+  std::map<std::string, std::string> out;
+  std::ifstream in(path);
+  if (!in) {
+    if (required) return tl::unexpected(error{"cannot read config file " + path});
+    return out;
+  }
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    line = trim(line);
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) {
+      return tl::unexpected(
+          error{path + ":" + std::to_string(n) + ": expected KEY=VALUE, got '" + line + "'"});
+    }
+    const std::string k = trim(line.substr(0, eq));
+    std::string v = trim(line.substr(eq + 1));
+    if (v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front()) {
+      v = v.substr(1, v.size() - 2);
+    }
+    const setting* s = by_key(k);
+    if (s == nullptr) {
+      // The ECS agent's other keys are accepted and ignored; ours must be known.
+      if (k.starts_with("BERTH_")) {
+        return tl::unexpected(error{path + ":" + std::to_string(n) + ": unknown key " + k});
+      }
+      continue;
+    }
+    out[s->key] = v;
+  }
+  return out;
+}
+
+result<std::uint64_t> unsigned_of(const std::string& key, const std::string& v) {
+  std::uint64_t x = 0;
+  const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (r.ec != std::errc{} || r.ptr != v.data() + v.size()) {
+    return tl::unexpected(error{key + ": '" + v + "' is not a whole number"});
+  }
+  return x;
+}
+
+// "30s", "1m", "500ms", or a bare number of seconds.
+result<std::chrono::milliseconds> duration_of(const std::string& key, const std::string& v) {
+  std::uint64_t x = 0;
+  const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
+  const std::string unit(r.ptr, v.data() + v.size());
+  if (r.ec != std::errc{}) return tl::unexpected(error{key + ": '" + v + "' is not a duration"});
+  if (unit == "ms") return std::chrono::milliseconds(x);
+  if (unit.empty() || unit == "s") return std::chrono::milliseconds(x * 1000);
+  if (unit == "m") return std::chrono::milliseconds(x * 60'000);
+  if (unit == "h") return std::chrono::milliseconds(x * 3'600'000);
+  return tl::unexpected(error{key + ": unknown unit in '" + v + "' (use ms, s, m or h)"});
+}
+
+result<void> apply(config& c, const std::string& key, const std::string& v) {
+  if (key == "BERTH_CLUSTER") {
+    if (v.empty() || v.size() > 255) {
+      return tl::unexpected(error{key + ": a cluster name is 1 to 255 characters"});
+    }
+    for (const char ch : v) {
+      if (std::isalnum(static_cast<unsigned char>(ch)) == 0 && ch != '-' && ch != '_') {
+        return tl::unexpected(
+            error{key + ": '" + v + "' may hold only letters, digits, hyphens and underscores"});
+      }
+    }
+    c.cluster = v;
+  } else if (key == "BERTH_STATE_DIR") {
+    c.state_dir = v;
+  } else if (key == "BERTH_SOCKET") {
+    c.socket = v;
+  } else if (key == "BERTH_LISTEN_TCP") {
+    if (!v.empty() && v.rfind(':') == std::string::npos) {
+      return tl::unexpected(error{key + ": '" + v + "' is not HOST:PORT"});
+    }
+    c.listen_tcp = v;
+  } else if (key == "BERTH_CREDENTIALS") {
+    c.credentials = v;
+  } else if (key == "BERTH_DOCKER_SOCKET") {
+    c.docker_socket = v.starts_with("unix://") ? v.substr(7) : v;
+  } else if (key == "BERTH_CONFIG") {
+    c.config_file = v;
+  } else if (key == "BERTH_INSTANCE_ADDRESS") {
+    c.instance_address = v;
+  } else if (key == "BERTH_HOST_IP") {
+    c.host_ip = v;
+  } else if (key == "BERTH_IMDS_ENDPOINT") {
+    c.imds_endpoint = v;
+  } else if (key == "BERTH_REGION") {
+    c.region = v;
+  } else if (key == "BERTH_ACCOUNT_ID") {
+    if (v.size() != 12 || v.find_first_not_of("0123456789") != std::string::npos) {
+      return tl::unexpected(error{key + ": an account id is 12 digits"});
+    }
+    c.account_id = v;
+  } else if (key == "BERTH_AVAILABILITY_ZONE") {
+    c.availability_zone = v;
+  } else if (key == "BERTH_INSTANCE_TYPE") {
+    c.instance_type = v;
+  } else if (key == "BERTH_RESERVED_MEMORY") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    c.reserved_memory_mib = *x;
+  } else if (key == "BERTH_RESERVED_PORTS") {
+    const auto j = nlohmann::json::parse(v, nullptr, false);
+    if (!j.is_array()) {
+      return tl::unexpected(error{key + ": '" + v + "' is not a JSON list of ports"});
+    }
+    c.reserved_ports.clear();
+    for (const auto& p : j) {
+      if (!p.is_number_unsigned() || p.get<std::uint64_t>() == 0 ||
+          p.get<std::uint64_t>() > 65535) {
+        return tl::unexpected(error{key + ": " + p.dump() + " is not a port (1-65535)"});
+      }
+      c.reserved_ports.push_back(p.get<std::uint16_t>());
+    }
+  } else if (key == "BERTH_INSTANCE_ATTRIBUTES") {
+    const auto j = nlohmann::json::parse(v, nullptr, false);
+    if (!j.is_object()) {
+      return tl::unexpected(error{key + ": '" + v + "' is not a JSON object of strings"});
+    }
+    for (const auto& [k, val] : j.items()) {
+      if (!val.is_string()) {
+        return tl::unexpected(error{key + ": the value of '" + k + "' is not a string"});
+      }
+      c.attributes[k] = val.get<std::string>();
+    }
+  } else if (key == "BERTH_CONTAINER_STOP_TIMEOUT") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    c.stop_timeout = *d;
+  } else if (key == "BERTH_LOG_LEVEL") {
+    static const char* levels[] = {"trace", "debug", "info", "warn", "error", "crit"};
+    if (std::find(std::begin(levels), std::end(levels), v) == std::end(levels)) {
+      return tl::unexpected(error{key + ": unknown level '" + v + "'"});
+    }
+    c.log_level = v;
+  }
+  return {};
+}
+
+}  // namespace
+
+result<config> load_config(int argc, const char* const* argv,
+                           const std::map<std::string, std::string>& environment) {
+  config c;
+  CLI::App app{
+      "berthd: the Berth node agent. Speaks the Amazon ECS API on a Unix socket (and, "
+      "with --listen-tcp, on TCP with SigV4), runs tasks on Docker.\n"
+      "Every flag is also a KEY=VALUE in the config file or the environment (the "
+      "BERTH_* key shown; the ECS agent's ECS_* key where one exists)."};
+  app.set_help_flag("-h,--help", "print this help and exit");
+  std::map<std::string, std::string> from_flags;
+  std::vector<std::string> raw(std::size(settings));
+  for (std::size_t i = 0; i < std::size(settings); ++i) {
+    const setting& s = settings[i];
+    std::string help = std::string(s.help) + " [" + s.key;
+    if (s.ecs_key != nullptr) help += ", " + std::string(s.ecs_key);
+    help += "]";
+    app.add_option(s.flag, raw[i], help);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    c.show_help = true;
+    c.help_text = app.help();
+    return c;
+  } catch (const CLI::ParseError& e) {
+    return tl::unexpected(error{e.what()});
+  }
+  for (std::size_t i = 0; i < std::size(settings); ++i) {
+    if (app.count(settings[i].flag) > 0) from_flags[settings[i].key] = raw[i];
+  }
+  std::map<std::string, std::string> from_env;
+  for (const auto& [k, v] : environment) {
+    if (const setting* s = by_key(k)) from_env[s->key] = v;
+  }
+  // The file is named by flag or environment, or the default (optional when defaulted).
+  std::string file = c.config_file;
+  bool required = false;
+  if (from_env.contains("BERTH_CONFIG")) file = from_env["BERTH_CONFIG"], required = true;
+  if (from_flags.contains("BERTH_CONFIG")) file = from_flags["BERTH_CONFIG"], required = true;
+  auto from_file = read_file(file, required);
+  if (!from_file) return tl::unexpected(from_file.error());
+  std::map<std::string, std::string> merged = *from_file;
+  for (const auto& [k, v] : from_env) merged[k] = v;
+  for (const auto& [k, v] : from_flags) merged[k] = v;
+  merged["BERTH_CONFIG"] = file;
+  for (const auto& [k, v] : merged) {
+    if (auto r = apply(c, k, v); !r) return tl::unexpected(r.error());
+  }
+  if (c.availability_zone.empty()) c.availability_zone = c.region + "a";
+  if (!c.listen_tcp.empty() && c.credentials.empty()) {
+    return tl::unexpected(error{"--listen-tcp needs --credentials: TCP requests are signed"});
+  }
+  return c;
+}
+
+}  // namespace berth::agent

@@ -1,0 +1,225 @@
+#include "server.hpp"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+
+namespace berth::agent {
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using local = asio::local::stream_protocol;
+using tcp = asio::ip::tcp;
+
+http_response too_large(std::uint64_t limit) {
+  http_response r;
+  r.status = 400;
+  r.body = R"({"__type":"ClientException","message":"Request body exceeds the limit of )" +
+           std::to_string(limit) + R"( bytes"})";
+  return r;
+}
+
+http_response malformed(const std::string& why) {
+  http_response r;
+  r.status = 400;
+  r.body = R"({"__type":"ClientException","message":"Malformed HTTP request: )" + why + R"("})";
+  return r;
+}
+
+class server final : public http_server {
+ public:
+  server(const server_options& o, http_handler h) : opts_(o), handler_(std::move(h)) {}
+  ~server() override { stop(); }
+
+  result<void> start() {
+    beast::error_code ec;
+    if (!opts_.socket_path.empty()) {
+      std::error_code fec;
+      std::filesystem::create_directories(std::filesystem::path(opts_.socket_path).parent_path(),
+                                          fec);
+      std::filesystem::remove(opts_.socket_path, fec);
+      unix_.emplace(io_);
+      unix_->open(local(), ec);
+      if (!ec) unix_->bind(local::endpoint(opts_.socket_path), ec);
+      if (!ec) unix_->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        return tl::unexpected(error{"cannot listen on " + opts_.socket_path + ": " + ec.message()});
+      }
+      // World-connectable: who may do what is decided per peer (its uid and gid).
+      ::chmod(opts_.socket_path.c_str(), 0666);
+      threads_.emplace_back([this] { accept_loop(*unix_); });
+    }
+    if (!opts_.tcp.empty()) {
+      const auto colon = opts_.tcp.rfind(':');
+      std::string host = opts_.tcp.substr(0, colon);
+      if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+      const auto addr = asio::ip::make_address(host, ec);
+      if (ec) return tl::unexpected(error{"bad listen address '" + host + "': " + ec.message()});
+      unsigned port = 0;
+      try {
+        port = static_cast<unsigned>(std::stoul(opts_.tcp.substr(colon + 1)));
+      } catch (...) {
+        return tl::unexpected(error{"bad listen port in '" + opts_.tcp + "'"});
+      }
+      if (port > 65535) return tl::unexpected(error{"bad listen port in '" + opts_.tcp + "'"});
+      tcp_.emplace(io_);
+      const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+      tcp_->open(ep.protocol(), ec);
+      if (!ec) tcp_->set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec) tcp_->bind(ep, ec);
+      if (!ec) tcp_->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) return tl::unexpected(error{"cannot listen on " + opts_.tcp + ": " + ec.message()});
+      const auto bound = tcp_->local_endpoint();
+      endpoint_ = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
+                                           : bound.address().to_string()) +
+                  ":" + std::to_string(bound.port());
+      threads_.emplace_back([this] { accept_loop(*tcp_); });
+    }
+    return {};
+  }
+
+  void stop() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopped_) return;
+      stopped_ = true;
+      beast::error_code ec;
+      // shutdown() wakes a blocked accept(); close() alone may not.
+      if (unix_) ::shutdown(unix_->native_handle(), SHUT_RDWR);
+      if (tcp_) ::shutdown(tcp_->native_handle(), SHUT_RDWR);
+      for (const int fd : connections_) ::shutdown(fd, SHUT_RDWR);
+    }
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    std::unique_lock lock(mu_);
+    done_.wait(lock, [&] { return live_ == 0; });
+    if (!opts_.socket_path.empty()) {
+      std::error_code fec;
+      std::filesystem::remove(opts_.socket_path, fec);
+    }
+  }
+
+  std::string tcp_endpoint() const override { return endpoint_; }
+
+ private:
+  template <class Acceptor>
+  void accept_loop(Acceptor& acceptor) {
+    for (;;) {
+      beast::error_code ec;
+      typename Acceptor::protocol_type::socket sock(io_);
+      acceptor.accept(sock, ec);
+      {
+        std::lock_guard lock(mu_);
+        if (stopped_) return;
+        if (ec) continue;
+        ++live_;
+        connections_.insert(sock.native_handle());
+      }
+      std::thread([this, s = std::move(sock)]() mutable { session(std::move(s)); }).detach();
+    }
+  }
+
+  template <class Socket>
+  void session(Socket sock) {
+    const int fd = sock.native_handle();
+    http_request base;
+    if constexpr (std::is_same_v<Socket, tcp::socket>) {
+      beast::error_code ec;
+      const auto ep = sock.remote_endpoint(ec);
+      base.tcp = true;
+      base.peer = ec ? "" : ep.address().to_string();
+    } else {
+      base.peer = "unix";
+      ucred cred{};
+      socklen_t len = sizeof cred;
+      if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        base.uid = static_cast<int>(cred.uid);
+        base.gid = static_cast<int>(cred.gid);
+      }
+    }
+    beast::flat_buffer buffer;
+    for (;;) {
+      beast::error_code ec;
+      http::request_parser<http::string_body> parser;
+      parser.body_limit(opts_.max_body_bytes);
+      parser.header_limit(64 * 1024);
+      http::read(sock, buffer, parser, ec);
+      if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+          ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+        break;
+      }
+      http_response out;
+      bool keep_alive = false;
+      unsigned version = 11;
+      if (ec == http::error::body_limit) {
+        out = too_large(opts_.max_body_bytes);
+      } else if (ec) {
+        if (buffer.size() == 0 && !parser.got_some()) break;
+        out = malformed(ec.message());
+      } else {
+        const auto& req = parser.get();
+        http_request r = base;
+        r.method = std::string(req.method_string());
+        r.target = std::string(req.target());
+        for (const auto& f : req) {
+          std::string name(f.name_string());
+          for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          r.headers[name] = std::string(f.value());
+        }
+        r.body = req.body();
+        keep_alive = req.keep_alive();
+        version = req.version();
+        out = handler_(r);
+      }
+      http::response<http::string_body> res{static_cast<http::status>(out.status), version};
+      res.set(http::field::server, "berthd");
+      res.set(http::field::content_type, out.content_type);
+      for (const auto& [k, v] : out.headers) res.set(k, v);
+      res.keep_alive(keep_alive);
+      res.body() = std::move(out.body);
+      res.prepare_payload();
+      http::write(sock, res, ec);
+      if (ec || !keep_alive) break;
+    }
+    beast::error_code ignored;
+    sock.shutdown(asio::socket_base::shutdown_both, ignored);
+    std::lock_guard lock(mu_);
+    connections_.erase(fd);
+    sock.close(ignored);
+    if (--live_ == 0) done_.notify_all();
+  }
+
+  server_options opts_;
+  http_handler handler_;
+  asio::io_context io_;
+  std::optional<local::acceptor> unix_;
+  std::optional<tcp::acceptor> tcp_;
+  std::string endpoint_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::set<int> connections_;
+  int live_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace
+
+result<std::unique_ptr<http_server>> serve(const server_options& o, http_handler h) {
+  auto s = std::make_unique<server>(o, std::move(h));
+  if (auto r = s->start(); !r) return tl::unexpected(r.error());
+  return std::unique_ptr<http_server>(std::move(s));
+}
+
+}  // namespace berth::agent

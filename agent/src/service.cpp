@@ -1,0 +1,2065 @@
+// The ECS service: actions, validation, and the task engine.
+//
+// Locking: one mutex (mu_) guards the in-memory task table, the placer and the task groups;
+// every change to a task is written to the store before the lock is released. Docker calls are
+// made without the lock, from the task's own launch or stop thread.
+#include "service.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/utsname.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <list>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "berth/ipc.hpp"
+#include "berth/placement.hpp"
+
+namespace berth::agent {
+
+namespace {
+
+namespace dk = berth::docker;
+namespace pl = berth::placement;
+using namespace std::chrono_literals;
+
+// ---- small helpers ----
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+std::string random_hex(std::size_t n) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) out += hex[rng() % 16];
+  return out;
+}
+
+api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
+api_error client(std::string m) { return {"ClientException", std::move(m)}; }
+api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }
+api_error cluster_not_found() { return {"ClusterNotFoundException", "Cluster not found."}; }
+api_error server(std::string m) { return {"ServerException", std::move(m), 500}; }
+
+using outcome = tl::expected<json, api_error>;
+
+// Typed access to request members, with ECS-style errors naming the member.
+struct reader {
+  const json& j;
+
+  tl::expected<std::optional<std::string>, api_error> str(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return std::optional<std::string>();
+    if (!it->is_string()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a string"));
+    }
+    return std::optional<std::string>(it->get<std::string>());
+  }
+  tl::expected<std::string, api_error> required_str(const char* k) const {
+    auto v = str(k);
+    if (!v) return tl::unexpected(v.error());
+    if (!*v || (*v)->empty()) {
+      return tl::unexpected(invalid(std::string("'") + k + "' is required and must not be empty"));
+    }
+    return **v;
+  }
+  tl::expected<std::optional<std::int64_t>, api_error> integer(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return std::optional<std::int64_t>();
+    if (!it->is_number_integer()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be an integer"));
+    }
+    return std::optional<std::int64_t>(it->get<std::int64_t>());
+  }
+  tl::expected<std::vector<std::string>, api_error> strings(const char* k) const {
+    std::vector<std::string> out;
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return out;
+    if (!it->is_array()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
+    }
+    for (const auto& v : *it) {
+      if (!v.is_string()) {
+        return tl::unexpected(
+            serialization(std::string("Expected every item of '") + k + "' to be a string"));
+      }
+      out.push_back(v.get<std::string>());
+    }
+    return out;
+  }
+  tl::expected<const json*, api_error> list(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return nullptr;
+    if (!it->is_array()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
+    }
+    return &*it;
+  }
+};
+
+#define BERTH_TRY(var, expr)                            \
+  auto var##_r = (expr);                                \
+  if (!var##_r) return tl::unexpected(var##_r.error()); \
+  auto var = std::move(*var##_r)
+
+// The last path part of an ARN or the name itself.
+std::string name_of(const std::string& s) {
+  if (!s.starts_with("arn:")) return s;
+  const auto slash = s.rfind('/');
+  return slash == std::string::npos ? s : s.substr(slash + 1);
+}
+
+// Pagination: nextToken is the index of the next item, opaque to callers.
+tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
+                                                                  std::size_t total,
+                                                                  std::int64_t max_limit) {
+  BERTH_TRY(max, r.integer("maxResults"));
+  BERTH_TRY(token, r.str("nextToken"));
+  std::size_t limit = static_cast<std::size_t>(max_limit);
+  if (max) {
+    if (*max < 1 || *max > max_limit) {
+      return tl::unexpected(
+          invalid("maxResults must be between 1 and " + std::to_string(max_limit)));
+    }
+    limit = static_cast<std::size_t>(*max);
+  }
+  std::size_t start = 0;
+  if (token) {
+    if (!token->starts_with("berth1.") || token->size() > 30) {
+      return tl::unexpected(invalid("Invalid nextToken"));
+    }
+    try {
+      start = std::stoul(token->substr(7));
+    } catch (...) {
+      return tl::unexpected(invalid("Invalid nextToken"));
+    }
+    if (start > total) return tl::unexpected(invalid("Invalid nextToken"));
+  }
+  return std::pair{start, std::min(total, start + limit)};
+}
+void add_token(json& out, std::size_t end, std::size_t total) {
+  if (end < total) out["nextToken"] = "berth1." + std::to_string(end);
+}
+
+// "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
+std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
+  if (v.is_number_unsigned()) return static_cast<std::uint32_t>(v.get<std::uint64_t>());
+  if (!v.is_string()) return std::nullopt;
+  std::string s = v.get<std::string>();
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  double x = 0;
+  std::size_t used = 0;
+  try {
+    x = std::stod(s, &used);
+  } catch (...) {
+    return std::nullopt;
+  }
+  std::string unit = s.substr(used);
+  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
+  if (x < 0) return std::nullopt;
+  if (unit.empty()) return static_cast<std::uint32_t>(x);
+  if (cpu && unit == "vcpu") return static_cast<std::uint32_t>(x * 1024);
+  if (!cpu && unit == "gb") return static_cast<std::uint32_t>(x * 1024);
+  if (!cpu && unit == "mb") return static_cast<std::uint32_t>(x);
+  return std::nullopt;
+}
+
+// ---- the service ----
+
+constexpr const char* label_cluster = "com.berth.cluster";
+constexpr const char* label_task = "com.berth.task-arn";
+constexpr const char* label_container = "com.berth.container-name";
+constexpr const char* label_instance = "com.berth.instance";
+
+class service_impl final : public service {
+ public:
+  service_impl(const config& c, std::unique_ptr<store> s, std::unique_ptr<dk::engine> d,
+               ipc::ledger l)
+      : cfg_(c),
+        store_(std::move(s)),
+        docker_(std::move(d)),
+        ledger_(std::move(l)),
+        placer_(ledger_) {}
+
+  ~service_impl() override { shutdown(); }
+
+  result<void> start() {
+    if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
+    if (auto r = register_instance(); !r) return r;
+    if (auto r = recover(); !r) return r;
+    dk::event_filter f;
+    f.labels = {{label_cluster, cfg_.cluster}};
+    f.actions = {"start", "die", "oom", "health_status"};
+    dk::event_handlers h;
+    h.on_event = [this](const dk::event& e) { on_docker_event(e); };
+    h.on_resync = [this](const std::vector<dk::container_summary>&) { reconcile_all(); };
+    h.on_disconnect = [](const dk::error& e) {
+      spdlog::warn("docker event stream lost: {}", e.message);
+    };
+    auto sub = docker_->subscribe(f, std::move(h));
+    if (!sub) return tl::unexpected(error{"docker events: " + sub.error().message});
+    events_ = std::move(*sub);
+    heartbeat_ = std::thread([this] { heartbeat_loop(); });
+    return {};
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (heartbeat_.joinable()) heartbeat_.join();
+    events_.reset();
+    std::list<worker> workers;
+    {
+      std::lock_guard lock(mu_);
+      workers.swap(workers_);
+    }
+    for (auto& w : workers) w.thread.join();
+  }
+
+  outcome call(const std::string& action, const json& req) override {
+    using handler = outcome (service_impl::*)(const json&);
+    static const std::map<std::string, handler> actions = {
+        {"CreateCluster", &service_impl::create_cluster},
+        {"ListClusters", &service_impl::list_clusters},
+        {"DescribeClusters", &service_impl::describe_clusters},
+        {"DeleteCluster", &service_impl::delete_cluster},
+        {"ListContainerInstances", &service_impl::list_container_instances},
+        {"DescribeContainerInstances", &service_impl::describe_container_instances},
+        {"UpdateContainerInstancesState", &service_impl::update_container_instances_state},
+        {"PutAttributes", &service_impl::put_attributes},
+        {"DeleteAttributes", &service_impl::delete_attributes},
+        {"ListAttributes", &service_impl::list_attributes},
+        {"RegisterTaskDefinition", &service_impl::register_task_definition},
+        {"DescribeTaskDefinition", &service_impl::describe_task_definition},
+        {"ListTaskDefinitions", &service_impl::list_task_definitions},
+        {"ListTaskDefinitionFamilies", &service_impl::list_task_definition_families},
+        {"DeregisterTaskDefinition", &service_impl::deregister_task_definition},
+        {"RunTask", &service_impl::run_task},
+        {"StartTask", &service_impl::start_task},
+        {"StopTask", &service_impl::stop_task},
+        {"ListTasks", &service_impl::list_tasks},
+        {"DescribeTasks", &service_impl::describe_tasks},
+        {"TagResource", &service_impl::tag_resource},
+        {"UntagResource", &service_impl::untag_resource},
+        {"ListTagsForResource", &service_impl::list_tags_for_resource},
+    };
+    const auto it = actions.find(action);
+    if (it == actions.end()) {
+      return tl::unexpected(
+          api_error{"UnknownOperationException", "Unknown operation: '" + action + "'"});
+    }
+    if (!req.is_object())
+      return tl::unexpected(serialization("The request body must be a JSON object"));
+    try {
+      return (this->*(it->second))(req);
+    } catch (const std::exception& e) {
+      // A bug, not bad input: report it as AWS does, log it, and keep serving.
+      spdlog::error("{} failed: {}", action, e.what());
+      return tl::unexpected(server(std::string("Internal error: ") + e.what()));
+    }
+  }
+
+ private:
+  // ---- ARNs and store keys ----
+
+  std::string arn(const std::string& rest) const {
+    return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
+  }
+  std::string cluster_arn(const std::string& name) const { return arn("cluster/" + name); }
+
+  // A cluster named or ARNed in a request (default "default"), if it exists.
+  tl::expected<json, api_error> find_cluster(const json& req) {
+    BERTH_TRY(c, reader{req}.str("cluster"));
+    const std::string name = name_of(c.value_or("default"));
+    auto doc = store_->get("cluster", name);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    if (!*doc) return tl::unexpected(cluster_not_found());
+    json j = json::parse(**doc);
+    if (j["status"] != "ACTIVE") return tl::unexpected(cluster_not_found());
+    return j;
+  }
+
+  result<void> ensure_cluster(const std::string& name) {
+    auto doc = store_->get("cluster", name);
+    if (!doc) return tl::unexpected(doc.error());
+    if (*doc && json::parse(**doc)["status"] == "ACTIVE") return {};
+    json c = {{"clusterArn", cluster_arn(name)},
+              {"clusterName", name},
+              {"status", "ACTIVE"},
+              {"tags", json::array()},
+              {"settings", json::array()}};
+    return store_->put("cluster", name, c.dump());
+  }
+
+  std::string task_key(const std::string& cluster, const std::string& id) const {
+    return cluster + "/" + id;
+  }
+
+  // ---- the instance ----
+
+  result<void> register_instance() {
+    auto res = dk::instance_resources();
+    if (!res) return tl::unexpected(error{"instance resources: " + res.error().message});
+    // The instance's id survives restarts: kept in the state directory's store.
+    auto known = store_->get("self", "instance-id");
+    if (!known) return tl::unexpected(known.error());
+    if (*known) {
+      instance_id_ = **known;
+    } else {
+      instance_id_ = random_hex(32);
+      if (auto r = store_->put("self", "instance-id", instance_id_); !r) return r;
+    }
+    instance_arn_ = arn("container-instance/" + cfg_.cluster + "/" + instance_id_);
+    ec2_id_ = "i-" + instance_id_.substr(0, 17);
+    const std::uint64_t mib = res->memory_bytes >> 20;
+    registered_cpu_ = res->cpus * 1024;
+    registered_mib_ = static_cast<std::uint32_t>(
+        mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
+    auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
+    if (!doc) return tl::unexpected(doc.error());
+    json ci = *doc ? json::parse(**doc) : json::object();
+    if (!*doc) {
+      ci["status"] = "ACTIVE";
+      ci["registeredAt"] = now_seconds();
+      ci["attributes"] = json::array();
+      ci["tags"] = json::array();
+    }
+    ci["containerInstanceArn"] = instance_arn_;
+    ci["ec2InstanceId"] = ec2_id_;
+    ci["version"] = ci.value("version", 0) + 1;
+    ci["agentConnected"] = true;
+    ci["agentUpdateStatus"] = nullptr;
+    ci.erase("agentUpdateStatus");
+    utsname u{};
+    ::uname(&u);
+    ci["versionInfo"] = {{"agentVersion", "berth-0.6.0"},
+                         {"agentHash", "berth"},
+                         {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
+    // Built-in attributes, then configured ones, then any put through the API before.
+    std::map<std::string, std::string> attrs;
+    for (const auto& a : ci["attributes"]) {
+      if (a.contains("value")) attrs[a["name"]] = a["value"];
+    }
+    attrs["ecs.os-type"] = "linux";
+    attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
+    attrs["ecs.availability-zone"] = cfg_.availability_zone;
+    attrs["ecs.instance-type"] = cfg_.instance_type;
+    attrs["ecs.ami-id"] = "ami-berth";
+    for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
+    ci["attributes"] = json::array();
+    for (const auto& [k, v] : attrs) ci["attributes"].push_back({{"name", k}, {"value", v}});
+    if (auto r = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !r) {
+      return r;
+    }
+    // A fresh ledger slot: free capacity and claimed ports are then set from the tasks.
+    if (auto old = ledger_.claim_slot(ec2_id_)) (void)ledger_.release_slot(*old);
+    auto slot = ledger_.claim_slot(ec2_id_);
+    if (!slot) return tl::unexpected(error{"ledger: " + ipc::describe(slot.error())});
+    slot_ = *slot;
+    return publish_row(ci);
+  }
+
+  // The instance's row in the ledger: state, capacity, attributes.
+  result<void> publish_row(const json& ci) {
+    ipc::row row;
+    (void)row.set_id(ec2_id_);
+    row.state =
+        ci["status"] == "ACTIVE" ? ipc::instance_state::active : ipc::instance_state::draining;
+    row.registered_at_ns = static_cast<std::uint64_t>(ci.value("registeredAt", 0.0) * 1e9);
+    row.registered_cpu = registered_cpu_;
+    row.registered_mib = registered_mib_;
+    row.registered_dynamic_ports = dynamic_port_count;
+    row.running_tasks = running_tasks_;
+    for (const auto& a : ci["attributes"]) {
+      const std::string name = a["name"];
+      const std::string entry =
+          a.contains("value") ? name + "=" + a["value"].get<std::string>() : name;
+      auto bit = ledger_.intern(entry);
+      if (!bit) continue;  // the dictionary is full: the attribute cannot be placed on
+      row.set_attribute(*bit);
+      if (name == "ecs.availability-zone") row.availability_zone = *bit + 1;
+    }
+    if (auto r = ledger_.publish(slot_, row); !r) {
+      return tl::unexpected(error{"ledger publish: " + ipc::describe(r.error())});
+    }
+    (void)ledger_.heartbeat(slot_, now_ns());
+    return {};
+  }
+
+  void heartbeat_loop() {
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      (void)ledger_.heartbeat(slot_, now_ns());
+      cv_.wait_for(lock, 1s, [&] { return stopping_; });
+    }
+  }
+
+  static constexpr std::uint32_t dynamic_port_count = 32768 - 49153 + 65536;  // 49153-65535
+
+  json instance_doc() {
+    auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
+    return doc && *doc ? json::parse(**doc) : json::object();
+  }
+
+  // DescribeContainerInstances' view: registered and remaining resources from the ledger.
+  json describe_instance(json ci) {
+    auto row = ledger_.read(slot_);
+    std::uint32_t free_cpu = registered_cpu_, free_mib = registered_mib_;
+    const ipc::columns cols = ledger_.view();
+    if (slot_ < cols.count) {
+      free_cpu = static_cast<std::uint32_t>(cols.free[slot_] >> 32);
+      free_mib = static_cast<std::uint32_t>(cols.free[slot_]);
+    }
+    json ports = json::array();
+    for (const auto p : cfg_.reserved_ports) ports.push_back(std::to_string(p));
+    json used_ports = ports;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [arn, t] : tasks_) {
+        if (t["lastStatus"] == "STOPPED") continue;
+        for (const auto& p : t["_berth"]["need"]["ports"])
+          used_ports.push_back(std::to_string(p.get<int>()));
+      }
+    }
+    const auto resource = [](const char* name, std::int64_t v) {
+      return json{{"name", name},
+                  {"type", "INTEGER"},
+                  {"integerValue", v},
+                  {"doubleValue", 0.0},
+                  {"longValue", 0}};
+    };
+    const auto port_resource = [](json list) {
+      return json{{"name", "PORTS"},   {"type", "STRINGSET"}, {"stringSetValue", std::move(list)},
+                  {"integerValue", 0}, {"doubleValue", 0.0},  {"longValue", 0}};
+    };
+    ci["registeredResources"] = {resource("CPU", registered_cpu_),
+                                 resource("MEMORY", registered_mib_), port_resource(ports)};
+    ci["remainingResources"] = {resource("CPU", free_cpu), resource("MEMORY", free_mib),
+                                port_resource(used_ports)};
+    {
+      std::lock_guard lock(mu_);
+      std::int64_t running = 0, pending = 0;
+      for (const auto& [arn, t] : tasks_) {
+        if (t["lastStatus"] == "RUNNING") ++running;
+        if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
+      }
+      ci["runningTasksCount"] = running;
+      ci["pendingTasksCount"] = pending;
+    }
+    (void)row;
+    return ci;
+  }
+
+  // ---- clusters ----
+
+  outcome create_cluster(const json& req) {
+    reader r{req};
+    BERTH_TRY(name, r.str("clusterName"));
+    const std::string n = name.value_or("default");
+    if (n.empty() || n.size() > 255 || !std::all_of(n.begin(), n.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
+        })) {
+      return tl::unexpected(invalid(
+          "Cluster name must be 1-255 letters, numbers, hyphens and underscores: '" + n + "'"));
+    }
+    BERTH_TRY(tags, tags_of(req));
+    auto doc = store_->get("cluster", n);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    json c;
+    if (*doc && json::parse(**doc)["status"] == "ACTIVE") {
+      c = json::parse(**doc);  // idempotent, as ECS
+    } else {
+      c = {{"clusterArn", cluster_arn(n)},
+           {"clusterName", n},
+           {"status", "ACTIVE"},
+           {"tags", tags},
+           {"settings", json::array()}};
+      if (auto w = store_->put("cluster", n, c.dump()); !w) {
+        return tl::unexpected(server(w.error().message));
+      }
+    }
+    return json{{"cluster", cluster_view(c)}};
+  }
+
+  json cluster_view(json c) {
+    const std::string name = c["clusterName"];
+    std::int64_t running = 0, pending = 0, instances = 0;
+    if (name == cfg_.cluster) {
+      instances = 1;
+      std::lock_guard lock(mu_);
+      for (const auto& [arn, t] : tasks_) {
+        if (t["lastStatus"] == "RUNNING") ++running;
+        if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
+      }
+    }
+    c["registeredContainerInstancesCount"] = instances;
+    c["runningTasksCount"] = running;
+    c["pendingTasksCount"] = pending;
+    c["activeServicesCount"] = 0;
+    c["statistics"] = json::array();
+    return c;
+  }
+
+  outcome list_clusters(const json& req) {
+    auto all = store_->list("cluster", "");
+    if (!all) return tl::unexpected(server(all.error().message));
+    std::vector<std::string> arns;
+    for (const auto& [k, v] : *all) {
+      const json c = json::parse(v);
+      if (c["status"] == "ACTIVE") arns.push_back(c["clusterArn"]);
+    }
+    BERTH_TRY(range, page(reader{req}, arns.size(), 100));
+    json out = {{"clusterArns", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i) out["clusterArns"].push_back(arns[i]);
+    add_token(out, range.second, arns.size());
+    return out;
+  }
+
+  outcome describe_clusters(const json& req) {
+    BERTH_TRY(names, reader{req}.strings("clusters"));
+    if (names.empty()) names.push_back("default");
+    if (names.size() > 100) return tl::unexpected(invalid("clusters can list at most 100"));
+    json out = {{"clusters", json::array()}, {"failures", json::array()}};
+    for (const auto& n : names) {
+      auto doc = store_->get("cluster", name_of(n));
+      if (!doc) return tl::unexpected(server(doc.error().message));
+      if (!*doc) {
+        out["failures"].push_back(
+            {{"arn", n.starts_with("arn:") ? n : cluster_arn(n)}, {"reason", "MISSING"}});
+        continue;
+      }
+      out["clusters"].push_back(cluster_view(json::parse(**doc)));
+    }
+    return out;
+  }
+
+  outcome delete_cluster(const json& req) {
+    BERTH_TRY(n, reader{req}.required_str("cluster"));
+    const std::string name = name_of(n);
+    auto doc = store_->get("cluster", name);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    if (!*doc || json::parse(**doc)["status"] != "ACTIVE") {
+      return tl::unexpected(cluster_not_found());
+    }
+    if (name == cfg_.cluster) {
+      return tl::unexpected(api_error{
+          "ClusterContainsContainerInstancesException",
+          "The Cluster cannot be deleted while Container Instances are active or draining."});
+    }
+    json c = json::parse(**doc);
+    c["status"] = "INACTIVE";
+    if (auto w = store_->put("cluster", name, c.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    return json{{"cluster", cluster_view(c)}};
+  }
+
+  // ---- container instances and attributes ----
+
+  outcome list_container_instances(const json& req) {
+    BERTH_TRY(c, find_cluster(req));
+    BERTH_TRY(status, reader{req}.str("status"));
+    BERTH_TRY(filter, reader{req}.str("filter"));
+    std::vector<std::string> arns;
+    if (c["clusterName"] == cfg_.cluster) {
+      const json ci = instance_doc();
+      bool keep = !status || ci["status"] == *status;
+      if (keep && filter && !filter->empty()) {
+        auto q = pl::compile({{}, "", {{"memberOf", *filter}}, {}});
+        if (!q) return tl::unexpected(invalid(q.error().message));
+        pl::task_groups g;
+        pl::place_options o;
+        o.dry_run = true;
+        std::lock_guard lock(mu_);
+        auto out = placer_.place(*q, {}, g, o);
+        keep = out && !out->slots.empty();
+      }
+      if (keep) arns.push_back(instance_arn_);
+    }
+    BERTH_TRY(range, page(reader{req}, arns.size(), 100));
+    json out = {{"containerInstanceArns", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i) {
+      out["containerInstanceArns"].push_back(arns[i]);
+    }
+    add_token(out, range.second, arns.size());
+    return out;
+  }
+
+  bool is_me(const std::string& ref) const {
+    return ref == instance_arn_ || ref == instance_id_ || name_of(ref) == instance_id_;
+  }
+
+  outcome describe_container_instances(const json& req) {
+    BERTH_TRY(c, find_cluster(req));
+    BERTH_TRY(refs, reader{req}.strings("containerInstances"));
+    if (refs.empty()) return tl::unexpected(invalid("containerInstances must not be empty"));
+    json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
+    for (const auto& ref : refs) {
+      if (c["clusterName"] == cfg_.cluster && is_me(ref)) {
+        out["containerInstances"].push_back(describe_instance(instance_doc()));
+      } else {
+        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+      }
+    }
+    return out;
+  }
+
+  outcome update_container_instances_state(const json& req) {
+    BERTH_TRY(c, find_cluster(req));
+    BERTH_TRY(refs, reader{req}.strings("containerInstances"));
+    BERTH_TRY(status, reader{req}.required_str("status"));
+    if (status != "ACTIVE" && status != "DRAINING") {
+      return tl::unexpected(invalid("status must be ACTIVE or DRAINING, not '" + status + "'"));
+    }
+    json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
+    for (const auto& ref : refs) {
+      if (c["clusterName"] != cfg_.cluster || !is_me(ref)) {
+        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+        continue;
+      }
+      json ci = instance_doc();
+      ci["status"] = status;
+      ci["version"] = ci.value("version", 0) + 1;
+      if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) {
+        return tl::unexpected(server(w.error().message));
+      }
+      if (auto p = publish_row(ci); !p) return tl::unexpected(server(p.error().message));
+      out["containerInstances"].push_back(describe_instance(ci));
+    }
+    return out;
+  }
+
+  // Attributes on container instances (the only target type ECS has).
+  tl::expected<std::vector<json>, api_error> attribute_list(const json& req, bool need_value) {
+    BERTH_TRY(list, reader{req}.list("attributes"));
+    if (list == nullptr || list->empty())
+      return tl::unexpected(invalid("attributes must not be empty"));
+    if (list->size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
+    std::vector<json> out;
+    static const std::regex name_re("^[a-zA-Z0-9_.\\-/]{1,128}$");
+    static const std::regex value_re("^[a-zA-Z0-9_.\\-/ :@]{1,128}$");
+    for (const auto& a : *list) {
+      if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) {
+        return tl::unexpected(invalid("every attribute needs a 'name' string"));
+      }
+      const std::string name = a["name"];
+      if (!std::regex_match(name, name_re)) {
+        return tl::unexpected(invalid("attribute name '" + name + "' is not valid"));
+      }
+      if (a.contains("value") && !a["value"].is_null()) {
+        if (!a["value"].is_string() || !std::regex_match(a["value"].get<std::string>(), value_re)) {
+          return tl::unexpected(invalid("attribute value for '" + name + "' is not valid"));
+        }
+      }
+      if (a.contains("targetType") && a["targetType"] != "container-instance") {
+        return tl::unexpected(invalid("targetType must be container-instance"));
+      }
+      (void)need_value;
+      out.push_back(a);
+    }
+    return out;
+  }
+
+  outcome change_attributes(const json& req, bool put) {
+    BERTH_TRY(c, find_cluster(req));
+    BERTH_TRY(attrs, attribute_list(req, put));
+    json ci = instance_doc();
+    for (const auto& a : attrs) {
+      const std::string target = a.value("targetId", std::string());
+      if (target.empty() || c["clusterName"] != cfg_.cluster || !is_me(target)) {
+        return tl::unexpected(
+            api_error{"TargetNotFoundException", "Could not find the target '" + target + "'"});
+      }
+    }
+    for (const auto& a : attrs) {
+      const std::string name = a["name"];
+      if (name.starts_with("ecs.")) {
+        return tl::unexpected(invalid("attribute names starting with 'ecs.' are reserved"));
+      }
+      json kept = json::array();
+      for (const auto& e : ci["attributes"]) {
+        if (e["name"] != name) kept.push_back(e);
+      }
+      if (put) {
+        json e = {{"name", name}};
+        if (a.contains("value") && !a["value"].is_null()) e["value"] = a["value"];
+        kept.push_back(e);
+      }
+      ci["attributes"] = kept;
+    }
+    if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    if (auto p = publish_row(ci); !p) return tl::unexpected(server(p.error().message));
+    json out = {{"attributes", json::array()}};
+    for (auto a : attrs) {
+      a["targetType"] = "container-instance";
+      a["targetId"] = instance_arn_;
+      out["attributes"].push_back(a);
+    }
+    return out;
+  }
+  outcome put_attributes(const json& req) { return change_attributes(req, true); }
+  outcome delete_attributes(const json& req) { return change_attributes(req, false); }
+
+  outcome list_attributes(const json& req) {
+    BERTH_TRY(c, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(type, r.required_str("targetType"));
+    if (type != "container-instance") {
+      return tl::unexpected(invalid("targetType must be container-instance"));
+    }
+    BERTH_TRY(name, r.str("attributeName"));
+    BERTH_TRY(value, r.str("attributeValue"));
+    if (value && !name) return tl::unexpected(invalid("attributeValue needs attributeName"));
+    std::vector<json> all;
+    if (c["clusterName"] == cfg_.cluster) {
+      const json ci = instance_doc();  // not a temporary: the loop reads into it
+      for (const auto& a : ci["attributes"]) {
+        if (name && a["name"] != *name) continue;
+        if (value && a.value("value", std::string()) != *value) continue;
+        json e = a;
+        e["targetType"] = "container-instance";
+        e["targetId"] = instance_arn_;
+        all.push_back(e);
+      }
+    }
+    BERTH_TRY(range, page(r, all.size(), 100));
+    json out = {{"attributes", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i) out["attributes"].push_back(all[i]);
+    add_token(out, range.second, all.size());
+    return out;
+  }
+
+  // ---- tags ----
+
+  static tl::expected<json, api_error> tags_of(const json& req) {
+    BERTH_TRY(list, reader{req}.list("tags"));
+    json out = json::array();
+    if (list == nullptr) return out;
+    if (list->size() > 50) return tl::unexpected(invalid("at most 50 tags"));
+    for (const auto& t : *list) {
+      if (!t.is_object() || !t.contains("key") || !t["key"].is_string() ||
+          t["key"].get<std::string>().empty() || t["key"].get<std::string>().size() > 128) {
+        return tl::unexpected(invalid("every tag needs a 'key' of 1-128 characters"));
+      }
+      if (t.contains("value") &&
+          (!t["value"].is_string() || t["value"].get<std::string>().size() > 256)) {
+        return tl::unexpected(invalid("tag values are strings of at most 256 characters"));
+      }
+      out.push_back({{"key", t["key"]}, {"value", t.value("value", std::string())}});
+    }
+    return out;
+  }
+
+  // The store document an ARN names: its kind and key.
+  std::optional<std::pair<std::string, std::string>> resource_of(const std::string& a) {
+    const std::string prefix = arn("");
+    if (!a.starts_with(prefix)) return std::nullopt;
+    const std::string rest = a.substr(prefix.size());
+    if (rest.starts_with("cluster/")) return std::pair{std::string("cluster"), rest.substr(8)};
+    if (rest.starts_with("task-definition/")) {
+      const std::string fr = rest.substr(16);
+      const auto colon = fr.rfind(':');
+      if (colon == std::string::npos) return std::nullopt;
+      try {
+        return std::pair{std::string("taskdef"),
+                         td_key(fr.substr(0, colon), std::stoul(fr.substr(colon + 1)))};
+      } catch (...) {
+        return std::nullopt;
+      }
+    }
+    if (rest.starts_with("task/")) return std::pair{std::string("task"), rest.substr(5)};
+    if (rest.starts_with("container-instance/")) {
+      return std::pair{std::string("instance"), rest.substr(19)};
+    }
+    return std::nullopt;
+  }
+
+  outcome change_tags(const json& req, bool add) {
+    reader r{req};
+    BERTH_TRY(a, r.required_str("resourceArn"));
+    auto res = resource_of(a);
+    if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
+    std::lock_guard lock(mu_);
+    auto doc = store_->get(res->first, res->second);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    if (!*doc) {
+      return tl::unexpected(
+          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
+    }
+    json d = json::parse(**doc);
+    if (!d.contains("tags")) d["tags"] = json::array();
+    if (add) {
+      BERTH_TRY(tags, tags_of(req));
+      if (tags.empty()) return tl::unexpected(invalid("tags must not be empty"));
+      for (const auto& t : tags) {
+        json kept = json::array();
+        for (const auto& e : d["tags"]) {
+          if (e["key"] != t["key"]) kept.push_back(e);
+        }
+        kept.push_back(t);
+        d["tags"] = kept;
+      }
+    } else {
+      BERTH_TRY(keys, r.strings("tagKeys"));
+      if (keys.empty()) return tl::unexpected(invalid("tagKeys must not be empty"));
+      json kept = json::array();
+      for (const auto& e : d["tags"]) {
+        if (std::find(keys.begin(), keys.end(), e["key"].get<std::string>()) == keys.end()) {
+          kept.push_back(e);
+        }
+      }
+      d["tags"] = kept;
+    }
+    if (auto w = store_->put(res->first, res->second, d.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    if (res->first == "task" && tasks_.contains(a)) tasks_[a]["tags"] = d["tags"];
+    return json::object();
+  }
+  outcome tag_resource(const json& req) { return change_tags(req, true); }
+  outcome untag_resource(const json& req) { return change_tags(req, false); }
+
+  outcome list_tags_for_resource(const json& req) {
+    BERTH_TRY(a, reader{req}.required_str("resourceArn"));
+    auto res = resource_of(a);
+    if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
+    auto doc = store_->get(res->first, res->second);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    if (!*doc) {
+      return tl::unexpected(
+          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
+    }
+    const json d = json::parse(**doc);
+    return json{{"tags", d.value("tags", json::array())}};
+  }
+
+  // ---- task definitions ----
+
+  static std::string td_key(const std::string& family, std::uint64_t revision) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%010llu", static_cast<unsigned long long>(revision));
+    return family + ":" + buf;
+  }
+
+  tl::expected<void, api_error> check_container(const json& c, bool task_memory) {
+    if (!c.is_object()) return tl::unexpected(serialization("containerDefinitions holds objects"));
+    reader r{c};
+    BERTH_TRY(name, r.required_str("name"));
+    static const std::regex name_re("^[a-zA-Z0-9_-]{1,255}$");
+    if (!std::regex_match(name, name_re)) {
+      return tl::unexpected(invalid("Container name '" + name +
+                                    "' may hold only letters, numbers, hyphens and underscores"));
+    }
+    BERTH_TRY(image, r.required_str("image"));
+    for (const char* k : {"cpu", "memory", "memoryReservation", "stopTimeout", "startTimeout"}) {
+      BERTH_TRY(v, r.integer(k));
+      if (v && *v < 0)
+        return tl::unexpected(
+            invalid(std::string(k) + " of container '" + name + "' must not be negative"));
+    }
+    BERTH_TRY(mem, r.integer("memory"));
+    BERTH_TRY(res, r.integer("memoryReservation"));
+    if (!task_memory && !mem && !res) {
+      return tl::unexpected(
+          client("Invalid setting for container '" + name +
+                 "'. At least one of 'memory' or 'memoryReservation' must be specified."));
+    }
+    if (mem && res && *res > *mem) {
+      return tl::unexpected(
+          client("Invalid setting for container '" + name +
+                 "'. 'memoryReservation' must be less than or equal to 'memory'."));
+    }
+    if (mem && *mem < 6) {
+      return tl::unexpected(client("Invalid setting for container '" + name +
+                                   "'. The 'memory' must be at least 6 MiB."));
+    }
+    for (const char* k : {"essential", "readonlyRootFilesystem", "privileged"}) {
+      if (c.contains(k) && !c[k].is_boolean()) {
+        return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a boolean"));
+      }
+    }
+    for (const char* k : {"entryPoint", "command"}) {
+      BERTH_TRY(v, r.strings(k));
+      (void)v;
+    }
+    BERTH_TRY(pm, r.list("portMappings"));
+    if (pm != nullptr) {
+      for (const auto& p : *pm) {
+        if (!p.is_object() || !p.contains("containerPort") ||
+            !p["containerPort"].is_number_unsigned() ||
+            p["containerPort"].get<std::uint64_t>() == 0 ||
+            p["containerPort"].get<std::uint64_t>() > 65535) {
+          return tl::unexpected(
+              invalid("portMappings of container '" + name + "' need a containerPort of 1-65535"));
+        }
+        if (p.contains("hostPort") &&
+            (!p["hostPort"].is_number_unsigned() || p["hostPort"].get<std::uint64_t>() > 65535)) {
+          return tl::unexpected(invalid("hostPort of container '" + name + "' must be 0-65535"));
+        }
+        if (p.contains("protocol") && p["protocol"] != "tcp" && p["protocol"] != "udp") {
+          return tl::unexpected(invalid("protocol must be tcp or udp"));
+        }
+      }
+    }
+    BERTH_TRY(env, r.list("environment"));
+    if (env != nullptr) {
+      for (const auto& e : *env) {
+        if (!e.is_object() || !e.contains("name") || !e["name"].is_string()) {
+          return tl::unexpected(invalid("environment entries need a 'name'"));
+        }
+      }
+    }
+    return {};
+  }
+
+  outcome register_task_definition(const json& req) {
+    reader r{req};
+    BERTH_TRY(family, r.required_str("family"));
+    static const std::regex family_re("^[a-zA-Z0-9_-]{1,255}$");
+    if (!std::regex_match(family, family_re)) {
+      return tl::unexpected(
+          invalid("Family '" + family +
+                  "' may hold only letters, numbers, hyphens and underscores (1-255)"));
+    }
+    BERTH_TRY(containers, r.list("containerDefinitions"));
+    if (containers == nullptr || containers->empty()) {
+      return tl::unexpected(client("Container list cannot be empty."));
+    }
+    if (containers->size() > 10)
+      return tl::unexpected(invalid("at most 10 containers per task definition"));
+    BERTH_TRY(mode, r.str("networkMode"));
+    const std::string network = mode.value_or("bridge");
+    if (network != "bridge" && network != "host" && network != "none") {
+      return tl::unexpected(
+          invalid("networkMode '" + network + "' is not supported here (bridge, host or none)"));
+    }
+    std::optional<std::uint32_t> task_cpu, task_mem;
+    if (req.contains("cpu") && !req["cpu"].is_null()) {
+      task_cpu = units_of(req["cpu"], true);
+      if (!task_cpu)
+        return tl::unexpected(invalid("cpu must be CPU units or vCPUs, e.g. '256' or '0.25 vCPU'"));
+    }
+    if (req.contains("memory") && !req["memory"].is_null()) {
+      task_mem = units_of(req["memory"], false);
+      if (!task_mem)
+        return tl::unexpected(invalid("memory must be MiB or GB, e.g. '512' or '1 GB'"));
+    }
+    std::set<std::string> names;
+    bool essential = false;
+    for (const auto& c : *containers) {
+      if (auto ok = check_container(c, task_mem.has_value()); !ok)
+        return tl::unexpected(ok.error());
+      if (!names.insert(c["name"].get<std::string>()).second) {
+        return tl::unexpected(
+            client("Container names must be unique: '" + c["name"].get<std::string>() + "'"));
+      }
+      essential |= c.value("essential", true);
+    }
+    if (!essential)
+      return tl::unexpected(client("Task definition must have at least one essential container."));
+    for (const auto& c : *containers) {
+      if (!c.contains("dependsOn")) continue;
+      for (const auto& d : c["dependsOn"]) {
+        if (!d.is_object() || !names.contains(d.value("containerName", std::string()))) {
+          return tl::unexpected(client("dependsOn of '" + c["name"].get<std::string>() +
+                                       "' names an unknown container"));
+        }
+        const std::string cond = d.value("condition", std::string());
+        if (cond != "START" && cond != "COMPLETE" && cond != "SUCCESS" && cond != "HEALTHY") {
+          return tl::unexpected(
+              invalid("dependsOn condition must be START, COMPLETE, SUCCESS or HEALTHY"));
+        }
+      }
+    }
+    BERTH_TRY(volumes, r.list("volumes"));
+    BERTH_TRY(tags, tags_of(req));
+    BERTH_TRY(constraints, r.list("placementConstraints"));
+    auto rev = store_->next("taskdef:" + family);
+    if (!rev) return tl::unexpected(server(rev.error().message));
+    json td = {{"taskDefinitionArn", arn("task-definition/" + family + ":" + std::to_string(*rev))},
+               {"family", family},
+               {"revision", *rev},
+               {"containerDefinitions", json::array()},
+               {"networkMode", network},
+               {"volumes", volumes != nullptr ? *volumes : json::array()},
+               {"status", "ACTIVE"},
+               {"requiresAttributes", json::array()},
+               {"placementConstraints", constraints != nullptr ? *constraints : json::array()},
+               {"compatibilities", {"EC2"}},
+               {"registeredAt", now_seconds()},
+               {"registeredBy", "berth"},
+               {"tags", tags}};
+    for (auto c : *containers) {
+      if (!c.contains("essential")) c["essential"] = true;
+      for (const char* k : {"portMappings", "environment", "mountPoints", "volumesFrom"}) {
+        if (!c.contains(k)) c[k] = json::array();
+      }
+      if (!c.contains("cpu")) c["cpu"] = 0;
+      if (network == "host" && c.contains("portMappings")) {
+        for (auto& p : c["portMappings"]) p["hostPort"] = p["containerPort"];
+      }
+      for (auto& p : c["portMappings"]) {
+        if (!p.contains("protocol")) p["protocol"] = "tcp";
+        if (!p.contains("hostPort")) p["hostPort"] = 0;
+      }
+      td["containerDefinitions"].push_back(c);
+    }
+    if (task_cpu) td["cpu"] = std::to_string(*task_cpu);
+    if (task_mem) td["memory"] = std::to_string(*task_mem);
+    for (const char* k : {"taskRoleArn", "executionRoleArn", "pidMode", "ipcMode"}) {
+      if (req.contains(k)) td[k] = req[k];
+    }
+    if (auto w = store_->put("taskdef", td_key(family, *rev), td.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    json out_td = td;
+    out_td.erase("tags");
+    return json{{"taskDefinition", out_td}, {"tags", tags}};
+  }
+
+  // "family", "family:3" or an ARN; the family's latest ACTIVE revision when none is given.
+  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
+    std::string fr = ref;
+    if (ref.starts_with("arn:")) {
+      const auto slash = ref.find("task-definition/");
+      if (slash == std::string::npos)
+        return tl::unexpected(client("Unable to describe task definition."));
+      fr = ref.substr(slash + 16);
+    }
+    const auto colon = fr.rfind(':');
+    if (colon != std::string::npos) {
+      std::uint64_t rev = 0;
+      try {
+        rev = std::stoull(fr.substr(colon + 1));
+      } catch (...) {
+        return tl::unexpected(client("Unable to describe task definition."));
+      }
+      auto doc = store_->get("taskdef", td_key(fr.substr(0, colon), rev));
+      if (!doc) return tl::unexpected(server(doc.error().message));
+      if (!*doc) return tl::unexpected(client("Unable to describe task definition."));
+      json td = json::parse(**doc);
+      if (active_only && td["status"] != "ACTIVE") {
+        return tl::unexpected(client("TaskDefinition is inactive"));
+      }
+      return td;
+    }
+    auto all = store_->list("taskdef", fr + ":");
+    if (!all) return tl::unexpected(server(all.error().message));
+    for (auto it = all->rbegin(); it != all->rend(); ++it) {
+      json td = json::parse(it->second);
+      if (td["status"] == "ACTIVE") return td;
+    }
+    return tl::unexpected(client("Unable to describe task definition."));
+  }
+
+  outcome describe_task_definition(const json& req) {
+    BERTH_TRY(ref, reader{req}.required_str("taskDefinition"));
+    BERTH_TRY(td, find_task_definition(ref, false));
+    json tags = td.value("tags", json::array());
+    td.erase("tags");
+    json out = {{"taskDefinition", td}};
+    BERTH_TRY(include, reader{req}.strings("include"));
+    if (std::find(include.begin(), include.end(), "TAGS") != include.end()) out["tags"] = tags;
+    return out;
+  }
+
+  outcome list_task_definitions(const json& req) {
+    reader r{req};
+    BERTH_TRY(prefix, r.str("familyPrefix"));
+    BERTH_TRY(status, r.str("status"));
+    BERTH_TRY(sort, r.str("sort"));
+    if (status && *status != "ACTIVE" && *status != "INACTIVE") {
+      return tl::unexpected(invalid("status must be ACTIVE or INACTIVE"));
+    }
+    auto all = store_->list("taskdef", prefix.value_or(""));
+    if (!all) return tl::unexpected(server(all.error().message));
+    std::vector<std::string> arns;
+    for (const auto& [k, v] : *all) {
+      const json td = json::parse(v);
+      if (prefix && td["family"].get<std::string>().rfind(*prefix, 0) != 0) continue;
+      if (td["status"] == status.value_or("ACTIVE")) arns.push_back(td["taskDefinitionArn"]);
+    }
+    if (sort == "DESC") std::reverse(arns.begin(), arns.end());
+    BERTH_TRY(range, page(r, arns.size(), 100));
+    json out = {{"taskDefinitionArns", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i)
+      out["taskDefinitionArns"].push_back(arns[i]);
+    add_token(out, range.second, arns.size());
+    return out;
+  }
+
+  outcome list_task_definition_families(const json& req) {
+    reader r{req};
+    BERTH_TRY(prefix, r.str("familyPrefix"));
+    BERTH_TRY(status, r.str("status"));
+    const std::string want = status.value_or("ACTIVE");
+    if (want != "ACTIVE" && want != "INACTIVE" && want != "ALL") {
+      return tl::unexpected(invalid("status must be ACTIVE, INACTIVE or ALL"));
+    }
+    auto all = store_->list("taskdef", prefix.value_or(""));
+    if (!all) return tl::unexpected(server(all.error().message));
+    std::map<std::string, bool> families;  // family -> has an ACTIVE revision
+    for (const auto& [k, v] : *all) {
+      const json td = json::parse(v);
+      families[td["family"]] |= td["status"] == "ACTIVE";
+    }
+    std::vector<std::string> names;
+    for (const auto& [f, active] : families) {
+      if (want == "ALL" || (want == "ACTIVE") == active) names.push_back(f);
+    }
+    BERTH_TRY(range, page(r, names.size(), 100));
+    json out = {{"families", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i) out["families"].push_back(names[i]);
+    add_token(out, range.second, names.size());
+    return out;
+  }
+
+  outcome deregister_task_definition(const json& req) {
+    BERTH_TRY(ref, reader{req}.required_str("taskDefinition"));
+    if (ref.find(':') == std::string::npos ||
+        (ref.starts_with("arn:") && ref.rfind(':') < ref.find("task-definition/"))) {
+      return tl::unexpected(
+          client("The specified task definition does not exist or is not a revision: give "
+                 "family:revision or an ARN."));
+    }
+    BERTH_TRY(td, find_task_definition(ref, false));
+    td["status"] = "INACTIVE";
+    td["deregisteredAt"] = now_seconds();
+    if (auto w = store_->put("taskdef", td_key(td["family"], td["revision"]), td.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    td.erase("tags");
+    return json{{"taskDefinition", td}};
+  }
+
+  // ---- tasks: placement ----
+
+  struct task_need {
+    pl::requirements req;
+    std::vector<std::uint16_t> ports;
+  };
+
+  // What a task takes from its instance: task-level cpu/memory, else the containers' sum.
+  static task_need need_of(const json& td, const json& overrides) {
+    task_need n;
+    std::uint32_t cpu = 0, mib = 0;
+    for (const auto& c : td["containerDefinitions"]) {
+      json o = json::object();
+      for (const auto& co : overrides.value("containerOverrides", json::array())) {
+        if (co.value("name", std::string()) == c["name"]) o = co;
+      }
+      cpu += static_cast<std::uint32_t>(o.value("cpu", c.value("cpu", 0)));
+      const auto mem = o.contains("memory") ? o["memory"] : c.value("memory", json());
+      const auto res = o.contains("memoryReservation") ? o["memoryReservation"]
+                                                       : c.value("memoryReservation", json());
+      mib += static_cast<std::uint32_t>(res.is_number()   ? res.get<std::int64_t>()
+                                        : mem.is_number() ? mem.get<std::int64_t>()
+                                                          : 0);
+      for (const auto& p : c["portMappings"]) {
+        const auto hp = p.value("hostPort", 0);
+        if (hp != 0) {
+          n.ports.push_back(static_cast<std::uint16_t>(hp));
+        } else if (td["networkMode"] == "bridge") {
+          ++n.req.dynamic_ports;
+        }
+      }
+    }
+    if (td.contains("cpu")) cpu = *units_of(td["cpu"], true);
+    if (td.contains("memory")) mib = *units_of(td["memory"], false);
+    if (overrides.contains("cpu")) cpu = units_of(overrides["cpu"], true).value_or(cpu);
+    if (overrides.contains("memory")) mib = units_of(overrides["memory"], false).value_or(mib);
+    n.req.cpu = cpu;
+    n.req.mib = mib;
+    n.req.static_ports = n.ports;
+    return n;
+  }
+
+  tl::expected<std::pair<std::vector<pl::constraint>, std::vector<pl::strategy>>, api_error>
+  placement_of(const json& req, const json& td) {
+    std::vector<pl::constraint> cons;
+    std::vector<pl::strategy> strat;
+    const auto add_constraints = [&](const json& list) -> tl::expected<void, api_error> {
+      if (!list.is_array())
+        return tl::unexpected(serialization("Expected 'placementConstraints' to be a list"));
+      for (const auto& c : list) {
+        if (!c.is_object() || !c.contains("type") || !c["type"].is_string()) {
+          return tl::unexpected(invalid("every placement constraint needs a 'type'"));
+        }
+        cons.push_back({c["type"], c.value("expression", std::string())});
+      }
+      return {};
+    };
+    if (td.contains("placementConstraints")) {
+      if (auto r = add_constraints(td["placementConstraints"]); !r)
+        return tl::unexpected(r.error());
+    }
+    if (req.contains("placementConstraints")) {
+      if (auto r = add_constraints(req["placementConstraints"]); !r)
+        return tl::unexpected(r.error());
+    }
+    if (req.contains("placementStrategy")) {
+      if (!req["placementStrategy"].is_array()) {
+        return tl::unexpected(serialization("Expected 'placementStrategy' to be a list"));
+      }
+      for (const auto& s : req["placementStrategy"]) {
+        if (!s.is_object() || !s.contains("type") || !s["type"].is_string()) {
+          return tl::unexpected(invalid("every placement strategy needs a 'type'"));
+        }
+        strat.push_back({s["type"], s.value("field", std::string())});
+      }
+    }
+    return std::pair{cons, strat};
+  }
+
+  // ---- tasks: the table ----
+
+  // The client's view of a task: without Berth's own bookkeeping.
+  static json view(json t) {
+    t.erase("_berth");
+    return t;
+  }
+
+  // Writes the task (under mu_) to memory and the store.
+  void save(const json& t) {
+    const std::string a = t["taskArn"];
+    tasks_[a] = t;
+    const std::string id = name_of(a);
+    if (auto w = store_->put("task",
+                             task_key(t["clusterArn"].get<std::string>().substr(
+                                          t["clusterArn"].get<std::string>().rfind('/') + 1),
+                                      id),
+                             t.dump());
+        !w) {
+      spdlog::error("store: task {}: {}", a, w.error().message);
+    }
+  }
+
+  std::array<std::uint64_t, ipc::attribute_words> my_attributes() const {
+    std::array<std::uint64_t, ipc::attribute_words> a{};
+    const ipc::columns c = ledger_.view();
+    if (slot_ < c.count) {
+      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) a[w] = c.attributes[w][slot_];
+    }
+    return a;
+  }
+
+  outcome run_task(const json& req) { return launch(req, false); }
+  outcome start_task(const json& req) { return launch(req, true); }
+
+  outcome launch(const json& req, bool explicit_instances) {
+    BERTH_TRY(cluster, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(ref, r.required_str("taskDefinition"));
+    BERTH_TRY(td, find_task_definition(ref, true));
+    BERTH_TRY(count_opt, r.integer("count"));
+    const std::int64_t count = count_opt.value_or(1);
+    if (count < 1 || count > 10) return tl::unexpected(invalid("count must be between 1 and 10"));
+    BERTH_TRY(group_opt, r.str("group"));
+    BERTH_TRY(started_by, r.str("startedBy"));
+    if (started_by && started_by->size() > 128)
+      return tl::unexpected(invalid("startedBy is at most 128 characters"));
+    BERTH_TRY(tags, tags_of(req));
+    const json overrides = req.value("overrides", json::object());
+    if (!overrides.is_object())
+      return tl::unexpected(serialization("Expected 'overrides' to be an object"));
+    const std::string group = group_opt.value_or("family:" + td["family"].get<std::string>());
+    const bool mine = cluster["clusterName"] == cfg_.cluster;
+    json out = {{"tasks", json::array()}, {"failures", json::array()}};
+    if (explicit_instances) {
+      BERTH_TRY(refs, r.strings("containerInstances"));
+      if (refs.empty() || refs.size() > 10) {
+        return tl::unexpected(invalid("containerInstances must name 1 to 10 instances"));
+      }
+      for (const auto& ci : refs) {
+        if (!mine || !is_me(ci)) {
+          out["failures"].push_back({{"arn", ci}, {"reason", "MISSING"}});
+        }
+      }
+      if (!out["failures"].empty()) return out;
+    } else if (!mine) {
+      return tl::unexpected(invalid("No Container Instances were found in your cluster."));
+    }
+    BERTH_TRY(rules, placement_of(req, td));
+    const task_need need = need_of(td, overrides);
+    pl::request preq{need.req, group,
+                     explicit_instances ? std::vector<pl::constraint>{} : rules.first,
+                     explicit_instances ? std::vector<pl::strategy>{} : rules.second};
+    auto q = pl::compile(preq);
+    if (!q) return tl::unexpected(invalid(q.error().message));
+    std::lock_guard lock(mu_);
+    if (stopping_) return tl::unexpected(server("berthd is shutting down"));
+    pl::place_options o;
+    o.count = static_cast<std::uint32_t>(explicit_instances ? 1 : count);
+    o.seed = now_ns();
+    std::vector<std::uint32_t> slots;
+    if (explicit_instances) {
+      // The custom scheduler chose: reserve there or fail, no placement.
+      for (std::int64_t i = 0; i < count; ++i) {
+        const ipc::demand dm{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
+                             need.req.static_ports};
+        if (auto rv = ledger_.reserve(slot_, dm); !rv) {
+          out["failures"].push_back(
+              {{"arn", instance_arn_}, {"reason", reserve_reason(rv.error())}});
+          break;
+        }
+        groups_.add(group, slot_, my_attributes());
+        slots.push_back(slot_);
+      }
+    } else {
+      auto placed = placer_.place(*q, need.req, groups_, o);
+      if (!placed) return tl::unexpected(invalid(placed.error().message));
+      slots = placed->slots;
+      if (slots.size() < static_cast<std::size_t>(count)) {
+        // Why the first task that did not fit was refused; this agent's instance is the only
+        // one in its ledger, so every count is its.
+        for (std::size_t why = 0; why < pl::reason_count; ++why) {
+          if (placed->failures[why] == 0) continue;
+          out["failures"].push_back(
+              {{"arn", instance_arn_},
+               {"reason", std::string(pl::to_string(static_cast<pl::reason>(why)))}});
+        }
+        if (out["failures"].empty()) {
+          out["failures"].push_back({{"arn", instance_arn_}, {"reason", "RESOURCE:CPU"}});
+        }
+      }
+    }
+    for (const std::uint32_t slot : slots) {
+      (void)slot;
+      json t = new_task(td, cluster, group, started_by, overrides, tags, need);
+      save(t);
+      out["tasks"].push_back(view(t));
+      spawn([this, a = t["taskArn"].get<std::string>()] { start_containers(a); });
+    }
+    return out;
+  }
+
+  static std::string reserve_reason(ipc::error e) {
+    switch (e.code) {
+      case ipc::errc::insufficient_cpu:
+        return "RESOURCE:CPU";
+      case ipc::errc::insufficient_memory:
+        return "RESOURCE:MEMORY";
+      case ipc::errc::insufficient_gpu:
+        return "RESOURCE:GPU";
+      case ipc::errc::insufficient_ports:
+      case ipc::errc::port_in_use:
+        return "RESOURCE:PORTS";
+      default:
+        return "INACTIVE";
+    }
+  }
+
+  json new_task(const json& td, const json& cluster, const std::string& group,
+                const std::optional<std::string>& started_by, const json& overrides,
+                const json& tags, const task_need& need) {
+    const std::string id = random_hex(32);
+    const std::string cname = cluster["clusterName"];
+    const std::string task_arn = arn("task/" + cname + "/" + id);
+    json t = {
+        {"taskArn", task_arn},
+        {"clusterArn", cluster["clusterArn"]},
+        {"taskDefinitionArn", td["taskDefinitionArn"]},
+        {"containerInstanceArn", instance_arn_},
+        {"overrides", overrides.empty() ? json{{"containerOverrides", json::array()}} : overrides},
+        {"lastStatus", "PROVISIONING"},
+        {"desiredStatus", "RUNNING"},
+        {"cpu", std::to_string(need.req.cpu)},
+        {"memory", std::to_string(need.req.mib)},
+        {"containers", json::array()},
+        {"version", 1},
+        {"createdAt", now_seconds()},
+        {"group", group},
+        {"launchType", "EC2"},
+        {"attachments", json::array()},
+        {"availabilityZone", cfg_.availability_zone},
+        {"tags", tags},
+        {"healthStatus", "UNKNOWN"}};
+    if (!overrides.contains("containerOverrides"))
+      t["overrides"]["containerOverrides"] = json::array();
+    if (started_by) t["startedBy"] = *started_by;
+    for (const auto& c : td["containerDefinitions"]) {
+      t["containers"].push_back(
+          {{"containerArn", arn("container/" + cname + "/" + id + "/" + random_hex(32))},
+           {"taskArn", task_arn},
+           {"name", c["name"]},
+           {"image", c["image"]},
+           {"lastStatus", "PENDING"},
+           {"networkBindings", json::array()},
+           {"networkInterfaces", json::array()},
+           {"healthStatus", "UNKNOWN"},
+           {"cpu", std::to_string(c.value("cpu", 0))}});
+      if (c.contains("memory"))
+        t["containers"].back()["memory"] = std::to_string(c["memory"].get<int>());
+      if (c.contains("memoryReservation")) {
+        t["containers"].back()["memoryReservation"] =
+            std::to_string(c["memoryReservation"].get<int>());
+      }
+    }
+    t["_berth"] = {{"need",
+                    {{"cpu", need.req.cpu},
+                     {"mib", need.req.mib},
+                     {"dynamic", need.req.dynamic_ports},
+                     {"ports", need.ports}}},
+                   {"taskDefinition", td},
+                   {"docker", json::object()},
+                   {"events", json::array()}};
+    return t;
+  }
+
+  // Runs fn on a thread of its own, joined at shutdown. Call with mu_ held.
+  struct worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  void spawn(std::function<void()> fn) {
+    // Finished workers are joined here, so the list holds only live ones.
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->done->load(std::memory_order_acquire)) {
+        it->thread.join();
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    workers_.push_back({std::thread([fn = std::move(fn), done] {
+                          fn();
+                          done->store(true, std::memory_order_release);
+                        }),
+                        done});
+  }
+
+  // ---- tasks: starting ----
+
+  dk::container_spec spec_of(const json& t, const json& c, const json& td) {
+    const std::string task_arn = t["taskArn"];
+    const std::string id = name_of(task_arn);
+    dk::container_spec s;
+    s.name = "berth-" + id.substr(0, 12) + "-" + c["name"].get<std::string>();
+    s.image = c["image"];
+    json o = json::object();
+    for (const auto& co : t["overrides"].value("containerOverrides", json::array())) {
+      if (co.value("name", std::string()) == c["name"]) o = co;
+    }
+    for (const auto& e : c.value("entryPoint", json::array())) s.entrypoint.push_back(e);
+    for (const auto& e : o.value("command", c.value("command", json::array())))
+      s.command.push_back(e);
+    std::map<std::string, std::string> env;
+    for (const auto& e : c.value("environment", json::array()))
+      env[e["name"]] = e.value("value", std::string());
+    for (const auto& e : o.value("environment", json::array()))
+      env[e["name"]] = e.value("value", std::string());
+    for (const auto& [k, v] : env) s.env.push_back(k + "=" + v);
+    for (const auto& [k, v] : c.value("dockerLabels", json::object()).items()) {
+      if (v.is_string()) s.labels[k] = v.get<std::string>();
+    }
+    s.labels[label_cluster] = cfg_.cluster;
+    s.labels[label_task] = task_arn;
+    s.labels[label_container] = c["name"];
+    s.labels[label_instance] = instance_arn_;
+    s.working_dir = c.value("workingDirectory", std::string());
+    s.user = c.value("user", std::string());
+    s.hostname = c.value("hostname", std::string());
+    const auto mem = o.contains("memory") ? o["memory"] : c.value("memory", json());
+    const auto res = o.contains("memoryReservation") ? o["memoryReservation"]
+                                                     : c.value("memoryReservation", json());
+    if (mem.is_number()) s.memory_bytes = mem.get<std::int64_t>() << 20;
+    if (res.is_number()) s.memory_reservation_bytes = res.get<std::int64_t>() << 20;
+    const std::int64_t cpu = o.value("cpu", c.value("cpu", 0));
+    s.cpu_shares = cpu < 2 ? 2 : cpu;  // Docker's minimum, as the ECS agent does
+    const std::string network = td["networkMode"];
+    s.network_mode = network;
+    for (const auto& p : c.value("portMappings", json::array())) {
+      s.ports.push_back({static_cast<std::uint16_t>(p["containerPort"].get<int>()),
+                         p.value("protocol", std::string("tcp")), cfg_.host_ip,
+                         static_cast<std::uint16_t>(p.value("hostPort", 0))});
+    }
+    if (network != "bridge") s.ports.clear();
+    for (const auto& m : c.value("mountPoints", json::array())) {
+      const std::string vol = m.value("sourceVolume", std::string());
+      for (const auto& v : td.value("volumes", json::array())) {
+        if (v.value("name", std::string()) != vol) continue;
+        if (v.contains("host") && v["host"].contains("sourcePath")) {
+          s.mounts.push_back({v["host"]["sourcePath"], m.value("containerPath", std::string()),
+                              m.value("readOnly", false), false});
+        } else {
+          s.mounts.push_back({"berth-" + id.substr(0, 12) + "-" + vol,
+                              m.value("containerPath", std::string()), m.value("readOnly", false),
+                              true});
+        }
+      }
+    }
+    for (const auto& u : c.value("ulimits", json::array())) {
+      s.ulimits.push_back(
+          {u.value("name", std::string()), u.value("softLimit", 0), u.value("hardLimit", 0)});
+    }
+    s.readonly_rootfs = c.value("readonlyRootFilesystem", false);
+    s.privileged = c.value("privileged", false);
+    if (c.contains("healthCheck")) {
+      const json& h = c["healthCheck"];
+      dk::health_check hc;
+      for (const auto& x : h.value("command", json::array())) hc.test.push_back(x);
+      hc.interval = std::chrono::seconds(h.value("interval", 30));
+      hc.timeout = std::chrono::seconds(h.value("timeout", 5));
+      hc.retries = h.value("retries", 3);
+      hc.start_period = std::chrono::seconds(h.value("startPeriod", 0));
+      s.health = hc;
+    }
+    return s;
+  }
+
+  // Marks the task STOPPED (under mu_) and gives its resources back.
+  void finish(json& t, const std::string& code, const std::string& reason) {
+    if (t["lastStatus"] == "STOPPED") return;
+    const double now = now_seconds();
+    t["lastStatus"] = "STOPPED";
+    t["desiredStatus"] = "STOPPED";
+    if (!t.contains("stopCode")) t["stopCode"] = code;
+    if (!t.contains("stoppedReason")) t["stoppedReason"] = reason;
+    if (!t.contains("stoppingAt")) t["stoppingAt"] = now;
+    t["stoppedAt"] = now;
+    t["executionStoppedAt"] = now;
+    t["version"] = t.value("version", 0) + 1;
+    for (auto& c : t["containers"]) {
+      if (c["lastStatus"] != "STOPPED") c["lastStatus"] = "STOPPED";
+    }
+    const json& n = t["_berth"]["need"];
+    std::vector<std::uint16_t> ports;
+    for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
+    const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
+                          n["dynamic"].get<std::uint32_t>()},
+                         ports};
+    (void)ledger_.release(slot_, dm);
+    groups_.remove(t["group"].get<std::string>(), slot_, my_attributes());
+    save(t);
+    spdlog::info("task {} STOPPED ({}: {})", t["taskArn"].get<std::string>(), code, reason);
+  }
+
+  void start_containers(const std::string& task_arn) {
+    json t, td;
+    {
+      std::lock_guard lock(mu_);
+      if (!tasks_.contains(task_arn)) return;
+      t = tasks_[task_arn];
+      if (t["desiredStatus"] == "STOPPED") return;
+      td = t["_berth"]["taskDefinition"];
+      t["lastStatus"] = "PENDING";
+      t["pullStartedAt"] = now_seconds();
+      save(t);
+    }
+    for (const auto& c : td["containerDefinitions"]) {
+      const std::string name = c["name"];
+      // dependsOn: wait for each condition, bounded by the container's startTimeout.
+      if (auto ok = wait_dependencies(task_arn, c); !ok) {
+        stop_task_containers(
+            task_arn, "TaskFailedToStart",
+            *ok.error().message.c_str() ? ok.error().message : "dependency failed");
+        return;
+      }
+      const dk::container_spec s = spec_of(t, c, td);
+      std::string docker_id;
+      {
+        std::lock_guard lock(mu_);
+        const json& known = tasks_[task_arn]["_berth"]["docker"];
+        if (known.contains(name)) docker_id = known[name];
+        if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+      }
+      if (docker_id.empty()) {
+        auto id = docker_->create_container(s);
+        if (!id && id.error().code == dk::errc::not_found) {
+          // Not present: try the registry, which fails fast when there is none.
+          auto pulled = docker_->pull_image(s.image, 60s);
+          if (pulled) id = docker_->create_container(s);
+          if (!pulled) id = tl::unexpected(pulled.error());
+        }
+        if (!id && id.error().code == dk::errc::conflict) {
+          // Created before a crash: the name is this task's, take it over.
+          if (auto existing = docker_->inspect_container(s.name)) id = existing->id;
+        }
+        if (!id) {
+          const std::string why = "CannotPullContainerError: " + id.error().message;
+          fail_task(task_arn, name, "TaskFailedToStart", why);
+          return;
+        }
+        docker_id = *id;
+        std::lock_guard lock(mu_);
+        json& tt = tasks_[task_arn];
+        tt["_berth"]["docker"][name] = docker_id;
+        container_to_task_[docker_id] = task_arn;
+        for (auto& cc : tt["containers"]) {
+          if (cc["name"] == name) cc["runtimeId"] = docker_id;
+        }
+        save(tt);
+      }
+      if (auto st = docker_->start_container(docker_id); !st) {
+        fail_task(task_arn, name, "TaskFailedToStart",
+                  "CannotStartContainerError: " + st.error().message);
+        return;
+      }
+      auto info = docker_->inspect_container(docker_id);
+      std::lock_guard lock(mu_);
+      json& tt = tasks_[task_arn];
+      for (auto& cc : tt["containers"]) {
+        if (cc["name"] != name) continue;
+        if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
+        cc["networkBindings"] = json::array();
+        if (info) {
+          for (const auto& p : info->ports) {
+            cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
+                                             {"containerPort", p.container_port},
+                                             {"hostPort", p.host_port},
+                                             {"protocol", p.protocol}});
+          }
+        }
+      }
+      // The kernel enforces what Docker was asked for, or the task says it does not.
+      if (info && info->running) {
+        if (auto cg = dk::read_cgroup(info->pid)) {
+          dk::requested_limits asked{s.memory_bytes, s.memory_reservation_bytes, s.cpu_shares, 0,
+                                     0};
+          for (const auto& d : dk::check_limits(asked, *cg)) {
+            tt["_berth"]["events"].push_back(
+                {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
+            spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
+          }
+        }
+      }
+      save(tt);
+    }
+    std::lock_guard lock(mu_);
+    json& tt = tasks_[task_arn];
+    if (tt["lastStatus"] == "PENDING") {
+      tt["lastStatus"] = "RUNNING";
+      tt["startedAt"] = now_seconds();
+      tt["pullStoppedAt"] = tt["startedAt"];
+      tt["connectivity"] = "CONNECTED";
+      tt["connectivityAt"] = tt["startedAt"];
+      tt["version"] = tt.value("version", 0) + 1;
+      save(tt);
+      spdlog::info("task {} RUNNING", task_arn);
+    }
+  }
+
+  tl::expected<void, error> wait_dependencies(const std::string& task_arn, const json& c) {
+    for (const auto& d : c.value("dependsOn", json::array())) {
+      const std::string other = d["containerName"];
+      const std::string cond = d["condition"];
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(c.value("startTimeout", 300));
+      std::unique_lock lock(mu_);
+      const bool met = cv_.wait_until(lock, deadline, [&] {
+        if (stopping_ || tasks_[task_arn]["desiredStatus"] == "STOPPED") return true;
+        for (const auto& cc : tasks_[task_arn]["containers"]) {
+          if (cc["name"] != other) continue;
+          const std::string st = cc["lastStatus"];
+          if (cond == "START") return st == "RUNNING" || st == "STOPPED";
+          if (cond == "COMPLETE") return st == "STOPPED";
+          if (cond == "SUCCESS") return st == "STOPPED" && cc.value("exitCode", -1) == 0;
+          if (cond == "HEALTHY") return cc.value("healthStatus", std::string()) == "HEALTHY";
+        }
+        return false;
+      });
+      if (stopping_) return tl::unexpected(error{"berthd is shutting down"});
+      if (!met) {
+        return tl::unexpected(error{"dependency " + other + " did not reach " + cond + " in time"});
+      }
+      if (cond == "SUCCESS") {
+        for (const auto& cc : tasks_[task_arn]["containers"]) {
+          if (cc["name"] == other && cc.value("exitCode", -1) != 0) {
+            return tl::unexpected(error{"dependency " + other + " exited with " +
+                                        std::to_string(cc.value("exitCode", -1))});
+          }
+        }
+      }
+    }
+    return {};
+  }
+
+  void fail_task(const std::string& task_arn, const std::string& container, const std::string& code,
+                 const std::string& why) {
+    {
+      std::lock_guard lock(mu_);
+      json& t = tasks_[task_arn];
+      for (auto& c : t["containers"]) {
+        if (c["name"] == container) c["reason"] = why;
+      }
+      t["stopCode"] = code;
+      t["stoppedReason"] = why;
+      save(t);
+    }
+    stop_task_containers(task_arn, code, why);
+  }
+
+  // Stops every container of the task (grace: each container's stopTimeout), then STOPPED.
+  void stop_task_containers(const std::string& task_arn, const std::string& code,
+                            const std::string& why) {
+    std::vector<std::pair<std::string, std::chrono::seconds>> ids;
+    {
+      std::lock_guard lock(mu_);
+      json& t = tasks_[task_arn];
+      if (t["lastStatus"] == "STOPPED") return;
+      t["desiredStatus"] = "STOPPED";
+      if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
+      if (t["lastStatus"] != "STOPPED") t["lastStatus"] = "DEPROVISIONING";
+      if (!t.contains("stopCode")) t["stopCode"] = code;
+      if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
+      save(t);
+      for (const auto& c : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        const std::string name = c["name"];
+        if (!t["_berth"]["docker"].contains(name)) continue;
+        ids.emplace_back(
+            t["_berth"]["docker"][name],
+            std::chrono::seconds(c.value(
+                "stopTimeout",
+                static_cast<int>(
+                    std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout).count()))));
+      }
+    }
+    for (const auto& [id, grace] : ids) (void)docker_->stop_container(id, grace);
+    // Exit codes, for the containers whose die event has not come yet.
+    std::map<std::string, dk::container_info> infos;
+    for (const auto& [id, grace] : ids) {
+      if (auto i = docker_->inspect_container(id)) infos[id] = *i;
+    }
+    std::lock_guard lock(mu_);
+    json& t = tasks_[task_arn];
+    for (auto& c : t["containers"]) {
+      const std::string id = c.value("runtimeId", std::string());
+      if (infos.contains(id) && !c.contains("exitCode") && !infos[id].running) {
+        c["exitCode"] = infos[id].exit_code;
+      }
+    }
+    finish(t, t.value("stopCode", code), t.value("stoppedReason", why));
+    cv_.notify_all();
+  }
+
+  // ---- tasks: Docker's events ----
+
+  void on_docker_event(const dk::event& e) {
+    std::unique_lock lock(mu_);
+    auto it = container_to_task_.find(e.id);
+    if (it == container_to_task_.end()) {
+      // A container of ours not yet recorded (its create raced the event): find it by label.
+      const auto a = e.attributes.find(label_task);
+      if (a == e.attributes.end() || !tasks_.contains(a->second)) return;
+      it = container_to_task_.emplace(e.id, a->second).first;
+    }
+    const std::string task_arn = it->second;
+    json& t = tasks_[task_arn];
+    const std::string cname =
+        e.attributes.contains(label_container) ? e.attributes.at(label_container) : "";
+    json* c = nullptr;
+    for (auto& cc : t["containers"]) {
+      if (cc["name"] == cname) c = &cc;
+    }
+    if (c == nullptr) return;
+    if (e.action == "oom") {
+      (*c)["reason"] = "OutOfMemoryError: Container killed due to memory usage";
+      save(t);
+    } else if (e.action.starts_with("health_status")) {
+      const std::string h = e.action.find("unhealthy") != std::string::npos ? "UNHEALTHY"
+                            : e.action.find("healthy") != std::string::npos ? "HEALTHY"
+                                                                            : "UNKNOWN";
+      (*c)["healthStatus"] = h;
+      // The task is as healthy as its essential containers with checks.
+      std::string task_health = "UNKNOWN";
+      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        if (!def.value("essential", true) || !def.contains("healthCheck")) continue;
+        for (const auto& cc : t["containers"]) {
+          if (cc["name"] != def["name"]) continue;
+          const std::string ch = cc.value("healthStatus", std::string("UNKNOWN"));
+          if (ch == "UNHEALTHY")
+            task_health = "UNHEALTHY";
+          else if (ch == "HEALTHY" && task_health == "UNKNOWN")
+            task_health = "HEALTHY";
+        }
+      }
+      t["healthStatus"] = task_health;
+      save(t);
+      cv_.notify_all();
+    } else if (e.action == "die") {
+      (*c)["lastStatus"] = "STOPPED";
+      const auto code = e.attributes.find("exitCode");
+      if (code != e.attributes.end()) {
+        try {
+          (*c)["exitCode"] = std::stoi(code->second);
+        } catch (...) {
+        }
+      }
+      save(t);
+      cv_.notify_all();
+      bool essential = true;
+      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        if (def["name"] == cname) essential = def.value("essential", true);
+      }
+      bool all_stopped = true;
+      for (const auto& cc : t["containers"]) all_stopped &= cc["lastStatus"] == "STOPPED";
+      if (t["lastStatus"] == "STOPPED") return;
+      if (essential || all_stopped) {
+        if (t["desiredStatus"] != "STOPPED") {
+          const std::string why =
+              (*c).contains("reason") &&
+                      (*c)["reason"].get<std::string>().starts_with("OutOfMemory")
+                  ? "OutOfMemoryError: Container killed due to memory usage"
+                  : "Essential container in task exited";
+          t["stopCode"] = "EssentialContainerExited";
+          t["stoppedReason"] = why;
+          t["desiredStatus"] = "STOPPED";
+          save(t);
+          spawn([this, task_arn, why] {
+            stop_task_containers(task_arn, "EssentialContainerExited", why);
+          });
+        }
+      }
+    }
+  }
+
+  // After Docker's event stream (re)connects: what was missed is read from Docker itself.
+  void reconcile_all() {
+    std::vector<std::string> active;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        if (t["lastStatus"] == "RUNNING") active.push_back(a);
+      }
+    }
+    for (const auto& a : active) reconcile(a);
+  }
+
+  void reconcile(const std::string& task_arn) {
+    json docker;
+    {
+      std::lock_guard lock(mu_);
+      docker = tasks_[task_arn]["_berth"]["docker"];
+    }
+    for (const auto& [name, id] : docker.items()) {
+      auto info = docker_->inspect_container(id.get<std::string>());
+      if (info && info->running) continue;
+      dk::event e;
+      e.id = id;
+      e.action = "die";
+      e.attributes[label_container] = name;
+      e.attributes[label_task] = task_arn;
+      if (info) {
+        e.attributes["exitCode"] = std::to_string(info->exit_code);
+        if (info->oom_killed) {
+          dk::event oom = e;
+          oom.action = "oom";
+          on_docker_event(oom);
+        }
+      }
+      on_docker_event(e);
+    }
+  }
+
+  // ---- tasks: recovery after a restart ----
+
+  result<void> recover() {
+    auto all = store_->list("task", cfg_.cluster + "/");
+    if (!all) return tl::unexpected(all.error());
+    std::uint32_t cpu = 0, mib = 0, dyn = 0;
+    std::vector<std::uint16_t> ports(cfg_.reserved_ports.begin(), cfg_.reserved_ports.end());
+    std::vector<std::string> resume, check;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [k, v] : *all) {
+        json t = json::parse(v);
+        const std::string a = t["taskArn"];
+        tasks_[a] = t;
+        for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
+        if (t["lastStatus"] == "STOPPED") continue;
+        const json& n = t["_berth"]["need"];
+        cpu += n["cpu"].get<std::uint32_t>();
+        mib += n["mib"].get<std::uint32_t>();
+        dyn += n["dynamic"].get<std::uint32_t>();
+        for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
+        groups_.add(t["group"].get<std::string>(), slot_, my_attributes());
+        if (t["lastStatus"] == "RUNNING" || t["desiredStatus"] == "STOPPED") {
+          check.push_back(a);
+        } else {
+          resume.push_back(a);
+        }
+      }
+      // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
+      (void)ledger_.set_free(slot_, {registered_cpu_ > cpu ? registered_cpu_ - cpu : 0,
+                                     registered_mib_ > mib ? registered_mib_ - mib : 0, 0,
+                                     dynamic_port_count > dyn ? dynamic_port_count - dyn : 0});
+      std::sort(ports.begin(), ports.end());
+      ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
+      if (!ports.empty()) (void)ledger_.reserve(slot_, ipc::demand{{0, 0, 0, 0}, ports});
+      spdlog::info("recovered {} tasks ({} to resume, {} to check)", tasks_.size(), resume.size(),
+                   check.size());
+      for (const auto& a : resume) spawn([this, a] { start_containers(a); });
+    }
+    for (const auto& a : check) {
+      std::string desired;
+      {
+        std::lock_guard lock(mu_);
+        desired = tasks_[a]["desiredStatus"];
+      }
+      if (desired == "STOPPED") {
+        std::lock_guard lock(mu_);
+        spawn([this, a] { stop_task_containers(a, "UserInitiated", "Task stopped by user"); });
+      } else {
+        reconcile(a);
+      }
+    }
+    return {};
+  }
+
+  // ---- tasks: the other actions ----
+
+  outcome stop_task(const json& req) {
+    BERTH_TRY(cluster, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(ref, r.required_str("task"));
+    BERTH_TRY(reason, r.str("reason"));
+    if (reason && reason->size() > 255)
+      return tl::unexpected(invalid("reason is at most 255 characters"));
+    const std::string key =
+        arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
+    std::lock_guard lock(mu_);
+    const auto it = tasks_.find(key);
+    if (it == tasks_.end()) return tl::unexpected(invalid("The referenced task was not found."));
+    json& t = it->second;
+    if (t["desiredStatus"] != "STOPPED") {
+      t["desiredStatus"] = "STOPPED";
+      t["stopCode"] = "UserInitiated";
+      t["stoppedReason"] = reason.value_or("Task stopped by user");
+      t["stoppingAt"] = now_seconds();
+      t["version"] = t.value("version", 0) + 1;
+      save(t);
+      spawn([this, key, why = t["stoppedReason"].get<std::string>()] {
+        stop_task_containers(key, "UserInitiated", why);
+      });
+      cv_.notify_all();
+    }
+    return json{{"task", view(t)}};
+  }
+
+  outcome list_tasks(const json& req) {
+    BERTH_TRY(cluster, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(instance, r.str("containerInstance"));
+    BERTH_TRY(family, r.str("family"));
+    BERTH_TRY(started_by, r.str("startedBy"));
+    BERTH_TRY(service_name, r.str("serviceName"));
+    BERTH_TRY(desired, r.str("desiredStatus"));
+    BERTH_TRY(launch_type, r.str("launchType"));
+    if (desired && *desired != "RUNNING" && *desired != "PENDING" && *desired != "STOPPED") {
+      return tl::unexpected(invalid("desiredStatus must be RUNNING, PENDING or STOPPED"));
+    }
+    if (launch_type && *launch_type != "EC2" && *launch_type != "FARGATE" &&
+        *launch_type != "EXTERNAL") {
+      return tl::unexpected(invalid("launchType must be EC2, FARGATE or EXTERNAL"));
+    }
+    if (instance && !is_me(*instance)) {
+      return json{{"taskArns", json::array()}};
+    }
+    std::vector<std::pair<double, std::string>> found;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        if (t["clusterArn"] != cluster["clusterArn"]) continue;
+        const std::string want = desired.value_or("RUNNING");
+        const std::string have = t["desiredStatus"];
+        if (want == "STOPPED" ? have != "STOPPED" : have == "STOPPED") continue;
+        if (family && t["_berth"]["taskDefinition"]["family"] != *family) continue;
+        if (started_by && t.value("startedBy", std::string()) != *started_by) continue;
+        if (service_name && t.value("group", std::string()) != "service:" + *service_name) continue;
+        if (launch_type && *launch_type != "EC2") continue;
+        found.emplace_back(t.value("createdAt", 0.0), a);
+      }
+    }
+    std::sort(found.begin(), found.end());
+    BERTH_TRY(range, page(r, found.size(), 100));
+    json out = {{"taskArns", json::array()}};
+    for (std::size_t i = range.first; i < range.second; ++i)
+      out["taskArns"].push_back(found[i].second);
+    add_token(out, range.second, found.size());
+    return out;
+  }
+
+  outcome describe_tasks(const json& req) {
+    BERTH_TRY(cluster, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(refs, r.strings("tasks"));
+    if (refs.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
+    if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
+    BERTH_TRY(include, r.strings("include"));
+    const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
+    json out = {{"tasks", json::array()}, {"failures", json::array()}};
+    std::lock_guard lock(mu_);
+    for (const auto& ref : refs) {
+      const std::string key =
+          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
+      const auto it = tasks_.find(key);
+      if (it == tasks_.end()) {
+        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+        continue;
+      }
+      json v = view(it->second);
+      if (!with_tags) v.erase("tags");
+      if (!it->second["_berth"]["events"].empty())
+        v["berthEvents"] = it->second["_berth"]["events"];
+      out["tasks"].push_back(v);
+    }
+    return out;
+  }
+
+  config cfg_;
+  std::unique_ptr<store> store_;
+  std::unique_ptr<dk::engine> docker_;
+  ipc::ledger ledger_;
+  pl::placer placer_;
+  pl::task_groups groups_;
+  std::uint32_t slot_ = 0;
+  std::uint32_t registered_cpu_ = 0, registered_mib_ = 0;
+  std::uint32_t running_tasks_ = 0;
+  std::string instance_id_, instance_arn_, ec2_id_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, json> tasks_;  // by task ARN
+  std::map<std::string, std::string> container_to_task_;
+  std::list<worker> workers_;
+  std::unique_ptr<dk::subscription> events_;
+  std::thread heartbeat_;
+};
+
+}  // namespace
+
+result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
+                                              std::unique_ptr<dk::engine> d) {
+  ipc::options lo;
+  lo.cluster = c.cluster;
+  lo.slots = 4096;
+  auto l = ipc::ledger::open_or_create(lo);
+  if (!l)
+    return tl::unexpected(
+        error{"ledger for cluster " + c.cluster + ": " + ipc::describe(l.error())});
+  auto svc = std::make_unique<service_impl>(c, std::move(s), std::move(d), std::move(*l));
+  if (auto r = svc->start(); !r) return tl::unexpected(r.error());
+  return std::unique_ptr<service>(std::move(svc));
+}
+
+}  // namespace berth::agent

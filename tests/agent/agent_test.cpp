@@ -1,0 +1,729 @@
+// berthd end to end: started in a temp dir against the real dockerd, driven with the real AWS CLI
+// (/usr/bin/aws, Debian's awscli) over SigV4-signed TCP, and with raw requests on its Unix
+// socket for what the CLI would refuse to send. Every test gets its own cluster; its containers
+// carry com.berth.cluster=<cluster> and are removed by that label at the end.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "berth/docker.hpp"
+#include "berth/docker_testing.hpp"
+#include "berth/ipc.hpp"
+#include "sigv4.hpp"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace dk = berth::docker;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::string image = dk::testing::test_image;
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds within) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(50ms);  // polling a condition, bounded by the deadline
+  }
+  return pred();
+}
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+struct cli_result {
+  int status = -1;
+  std::string out, err;
+  json body;  // stdout parsed, when it is JSON
+};
+
+// One berthd of the test's own.
+class agent {
+ public:
+  explicit agent(std::string cluster) : cluster_(std::move(cluster)) {
+    dir_ = fs::temp_directory_path() / ("berth-agent-" + cluster_);
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "credentials")
+        << "[default]\naws_access_key_id = AKIDBERTHTEST\naws_secret_access_key = berth-secret\n"
+           "[other]\naws_access_key_id = AKIDOTHER\naws_secret_access_key = other-secret\n";
+    std::ofstream(dir_ / "aws-config") << "[default]\nregion = us-east-1\noutput = json\n";
+  }
+  ~agent() {
+    stop(SIGTERM);
+    // This test's containers, then its ledger and its files.
+    if (auto e = dk::testing::daemon()) {
+      dk::list_filter f;
+      f.labels = {{"com.berth.cluster", cluster_}};
+      if (auto list = (*e)->list_containers(f)) {
+        for (const auto& c : *list) (void)(*e)->remove_container(c.id, {true, true});
+      }
+    }
+    (void)berth::ipc::ledger::remove(cluster_);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  const std::string& cluster() const { return cluster_; }
+  std::string socket() const { return (dir_ / "berth.sock").string(); }
+  const std::string& endpoint() const { return endpoint_; }
+
+  bool start(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {BERTHD,
+                                     "--cluster=" + cluster_,
+                                     "--state-dir=" + (dir_ / "state").string(),
+                                     "--socket=" + socket(),
+                                     "--listen-tcp=127.0.0.1:0",
+                                     "--credentials=" + (dir_ / "credentials").string(),
+                                     "--host-ip=127.0.0.1",
+                                     "--instance-address=127.0.0.1",
+                                     "--config=/dev/null",
+                                     "--stop-timeout=2s",
+                                     "--instance-type=berth.test",
+                                     "--attributes={\"stack\":\"test\"}"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string log = (dir_ / "berthd.log").string();
+    fs::remove(log);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    const int rc = posix_spawn(&pid_, BERTHD, &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) return false;
+    // The TCP port it bound is in its log.
+    const std::regex served("serving the ECS API on .* and (127\\.0\\.0\\.1:[0-9]+)");
+    return eventually(
+        [&] {
+          std::smatch m;
+          const std::string text = read_all(log);
+          if (!std::regex_search(text, m, served)) return false;
+          endpoint_ = "http://" + m[1].str();
+          return true;
+        },
+        30s);
+  }
+
+  // Stops berthd by PID and reaps it.
+  void stop(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  bool running() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+  std::string log() const { return read_all(dir_ / "berthd.log"); }
+
+  // The real AWS CLI against this berthd.
+  cli_result aws(const std::vector<std::string>& args, const std::string& key = "AKIDBERTHTEST",
+                 const std::string& secret = "berth-secret") const {
+    std::string cmd = "AWS_ACCESS_KEY_ID=" + key + " AWS_SECRET_ACCESS_KEY=" + secret +
+                      " AWS_CONFIG_FILE=" + (dir_ / "aws-config").string() +
+                      " AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_DEFAULT_REGION=us-east-1"
+                      " AWS_PAGER= /usr/bin/aws ecs --endpoint-url " +
+                      endpoint_;
+    for (const auto& a : args) cmd += " '" + a + "'";
+    const std::string err = (dir_ / "aws.err").string();
+    cmd += " 2>" + err;
+    cli_result r;
+    std::FILE* p = ::popen(cmd.c_str(), "r");
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    r.status = WEXITSTATUS(::pclose(p));
+    r.err = read_all(err);
+    r.body = json::parse(r.out, nullptr, false);
+    return r;
+  }
+
+  // A raw request on the Unix socket: status and body.
+  // With `declared`, the Content-Length sent instead of the body's (the body is not sent).
+  std::pair<int, json> raw(const std::string& action, const std::string& body,
+                           const std::string& target_header = "",
+                           std::optional<std::size_t> declared = std::nullopt) const {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", socket().c_str());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd);
+      return {-1, json()};
+    }
+    const std::string target =
+        target_header.empty() ? "AmazonEC2ContainerServiceV20141113." + action : target_header;
+    const std::string req = "POST / HTTP/1.1\r\nHost: berth\r\nX-Amz-Target: " + target +
+                            "\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: " +
+                            std::to_string(declared.value_or(body.size())) +
+                            "\r\nConnection: close\r\n\r\n" + (declared ? "" : body);
+    std::size_t sent = 0;
+    while (sent < req.size()) {
+      const ssize_t w = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+      if (w <= 0) break;
+      sent += static_cast<std::size_t>(w);
+    }
+    std::string got;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) got.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    int status = 0;
+    std::sscanf(got.c_str(), "HTTP/1.1 %d", &status);
+    const auto b = got.find("\r\n\r\n");
+    return {status, json::parse(b == std::string::npos ? "" : got.substr(b + 4), nullptr, false)};
+  }
+
+  // Registers a one-container task definition; returns its ARN.
+  std::string register_td(const std::string& family, const json& container,
+                          const json& extra = json::object()) const {
+    json td = {{"family", family}, {"containerDefinitions", json::array({container})}};
+    for (const auto& [k, v] : extra.items()) td[k] = v;
+    const fs::path f = dir_ / (family + ".json");
+    std::ofstream(f) << td.dump();
+    auto r = aws({"register-task-definition", "--cli-input-json", "file://" + f.string()});
+    EXPECT_EQ(r.status, 0) << r.err;
+    return r.body["taskDefinition"].value("taskDefinitionArn", std::string());
+  }
+
+  json describe_task(const std::string& arn) const {
+    auto r = aws({"describe-tasks", "--cluster", cluster_, "--tasks", arn});
+    if (r.status != 0 || r.body["tasks"].empty()) return json();
+    return r.body["tasks"][0];
+  }
+
+  bool wait_status(const std::string& arn, const std::string& status,
+                   std::chrono::milliseconds within = 30s) const {
+    return eventually([&] { return describe_task(arn).value("lastStatus", "") == status; }, within);
+  }
+
+ private:
+  std::string cluster_;
+  fs::path dir_;
+  std::string endpoint_;
+  pid_t pid_ = -1;
+};
+
+json container(const std::string& name, std::vector<std::string> command, int memory = 32) {
+  return {{"name", name}, {"image", image},    {"memory", memory},
+          {"cpu", 64},    {"essential", true}, {"command", command}};
+}
+
+class AgentTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto e = dk::testing::daemon();
+    ASSERT_TRUE(e) << e.error().message;
+    ASSERT_TRUE(dk::testing::ensure_test_image(**e));
+  }
+  void SetUp() override {
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::string cluster = std::to_string(::getpid());
+    cluster.insert(0, 1, 't');
+    cluster += '-';
+    cluster += name.substr(0, 40);
+    a_ = std::make_unique<agent>(cluster);
+    ASSERT_TRUE(a_->start()) << a_->log();
+  }
+  void TearDown() override { a_.reset(); }
+
+  agent& a() { return *a_; }
+  std::unique_ptr<agent> a_;
+};
+
+TEST_F(AgentTest, ClustersCreateListDescribeDelete) {
+  auto own = a().aws({"describe-clusters", "--clusters", a().cluster()});
+  ASSERT_EQ(own.status, 0) << own.err;
+  EXPECT_EQ(own.body["clusters"][0]["status"], "ACTIVE");
+  EXPECT_EQ(own.body["clusters"][0]["registeredContainerInstancesCount"], 1);
+
+  auto made =
+      a().aws({"create-cluster", "--cluster-name", "extra", "--tags", "key=team,value=core"});
+  ASSERT_EQ(made.status, 0) << made.err;
+  EXPECT_EQ(made.body["cluster"]["clusterArn"], "arn:aws:ecs:us-east-1:000000000000:cluster/extra");
+  auto list = a().aws({"list-clusters"});
+  ASSERT_EQ(list.status, 0);
+  EXPECT_EQ(list.body["clusterArns"].size(), 2u);
+
+  auto some = a().aws({"describe-clusters", "--clusters", "extra", "nope"});
+  ASSERT_EQ(some.status, 0);
+  EXPECT_EQ(some.body["clusters"].size(), 1u);
+  EXPECT_EQ(some.body["failures"][0]["reason"], "MISSING");
+
+  auto gone = a().aws({"delete-cluster", "--cluster", "extra"});
+  ASSERT_EQ(gone.status, 0) << gone.err;
+  EXPECT_EQ(gone.body["cluster"]["status"], "INACTIVE");
+  EXPECT_EQ(a().aws({"list-clusters"}).body["clusterArns"].size(), 1u);
+
+  auto busy = a().aws({"delete-cluster", "--cluster", a().cluster()});
+  EXPECT_NE(busy.status, 0);
+  EXPECT_NE(busy.err.find("ClusterContainsContainerInstancesException"), std::string::npos)
+      << busy.err;
+  auto missing = a().aws({"list-tasks", "--cluster", "no-such-cluster"});
+  EXPECT_NE(missing.status, 0);
+  EXPECT_NE(missing.err.find("ClusterNotFoundException"), std::string::npos) << missing.err;
+}
+
+TEST_F(AgentTest, ContainerInstanceIsRegisteredWithResourcesAndAttributes) {
+  auto list = a().aws({"list-container-instances", "--cluster", a().cluster()});
+  ASSERT_EQ(list.status, 0) << list.err;
+  ASSERT_EQ(list.body["containerInstanceArns"].size(), 1u);
+  const std::string ci = list.body["containerInstanceArns"][0];
+  auto d = a().aws(
+      {"describe-container-instances", "--cluster", a().cluster(), "--container-instances", ci});
+  ASSERT_EQ(d.status, 0) << d.err;
+  const json inst = d.body["containerInstances"][0];
+  auto res = dk::instance_resources();
+  ASSERT_TRUE(res);
+  EXPECT_EQ(inst["registeredResources"][0]["name"], "CPU");
+  EXPECT_EQ(inst["registeredResources"][0]["integerValue"], res->cpus * 1024);
+  EXPECT_EQ(inst["registeredResources"][1]["integerValue"], res->memory_bytes >> 20);
+  const auto ports = inst["registeredResources"][2]["stringSetValue"];
+  EXPECT_NE(std::find(ports.begin(), ports.end(), "22"), ports.end());
+  EXPECT_NE(std::find(ports.begin(), ports.end(), "51678"), ports.end());
+  std::map<std::string, std::string> attrs;
+  for (const auto& x : inst["attributes"]) attrs[x["name"]] = x.value("value", "");
+  EXPECT_EQ(attrs["ecs.os-type"], "linux");
+  EXPECT_EQ(attrs["ecs.instance-type"], "berth.test");
+  EXPECT_EQ(attrs["ecs.availability-zone"], "us-east-1a");
+  EXPECT_FALSE(attrs["ecs.cpu-architecture"].empty());
+  EXPECT_EQ(attrs["stack"], "test");
+  EXPECT_EQ(inst["status"], "ACTIVE");
+  EXPECT_TRUE(inst["agentConnected"].get<bool>());
+
+  // Draining: nothing more is placed on it.
+  auto drain = a().aws({"update-container-instances-state", "--cluster", a().cluster(),
+                        "--container-instances", ci, "--status", "DRAINING"});
+  ASSERT_EQ(drain.status, 0) << drain.err;
+  EXPECT_EQ(drain.body["containerInstances"][0]["status"], "DRAINING");
+  a().register_td("idle", container("idle", {"sleep", "300"}));
+  auto refused = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "idle"});
+  ASSERT_EQ(refused.status, 0) << refused.err;
+  EXPECT_TRUE(refused.body["tasks"].empty());
+  EXPECT_EQ(refused.body["failures"][0]["reason"], "INACTIVE");
+  ASSERT_EQ(a().aws({"update-container-instances-state", "--cluster", a().cluster(),
+                     "--container-instances", ci, "--status", "ACTIVE"})
+                .status,
+            0);
+}
+
+TEST_F(AgentTest, AttributesPutListDelete) {
+  const std::string ci = a().aws({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  auto put = a().aws({"put-attributes", "--cluster", a().cluster(), "--attributes",
+                      "name=disk,value=ssd,targetId=" + ci});
+  ASSERT_EQ(put.status, 0) << put.err;
+  auto listed = a().aws({"list-attributes", "--cluster", a().cluster(), "--target-type",
+                         "container-instance", "--attribute-name", "disk"});
+  ASSERT_EQ(listed.status, 0) << listed.err;
+  ASSERT_EQ(listed.body["attributes"].size(), 1u);
+  EXPECT_EQ(listed.body["attributes"][0]["value"], "ssd");
+
+  // The new attribute is placeable at once.
+  a().register_td("disk", container("c", {"sleep", "300"}));
+  auto placed =
+      a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "disk",
+               "--placement-constraints", "type=memberOf,expression=attribute:disk == ssd"});
+  ASSERT_EQ(placed.status, 0) << placed.err;
+  EXPECT_EQ(placed.body["tasks"].size(), 1u) << placed.out;
+
+  auto reserved = a().aws({"put-attributes", "--cluster", a().cluster(), "--attributes",
+                           "name=ecs.os-type,value=windows,targetId=" + ci});
+  EXPECT_NE(reserved.status, 0);
+  EXPECT_NE(reserved.err.find("InvalidParameterException"), std::string::npos) << reserved.err;
+  auto unknown = a().aws({"put-attributes", "--cluster", a().cluster(), "--attributes",
+                          "name=x,value=y,targetId=nope"});
+  EXPECT_NE(unknown.err.find("TargetNotFoundException"), std::string::npos) << unknown.err;
+
+  ASSERT_EQ(a().aws({"delete-attributes", "--cluster", a().cluster(), "--attributes",
+                     "name=disk,targetId=" + ci})
+                .status,
+            0);
+  EXPECT_TRUE(a().aws({"list-attributes", "--cluster", a().cluster(), "--target-type",
+                       "container-instance", "--attribute-name", "disk"})
+                  .body["attributes"]
+                  .empty());
+}
+
+TEST_F(AgentTest, TaskDefinitionRevisionsAndDeregistration) {
+  const std::string r1 = a().register_td("web", container("web", {"sleep", "300"}));
+  const std::string r2 = a().register_td("web", container("web", {"sleep", "301"}));
+  EXPECT_TRUE(r1.ends_with("task-definition/web:1")) << r1;
+  EXPECT_TRUE(r2.ends_with("task-definition/web:2")) << r2;
+  a().register_td("api", container("api", {"sleep", "300"}));
+
+  auto latest = a().aws({"describe-task-definition", "--task-definition", "web"});
+  ASSERT_EQ(latest.status, 0);
+  EXPECT_EQ(latest.body["taskDefinition"]["revision"], 2);
+  EXPECT_EQ(latest.body["taskDefinition"]["containerDefinitions"][0]["command"][1], "301");
+  auto families = a().aws({"list-task-definition-families"});
+  EXPECT_EQ(families.body["families"], json::array({"api", "web"}));
+  auto listed = a().aws({"list-task-definitions", "--family-prefix", "web"});
+  EXPECT_EQ(listed.body["taskDefinitionArns"].size(), 2u);
+
+  auto dereg = a().aws({"deregister-task-definition", "--task-definition", "web:1"});
+  ASSERT_EQ(dereg.status, 0) << dereg.err;
+  EXPECT_EQ(dereg.body["taskDefinition"]["status"], "INACTIVE");
+  EXPECT_EQ(a().aws({"list-task-definitions", "--family-prefix", "web"}).body["taskDefinitionArns"],
+            json::array({r2}));
+  EXPECT_EQ(a().aws({"list-task-definitions", "--status", "INACTIVE"}).body["taskDefinitionArns"],
+            json::array({r1}));
+  auto old = a().aws({"describe-task-definition", "--task-definition", "web:1"});
+  EXPECT_EQ(old.body["taskDefinition"]["status"], "INACTIVE");
+  auto run_old = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web:1"});
+  EXPECT_NE(run_old.status, 0);
+  EXPECT_NE(run_old.err.find("ClientException"), std::string::npos) << run_old.err;
+  auto unknown = a().aws({"describe-task-definition", "--task-definition", "nope"});
+  EXPECT_NE(unknown.err.find("ClientException"), std::string::npos);
+}
+
+TEST_F(AgentTest, RunTaskReachesRunningServesOnLoopbackAndStops) {
+  json c = container("web", {"sh", "-c",
+                             "mkdir /www && echo hello-task > /www/index.html && "
+                             "exec httpd -f -p 8080 -h /www"});
+  c["portMappings"] = json::array({{{"containerPort", 8080}, {"hostPort", 0}}});
+  c["stopTimeout"] = 1;
+  a().register_td("web", c);
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                      "--started-by", "agent-test", "--group", "web-group"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  ASSERT_EQ(run.body["tasks"].size(), 1u) << run.out;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  EXPECT_EQ(run.body["tasks"][0]["desiredStatus"], "RUNNING");
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  json t = a().describe_task(task);
+  EXPECT_EQ(t["startedBy"], "agent-test");
+  EXPECT_EQ(t["group"], "web-group");
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "RUNNING");
+  ASSERT_EQ(t["containers"][0]["networkBindings"].size(), 1u);
+  const json b = t["containers"][0]["networkBindings"][0];
+  EXPECT_EQ(b["bindIP"], "127.0.0.1");
+  const int port = b["hostPort"];
+  ASSERT_GT(port, 0);
+  const std::string got = [&] {
+    std::string out;
+    eventually(
+        [&] {
+          std::FILE* p =
+              ::popen(("curl -s http://127.0.0.1:" + std::to_string(port) + "/").c_str(), "r");
+          char buf[256];
+          out.clear();
+          std::size_t n;
+          while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+          ::pclose(p);
+          return out == "hello-task\n";
+        },
+        10s);
+    return out;
+  }();
+  EXPECT_EQ(got, "hello-task\n");
+
+  auto listed = a().aws({"list-tasks", "--cluster", a().cluster(), "--started-by", "agent-test"});
+  EXPECT_EQ(listed.body["taskArns"], json::array({task}));
+
+  auto stop = a().aws(
+      {"stop-task", "--cluster", a().cluster(), "--task", task, "--reason", "done testing"});
+  ASSERT_EQ(stop.status, 0) << stop.err;
+  EXPECT_EQ(stop.body["task"]["desiredStatus"], "STOPPED");
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 20s));
+  t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "UserInitiated");
+  EXPECT_EQ(t["stoppedReason"], "done testing");
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "STOPPED");
+  EXPECT_TRUE(t["containers"][0].contains("exitCode"));
+  for (const char* k : {"createdAt", "startedAt", "stoppingAt", "stoppedAt"}) {
+    EXPECT_TRUE(t.contains(k)) << k;
+  }
+  EXPECT_TRUE(a().aws({"list-tasks", "--cluster", a().cluster()}).body["taskArns"].empty());
+  EXPECT_EQ(a().aws({"list-tasks", "--cluster", a().cluster(), "--desired-status", "STOPPED"})
+                .body["taskArns"],
+            json::array({task}));
+}
+
+TEST_F(AgentTest, EssentialContainerExitStopsTheTask) {
+  a().register_td("short", container("short", {"sh", "-c", "exit 3"}));
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "short"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "STOPPED"));
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "EssentialContainerExited");
+  EXPECT_EQ(t["stoppedReason"], "Essential container in task exited");
+  EXPECT_EQ(t["containers"][0]["exitCode"], 3);
+}
+
+TEST_F(AgentTest, MissingImageStopsTheTaskWithAClearReason) {
+  json c = container("ghost", {"true"});
+  c["image"] = "berth-test/absent:never";
+  a().register_td("ghost", c);
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "ghost"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "STOPPED"));
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "TaskFailedToStart");
+  EXPECT_TRUE(t["stoppedReason"].get<std::string>().starts_with("CannotPullContainerError"))
+      << t["stoppedReason"];
+}
+
+TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
+  a().register_td("huge", container("huge", {"true"}, 64 * 1024 * 1024));
+  auto mem = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "huge"});
+  ASSERT_EQ(mem.status, 0) << mem.err;
+  EXPECT_TRUE(mem.body["tasks"].empty());
+  EXPECT_EQ(mem.body["failures"][0]["reason"], "RESOURCE:MEMORY");
+
+  a().register_td("one", container("one", {"sleep", "300"}));
+  auto attr = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "one",
+                       "--placement-constraints",
+                       "type=memberOf,expression=attribute:ecs.instance-type =~ m5.*"});
+  EXPECT_EQ(attr.body["failures"][0]["reason"], "ATTRIBUTE");
+  auto distinct = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "one",
+                           "--count", "2", "--placement-constraints", "type=distinctInstance"});
+  ASSERT_EQ(distinct.status, 0) << distinct.err;
+  EXPECT_EQ(distinct.body["tasks"].size(), 1u);
+  EXPECT_EQ(distinct.body["failures"][0]["reason"], "DISTINCT_INSTANCE");
+  auto bad = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "one",
+                      "--placement-constraints", "type=memberOf,expression=attribute:x ==("});
+  EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("position"), std::string::npos) << bad.err;
+}
+
+TEST_F(AgentTest, ListTasksPaginatesAndStartTaskTargetsAnInstance) {
+  a().register_td("idle", container("idle", {"sleep", "300"}));
+  const std::string ci = a().aws({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  std::set<std::string> started;
+  for (int i = 0; i < 3; ++i) {
+    auto s = a().aws({"start-task", "--cluster", a().cluster(), "--task-definition", "idle",
+                      "--container-instances", ci});
+    ASSERT_EQ(s.status, 0) << s.err;
+    ASSERT_EQ(s.body["tasks"].size(), 1u) << s.out;
+    EXPECT_EQ(s.body["tasks"][0]["containerInstanceArn"], ci);
+    started.insert(s.body["tasks"][0]["taskArn"].get<std::string>());
+  }
+  auto first = a().aws({"list-tasks", "--cluster", a().cluster(), "--max-items", "2"});
+  ASSERT_EQ(first.status, 0) << first.err;
+  ASSERT_EQ(first.body["taskArns"].size(), 2u);
+  ASSERT_TRUE(first.body.contains("NextToken")) << first.out;
+  auto second = a().aws({"list-tasks", "--cluster", a().cluster(), "--max-items", "2",
+                         "--starting-token", first.body["NextToken"]});
+  ASSERT_EQ(second.status, 0) << second.err;
+  ASSERT_EQ(second.body["taskArns"].size(), 1u);
+  std::set<std::string> seen;
+  for (const auto& t : first.body["taskArns"]) seen.insert(t);
+  seen.insert(second.body["taskArns"][0].get<std::string>());
+  EXPECT_EQ(seen, started);
+  auto wrong = a().aws({"start-task", "--cluster", a().cluster(), "--task-definition", "idle",
+                        "--container-instances", "not-an-instance"});
+  EXPECT_EQ(wrong.body["failures"][0]["reason"], "MISSING");
+}
+
+TEST_F(AgentTest, TagsOnClustersTaskDefinitionsAndTasks) {
+  const std::string td = a().register_td("tagged", container("t", {"sleep", "300"}));
+  const std::string cl = "arn:aws:ecs:us-east-1:000000000000:cluster/" + a().cluster();
+  for (const std::string& arn : {td, cl}) {
+    ASSERT_EQ(a().aws({"tag-resource", "--resource-arn", arn, "--tags", "key=team,value=core",
+                       "key=env,value=test"})
+                  .status,
+              0);
+    auto tags = a().aws({"list-tags-for-resource", "--resource-arn", arn});
+    EXPECT_EQ(tags.body["tags"].size(), 2u) << tags.out;
+    ASSERT_EQ(a().aws({"untag-resource", "--resource-arn", arn, "--tag-keys", "env"}).status, 0);
+    EXPECT_EQ(a().aws({"list-tags-for-resource", "--resource-arn", arn}).body["tags"],
+              json::array({{{"key", "team"}, {"value", "core"}}}));
+  }
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "tagged",
+                      "--tags", "key=owner,value=me"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  EXPECT_EQ(a().aws({"list-tags-for-resource", "--resource-arn", task}).body["tags"],
+            json::array({{{"key", "owner"}, {"value", "me"}}}));
+  auto missing = a().aws({"list-tags-for-resource", "--resource-arn",
+                          "arn:aws:ecs:us-east-1:000000000000:task/" + a().cluster() + "/nope"});
+  EXPECT_NE(missing.err.find("ResourceNotFoundException"), std::string::npos) << missing.err;
+}
+
+TEST_F(AgentTest, BadInputGetsEcsErrorsAndChangesNothing) {
+  a().register_td("keep", container("keep", {"sleep", "300"}));
+  const auto families = [&] { return a().aws({"list-task-definition-families"}).body; };
+  const json before = families();
+  const auto expect_error = [&](const std::pair<int, json>& r, const std::string& type,
+                                const std::string& says) {
+    EXPECT_EQ(r.first, 400) << r.second.dump();
+    EXPECT_EQ(r.second.value("__type", ""), type) << r.second.dump();
+    EXPECT_NE(r.second.value("message", "").find(says), std::string::npos) << r.second.dump();
+  };
+  expect_error(a().raw("RegisterTaskDefinition", "{not json"), "SerializationException", "JSON");
+  expect_error(a().raw("RegisterTaskDefinition", "[1,2]"), "SerializationException", "object");
+  expect_error(a().raw("RegisterTaskDefinition", R"({"family": 7})"), "SerializationException",
+               "family");
+  expect_error(a().raw("RegisterTaskDefinition", R"({"containerDefinitions": []})"),
+               "InvalidParameterException", "family");
+  expect_error(a().raw("RegisterTaskDefinition",
+                       R"({"family": "bad", "containerDefinitions": [{"name": "x"}]})"),
+               "InvalidParameterException", "image");
+  expect_error(
+      a().raw("RegisterTaskDefinition",
+              R"({"family": "bad", "containerDefinitions": [{"name": "x", "image": "i"}]})"),
+      "ClientException", "memory");
+  expect_error(
+      a().raw("RunTask", R"({"cluster": ")" + a().cluster() + R"(", "taskDefinition": "nope"})"),
+      "ClientException", "task definition");
+  expect_error(a().raw("RunTask", R"({"cluster": "nope", "taskDefinition": "keep"})"),
+               "ClusterNotFoundException", "Cluster not found");
+  expect_error(a().raw("RunTask", R"({"cluster": ")" + a().cluster() +
+                                      R"(", "taskDefinition": "keep", "count": 11})"),
+               "InvalidParameterException", "count");
+  expect_error(a().raw("RunTask", R"({"cluster": ")" + a().cluster() +
+                                      R"(", "taskDefinition": "keep", "count": "2"})"),
+               "SerializationException", "count");
+  expect_error(a().raw("Frobnicate", "{}"), "UnknownOperationException", "Frobnicate");
+  expect_error(a().raw("ListClusters", "{}", "SomethingElse.ListClusters"),
+               "UnknownOperationException", "X-Amz-Target");
+  // Refused from its Content-Length, before any of it is read.
+  expect_error(a().raw("RegisterTaskDefinition", "", "", std::size_t{2} << 20), "ClientException",
+               "exceeds");
+  expect_error(
+      a().raw("ListTasks", R"({"cluster": ")" + a().cluster() + R"(", "nextToken": "garbage"})"),
+      "InvalidParameterException", "nextToken");
+  EXPECT_EQ(families(), before);
+  EXPECT_TRUE(a().running()) << "berthd survived every bad request";
+}
+
+TEST_F(AgentTest, SignaturesAreChecked) {
+  auto wrong_secret = a().aws({"list-clusters"}, "AKIDBERTHTEST", "not-the-secret");
+  EXPECT_NE(wrong_secret.status, 0);
+  EXPECT_NE(wrong_secret.err.find("InvalidSignatureException"), std::string::npos)
+      << wrong_secret.err;
+  auto unknown = a().aws({"list-clusters"}, "AKIDUNKNOWN", "whatever");
+  EXPECT_NE(unknown.err.find("UnrecognizedClientException"), std::string::npos) << unknown.err;
+  auto other = a().aws({"list-clusters"}, "AKIDOTHER", "other-secret");
+  EXPECT_EQ(other.status, 0) << other.err;
+
+  // A correctly signed request from 20 minutes ago: stale.
+  namespace ag = berth::agent;
+  const auto then = std::chrono::system_clock::now() - 20min;
+  const std::time_t tt = std::chrono::system_clock::to_time_t(then);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y%m%dT%H%M%SZ", &tm);
+  const std::string body = "{}", amz_date = date, day = amz_date.substr(0, 8);
+  const std::string host = a().endpoint().substr(7);
+  const std::string canonical = "POST\n/\n\ncontent-type:application/x-amz-json-1.1\nhost:" + host +
+                                "\nx-amz-date:" + amz_date +
+                                "\nx-amz-target:AmazonEC2ContainerServiceV20141113.ListClusters\n\n"
+                                "content-type;host;x-amz-date;x-amz-target\n" +
+                                ag::sha256_hex(body);
+  const std::string scope = day + "/us-east-1/ecs/aws4_request";
+  std::string k = ag::hmac_sha256("AWS4berth-secret", day);
+  for (const char* part : {"us-east-1", "ecs", "aws4_request"}) k = ag::hmac_sha256(k, part);
+  const std::string sig = ag::to_hex(ag::hmac_sha256(
+      k, "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + ag::sha256_hex(canonical)));
+  const std::string cmd =
+      "curl -s -X POST " + a().endpoint() + "/ -H 'Content-Type: application/x-amz-json-1.1' " +
+      "-H 'X-Amz-Date: " + amz_date +
+      "' -H 'X-Amz-Target: "
+      "AmazonEC2ContainerServiceV20141113.ListClusters' -H 'Authorization: AWS4-HMAC-SHA256 "
+      "Credential=AKIDBERTHTEST/" +
+      scope + ", SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=" + sig +
+      "' -d '{}'";
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[1024];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  EXPECT_NE(out.find("InvalidSignatureException"), std::string::npos) << out;
+  EXPECT_NE(out.find("Signature expired"), std::string::npos) << out;
+}
+
+TEST_F(AgentTest, KillNineThenRestartLosesNothingAndStartsNothingTwice) {
+  a().register_td("long", container("long", {"sleep", "300"}));
+  json quick = container("quick", {"sh", "-c", "sleep 2; exit 5"});
+  a().register_td("quick", quick);
+  auto r1 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "long"});
+  auto r2 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "quick"});
+  ASSERT_EQ(r1.status, 0);
+  ASSERT_EQ(r2.status, 0);
+  const std::string long_task = r1.body["tasks"][0]["taskArn"];
+  const std::string quick_task = r2.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(long_task, "RUNNING"));
+  ASSERT_TRUE(a().wait_status(quick_task, "RUNNING"));
+  const std::string runtime = a().describe_task(long_task)["containers"][0]["runtimeId"];
+
+  a().stop(SIGKILL);
+  // While berthd is down, the quick task's container exits.
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  dk::list_filter f;
+  f.labels = {{"com.berth.task-arn", quick_task}};
+  auto quick_containers = (*e)->list_containers(f);
+  ASSERT_TRUE(quick_containers);
+  ASSERT_EQ(quick_containers->size(), 1u);
+  ASSERT_TRUE((*e)->wait_container(quick_containers->front().id, 30s));
+
+  ASSERT_TRUE(a().start()) << a().log();
+  json t = a().describe_task(long_task);
+  EXPECT_EQ(t["lastStatus"], "RUNNING");
+  EXPECT_EQ(t["containers"][0]["runtimeId"], runtime) << "the same container, not a new one";
+  ASSERT_TRUE(a().wait_status(quick_task, "STOPPED", 15s)) << a().describe_task(quick_task).dump(2);
+  t = a().describe_task(quick_task);
+  EXPECT_EQ(t["containers"][0]["exitCode"], 5);
+  EXPECT_EQ(t["stopCode"], "EssentialContainerExited");
+  dk::list_filter all;
+  all.labels = {{"com.berth.cluster", a().cluster()}};
+  auto containers = (*e)->list_containers(all);
+  ASSERT_TRUE(containers);
+  EXPECT_EQ(containers->size(), 2u) << "one container per task: none started twice";
+  // Capacity is right after recovery: the long task's memory is still taken.
+  const std::string ci = a().aws({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  const json inst = a().aws({"describe-container-instances", "--cluster", a().cluster(),
+                             "--container-instances", ci})
+                        .body["containerInstances"][0];
+  EXPECT_EQ(inst["registeredResources"][1]["integerValue"].get<std::int64_t>() -
+                inst["remainingResources"][1]["integerValue"].get<std::int64_t>(),
+            32);
+}
+
+TEST_F(AgentTest, SigtermLeavesTasksRunning) {
+  a().register_td("long", container("long", {"sleep", "300"}));
+  auto r = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "long"});
+  const std::string task = r.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING"));
+  const std::string runtime = a().describe_task(task)["containers"][0]["runtimeId"];
+  a().stop(SIGTERM);
+  EXPECT_NE(a().log().find("stopped; tasks keep running"), std::string::npos) << a().log();
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  auto info = (*e)->inspect_container(runtime);
+  ASSERT_TRUE(info);
+  EXPECT_TRUE(info->running);
+  ASSERT_TRUE(a().start());
+  EXPECT_EQ(a().describe_task(task)["lastStatus"], "RUNNING");
+}
+
+}  // namespace
