@@ -1269,10 +1269,11 @@ class service_impl final : public service {
     BERTH_TRY(cluster, find_cluster(req));
     reader r{req};
     BERTH_TRY(ref, r.required_str("taskDefinition"));
-    BERTH_TRY(td, find_task_definition(ref, true));
+    // The request's own values first, then what they refer to.
     BERTH_TRY(count_opt, r.integer("count"));
     const std::int64_t count = count_opt.value_or(1);
     if (count < 1 || count > 10) return tl::unexpected(invalid("count must be between 1 and 10"));
+    BERTH_TRY(td, find_task_definition(ref, true));
     BERTH_TRY(group_opt, r.str("group"));
     BERTH_TRY(started_by, r.str("startedBy"));
     if (started_by && started_by->size() > 128)
@@ -1734,7 +1735,33 @@ class service_impl final : public service {
                     std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout).count()))));
       }
     }
-    for (const auto& [id, grace] : ids) (void)docker_->stop_container(id, grace);
+    // SIGTERM, then SIGKILL after the grace period: waited for here (die events mark the
+    // containers STOPPED), so that shutting berthd down interrupts the wait instead of sitting
+    // in a blocking `docker stop`. A stop cut short resumes when berthd starts again.
+    const auto all_stopped = [&] {
+      for (const auto& c : tasks_[task_arn]["containers"]) {
+        if (c.contains("runtimeId") && c["lastStatus"] != "STOPPED") return false;
+      }
+      return true;
+    };
+    // Containers that exited unseen (berthd was down) are marked so first.
+    reconcile(task_arn);
+    std::chrono::seconds grace{0};
+    for (const auto& [id, g] : ids) {
+      (void)docker_->kill_container(id, "SIGTERM");
+      grace = std::max(grace, g);
+    }
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, grace, [&] { return stopping_ || all_stopped(); });
+      if (stopping_) return;
+    }
+    for (const auto& [id, g] : ids) (void)docker_->kill_container(id, "SIGKILL");
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
+      if (stopping_) return;
+    }
     // Exit codes, for the containers whose die event has not come yet.
     std::map<std::string, dk::container_info> infos;
     for (const auto& [id, grace] : ids) {

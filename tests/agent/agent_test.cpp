@@ -727,3 +727,27 @@ TEST_F(AgentTest, SigtermLeavesTasksRunning) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(AgentTest, StopCutShortBySigtermResumesAfterRestart) {
+  // sleep as PID 1 ignores SIGTERM: the stop waits out its 8 s grace, then kills.
+  json c = container("stubborn", {"sleep", "300"});
+  c["stopTimeout"] = 8;
+  a().register_td("stubborn", c);
+  auto r = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "stubborn"});
+  const std::string task = r.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING"));
+  ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
+  ASSERT_TRUE(a().wait_status(task, "DEPROVISIONING", 5s));
+  const auto t0 = std::chrono::steady_clock::now();
+  a().stop(SIGTERM);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s) << "shutdown waited for the stop";
+  ASSERT_TRUE(a().start()) << a().log();
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 30s)) << a().describe_task(task).dump(2);
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "UserInitiated");
+  EXPECT_EQ(t["containers"][0]["exitCode"], 137);
+}
+
+}  // namespace
