@@ -20,6 +20,7 @@
 
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
+#include "imds.hpp"
 
 namespace berth::agent {
 
@@ -328,6 +329,16 @@ class service_impl final : public service {
     }
     instance_arn_ = arn("container-instance/" + cfg_.cluster + "/" + instance_id_);
     ec2_id_ = "i-" + instance_id_.substr(0, 17);
+    // EC2's metadata, only when asked for: it overrides the configured type and zone.
+    std::string ami = "ami-berth";
+    if (!cfg_.imds_endpoint.empty()) {
+      auto md = read_imds(cfg_.imds_endpoint);
+      if (!md) return tl::unexpected(md.error());
+      ec2_id_ = md->instance_id;
+      cfg_.instance_type = md->instance_type;
+      cfg_.availability_zone = md->availability_zone;
+      ami = md->ami_id;
+    }
     const std::uint64_t mib = res->memory_bytes >> 20;
     registered_cpu_ = res->cpus * 1024;
     registered_mib_ = static_cast<std::uint32_t>(
@@ -361,7 +372,7 @@ class service_impl final : public service {
     attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
     attrs["ecs.availability-zone"] = cfg_.availability_zone;
     attrs["ecs.instance-type"] = cfg_.instance_type;
-    attrs["ecs.ami-id"] = "ami-berth";
+    attrs["ecs.ami-id"] = ami;
     for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
     ci["attributes"] = json::array();
     for (const auto& [k, v] : attrs) ci["attributes"].push_back({{"name", k}, {"value", v}});
@@ -1443,7 +1454,12 @@ class service_impl final : public service {
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     workers_.push_back({std::thread([fn = std::move(fn), done] {
-                          fn();
+                          // A bug in one task's handling must not take berthd down.
+                          try {
+                            fn();
+                          } catch (const std::exception& e) {
+                            spdlog::error("task worker failed: {}", e.what());
+                          }
                           done->store(true, std::memory_order_release);
                         }),
                         done});
@@ -1470,7 +1486,8 @@ class service_impl final : public service {
     for (const auto& e : o.value("environment", json::array()))
       env[e["name"]] = e.value("value", std::string());
     for (const auto& [k, v] : env) s.env.push_back(k + "=" + v);
-    for (const auto& [k, v] : c.value("dockerLabels", json::object()).items()) {
+    const json labels = c.value("dockerLabels", json::object());  // items() must not outlive it
+    for (const auto& [k, v] : labels.items()) {
       if (v.is_string()) s.labels[k] = v.get<std::string>();
     }
     s.labels[label_cluster] = cfg_.cluster;
@@ -1771,8 +1788,15 @@ class service_impl final : public service {
     json& t = tasks_[task_arn];
     for (auto& c : t["containers"]) {
       const std::string id = c.value("runtimeId", std::string());
-      if (infos.contains(id) && !c.contains("exitCode") && !infos[id].running) {
-        c["exitCode"] = infos[id].exit_code;
+      if (!infos.contains(id) || infos[id].running) continue;
+      if (!c.contains("exitCode")) c["exitCode"] = infos[id].exit_code;
+      // Docker's oom event can be missed when the kill comes before it watches the cgroup;
+      // its record of the kill is the other witness.
+      if (infos[id].oom_killed && !c.contains("reason")) {
+        c["reason"] = "OutOfMemoryError: Container killed due to memory usage";
+        if (t.value("stopCode", "") == "EssentialContainerExited") {
+          t["stoppedReason"] = c["reason"];
+        }
       }
     }
     finish(t, t.value("stopCode", code), t.value("stoppedReason", why));

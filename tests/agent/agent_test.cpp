@@ -2,8 +2,10 @@
 // (/usr/bin/aws, Debian's awscli) over SigV4-signed TCP, and with raw requests on its Unix
 // socket for what the CLI would refuse to send. Every test gets its own cluster; its containers
 // carry com.berth.cluster=<cluster> and are removed by that label at the end.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -209,7 +212,7 @@ class agent {
 
   json describe_task(const std::string& arn) const {
     auto r = aws({"describe-tasks", "--cluster", cluster_, "--tasks", arn});
-    if (r.status != 0 || r.body["tasks"].empty()) return json();
+    if (r.status != 0 || !r.body.is_object() || r.body["tasks"].empty()) return json::object();
     return r.body["tasks"][0];
   }
 
@@ -748,6 +751,169 @@ TEST_F(AgentTest, StopCutShortBySigtermResumesAfterRestart) {
   const json t = a().describe_task(task);
   EXPECT_EQ(t["stopCode"], "UserInitiated");
   EXPECT_EQ(t["containers"][0]["exitCode"], 137);
+}
+
+}  // namespace
+
+namespace {
+
+// A stand-in for EC2's metadata service on 127.0.0.1 (IMDSv2: a token first).
+class fake_imds {
+ public:
+  fake_imds() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::listen(fd_, 16);
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~fake_imds() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::atomic<int> tokened{0};  // metadata requests that carried the token
+
+ private:
+  void serve() {
+    for (;;) {
+      const int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string req;
+      char buf[2048];
+      ssize_t n;
+      while (req.find("\r\n\r\n") == std::string::npos && (n = ::recv(c, buf, sizeof buf, 0)) > 0) {
+        req.append(buf, static_cast<std::size_t>(n));
+      }
+      const std::map<std::string, std::string> answers = {
+          {"PUT /latest/api/token", "tok-123"},
+          {"GET /latest/meta-data/instance-id", "i-0123456789abcdef0"},
+          {"GET /latest/meta-data/instance-type", "m5.large"},
+          {"GET /latest/meta-data/placement/availability-zone", "eu-west-1b"},
+          {"GET /latest/meta-data/ami-id", "ami-0abc"}};
+      std::string body, status = "404 Not Found";
+      for (const auto& [k, v] : answers) {
+        if (req.starts_with(k + " ")) {
+          body = v;
+          status = "200 OK";
+        }
+      }
+      if (req.find("X-aws-ec2-metadata-token: tok-123") != std::string::npos) ++tokened;
+      const std::string resp = "HTTP/1.1 " + status +
+                               "\r\nContent-Length: " + std::to_string(body.size()) +
+                               "\r\nConnection: close\r\n\r\n" + body;
+      (void)::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+      ::close(c);
+    }
+  }
+  int fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+TEST(AgentImdsTest, AttributesComeFromTheMetadataServiceWhenAsked) {
+  fake_imds imds;
+  agent a("t" + std::to_string(::getpid()) + "-imds");
+  ASSERT_TRUE(a.start({"--imds-endpoint=" + imds.url()})) << a.log();
+  const std::string ci = a.aws({"list-container-instances", "--cluster", a.cluster()})
+                             .body["containerInstanceArns"][0];
+  const json inst =
+      a.aws({"describe-container-instances", "--cluster", a.cluster(), "--container-instances", ci})
+          .body["containerInstances"][0];
+  EXPECT_EQ(inst["ec2InstanceId"], "i-0123456789abcdef0");
+  std::map<std::string, std::string> attrs;
+  for (const auto& x : inst["attributes"]) attrs[x["name"]] = x.value("value", "");
+  EXPECT_EQ(attrs["ecs.instance-type"], "m5.large");
+  EXPECT_EQ(attrs["ecs.availability-zone"], "eu-west-1b");
+  EXPECT_EQ(attrs["ecs.ami-id"], "ami-0abc");
+  EXPECT_EQ(imds.tokened.load(), 4) << "every metadata read carried the IMDSv2 token";
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
+  const fs::path shared = fs::temp_directory_path() / ("berth-vol-" + a().cluster());
+  fs::create_directories(shared);
+  std::ofstream(shared / "greeting") << "from-the-host\n";
+  json init = container("init", {"sh", "-c", "exit 0"});
+  init["essential"] = false;
+  json app = container("app", {"sh", "-c", "cat /data/greeting; echo $MODE; exec sleep 300"});
+  app["dependsOn"] = json::array({{{"containerName", "init"}, {"condition", "SUCCESS"}}});
+  app["healthCheck"] = {{"command", {"CMD-SHELL", "test -f /data/greeting"}},
+                        {"interval", 1},
+                        {"timeout", 2},
+                        {"retries", 2}};
+  app["environment"] = json::array({{{"name", "MODE"}, {"value", "berth"}}});
+  app["mountPoints"] =
+      json::array({{{"sourceVolume", "shared"}, {"containerPath", "/data"}, {"readOnly", true}}});
+  app["dockerLabels"] = {{"team", "core"}};
+  json td = {{"family", "multi"},
+             {"containerDefinitions", json::array({init, app})},
+             {"volumes",
+              json::array({{{"name", "shared"}, {"host", {{"sourcePath", shared.string()}}}}})}};
+  const fs::path f = fs::temp_directory_path() / ("berth-td-" + a().cluster() + ".json");
+  std::ofstream(f) << td.dump();
+  ASSERT_EQ(
+      a().aws({"register-task-definition", "--cli-input-json", "file://" + f.string()}).status, 0);
+  fs::remove(f);
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "multi"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  ASSERT_TRUE(eventually(
+      [&] { return a().describe_task(task).value("healthStatus", "") == "HEALTHY"; }, 20s))
+      << a().describe_task(task).dump(2);
+  const json t = a().describe_task(task);
+  std::map<std::string, json> by_name;
+  for (const auto& c : t["containers"]) by_name[c["name"]] = c;
+  EXPECT_EQ(by_name["init"]["lastStatus"], "STOPPED");
+  EXPECT_EQ(by_name["init"]["exitCode"], 0);
+  EXPECT_EQ(by_name["app"]["lastStatus"], "RUNNING");
+  EXPECT_EQ(by_name["app"]["healthStatus"], "HEALTHY");
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  const std::string id = by_name["app"]["runtimeId"];
+  auto info = (*e)->inspect_container(id);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->labels["team"], "core");
+  EXPECT_EQ(info->labels["com.berth.task-arn"], task);
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto logs = (*e)->logs(id, 10);
+        return logs && *logs == "from-the-host\nberth\n";
+      },
+      10s));
+  fs::remove_all(shared);
+}
+
+TEST_F(AgentTest, OutOfMemoryIsTheStoppedReason) {
+  a().register_td(
+      "hog",
+      container("hog", {"sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=100M count=1"}, 8));
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "hog"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "STOPPED"));
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "EssentialContainerExited");
+  EXPECT_EQ(t["containers"][0]["exitCode"], 137);
+  EXPECT_TRUE(eventually(
+      [&] {
+        return a()
+            .describe_task(task)["containers"][0]
+            .value("reason", "")
+            .starts_with("OutOfMemoryError");
+      },
+      10s))
+      << a().describe_task(task).dump(2);
 }
 
 }  // namespace

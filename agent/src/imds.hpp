@@ -1,0 +1,19 @@
+// The EC2 instance metadata service, asked only when --imds-endpoint names it (IMDSv2 token
+// first, IMDSv1 if the endpoint gives none).
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "berth/agent.hpp"
+
+namespace berth::agent {
+
+struct instance_metadata {
+  std::string instance_id, instance_type, availability_zone, ami_id;
+};
+
+result<instance_metadata> read_imds(const std::string& endpoint,
+                                    std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
+}  // namespace berth::agent
