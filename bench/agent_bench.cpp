@@ -122,6 +122,29 @@ class berthd {
   CURL* h_ = nullptr;
 };
 
+// dockerd, the test image and a berthd with one task definition of `family` (a sleeping
+// container of `memory` MiB); nullptr (the benchmark skipped) when any is missing.
+std::unique_ptr<berthd> ready(benchmark::State& state, std::unique_ptr<dk::engine>& docker,
+                              const std::string& family, int memory) {
+  auto e = dk::testing::daemon();
+  if (!e || !dk::testing::ensure_test_image(**e)) {
+    state.SkipWithError("no dockerd or test image");
+    return nullptr;
+  }
+  docker = std::move(*e);
+  auto b = std::make_unique<berthd>();
+  const json container = {{"name", "app"},
+                          {"image", dk::testing::test_image},
+                          {"memory", memory},
+                          {"command", {"sleep", "300"}}};
+  if (!b->call("RegisterTaskDefinition",
+               {{"family", family}, {"containerDefinitions", json::array({container})}})) {
+    state.SkipWithError("berthd did not answer");
+    return nullptr;
+  }
+  return b;
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -131,21 +154,10 @@ double median(std::vector<double> v) {
 // Each iteration: a task through berthd (RunTask until DescribeTasks says RUNNING), then the
 // same container created and started straight through Docker. Counters: medians in ms.
 void BM_run_task_to_running(benchmark::State& state) {
-  auto e = dk::testing::daemon();
-  if (!e || !dk::testing::ensure_test_image(**e)) {
-    state.SkipWithError("no dockerd or test image");
-    return;
-  }
-  berthd b;
-  const json container = {{"name", "app"},
-                          {"image", dk::testing::test_image},
-                          {"memory", 16},
-                          {"command", {"sleep", "300"}}};
-  if (!b.call("RegisterTaskDefinition",
-              {{"family", "bench"}, {"containerDefinitions", json::array({container})}})) {
-    state.SkipWithError("berthd did not answer");
-    return;
-  }
+  std::unique_ptr<dk::engine> e;
+  auto bp = ready(state, e, "bench", 16);
+  if (!bp) return;
+  berthd& b = *bp;
   dk::container_spec s;
   s.image = dk::testing::test_image;
   s.command = {"sleep", "300"};
@@ -169,11 +181,11 @@ void BM_run_task_to_running(benchmark::State& state) {
     }
     via_berthd.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
     const auto t1 = clock_type::now();
-    auto id = (*e)->create_container(s);
-    if (id) (void)(*e)->start_container(*id);
+    auto id = e->create_container(s);
+    if (id) (void)e->start_container(*id);
     via_docker.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t1).count());
     (void)b.call("StopTask", {{"cluster", b.cluster()}, {"task", task}});
-    if (id) (void)(*e)->remove_container(*id, {true, false});
+    if (id) (void)e->remove_container(*id, {true, false});
   }
   state.counters["berthd_ms"] = median(via_berthd);
   state.counters["docker_ms"] = median(via_docker);
@@ -187,18 +199,10 @@ BENCHMARK(BM_run_task_to_running)
 
 // berthd's resident memory, idle and with 50 tasks running.
 void BM_resident_memory(benchmark::State& state) {
-  auto e = dk::testing::daemon();
-  if (!e || !dk::testing::ensure_test_image(**e)) {
-    state.SkipWithError("no dockerd or test image");
-    return;
-  }
-  berthd b;
-  const json container = {{"name", "app"},
-                          {"image", dk::testing::test_image},
-                          {"memory", 8},
-                          {"command", {"sleep", "300"}}};
-  b.call("RegisterTaskDefinition",
-         {{"family", "idle"}, {"containerDefinitions", json::array({container})}});
+  std::unique_ptr<dk::engine> e;
+  auto bp = ready(state, e, "idle", 8);
+  if (!bp) return;
+  berthd& b = *bp;
   double idle = 0, loaded = 0;
   for (auto _ : state) {
     idle = static_cast<double>(b.rss_kib()) / 1024.0;

@@ -1252,7 +1252,13 @@ class service_impl final : public service {
   // Writes the task (under mu_) to memory and the store.
   void save(const json& t) {
     const std::string a = t["taskArn"];
-    tasks_[a] = t;
+    // Usually t is the table's own entry: assigning it to itself would (copy and swap) free
+    // what callers still hold references into.
+    if (const auto it = tasks_.find(a); it == tasks_.end()) {
+      tasks_.emplace(a, t);
+    } else if (&it->second != &t) {
+      it->second = t;
+    }
     const std::string id = name_of(a);
     if (auto w = store_->put("task",
                              task_key(t["clusterArn"].get<std::string>().substr(

@@ -38,15 +38,7 @@ using namespace std::chrono_literals;
 
 const std::string image = dk::testing::test_image;
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds within) {
-  const auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(50ms);  // polling a condition, bounded by the deadline
-  }
-  return pred();
-}
+using berth::docker::testing::eventually;
 
 std::string read_all(const fs::path& p) {
   std::ifstream in(p);

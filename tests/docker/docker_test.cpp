@@ -35,16 +35,7 @@ using namespace std::chrono_literals;
 const std::string run_label = "com.berth.test";
 const std::string run_id = "docker-test-" + std::to_string(::getpid());
 
-// Waits for `pred` until the deadline; true when it held.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds within) {
-  const auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);  // polling a condition, bounded by the deadline
-  }
-  return pred();
-}
+using berth::docker::testing::eventually;
 
 // A directory of the test's own, removed however the test ends.
 struct temp_dir {

@@ -2,7 +2,9 @@
 // without a registry from the machine's busybox-static.
 #pragma once
 
+#include <chrono>
 #include <string>
+#include <thread>
 
 #include "berth/docker.hpp"
 
@@ -21,5 +23,18 @@ result<void> write_busybox_rootfs(const std::string& tar_path);
 
 // Imports test_image into the engine's daemon unless it is there already.
 result<void> ensure_test_image(engine& e);
+
+// Polls `pred` until it holds or `within` passes; whether it held. Tests wait on conditions with
+// a deadline, never on a fixed sleep.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds within,
+                std::chrono::milliseconds every = std::chrono::milliseconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(every);
+  }
+  return pred();
+}
 
 }  // namespace berth::docker::testing
