@@ -886,10 +886,13 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
   fs::remove_all(shared);
 }
 
+// The allocation comes a second after start: an OOM kill within the first milliseconds can beat
+// Docker's watch on the cgroup, and is then seen only as exit code 137.
 TEST_F(AgentTest, OutOfMemoryIsTheStoppedReason) {
   a().register_td(
       "hog",
-      container("hog", {"sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=100M count=1"}, 8));
+      container("hog", {"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1"},
+                8));
   auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "hog"});
   ASSERT_EQ(run.status, 0) << run.err;
   const std::string task = run.body["tasks"][0]["taskArn"];

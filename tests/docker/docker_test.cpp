@@ -252,8 +252,9 @@ TEST_F(DockerTest, OomKillIsObserved) {
   auto sub = engine_->subscribe(f, log.handlers());
   ASSERT_TRUE(sub) << sub.error().message;
   ASSERT_TRUE(log.wait_resyncs(1, 10s));
-  // dd's 100 MiB buffer cannot fit in 32 MiB without swap.
-  auto s = spec({"sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=100M count=1"});
+  // dd's 100 MiB buffer cannot fit in 32 MiB without swap. It allocates a second after start:
+  // an OOM kill within the first milliseconds can beat Docker's watch on the cgroup.
+  auto s = spec({"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1"});
   s.memory_bytes = 32 << 20;
   s.memory_swap_bytes = 32 << 20;
   const std::string id = run(s);
