@@ -912,3 +912,41 @@ TEST_F(AgentTest, OutOfMemoryIsTheStoppedReason) {
 }
 
 }  // namespace
+
+namespace {
+
+// A dockerd of the test's own is restarted under berthd: the task whose container died with it
+// is reported STOPPED once berthd's event stream reconnects, and new tasks run on the new one.
+TEST(AgentDockerRestartTest, TasksAreReconciledAcrossADockerdRestart) {
+  dk::testing::private_daemon d;
+  ASSERT_TRUE(d.start()) << "the private dockerd did not come up";
+  {
+    dk::options o;
+    o.socket_path = d.socket();
+    auto e = dk::make_engine(o);
+    ASSERT_TRUE(e) << e.error().message;
+    ASSERT_TRUE(dk::testing::ensure_test_image(**e));
+  }
+  agent a("t" + std::to_string(::getpid()) + "-dockerd-restart");
+  ASSERT_TRUE(a.start({"--docker-socket=" + d.socket()})) << a.log();
+  // Exits on SIGTERM, so the daemon's shutdown does not wait out its own timeout.
+  a.register_td("calm", container("calm", {"sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"}),
+                {{"networkMode", "none"}});
+  auto run = a.aws({"run-task", "--cluster", a.cluster(), "--task-definition", "calm"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a.wait_status(task, "RUNNING")) << a.describe_task(task).dump(2);
+
+  d.stop();
+  ASSERT_TRUE(d.start()) << "the private dockerd did not come back";
+  ASSERT_TRUE(a.wait_status(task, "STOPPED", 30s)) << a.describe_task(task).dump(2);
+  EXPECT_EQ(a.describe_task(task)["stopCode"], "EssentialContainerExited");
+
+  auto again = a.aws({"run-task", "--cluster", a.cluster(), "--task-definition", "calm"});
+  ASSERT_EQ(again.status, 0) << again.err;
+  const std::string second = again.body["tasks"][0]["taskArn"];
+  EXPECT_TRUE(a.wait_status(second, "RUNNING")) << a.describe_task(second).dump(2);
+  EXPECT_TRUE(a.running());
+}
+
+}  // namespace

@@ -1,14 +1,18 @@
 #include "berth/docker_testing.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
+#include <vector>
 
 extern char** environ;
 
@@ -93,6 +97,74 @@ result<void> ensure_test_image(engine& e) {
   fs::remove(tar, ec);
   if (!id) return tl::unexpected(id.error());
   return {};
+}
+
+private_daemon::private_daemon() {
+  char tmpl[] = "/tmp/bdXXXXXX";
+  if (const char* d = ::mkdtemp(tmpl)) dir_ = d;
+  socket_ = dir_ + "/sock";
+  if (!dir_.empty()) std::ofstream(dir_ + "/daemon.json") << "{}\n";
+}
+
+private_daemon::~private_daemon() {
+  stop();
+  std::error_code ec;
+  // Overlay mounts under data-root are gone with the daemon; leave nothing behind.
+  fs::remove_all(dir_, ec);
+}
+
+bool private_daemon::start() {
+  if (dir_.empty()) return false;
+  const std::string ns = "berth-test-" + std::to_string(::getpid());
+  std::vector<std::string> args = {"unshare",
+                                   "--net",
+                                   "dockerd",
+                                   "--data-root=" + dir_ + "/data",
+                                   "--exec-root=" + dir_ + "/exec",
+                                   "--pidfile=" + dir_ + "/pid",
+                                   "--host=unix://" + socket_,
+                                   "--bridge=none",
+                                   "--iptables=false",
+                                   "--ip6tables=false",
+                                   "--config-file=" + dir_ + "/daemon.json",
+                                   "--containerd-namespace=" + ns,
+                                   "--containerd-plugins-namespace=" + ns + "-plugins"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  const std::string log = dir_ + "/log";
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = 0;
+  const int rc = posix_spawnp(&pid, "unshare", &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return false;
+  pid_ = pid;
+  return eventually(
+      [&] {
+        options o;
+        o.socket_path = socket_;
+        return make_engine(o).has_value();
+      },
+      std::chrono::seconds(60));
+}
+
+void private_daemon::stop() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (::waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // its exit, bounded
+  }
+  pid_ = -1;
 }
 
 }  // namespace berth::docker::testing

@@ -24,6 +24,26 @@ result<void> write_busybox_rootfs(const std::string& tar_path);
 // Imports test_image into the engine's daemon unless it is there already.
 result<void> ensure_test_image(engine& e);
 
+// A dockerd of the test's own, in a temp dir, in a network namespace of its own (so it cannot
+// touch the machine's docker0) with its own containerd namespaces and no /etc/docker/daemon.json.
+// It has no bridge network: its containers use network mode none or host. Stopped (SIGTERM, by
+// PID, reaped) and its directory removed on destruction.
+class private_daemon {
+ public:
+  private_daemon();
+  ~private_daemon();
+  private_daemon(const private_daemon&) = delete;
+  private_daemon& operator=(const private_daemon&) = delete;
+  const std::string& socket() const { return socket_; }
+  // Starts it and waits (up to a minute) until it answers.
+  bool start();
+  void stop();
+
+ private:
+  std::string dir_, socket_;
+  int pid_ = -1;
+};
+
 // Polls `pred` until it holds or `within` passes; whether it held. Tests wait on conditions with
 // a deadline, never on a fixed sleep.
 template <class Pred>
