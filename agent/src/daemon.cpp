@@ -93,7 +93,31 @@ class daemon_impl final : public daemon {
     return out;
   }
 
+  // The deepest nesting of JSON brackets outside strings.
+  static int nesting(const std::string& body) {
+    int depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (const char c : body) {
+      if (in_string) {
+        if (escaped) {
+          escaped = false;
+        } else if (c == '\\') {
+          escaped = true;
+        } else if (c == '"') {
+          in_string = false;
+        }
+        continue;
+      }
+      if (c == '"') in_string = true;
+      if (c == '{' || c == '[') deepest = std::max(deepest, ++depth);
+      if (c == '}' || c == ']') --depth;
+    }
+    return deepest;
+  }
+
   http_response dispatch(const http_request& r) {
+    bool read_only = false;
+    std::string who_key;
     if (r.tcp) {
       signed_request sr{r.method, r.target, r.headers, r.body};
       auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now());
@@ -101,6 +125,8 @@ class daemon_impl final : public daemon {
         spdlog::info("refused a request from {}: {}", r.peer, who.error().type);
         return error_response({who.error().type, who.error().message, 400});
       }
+      who_key = *who;
+      read_only = keys_.at(*who).read_only;
     }
     if (r.method != "POST") {
       return error_response(
@@ -114,6 +140,16 @@ class daemon_impl final : public daemon {
                              400});
     }
     const std::string action = t->second.substr(target_prefix.size());
+    if (read_only && !(action.starts_with("Describe") || action.starts_with("List"))) {
+      return error_response({"AccessDeniedException",
+                             "The key " + who_key + " may only call Describe* and List* actions",
+                             400});
+    }
+    // Nesting deeper than any ECS shape is refused before parsing: copying or printing it would
+    // recurse that deep.
+    if (nesting(r.body) > 32) {
+      return error_response({"SerializationException", "The request body nests too deeply", 400});
+    }
     json req = r.body.empty() ? json::object() : json::parse(r.body, nullptr, false);
     if (req.is_discarded()) {
       return error_response({"SerializationException", "The request body is not valid JSON", 400});

@@ -56,8 +56,9 @@ class server final : public http_server {
       if (ec) {
         return tl::unexpected(error{"cannot listen on " + opts_.socket_path + ": " + ec.message()});
       }
-      // World-connectable: who may do what is decided per peer (its uid and gid).
-      ::chmod(opts_.socket_path.c_str(), 0666);
+      // Owner and group only, until per-peer authorization (SO_PEERCRED) decides who may do
+      // what: the API can start privileged containers.
+      ::chmod(opts_.socket_path.c_str(), 0660);
       threads_.emplace_back([this] { accept_loop(*unix_); });
     }
     if (!opts_.tcp.empty()) {
@@ -123,10 +124,28 @@ class server final : public http_server {
         std::lock_guard lock(mu_);
         if (stopped_) return;
         if (ec) continue;
+        // A bounded number of connections, each a thread: past it, new ones are closed.
+        constexpr int most = 256;
+        if (live_ >= most) {
+          beast::error_code ignored;
+          sock.close(ignored);
+          continue;
+        }
         ++live_;
         connections_.insert(sock.native_handle());
       }
-      std::thread([this, s = std::move(sock)]() mutable { session(std::move(s)); }).detach();
+      // An idle connection is closed after a minute without a request.
+      timeval tv{60, 0};
+      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      const int fd = sock.native_handle();
+      try {
+        std::thread([this, s = std::move(sock)]() mutable { session(std::move(s)); }).detach();
+      } catch (const std::system_error&) {
+        // The lambda, and the socket in it, are gone already.
+        std::lock_guard lock(mu_);
+        connections_.erase(fd);
+        if (--live_ == 0) done_.notify_all();
+      }
     }
   }
 

@@ -9,6 +9,7 @@
 #include <sys/utsname.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <fstream>
 #include <list>
@@ -156,8 +157,14 @@ void add_token(json& out, std::size_t end, std::size_t total) {
 }
 
 // "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
+// Values beyond 2^24 (16 M units or MiB) or not finite are refused.
 std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
-  if (v.is_number_unsigned()) return static_cast<std::uint32_t>(v.get<std::uint64_t>());
+  constexpr double most = 1 << 24;
+  if (v.is_number_unsigned()) {
+    const std::uint64_t x = v.get<std::uint64_t>();
+    if (x > static_cast<std::uint64_t>(most)) return std::nullopt;
+    return static_cast<std::uint32_t>(x);
+  }
   if (!v.is_string()) return std::nullopt;
   std::string s = v.get<std::string>();
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -170,12 +177,112 @@ std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
   }
   std::string unit = s.substr(used);
   unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
-  if (x < 0) return std::nullopt;
+  if (!std::isfinite(x) || x < 0 || x * 1024 > most) return std::nullopt;
   if (unit.empty()) return static_cast<std::uint32_t>(x);
   if (cpu && unit == "vcpu") return static_cast<std::uint32_t>(x * 1024);
   if (!cpu && unit == "gb") return static_cast<std::uint32_t>(x * 1024);
   if (!cpu && unit == "mb") return static_cast<std::uint32_t>(x);
   return std::nullopt;
+}
+
+// ---- shapes: what the launch thread reads, checked when it is stored ----
+
+// A list of objects whose members named in `strings` are strings and in `integers` integers
+// (each optional unless listed in `required`).
+tl::expected<void, api_error> check_objects(const json& j, const std::string& what,
+                                            std::initializer_list<const char*> strings,
+                                            std::initializer_list<const char*> integers = {},
+                                            std::initializer_list<const char*> required = {},
+                                            std::initializer_list<const char*> booleans = {}) {
+  if (j.is_null()) return {};
+  if (!j.is_array()) return tl::unexpected(serialization("Expected '" + what + "' to be a list"));
+  for (const auto& e : j) {
+    if (!e.is_object()) {
+      return tl::unexpected(serialization("Expected every item of '" + what + "' to be an object"));
+    }
+    for (const char* k : required) {
+      if (!e.contains(k)) return tl::unexpected(invalid(what + " entries need '" + k + "'"));
+    }
+    for (const char* k : strings) {
+      if (e.contains(k) && !e[k].is_string()) {
+        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be a string"));
+      }
+    }
+    for (const char* k : integers) {
+      if (e.contains(k) && !e[k].is_number_integer()) {
+        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be an integer"));
+      }
+    }
+    for (const char* k : booleans) {
+      if (e.contains(k) && !e[k].is_boolean()) {
+        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be a boolean"));
+      }
+    }
+  }
+  return {};
+}
+
+tl::expected<void, api_error> check_strings(const json& j, const std::string& what) {
+  if (j.is_null()) return {};
+  if (!j.is_array() ||
+      !std::all_of(j.begin(), j.end(), [](const json& x) { return x.is_string(); })) {
+    return tl::unexpected(serialization("Expected '" + what + "' to be a list of strings"));
+  }
+  return {};
+}
+
+const json& member(const json& j, const char* k) {
+  static const json null;
+  const auto it = j.find(k);
+  return it == j.end() ? null : *it;
+}
+
+// Integer members within [0, most].
+tl::expected<void, api_error> check_range(const json& j, const std::string& what,
+                                          std::initializer_list<const char*> keys,
+                                          std::int64_t most) {
+  for (const char* k : keys) {
+    const json& v = member(j, k);
+    if (v.is_null()) continue;
+    if (!v.is_number_integer()) {
+      return tl::unexpected(serialization("Expected '" + std::string(k) + "' to be an integer"));
+    }
+    if (v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > most) {
+      return tl::unexpected(invalid(std::string(k) + " of " + what + " must be between 0 and " +
+                                    std::to_string(most)));
+    }
+  }
+  return {};
+}
+
+// RunTask's overrides: only what the model allows, typed as it says.
+tl::expected<void, api_error> check_overrides(const json& o) {
+  if (!o.is_object()) return tl::unexpected(serialization("Expected 'overrides' to be an object"));
+  for (const char* k : {"cpu", "memory"}) {
+    if (o.contains(k) && !o[k].is_string()) {
+      return tl::unexpected(
+          serialization(std::string("Expected 'overrides.") + k + "' to be a string"));
+    }
+    if (o.contains(k) && !units_of(o[k], std::string(k) == "cpu")) {
+      return tl::unexpected(invalid(std::string("overrides.") + k + " is not a valid amount"));
+    }
+  }
+  const json& list = member(o, "containerOverrides");
+  if (auto r = check_objects(list, "containerOverrides", {"name"}, {}, {"name"}); !r) return r;
+  for (const auto& c : list.is_array() ? list : json::array()) {
+    if (auto r =
+            check_range(c, "a container override", {"cpu", "memory", "memoryReservation"}, 1 << 24);
+        !r) {
+      return r;
+    }
+    if (auto r = check_strings(member(c, "command"), "containerOverrides.command"); !r) return r;
+    if (auto r = check_objects(member(c, "environment"), "containerOverrides.environment",
+                               {"name", "value"}, {}, {"name"});
+        !r) {
+      return r;
+    }
+  }
+  return {};
 }
 
 // ---- the service ----
@@ -201,6 +308,7 @@ class service_impl final : public service {
     if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
     if (auto r = register_instance(); !r) return r;
     if (auto r = recover(); !r) return r;
+    // Subscribed before any recovered task is acted on: no die event falls between the two.
     dk::event_filter f;
     f.labels = {{label_cluster, cfg_.cluster}};
     f.actions = {"start", "die", "oom", "health_status"};
@@ -213,6 +321,7 @@ class service_impl final : public service {
     auto sub = docker_->subscribe(f, std::move(h));
     if (!sub) return tl::unexpected(error{"docker events: " + sub.error().message});
     events_ = std::move(*sub);
+    resume_recovered();
     heartbeat_ = std::thread([this] { heartbeat_loop(); });
     return {};
   }
@@ -364,9 +473,12 @@ class service_impl final : public service {
                          {"agentHash", "berth"},
                          {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
     // Built-in attributes, then configured ones, then any put through the API before.
-    std::map<std::string, std::string> attrs;
+    std::map<std::string, std::optional<std::string>> attrs;
     for (const auto& a : ci["attributes"]) {
-      if (a.contains("value")) attrs[a["name"]] = a["value"];
+      if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) continue;
+      attrs[a["name"]] = a.contains("value") && a["value"].is_string()
+                             ? std::optional<std::string>(a["value"].get<std::string>())
+                             : std::nullopt;
     }
     attrs["ecs.os-type"] = "linux";
     attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
@@ -375,7 +487,11 @@ class service_impl final : public service {
     attrs["ecs.ami-id"] = ami;
     for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
     ci["attributes"] = json::array();
-    for (const auto& [k, v] : attrs) ci["attributes"].push_back({{"name", k}, {"value", v}});
+    for (const auto& [k, v] : attrs) {
+      json a = {{"name", k}};
+      if (v) a["value"] = *v;
+      ci["attributes"].push_back(a);
+    }
     if (auto r = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !r) {
       return r;
     }
@@ -422,7 +538,7 @@ class service_impl final : public service {
     }
   }
 
-  static constexpr std::uint32_t dynamic_port_count = 32768 - 49153 + 65536;  // 49153-65535
+  static constexpr std::uint32_t dynamic_port_count = 65535 - 49153 + 1;  // 49153-65535
 
   json instance_doc() {
     auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
@@ -640,6 +756,8 @@ class service_impl final : public service {
       return tl::unexpected(invalid("status must be ACTIVE or DRAINING, not '" + status + "'"));
     }
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
+    // The instance document and its ledger row change together, one writer at a time.
+    std::lock_guard instance_lock(instance_mu_);
     for (const auto& ref : refs) {
       if (c["clusterName"] != cfg_.cluster || !is_me(ref)) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
@@ -691,6 +809,7 @@ class service_impl final : public service {
   outcome change_attributes(const json& req, bool put) {
     BERTH_TRY(c, find_cluster(req));
     BERTH_TRY(attrs, attribute_list(req, put));
+    std::lock_guard instance_lock(instance_mu_);
     json ci = instance_doc();
     for (const auto& a : attrs) {
       const std::string target = a.value("targetId", std::string());
@@ -809,6 +928,9 @@ class service_impl final : public service {
     BERTH_TRY(a, r.required_str("resourceArn"));
     auto res = resource_of(a);
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
+    // Lock order: instance_mu_ before mu_, everywhere.
+    std::unique_lock instance_lock(instance_mu_, std::defer_lock);
+    if (res->first == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
     auto doc = store_->get(res->first, res->second);
     if (!doc) return tl::unexpected(server(doc.error().message));
@@ -829,6 +951,7 @@ class service_impl final : public service {
         kept.push_back(t);
         d["tags"] = kept;
       }
+      if (d["tags"].size() > 50) return tl::unexpected(invalid("a resource has at most 50 tags"));
     } else {
       BERTH_TRY(keys, r.strings("tagKeys"));
       if (keys.empty()) return tl::unexpected(invalid("tagKeys must not be empty"));
@@ -881,7 +1004,53 @@ class service_impl final : public service {
                                     "' may hold only letters, numbers, hyphens and underscores"));
     }
     BERTH_TRY(image, r.required_str("image"));
-    for (const char* k : {"cpu", "memory", "memoryReservation", "stopTimeout", "startTimeout"}) {
+    if (auto ok = check_range(c, "container '" + name + "'", {"cpu", "memory", "memoryReservation"},
+                              1 << 24);
+        !ok) {
+      return tl::unexpected(ok.error());
+    }
+    if (auto ok = check_range(c, "container '" + name + "'", {"stopTimeout", "startTimeout"}, 3600);
+        !ok) {
+      return tl::unexpected(ok.error());
+    }
+    for (const char* k : {"workingDirectory", "user", "hostname"}) {
+      BERTH_TRY(v, r.str(k));
+      (void)v;
+    }
+    const auto shape = [](tl::expected<void, api_error> ok) { return ok; };
+    for (const auto& ok :
+         {shape(check_objects(member(c, "environment"), "environment", {"name", "value"}, {},
+                              {"name"})),
+          shape(check_objects(member(c, "mountPoints"), "mountPoints",
+                              {"sourceVolume", "containerPath"}, {},
+                              {"sourceVolume", "containerPath"}, {"readOnly"})),
+          shape(check_objects(member(c, "ulimits"), "ulimits", {"name"}, {"softLimit", "hardLimit"},
+                              {"name", "softLimit", "hardLimit"})),
+          shape(check_objects(member(c, "dependsOn"), "dependsOn", {"containerName", "condition"},
+                              {}, {"containerName", "condition"}))}) {
+      if (!ok) return tl::unexpected(ok.error());
+    }
+    if (const json& labels = member(c, "dockerLabels"); !labels.is_null()) {
+      if (!labels.is_object() ||
+          !std::all_of(labels.begin(), labels.end(), [](const json& v) { return v.is_string(); })) {
+        return tl::unexpected(serialization("Expected 'dockerLabels' to map strings to strings"));
+      }
+    }
+    if (const json& h = member(c, "healthCheck"); !h.is_null()) {
+      if (!h.is_object())
+        return tl::unexpected(serialization("Expected 'healthCheck' to be an object"));
+      if (auto ok = check_strings(member(h, "command"), "healthCheck.command"); !ok) {
+        return tl::unexpected(ok.error());
+      }
+      if (member(h, "command").empty())
+        return tl::unexpected(invalid("healthCheck needs a command"));
+      if (auto ok = check_range(h, "healthCheck", {"interval", "timeout", "retries", "startPeriod"},
+                                3600);
+          !ok) {
+        return tl::unexpected(ok.error());
+      }
+    }
+    for (const char* k : {"cpu"}) {
       BERTH_TRY(v, r.integer(k));
       if (v && *v < 0)
         return tl::unexpected(
@@ -940,6 +1109,26 @@ class service_impl final : public service {
       }
     }
     return {};
+  }
+
+  // Containers in an order where each comes after those it depends on; shorter than the list
+  // when dependsOn has a cycle.
+  static std::vector<const json*> start_order(const json& containers) {
+    std::vector<const json*> out;
+    std::set<std::string> placed;
+    for (std::size_t round = 0; round < containers.size(); ++round) {
+      for (const auto& c : containers) {
+        if (placed.contains(c["name"])) continue;
+        bool ready = true;
+        for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
+          ready &= placed.contains(d["containerName"]);
+        }
+        if (!ready) continue;
+        placed.insert(c["name"]);
+        out.push_back(&c);
+      }
+    }
+    return out;
   }
 
   outcome register_task_definition(const json& req) {
@@ -1001,9 +1190,50 @@ class service_impl final : public service {
         }
       }
     }
+    // dependsOn: no cycles, and HEALTHY only on a container with a health check.
+    {
+      std::map<std::string, const json*> by_name;
+      for (const auto& c : *containers) by_name[c["name"]] = &c;
+      for (const auto& c : *containers) {
+        for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
+          if (d["condition"] == "HEALTHY" &&
+              !by_name[d["containerName"]]->contains("healthCheck")) {
+            return tl::unexpected(client("dependsOn condition HEALTHY needs a healthCheck on '" +
+                                         d["containerName"].get<std::string>() + "'"));
+          }
+        }
+      }
+      if (start_order(*containers).size() != containers->size()) {
+        return tl::unexpected(client("dependsOn has a cycle"));
+      }
+    }
     BERTH_TRY(volumes, r.list("volumes"));
+    if (volumes != nullptr) {
+      if (auto ok = check_objects(*volumes, "volumes", {"name"}, {}, {"name"}); !ok) {
+        return tl::unexpected(ok.error());
+      }
+      for (const auto& v : *volumes) {
+        const json& host = member(v, "host");
+        if (!host.is_null() && (!host.is_object() ||
+                                (host.contains("sourcePath") && !host["sourcePath"].is_string()))) {
+          return tl::unexpected(serialization("Expected 'volumes.host.sourcePath' to be a string"));
+        }
+      }
+    }
     BERTH_TRY(tags, tags_of(req));
     BERTH_TRY(constraints, r.list("placementConstraints"));
+    if (constraints != nullptr) {
+      if (auto ok = check_objects(*constraints, "placementConstraints", {"type", "expression"}, {},
+                                  {"type"});
+          !ok) {
+        return tl::unexpected(ok.error());
+      }
+      std::vector<pl::constraint> cons;
+      for (const auto& c : *constraints) cons.push_back({c["type"], c.value("expression", "")});
+      if (auto q = pl::compile({{}, "", cons, {}}); !q) {
+        return tl::unexpected(invalid(q.error().message));
+      }
+    }
     auto rev = store_->next("taskdef:" + family);
     if (!rev) return tl::unexpected(server(rev.error().message));
     json td = {{"taskDefinitionArn", arn("task-definition/" + family + ":" + std::to_string(*rev))},
@@ -1200,6 +1430,8 @@ class service_impl final : public service {
     if (overrides.contains("memory")) mib = units_of(overrides["memory"], false).value_or(mib);
     n.req.cpu = cpu;
     n.req.mib = mib;
+    std::sort(n.ports.begin(), n.ports.end());
+    n.ports.erase(std::unique(n.ports.begin(), n.ports.end()), n.ports.end());
     n.req.static_ports = n.ports;
     return n;
   }
@@ -1214,6 +1446,9 @@ class service_impl final : public service {
       for (const auto& c : list) {
         if (!c.is_object() || !c.contains("type") || !c["type"].is_string()) {
           return tl::unexpected(invalid("every placement constraint needs a 'type'"));
+        }
+        if (c.contains("expression") && !c["expression"].is_string()) {
+          return tl::unexpected(serialization("Expected 'expression' to be a string"));
         }
         cons.push_back({c["type"], c.value("expression", std::string())});
       }
@@ -1234,6 +1469,9 @@ class service_impl final : public service {
       for (const auto& s : req["placementStrategy"]) {
         if (!s.is_object() || !s.contains("type") || !s["type"].is_string()) {
           return tl::unexpected(invalid("every placement strategy needs a 'type'"));
+        }
+        if (s.contains("field") && !s["field"].is_string()) {
+          return tl::unexpected(serialization("Expected 'field' to be a string"));
         }
         strat.push_back({s["type"], s.value("field", std::string())});
       }
@@ -1270,6 +1508,16 @@ class service_impl final : public service {
     }
   }
 
+  // The instance's attribute words when the task was placed: what task_groups counted it under.
+  static std::array<std::uint64_t, ipc::attribute_words> placed_attributes(const json& t) {
+    std::array<std::uint64_t, ipc::attribute_words> a{};
+    const json& words = t["_berth"].value("attributes", json::array());
+    for (std::size_t w = 0; w < a.size() && w < words.size(); ++w) {
+      if (words[w].is_number_unsigned()) a[w] = words[w].get<std::uint64_t>();
+    }
+    return a;
+  }
+
   std::array<std::uint64_t, ipc::attribute_words> my_attributes() const {
     std::array<std::uint64_t, ipc::attribute_words> a{};
     const ipc::columns c = ledger_.view();
@@ -1297,8 +1545,19 @@ class service_impl final : public service {
       return tl::unexpected(invalid("startedBy is at most 128 characters"));
     BERTH_TRY(tags, tags_of(req));
     const json overrides = req.value("overrides", json::object());
-    if (!overrides.is_object())
-      return tl::unexpected(serialization("Expected 'overrides' to be an object"));
+    if (auto ok = check_overrides(overrides); !ok) return tl::unexpected(ok.error());
+    for (const auto& co : member(overrides, "containerOverrides").is_array()
+                              ? overrides["containerOverrides"]
+                              : json::array()) {
+      bool known = false;
+      for (const auto& c : td["containerDefinitions"]) known |= c["name"] == co["name"];
+      if (!known) {
+        return tl::unexpected(
+            invalid("containerOverrides names no container of the task "
+                    "definition: '" +
+                    co["name"].get<std::string>() + "'"));
+      }
+    }
     const std::string group = group_opt.value_or("family:" + td["family"].get<std::string>());
     const bool mine = cluster["clusterName"] == cfg_.cluster;
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
@@ -1328,6 +1587,8 @@ class service_impl final : public service {
     pl::place_options o;
     o.count = static_cast<std::uint32_t>(explicit_instances ? 1 : count);
     o.seed = now_ns();
+    o.now_ns = now_ns();
+    o.heartbeat_timeout_ns = 10'000'000'000;  // an agent silent for 10 s is not placed on
     std::vector<std::uint32_t> slots;
     if (explicit_instances) {
       // The custom scheduler chose: reserve there or fail, no placement.
@@ -1345,8 +1606,26 @@ class service_impl final : public service {
     } else {
       auto placed = placer_.place(*q, need.req, groups_, o);
       if (!placed) return tl::unexpected(invalid(placed.error().message));
-      slots = placed->slots;
-      if (slots.size() < static_cast<std::size_t>(count)) {
+      // Only this agent runs containers: a slot of another instance in the shared ledger (a
+      // peer, or one whose agent is gone) is given back and reported.
+      for (const std::uint32_t slot : placed->slots) {
+        if (slot == slot_) {
+          slots.push_back(slot);
+          continue;
+        }
+        const ipc::columns cols = ledger_.view();
+        std::array<std::uint64_t, ipc::attribute_words> attrs{};
+        for (std::uint32_t w = 0; w < ipc::attribute_words; ++w)
+          attrs[w] = cols.attributes[w][slot];
+        (void)ledger_.release(
+            slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
+                              need.req.static_ports});
+        groups_.remove(group, slot, attrs);
+        out["failures"].push_back(
+            {{"arn", arn("container-instance/" + cfg_.cluster + "/slot-" + std::to_string(slot))},
+             {"reason", "AGENT"}});
+      }
+      if (placed->slots.size() < static_cast<std::size_t>(count)) {
         // Why the first task that did not fit was refused; this agent's instance is the only
         // one in its ledger, so every count is its.
         for (std::size_t why = 0; why < pl::reason_count; ++why) {
@@ -1438,6 +1717,7 @@ class service_impl final : public service {
                      {"dynamic", need.req.dynamic_ports},
                      {"ports", need.ports}}},
                    {"taskDefinition", td},
+                   {"attributes", my_attributes()},
                    {"docker", json::object()},
                    {"events", json::array()}};
     return t;
@@ -1572,13 +1852,26 @@ class service_impl final : public service {
     const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
                           n["dynamic"].get<std::uint32_t>()},
                          ports};
-    (void)ledger_.release(slot_, dm);
-    groups_.remove(t["group"].get<std::string>(), slot_, my_attributes());
+    if (auto r = ledger_.release(slot_, dm); !r) {
+      spdlog::error("task {}: ledger release failed: {}", t["taskArn"].get<std::string>(),
+                    ipc::describe(r.error()));
+    }
+    groups_.remove(t["group"].get<std::string>(), slot_, placed_attributes(t));
     save(t);
     spdlog::info("task {} STOPPED ({}: {})", t["taskArn"].get<std::string>(), code, reason);
   }
 
+  // A failure anywhere in a launch stops the task and gives its resources back.
   void start_containers(const std::string& task_arn) {
+    try {
+      launch_containers(task_arn);
+    } catch (const std::exception& e) {
+      spdlog::error("task {}: launch failed: {}", task_arn, e.what());
+      fail_task(task_arn, "", "TaskFailedToStart", std::string("Internal error: ") + e.what());
+    }
+  }
+
+  void launch_containers(const std::string& task_arn) {
     json t, td;
     {
       std::lock_guard lock(mu_);
@@ -1590,10 +1883,16 @@ class service_impl final : public service {
       t["pullStartedAt"] = now_seconds();
       save(t);
     }
-    for (const auto& c : td["containerDefinitions"]) {
+    for (const json* cp : start_order(td["containerDefinitions"])) {
+      const json& c = *cp;
       const std::string name = c["name"];
       // dependsOn: wait for each condition, bounded by the container's startTimeout.
       if (auto ok = wait_dependencies(task_arn, c); !ok) {
+        {
+          // Shutting down: the launch resumes when berthd starts again.
+          std::lock_guard lock(mu_);
+          if (stopping_) return;
+        }
         stop_task_containers(
             task_arn, "TaskFailedToStart",
             *ok.error().message.c_str() ? ok.error().message : "dependency failed");
@@ -1633,6 +1932,30 @@ class service_impl final : public service {
           if (cc["name"] == name) cc["runtimeId"] = docker_id;
         }
         save(tt);
+      } else if (auto known = docker_->inspect_container(docker_id);
+                 known && known->status != "created") {
+        // Recorded before a restart and already past created: never started twice. One that
+        // ran and exited is reported as its die event would have been.
+        if (!known->running) {
+          dk::event e;
+          e.id = docker_id;
+          e.action = "die";
+          e.attributes[label_container] = name;
+          e.attributes[label_task] = task_arn;
+          e.attributes["exitCode"] = std::to_string(known->exit_code);
+          on_docker_event(e);
+        }
+        continue;
+      }
+      bool stopped = false;
+      {
+        std::lock_guard lock(mu_);
+        stopped = tasks_[task_arn]["desiredStatus"] == "STOPPED";
+      }
+      if (stopped) {
+        // Stopped while the container was being made: it is not started, and goes.
+        (void)docker_->remove_container(docker_id, {true, false});
+        return;
       }
       if (auto st = docker_->start_container(docker_id); !st) {
         fail_task(task_arn, name, "TaskFailedToStart",
@@ -1671,7 +1994,7 @@ class service_impl final : public service {
     }
     std::lock_guard lock(mu_);
     json& tt = tasks_[task_arn];
-    if (tt["lastStatus"] == "PENDING") {
+    if (tt["lastStatus"] == "PENDING" && tt["desiredStatus"] == "RUNNING") {
       tt["lastStatus"] = "RUNNING";
       tt["startedAt"] = now_seconds();
       tt["pullStoppedAt"] = tt["startedAt"];
@@ -1896,7 +2219,7 @@ class service_impl final : public service {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] == "RUNNING") active.push_back(a);
+        if (t["lastStatus"] != "STOPPED" && !t["_berth"]["docker"].empty()) active.push_back(a);
       }
     }
     for (const auto& a : active) reconcile(a);
@@ -1911,6 +2234,8 @@ class service_impl final : public service {
     for (const auto& [name, id] : docker.items()) {
       auto info = docker_->inspect_container(id.get<std::string>());
       if (info && info->running) continue;
+      // Only a container Docker says is gone or has exited is dead: a slow answer is not.
+      if (!info && info.error().code != dk::errc::not_found) continue;
       dk::event e;
       e.id = id;
       e.action = "die";
@@ -1935,11 +2260,14 @@ class service_impl final : public service {
     if (!all) return tl::unexpected(all.error());
     std::uint32_t cpu = 0, mib = 0, dyn = 0;
     std::vector<std::uint16_t> ports(cfg_.reserved_ports.begin(), cfg_.reserved_ports.end());
-    std::vector<std::string> resume, check;
     {
       std::lock_guard lock(mu_);
       for (const auto& [k, v] : *all) {
-        json t = json::parse(v);
+        json t = json::parse(v, nullptr, false);
+        if (!t.is_object() || !t.contains("taskArn") || !t.contains("_berth")) {
+          spdlog::error("store: task document {} is unreadable; skipped", k);
+          continue;
+        }
         const std::string a = t["taskArn"];
         tasks_[a] = t;
         for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
@@ -1949,11 +2277,11 @@ class service_impl final : public service {
         mib += n["mib"].get<std::uint32_t>();
         dyn += n["dynamic"].get<std::uint32_t>();
         for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
-        groups_.add(t["group"].get<std::string>(), slot_, my_attributes());
+        groups_.add(t["group"].get<std::string>(), slot_, placed_attributes(t));
         if (t["lastStatus"] == "RUNNING" || t["desiredStatus"] == "STOPPED") {
-          check.push_back(a);
+          recovered_check_.push_back(a);
         } else {
-          resume.push_back(a);
+          recovered_resume_.push_back(a);
         }
       }
       // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
@@ -1962,12 +2290,25 @@ class service_impl final : public service {
                                      dynamic_port_count > dyn ? dynamic_port_count - dyn : 0});
       std::sort(ports.begin(), ports.end());
       ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
-      if (!ports.empty()) (void)ledger_.reserve(slot_, ipc::demand{{0, 0, 0, 0}, ports});
-      spdlog::info("recovered {} tasks ({} to resume, {} to check)", tasks_.size(), resume.size(),
-                   check.size());
-      for (const auto& a : resume) spawn([this, a] { start_containers(a); });
+      // One port at a time: a port that cannot be claimed must not cost the others.
+      for (const std::uint16_t p : ports) {
+        const std::uint16_t one[] = {p};
+        if (auto r = ledger_.reserve(slot_, ipc::demand{{0, 0, 0, 0}, one}); !r) {
+          spdlog::warn("ledger: port {} not claimed: {}", p, ipc::describe(r.error()));
+        }
+      }
+      spdlog::info("recovered {} tasks ({} to resume, {} to check)", tasks_.size(),
+                   recovered_resume_.size(), recovered_check_.size());
     }
-    for (const auto& a : check) {
+    return {};
+  }
+
+  void resume_recovered() {
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& a : recovered_resume_) spawn([this, a] { start_containers(a); });
+    }
+    for (const auto& a : recovered_check_) {
       std::string desired;
       {
         std::lock_guard lock(mu_);
@@ -1980,7 +2321,8 @@ class service_impl final : public service {
         reconcile(a);
       }
     }
-    return {};
+    recovered_check_.clear();
+    recovered_resume_.clear();
   }
 
   // ---- tasks: the other actions ----
@@ -2094,11 +2436,13 @@ class service_impl final : public service {
   std::uint32_t running_tasks_ = 0;
   std::string instance_id_, instance_arn_, ec2_id_;
   std::mutex mu_;
+  std::mutex instance_mu_;  // the instance document and its ledger row; taken before mu_
   std::condition_variable cv_;
   bool stopping_ = false;
   std::map<std::string, json> tasks_;  // by task ARN
   std::map<std::string, std::string> container_to_task_;
   std::list<worker> workers_;
+  std::vector<std::string> recovered_resume_, recovered_check_;  // between recover() and start
   std::unique_ptr<dk::subscription> events_;
   std::thread heartbeat_;
 };

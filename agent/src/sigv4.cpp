@@ -255,6 +255,25 @@ tl::expected<std::string, auth_failure> verify_sigv4(const signed_request& r, co
     }
     canonical += name + ":" + canonical_value(it->second) + "\n";
   }
+  // The headers that make a request what it is must be among those signed.
+  for (const char* must : {"host", "x-amz-date"}) {
+    const std::string& signed_list = fields["SignedHeaders"];
+    bool found = false;
+    std::stringstream names(signed_list);
+    std::string n;
+    while (std::getline(names, n, ';')) found |= n == must;
+    if (!found) {
+      return tl::unexpected(auth_failure{
+          "InvalidSignatureException", std::string("The '") + must +
+                                           "' header must be signed (SignedHeaders=" + signed_list +
+                                           ")"});
+    }
+  }
+  if (r.headers.contains("x-amz-target") &&
+      (";" + fields["SignedHeaders"] + ";").find(";x-amz-target;") == std::string::npos) {
+    return tl::unexpected(
+        auth_failure{"InvalidSignatureException", "The 'x-amz-target' header must be signed"});
+  }
   canonical += "\n" + fields["SignedHeaders"] + "\n";
   const std::string payload = header("x-amz-content-sha256");
   canonical += payload.empty() || payload == "UNSIGNED-PAYLOAD" ? sha256_hex(r.body) : payload;

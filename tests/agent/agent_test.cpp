@@ -60,7 +60,9 @@ class agent {
     fs::create_directories(dir_);
     std::ofstream(dir_ / "credentials")
         << "[default]\naws_access_key_id = AKIDBERTHTEST\naws_secret_access_key = berth-secret\n"
-           "[other]\naws_access_key_id = AKIDOTHER\naws_secret_access_key = other-secret\n";
+           "[other]\naws_access_key_id = AKIDOTHER\naws_secret_access_key = other-secret\n"
+           "[reader]\naws_access_key_id = AKIDREADER\naws_secret_access_key = reader-secret\n"
+           "berth_access = read-only\n";
     std::ofstream(dir_ / "aws-config") << "[default]\nregion = us-east-1\noutput = json\n";
   }
   ~agent() {
@@ -483,7 +485,7 @@ TEST_F(AgentTest, MissingImageStopsTheTaskWithAClearReason) {
 }
 
 TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
-  a().register_td("huge", container("huge", {"true"}, 64 * 1024 * 1024));
+  a().register_td("huge", container("huge", {"true"}, 8 * 1024 * 1024));  // 8 TiB
   auto mem = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "huge"});
   ASSERT_EQ(mem.status, 0) << mem.err;
   EXPECT_TRUE(mem.body["tasks"].empty());
@@ -595,6 +597,36 @@ TEST_F(AgentTest, BadInputGetsEcsErrorsAndChangesNothing) {
                                       R"(", "taskDefinition": "keep", "count": "2"})"),
                "SerializationException", "count");
   expect_error(a().raw("Frobnicate", "{}"), "UnknownOperationException", "Frobnicate");
+  expect_error(a().raw("ListClusters", std::string(100, '[') + std::string(100, ']')),
+               "SerializationException", "deeply");
+  // What the launch thread would read is checked before anything is stored or started.
+  expect_error(
+      a().raw(
+          "RunTask",
+          R"({"cluster": ")" + a().cluster() +
+              R"(", "taskDefinition": "keep", "overrides": {"containerOverrides": [{"name": "keep", "environment": [{"value": "x"}]}]}})"),
+      "InvalidParameterException", "name");
+  expect_error(
+      a().raw(
+          "RunTask",
+          R"({"cluster": ")" + a().cluster() +
+              R"(", "taskDefinition": "keep", "overrides": {"containerOverrides": [{"name": "nope"}]}})"),
+      "InvalidParameterException", "nope");
+  expect_error(
+      a().raw(
+          "RegisterTaskDefinition",
+          R"({"family": "bad", "containerDefinitions": [{"name": "x", "image": "i", "memory": 8, "healthCheck": {"command": ["CMD", "true"], "interval": "5"}}]})"),
+      "SerializationException", "interval");
+  expect_error(
+      a().raw(
+          "RegisterTaskDefinition",
+          R"({"family": "bad", "containerDefinitions": [{"name": "x", "image": "i", "memory": 8, "dependsOn": [{"containerName": "x", "condition": "START"}]}]})"),
+      "ClientException", "cycle");
+  expect_error(
+      a().raw(
+          "RegisterTaskDefinition",
+          R"({"family": "bad", "containerDefinitions": [{"name": "x", "image": "i", "memory": 8}], "placementConstraints": ["x"]})"),
+      "SerializationException", "placementConstraints");
   expect_error(a().raw("ListClusters", "{}", "SomethingElse.ListClusters"),
                "UnknownOperationException", "X-Amz-Target");
   // Refused from its Content-Length, before any of it is read.
@@ -616,6 +648,11 @@ TEST_F(AgentTest, SignaturesAreChecked) {
   EXPECT_NE(unknown.err.find("UnrecognizedClientException"), std::string::npos) << unknown.err;
   auto other = a().aws({"list-clusters"}, "AKIDOTHER", "other-secret");
   EXPECT_EQ(other.status, 0) << other.err;
+  // A read-only key reads, and is refused anything else.
+  EXPECT_EQ(a().aws({"describe-clusters"}, "AKIDREADER", "reader-secret").status, 0);
+  auto denied =
+      a().aws({"create-cluster", "--cluster-name", "nope"}, "AKIDREADER", "reader-secret");
+  EXPECT_NE(denied.err.find("AccessDeniedException"), std::string::npos) << denied.err;
 
   // A correctly signed request from 20 minutes ago: stale.
   namespace ag = berth::agent;
