@@ -871,6 +871,12 @@ namespace {
 TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
   const fs::path shared = fs::temp_directory_path() / ("berth-vol-" + a().cluster());
   fs::create_directories(shared);
+  // Removed however the test ends.
+  const std::unique_ptr<const fs::path, void (*)(const fs::path*)> cleanup(&shared,
+                                                                           [](const fs::path* p) {
+                                                                             std::error_code ec;
+                                                                             fs::remove_all(*p, ec);
+                                                                           });
   std::ofstream(shared / "greeting") << "from-the-host\n";
   json init = container("init", {"sh", "-c", "exit 0"});
   init["essential"] = false;
@@ -920,7 +926,6 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
         return logs && *logs == "from-the-host\nberth\n";
       },
       10s));
-  fs::remove_all(shared);
 }
 
 // The allocation comes a second after start: an OOM kill within the first milliseconds can beat
