@@ -70,11 +70,7 @@ class berthd {
     ::waitpid(pid_, &st, 0);
     curl_easy_cleanup(h_);
     if (auto e = dk::testing::daemon()) {
-      dk::list_filter f;
-      f.labels = {{"com.berth.cluster", cluster_}};
-      if (auto list = (*e)->list_containers(f)) {
-        for (const auto& c : *list) (void)(*e)->remove_container(c.id, {true, true});
-      }
+      dk::testing::remove_labelled(**e, {{"com.berth.cluster", cluster_}});
     }
     (void)berth::ipc::ledger::remove(cluster_);
     std::error_code ec;

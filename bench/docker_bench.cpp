@@ -47,13 +47,7 @@ std::string id_from(const std::string& body) {
   return body.substr(at + 6, body.find('"', at + 6) - at - 6);
 }
 
-void cleanup(dk::engine& e) {
-  dk::list_filter f;
-  f.labels = {{label, run_id}};
-  if (auto list = e.list_containers(f)) {
-    for (const auto& c : *list) (void)e.remove_container(c.id, {true, false});
-  }
-}
+void cleanup(dk::engine& e) { dk::testing::remove_labelled(e, {{label, run_id}}); }
 
 std::string run_curl(const std::string& args) {
   const std::string cmd = "curl -s --unix-socket /var/run/docker.sock " + args;

@@ -547,7 +547,6 @@ class service_impl final : public service {
 
   // DescribeContainerInstances' view: registered and remaining resources from the ledger.
   json describe_instance(json ci) {
-    auto row = ledger_.read(slot_);
     std::uint32_t free_cpu = registered_cpu_, free_mib = registered_mib_;
     const ipc::columns cols = ledger_.view();
     if (slot_ < cols.count) {
@@ -580,18 +579,21 @@ class service_impl final : public service {
                                  resource("MEMORY", registered_mib_), port_resource(ports)};
     ci["remainingResources"] = {resource("CPU", free_cpu), resource("MEMORY", free_mib),
                                 port_resource(used_ports)};
-    {
-      std::lock_guard lock(mu_);
-      std::int64_t running = 0, pending = 0;
-      for (const auto& [arn, t] : tasks_) {
-        if (t["lastStatus"] == "RUNNING") ++running;
-        if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
-      }
-      ci["runningTasksCount"] = running;
-      ci["pendingTasksCount"] = pending;
-    }
-    (void)row;
+    const auto [running, pending] = count_tasks();
+    ci["runningTasksCount"] = running;
+    ci["pendingTasksCount"] = pending;
     return ci;
+  }
+
+  // This agent's tasks RUNNING, and PENDING or PROVISIONING.
+  std::pair<std::int64_t, std::int64_t> count_tasks() {
+    std::lock_guard lock(mu_);
+    std::int64_t running = 0, pending = 0;
+    for (const auto& [arn, t] : tasks_) {
+      if (t["lastStatus"] == "RUNNING") ++running;
+      if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
+    }
+    return {running, pending};
   }
 
   // ---- clusters ----
@@ -630,11 +632,7 @@ class service_impl final : public service {
     std::int64_t running = 0, pending = 0, instances = 0;
     if (name == cfg_.cluster) {
       instances = 1;
-      std::lock_guard lock(mu_);
-      for (const auto& [arn, t] : tasks_) {
-        if (t["lastStatus"] == "RUNNING") ++running;
-        if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
-      }
+      std::tie(running, pending) = count_tasks();
     }
     c["registeredContainerInstancesCount"] = instances;
     c["runningTasksCount"] = running;
@@ -776,7 +774,7 @@ class service_impl final : public service {
   }
 
   // Attributes on container instances (the only target type ECS has).
-  tl::expected<std::vector<json>, api_error> attribute_list(const json& req, bool need_value) {
+  tl::expected<std::vector<json>, api_error> attribute_list(const json& req) {
     BERTH_TRY(list, reader{req}.list("attributes"));
     if (list == nullptr || list->empty())
       return tl::unexpected(invalid("attributes must not be empty"));
@@ -800,7 +798,6 @@ class service_impl final : public service {
       if (a.contains("targetType") && a["targetType"] != "container-instance") {
         return tl::unexpected(invalid("targetType must be container-instance"));
       }
-      (void)need_value;
       out.push_back(a);
     }
     return out;
@@ -808,7 +805,7 @@ class service_impl final : public service {
 
   outcome change_attributes(const json& req, bool put) {
     BERTH_TRY(c, find_cluster(req));
-    BERTH_TRY(attrs, attribute_list(req, put));
+    BERTH_TRY(attrs, attribute_list(req));
     std::lock_guard instance_lock(instance_mu_);
     json ci = instance_doc();
     for (const auto& a : attrs) {
@@ -1518,11 +1515,12 @@ class service_impl final : public service {
     return a;
   }
 
-  std::array<std::uint64_t, ipc::attribute_words> my_attributes() const {
+  // A slot's attribute words as the ledger has them now.
+  std::array<std::uint64_t, ipc::attribute_words> attributes_of(std::uint32_t slot) const {
     std::array<std::uint64_t, ipc::attribute_words> a{};
     const ipc::columns c = ledger_.view();
-    if (slot_ < c.count) {
-      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) a[w] = c.attributes[w][slot_];
+    if (slot < c.count) {
+      for (std::uint32_t w = 0; w < ipc::attribute_words; ++w) a[w] = c.attributes[w][slot];
     }
     return a;
   }
@@ -1600,7 +1598,7 @@ class service_impl final : public service {
               {{"arn", instance_arn_}, {"reason", reserve_reason(rv.error())}});
           break;
         }
-        groups_.add(group, slot_, my_attributes());
+        groups_.add(group, slot_, attributes_of(slot_));
         slots.push_back(slot_);
       }
     } else {
@@ -1613,14 +1611,10 @@ class service_impl final : public service {
           slots.push_back(slot);
           continue;
         }
-        const ipc::columns cols = ledger_.view();
-        std::array<std::uint64_t, ipc::attribute_words> attrs{};
-        for (std::uint32_t w = 0; w < ipc::attribute_words; ++w)
-          attrs[w] = cols.attributes[w][slot];
         (void)ledger_.release(
             slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
                               need.req.static_ports});
-        groups_.remove(group, slot, attrs);
+        groups_.remove(group, slot, attributes_of(slot));
         out["failures"].push_back(
             {{"arn", arn("container-instance/" + cfg_.cluster + "/slot-" + std::to_string(slot))},
              {"reason", "AGENT"}});
@@ -1717,7 +1711,7 @@ class service_impl final : public service {
                      {"dynamic", need.req.dynamic_ports},
                      {"ports", need.ports}}},
                    {"taskDefinition", td},
-                   {"attributes", my_attributes()},
+                   {"attributes", attributes_of(slot_)},
                    {"docker", json::object()},
                    {"events", json::array()}};
     return t;
@@ -1936,15 +1930,7 @@ class service_impl final : public service {
                  known && known->status != "created") {
         // Recorded before a restart and already past created: never started twice. One that
         // ran and exited is reported as its die event would have been.
-        if (!known->running) {
-          dk::event e;
-          e.id = docker_id;
-          e.action = "die";
-          e.attributes[label_container] = name;
-          e.attributes[label_task] = task_arn;
-          e.attributes["exitCode"] = std::to_string(known->exit_code);
-          on_docker_event(e);
-        }
+        if (!known->running) report_exit(task_arn, name, docker_id, &*known);
         continue;
       }
       bool stopped = false;
@@ -2213,6 +2199,26 @@ class service_impl final : public service {
     }
   }
 
+  // A container that exited (or vanished: no info) while no event said so, reported as its
+  // oom and die events would have been.
+  void report_exit(const std::string& task_arn, const std::string& name, const std::string& id,
+                   const dk::container_info* info) {
+    dk::event e;
+    e.id = id;
+    e.action = "die";
+    e.attributes[label_container] = name;
+    e.attributes[label_task] = task_arn;
+    if (info != nullptr) {
+      e.attributes["exitCode"] = std::to_string(info->exit_code);
+      if (info->oom_killed) {
+        dk::event oom = e;
+        oom.action = "oom";
+        on_docker_event(oom);
+      }
+    }
+    on_docker_event(e);
+  }
+
   // After Docker's event stream (re)connects: what was missed is read from Docker itself.
   void reconcile_all() {
     std::vector<std::string> active;
@@ -2236,20 +2242,7 @@ class service_impl final : public service {
       if (info && info->running) continue;
       // Only a container Docker says is gone or has exited is dead: a slow answer is not.
       if (!info && info.error().code != dk::errc::not_found) continue;
-      dk::event e;
-      e.id = id;
-      e.action = "die";
-      e.attributes[label_container] = name;
-      e.attributes[label_task] = task_arn;
-      if (info) {
-        e.attributes["exitCode"] = std::to_string(info->exit_code);
-        if (info->oom_killed) {
-          dk::event oom = e;
-          oom.action = "oom";
-          on_docker_event(oom);
-        }
-      }
-      on_docker_event(e);
+      report_exit(task_arn, name, id, info ? &*info : nullptr);
     }
   }
 

@@ -32,10 +32,6 @@ error transfer_error(CURLcode c, const char* errbuf, const std::string& socket) 
   return {errc::unavailable, "Docker at " + socket + " is unavailable: " + detail};
 }
 
-struct slist_deleter {
-  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
-};
-
 }  // namespace
 
 transport::transport(const options& o) : opts_(o) {
@@ -61,21 +57,28 @@ void transport::release(curl_handle h) {
   if (idle_.size() < kept) idle_.push_back(std::move(h));
 }
 
-result<void> transport::prepare(CURL* h, const request& r, curl_slist*& headers, std::FILE*& upload,
-                                char* errbuf) {
+result<std::unique_ptr<transport::prepared>> transport::prepare(const request& r) {
+  auto p = std::make_unique<prepared>();
+  p->handle = acquire();
+  if (!p->handle) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
+  CURL* h = p->handle.get();
+  curl_slist* headers = nullptr;
   const std::string url = "http://docker" + r.target;
   curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, opts_.socket_path.c_str());
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, p->errbuf);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.connect_timeout.count()));
   const auto timeout = r.timeout.count() > 0 ? r.timeout : opts_.timeout;
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
   // libcurl copies string options: the temporary may go.
   curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, std::string(r.method).c_str());
+  // Owned from the first entry on; later appends extend the same list and keep its head.
   headers = curl_slist_append(headers, "Expect:");
+  p->headers.reset(headers);
   if (r.upload_path != nullptr) {
-    upload = std::fopen(r.upload_path->c_str(), "rb");
+    p->upload.reset(std::fopen(r.upload_path->c_str(), "rb"));
+    std::FILE* upload = p->upload.get();
     if (upload == nullptr) {
       return tl::unexpected(
           error{errc::bad_request, "cannot open " + *r.upload_path + ": " + std::strerror(errno)});
@@ -100,27 +103,20 @@ result<void> transport::prepare(CURL* h, const request& r, curl_slist*& headers,
     }
   }
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-  return {};
+  return p;
 }
 
 result<response> transport::send(const request& r) {
-  curl_handle h = acquire();
-  if (!h) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
-  char errbuf[CURL_ERROR_SIZE] = {};
-  curl_slist* headers = nullptr;
-  std::FILE* upload = nullptr;
-  auto ready = prepare(h.get(), r, headers, upload, errbuf);
-  const std::unique_ptr<curl_slist, slist_deleter> own_headers(headers);
-  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> own_upload(
-      upload, [](std::FILE* f) { return f != nullptr ? std::fclose(f) : 0; });
-  if (!ready) return tl::unexpected(ready.error());
+  auto p = prepare(r);
+  if (!p) return tl::unexpected(p.error());
+  CURL* h = (*p)->handle.get();
   response out;
-  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &out.body);
-  const CURLcode c = curl_easy_perform(h.get());
-  if (c != CURLE_OK) return tl::unexpected(transfer_error(c, errbuf, opts_.socket_path));
-  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &out.status);
-  release(std::move(h));
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out.body);
+  const CURLcode c = curl_easy_perform(h);
+  if (c != CURLE_OK) return tl::unexpected(transfer_error(c, (*p)->errbuf, opts_.socket_path));
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out.status);
+  release(std::move((*p)->handle));
   return out;
 }
 
@@ -128,15 +124,9 @@ result<long> transport::stream(const request& r,
                                const std::function<bool(std::string_view)>& on_data,
                                const std::function<void(long)>& on_open,
                                const std::atomic<bool>& stop, std::chrono::milliseconds poll) {
-  curl_handle h = acquire();
-  if (!h) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
-  char errbuf[CURL_ERROR_SIZE] = {};
-  curl_slist* headers = nullptr;
-  std::FILE* upload = nullptr;
-  auto ready = prepare(h.get(), r, headers, upload, errbuf);
-  const std::unique_ptr<curl_slist, slist_deleter> own_headers(headers);
-  if (upload != nullptr) std::fclose(upload);
-  if (!ready) return tl::unexpected(ready.error());
+  auto p = prepare(r);
+  if (!p) return tl::unexpected(p.error());
+  curl_handle& h = (*p)->handle;
   // A stream has no overall deadline; `stop` ends it.
   curl_easy_setopt(h.get(), CURLOPT_TIMEOUT_MS, 0L);
   struct sink {
@@ -193,7 +183,7 @@ result<long> transport::stream(const request& r,
     return status;
   }
   if (result_code != CURLE_OK) {
-    return tl::unexpected(transfer_error(result_code, errbuf, opts_.socket_path));
+    return tl::unexpected(transfer_error(result_code, (*p)->errbuf, opts_.socket_path));
   }
   long status = 0;
   curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);

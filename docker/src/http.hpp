@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -58,10 +59,24 @@ class transport {
   const options& opts() const noexcept { return opts_; }
 
  private:
+  struct slist_deleter {
+    void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+  };
+  struct file_closer {
+    void operator()(std::FILE* f) const noexcept { std::fclose(f); }
+  };
+  // A handle set up for one request, with what it points to for as long as the transfer runs.
+  struct prepared {
+    curl_handle handle;
+    std::unique_ptr<curl_slist, slist_deleter> headers;
+    std::unique_ptr<std::FILE, file_closer> upload;
+    char errbuf[CURL_ERROR_SIZE] = {};
+  };
+
   curl_handle acquire();
   void release(curl_handle h);
-  result<void> prepare(CURL* h, const request& r, curl_slist*& headers, std::FILE*& upload,
-                       char* errbuf);
+  // A pooled handle with the request's URL, method, deadline, headers and body set.
+  result<std::unique_ptr<prepared>> prepare(const request& r);
 
   options opts_;
   std::mutex mu_;

@@ -69,11 +69,7 @@ class agent {
     stop(SIGTERM);
     // This test's containers, then its ledger and its files.
     if (auto e = dk::testing::daemon()) {
-      dk::list_filter f;
-      f.labels = {{"com.berth.cluster", cluster_}};
-      if (auto list = (*e)->list_containers(f)) {
-        for (const auto& c : *list) (void)(*e)->remove_container(c.id, {true, true});
-      }
+      dk::testing::remove_labelled(**e, {{"com.berth.cluster", cluster_}});
     }
     (void)berth::ipc::ledger::remove(cluster_);
     std::error_code ec;

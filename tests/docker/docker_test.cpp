@@ -106,12 +106,7 @@ class DockerTest : public ::testing::Test {
 
   // Every container this run labelled goes, whatever the test's outcome.
   void TearDown() override {
-    if (!engine_) return;
-    dk::list_filter f;
-    f.labels = {{run_label, run_id}};
-    if (auto list = engine_->list_containers(f)) {
-      for (const auto& c : *list) (void)engine_->remove_container(c.id, {true, true});
-    }
+    if (engine_) dk::testing::remove_labelled(*engine_, {{run_label, run_id}});
   }
 
   dk::container_spec spec(std::vector<std::string> command) const {
@@ -542,13 +537,7 @@ TEST(DockerRestartTest, EventStreamSurvivesADaemonRestart) {
   // Whatever happens below, this run's containers go (before the daemon does).
   struct sweep {
     dk::engine& e;
-    ~sweep() {
-      dk::list_filter lf;
-      lf.labels = {{run_label, run_id}};
-      if (auto list = e.list_containers(lf)) {
-        for (const auto& c : *list) (void)e.remove_container(c.id, {true, true});
-      }
-    }
+    ~sweep() { dk::testing::remove_labelled(e, {{run_label, run_id}}); }
   } cleanup{**e};
   ASSERT_TRUE(dk::testing::ensure_test_image(**e));
 

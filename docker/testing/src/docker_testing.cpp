@@ -85,6 +85,14 @@ result<void> write_busybox_rootfs(const std::string& tar_path) {
   return {};
 }
 
+void remove_labelled(engine& e, const std::map<std::string, std::string>& labels) {
+  list_filter f;
+  f.labels = labels;
+  if (auto list = e.list_containers(f)) {
+    for (const auto& c : *list) (void)e.remove_container(c.id, {true, true});
+  }
+}
+
 result<void> ensure_test_image(engine& e) {
   if (e.inspect_image(test_image)) return {};
   const std::string tar =

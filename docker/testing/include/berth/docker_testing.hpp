@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <thread>
 
@@ -20,6 +21,10 @@ result<std::unique_ptr<engine>> daemon(const std::string& socket = "/var/run/doc
 
 // Writes a root-filesystem tarball of busybox (with its applets linked) to `tar_path`.
 result<void> write_busybox_rootfs(const std::string& tar_path);
+
+// Removes (forced, with their anonymous volumes) every container carrying all of `labels`:
+// how tests and benchmarks clean up what they started, pass or fail.
+void remove_labelled(engine& e, const std::map<std::string, std::string>& labels);
 
 // Imports test_image into the engine's daemon unless it is there already.
 result<void> ensure_test_image(engine& e);
