@@ -59,6 +59,8 @@ class Boto3Test(unittest.TestCase):
              f"--credentials={creds}", "--host-ip=127.0.0.1", "--config=/dev/null",
              "--stop-timeout=1s"],
             stdout=cls.log, stderr=subprocess.STDOUT)
+        # Registered at once: it runs even when setUpClass fails below (tearDownClass would not).
+        cls.addClassCleanup(cls.cleanup)
         endpoint = []
 
         def served():
@@ -73,7 +75,7 @@ class Boto3Test(unittest.TestCase):
                                aws_access_key_id="AKIDBOTO", aws_secret_access_key="boto-secret")
 
     @classmethod
-    def tearDownClass(cls):
+    def cleanup(cls):
         cls.proc.send_signal(signal.SIGTERM)
         cls.proc.wait(timeout=30)
         cls.log.close()
