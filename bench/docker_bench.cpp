@@ -205,6 +205,47 @@ BENCHMARK_CAPTURE(BM_docker_inspect, client, true)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
+// What reading one running container's memory and CPU use costs: from its cgroup (what berthd
+// does) against Docker's one-shot stats (the alternative). Per read, wall time.
+void BM_docker_usage(benchmark::State& state, bool cgroup) {
+  auto e = engine_or_skip(state);
+  if (!e) return;
+  dk::container_spec s;
+  s.image = dk::testing::test_image;
+  s.command = {"sleep", "300"};
+  s.labels = {{label, run_id}};
+  s.network_mode = "none";
+  auto id = e->create_container(s);
+  if (!id || !e->start_container(*id)) {
+    state.SkipWithError("create or start failed");
+    cleanup(*e);
+    return;
+  }
+  const auto info = e->inspect_container(*id);
+  const int pid = info ? info->pid : 0;
+  for (auto _ : state) {
+    if (cgroup) {
+      auto u = dk::read_usage(pid);
+      if (!u || !u->memory_bytes) state.SkipWithError("no cgroup usage");
+      benchmark::DoNotOptimize(u);
+    } else {
+      auto st = e->stats(*id);
+      if (!st) state.SkipWithError("no stats");
+      benchmark::DoNotOptimize(st);
+    }
+  }
+  cleanup(*e);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK_CAPTURE(BM_docker_usage, cgroup, true)
+    ->Name("Docker/usage/cgroup")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_docker_usage, stats, false)
+    ->Name("Docker/usage/docker_stats")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 BENCHMARK(BM_docker_create_start_remove)
     ->Name("Docker/create_start_remove/interleaved")
     ->UseRealTime()

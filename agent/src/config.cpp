@@ -48,12 +48,36 @@ constexpr setting settings[] = {
     {"--stop-timeout", "BERTH_CONTAINER_STOP_TIMEOUT", "ECS_CONTAINER_STOP_TIMEOUT",
      "grace before SIGKILL when a task stops, e.g. 30s"},
     {"--log-level", "BERTH_LOG_LEVEL", "ECS_LOGLEVEL", "trace, debug, info, warn, error"},
+    {"--admin-group", "BERTH_ADMIN_GROUP", nullptr,
+     "group whose members may change things over the socket (others may only read)"},
+    {"--audit-max-bytes", "BERTH_AUDIT_MAX_BYTES", nullptr,
+     "rotate <state-dir>/audit.log past this size (0: never)"},
+    {"--audit-keep", "BERTH_AUDIT_KEEP", nullptr, "rotated audit logs kept"},
+    {"--task-cleanup-wait", "BERTH_TASK_CLEANUP_WAIT", "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
+     "how long a stopped task stays describable before its containers go, e.g. 3h"},
+    {"--image-cleanup", "BERTH_IMAGE_CLEANUP", nullptr,
+     "remove images tasks no longer use: true or false"},
+    {"--image-cleanup-interval", "BERTH_IMAGE_CLEANUP_INTERVAL", "ECS_IMAGE_CLEANUP_INTERVAL",
+     "how often unused images are looked for, e.g. 30m"},
+    {"--image-minimum-age", "BERTH_IMAGE_MINIMUM_CLEANUP_AGE", "ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+     "an image unused for less than this stays, e.g. 1h"},
+    {"--image-cleanup-exclude", "BERTH_IMAGE_CLEANUP_EXCLUDE", "ECS_EXCLUDE_UNTRACKED_IMAGE",
+     "images (name:tag, comma-separated) never removed, e.g. ones no registry can give back"},
+    {"--images-per-cycle", "BERTH_NUM_IMAGES_DELETE_PER_CYCLE", "ECS_NUM_IMAGES_DELETE_PER_CYCLE",
+     "most images removed in one cleanup"},
 };
 
 std::string trim(std::string s) {
   const auto b = s.find_first_not_of(" \t\r");
   const auto e = s.find_last_not_of(" \t\r");
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+// The ECS agent's ECS_DISABLE_IMAGE_CLEANUP says the opposite of BERTH_IMAGE_CLEANUP.
+std::string inverted(const std::string& v) {
+  if (v == "true") return "false";
+  if (v == "false") return "true";
+  return v;  // refused when applied, naming BERTH_IMAGE_CLEANUP
 }
 
 const setting* by_key(const std::string& k) {
@@ -86,6 +110,10 @@ result<std::map<std::string, std::string>> read_file(const std::string& path, bo
     if (v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front()) {
       v = v.substr(1, v.size() - 2);
     }
+    if (k == "ECS_DISABLE_IMAGE_CLEANUP") {
+      out["BERTH_IMAGE_CLEANUP"] = inverted(v);
+      continue;
+    }
     const setting* s = by_key(k);
     if (s == nullptr) {
       // The ECS agent's other keys are accepted and ignored; ours must be known.
@@ -108,17 +136,41 @@ result<std::uint64_t> unsigned_of(const std::string& key, const std::string& v) 
   return x;
 }
 
-// "30s", "1m", "500ms", or a bare number of seconds.
+// Go's duration syntax as the ECS agent reads it ("3h", "1h30m", "500ms"), or a bare number of
+// seconds.
 result<std::chrono::milliseconds> duration_of(const std::string& key, const std::string& v) {
+  const char* p = v.data();
+  const char* end = v.data() + v.size();
   std::uint64_t x = 0;
-  const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
-  const std::string unit(r.ptr, v.data() + v.size());
+  auto r = std::from_chars(p, end, x);
   if (r.ec != std::errc{}) return tl::unexpected(error{key + ": '" + v + "' is not a duration"});
-  if (unit == "ms") return std::chrono::milliseconds(x);
-  if (unit.empty() || unit == "s") return std::chrono::milliseconds(x * 1000);
-  if (unit == "m") return std::chrono::milliseconds(x * 60'000);
-  if (unit == "h") return std::chrono::milliseconds(x * 3'600'000);
-  return tl::unexpected(error{key + ": unknown unit in '" + v + "' (use ms, s, m or h)"});
+  if (r.ptr == end) return std::chrono::milliseconds(x * 1000);
+  std::uint64_t total = 0;
+  for (;;) {
+    const char* u = r.ptr;
+    while (r.ptr != end && std::isalpha(static_cast<unsigned char>(*r.ptr)) != 0) ++r.ptr;
+    const std::string unit(u, r.ptr);
+    std::uint64_t scale = 0;
+    if (unit == "ms") scale = 1;
+    if (unit == "s") scale = 1000;
+    if (unit == "m") scale = 60'000;
+    if (unit == "h") scale = 3'600'000;
+    if (scale == 0) {
+      return tl::unexpected(error{key + ": unknown unit in '" + v + "' (use ms, s, m or h)"});
+    }
+    total += x * scale;
+    if (r.ptr == end) return std::chrono::milliseconds(total);
+    r = std::from_chars(r.ptr, end, x);
+    if (r.ec != std::errc{} || r.ptr == end) {
+      return tl::unexpected(error{key + ": '" + v + "' is not a duration"});
+    }
+  }
+}
+
+result<bool> boolean_of(const std::string& key, const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes") return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  return tl::unexpected(error{key + ": '" + v + "' is not true or false"});
 }
 
 result<void> apply(config& c, const std::string& key, const std::string& v) {
@@ -197,6 +249,47 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     auto d = duration_of(key, v);
     if (!d) return tl::unexpected(d.error());
     c.stop_timeout = *d;
+  } else if (key == "BERTH_ADMIN_GROUP") {
+    c.admin_group = v;
+  } else if (key == "BERTH_AUDIT_MAX_BYTES") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    c.audit_max_bytes = *x;
+  } else if (key == "BERTH_AUDIT_KEEP") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    if (*x > 1000) return tl::unexpected(error{key + ": at most 1000 files"});
+    c.audit_keep = static_cast<unsigned>(*x);
+  } else if (key == "BERTH_TASK_CLEANUP_WAIT") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    if (*d < std::chrono::seconds(1)) return tl::unexpected(error{key + ": at least 1s"});
+    c.task_cleanup_wait = *d;
+  } else if (key == "BERTH_IMAGE_CLEANUP") {
+    auto b = boolean_of(key, v);
+    if (!b) return tl::unexpected(b.error());
+    c.image_cleanup = *b;
+  } else if (key == "BERTH_IMAGE_CLEANUP_INTERVAL") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    if (*d < std::chrono::seconds(1)) return tl::unexpected(error{key + ": at least 1s"});
+    c.image_cleanup_interval = *d;
+  } else if (key == "BERTH_IMAGE_MINIMUM_CLEANUP_AGE") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    c.image_minimum_age = *d;
+  } else if (key == "BERTH_IMAGE_CLEANUP_EXCLUDE") {
+    c.image_cleanup_exclude.clear();
+    std::stringstream in(v);
+    std::string name;
+    while (std::getline(in, name, ',')) {
+      if (!trim(name).empty()) c.image_cleanup_exclude.push_back(trim(name));
+    }
+  } else if (key == "BERTH_NUM_IMAGES_DELETE_PER_CYCLE") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    if (*x < 1 || *x > 1000) return tl::unexpected(error{key + ": between 1 and 1000"});
+    c.images_per_cycle = static_cast<unsigned>(*x);
   } else if (key == "BERTH_LOG_LEVEL") {
     static const char* levels[] = {"trace", "debug", "info", "warn", "error", "crit"};
     if (std::find(std::begin(levels), std::end(levels), v) == std::end(levels)) {
@@ -225,7 +318,8 @@ result<config> load_config(int argc, const char* const* argv,
     std::string help = std::string(s.help) + " [" + s.key;
     if (s.ecs_key != nullptr) help += ", " + std::string(s.ecs_key);
     help += "]";
-    app.add_option(s.flag, raw[i], help);
+    // Given twice, the last wins: a wrapper's default can be overridden.
+    app.add_option(s.flag, raw[i], help)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   }
   try {
     app.parse(argc, argv);
@@ -241,6 +335,7 @@ result<config> load_config(int argc, const char* const* argv,
   }
   std::map<std::string, std::string> from_env;
   for (const auto& [k, v] : environment) {
+    if (k == "ECS_DISABLE_IMAGE_CLEANUP") from_env["BERTH_IMAGE_CLEANUP"] = inverted(v);
     if (const setting* s = by_key(k)) from_env[s->key] = v;
   }
   // The file is named by flag or environment, or the default (optional when defaulted).

@@ -1,12 +1,19 @@
 // berthd's wiring: store, Docker, the ECS service, the HTTP listeners and systemd.
+#include <grp.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <ctime>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
+#include "audit.hpp"
 #include "berth/agent.hpp"
 #include "server.hpp"
 #include "service.hpp"
@@ -17,6 +24,8 @@ namespace berth::agent {
 namespace {
 
 constexpr std::string_view target_prefix = "AmazonEC2ContainerServiceV20141113.";
+// Berth's own actions (the placement query) on the same endpoint.
+constexpr std::string_view berth_prefix = "BerthV1.";
 
 std::string request_id() {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -36,11 +45,125 @@ http_response error_response(const api_error& e) {
   return r;
 }
 
+// The actions anyone may call: they change nothing.
+bool read_only_action(const std::string& action) {
+  return action.starts_with("Describe") || action.starts_with("List");
+}
+
+// "a%20b" -> "a b" in a query value; a '%' not followed by two hex digits stays as it is.
+std::string url_decode(std::string_view v) {
+  const auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '%' && i + 2 < v.size() && hex(v[i + 1]) >= 0 && hex(v[i + 2]) >= 0) {
+      out += static_cast<char>(hex(v[i + 1]) * 16 + hex(v[i + 2]));
+      i += 2;
+    } else {
+      out += v[i] == '+' ? ' ' : v[i];
+    }
+  }
+  return out;
+}
+
+std::map<std::string, std::string> query_of(const std::string& q) {
+  std::map<std::string, std::string> out;
+  std::size_t at = 0;
+  while (at <= q.size() && !q.empty()) {
+    const auto amp = q.find('&', at);
+    const std::string part = q.substr(at, amp == std::string::npos ? std::string::npos : amp - at);
+    const auto eq = part.find('=');
+    if (!part.empty()) {
+      out[url_decode(part.substr(0, eq))] =
+          eq == std::string::npos ? std::string() : url_decode(part.substr(eq + 1));
+    }
+    if (amp == std::string::npos) break;
+    at = amp + 1;
+  }
+  return out;
+}
+
+std::string user_name(int uid) {
+  char buf[4096];
+  passwd pw{};
+  passwd* found = nullptr;
+  if (uid >= 0 && ::getpwuid_r(static_cast<uid_t>(uid), &pw, buf, sizeof buf, &found) == 0 &&
+      found != nullptr) {
+    return found->pw_name;
+  }
+  return {};
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+http_response json_response(int status, const json& body, const std::string& type) {
+  http_response r;
+  r.status = status;
+  r.content_type = type;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+// What one API call was, for the audit log and the metrics.
+struct call_record {
+  std::string action;  // as sent; empty when the request named none
+  json identity = json::object();
+  json request = nullptr;
+  bool read_only = false;
+};
+
 class daemon_impl final : public daemon {
  public:
-  daemon_impl(const config& c, std::unique_ptr<service> s, credentials keys)
-      : cfg_(c), service_(std::move(s)), keys_(std::move(keys)) {}
+  daemon_impl(const config& c, credentials keys) : cfg_(c), keys_(std::move(keys)) {
+    metrics_.counter("berth_api_calls_total", "ECS API calls, by action and result code");
+    metrics_.histogram("berth_api_call_duration_seconds", "Time to answer an API call",
+                       {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5});
+    metrics_.histogram(
+        "berth_docker_call_duration_seconds", "Time Docker took to answer, by operation",
+        {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30});
+    metrics_.counter("berth_docker_calls_total",
+                     "Docker Engine API calls, by operation and status");
+    metrics_.gauge("berth_event_subscribers", "Clients following the event stream");
+    metrics_.counter("berth_events_published_total", "Events put on the event stream");
+    metrics_.on_collect([this](metrics& m) {
+      m.set("berth_event_subscribers", {}, static_cast<double>(bus_.subscribers()));
+      m.set("berth_events_published_total", {}, static_cast<double>(bus_.published()));
+    });
+  }
   ~daemon_impl() override { stop(); }
+
+  result<void> open(std::unique_ptr<store> st) {
+    if (auto a = audit_.open(cfg_.state_dir + "/audit.log", cfg_.audit_max_bytes, cfg_.audit_keep);
+        !a) {
+      return a;
+    }
+    docker::options dopt;
+    dopt.socket_path = cfg_.docker_socket;
+    dopt.on_call = [this](std::string_view op, long status, std::chrono::nanoseconds took) {
+      const std::string o(op);
+      metrics_.observe("berth_docker_call_duration_seconds", {{"operation", o}},
+                       std::chrono::duration<double>(took).count());
+      metrics_.add("berth_docker_calls_total",
+                   {{"operation", o}, {"status", std::to_string(status)}});
+    };
+    auto d = docker::make_engine(dopt);
+    if (!d) return tl::unexpected(error{"docker: " + d.error().message});
+    auto svc = make_service(cfg_, std::move(st), std::move(*d), metrics_, bus_);
+    if (!svc) return tl::unexpected(svc.error());
+    service_ = std::move(*svc);
+    return {};
+  }
 
   result<void> listen() {
     server_options o;
@@ -75,9 +198,12 @@ class daemon_impl final : public daemon {
     sd_notify(0, "STOPPING=1");
     cv_.notify_all();
     if (watchdog_.joinable()) watchdog_.join();
+    bus_.close();
     if (server_) server_->stop();
-    service_->shutdown();
-    spdlog::info("stopped; tasks keep running");
+    if (service_) {
+      service_->shutdown();
+      spdlog::info("stopped; tasks keep running");
+    }
   }
 
   void wait() override {
@@ -88,9 +214,138 @@ class daemon_impl final : public daemon {
  private:
   http_response handle(const http_request& r) {
     const std::string id = request_id();
-    http_response out = dispatch(r);
+    if (r.method == "GET") {
+      http_response out = read_endpoint(r);
+      out.headers["x-amzn-RequestId"] = id;
+      return out;
+    }
+    const auto began = std::chrono::steady_clock::now();
+    call_record rec;
+    http_response out = dispatch(r, rec);
     out.headers["x-amzn-RequestId"] = id;
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    std::string code = "200";
+    std::string error_type, error_message;
+    if (out.status != 200) {
+      const json e = json::parse(out.body, nullptr, false);
+      if (e.is_object()) {
+        error_type = e.value("__type", "");
+        error_message = e.value("message", "");
+      }
+      code = error_type.empty() ? std::to_string(out.status) : error_type;
+    }
+    // Only known actions get their own series: a caller cannot grow the label set at will.
+    const std::string series = known_.contains(rec.action) ? rec.action : "unknown";
+    metrics_.add("berth_api_calls_total", {{"action", series}, {"code", code}});
+    metrics_.observe("berth_api_call_duration_seconds", {{"action", series}}, took);
+    audit(r, rec, out, id, error_type, error_message);
     return out;
+  }
+
+  // CloudTrail's record of the call: never a secret, a signature or a whole large response.
+  void audit(const http_request& r, const call_record& rec, const http_response& out,
+             const std::string& id, const std::string& error_type,
+             const std::string& error_message) {
+    json record = {
+        {"eventVersion", "1.08"},
+        {"userIdentity", rec.identity},
+        {"eventTime", utc_now()},
+        {"eventSource", "ecs.amazonaws.com"},
+        {"eventName", rec.action.substr(0, 128)},
+        {"awsRegion", cfg_.region},
+        {"sourceIPAddress", r.tcp ? r.peer : "unix"},
+        {"userAgent", r.headers.contains("user-agent") ? r.headers.at("user-agent").substr(0, 256)
+                                                       : std::string()},
+        {"requestParameters", rec.request.is_null() ? json(nullptr) : redact(rec.request)},
+        {"responseElements", nullptr},
+        {"requestID", id},
+        {"eventID", request_id()},
+        {"readOnly", rec.read_only},
+        {"eventType", "AwsApiCall"},
+        {"managementEvent", true},
+        {"recipientAccountId", cfg_.account_id},
+        {"eventCategory", "Management"}};
+    if (out.status == 200 && !rec.read_only) {
+      const json body = json::parse(out.body, nullptr, false);
+      if (!body.is_discarded()) record["responseElements"] = redact(body, 16 * 1024);
+    }
+    if (!error_type.empty() || out.status != 200) {
+      record["errorCode"] = error_type.empty() ? std::to_string(out.status) : error_type;
+      record["errorMessage"] = error_message;
+    }
+    audit_.append(record);
+  }
+
+  // May this Unix peer change things? Root, berthd's own user, and the admin group's members.
+  bool privileged(const http_request& r) const {
+    if (r.uid == 0 || r.uid == static_cast<int>(::geteuid())) return true;
+    char buf[16384];
+    group gr{};
+    group* found = nullptr;
+    if (::getgrnam_r(cfg_.admin_group.c_str(), &gr, buf, sizeof buf, &found) != 0 ||
+        found == nullptr) {
+      return false;
+    }
+    const int admin = static_cast<int>(found->gr_gid);
+    return r.gid == admin || std::find(r.groups.begin(), r.groups.end(), admin) != r.groups.end();
+  }
+
+  // The GET endpoints: read-only, open to every peer (as the ECS agent's introspection port).
+  http_response read_endpoint(const http_request& r) {
+    const std::string path = r.path();
+    const auto q = query_of(r.query());
+    if (path == "/v1/metadata") return json_response(200, service_->metadata(), "application/json");
+    if (path == "/v1/tasks") {
+      // The ECS agent answers a failed lookup with an empty task, never an error message.
+      const json empty = {{"Arn", ""},
+                          {"KnownStatus", ""},
+                          {"Family", ""},
+                          {"Version", ""},
+                          {"Containers", nullptr}};
+      if (q.contains("dockerid") && q.contains("taskarn")) {
+        return json_response(400, empty, "application/json");
+      }
+      const auto docker_id = q.contains("dockerid") ? q.at("dockerid") : std::string();
+      const auto task_arn = q.contains("taskarn") ? q.at("taskarn") : std::string();
+      if ((q.contains("dockerid") && docker_id.empty()) ||
+          (q.contains("taskarn") && task_arn.empty())) {
+        return json_response(400, empty, "application/json");
+      }
+      auto t = service_->introspect_tasks(docker_id, task_arn);
+      if (!t) return json_response(t.error().status, empty, "application/json");
+      return json_response(200, *t, "application/json");
+    }
+    if (path == "/metrics") {
+      http_response out;
+      out.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      out.body = metrics_.render();
+      return out;
+    }
+    if (path == "/v1/events") {
+      // Subscribed before the headers go: an event after the client sees them is never missed.
+      auto sub = bus_.subscribe();
+      http_response out;
+      out.content_type = "application/x-ndjson";
+      out.stream = [this, sub](stream_sink& sink) {
+        while (sink.alive()) {
+          if (auto e = sub->next(std::chrono::milliseconds(250))) {
+            if (!sink.write(*e + "\n")) break;
+          } else if (sub->closed()) {
+            break;
+          }
+        }
+        bus_.unsubscribe(sub);
+      };
+      return out;
+    }
+    if (path == "/" || path.empty()) {
+      return json_response(
+          200, {{"AvailableCommands", {"/v1/metadata", "/v1/tasks", "/v1/events", "/metrics"}}},
+          "application/json");
+    }
+    return json_response(404, {{"__type", "NotFound"}, {"message", "No such path: " + path}},
+                         "application/json");
   }
 
   // The deepest nesting of JSON brackets outside strings.
@@ -115,10 +370,28 @@ class daemon_impl final : public daemon {
     return deepest;
   }
 
-  http_response dispatch(const http_request& r) {
-    bool read_only = false;
+  // The access key id an Authorization header names, signed correctly or not.
+  static std::string claimed_key(const http_request& r) {
+    const auto a = r.headers.find("authorization");
+    if (a == r.headers.end()) return {};
+    const auto c = a->second.find("Credential=");
+    if (c == std::string::npos) return {};
+    const auto from = c + 11;
+    return a->second.substr(from, std::min<std::size_t>(a->second.find('/', from) - from, 128));
+  }
+
+  http_response dispatch(const http_request& r, call_record& rec) {
+    const auto t = r.headers.find("x-amz-target");
+    if (t != r.headers.end()) {
+      const auto dot = t->second.find('.');
+      rec.action = dot == std::string::npos ? t->second : t->second.substr(dot + 1);
+    }
+    rec.read_only = read_only_action(rec.action);
+    bool read_only_key = false;
     std::string who_key;
     if (r.tcp) {
+      rec.identity = {{"type", "Unknown"}, {"accountId", cfg_.account_id}};
+      if (const auto k = claimed_key(r); !k.empty()) rec.identity["accessKeyId"] = k;
       signed_request sr{r.method, r.target, r.headers, r.body};
       auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now());
       if (!who) {
@@ -126,23 +399,32 @@ class daemon_impl final : public daemon {
         return error_response({who.error().type, who.error().message, 400});
       }
       who_key = *who;
-      read_only = keys_.at(*who).read_only;
+      const credential& cred = keys_.at(*who);
+      read_only_key = cred.read_only;
+      rec.identity = {{"type", "IAMUser"},
+                      {"principalId", who_key},
+                      {"arn", "arn:aws:iam::" + cfg_.account_id + ":user/" + cred.profile},
+                      {"accountId", cfg_.account_id},
+                      {"accessKeyId", who_key},
+                      {"userName", cred.profile}};
+    } else {
+      rec.identity = {{"type", "UnixPeer"},
+                      {"principalId", std::to_string(r.uid) + ":" + std::to_string(r.gid)},
+                      {"uid", r.uid},
+                      {"gid", r.gid},
+                      {"accountId", cfg_.account_id}};
+      if (const auto name = user_name(r.uid); !name.empty()) rec.identity["userName"] = name;
     }
     if (r.method != "POST") {
       return error_response(
           {"UnknownOperationException", "Only POST / with X-Amz-Target is served here", 400});
     }
-    const auto t = r.headers.find("x-amz-target");
-    if (t == r.headers.end() || !t->second.starts_with(target_prefix)) {
+    const bool ecs = t != r.headers.end() && t->second.starts_with(target_prefix);
+    const bool berth = t != r.headers.end() && t->second.starts_with(berth_prefix);
+    if (!ecs && !berth) {
       return error_response({"UnknownOperationException",
                              "Missing or foreign X-Amz-Target header; expected " +
                                  std::string(target_prefix) + "<Action>",
-                             400});
-    }
-    const std::string action = t->second.substr(target_prefix.size());
-    if (read_only && !(action.starts_with("Describe") || action.starts_with("List"))) {
-      return error_response({"AccessDeniedException",
-                             "The key " + who_key + " may only call Describe* and List* actions",
                              400});
     }
     // Nesting deeper than any ECS shape is refused before parsing: copying or printing it would
@@ -154,7 +436,32 @@ class daemon_impl final : public daemon {
     if (req.is_discarded()) {
       return error_response({"SerializationException", "The request body is not valid JSON", 400});
     }
-    auto result = service_->call(action, req);
+    rec.request = req;
+    // A placement query that reserves nothing is a read.
+    if (berth && rec.action == "Place") {
+      rec.read_only = req.is_object() && req.value("dryRun", false) == true;
+    }
+    if (!rec.read_only) {
+      if (read_only_key) {
+        return error_response({"AccessDeniedException",
+                               "The key " + who_key + " may only call Describe* and List* actions",
+                               400});
+      }
+      if (!r.tcp && !privileged(r)) {
+        return error_response({"AccessDeniedException",
+                               "User " + std::to_string(r.uid) + " (gid " + std::to_string(r.gid) +
+                                   ") may only call Describe* and List* "
+                                   "actions: " +
+                                   rec.action + " needs root or group " + cfg_.admin_group,
+                               400});
+      }
+    }
+    tl::expected<json, api_error> result =
+        berth ? (rec.action == "Place"
+                     ? service_->place(req)
+                     : tl::unexpected(api_error{"UnknownOperationException",
+                                                "Unknown operation: '" + rec.action + "'"}))
+              : service_->call(rec.action, req);
     if (!result) return error_response(result.error());
     http_response ok;
     ok.body = result->dump(-1, ' ', false, json::error_handler_t::replace);
@@ -162,13 +469,41 @@ class daemon_impl final : public daemon {
   }
 
   config cfg_;
-  std::unique_ptr<service> service_;
   credentials keys_;
+  metrics metrics_;
+  event_bus bus_;
+  audit_log audit_;
+  std::unique_ptr<service> service_;
   std::unique_ptr<http_server> server_;
   std::thread watchdog_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopped_ = false;
+  // The actions metrics give a series of their own.
+  const std::set<std::string> known_ = {"CreateCluster",
+                                        "ListClusters",
+                                        "DescribeClusters",
+                                        "DeleteCluster",
+                                        "ListContainerInstances",
+                                        "DescribeContainerInstances",
+                                        "UpdateContainerInstancesState",
+                                        "PutAttributes",
+                                        "DeleteAttributes",
+                                        "ListAttributes",
+                                        "RegisterTaskDefinition",
+                                        "DescribeTaskDefinition",
+                                        "ListTaskDefinitions",
+                                        "ListTaskDefinitionFamilies",
+                                        "DeregisterTaskDefinition",
+                                        "RunTask",
+                                        "StartTask",
+                                        "StopTask",
+                                        "ListTasks",
+                                        "DescribeTasks",
+                                        "TagResource",
+                                        "UntagResource",
+                                        "ListTagsForResource",
+                                        "Place"};
 };
 
 }  // namespace
@@ -182,13 +517,8 @@ result<std::unique_ptr<daemon>> start(const config& c) {
   }
   auto st = open_sqlite_store(c.state_dir);
   if (!st) return tl::unexpected(st.error());
-  docker::options dopt;
-  dopt.socket_path = c.docker_socket;
-  auto d = docker::make_engine(dopt);
-  if (!d) return tl::unexpected(error{"docker: " + d.error().message});
-  auto svc = make_service(c, std::move(*st), std::move(*d));
-  if (!svc) return tl::unexpected(svc.error());
-  auto dm = std::make_unique<daemon_impl>(c, std::move(*svc), std::move(keys));
+  auto dm = std::make_unique<daemon_impl>(c, std::move(keys));
+  if (auto r = dm->open(std::move(*st)); !r) return tl::unexpected(r.error());
   if (auto r = dm->listen(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<daemon>(std::move(dm));
 }

@@ -1,5 +1,6 @@
 #include "server.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -56,9 +57,8 @@ class server final : public http_server {
       if (ec) {
         return tl::unexpected(error{"cannot listen on " + opts_.socket_path + ": " + ec.message()});
       }
-      // Owner and group only, until per-peer authorization (SO_PEERCRED) decides who may do
-      // what: the API can start privileged containers.
-      ::chmod(opts_.socket_path.c_str(), 0660);
+      // Anyone may connect: the peer's credentials decide what it may call (see daemon.cpp).
+      ::chmod(opts_.socket_path.c_str(), 0666);
       threads_.emplace_back([this] { accept_loop(*unix_); });
     }
     if (!opts_.tcp.empty()) {
@@ -166,6 +166,13 @@ class server final : public http_server {
         base.uid = static_cast<int>(cred.uid);
         base.gid = static_cast<int>(cred.gid);
       }
+      gid_t groups[256];
+      socklen_t glen = sizeof groups;
+      if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+        for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
+          base.groups.push_back(static_cast<int>(groups[i]));
+        }
+      }
     }
     beast::flat_buffer buffer;
     for (;;) {
@@ -201,6 +208,10 @@ class server final : public http_server {
         version = req.version();
         out = handler_(r);
       }
+      if (out.stream) {
+        stream(sock, out, version);
+        break;
+      }
       http::response<http::string_body> res{static_cast<http::status>(out.status), version};
       res.set(http::field::server, "berthd");
       res.set(http::field::content_type, out.content_type);
@@ -217,6 +228,43 @@ class server final : public http_server {
     connections_.erase(fd);
     sock.close(ignored);
     if (--live_ == 0) done_.notify_all();
+  }
+
+  // A chunked response whose body the handler writes as it goes; the connection ends with it.
+  template <class Socket>
+  void stream(Socket& sock, http_response& out, unsigned version) {
+    http::response<http::empty_body> res{static_cast<http::status>(out.status), version};
+    res.set(http::field::server, "berthd");
+    res.set(http::field::content_type, out.content_type);
+    for (const auto& [k, v] : out.headers) res.set(k, v);
+    res.keep_alive(false);
+    res.chunked(true);
+    http::response_serializer<http::empty_body> sr{res};
+    beast::error_code ec;
+    http::write_header(sock, sr, ec);
+    if (ec) return;
+    struct sink final : stream_sink {
+      Socket& s;
+      bool ok = true;
+      explicit sink(Socket& so) : s(so) {}
+      bool write(std::string_view data) override {
+        if (!ok || data.empty()) return ok;
+        beast::error_code e;
+        asio::write(s, http::make_chunk(asio::const_buffer(data.data(), data.size())), e);
+        ok = !e;
+        return ok;
+      }
+      bool alive() override {
+        if (!ok) return false;
+        pollfd p{s.native_handle(), POLLIN | POLLRDHUP, 0};
+        if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+          ok = false;
+        }
+        return ok;
+      }
+    } out_sink(sock);
+    out.stream(out_sink);
+    if (out_sink.ok) asio::write(sock, http::make_chunk_last(), ec);
   }
 
   server_options opts_;

@@ -6,6 +6,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "berth/agent.hpp"
 
@@ -17,8 +19,23 @@ struct http_request {
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
   bool tcp = false;
-  std::string peer;        // the TCP peer's address, or "unix"
-  int uid = -1, gid = -1;  // a Unix-socket peer's credentials
+  std::string peer;         // the TCP peer's address, or "unix"
+  int uid = -1, gid = -1;   // a Unix-socket peer's credentials (SO_PEERCRED)
+  std::vector<int> groups;  // and its supplementary groups (SO_PEERGROUPS)
+  std::string query() const {
+    const auto q = target.find('?');
+    return q == std::string::npos ? std::string() : target.substr(q + 1);
+  }
+  std::string path() const { return target.substr(0, target.find('?')); }
+};
+
+// Where a streamed response goes: write() sends one chunk and is false once the peer is gone;
+// alive() says whether the peer is still there without writing.
+class stream_sink {
+ public:
+  virtual ~stream_sink() = default;
+  virtual bool write(std::string_view data) = 0;
+  virtual bool alive() = 0;
 };
 
 struct http_response {
@@ -26,6 +43,9 @@ struct http_response {
   std::string content_type = "application/x-amz-json-1.1";
   std::string body;
   std::map<std::string, std::string> headers;
+  // Set: the body is streamed (chunked) by this function until it returns, which it must do
+  // soon after the sink reports the peer gone (the server's stop() shuts every peer down).
+  std::function<void(stream_sink&)> stream;
 };
 
 using http_handler = std::function<http_response(const http_request&)>;

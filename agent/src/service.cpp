@@ -50,6 +50,29 @@ std::string random_hex(std::size_t n) {
   return out;
 }
 
+// "2026-11-25T14:07:46.123Z" (ms) or without the fraction.
+std::string iso8601(double seconds, bool millis) {
+  const auto whole = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  gmtime_r(&whole, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string out = buf;
+  if (millis) {
+    char ms[8];
+    std::snprintf(ms, sizeof ms, ".%03d",
+                  static_cast<int>((seconds - static_cast<double>(whole)) * 1000) % 1000);
+    out += ms;
+  }
+  return out + "Z";
+}
+
+std::string uuid() {
+  std::string h = random_hex(32);
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
+         "-" + h.substr(20);
+}
+
 api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
 api_error client(std::string m) { return {"ClientException", std::move(m)}; }
 api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }
@@ -295,12 +318,14 @@ constexpr const char* label_instance = "com.berth.instance";
 class service_impl final : public service {
  public:
   service_impl(const config& c, std::unique_ptr<store> s, std::unique_ptr<dk::engine> d,
-               ipc::ledger l)
+               ipc::ledger l, metrics& m, event_bus& bus)
       : cfg_(c),
         store_(std::move(s)),
         docker_(std::move(d)),
         ledger_(std::move(l)),
-        placer_(ledger_) {}
+        placer_(ledger_),
+        metrics_(m),
+        bus_(bus) {}
 
   ~service_impl() override { shutdown(); }
 
@@ -322,7 +347,9 @@ class service_impl final : public service {
     if (!sub) return tl::unexpected(error{"docker events: " + sub.error().message});
     events_ = std::move(*sub);
     resume_recovered();
+    declare_metrics();
     heartbeat_ = std::thread([this] { heartbeat_loop(); });
+    housekeeping_ = std::thread([this] { housekeeping_loop(); });
     return {};
   }
 
@@ -334,6 +361,7 @@ class service_impl final : public service {
     }
     cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
+    if (housekeeping_.joinable()) housekeeping_.join();
     events_.reset();
     std::list<worker> workers;
     {
@@ -1494,6 +1522,7 @@ class service_impl final : public service {
     } else if (&it->second != &t) {
       it->second = t;
     }
+    announce(tasks_.at(a));
     const std::string id = name_of(a);
     if (auto w = store_->put("task",
                              task_key(t["clusterArn"].get<std::string>().substr(
@@ -1528,24 +1557,33 @@ class service_impl final : public service {
   outcome run_task(const json& req) { return launch(req, false); }
   outcome start_task(const json& req) { return launch(req, true); }
 
-  outcome launch(const json& req, bool explicit_instances) {
+  // What RunTask, StartTask and the placement query read alike, checked.
+  struct launch_request {
+    json cluster, td, overrides;
+    std::int64_t count = 1;
+    std::string group;
+    task_need need;
+    std::vector<pl::constraint> constraints;
+    std::vector<pl::strategy> strategies;
+  };
+
+  tl::expected<launch_request, api_error> read_launch(const json& req) {
+    launch_request l;
     BERTH_TRY(cluster, find_cluster(req));
     reader r{req};
     BERTH_TRY(ref, r.required_str("taskDefinition"));
     // The request's own values first, then what they refer to.
     BERTH_TRY(count_opt, r.integer("count"));
-    const std::int64_t count = count_opt.value_or(1);
-    if (count < 1 || count > 10) return tl::unexpected(invalid("count must be between 1 and 10"));
+    l.count = count_opt.value_or(1);
+    if (l.count < 1 || l.count > 10) {
+      return tl::unexpected(invalid("count must be between 1 and 10"));
+    }
     BERTH_TRY(td, find_task_definition(ref, true));
     BERTH_TRY(group_opt, r.str("group"));
-    BERTH_TRY(started_by, r.str("startedBy"));
-    if (started_by && started_by->size() > 128)
-      return tl::unexpected(invalid("startedBy is at most 128 characters"));
-    BERTH_TRY(tags, tags_of(req));
-    const json overrides = req.value("overrides", json::object());
-    if (auto ok = check_overrides(overrides); !ok) return tl::unexpected(ok.error());
-    for (const auto& co : member(overrides, "containerOverrides").is_array()
-                              ? overrides["containerOverrides"]
+    l.overrides = req.value("overrides", json::object());
+    if (auto ok = check_overrides(l.overrides); !ok) return tl::unexpected(ok.error());
+    for (const auto& co : member(l.overrides, "containerOverrides").is_array()
+                              ? l.overrides["containerOverrides"]
                               : json::array()) {
       bool known = false;
       for (const auto& c : td["containerDefinitions"]) known |= c["name"] == co["name"];
@@ -1556,7 +1594,29 @@ class service_impl final : public service {
                     co["name"].get<std::string>() + "'"));
       }
     }
-    const std::string group = group_opt.value_or("family:" + td["family"].get<std::string>());
+    l.group = group_opt.value_or("family:" + td["family"].get<std::string>());
+    BERTH_TRY(rules, placement_of(req, td));
+    l.constraints = std::move(rules.first);
+    l.strategies = std::move(rules.second);
+    l.need = need_of(td, l.overrides);
+    l.cluster = std::move(cluster);
+    l.td = std::move(td);
+    return l;
+  }
+
+  outcome launch(const json& req, bool explicit_instances) {
+    BERTH_TRY(l, read_launch(req));
+    reader r{req};
+    BERTH_TRY(started_by, r.str("startedBy"));
+    if (started_by && started_by->size() > 128)
+      return tl::unexpected(invalid("startedBy is at most 128 characters"));
+    BERTH_TRY(tags, tags_of(req));
+    const json& cluster = l.cluster;
+    const json& td = l.td;
+    const json& overrides = l.overrides;
+    const std::string& group = l.group;
+    const std::int64_t count = l.count;
+    const task_need& need = l.need;
     const bool mine = cluster["clusterName"] == cfg_.cluster;
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
     if (explicit_instances) {
@@ -1573,11 +1633,9 @@ class service_impl final : public service {
     } else if (!mine) {
       return tl::unexpected(invalid("No Container Instances were found in your cluster."));
     }
-    BERTH_TRY(rules, placement_of(req, td));
-    const task_need need = need_of(td, overrides);
     pl::request preq{need.req, group,
-                     explicit_instances ? std::vector<pl::constraint>{} : rules.first,
-                     explicit_instances ? std::vector<pl::strategy>{} : rules.second};
+                     explicit_instances ? std::vector<pl::constraint>{} : l.constraints,
+                     explicit_instances ? std::vector<pl::strategy>{} : l.strategies};
     auto q = pl::compile(preq);
     if (!q) return tl::unexpected(invalid(q.error().message));
     std::lock_guard lock(mu_);
@@ -1604,6 +1662,7 @@ class service_impl final : public service {
     } else {
       auto placed = placer_.place(*q, need.req, groups_, o);
       if (!placed) return tl::unexpected(invalid(placed.error().message));
+      count_placement(*placed, static_cast<std::size_t>(count));
       // Only this agent runs containers: a slot of another instance in the shared ledger (a
       // peer, or one whose agent is gone) is given back and reported.
       for (const std::uint32_t slot : placed->slots) {
@@ -1900,7 +1959,8 @@ class service_impl final : public service {
         if (known.contains(name)) docker_id = known[name];
         if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
       }
-      if (docker_id.empty()) {
+      const bool recorded = !docker_id.empty();
+      if (!recorded) {
         auto id = docker_->create_container(s);
         if (!id && id.error().code == dk::errc::not_found) {
           // Not present: try the registry, which fails fast when there is none.
@@ -1926,11 +1986,18 @@ class service_impl final : public service {
           if (cc["name"] == name) cc["runtimeId"] = docker_id;
         }
         save(tt);
-      } else if (auto known = docker_->inspect_container(docker_id);
-                 known && known->status != "created") {
+      }
+      auto made = docker_->inspect_container(docker_id);
+      if (made && !made->image_id.empty()) {
+        // The image (by id) the task now uses: housekeeping keeps it while the task is known.
+        track_image(made->image_id, s.image);
+        std::lock_guard lock(mu_);
+        tasks_[task_arn]["_berth"]["images"][name] = made->image_id;
+      }
+      if (recorded && made && made->status != "created") {
         // Recorded before a restart and already past created: never started twice. One that
         // ran and exited is reported as its die event would have been.
-        if (!known->running) report_exit(task_arn, name, docker_id, &*known);
+        if (!made->running) report_exit(task_arn, name, docker_id, &*made);
         continue;
       }
       bool stopped = false;
@@ -1964,6 +2031,7 @@ class service_impl final : public service {
           }
         }
       }
+      if (info && info->running) tt["_berth"]["pids"][name] = info->pid;
       // The kernel enforces what Docker was asked for, or the task says it does not.
       if (info && info->running) {
         if (auto cg = dk::read_cgroup(info->pid)) {
@@ -2413,9 +2481,429 @@ class service_impl final : public service {
       if (!with_tags) v.erase("tags");
       if (!it->second["_berth"]["events"].empty())
         v["berthEvents"] = it->second["_berth"]["events"];
+      // Berth's addition: what each container uses now, from its cgroup, beside its allocation.
+      const json usage = usage_of(it->second);
+      if (!usage.empty()) {
+        json total = {{"memoryAllocatedMiB", std::stoll(v.value("memory", "0"))}};
+        std::int64_t used = 0;
+        for (auto& c : v["containers"]) {
+          if (!usage.contains(c["name"])) continue;
+          c["berthUsage"] = usage[c["name"].get<std::string>()];
+          used += c["berthUsage"].value("memoryUsedBytes", std::int64_t{0});
+        }
+        total["memoryUsedBytes"] = used;
+        v["berthUsage"] = total;
+      }
       out["tasks"].push_back(v);
     }
     return out;
+  }
+
+  // ---- the event stream ----
+
+  // EventBridge's "ECS Task State Change": detail is the task as DescribeTasks shows it, with
+  // times as ISO strings.
+  json task_event(const json& t) const {
+    json d = view(t);
+    d.erase("tags");
+    for (const char* k : {"createdAt", "startedAt", "stoppedAt", "stoppingAt", "pullStartedAt",
+                          "pullStoppedAt", "connectivityAt", "executionStoppedAt"}) {
+      if (d.contains(k) && d[k].is_number()) d[k] = iso8601(d[k].get<double>(), true);
+    }
+    const double now = now_seconds();
+    d["updatedAt"] = iso8601(now, true);
+    return {{"version", "0"},
+            {"id", uuid()},
+            {"detail-type", "ECS Task State Change"},
+            {"source", "aws.ecs"},
+            {"account", cfg_.account_id},
+            {"time", iso8601(now, false)},
+            {"region", cfg_.region},
+            {"resources", {t["taskArn"]}},
+            {"detail", d}};
+  }
+
+  // Publishes the task's state when it differs from what was last announced. Under mu_.
+  void announce(const json& t) {
+    const std::string state = t.value("lastStatus", "") + "/" + t.value("desiredStatus", "") + "/" +
+                              t.value("healthStatus", "");
+    std::string& last = published_[t["taskArn"].get<std::string>()];
+    if (last == state) return;
+    last = state;
+    bus_.publish(task_event(t).dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+
+  // ---- metrics ----
+
+  void declare_metrics() {
+    metrics_.counter("berth_placements_total", "Tasks placed on an instance");
+    metrics_.counter("berth_placement_failures_total",
+                     "Tasks not placed, by the first reason of each rejected instance");
+    metrics_.gauge("berth_tasks", "Tasks known to this agent, by lastStatus");
+    metrics_.gauge("berth_ledger_free_cpu_units", "Free CPU units per instance in the ledger");
+    metrics_.gauge("berth_ledger_free_memory_mib", "Free memory per instance in the ledger");
+    metrics_.gauge("berth_ledger_registered_cpu_units", "Registered CPU units per instance");
+    metrics_.gauge("berth_ledger_registered_memory_mib", "Registered memory per instance");
+    metrics_.counter("berth_tasks_cleaned_up_total", "Stopped tasks whose containers were removed");
+    metrics_.counter("berth_images_removed_total", "Unused images removed by housekeeping");
+    metrics_.counter("berth_image_cleanups_total", "Image cleanup cycles run");
+    metrics_.on_collect([this](metrics& m) {
+      std::map<std::string, int> by_state;
+      for (const char* st : {"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING", "DEACTIVATING",
+                             "STOPPING", "DEPROVISIONING", "STOPPED"}) {
+        by_state[st] = 0;
+      }
+      {
+        std::lock_guard lock(mu_);
+        for (const auto& [a, t] : tasks_) ++by_state[t.value("lastStatus", "UNKNOWN")];
+      }
+      for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
+      const ipc::columns c = ledger_.view();
+      for (std::uint32_t slot = 0; slot < c.count; ++slot) {
+        if (c.state[slot] == 0) continue;
+        auto row = ledger_.read(slot);
+        if (!row) continue;
+        const metrics::labels l = {{"instance", std::string(row->published.id())}};
+        m.set("berth_ledger_free_cpu_units", l, row->free.cpu);
+        m.set("berth_ledger_free_memory_mib", l, row->free.mib);
+        m.set("berth_ledger_registered_cpu_units", l, row->published.registered_cpu);
+        m.set("berth_ledger_registered_memory_mib", l, row->published.registered_mib);
+      }
+    });
+  }
+
+  void count_placement(const pl::outcome& o, std::size_t wanted) {
+    metrics_.add("berth_placements_total", {}, static_cast<double>(o.slots.size()));
+    if (o.slots.size() >= wanted) return;
+    for (std::size_t why = 0; why < pl::reason_count; ++why) {
+      if (o.failures[why] == 0) continue;
+      metrics_.add("berth_placement_failures_total",
+                   {{"reason", std::string(pl::to_string(static_cast<pl::reason>(why)))}},
+                   o.failures[why]);
+    }
+  }
+
+  // ---- the placement query ----
+
+  // An instance of the ledger as the placement query reports it.
+  json instance_ref(std::uint32_t slot) const {
+    json i = {{"slot", slot}};
+    if (auto row = ledger_.read(slot)) i["ec2InstanceId"] = std::string(row->published.id());
+    if (slot == slot_) i["containerInstanceArn"] = instance_arn_;
+    return i;
+  }
+
+  outcome place(const json& req) override {
+    if (!req.is_object())
+      return tl::unexpected(serialization("The request body must be a JSON object"));
+    try {
+      const auto dry = req.find("dryRun");
+      if (dry != req.end() && !dry->is_boolean() && !dry->is_null()) {
+        return tl::unexpected(serialization("Expected 'dryRun' to be a boolean"));
+      }
+      if (dry == req.end() || !dry->is_boolean() || !dry->get<bool>()) return launch(req, false);
+      return place_dry_run(req);
+    } catch (const std::exception& e) {
+      spdlog::error("Place failed: {}", e.what());
+      return tl::unexpected(server(std::string("Internal error: ") + e.what()));
+    }
+  }
+
+  outcome place_dry_run(const json& req) {
+    BERTH_TRY(l, read_launch(req));
+    const task_need& need = l.need;
+    const std::int64_t count = l.count;
+    auto q = pl::compile({need.req, l.group, l.constraints, l.strategies});
+    if (!q) return tl::unexpected(invalid(q.error().message));
+    std::lock_guard lock(mu_);
+    pl::place_options o;
+    o.count = static_cast<std::uint32_t>(count);
+    o.dry_run = true;
+    o.explain = true;
+    o.seed = now_ns();
+    o.now_ns = now_ns();
+    o.heartbeat_timeout_ns = 10'000'000'000;
+    auto placed = placer_.place(*q, need.req, groups_, o);
+    if (!placed) return tl::unexpected(invalid(placed.error().message));
+    json out = {{"dryRun", true},
+                {"taskDefinitionArn", l.td["taskDefinitionArn"]},
+                {"group", l.group},
+                {"requirements",
+                 {{"cpu", need.req.cpu},
+                  {"memory", need.req.mib},
+                  {"gpus", need.req.gpus},
+                  {"hostPorts", need.ports},
+                  {"dynamicPorts", need.req.dynamic_ports}}},
+                {"placements", json::array()},
+                {"rejected", json::array()},
+                {"failures", json::array()}};
+    for (const std::uint32_t slot : placed->slots) out["placements"].push_back(instance_ref(slot));
+    for (const auto& [slot, why] : placed->rejected) {
+      json i = instance_ref(slot);
+      i["reason"] = std::string(pl::to_string(why));
+      out["rejected"].push_back(i);
+    }
+    if (placed->slots.size() < static_cast<std::size_t>(count)) {
+      for (std::size_t why = 0; why < pl::reason_count; ++why) {
+        if (placed->failures[why] == 0) continue;
+        out["failures"].push_back(
+            {{"reason", std::string(pl::to_string(static_cast<pl::reason>(why)))},
+             {"count", placed->failures[why]}});
+      }
+    }
+    return out;
+  }
+
+  // ---- introspection (the ECS agent's /v1 API) ----
+
+  json metadata() override {
+    return {{"Cluster", cfg_.cluster},
+            {"ContainerInstanceArn", instance_arn_},
+            {"Version", "Amazon ECS Agent - v1.0.0 (berth-0.7.0)"}};
+  }
+
+  // As the ECS agent reports a status: RUNNING, STOPPED, or PENDING for anything before.
+  static std::string backend_status(const std::string& s) {
+    return s == "RUNNING" || s == "STOPPED" ? s : "PENDING";
+  }
+
+  // Under mu_.
+  json introspect(const json& t) {
+    const json& td = t["_berth"]["taskDefinition"];
+    json out = {{"Arn", t["taskArn"]},
+                {"KnownStatus", backend_status(t["lastStatus"])},
+                {"Family", td["family"]},
+                {"Version", std::to_string(td["revision"].get<int>())},
+                {"Containers", json::array()}};
+    const std::string known = out["KnownStatus"];
+    const std::string desired = backend_status(t["desiredStatus"]);
+    if (!(known == "STOPPED" && desired != "STOPPED") &&
+        !(known == "RUNNING" && desired == "PENDING")) {
+      out["DesiredStatus"] = desired;
+    }
+    const json usage = usage_of(t);
+    for (const auto& c : t["containers"]) {
+      const std::string name = c["name"];
+      json cr = {{"DockerId", c.value("runtimeId", "")},
+                 {"DockerName", "berth-" + name_of(t["taskArn"]).substr(0, 12) + "-" + name},
+                 {"Name", name},
+                 {"Image", c.value("image", "")},
+                 {"ImageID", t["_berth"].value("images", json::object()).value(name, "")}};
+      json ports = json::array();
+      for (const auto& b : c.value("networkBindings", json::array())) {
+        json p = {{"ContainerPort", b.value("containerPort", 0)},
+                  {"Protocol", b.value("protocol", "tcp")},
+                  {"HostPort", b.value("hostPort", 0)}};
+        ports.push_back(p);
+      }
+      if (!ports.empty()) cr["Ports"] = ports;
+      if (usage.contains(name)) cr["Usage"] = usage[name];
+      out["Containers"].push_back(cr);
+    }
+    return out;
+  }
+
+  tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
+                                                 const std::string& task_arn) override {
+    std::lock_guard lock(mu_);
+    if (!task_arn.empty()) {
+      const auto it = tasks_.find(task_arn);
+      if (it == tasks_.end()) return tl::unexpected(api_error{"NotFound", "no such task", 404});
+      return introspect(it->second);
+    }
+    if (!docker_id.empty()) {
+      // The full id, or a prefix of at most 12 characters (Docker's short id), as the ECS agent.
+      std::vector<std::string> found;
+      for (const auto& [id, a] : container_to_task_) {
+        if (docker_id.size() > 12 ? id == docker_id : id.starts_with(docker_id)) {
+          found.push_back(a);
+        }
+      }
+      if (found.empty()) return tl::unexpected(api_error{"NotFound", "no such container", 404});
+      if (found.size() > 1) {
+        return tl::unexpected(
+            api_error{"BadRequest", "multiple tasks found with short id " + docker_id, 400});
+      }
+      const auto it = tasks_.find(found.front());
+      if (it == tasks_.end()) return tl::unexpected(api_error{"NotFound", "no such task", 404});
+      return introspect(it->second);
+    }
+    json out = {{"Tasks", json::array()}};
+    for (const auto& [a, t] : tasks_) out["Tasks"].push_back(introspect(t));
+    return out;
+  }
+
+  // ---- usage, read from cgroups ----
+
+  // Per container: memory and CPU used, read from the container's cgroup (found from its pid,
+  // checked to still be the container's). Allocated memory beside it. Under mu_.
+  json usage_of(const json& t) const {
+    json out = json::object();
+    if (t["lastStatus"] == "STOPPED") return out;
+    const json pids = t["_berth"].value("pids", json::object());
+    for (const auto& c : t["containers"]) {
+      const std::string name = c["name"];
+      json u = json::object();
+      if (c.contains("memory")) u["memoryLimitMiB"] = std::stoll(c["memory"].get<std::string>());
+      if (c.contains("memoryReservation")) {
+        u["memoryReservationMiB"] = std::stoll(c["memoryReservation"].get<std::string>());
+      }
+      const std::string id = c.value("runtimeId", "");
+      if (c["lastStatus"] == "RUNNING" && pids.contains(name) && !id.empty()) {
+        if (auto got = dk::read_usage(pids[name].get<int>());
+            got && got->cgroup.find(id) != std::string::npos) {
+          if (got->memory_bytes) u["memoryUsedBytes"] = *got->memory_bytes;
+          if (got->cpu_ns) u["cpuUsedNanoseconds"] = *got->cpu_ns;
+        }
+      }
+      out[name] = u;
+    }
+    return out;
+  }
+
+  // ---- housekeeping ----
+
+  void housekeeping_loop() {
+    auto next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
+    const auto tick = std::min<std::chrono::milliseconds>(
+        std::chrono::seconds(10),
+        std::min(cfg_.task_cleanup_wait, cfg_.image_cleanup_interval) / 2);
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, std::max<std::chrono::milliseconds>(tick, 100ms),
+                     [&] { return stopping_; });
+        if (stopping_) return;
+      }
+      try {
+        clean_up_tasks();
+        if (cfg_.image_cleanup && std::chrono::steady_clock::now() >= next_images) {
+          clean_up_images();
+          next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
+        }
+      } catch (const std::exception& e) {
+        spdlog::error("housekeeping failed: {}", e.what());
+      }
+    }
+  }
+
+  // Stopped tasks past the cleanup wait: containers removed, then the record.
+  void clean_up_tasks() {
+    const double now = now_seconds();
+    const double wait = std::chrono::duration<double>(cfg_.task_cleanup_wait).count();
+    std::vector<std::pair<std::string, json>> due;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        if (t["lastStatus"] != "STOPPED") continue;
+        if (t.value("stoppedAt", now) + wait > now) continue;
+        due.emplace_back(a, t["_berth"]["docker"]);
+      }
+    }
+    for (const auto& [a, docker] : due) {
+      bool removed = true;
+      for (const auto& [name, id] : docker.items()) {
+        auto r = docker_->remove_container(id.get<std::string>(), {true, true});
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::warn("task {}: cannot remove container {}: {}", a, id.get<std::string>(),
+                       r.error().message);
+          removed = false;
+        }
+      }
+      if (!removed) continue;  // tried again next time
+      std::lock_guard lock(mu_);
+      const auto it = tasks_.find(a);
+      if (it == tasks_.end()) continue;
+      const std::string cluster = it->second["clusterArn"].get<std::string>().substr(
+          it->second["clusterArn"].get<std::string>().rfind('/') + 1);
+      if (auto e = store_->erase("task", task_key(cluster, name_of(a))); !e) {
+        spdlog::error("store: task {}: {}", a, e.error().message);
+        continue;
+      }
+      for (const auto& [name, id] : docker.items()) container_to_task_.erase(id.get<std::string>());
+      tasks_.erase(it);
+      published_.erase(a);
+      metrics_.add("berth_tasks_cleaned_up_total", {});
+      spdlog::info("task {} cleaned up: containers removed", a);
+    }
+  }
+
+  // Records that a task used an image (by id), so that housekeeping may remove it once unused.
+  void track_image(const std::string& image_id, const std::string& ref) {
+    auto doc = store_->get("image", image_id);
+    json im = doc && *doc ? json::parse(**doc, nullptr, false) : json::object();
+    if (!im.is_object()) im = json::object();
+    im["imageId"] = image_id;
+    if (!im.contains("names")) im["names"] = json::array();
+    if (std::find(im["names"].begin(), im["names"].end(), ref) == im["names"].end())
+      im["names"].push_back(ref);
+    im["lastUsedAt"] = now_seconds();
+    if (auto w = store_->put("image", image_id, im.dump()); !w) {
+      spdlog::error("store: image {}: {}", image_id, w.error().message);
+    }
+  }
+
+  // Images tasks used, unused by any task still known (a stopped one keeps its containers until
+  // cleaned up) for the minimum age, least recently used first; at most images_per_cycle.
+  void clean_up_images() {
+    auto all = store_->list("image", "");
+    if (!all) return;
+    std::set<std::string> in_use;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        const json images = t["_berth"].value("images", json::object());  // outlives items()
+        for (const auto& [name, id] : images.items()) in_use.insert(id.get<std::string>());
+      }
+    }
+    const double now = now_seconds();
+    const double age = std::chrono::duration<double>(cfg_.image_minimum_age).count();
+    std::vector<std::pair<double, json>> candidates;
+    for (const auto& [id, doc] : *all) {
+      json im = json::parse(doc, nullptr, false);
+      if (!im.is_object() || in_use.contains(id)) continue;
+      bool excluded = false;
+      for (const auto& n : im.value("names", json::array())) {
+        excluded |= std::find(cfg_.image_cleanup_exclude.begin(), cfg_.image_cleanup_exclude.end(),
+                              n.get<std::string>()) != cfg_.image_cleanup_exclude.end();
+      }
+      if (excluded) continue;
+      const double last = im.value("lastUsedAt", now);
+      if (last + age > now) continue;
+      candidates.emplace_back(last, im);
+    }
+    std::sort(candidates.begin(), candidates.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    unsigned removed = 0;
+    metrics_.add("berth_image_cleanups_total", {});
+    for (const auto& [last, im] : candidates) {
+      if (removed >= cfg_.images_per_cycle) break;
+      const std::string id = im["imageId"];
+      // Each name first, then the id: an image under several names cannot go by id alone.
+      bool gone = true;
+      for (const auto& n : im["names"]) {
+        auto r = docker_->remove_image(n.get<std::string>(), false);
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::info("image {} ({}) kept: {}", n.get<std::string>(), id, r.error().message);
+          gone = false;
+          break;
+        }
+      }
+      if (!gone) continue;  // a container still uses it: tried again next cycle
+      // Still there under names no task used: someone else's, no longer tracked.
+      auto left = docker_->inspect_image(id);
+      if (left && left->tags.empty()) {
+        auto r = docker_->remove_image(id, false);
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::info("image {} kept: {}", id, r.error().message);
+          continue;
+        }
+      }
+      (void)store_->erase("image", id);
+      ++removed;
+      metrics_.add("berth_images_removed_total", {});
+      spdlog::info("image {} removed: unused since {}", id, iso8601(last, false));
+    }
   }
 
   config cfg_;
@@ -2437,13 +2925,17 @@ class service_impl final : public service {
   std::list<worker> workers_;
   std::vector<std::string> recovered_resume_, recovered_check_;  // between recover() and start
   std::unique_ptr<dk::subscription> events_;
-  std::thread heartbeat_;
+  std::thread heartbeat_, housekeeping_;
+  metrics& metrics_;
+  event_bus& bus_;
+  std::map<std::string, std::string> published_;  // task ARN -> the state last announced
 };
 
 }  // namespace
 
 result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
-                                              std::unique_ptr<dk::engine> d) {
+                                              std::unique_ptr<dk::engine> d, metrics& m,
+                                              event_bus& events) {
   ipc::options lo;
   lo.cluster = c.cluster;
   lo.slots = 4096;
@@ -2451,7 +2943,8 @@ result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<s
   if (!l)
     return tl::unexpected(
         error{"ledger for cluster " + c.cluster + ": " + ipc::describe(l.error())});
-  auto svc = std::make_unique<service_impl>(c, std::move(s), std::move(d), std::move(*l));
+  auto svc =
+      std::make_unique<service_impl>(c, std::move(s), std::move(d), std::move(*l), m, events);
   if (auto r = svc->start(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<service>(std::move(svc));
 }

@@ -8,6 +8,8 @@
 
 #include "berth/agent.hpp"
 #include "berth/docker.hpp"
+#include "events.hpp"
+#include "metrics.hpp"
 #include "store.hpp"
 
 namespace berth::agent {
@@ -26,13 +28,23 @@ class service {
   virtual ~service() = default;
   // Runs one action; the response document, or the ECS error.
   virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;
+  // Berth's placement query (BerthV1.Place): where `count` tasks of a task definition would
+  // go under the given constraints and strategies and, with dryRun, each rejected instance's
+  // first reason, reserving nothing. Without dryRun it runs them, as RunTask.
+  virtual tl::expected<json, api_error> place(const json& request) = 0;
+  // The ECS agent's introspection API: GET /v1/metadata and /v1/tasks[?dockerid=|taskarn=].
+  virtual json metadata() = 0;
+  virtual tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
+                                                         const std::string& task_arn) = 0;
   // Stops the task engine's threads; containers keep running.
   virtual void shutdown() = 0;
 };
 
 // Creates the cluster if needed, registers this instance, recovers tasks from the store and
 // Docker, and starts the engine.
+// Task state changes go to `events`; placements and task counts to `m`. Both outlive it.
 result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
-                                              std::unique_ptr<docker::engine> d);
+                                              std::unique_ptr<docker::engine> d, metrics& m,
+                                              event_bus& events);
 
 }  // namespace berth::agent

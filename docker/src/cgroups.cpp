@@ -152,15 +152,63 @@ result<cgroup_reading> read_paths(const std::map<std::string, std::string>& path
 
 }  // namespace
 
-result<cgroup_reading> read_cgroup(int pid) {
+// A live process's cgroup paths by controller.
+result<std::map<std::string, std::string>> paths_of(int pid) {
   if (pid <= 0)
     return tl::unexpected(error{errc::cgroup, "no process (pid " + std::to_string(pid) + ")"});
-  const auto paths = cgroup_paths("/proc/" + std::to_string(pid) + "/cgroup");
+  auto paths = cgroup_paths("/proc/" + std::to_string(pid) + "/cgroup");
   if (!paths) {
     return tl::unexpected(
         error{errc::cgroup, "cannot read /proc/" + std::to_string(pid) + "/cgroup"});
   }
+  return std::move(*paths);
+}
+
+result<cgroup_reading> read_cgroup(int pid) {
+  auto paths = paths_of(pid);
+  if (!paths) return tl::unexpected(paths.error());
   return read_paths(*paths);
+}
+
+result<cgroup_usage> read_usage(int pid) {
+  const auto paths = paths_of(pid);
+  if (!paths) return tl::unexpected(paths.error());
+  if (const int rc = init_result(); rc != 0) {
+    return tl::unexpected(
+        error{errc::cgroup, std::string("libcgroup could not initialise: ") + cgroup_strerror(rc)});
+  }
+  // One counter of a memory.stat text.
+  const auto stat = [](const std::optional<std::string>& text, const std::string& key) {
+    std::optional<std::int64_t> out;
+    if (!text) return out;
+    std::stringstream in(*text);
+    std::string k;
+    std::int64_t v = 0;
+    while (in >> k >> v) {
+      if (k == key) out = v;
+    }
+    return out;
+  };
+  cgroup_usage u;
+  std::optional<std::int64_t> inactive;
+  if (paths->contains("memory")) {
+    const std::string& mem = paths->at("memory");
+    u.cgroup = mem;
+    u.memory_bytes = number_of(read_value("memory", mem, "memory.usage_in_bytes"));
+    inactive = stat(read_value("memory", mem, "memory.stat"), "total_inactive_file");
+    const std::string cpu = paths->contains("cpuacct") ? paths->at("cpuacct") : mem;
+    u.cpu_ns = number_of(read_value("cpuacct", cpu, "cpuacct.usage"));
+  } else if (paths->contains("")) {
+    const std::string& p = paths->at("");
+    u.cgroup = p;
+    u.memory_bytes = number_of(read_value("memory", p, "memory.current"));
+    inactive = stat(read_value("memory", p, "memory.stat"), "inactive_file");
+    if (auto usec = stat(read_value("cpu", p, "cpu.stat"), "usage_usec")) u.cpu_ns = *usec * 1000;
+  } else {
+    return tl::unexpected(error{errc::cgroup, "no memory controller and no cgroup v2 path"});
+  }
+  if (u.memory_bytes && inactive && *inactive < *u.memory_bytes) *u.memory_bytes -= *inactive;
+  return u;
 }
 
 std::vector<std::string> check_limits(const requested_limits& asked, const cgroup_reading& got) {

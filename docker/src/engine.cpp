@@ -218,6 +218,7 @@ container_info read_info(const json& j) {
   c.id = str(j, "Id");
   c.name = str(j, "Name");
   if (!c.name.empty() && c.name.front() == '/') c.name.erase(0, 1);
+  c.image_id = str(j, "Image");
   if (const auto it = j.find("Config"); it != j.end() && it->is_object()) {
     c.image = str(*it, "Image");
     c.labels = string_map(*it, "Labels");

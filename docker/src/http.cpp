@@ -106,7 +106,58 @@ result<std::unique_ptr<transport::prepared>> transport::prepare(const request& r
   return p;
 }
 
+// "POST /v1.43/containers/3f2a.../start?x=1" -> "POST /containers/{id}/start". Names of
+// images may hold slashes: everything between /images/ and a known last part is the name.
+std::string operation_of(std::string_view method, std::string_view target) {
+  std::string path(target.substr(0, target.find('?')));
+  if (path.starts_with("/v1.")) path = path.substr(path.find('/', 1));
+  std::string out = std::string(method) + " ";
+  const auto templated = [&](std::string_view prefix, std::initializer_list<std::string_view> keep,
+                             std::initializer_list<std::string_view> tails) -> bool {
+    if (!path.starts_with(prefix)) return false;
+    std::string rest = path.substr(prefix.size());
+    for (const auto k : keep) {
+      if (rest == k) {
+        out += path;
+        return true;
+      }
+    }
+    std::string tail;
+    for (const auto t : tails) {
+      if (rest.size() > t.size() + 1 && rest.ends_with(t) &&
+          rest[rest.size() - t.size() - 1] == '/') {
+        tail.assign("/");
+        tail.append(t);
+      }
+    }
+    out.append(prefix);
+    out.append("{id}");
+    out.append(tail);
+    return true;
+  };
+  if (templated("/containers/", {"json", "create", "prune"},
+                {"json", "start", "stop", "kill", "wait", "logs", "stats", "restart"}) ||
+      templated("/images/", {"json", "create", "load", "get", "prune", "search"},
+                {"json", "get", "tag", "history", "push"}) ||
+      templated("/volumes/", {"create", "prune"}, {}) ||
+      templated("/networks/", {"create", "prune"}, {})) {
+    return out;
+  }
+  return out + path;
+}
+
 result<response> transport::send(const request& r) {
+  if (opts_.on_call) {
+    const auto start = std::chrono::steady_clock::now();
+    auto out = send_once(r);
+    opts_.on_call(operation_of(r.method, r.target), out ? out->status : 0,
+                  std::chrono::steady_clock::now() - start);
+    return out;
+  }
+  return send_once(r);
+}
+
+result<response> transport::send_once(const request& r) {
   auto p = prepare(r);
   if (!p) return tl::unexpected(p.error());
   CURL* h = (*p)->handle.get();

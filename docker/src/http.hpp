@@ -39,6 +39,9 @@ struct request {
   std::chrono::milliseconds timeout{0};      // 0: the transport's default
 };
 
+// The metrics name of a call: method and path without ids, names, version or query.
+std::string operation_of(std::string_view method, std::string_view target);
+
 class transport {
  public:
   explicit transport(const options& o);
@@ -59,6 +62,7 @@ class transport {
   const options& opts() const noexcept { return opts_; }
 
  private:
+  result<response> send_once(const request& r);
   struct slist_deleter {
     void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
   };

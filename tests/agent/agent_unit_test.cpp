@@ -1,11 +1,16 @@
-// The agent's parts on their own: configuration, the SQLite store, SigV4.
+// The agent's parts on their own: configuration, the SQLite store, SigV4, the audit log's
+// redaction and files, metrics' text format, the event bus.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "audit.hpp"
 #include "berth/agent.hpp"
+#include "events.hpp"
+#include "metrics.hpp"
 #include "sigv4.hpp"
 #include "store.hpp"
 
@@ -82,6 +87,115 @@ TEST(ConfigTest, BadValuesAreNamed) {
   ASSERT_TRUE(help);
   EXPECT_TRUE(help->show_help);
   EXPECT_NE(help->help_text.find("ECS_RESERVED_MEMORY"), std::string::npos);
+}
+
+TEST(ConfigTest, HousekeepingTakesTheEcsAgentsKeysAndGoDurations) {
+  auto c = load({}, {{"ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION", "1h30m"},
+                     {"ECS_IMAGE_MINIMUM_CLEANUP_AGE", "90s"},
+                     {"ECS_DISABLE_IMAGE_CLEANUP", "true"},
+                     {"ECS_EXCLUDE_UNTRACKED_IMAGE", "a:1, b:2"},
+                     {"ECS_NUM_IMAGES_DELETE_PER_CYCLE", "7"}});
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->task_cleanup_wait, std::chrono::minutes(90));
+  EXPECT_EQ(c->image_minimum_age, std::chrono::seconds(90));
+  EXPECT_FALSE(c->image_cleanup);
+  EXPECT_EQ(c->image_cleanup_exclude, (std::vector<std::string>{"a:1", "b:2"}));
+  EXPECT_EQ(c->images_per_cycle, 7u);
+  auto d = load({});
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->task_cleanup_wait, std::chrono::hours(3));
+  EXPECT_TRUE(d->image_cleanup);
+  EXPECT_EQ(d->admin_group, "berth");
+  for (const char* bad :
+       {"--task-cleanup-wait=0s", "--task-cleanup-wait=3d", "--task-cleanup-wait=1h30",
+        "--images-per-cycle=0", "--image-cleanup=maybe"}) {
+    auto r = load({bad});
+    EXPECT_FALSE(r) << bad;
+  }
+}
+
+TEST(AuditTest, RedactionHidesValuesNotNames) {
+  const nlohmann::json req = {
+      {"family", "web"},
+      {"nextToken", "abc"},
+      {"containerDefinitions",
+       {{{"name", "web"},
+         {"environment", {{{"name", "DB_PASSWORD"}, {"value", "hunter2"}}}},
+         {"repositoryCredentials", {{"credentialsParameter", "arn:secret"}}}}}}};
+  const nlohmann::json out = ag::redact(req);
+  const auto& c = out["containerDefinitions"][0];
+  EXPECT_EQ(c["environment"][0]["name"], "DB_PASSWORD");
+  EXPECT_EQ(c["environment"][0]["value"], "HIDDEN_DUE_TO_SECURITY_REASONS");
+  EXPECT_EQ(c["repositoryCredentials"]["credentialsParameter"], "HIDDEN_DUE_TO_SECURITY_REASONS");
+  EXPECT_EQ(out["nextToken"], "abc");
+  EXPECT_EQ(out["family"], "web");
+  const nlohmann::json big = {{"blob", std::string(100'000, 'x')}};
+  EXPECT_EQ(ag::redact(big, 1000)["berthTruncated"], true);
+}
+
+TEST(AuditTest, AppendsWholeLinesCutsATornOneAndRotates) {
+  temp t;
+  const fs::path file = t.dir / "audit.log";
+  std::ofstream(file) << "{\"a\":1}\n{\"b\":";  // a crash mid-record
+  {
+    ag::audit_log log;
+    ASSERT_TRUE(log.open(file.string(), 200, 2));
+    EXPECT_EQ(fs::file_size(file), 8u);  // the torn record is gone
+    for (int i = 0; i < 20; ++i) log.append({{"n", i}, {"pad", std::string(40, 'p')}});
+  }
+  EXPECT_LE(fs::file_size(file), 200u);
+  EXPECT_TRUE(fs::exists(file.string() + ".1"));
+  EXPECT_TRUE(fs::exists(file.string() + ".2"));
+  EXPECT_FALSE(fs::exists(file.string() + ".3"));
+  std::ifstream in(file);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    EXPECT_FALSE(nlohmann::json::parse(line, nullptr, false).is_discarded()) << line;
+    last = line;
+  }
+  EXPECT_EQ(nlohmann::json::parse(last)["n"], 19);
+}
+
+TEST(MetricsTest, RendersPrometheusText) {
+  ag::metrics m;
+  m.counter("x_total", "Things");
+  m.histogram("lat_seconds", "Latency", {0.1, 1});
+  m.gauge("g", "A gauge");
+  m.add("x_total", {{"code", "a\"b"}}, 2);
+  m.observe("lat_seconds", {{"op", "get"}}, 0.05);
+  m.observe("lat_seconds", {{"op", "get"}}, 0.5);
+  m.observe("lat_seconds", {{"op", "get"}}, 5);
+  m.on_collect([](ag::metrics& self) { self.set("g", {}, 7); });
+  m.add("undeclared", {}, 1);  // dropped
+  const std::string text = m.render();
+  EXPECT_NE(text.find("# TYPE x_total counter\nx_total{code=\"a\\\"b\"} 2\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{op=\"get\",le=\"0.1\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("lat_seconds_bucket{op=\"get\",le=\"1\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("lat_seconds_bucket{op=\"get\",le=\"+Inf\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("lat_seconds_count{op=\"get\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("\ng 7\n"), std::string::npos);
+  EXPECT_EQ(text.find("undeclared"), std::string::npos);
+}
+
+TEST(EventBusTest, FansOutAndDropsASubscriberThatFallsBehind) {
+  ag::event_bus bus(3);
+  auto fast = bus.subscribe();
+  auto slow = bus.subscribe();
+  for (int i = 0; i < 3; ++i) {
+    bus.publish(std::to_string(i));
+    EXPECT_EQ(fast->next(std::chrono::milliseconds(0)), std::to_string(i));
+  }
+  EXPECT_EQ(bus.subscribers(), 2u);
+  bus.publish("3");  // slow has 3 queued already: dropped, its queue still readable
+  EXPECT_EQ(bus.subscribers(), 1u);
+  EXPECT_EQ(fast->next(std::chrono::milliseconds(0)), "3");
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(slow->next(std::chrono::milliseconds(0)), std::to_string(i));
+  EXPECT_TRUE(slow->closed());
+  bus.close();
+  EXPECT_TRUE(fast->closed());
+  EXPECT_FALSE(fast->next(std::chrono::milliseconds(0)));
 }
 
 TEST(StoreTest, DocumentsCountersAndTransactionsSurviveReopen) {

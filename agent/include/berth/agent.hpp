@@ -39,6 +39,19 @@ struct config {
   std::map<std::string, std::string> attributes;   // custom instance attributes
   std::chrono::milliseconds stop_timeout{30'000};  // a container's default stopTimeout
   std::uint64_t max_body_bytes = 1 << 20;
+  // Who may call actions that change anything over the Unix socket, besides root and berthd's
+  // own user: members of this group. Everyone else may only describe and list.
+  std::string admin_group = "berth";
+  std::uint64_t audit_max_bytes = 64ull << 20;  // <state-dir>/audit.log rotated past this
+  unsigned audit_keep = 5;                      // rotated files kept: audit.log.1 ... .5
+  // Housekeeping, as the ECS agent's: stopped tasks stay describable this long, then their
+  // containers (and the record) go; images tasks used go once unused for the minimum age.
+  std::chrono::milliseconds task_cleanup_wait{3 * 3'600'000};
+  bool image_cleanup = true;
+  std::chrono::milliseconds image_cleanup_interval{30 * 60'000};
+  std::chrono::milliseconds image_minimum_age{3'600'000};
+  unsigned images_per_cycle = 5;
+  std::vector<std::string> image_cleanup_exclude;  // name:tag never removed
   std::string log_level = "info";
   bool show_help = false;
   std::string help_text;

@@ -51,6 +51,11 @@ struct options {
   std::string socket_path = "/var/run/docker.sock";
   std::chrono::milliseconds timeout{60'000};  // a call's deadline unless it takes its own
   std::chrono::milliseconds connect_timeout{2'000};
+  // Called after every request/response call (not streams) with its operation, the method and
+  // path with ids, names and the query left out ("POST /containers/{id}/start"), the HTTP status
+  // (0: no answer) and how long it took: what metrics are made of. From the calling thread.
+  std::function<void(std::string_view operation, long status, std::chrono::nanoseconds took)>
+      on_call;
 };
 
 struct version_info {
@@ -116,7 +121,8 @@ std::string_view to_string(health_status h) noexcept;
 
 struct container_info {
   std::string id, name, image;
-  std::string status;  // created, running, paused, restarting, removing, exited, dead
+  std::string image_id;  // what `image` resolved to when it was created: sha256:...
+  std::string status;    // created, running, paused, restarting, removing, exited, dead
   bool running = false;
   int pid = 0;
   int exit_code = 0;
@@ -250,6 +256,15 @@ struct cgroup_reading {
   std::optional<std::int64_t> pids_limit, pids_current;
 };
 result<cgroup_reading> read_cgroup(int pid);
+
+// What a process's cgroup has used: memory as `docker stats` counts it (usage less inactive
+// page cache) and CPU time. Cheap: a handful of small file reads, no Docker call.
+struct cgroup_usage {
+  std::string cgroup;  // the memory cgroup's path: callers check it names their container
+  std::optional<std::int64_t> memory_bytes;
+  std::optional<std::int64_t> cpu_ns;
+};
+result<cgroup_usage> read_usage(int pid);
 
 // What a task asked for; zero: not asked.
 struct requested_limits {
