@@ -286,9 +286,11 @@ int answer(const reply& r, const std::string& operation, const std::string& outp
     return exit_ok;
   }
   std::string type = "HTTP " + std::to_string(r.status), message = r.body;
-  if (body.is_object()) {
-    type = body.value("__type", type);
-    message = body.value("message", message);
+  if (body.is_object() && body.contains("__type") && body["__type"].is_string()) {
+    type = body["__type"];
+  }
+  if (body.is_object() && body.contains("message") && body["message"].is_string()) {
+    message = body["message"];
   }
   std::cerr << "An error occurred (" << type << ") when calling the " << operation
             << " operation: " << message << "\n";
@@ -311,10 +313,15 @@ size_t on_events(char* data, size_t size, size_t n, void* p) {
     if (w.output == "json") {
       std::cout << line << std::endl;
     } else {
+      // Whatever the line holds, a missing or odd member prints as empty.
       const json e = json::parse(line, nullptr, false);
-      const json d = e.is_object() ? e.value("detail", json::object()) : json::object();
-      std::cout << e.value("time", "") << "  " << d.value("lastStatus", "") << "/"
-                << d.value("desiredStatus", "") << "  " << d.value("taskArn", "") << std::endl;
+      const auto text = [](const json& j, const char* k) {
+        return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>()
+                                                                  : std::string();
+      };
+      const json d = e.is_object() && e.contains("detail") ? e["detail"] : json::object();
+      std::cout << text(e, "time") << "  " << text(d, "lastStatus") << "/"
+                << text(d, "desiredStatus") << "  " << text(d, "taskArn") << std::endl;
     }
     if (w.limit > 0 && ++w.seen >= w.limit) return 0;  // enough: end the transfer
   }
@@ -347,6 +354,8 @@ int main(int argc, char** argv) {
       "berthctl: the local berthd's ECS API, verbs and options as the AWS CLI names them.\n"
       "Exit codes: 0 done, 1 the API refused, 2 usage, 3 berthd unreachable."};
   app.set_help_all_flag("--help-all", "every verb's options");
+  app.name("berthctl");
+  app.get_formatter()->column_width(40);  // the longest verb's name fits beside its line
   std::string socket = "/run/berth/berth.sock", output = "json";
   // Given twice, the last wins (as with aws): a wrapper's default can be overridden.
   app.add_option("--socket", socket, "berthd's socket")
@@ -416,7 +425,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> args;
   for (int i = argc - 1; i > 0; --i) {  // CLI11 wants them in reverse
     args.emplace_back(argv[i]);
-    if (args.back().starts_with("[")) args.back().insert(0, 1, bracket_mark);
+    std::string& a = args.back();
+    if (a.starts_with("[")) a.insert(0, 1, bracket_mark);
+    // --option=[...] too
+    if (const auto eq = a.find("=["); a.starts_with("--") && eq != std::string::npos) {
+      a.insert(eq + 1, 1, bracket_mark);
+    }
   }
   try {
     app.parse(args);
@@ -427,9 +441,9 @@ int main(int argc, char** argv) {
   try {
     if (watch_cmd->parsed()) return watch(socket, output, limit);
     if (place->parsed()) {
-      json req = {{"taskDefinition", td}, {"count", count}, {"dryRun", dry_run}};
-      if (!cluster.empty()) req["cluster"] = cluster;
-      if (!group.empty()) req["group"] = group;
+      json req = {{"taskDefinition", value_of(td)}, {"count", count}, {"dryRun", dry_run}};
+      if (!cluster.empty()) req["cluster"] = value_of(cluster);
+      if (!group.empty()) req["group"] = value_of(group);
       const member c{"placementConstraints", "--placement-constraints", 'L', false};
       const member s{"placementStrategy", "--placement-strategy", 'L', false};
       if (!constraints.empty()) req["placementConstraints"] = convert(c, constraints);

@@ -143,7 +143,13 @@ void audit_log::append(const json& record) {
   line += '\n';
   std::lock_guard lock(mu_);
   if (max_bytes_ > 0 && size_ > 0 && size_ + line.size() > max_bytes_) rotate();
+  if (fd_ < 0) {  // a failed rotation: tried again with every record
+    fd_ = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    struct stat st {};
+    size_ = fd_ >= 0 && ::fstat(fd_, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+  }
   const bool ok = fd_ >= 0 && write_all(fd_, line);
+  const int err = errno;
   if (ok) {
     size_ += line.size();
     failing_ = false;
@@ -152,7 +158,7 @@ void audit_log::append(const json& record) {
     if (fd_ >= 0) (void)::ftruncate(fd_, static_cast<off_t>(size_));
     if (failing_) return;
     failing_ = true;
-    spdlog::error("audit log {}: write failed: {}", path_, std::strerror(errno));
+    spdlog::error("audit log {}: write failed: {}", path_, std::strerror(err));
   }
 }
 

@@ -215,7 +215,7 @@ class daemon_impl final : public daemon {
   http_response handle(const http_request& r) {
     const std::string id = request_id();
     if (r.method == "GET") {
-      http_response out = read_endpoint(r);
+      http_response out = get(r);
       out.headers["x-amzn-RequestId"] = id;
       return out;
     }
@@ -291,7 +291,28 @@ class daemon_impl final : public daemon {
     return r.gid == admin || std::find(r.groups.begin(), r.groups.end(), admin) != r.groups.end();
   }
 
-  // The GET endpoints: read-only, open to every peer (as the ECS agent's introspection port).
+  // The GET endpoints are read-only: open to every peer on the socket and to loopback peers on
+  // TCP (as the ECS agent's introspection port); a TCP peer from elsewhere signs, as for POST.
+  http_response get(const http_request& r) {
+    if (r.tcp && !is_loopback(r.peer)) {
+      signed_request sr{r.method, r.target, r.headers, r.body};
+      if (auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now()); !who) {
+        return error_response({who.error().type, who.error().message, 403});
+      }
+    }
+    try {
+      return read_endpoint(r);
+    } catch (const std::exception& e) {
+      spdlog::error("GET {} failed: {}", r.target, e.what());
+      return json_response(500, {{"__type", "ServerException"}, {"message", e.what()}},
+                           "application/json");
+    }
+  }
+
+  static bool is_loopback(const std::string& address) {
+    return address.starts_with("127.") || address == "::1" || address.starts_with("::ffff:127.");
+  }
+
   http_response read_endpoint(const http_request& r) {
     const std::string path = r.path();
     const auto q = query_of(r.query());
@@ -323,6 +344,13 @@ class daemon_impl final : public daemon {
       return out;
     }
     if (path == "/v1/events") {
+      // Each follower holds a connection: a bounded number, leaving room for API callers.
+      if (bus_.subscribers() >= max_followers) {
+        return json_response(
+            503,
+            {{"__type", "ThrottlingException"}, {"message", "Too many event stream followers"}},
+            "application/json");
+      }
       // Subscribed before the headers go: an event after the client sees them is never missed.
       auto sub = bus_.subscribe();
       http_response out;
@@ -438,8 +466,9 @@ class daemon_impl final : public daemon {
     }
     rec.request = req;
     // A placement query that reserves nothing is a read.
-    if (berth && rec.action == "Place") {
-      rec.read_only = req.is_object() && req.value("dryRun", false) == true;
+    if (berth && rec.action == "Place" && req.is_object()) {
+      const auto dry = req.find("dryRun");
+      rec.read_only = dry != req.end() && dry->is_boolean() && dry->get<bool>();
     }
     if (!rec.read_only) {
       if (read_only_key) {
@@ -479,6 +508,7 @@ class daemon_impl final : public daemon {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopped_ = false;
+  static constexpr std::size_t max_followers = 64;
   // The actions metrics give a series of their own.
   const std::set<std::string> known_ = {"CreateCluster",
                                         "ListClusters",

@@ -96,6 +96,11 @@ void metrics::observe(const std::string& name, const labels& l, double value) {
   ++s->total;
 }
 
+void metrics::clear(const std::string& name) {
+  std::lock_guard lock(mu_);
+  if (const auto f = families_.find(name); f != families_.end()) f->second.by_labels.clear();
+}
+
 void metrics::on_collect(std::function<void(metrics&)> fn) {
   std::lock_guard lock(mu_);
   collectors_.push_back(std::move(fn));

@@ -23,6 +23,8 @@ class metrics {
   void add(const std::string& name, const labels& l, double by = 1);
   void set(const std::string& name, const labels& l, double value);
   void observe(const std::string& name, const labels& l, double value);
+  // Drops every series of the family (a collector then sets the ones that still exist).
+  void clear(const std::string& name);
 
   // Runs before each render: a place to set gauges read from elsewhere.
   void on_collect(std::function<void(metrics&)> fn);

@@ -134,9 +134,12 @@ class server final : public http_server {
         ++live_;
         connections_.insert(sock.native_handle());
       }
-      // An idle connection is closed after a minute without a request.
+      // An idle connection is closed after a minute without a request; a peer that stops
+      // reading (an event stream's follower, say) after 30 s of blocked writes.
       timeval tv{60, 0};
       ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      timeval send_tv{30, 0};
+      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
       const int fd = sock.native_handle();
       try {
         std::thread([this, s = std::move(sock)]() mutable { session(std::move(s)); }).detach();
@@ -166,9 +169,16 @@ class server final : public http_server {
         base.uid = static_cast<int>(cred.uid);
         base.gid = static_cast<int>(cred.gid);
       }
-      gid_t groups[256];
-      socklen_t glen = sizeof groups;
-      if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+      // ERANGE says how much room the list needs: asked again with that.
+      std::vector<gid_t> groups(64);
+      socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+      int rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+      if (rc != 0 && errno == ERANGE) {
+        groups.resize(glen / sizeof(gid_t) + 1);
+        glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+      }
+      if (rc == 0) {
         for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
           base.groups.push_back(static_cast<int>(groups[i]));
         }
@@ -206,7 +216,14 @@ class server final : public http_server {
         r.body = req.body();
         keep_alive = req.keep_alive();
         version = req.version();
-        out = handler_(r);
+        try {
+          out = handler_(r);
+        } catch (...) {
+          // A bug in a handler costs this request, never the process.
+          out = {};
+          out.status = 500;
+          out.body = R"({"__type":"ServerException","message":"Internal error"})";
+        }
       }
       if (out.stream) {
         stream(sock, out, version);
@@ -227,6 +244,8 @@ class server final : public http_server {
     std::lock_guard lock(mu_);
     connections_.erase(fd);
     sock.close(ignored);
+    // Gone before the count says so: stop() may return, and io_ go, once it reaches zero.
+    { Socket gone = std::move(sock); }
     if (--live_ == 0) done_.notify_all();
   }
 
@@ -238,19 +257,26 @@ class server final : public http_server {
     res.set(http::field::content_type, out.content_type);
     for (const auto& [k, v] : out.headers) res.set(k, v);
     res.keep_alive(false);
-    res.chunked(true);
+    // HTTP/1.0 knows no chunks: the body then simply runs until the connection closes.
+    const bool chunked = version >= 11;
+    res.chunked(chunked);
     http::response_serializer<http::empty_body> sr{res};
     beast::error_code ec;
     http::write_header(sock, sr, ec);
     if (ec) return;
     struct sink final : stream_sink {
       Socket& s;
+      bool chunked;
       bool ok = true;
-      explicit sink(Socket& so) : s(so) {}
+      sink(Socket& so, bool c) : s(so), chunked(c) {}
       bool write(std::string_view data) override {
         if (!ok || data.empty()) return ok;
         beast::error_code e;
-        asio::write(s, http::make_chunk(asio::const_buffer(data.data(), data.size())), e);
+        if (chunked) {
+          asio::write(s, http::make_chunk(asio::const_buffer(data.data(), data.size())), e);
+        } else {
+          asio::write(s, asio::const_buffer(data.data(), data.size()), e);
+        }
         ok = !e;
         return ok;
       }
@@ -262,9 +288,9 @@ class server final : public http_server {
         }
         return ok;
       }
-    } out_sink(sock);
+    } out_sink(sock, chunked);
     out.stream(out_sink);
-    if (out_sink.ok) asio::write(sock, http::make_chunk_last(), ec);
+    if (out_sink.ok && chunked) asio::write(sock, http::make_chunk_last(), ec);
   }
 
   server_options opts_;

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <fstream>
+#include <limits>
 #include <list>
 #include <mutex>
 #include <random>
@@ -19,6 +20,7 @@
 #include <set>
 #include <thread>
 
+#include "audit.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "imds.hpp"
@@ -1697,7 +1699,8 @@ class service_impl final : public service {
       json t = new_task(td, cluster, group, started_by, overrides, tags, need);
       save(t);
       out["tasks"].push_back(view(t));
-      spawn([this, a = t["taskArn"].get<std::string>()] { start_containers(a); });
+      const std::string a = t["taskArn"];
+      spawn(a, [this, a] { start_containers(a); });
     }
     return out;
   }
@@ -1781,6 +1784,21 @@ class service_impl final : public service {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;
   };
+  // The worker works on one task: housekeeping leaves a task alone while any of its workers runs.
+  void spawn(const std::string& task_arn, std::function<void()> fn) {
+    ++in_flight_[task_arn];
+    spawn([this, task_arn, fn = std::move(fn)] {
+      struct done_with {
+        service_impl* s;
+        const std::string& arn;
+        ~done_with() {
+          std::lock_guard lock(s->mu_);
+          if (--s->in_flight_[arn] <= 0) s->in_flight_.erase(arn);
+        }
+      } done{this, task_arn};
+      fn();
+    });
+  }
   void spawn(std::function<void()> fn) {
     // Finished workers are joined here, so the list holds only live ones.
     for (auto it = workers_.begin(); it != workers_.end();) {
@@ -2198,7 +2216,12 @@ class service_impl final : public service {
       it = container_to_task_.emplace(e.id, a->second).first;
     }
     const std::string task_arn = it->second;
-    json& t = tasks_[task_arn];
+    const auto found = tasks_.find(task_arn);
+    if (found == tasks_.end()) {  // cleaned up: the container is no longer ours to follow
+      container_to_task_.erase(it);
+      return;
+    }
+    json& t = found->second;
     const std::string cname =
         e.attributes.contains(label_container) ? e.attributes.at(label_container) : "";
     json* c = nullptr;
@@ -2259,7 +2282,7 @@ class service_impl final : public service {
           t["stoppedReason"] = why;
           t["desiredStatus"] = "STOPPED";
           save(t);
-          spawn([this, task_arn, why] {
+          spawn(task_arn, [this, task_arn, why] {
             stop_task_containers(task_arn, "EssentialContainerExited", why);
           });
         }
@@ -2303,7 +2326,9 @@ class service_impl final : public service {
     json docker;
     {
       std::lock_guard lock(mu_);
-      docker = tasks_[task_arn]["_berth"]["docker"];
+      const auto it = tasks_.find(task_arn);
+      if (it == tasks_.end()) return;
+      docker = it->second["_berth"]["docker"];
     }
     for (const auto& [name, id] : docker.items()) {
       auto info = docker_->inspect_container(id.get<std::string>());
@@ -2367,7 +2392,7 @@ class service_impl final : public service {
   void resume_recovered() {
     {
       std::lock_guard lock(mu_);
-      for (const auto& a : recovered_resume_) spawn([this, a] { start_containers(a); });
+      for (const auto& a : recovered_resume_) spawn(a, [this, a] { start_containers(a); });
     }
     for (const auto& a : recovered_check_) {
       std::string desired;
@@ -2377,7 +2402,7 @@ class service_impl final : public service {
       }
       if (desired == "STOPPED") {
         std::lock_guard lock(mu_);
-        spawn([this, a] { stop_task_containers(a, "UserInitiated", "Task stopped by user"); });
+        spawn(a, [this, a] { stop_task_containers(a, "UserInitiated", "Task stopped by user"); });
       } else {
         reconcile(a);
       }
@@ -2408,7 +2433,7 @@ class service_impl final : public service {
       t["stoppingAt"] = now_seconds();
       t["version"] = t.value("version", 0) + 1;
       save(t);
-      spawn([this, key, why = t["stoppedReason"].get<std::string>()] {
+      spawn(key, [this, key, why = t["stoppedReason"].get<std::string>()] {
         stop_task_containers(key, "UserInitiated", why);
       });
       cv_.notify_all();
@@ -2504,7 +2529,9 @@ class service_impl final : public service {
   // EventBridge's "ECS Task State Change": detail is the task as DescribeTasks shows it, with
   // times as ISO strings.
   json task_event(const json& t) const {
-    json d = view(t);
+    // The stream is open to every reader: overrides' environment values are hidden, as in the
+    // audit log.
+    json d = redact(view(t), std::numeric_limits<std::size_t>::max());
     d.erase("tags");
     for (const char* k : {"createdAt", "startedAt", "stoppedAt", "stoppingAt", "pullStartedAt",
                           "pullStoppedAt", "connectivityAt", "executionStoppedAt"}) {
@@ -2558,6 +2585,12 @@ class service_impl final : public service {
         for (const auto& [a, t] : tasks_) ++by_state[t.value("lastStatus", "UNKNOWN")];
       }
       for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
+      // Instances gone from the ledger leave no series behind.
+      for (const char* f :
+           {"berth_ledger_free_cpu_units", "berth_ledger_free_memory_mib",
+            "berth_ledger_registered_cpu_units", "berth_ledger_registered_memory_mib"}) {
+        m.clear(f);
+      }
       const ipc::columns c = ledger_.view();
       for (std::uint32_t slot = 0; slot < c.count; ++slot) {
         if (c.state[slot] == 0) continue;
@@ -2611,6 +2644,9 @@ class service_impl final : public service {
 
   outcome place_dry_run(const json& req) {
     BERTH_TRY(l, read_launch(req));
+    if (l.cluster["clusterName"] != cfg_.cluster) {
+      return tl::unexpected(invalid("No Container Instances were found in your cluster."));
+    }
     const task_need& need = l.need;
     const std::int64_t count = l.count;
     auto q = pl::compile({need.req, l.group, l.constraints, l.strategies});
@@ -2791,16 +2827,28 @@ class service_impl final : public service {
   void clean_up_tasks() {
     const double now = now_seconds();
     const double wait = std::chrono::duration<double>(cfg_.task_cleanup_wait).count();
-    std::vector<std::pair<std::string, json>> due;
+    struct due_task {
+      std::string arn;
+      json docker;
+      std::vector<std::string> volumes;
+    };
+    std::vector<due_task> due;
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED") continue;
+        if (t["lastStatus"] != "STOPPED" || in_flight_.contains(a)) continue;
         if (t.value("stoppedAt", now) + wait > now) continue;
-        due.emplace_back(a, t["_berth"]["docker"]);
+        std::vector<std::string> volumes;
+        for (const auto& v : t["_berth"]["taskDefinition"].value("volumes", json::array())) {
+          if (v.is_object() && v.contains("name") && v["name"].is_string() &&
+              !(v.contains("host") && v["host"].is_object() && v["host"].contains("sourcePath"))) {
+            volumes.push_back(v["name"]);
+          }
+        }
+        due.push_back({a, t["_berth"]["docker"], volumes});
       }
     }
-    for (const auto& [a, docker] : due) {
+    for (const auto& [a, docker, volumes] : due) {
       bool removed = true;
       for (const auto& [name, id] : docker.items()) {
         auto r = docker_->remove_container(id.get<std::string>(), {true, true});
@@ -2810,10 +2858,23 @@ class service_impl final : public service {
           removed = false;
         }
       }
+      // The task's own volumes (its task definition's volumes without a host path) go too.
+      const std::string prefix = "berth-" + name_of(a).substr(0, 12) + "-";
+      for (const auto& v : volumes) {
+        auto r = docker_->remove_volume(prefix + v);
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::warn("task {}: cannot remove volume {}: {}", a, prefix + v, r.error().message);
+          removed = false;
+        }
+      }
       if (!removed) continue;  // tried again next time
       std::lock_guard lock(mu_);
       const auto it = tasks_.find(a);
-      if (it == tasks_.end()) continue;
+      // Unchanged since it was chosen, and no worker of its own: only then forgotten.
+      if (it == tasks_.end() || in_flight_.contains(a) || it->second["lastStatus"] != "STOPPED" ||
+          it->second["_berth"]["docker"] != docker) {
+        continue;
+      }
       const std::string cluster = it->second["clusterArn"].get<std::string>().substr(
           it->second["clusterArn"].get<std::string>().rfind('/') + 1);
       if (auto e = store_->erase("task", task_key(cluster, name_of(a))); !e) {
@@ -2879,9 +2940,22 @@ class service_impl final : public service {
     for (const auto& [last, im] : candidates) {
       if (removed >= cfg_.images_per_cycle) break;
       const std::string id = im["imageId"];
-      // Each name first, then the id: an image under several names cannot go by id alone.
+      {
+        // A task may have started on it since the list was made.
+        std::lock_guard lock(mu_);
+        bool used = false;
+        for (const auto& [a, t] : tasks_) {
+          const json images = t["_berth"].value("images", json::object());
+          for (const auto& [name, image] : images.items()) used |= image == id;
+        }
+        if (used) continue;
+      }
+      // Each name first, then the id: an image under several names cannot go by id alone. A
+      // name that has moved on to another image since is left alone.
       bool gone = true;
       for (const auto& n : im["names"]) {
+        const auto now_is = docker_->inspect_image(n.get<std::string>());
+        if (!now_is || now_is->id != id) continue;
         auto r = docker_->remove_image(n.get<std::string>(), false);
         if (!r && r.error().code != dk::errc::not_found) {
           spdlog::info("image {} ({}) kept: {}", n.get<std::string>(), id, r.error().message);
@@ -2929,6 +3003,7 @@ class service_impl final : public service {
   metrics& metrics_;
   event_bus& bus_;
   std::map<std::string, std::string> published_;  // task ARN -> the state last announced
+  std::map<std::string, int> in_flight_;          // task ARN -> its workers still running
 };
 
 }  // namespace

@@ -569,6 +569,10 @@ class engine_impl final : public engine {
                   {200});
   }
 
+  result<void> remove_volume(std::string_view name) override {
+    return expect({"DELETE", prefix_ + "/volumes/" + escape(name)}, {204});
+  }
+
   result<void> pull_image(std::string_view ref, std::chrono::milliseconds timeout) override {
     // name[:tag][@digest]: a digest is the tag; no tag means latest (an empty tag would pull
     // every tag).

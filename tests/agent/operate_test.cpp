@@ -1,6 +1,10 @@
 // Operating berthd: berthctl, peer authorization on the socket, the audit log, introspection,
 // Prometheus metrics, the event stream and housekeeping. Against the real dockerd, with the
 // real berthctl, AWS CLI and Prometheus text parser (Debian's python3-prometheus-client).
+#include <functional>
+#include <set>
+#include <sstream>
+
 #include "agent_fixture.hpp"
 
 namespace {
@@ -93,6 +97,133 @@ TEST_F(AgentTest, BerthctlSpeaksEveryVerbWithScriptableExitCodes) {
   EXPECT_EQ(absent.status, 3) << absent.err;
 }
 
+// Every ECS verb berthctl has, once, with real arguments, in an order where each finds what it
+// needs: each must be answered (exit 0), none refused as usage.
+TEST_F(AgentTest, BerthctlRunsEveryVerb) {
+  const std::string c = a().cluster();
+  const std::string ci =
+      a().berthctl({"list-container-instances", "--cluster", c}).body["containerInstanceArns"][0];
+  std::string td, task, task2;
+  const std::vector<std::pair<std::string, std::function<std::vector<std::string>()>>> steps = {
+      {"create-cluster",
+       [] {
+         return std::vector<std::string>{"--cluster-name", "spare"};
+       }},
+      {"list-clusters", [] { return std::vector<std::string>{}; }},
+      {"describe-clusters",
+       [&] {
+         return std::vector<std::string>{"--clusters", c, "spare"};
+       }},
+      {"list-container-instances",
+       [&] {
+         return std::vector<std::string>{"--cluster", c};
+       }},
+      {"describe-container-instances",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--container-instances", ci};
+       }},
+      {"update-container-instances-state",
+       [&] {
+         return std::vector<std::string>{"--cluster", c,          "--container-instances",
+                                         ci,          "--status", "ACTIVE"};
+       }},
+      {"put-attributes",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--attributes",
+                                         "name=disk,value=ssd,targetId=" + ci};
+       }},
+      {"list-attributes",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--target-type", "container-instance"};
+       }},
+      {"delete-attributes",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--attributes",
+                                         "name=disk,targetId=" + ci};
+       }},
+      {"register-task-definition",
+       [&] {
+         return std::vector<std::string>{"--family", "web", "--container-definitions",
+                                         json::array({container("web", {"sleep", "300"})}).dump()};
+       }},
+      {"describe-task-definition",
+       [&] {
+         return std::vector<std::string>{"--task-definition", "web:1"};
+       }},
+      {"list-task-definitions",
+       [] {
+         return std::vector<std::string>{"--family-prefix", "web"};
+       }},
+      {"list-task-definition-families", [] { return std::vector<std::string>{}; }},
+      {"run-task",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--task-definition", "web"};
+       }},
+      {"start-task",
+       [&] {
+         return std::vector<std::string>{
+             "--cluster", c, "--task-definition", "web", "--container-instances", ci};
+       }},
+      {"list-tasks",
+       [&] {
+         return std::vector<std::string>{"--cluster", c};
+       }},
+      {"describe-tasks",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--tasks", task};
+       }},
+      {"tag-resource",
+       [&] {
+         return std::vector<std::string>{"--resource-arn", task, "--tags", "key=a,value=b"};
+       }},
+      {"list-tags-for-resource",
+       [&] {
+         return std::vector<std::string>{"--resource-arn", task};
+       }},
+      {"untag-resource",
+       [&] {
+         return std::vector<std::string>{"--resource-arn", task, "--tag-keys", "a"};
+       }},
+      {"stop-task",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--task", task};
+       }},
+      {"deregister-task-definition",
+       [] {
+         return std::vector<std::string>{"--task-definition", "web:1"};
+       }},
+      {"delete-cluster",
+       [] {
+         return std::vector<std::string>{"--cluster", "spare"};
+       }},
+  };
+  std::set<std::string> verbs;
+  for (const auto& [verb, args] : steps) {
+    std::vector<std::string> argv = {verb};
+    for (const auto& x : args()) argv.push_back(x);
+    auto r = a().berthctl(argv);
+    EXPECT_EQ(r.status, 0) << verb << ": " << r.err;
+    if (verb == "run-task" && r.status == 0) task = r.body["tasks"][0]["taskArn"];
+    if (verb == "start-task" && r.status == 0) task2 = r.body["tasks"][0]["taskArn"];
+    verbs.insert(verb);
+  }
+  // Every ECS verb berthctl lists in its help is among them.
+  const auto help = a().berthctl({"--help"});
+  std::stringstream lines(help.out);
+  std::string line;
+  int listed = 0;
+  while (std::getline(lines, line)) {
+    std::smatch m;
+    if (std::regex_search(line, m, std::regex(R"(^  ([a-z-]+) +ECS )"))) {
+      ++listed;
+      EXPECT_TRUE(verbs.contains(m[1].str())) << m[1].str() << " is not exercised";
+    }
+  }
+  EXPECT_EQ(listed, static_cast<int>(verbs.size())) << help.out;
+  ASSERT_FALSE(task2.empty());
+  EXPECT_EQ(a().berthctl({"stop-task", "--cluster", c, "--task", task2}).status, 0);
+}
+
 TEST_F(AgentTest, PlaceDryRunShowsWhereAndWhyWithoutReserving) {
   // A peer agent of the same cluster on this host: its instance shares the ledger.
   agent peer(a().cluster(), "-peer");
@@ -139,6 +270,11 @@ TEST_F(AgentTest, PlaceDryRunShowsWhereAndWhyWithoutReserving) {
   // A dry run reserved nothing, and started nothing.
   EXPECT_EQ(free_now(), before);
   EXPECT_TRUE(a().berthctl({"list-tasks", "--cluster", a().cluster()}).body["taskArns"].empty());
+  // A dryRun of the wrong type is refused, not taken as either.
+  auto odd = a().raw("", R"({"taskDefinition":"web","dryRun":"yes"})", "BerthV1.Place");
+  EXPECT_EQ(odd.first, 400);
+  EXPECT_EQ(odd.second.value("__type", ""), "SerializationException") << odd.second.dump();
+  EXPECT_TRUE(a().running());
   // A malformed expression is refused with its position; table output reads.
   auto bad =
       a().berthctl({"place", "--dry-run", "--cluster", a().cluster(), "--task-definition", "web",
@@ -450,11 +586,12 @@ TEST(AgentCleanupTest, ExpiredTasksAndUnusedImagesAreRemoved) {
   std::string exclude = "--image-cleanup-exclude=";
   exclude += image;
   ASSERT_TRUE(a.start(
-      {"--task-cleanup-wait=2s", "--image-cleanup-interval=1s", "--image-minimum-age=1s", exclude}))
+      {"--task-cleanup-wait=3s", "--image-cleanup-interval=1s", "--image-minimum-age=1s", exclude}))
       << a.log();
   json brief = container("brief", {"sh", "-c", "exit 0"});
   brief["image"] = own;
-  a.register_td("brief", brief);
+  brief["mountPoints"] = {{{"sourceVolume", "scratch"}, {"containerPath", "/scratch"}}};
+  a.register_td("brief", brief, {{"volumes", {{{"name", "scratch"}}}}});
   a.register_td("long", container("long", {"sleep", "300"}));
   auto keep = a.aws({"run-task", "--cluster", a.cluster(), "--task-definition", "long"});
   auto gone = a.aws({"run-task", "--cluster", a.cluster(), "--task-definition", "brief"});
@@ -462,6 +599,10 @@ TEST(AgentCleanupTest, ExpiredTasksAndUnusedImagesAreRemoved) {
   const std::string kept = keep.body["tasks"][0]["taskArn"];
   const std::string arn = gone.body["tasks"][0]["taskArn"];
   ASSERT_TRUE(a.wait_status(arn, "STOPPED"));
+  std::string volume = "docker volume inspect berth-";
+  volume += arn.substr(arn.rfind('/') + 1, 12);
+  volume += "-scratch >/dev/null 2>&1";
+  EXPECT_EQ(run_shell(volume).status, 0) << "the task's volume exists while it is known";
   // Describable while stopped, then forgotten with its containers after the wait.
   ASSERT_TRUE(eventually(
       [&] {
@@ -473,6 +614,8 @@ TEST(AgentCleanupTest, ExpiredTasksAndUnusedImagesAreRemoved) {
   auto left = docker.list_containers({{{"com.berth.task-arn", arn}}, true});
   ASSERT_TRUE(left);
   EXPECT_TRUE(left->empty());
+  // And its own volume.
+  EXPECT_NE(run_shell(volume).status, 0);
   // Its image, used by nothing now, goes; the running task's stays.
   EXPECT_TRUE(eventually([&] { return !docker.inspect_image(own); }, 30s)) << a.log();
   EXPECT_EQ(a.describe_task(kept).value("lastStatus", ""), "RUNNING");

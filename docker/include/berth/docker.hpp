@@ -230,6 +230,8 @@ class engine {
   // Writes a `docker save` tarball of the image to `tar_path`.
   virtual result<void> save_image(std::string_view ref, const std::string& tar_path) = 0;
   virtual result<void> remove_image(std::string_view ref, bool force) = 0;
+  // A named volume; not_found when there is none, conflict while a container uses it.
+  virtual result<void> remove_volume(std::string_view name) = 0;
   // Fails with Docker's message (server_error or not_found) when no registry answers, or with
   // timeout when the deadline passes first.
   virtual result<void> pull_image(std::string_view ref, std::chrono::milliseconds timeout) = 0;
