@@ -39,6 +39,29 @@ const std::vector<action>& actions() {
   return all;
 }
 
+// Members the model types as integers or booleans wherever they appear.
+#define BERTHCTL_SHORTHAND_TYPES
+#include "berthctl_model.inc"
+#undef BERTHCTL_SHORTHAND_TYPES
+
+// A shorthand value as its member's type in the model: "8080" for containerPort is 8080.
+json typed(const std::string& key, const std::string& value) {
+  for (const char* k : shorthand_integers) {
+    if (key != k) continue;
+    try {
+      std::size_t used = 0;
+      const long long x = std::stoll(value, &used);
+      if (used == value.size()) return x;
+    } catch (const std::exception&) {
+    }
+    return value;  // berthd names the member in its refusal
+  }
+  for (const char* k : shorthand_booleans) {
+    if (key == k && (value == "true" || value == "false")) return value == "true";
+  }
+  return value;
+}
+
 constexpr int exit_ok = 0, exit_refused = 1, exit_usage = 2, exit_unreachable = 3;
 
 struct usage_error {
@@ -67,7 +90,7 @@ json shorthand(const std::string& text, const std::string& flag) {
   bool in_key = true, quoted = false;
   const auto end_pair = [&] {
     if (key.empty()) throw usage_error{flag + ": expected key=value in '" + text + "'"};
-    out[key] = value;
+    out[key] = typed(key, value);
     key.clear();
     value.clear();
     in_key = true;

@@ -63,6 +63,10 @@ constexpr setting settings[] = {
      "an image unused for less than this stays, e.g. 1h"},
     {"--image-cleanup-exclude", "BERTH_IMAGE_CLEANUP_EXCLUDE", "ECS_EXCLUDE_UNTRACKED_IMAGE",
      "images (name:tag, comma-separated) never removed, e.g. ones no registry can give back"},
+    {"--haproxy-socket", "BERTH_HAPROXY_SOCKET", nullptr,
+     "HAProxy's admin socket: services' loadBalancers are its backends"},
+    {"--deregistration-delay", "BERTH_DEREGISTRATION_DELAY", nullptr,
+     "how long a draining target may keep sessions before its task stops, e.g. 300s"},
     {"--images-per-cycle", "BERTH_NUM_IMAGES_DELETE_PER_CYCLE", "ECS_NUM_IMAGES_DELETE_PER_CYCLE",
      "most images removed in one cleanup"},
 };
@@ -285,6 +289,12 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     while (std::getline(in, name, ',')) {
       if (!trim(name).empty()) c.image_cleanup_exclude.push_back(trim(name));
     }
+  } else if (key == "BERTH_HAPROXY_SOCKET") {
+    c.haproxy_socket = v;
+  } else if (key == "BERTH_DEREGISTRATION_DELAY") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    c.deregistration_delay = *d;
   } else if (key == "BERTH_NUM_IMAGES_DELETE_PER_CYCLE") {
     auto x = unsigned_of(key, v);
     if (!x) return tl::unexpected(x.error());

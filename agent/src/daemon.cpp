@@ -15,6 +15,7 @@
 
 #include "audit.hpp"
 #include "berth/agent.hpp"
+#include "scheduler.hpp"
 #include "server.hpp"
 #include "service.hpp"
 #include "sigv4.hpp"
@@ -162,6 +163,12 @@ class daemon_impl final : public daemon {
     auto svc = make_service(cfg_, std::move(st), std::move(*d), metrics_, bus_);
     if (!svc) return tl::unexpected(svc.error());
     service_ = std::move(*svc);
+    // The service scheduler has a store connection of its own (SQLite in WAL mode serves both).
+    auto sst = open_sqlite_store(cfg_.state_dir);
+    if (!sst) return tl::unexpected(sst.error());
+    auto sched = make_scheduler(cfg_, std::move(*sst), *service_, bus_, metrics_);
+    if (!sched) return tl::unexpected(sched.error());
+    scheduler_ = std::move(*sched);
     return {};
   }
 
@@ -200,6 +207,7 @@ class daemon_impl final : public daemon {
     if (watchdog_.joinable()) watchdog_.join();
     bus_.close();
     if (server_) server_->stop();
+    if (scheduler_) scheduler_->shutdown();
     if (service_) {
       service_->shutdown();
       spdlog::info("stopped; tasks keep running");
@@ -486,11 +494,12 @@ class daemon_impl final : public daemon {
       }
     }
     tl::expected<json, api_error> result =
-        berth ? (rec.action == "Place"
-                     ? service_->place(req)
-                     : tl::unexpected(api_error{"UnknownOperationException",
+        berth                            ? (rec.action == "Place"
+                                                ? service_->place(req)
+                                                : tl::unexpected(api_error{"UnknownOperationException",
                                                 "Unknown operation: '" + rec.action + "'"}))
-              : service_->call(rec.action, req);
+        : scheduler_->serves(rec.action) ? scheduler_->call(rec.action, req)
+                                         : service_->call(rec.action, req);
     if (!result) return error_response(result.error());
     http_response ok;
     ok.body = result->dump(-1, ' ', false, json::error_handler_t::replace);
@@ -503,6 +512,7 @@ class daemon_impl final : public daemon {
   event_bus bus_;
   audit_log audit_;
   std::unique_ptr<service> service_;
+  std::unique_ptr<scheduler> scheduler_;  // uses service_: declared after it, destroyed first
   std::unique_ptr<http_server> server_;
   std::thread watchdog_;
   std::mutex mu_;
@@ -533,7 +543,12 @@ class daemon_impl final : public daemon {
                                         "TagResource",
                                         "UntagResource",
                                         "ListTagsForResource",
-                                        "Place"};
+                                        "Place",
+                                        "CreateService",
+                                        "UpdateService",
+                                        "DeleteService",
+                                        "DescribeServices",
+                                        "ListServices"};
 };
 
 }  // namespace

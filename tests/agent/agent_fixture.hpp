@@ -68,6 +68,31 @@ inline cli_result run_shell(std::string cmd, const fs::path& err = {}) {
   return r;
 }
 
+// Sends `req` on a fresh connection to the Unix socket at `path`; all that comes back until the
+// server closes it (empty when it cannot connect).
+inline std::string unix_exchange(const std::string& path, const std::string& req) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return {};
+  }
+  std::size_t sent = 0;
+  while (sent < req.size()) {
+    const ssize_t w = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+    if (w <= 0) break;
+    sent += static_cast<std::size_t>(w);
+  }
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) got.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return got;
+}
+
 // One berthd of the test's own.
 class agent {
  public:
@@ -172,30 +197,8 @@ class agent {
     return run_shell(cmd, dir_ / "berthctl.err");
   }
 
-  // Sends one request on a fresh connection to the Unix socket; all that comes back until the
-  // server closes it (empty when it cannot connect).
-  std::string exchange(const std::string& req) const {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", socket().c_str());
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-      ::close(fd);
-      return {};
-    }
-    std::size_t sent = 0;
-    while (sent < req.size()) {
-      const ssize_t w = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
-      if (w <= 0) break;
-      sent += static_cast<std::size_t>(w);
-    }
-    std::string got;
-    char buf[4096];
-    ssize_t n;
-    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) got.append(buf, static_cast<std::size_t>(n));
-    ::close(fd);
-    return got;
-  }
+  // One request on a fresh connection to berthd's socket; all that comes back.
+  std::string exchange(const std::string& req) const { return unix_exchange(socket(), req); }
 
   // GET on the Unix socket: status, content type and body.
   struct get_result {
@@ -273,20 +276,28 @@ inline json container(const std::string& name, std::vector<std::string> command,
           {"cpu", 64},    {"essential", true}, {"command", command}};
 }
 
+// A cluster of the running test's own: <prefix><pid>-<test name>.
+inline std::string test_cluster_name(char prefix) {
+  const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  std::string cluster = std::to_string(::getpid());
+  cluster.insert(0, 1, prefix);
+  cluster += '-';
+  cluster += name.substr(0, 40);
+  return cluster;
+}
+
+// The dockerd and image every agent test needs.
+inline void need_docker() {
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e) << e.error().message;
+  ASSERT_TRUE(dk::testing::ensure_test_image(**e));
+}
+
 class AgentTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    auto e = dk::testing::daemon();
-    ASSERT_TRUE(e) << e.error().message;
-    ASSERT_TRUE(dk::testing::ensure_test_image(**e));
-  }
+  static void SetUpTestSuite() { need_docker(); }
   void SetUp() override {
-    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    std::string cluster = std::to_string(::getpid());
-    cluster.insert(0, 1, 't');
-    cluster += '-';
-    cluster += name.substr(0, 40);
-    a_ = std::make_unique<agent>(cluster);
+    a_ = std::make_unique<agent>(test_cluster_name('t'));
     ASSERT_TRUE(a_->start()) << a_->log();
   }
   void TearDown() override { a_.reset(); }

@@ -184,6 +184,28 @@ TEST_F(AgentTest, BerthctlRunsEveryVerb) {
        [&] {
          return std::vector<std::string>{"--resource-arn", task, "--tag-keys", "a"};
        }},
+      {"create-service",
+       [&] {
+         return std::vector<std::string>{"--cluster",         c,       "--service-name",  "svc",
+                                         "--task-definition", "web:1", "--desired-count", "0"};
+       }},
+      {"list-services",
+       [&] {
+         return std::vector<std::string>{"--cluster", c};
+       }},
+      {"describe-services",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--services", "svc"};
+       }},
+      {"update-service",
+       [&] {
+         return std::vector<std::string>{"--cluster",       c,  "--service", "svc",
+                                         "--desired-count", "0"};
+       }},
+      {"delete-service",
+       [&] {
+         return std::vector<std::string>{"--cluster", c, "--service", "svc"};
+       }},
       {"stop-task",
        [&] {
          return std::vector<std::string>{"--cluster", c, "--task", task};

@@ -52,6 +52,11 @@ struct config {
   std::chrono::milliseconds image_minimum_age{3'600'000};
   unsigned images_per_cycle = 5;
   std::vector<std::string> image_cleanup_exclude;  // name:tag never removed
+  // Services' load balancer: HAProxy's admin socket (level admin); empty: none.
+  std::string haproxy_socket;
+  // How long a draining target may keep its sessions before its task stops (a service's tag
+  // berth:deregistration-delay, in seconds, overrides it).
+  std::chrono::milliseconds deregistration_delay{300'000};
   std::string log_level = "info";
   bool show_help = false;
   std::string help_text;

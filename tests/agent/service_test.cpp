@@ -1,0 +1,462 @@
+// Services end to end: berthd's scheduler with a real HAProxy (Debian's haproxy, started by the
+// test: a frontend on 127.0.0.1, an empty backend, an admin socket) and real containers serving
+// HTTP on 127.0.0.1 ports. Traffic goes only through the frontend on 127.0.0.1.
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "agent_fixture.hpp"
+
+namespace {
+
+using namespace berth_agent_testing;
+
+// A free TCP port on 127.0.0.1 (bound, read, released).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// One GET to 127.0.0.1:port: the status (0: no answer) and body.
+std::pair<int, std::string> http_get(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return {0, ""};
+  }
+  const std::string req = "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
+  (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) got.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  int status = 0;
+  std::sscanf(got.c_str(), "HTTP/1.%*d %d", &status);
+  const auto b = got.find("\r\n\r\n");
+  return {status, b == std::string::npos ? "" : got.substr(b + 4)};
+}
+
+// HAProxy of the test's own: frontend 127.0.0.1:<port> -> backend "web" (empty), admin socket.
+class load_balancer {
+ public:
+  explicit load_balancer(const fs::path& dir) : dir_(dir), port_(free_port()) {
+    std::ofstream(dir_ / "haproxy.cfg")
+        << "global\n    stats socket " << socket() << " mode 600 level admin\n"
+        << "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n"
+        << "    timeout server 10s\n    retries 3\n    option redispatch\n"
+        << "frontend fe\n    bind 127.0.0.1:" << port_ << "\n    default_backend web\n"
+        << "backend web\n    balance roundrobin\n"
+        << "    default-server inter 500ms fall 2 rise 1\n";
+  }
+  ~load_balancer() { stop(); }
+
+  bool start() {
+    std::vector<std::string> args = {"/usr/sbin/haproxy", "-db", "-f",
+                                     (dir_ / "haproxy.cfg").string()};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    const std::string log = (dir_ / "haproxy.log").string();
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    const int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) return false;
+    return eventually([&] { return fs::exists(socket()); }, 10s);
+  }
+  void stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  std::string socket() const { return (dir_ / "haproxy.sock").string(); }
+  int port() const { return port_; }
+
+  // The backend's servers: name -> status.
+  std::map<std::string, std::string> servers() const {
+    std::map<std::string, std::string> out;
+    const std::string got = unix_exchange(socket(), "show stat web 4 -1\n");
+    std::stringstream lines(got);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      std::vector<std::string> cells;
+      std::stringstream cs(line);
+      std::string c;
+      while (std::getline(cs, c, ',')) cells.push_back(c);
+      if (cells.size() > 17) out[cells[1]] = cells[17];
+    }
+    return out;
+  }
+
+ private:
+  fs::path dir_;
+  int port_;
+  pid_t pid_ = -1;
+};
+
+// Requests through the load balancer on a thread of their own, counting what failed.
+class traffic {
+ public:
+  explicit traffic(int port) {
+    thread_ = std::thread([this, port] {
+      while (!stop_) {
+        auto [status, body] = http_get(port);
+        if (status == 200) {
+          ++ok_;
+          std::lock_guard lock(mu_);
+          seen_.insert(body);
+        } else {
+          ++failed_;
+        }
+      }
+    });
+  }
+  ~traffic() { finish(); }
+  void finish() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int ok() const { return ok_; }
+  int failed() const { return failed_; }
+  std::set<std::string> seen() {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> ok_{0}, failed_{0};
+  std::mutex mu_;
+  std::set<std::string> seen_;
+  std::thread thread_;
+};
+
+// A web container answering "<text>\n" on 8080.
+json web(const std::string& text) {
+  json c = container("web", {"sh", "-c",
+                             "mkdir -p /www && echo " + text +
+                                 " > /www/index.html && exec httpd -f -p 8080 -h /www"});
+  c["portMappings"] = {{{"containerPort", 8080}}};
+  return c;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { need_docker(); }
+  void SetUp() override {
+    a_ = std::make_unique<agent>(test_cluster_name('s'));
+    lb_ = std::make_unique<load_balancer>(a_->dir());
+    ASSERT_TRUE(lb_->start());
+    ASSERT_TRUE(start_agent()) << a_->log();
+  }
+  void TearDown() override {
+    a_.reset();
+    lb_.reset();
+  }
+  bool start_agent() {
+    return a_->start({"--haproxy-socket=" + lb_->socket(), "--deregistration-delay=5s"});
+  }
+
+  json describe() {
+    auto r = a().berthctl({"describe-services", "--cluster", a().cluster(), "--services", "web"});
+    if (r.status != 0 || r.body["services"].empty()) return json::object();
+    return r.body["services"][0];
+  }
+  // One deployment, rolled out, `n` tasks running, all of them UP in the backend.
+  bool steady(std::size_t n, std::chrono::milliseconds within = 60s) {
+    return eventually(
+        [&] {
+          const json s = describe();
+          if (!s.contains("deployments") || s["deployments"].size() != 1) return false;
+          if (s["runningCount"] != n || s["deployments"][0]["rolloutState"] != "COMPLETED") {
+            return false;
+          }
+          const auto servers = lb().servers();
+          std::size_t up = 0;
+          for (const auto& [name, status] : servers) up += status.starts_with("UP") ? 1 : 0;
+          return servers.size() == n && up == n;
+        },
+        within);
+  }
+  void create(int desired, const json& extra = json::object()) {
+    json req = {
+        {"cluster", a().cluster()},
+        {"serviceName", "web"},
+        {"taskDefinition", "web"},
+        {"desiredCount", desired},
+        {"loadBalancers",
+         {{{"loadBalancerName", "web"}, {"containerName", "web"}, {"containerPort", 8080}}}}};
+    for (const auto& [k, v] : extra.items()) req[k] = v;
+    const fs::path f = a().dir() / "service.json";
+    std::ofstream(f) << req.dump();
+    auto r = a().berthctl({"create-service", "--cli-input-json", "file://" + f.string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  std::vector<std::string> task_arns(const std::string& desired = "RUNNING") {
+    auto r = a().berthctl({"list-tasks", "--cluster", a().cluster(), "--service-name", "web",
+                           "--desired-status", desired});
+    std::vector<std::string> out;
+    for (const auto& t : r.body.value("taskArns", json::array())) out.push_back(t);
+    return out;
+  }
+
+  agent& a() { return *a_; }
+  load_balancer& lb() { return *lb_; }
+  std::unique_ptr<agent> a_;
+  std::unique_ptr<load_balancer> lb_;
+};
+
+TEST_F(ServiceTest, ThreeTasksServeTheirRevisionThroughHAProxy) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3)) << describe().dump(1);
+  std::set<std::string> servers;
+  for (const auto& [name, status] : lb().servers()) servers.insert(name);
+  for (const auto& t : task_arns()) {
+    EXPECT_TRUE(servers.contains("berth-" + t.substr(t.rfind('/') + 1))) << t;
+  }
+  for (int i = 0; i < 9; ++i) {
+    auto [status, body] = http_get(lb().port());
+    EXPECT_EQ(status, 200);
+    EXPECT_EQ(body, "rev1\n");
+  }
+  const json s = describe();
+  EXPECT_EQ(s["status"], "ACTIVE");
+  EXPECT_EQ(s["desiredCount"], 3);
+  EXPECT_EQ(s["pendingCount"], 0);
+  EXPECT_EQ(s["deployments"][0]["status"], "PRIMARY");
+  EXPECT_EQ(s["placementStrategy"][0]["field"], "attribute:ecs.availability-zone");
+  EXPECT_EQ(s["events"][0]["message"], "(service web) has reached a steady state.");
+  auto list = a().berthctl({"list-services", "--cluster", a().cluster()});
+  EXPECT_EQ(list.body["serviceArns"].size(), 1u);
+  // The real AWS CLI reads the same service.
+  auto aws = a().aws({"describe-services", "--cluster", a().cluster(), "--services", "web"});
+  ASSERT_EQ(aws.status, 0) << aws.err;
+  EXPECT_EQ(aws.body["services"][0]["runningCount"], 3);
+}
+
+TEST_F(ServiceTest, RollingUpdateUnderTrafficFailsNoRequest) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3));
+  a().register_td("web", web("rev2"));
+  traffic load(lb().port());
+  const auto began = std::chrono::steady_clock::now();
+  auto u = a().berthctl({"update-service", "--cluster", a().cluster(), "--service", "web",
+                         "--task-definition", "web:2"});
+  ASSERT_EQ(u.status, 0) << u.err;
+  ASSERT_TRUE(steady(3));
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  // A little traffic on the new revision alone, then the count.
+  ASSERT_TRUE(eventually([&] { return load.seen().contains("rev2\n"); }, 10s));
+  load.finish();
+  std::printf("rolling update of 3 tasks: %.2f s, %d requests served, %d failed\n", took, load.ok(),
+              load.failed());
+  EXPECT_EQ(load.failed(), 0);
+  EXPECT_GT(load.ok(), 0);
+  EXPECT_EQ(describe()["taskDefinition"].get<std::string>().substr(
+                describe()["taskDefinition"].get<std::string>().rfind('/') + 1),
+            "web:2");
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(http_get(lb().port()).second, "rev2\n");
+  // maximumPercent 200: never more than 6 tasks of the service at once, 3 old + 3 new in all.
+  EXPECT_EQ(task_arns("STOPPED").size(), 3u);
+}
+
+TEST_F(ServiceTest, AKilledContainerIsReplacedAndReRegistered) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3));
+  const auto before = task_arns();
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  auto victims = (*e)->list_containers({{{"com.berth.task-arn", before[0]}}, false});
+  ASSERT_TRUE(victims && victims->size() == 1);
+  ASSERT_TRUE((*e)->kill_container((*victims)[0].id, "SIGKILL"));
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto now = task_arns();
+        return now.size() == 3 && std::find(now.begin(), now.end(), before[0]) == now.end();
+      },
+      30s));
+  ASSERT_TRUE(steady(3));
+  const auto servers = lb().servers();
+  EXPECT_FALSE(servers.contains("berth-" + before[0].substr(before[0].rfind('/') + 1)));
+  for (const auto& t : task_arns()) {
+    EXPECT_TRUE(servers.contains("berth-" + t.substr(t.rfind('/') + 1))) << t;
+  }
+}
+
+TEST_F(ServiceTest, ScalesUpAndDown) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3));
+  for (const int n : {5, 1}) {
+    auto u = a().berthctl({"update-service", "--cluster", a().cluster(), "--service", "web",
+                           "--desired-count", std::to_string(n)});
+    ASSERT_EQ(u.status, 0) << u.err;
+    ASSERT_TRUE(steady(static_cast<std::size_t>(n))) << n << ": " << describe().dump(1);
+    EXPECT_EQ(task_arns().size(), static_cast<std::size_t>(n));
+  }
+  // Scaling changes the count, not the deployment.
+  EXPECT_EQ(describe()["deployments"].size(), 1u);
+  EXPECT_EQ(http_get(lb().port()).first, 200);
+}
+
+TEST_F(ServiceTest, AFailingRevisionIsRolledBackByTheCircuitBreaker) {
+  a().register_td("web", web("rev1"));
+  create(3, {{"deploymentConfiguration",
+              {{"maximumPercent", 200},
+               {"minimumHealthyPercent", 100},
+               {"deploymentCircuitBreaker", {{"enable", true}, {"rollback", true}}}}}});
+  ASSERT_TRUE(steady(3));
+  json broken = container("web", {"sh", "-c", "exit 3"});
+  broken["portMappings"] = {{{"containerPort", 8080}}};
+  a().register_td("web", broken);
+  traffic load(lb().port());
+  auto u = a().berthctl({"update-service", "--cluster", a().cluster(), "--service", "web",
+                         "--task-definition", "web:2"});
+  ASSERT_EQ(u.status, 0) << u.err;
+  // Tripped, rolled back to web:1, steady again: the old tasks served throughout.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json s = describe();
+        return s.contains("taskDefinition") &&
+               s["taskDefinition"].get<std::string>().ends_with("web:1") &&
+               s["deployments"].size() == 1 && s["deployments"][0]["rolloutState"] == "COMPLETED";
+      },
+      90s))
+      << describe().dump(1);
+  load.finish();
+  EXPECT_EQ(load.failed(), 0);
+  std::string events;
+  const json after = describe();  // the events are iterated in it: it must outlive the loop
+  for (const auto& ev : after["events"]) events += ev["message"].get<std::string>() + "\n";
+  EXPECT_NE(events.find("deployment failed: tasks failed to start"), std::string::npos) << events;
+  EXPECT_NE(events.find("is rolling back to web:1"), std::string::npos) << events;
+}
+
+TEST_F(ServiceTest, DeleteWithForceLeavesNoContainersAndNoServers) {
+  a().register_td("web", web("rev1"));
+  create(2);
+  ASSERT_TRUE(steady(2));
+  auto refused = a().berthctl({"delete-service", "--cluster", a().cluster(), "--service", "web"});
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(refused.err.find("InvalidParameterException"), std::string::npos);
+  auto d =
+      a().berthctl({"delete-service", "--cluster", a().cluster(), "--service", "web", "--force"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(d.body["service"]["status"], "DRAINING");
+  ASSERT_TRUE(eventually([&] { return describe().value("status", "") == "INACTIVE"; }, 60s))
+      << describe().dump(1);
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto running = (*e)->list_containers({{{"com.berth.cluster", a().cluster()}}, false});
+        return running && running->empty();
+      },
+      30s));
+  EXPECT_TRUE(lb().servers().empty());
+  EXPECT_TRUE(
+      a().berthctl({"list-services", "--cluster", a().cluster()}).body["serviceArns"].empty());
+}
+
+TEST_F(ServiceTest, KillNineMidDeploymentResumesWithoutExtraTasks) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3));
+  a().register_td("web", web("rev2"));
+  auto u = a().berthctl({"update-service", "--cluster", a().cluster(), "--service", "web",
+                         "--task-definition", "web:2"});
+  ASSERT_EQ(u.status, 0) << u.err;
+  // Mid-way: the new deployment has started tasks.
+  ASSERT_TRUE(eventually([&] { return task_arns().size() > 3; }, 30s));
+  a().stop(SIGKILL);
+  ASSERT_TRUE(start_agent()) << a().log();
+  ASSERT_TRUE(steady(3, 90s)) << describe().dump(1);
+  // 3 old, 3 new, nothing more: no task was started twice.
+  EXPECT_EQ(task_arns().size() + task_arns("STOPPED").size(), 6u);
+  EXPECT_EQ(http_get(lb().port()).second, "rev2\n");
+}
+
+TEST_F(ServiceTest, HAProxyGoneDelaysRegistrationAndItsRestartIsReconciled) {
+  a().register_td("web", web("rev1"));
+  create(2);
+  ASSERT_TRUE(steady(2));
+  lb().stop();
+  auto u = a().berthctl(
+      {"update-service", "--cluster", a().cluster(), "--service", "web", "--desired-count", "3"});
+  ASSERT_EQ(u.status, 0) << u.err;
+  // Told, in the service's events; the tasks still run.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json s = describe();
+        for (const auto& e : s.value("events", json::array())) {
+          if (e["message"].get<std::string>().find("is unable to register targets") !=
+              std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s));
+  ASSERT_TRUE(eventually([&] { return describe().value("runningCount", 0) == 3; }, 30s));
+  EXPECT_TRUE(a().running());
+  // HAProxy back with its empty backend: every task is registered again.
+  ASSERT_TRUE(lb().start());
+  ASSERT_TRUE(steady(3)) << describe().dump(1);
+  EXPECT_EQ(http_get(lb().port()).second, "rev1\n");
+}
+
+TEST_F(ServiceTest, BadServiceRequestsGetEcsErrors) {
+  a().register_td("web", web("rev1"));
+  const auto refuse = [&](std::vector<std::string> args, const std::string& type) {
+    args.insert(args.begin(), {"--cluster", a().cluster()});
+    args.insert(args.begin(), "create-service");
+    auto r = a().berthctl(args);
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_NE(r.err.find(type), std::string::npos) << r.err;
+  };
+  refuse({"--service-name", "x", "--task-definition", "nope", "--desired-count", "1"},
+         "ClientException");
+  refuse({"--service-name", "bad name", "--task-definition", "web", "--desired-count", "1"},
+         "InvalidParameterException");
+  refuse({"--service-name", "x", "--task-definition", "web", "--desired-count", "1",
+          "--load-balancers", "loadBalancerName=web,containerName=web,containerPort=9999"},
+         "InvalidParameterException");
+  refuse({"--service-name", "x", "--task-definition", "web", "--desired-count", "1",
+          "--deployment-configuration", "maximumPercent=100,minimumHealthyPercent=100"},
+         "InvalidParameterException");
+  auto missing = a().berthctl(
+      {"update-service", "--cluster", a().cluster(), "--service", "ghost", "--desired-count", "1"});
+  EXPECT_NE(missing.err.find("ServiceNotFoundException"), std::string::npos) << missing.err;
+  create(0);
+  auto again = a().berthctl({"create-service", "--cluster", a().cluster(), "--service-name", "web",
+                             "--task-definition", "web", "--desired-count", "1"});
+  EXPECT_NE(again.err.find("not idempotent"), std::string::npos) << again.err;
+  EXPECT_TRUE(a().running());
+}
+
+}  // namespace
