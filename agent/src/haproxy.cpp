@@ -121,8 +121,10 @@ result<std::vector<haproxy::server>> haproxy::servers(const std::string& backend
 result<void> haproxy::add(const std::string& backend, const std::string& name,
                           const std::string& address) const {
   const std::string id = backend + "/" + name;
-  for (const std::string& cmd : {"add server " + id + " " + address + " check",
-                                 "enable health " + id, "enable server " + id}) {
+  // Checked every second; two passes bring it UP, three failures take it DOWN.
+  for (const std::string& cmd :
+       {"add server " + id + " " + address + " check inter 1s rise 2 fall 3", "enable health " + id,
+        "enable server " + id}) {
     auto r = command(cmd);
     if (!r) return tl::unexpected(r.error());
     if (refused(*r)) {

@@ -25,8 +25,8 @@ class haproxy {
     long sessions = 0;    // current sessions (scur)
   };
   result<std::vector<server>> servers(const std::string& backend) const;
-  // Adds the server with a health check and puts it in service. An existing one of that name
-  // is an error (callers look first).
+  // Adds the server with a health check (every second) and puts it in service. An existing one
+  // of that name is an error (callers look first).
   result<void> add(const std::string& backend, const std::string& name,
                    const std::string& address) const;
   // No new sessions; those open finish.

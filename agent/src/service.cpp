@@ -2015,7 +2015,16 @@ class service_impl final : public service {
       if (recorded && made && made->status != "created") {
         // Recorded before a restart and already past created: never started twice. One that
         // ran and exited is reported as its die event would have been.
-        if (!made->running) report_exit(task_arn, name, docker_id, &*made);
+        // One running was started just before the crash: what its start would have recorded
+        // (bindings, pid) may be missing, and is recorded now.
+        if (!made->running) {
+          report_exit(task_arn, name, docker_id, &*made);
+        } else {
+          std::lock_guard lock(mu_);
+          json& tt = tasks_[task_arn];
+          record_running(tt, name, *made);
+          save(tt);
+        }
         continue;
       }
       bool stopped = false;
@@ -2036,20 +2045,13 @@ class service_impl final : public service {
       auto info = docker_->inspect_container(docker_id);
       std::lock_guard lock(mu_);
       json& tt = tasks_[task_arn];
-      for (auto& cc : tt["containers"]) {
-        if (cc["name"] != name) continue;
-        if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
-        cc["networkBindings"] = json::array();
-        if (info) {
-          for (const auto& p : info->ports) {
-            cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
-                                             {"containerPort", p.container_port},
-                                             {"hostPort", p.host_port},
-                                             {"protocol", p.protocol}});
-          }
+      if (info) {
+        record_running(tt, name, *info);
+      } else {
+        for (auto& cc : tt["containers"]) {
+          if (cc["name"] == name && cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
         }
       }
-      if (info && info->running) tt["_berth"]["pids"][name] = info->pid;
       // The kernel enforces what Docker was asked for, or the task says it does not.
       if (info && info->running) {
         if (auto cg = dk::read_cgroup(info->pid)) {
@@ -2076,6 +2078,23 @@ class service_impl final : public service {
       save(tt);
       spdlog::info("task {} RUNNING", task_arn);
     }
+  }
+
+  // A started container as the task shows it: RUNNING, its host ports, its pid (for usage).
+  // Under mu_.
+  void record_running(json& t, const std::string& name, const dk::container_info& info) {
+    for (auto& cc : t["containers"]) {
+      if (cc["name"] != name) continue;
+      if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
+      cc["networkBindings"] = json::array();
+      for (const auto& p : info.ports) {
+        cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
+                                         {"containerPort", p.container_port},
+                                         {"hostPort", p.host_port},
+                                         {"protocol", p.protocol}});
+      }
+    }
+    if (info.running) t["_berth"]["pids"][name] = info.pid;
   }
 
   tl::expected<void, error> wait_dependencies(const std::string& task_arn, const json& c) {

@@ -308,6 +308,38 @@ TEST_F(ServiceTest, AKilledContainerIsReplacedAndReRegistered) {
   }
 }
 
+TEST_F(ServiceTest, AnUnhealthyTaskIsReplaced) {
+  // Healthy while /flags/<its hostname> is absent; the test makes one task sick by creating it.
+  const fs::path flags = a().dir() / "flags";
+  fs::create_directories(flags);
+  json c = web("rev1");
+  c["healthCheck"] = {{"command", {"CMD-SHELL", "test ! -e /flags/$(hostname)"}},
+                      {"interval", 1},
+                      {"timeout", 1},
+                      {"retries", 1}};
+  c["mountPoints"] = {{{"sourceVolume", "flags"}, {"containerPath", "/flags"}}};
+  a().register_td("web", c,
+                  {{"volumes", {{{"name", "flags"}, {"host", {{"sourcePath", flags.string()}}}}}}});
+  create(2);
+  ASSERT_TRUE(steady(2)) << describe().dump(1);
+  const auto before = task_arns();
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  auto sick = (*e)->list_containers({{{"com.berth.task-arn", before[0]}}, false});
+  ASSERT_TRUE(sick && sick->size() == 1);
+  std::ofstream(flags / (*sick)[0].id.substr(0, 12)) << "sick\n";
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto now = task_arns();
+        return now.size() == 2 && std::find(now.begin(), now.end(), before[0]) == now.end();
+      },
+      60s))
+      << describe().dump(1);
+  ASSERT_TRUE(steady(2));
+  auto stopped = a().berthctl({"describe-tasks", "--cluster", a().cluster(), "--tasks", before[0]});
+  EXPECT_EQ(stopped.body["tasks"][0]["stoppedReason"], "Task failed container health checks");
+}
+
 TEST_F(ServiceTest, ScalesUpAndDown) {
   a().register_td("web", web("rev1"));
   create(3);
