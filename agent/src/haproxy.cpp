@@ -126,12 +126,12 @@ result<void> haproxy::add(const std::string& backend, const std::string& name,
        {"add server " + id + " " + address + " check inter 1s rise 2 fall 3", "enable health " + id,
         "enable server " + id}) {
     auto r = command(cmd);
-    if (!r) return tl::unexpected(r.error());
-    if (refused(*r)) {
-      std::string why = *r;
-      while (!why.empty() && why.back() == '\n') why.pop_back();
-      return tl::unexpected(error{"HAProxy refused '" + cmd + "': " + why});
-    }
+    std::string why = r ? *r : r.error().message;
+    if (r && !refused(*r)) continue;
+    while (!why.empty() && why.back() == '\n') why.pop_back();
+    // Half added (in maintenance, never checked): taken out again, so a retry starts clean.
+    if (!cmd.starts_with("add ")) (void)remove(backend, name);
+    return tl::unexpected(error{"HAProxy refused '" + cmd + "': " + why});
   }
   return {};
 }
@@ -140,6 +140,12 @@ result<void> haproxy::drain(const std::string& backend, const std::string& name)
   auto r = command("set server " + backend + "/" + name + " state drain");
   if (!r) return tl::unexpected(r.error());
   if (refused(*r)) return tl::unexpected(error{"HAProxy refused to drain " + name + ": " + *r});
+  return {};
+}
+
+result<void> haproxy::shutdown_sessions(const std::string& backend, const std::string& name) const {
+  auto r = command("shutdown sessions server " + backend + "/" + name);
+  if (!r) return tl::unexpected(r.error());
   return {};
 }
 

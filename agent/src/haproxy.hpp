@@ -31,6 +31,8 @@ class haproxy {
                    const std::string& address) const;
   // No new sessions; those open finish.
   result<void> drain(const std::string& backend, const std::string& name) const;
+  // Ends the sessions it still has (a drain whose time is up).
+  result<void> shutdown_sessions(const std::string& backend, const std::string& name) const;
   // Out of service and gone; a server that is not there is fine.
   result<void> remove(const std::string& backend, const std::string& name) const;
 

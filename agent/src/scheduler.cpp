@@ -188,6 +188,17 @@ class scheduler_impl final : public scheduler {
                      .dump());
   }
 
+  // An event that could repeat every pass (a placement failure, HAProxy refusing): once in
+  // five minutes.
+  void warn(json& s, const std::string& message) {
+    const std::string key = s["serviceArn"].get<std::string>() + " " + message;
+    const auto now = std::chrono::steady_clock::now();
+    const auto it = warned_.find(key);
+    if (it != warned_.end() && now - it->second < std::chrono::minutes(5)) return;
+    warned_[key] = now;
+    event(s, message);
+  }
+
   static std::string uuid() {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
     static constexpr char hex[] = "0123456789abcdef";
@@ -352,6 +363,22 @@ class scheduler_impl final : public scheduler {
     if (!td) return tl::unexpected(td.error());
     auto lbs = load_balancers(req, *td);
     if (!lbs) return tl::unexpected(lbs.error());
+    // A backend is one service's: each removes servers of its own kind it does not know.
+    if (auto all = store_->list("service", ""); all) {
+      for (const auto& [k, v] : *all) {
+        const json other = json::parse(v, nullptr, false);
+        if (!other.is_object() || other.value("status", "") == "INACTIVE") continue;
+        for (const auto& mine : *lbs) {
+          for (const auto& theirs : other.value("loadBalancers", json::array())) {
+            if (theirs.value("loadBalancerName", "") == mine["loadBalancerName"]) {
+              return tl::unexpected(
+                  invalid("load balancer " + mine["loadBalancerName"].get<std::string>() +
+                          " already serves service " + other.value("serviceName", std::string())));
+            }
+          }
+        }
+      }
+    }
     auto dc = deployment_configuration(
         req, {{"maximumPercent", 200},
               {"minimumHealthyPercent", 100},
@@ -376,6 +403,15 @@ class scheduler_impl final : public scheduler {
                              {"dryRun", true}});
     if (!dry) return tl::unexpected(dry.error());
     json tags = req.value("tags", json::array());
+    if (!tags.is_array()) {
+      return tl::unexpected(api_error{"SerializationException", "Expected 'tags' to be a list"});
+    }
+    for (const auto& t : tags) {
+      if (!t.is_object() || !t.contains("key") || !t["key"].is_string() ||
+          (t.contains("value") && !t["value"].is_string())) {
+        return tl::unexpected(invalid("every tag needs a string key and a string value"));
+      }
+    }
     const std::string cluster_arn = arn("cluster/" + *cluster);
     json s = {{"serviceArn", arn("service/" + *cluster + "/" + name)},
               {"serviceName", name},
@@ -602,7 +638,13 @@ class scheduler_impl final : public scheduler {
       if (!s.is_object() || s.value("status", "") == "INACTIVE") continue;
       ++by_status[s["status"].get<std::string>()];
       const std::string before = s.dump();
-      reconcile(s);
+      try {
+        reconcile(s);
+      } catch (const std::exception& e) {
+        // One service's trouble is its own: the others are reconciled all the same.
+        spdlog::error("service {}: reconcile failed: {}", k, e.what());
+        continue;
+      }
       if (s.dump() != before) save(s);
       busy |= s["status"] != "ACTIVE" || !s["_berth"].value("steady", false);
     }
@@ -611,7 +653,8 @@ class scheduler_impl final : public scheduler {
   }
 
   // The service's tasks (not yet stopped or all), described.
-  std::vector<task_view> tasks_of(const json& s, bool stopped) {
+  // Nothing when any lookup failed: a partial list would look like missing tasks.
+  std::optional<std::vector<task_view>> tasks_of(const json& s, bool stopped) {
     std::vector<task_view> out;
     const std::string cluster = name_of(s["clusterArn"].get<std::string>());
     std::vector<std::string> arns;
@@ -623,7 +666,7 @@ class scheduler_impl final : public scheduler {
                   {"maxResults", 100}};
       if (token) req["nextToken"] = *token;
       auto l = tasks_.call("ListTasks", req);
-      if (!l) return out;
+      if (!l) return std::nullopt;
       for (const auto& a : (*l)["taskArns"]) arns.push_back(a);
       token.reset();
       if (l->contains("nextToken")) token = (*l)["nextToken"].get<std::string>();
@@ -632,7 +675,7 @@ class scheduler_impl final : public scheduler {
       json batch = json::array();
       for (std::size_t j = i; j < std::min(arns.size(), i + 100); ++j) batch.push_back(arns[j]);
       auto d = tasks_.call("DescribeTasks", {{"cluster", cluster}, {"tasks", batch}});
-      if (!d) continue;
+      if (!d) return std::nullopt;
       for (const auto& t : (*d)["tasks"]) {
         task_view v;
         v.arn = t["taskArn"];
@@ -653,11 +696,12 @@ class scheduler_impl final : public scheduler {
   const std::set<std::string>& checked_containers(const task_view& t) {
     const std::string td = t.doc.value("taskDefinitionArn", "");
     if (const auto it = checked_.find(td); it != checked_.end()) return it->second;
+    static const std::set<std::string> unknown;
+    auto d = tasks_.call("DescribeTaskDefinition", {{"taskDefinition", td}});
+    if (!d) return unknown;  // asked again next time
     std::set<std::string> names;
-    if (auto d = tasks_.call("DescribeTaskDefinition", {{"taskDefinition", td}})) {
-      for (const auto& c : (*d)["taskDefinition"]["containerDefinitions"]) {
-        if (c.contains("healthCheck")) names.insert(c["name"].get<std::string>());
-      }
+    for (const auto& c : (*d)["taskDefinition"]["containerDefinitions"]) {
+      if (c.contains("healthCheck")) names.insert(c["name"].get<std::string>());
     }
     return checked_[td] = names;
   }
@@ -719,7 +763,7 @@ class scheduler_impl final : public scheduler {
       }
     }
     if (registered) {
-      draining_[t.arn] = {std::chrono::steady_clock::now(), reason};
+      draining_[t.arn] = {std::chrono::steady_clock::now(), reason, s["serviceArn"]};
       event(s, "has begun draining connections on 1 tasks.");
       return;
     }
@@ -740,10 +784,20 @@ class scheduler_impl final : public scheduler {
     stopped.push_back(task_arn);
   }
 
+  void report_stopped(json& s, std::vector<std::string>& stopped) {
+    if (stopped.empty()) return;
+    std::string ids;
+    for (const auto& a : stopped) ids += " (task " + short_id(a) + ")";
+    event(s, "has stopped " + std::to_string(stopped.size()) + " running tasks:" + ids + ".");
+    stopped.clear();
+  }
+
   void reconcile(json& s) {
     const std::string cluster = name_of(s["clusterArn"].get<std::string>());
     const bool deleting = s["status"] == "DRAINING";
-    std::vector<task_view> live = tasks_of(s, false);
+    auto listed = tasks_of(s, false);
+    if (!listed) return;  // tried again next pass
+    const std::vector<task_view>& live = *listed;
     const double now = now_seconds();
     const double grace = s.value("healthCheckGracePeriodSeconds", 0);
     std::vector<std::string> stopped_now;
@@ -771,10 +825,18 @@ class scheduler_impl final : public scheduler {
 
     // Draining tasks: stopped once their sessions are gone or the delay has passed.
     for (auto it = draining_.begin(); it != draining_.end();) {
+      if (it->second.service != s["serviceArn"]) {
+        ++it;
+        continue;
+      }
       const auto t = std::find_if(live.begin(), live.end(),
                                   [&](const task_view& v) { return v.arn == it->first; });
       if (t == live.end()) {
-        ++it;
+        // Stopped some other way meanwhile: its server goes, the drain is over.
+        for (const auto& lb : s["loadBalancers"]) {
+          if (lb_) (void)lb_->remove(lb["loadBalancerName"], server_name(it->first));
+        }
+        it = draining_.erase(it);
         continue;
       }
       long sessions = 0;
@@ -791,6 +853,8 @@ class scheduler_impl final : public scheduler {
       }
       int removed = 0;
       for (const auto& lb : s["loadBalancers"]) {
+        if (lb_ && expired)
+          (void)lb_->shutdown_sessions(lb["loadBalancerName"], server_name(it->first));
         if (lb_ && lb_->remove(lb["loadBalancerName"], server_name(it->first))) {
           servers[lb["loadBalancerName"]].erase(server_name(it->first));
           ++removed;
@@ -832,13 +896,23 @@ class scheduler_impl final : public scheduler {
               continue;
             }
             if (auto a = lb_->add(backend, server_name(t.arn), *target); !a) {
-              event(s, "is unable to register targets with (load balancer " + backend +
-                           "): " + a.error().message);
+              warn(s, "is unable to register targets with (load balancer " + backend +
+                          "): " + a.error().message);
               up = false;
               continue;
             }
             ++added;
             up = false;  // its first check is still to come
+          } else if (sv->second.status.starts_with("DRAIN")) {
+            // Draining when berthd went down: the drain goes on.
+            draining_[t.arn] = {std::chrono::steady_clock::now(),
+                                "Scaling activity (a drain resumed after a restart)",
+                                s["serviceArn"]};
+            up = false;
+          } else if (sv->second.status.starts_with("MAINT")) {
+            // Added but never put in service: out, and added again next pass.
+            (void)lb_->remove(backend, server_name(t.arn));
+            up = false;
           } else {
             // "UP" once a check has passed: "UP 1/3", a server just added, has not been checked.
             up &= sv->second.status == "UP";
@@ -916,7 +990,7 @@ class scheduler_impl final : public scheduler {
     // The circuit breaker: tasks of the primary deployment that failed.
     if (primary != nullptr && (*primary)["rolloutState"] == "IN_PROGRESS" && !deleting) {
       std::int64_t failed = 0;
-      for (const auto& t : tasks_of(s, true)) {
+      for (const auto& t : tasks_of(s, true).value_or(std::vector<task_view>{})) {
         if (t.deployment != (*primary)["id"]) continue;
         const std::string code = t.doc.value("stopCode", "");
         const std::string why = t.doc.value("stoppedReason", "");
@@ -934,6 +1008,7 @@ class scheduler_impl final : public scheduler {
         const json last_good = s["_berth"].value("lastGood", json());
         if (cb.value("rollback", false) && last_good.is_string() &&
             last_good != (*primary)["taskDefinition"]) {
+          report_stopped(s, stopped_now);
           start_deployment(s, last_good);
           event(s, "is rolling back to " + name_of(last_good.get<std::string>()) + ".");
           return;  // the next pass works on the new primary
@@ -967,24 +1042,28 @@ class scheduler_impl final : public scheduler {
         if (r && !(*r)["failures"].empty()) {
           std::string reasons;
           for (const auto& f : (*r)["failures"]) reasons += " " + f.value("reason", "");
-          event(s,
-                "was unable to place a task because no container instance met all of its "
-                "requirements. Reasons:" +
-                    reasons + ".");
+          warn(s,
+               "was unable to place a task because no container instance met all of its "
+               "requirements. Reasons:" +
+                   reasons + ".");
         }
-        if (!r) event(s, "was unable to start tasks: " + r.error().message);
+        if (!r) warn(s, "was unable to start tasks: " + r.error().message);
       }
-      // Too many: stop the newest (this agent's instance holds them all), pending ones first.
-      if (want < 0) {
+      // Too many: pending ones first, then unhealthy ones, then the newest (this agent's
+      // instance holds them all, so none balances placement better than another).
+      if (want < 0 && lb_ok) {
         std::vector<const task_view*> extra = mine;
-        std::sort(extra.begin(), extra.end(), [](const task_view* a, const task_view* b) {
+        std::sort(extra.begin(), extra.end(), [&](const task_view* a, const task_view* b) {
           const bool ap = a->last != "RUNNING", bp = b->last != "RUNNING";
           if (ap != bp) return ap;
+          const bool ah = healthy(*a), bh = healthy(*b);
+          if (ah != bh) return !ah;
           return a->doc.value("createdAt", 0.0) > b->doc.value("createdAt", 0.0);
         });
         std::int64_t n_stop = -want;
         for (const auto* t : extra) {
           if (n_stop-- <= 0) break;
+          if (healthy(*t)) --healthy_total;
           retire(s, *t,
                  "Scaling activity initiated by (deployment " +
                      (*primary)["id"].get<std::string>() + ")",
@@ -993,12 +1072,18 @@ class scheduler_impl final : public scheduler {
       }
     }
 
-    // Old deployments: stop their tasks while minimumHealthyPercent holds; unhealthy ones at
-    // once. Deleting: everything.
+    // Old deployments, and tasks of no deployment still known: stopped while
+    // minimumHealthyPercent holds, unhealthy ones at once. Deleting: everything. Not while the
+    // load balancer cannot say who is healthy, nor when a tripped deployment halts the rollout.
     std::int64_t spare = healthy_total - fewest;
-    for (auto& d : deps) {
-      if (primary != nullptr && &d == primary && !deleting) continue;
-      for (const auto* t : by_dep[d["id"]]) {
+    std::vector<std::string> retiring;
+    for (const auto& [id, list] : by_dep) {
+      if (primary != nullptr && id == (*primary)["id"] && !deleting) continue;
+      retiring.push_back(id);
+    }
+    const bool hold = !deleting && (!lb_ok || tripped);
+    for (const auto& id : hold ? std::vector<std::string>{} : retiring) {
+      for (const auto* t : by_dep[id]) {
         if (gone(*t)) continue;
         const bool counts = healthy(*t);
         if (counts && spare <= 0 && !deleting) continue;
@@ -1010,11 +1095,7 @@ class scheduler_impl final : public scheduler {
                stopped_now);
       }
     }
-    if (!stopped_now.empty()) {
-      std::string ids;
-      for (const auto& a : stopped_now) ids += " (task " + short_id(a) + ")";
-      event(s, "has stopped " + std::to_string(stopped_now.size()) + " running tasks:" + ids + ".");
-    }
+    report_stopped(s, stopped_now);
 
     // Counts, per deployment and in all.
     std::int64_t running = 0, pending = 0;
@@ -1041,7 +1122,9 @@ class scheduler_impl final : public scheduler {
       }
     }
     if (deleting) {
-      if (live.empty() && draining_.empty()) {
+      bool drains = false;
+      for (const auto& [a, d] : draining_) drains |= d.service == s["serviceArn"];
+      if (live.empty() && !drains) {
         s["status"] = "INACTIVE";
         event(s, "has been deleted.");
       }
@@ -1063,14 +1146,15 @@ class scheduler_impl final : public scheduler {
       if (steady && !s["_berth"].value("steady", false)) {
         event(s, "has reached a steady state.");
       }
+      if (s["_berth"].value("steady", false) != steady) (*primary)["updatedAt"] = now;
       s["_berth"]["steady"] = steady;
-      (*primary)["updatedAt"] = now;
     }
   }
 
   struct drain {
     std::chrono::steady_clock::time_point since;
     std::string reason;
+    std::string service;  // its ARN
   };
 
   config cfg_;
@@ -1086,6 +1170,7 @@ class scheduler_impl final : public scheduler {
   std::thread loop_;
   std::map<std::string, drain> draining_;  // task ARN -> since when, and why it stops
   std::set<std::string> lb_down_;          // services told their load balancer is unreachable
+  std::map<std::string, std::chrono::steady_clock::time_point> warned_;  // warn()'s memory
   std::map<std::string, std::set<std::string>> checked_;  // task definition -> checked containers
 };
 
