@@ -227,10 +227,54 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<load_balancer> lb_;
 };
 
+// `berthctl watch` in the background, its lines going to a file, until the test ends.
+class watcher {
+ public:
+  watcher(const agent& a, const fs::path& out) : out_(out) {
+    std::vector<std::string> args = {BERTHCTL, "--socket", a.socket(), "watch"};
+    std::vector<char*> argv;
+    for (auto& x : args) argv.push_back(x.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn(&pid_, BERTHCTL, &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  ~watcher() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  std::string text() const { return read_all(out_); }
+
+ private:
+  fs::path out_;
+  pid_t pid_ = -1;
+};
+
 TEST_F(ServiceTest, ThreeTasksServeTheirRevisionThroughHAProxy) {
   a().register_td("web", web("rev1"));
+  watcher events(a(), a().dir() / "events.jsonl");
+  // Subscribed before the service exists: wait until berthd counts the follower.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto m = a().get("/metrics").body;
+        return m.find("berth_event_subscribers 1") != std::string::npos;
+      },
+      10s));
   create(3);
   ASSERT_TRUE(steady(3)) << describe().dump(1);
+  // The service's actions and its tasks' state changes are on the event stream.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const std::string t = events.text();
+        return t.find(R"("detail-type":"ECS Service Action")") != std::string::npos &&
+               t.find("has reached a steady state") != std::string::npos &&
+               t.find(R"("detail-type":"ECS Task State Change")") != std::string::npos;
+      },
+      10s))
+      << events.text();
   std::set<std::string> servers;
   for (const auto& [name, status] : lb().servers()) servers.insert(name);
   for (const auto& t : task_arns()) {
@@ -423,13 +467,31 @@ TEST_F(ServiceTest, KillNineMidDeploymentResumesWithoutExtraTasks) {
   auto u = a().berthctl({"update-service", "--cluster", a().cluster(), "--service", "web",
                          "--task-definition", "web:2"});
   ASSERT_EQ(u.status, 0) << u.err;
-  // Mid-way: the new deployment has started tasks.
+  // Mid-way: the new deployment has started tasks; both deployments show.
   ASSERT_TRUE(eventually([&] { return task_arns().size() > 3; }, 30s));
+  const json mid = describe();
+  ASSERT_EQ(mid["deployments"].size(), 2u) << mid.dump(1);
+  EXPECT_EQ(mid["deployments"][0]["status"], "PRIMARY");
+  EXPECT_EQ(mid["deployments"][0]["rolloutState"], "IN_PROGRESS");
+  EXPECT_EQ(mid["deployments"][1]["status"], "ACTIVE");
   a().stop(SIGKILL);
   ASSERT_TRUE(start_agent()) << a().log();
   ASSERT_TRUE(steady(3, 90s)) << describe().dump(1);
-  // 3 old, 3 new, nothing more: no task was started twice.
-  EXPECT_EQ(task_arns().size() + task_arns("STOPPED").size(), 6u);
+  // 3 old, 3 new, and a replacement for each task that failed (its health check, say): no task
+  // was started twice.
+  const auto stopped = task_arns("STOPPED");
+  std::size_t replaced = 0;
+  std::string reasons;
+  if (!stopped.empty()) {
+    std::vector<std::string> args = {"describe-tasks", "--cluster", a().cluster(), "--tasks"};
+    args.insert(args.end(), stopped.begin(), stopped.end());
+    for (const auto& t : a().berthctl(args).body.value("tasks", json::array())) {
+      const std::string why = t.value("stoppedReason", "");
+      reasons += why + "\n";
+      if (why.find("Scaling activity") == std::string::npos) ++replaced;
+    }
+  }
+  EXPECT_EQ(task_arns().size() + stopped.size(), 6u + replaced) << reasons << describe().dump(1);
   EXPECT_EQ(http_get(lb().port()).second, "rev2\n");
 }
 
