@@ -2351,7 +2351,12 @@ class service_impl final : public service {
     }
     for (const auto& [name, id] : docker.items()) {
       auto info = docker_->inspect_container(id.get<std::string>());
-      if (info && info->running) continue;
+      // Created and not yet started is alive: its launch worker is about to start it (a resync
+      // racing a launch saw such containers as exited, and stopped their tasks).
+      if (info && (info->running || info->status == "created" || info->status == "paused" ||
+                   info->status == "restarting")) {
+        continue;
+      }
       // Only a container Docker says is gone or has exited is dead: a slow answer is not.
       if (!info && info.error().code != dk::errc::not_found) continue;
       report_exit(task_arn, name, id, info ? &*info : nullptr);
