@@ -206,7 +206,7 @@ std::uint64_t splitmix(std::uint64_t& x) {
 // A seeded bijection on [0, 2^bits) ⊇ the slots: the random strategy and every final tie-break
 // take the host it ranks first. Invertible, so a search can walk slots in rank order.
 struct permutation {
-  static constexpr std::uint32_t a = 0x2c1b'3c6d, b = 0x297a'2d39;  // odd
+  static constexpr std::uint32_t a = detail::permutation_a, b = detail::permutation_b;
   std::uint32_t mask = 0, shift = 0, s1 = 0, s2 = 0, a_inv = 0, b_inv = 0;
 
   static std::uint32_t inverse(std::uint32_t x) {  // of an odd number mod 2^32 (Newton)
@@ -511,42 +511,57 @@ std::uint32_t level(std::uint32_t v) {
   return 2 * (w - 3) + 4 + ((v >> (w - 2)) & 1u);
 }
 
-// A sorted sequence kept in chunks of at most 2 × chunk entries: an insert or erase moves one
-// chunk, not the whole sequence, so a bucket of thousands of equal values stays cheap to update.
+// A sequence sorted by key, kept in chunks of at most 2 × chunk entries: an insert or erase moves
+// one chunk, not the whole sequence, so a bucket of thousands of equal values stays cheap to
+// update. Keys are unique.
 class chunked_sorted {
  public:
   static constexpr std::size_t chunk = 64;
-  using chunks = std::vector<std::vector<std::uint64_t>>;
+  // A host in binpack's order: key = value << 32 | tie rank; with its slot and the other
+  // quantity inline, so a walk tests it without reading the host's columns.
+  struct item {
+    std::uint64_t key;
+    std::uint32_t slot, other;
+  };
+  using chunks = std::vector<std::vector<item>>;
 
   bool empty() const { return parts_.empty(); }
   const chunks& parts() const { return parts_; }
 
-  void insert(std::uint64_t e) {
+  void insert(const item& e) {
     if (parts_.empty()) {
       parts_.emplace_back().push_back(e);
       return;
     }
-    auto& v = *find(e);
-    v.insert(std::upper_bound(v.begin(), v.end(), e), e);
+    auto& v = *find(e.key);
+    v.insert(std::upper_bound(v.begin(), v.end(), e.key,
+                              [](std::uint64_t k, const item& x) { return k < x.key; }),
+             e);
     if (v.size() > 2 * chunk) {
-      const auto at = find(e);
-      std::vector<std::uint64_t> upper(at->begin() + chunk, at->end());
+      const auto at = find(e.key);
+      std::vector<item> upper(at->begin() + chunk, at->end());
       at->resize(chunk);
       parts_.insert(at + 1, std::move(upper));
     }
   }
-  void erase(std::uint64_t e) {
-    const auto at = find(e);
-    at->erase(std::lower_bound(at->begin(), at->end(), e));
+  item* lookup(std::uint64_t key) {
+    auto& v = *find(key);
+    return &*std::lower_bound(v.begin(), v.end(), key,
+                              [](const item& x, std::uint64_t k) { return x.key < k; });
+  }
+  void erase(std::uint64_t key) {
+    const auto at = find(key);
+    at->erase(std::lower_bound(at->begin(), at->end(), key,
+                               [](const item& x, std::uint64_t k) { return x.key < k; }));
     if (at->empty()) parts_.erase(at);
   }
 
  private:
-  // The first chunk whose last entry is at least e, or the last chunk.
-  chunks::iterator find(std::uint64_t e) {
+  // The first chunk whose last entry is at least key, or the last chunk.
+  chunks::iterator find(std::uint64_t key) {
     auto at = std::lower_bound(
-        parts_.begin(), parts_.end(), e,
-        [](const std::vector<std::uint64_t>& v, std::uint64_t x) { return v.back() < x; });
+        parts_.begin(), parts_.end(), key,
+        [](const std::vector<item>& v, std::uint64_t x) { return v.back().key < x; });
     return at == parts_.end() ? parts_.end() - 1 : at;
   }
   chunks parts_;
@@ -562,13 +577,13 @@ struct value_index {
   static constexpr std::uint32_t none = 0xffff'ffffu;
   std::uint32_t shift = 0;
   std::uint32_t tie_mask = 0;               // the tie permutation the ranks are from
-  std::vector<chunked_sorted> buckets;      // value << 32 | tie rank
+  std::vector<chunked_sorted> buckets;      // by value << 32 | tie rank
   std::vector<std::uint64_t> nonempty;      // a bit per bucket
   std::vector<std::uint64_t> other_levels;  // per bucket, a bit per level in use
   std::vector<std::unique_ptr<std::array<std::uint32_t, 64>>> other_counts;  // per bucket
   std::vector<std::uint32_t> value_of;                                       // per slot, or none
   std::vector<std::uint32_t> rank_of;                                        // per slot
-  std::vector<std::uint8_t> other_of;  // per slot: the other quantity's level
+  std::vector<std::uint32_t> other_of;  // per slot: the other quantity
 
   explicit value_index(std::uint32_t shift_bits)
       : shift(shift_bits),
@@ -583,15 +598,24 @@ struct value_index {
   static std::uint64_t entry(std::uint32_t value, std::uint32_t rank) {
     return (std::uint64_t{value} << 32) | rank;
   }
+  void count_other(std::uint32_t b, std::uint32_t other, bool add) {
+    const std::uint32_t lv = level(other);
+    if (!other_counts[b]) other_counts[b] = std::make_unique<std::array<std::uint32_t, 64>>();
+    std::uint32_t& n = (*other_counts[b])[lv];
+    n = add ? n + 1 : n - 1;
+    if (n == 0) {
+      other_levels[b] &= ~(std::uint64_t{1} << lv);
+    } else {
+      other_levels[b] |= std::uint64_t{1} << lv;
+    }
+  }
   void erase(std::uint32_t slot) {
     if (slot >= value_of.size() || value_of[slot] == none) return;
     const std::uint32_t b = bucket_of(value_of[slot]);
     auto& v = buckets[b];
     v.erase(entry(value_of[slot], rank_of[slot]));
     if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
-    if (--(*other_counts[b])[other_of[slot]] == 0) {
-      other_levels[b] &= ~(std::uint64_t{1} << other_of[slot]);
-    }
+    count_other(b, other_of[slot], false);
     value_of[slot] = none;
   }
   void set(std::uint32_t slot, std::uint32_t value, std::uint32_t rank, std::uint32_t other) {
@@ -600,18 +624,24 @@ struct value_index {
       rank_of.resize(slot + 1, 0);
       other_of.resize(slot + 1, 0);
     }
-    const std::uint8_t lv = static_cast<std::uint8_t>(level(other));
-    if (value_of[slot] == value && rank_of[slot] == rank && other_of[slot] == lv) return;
+    if (value_of[slot] == value && rank_of[slot] == rank) {
+      // Same place in the order: only the other quantity moved.
+      if (other_of[slot] == other) return;
+      const std::uint32_t b = bucket_of(value);
+      buckets[b].lookup(entry(value, rank))->other = other;
+      count_other(b, other_of[slot], false);
+      count_other(b, other, true);
+      other_of[slot] = other;
+      return;
+    }
     erase(slot);
     const std::uint32_t b = bucket_of(value);
-    buckets[b].insert(entry(value, rank));
+    buckets[b].insert({entry(value, rank), slot, other});
     nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
-    if (!other_counts[b]) other_counts[b] = std::make_unique<std::array<std::uint32_t, 64>>();
-    ++(*other_counts[b])[lv];
-    other_levels[b] |= std::uint64_t{1} << lv;
+    count_other(b, other, true);
     value_of[slot] = value;
     rank_of[slot] = rank;
-    other_of[slot] = lv;
+    other_of[slot] = other;
   }
   // The first non-empty bucket at or after b, or bucket_count.
   std::uint32_t next(std::uint32_t b) const {
@@ -641,7 +671,9 @@ struct grid_index {
   struct entry {
     std::uint32_t slot, cpu, mib;
   };
+  static_assert(sizeof(entry) == 3 * sizeof(std::uint32_t));  // the rank kernel reads triples
   std::vector<std::vector<entry>> cells = std::vector<std::vector<entry>>(levels * levels);
+  std::vector<std::uint32_t> sizes = std::vector<std::uint32_t>(levels * levels, 0);  // per cell
   std::vector<std::uint32_t> cell_of;  // per slot, or none
   std::vector<std::uint32_t> position;
   std::uint32_t top_cpu = 0, top_mib = 0;  // highest levels ever used: searches stop there
@@ -663,6 +695,7 @@ struct grid_index {
     cell_of[slot] = cell;
     position[slot] = static_cast<std::uint32_t>(cells[cell].size());
     cells[cell].push_back({slot, cpu, mib});
+    ++sizes[cell];
   }
   void erase(std::uint32_t slot) {
     if (slot >= cell_of.size() || cell_of[slot] == none) return;
@@ -671,6 +704,7 @@ struct grid_index {
     v[at] = v.back();
     position[v[at].slot] = at;
     v.pop_back();
+    --sizes[cell_of[slot]];
     cell_of[slot] = none;
   }
   // Calls fn(slot) for every host with at least the need; returns how many hosts it looked at.
@@ -688,13 +722,23 @@ struct grid_index {
     }
     return n;
   }
+  // Calls fn(entries, n) for every non-empty cell that may hold a host with the need.
+  template <class Fn>
+  void for_each_cell_at_least(std::uint32_t cpu, std::uint32_t mib, Fn&& fn) const {
+    const std::uint32_t lc = level(cpu), lm = level(mib);
+    for (std::uint32_t c = lc; c <= top_cpu; ++c) {
+      for (std::uint32_t m = lm; m <= top_mib; ++m) {
+        const auto& cell = cells[c * levels + m];
+        if (!cell.empty()) fn(cell.data(), static_cast<std::uint32_t>(cell.size()));
+      }
+    }
+  }
   std::uint32_t count_at_least(std::uint32_t cpu, std::uint32_t mib) const {
     std::uint32_t n = 0;
     const std::uint32_t lc = level(cpu), lm = level(mib);
     for (std::uint32_t c = lc; c <= top_cpu; ++c) {
-      for (std::uint32_t m = lm; m <= top_mib; ++m) {
-        n += static_cast<std::uint32_t>(cells[c * levels + m].size());
-      }
+      const std::uint32_t* row = sizes.data() + c * levels;
+      for (std::uint32_t m = lm; m <= top_mib; ++m) n += row[m];
     }
     return n;
   }
@@ -761,8 +805,28 @@ struct placer::impl {
     for (std::uint32_t slot = 0; slot < known; ++slot) index_host(x, c, slot, cached_free[slot]);
     return x.idx;
   }
+  // Every host by free capacity, brought up to date only when a search is about to use it
+  // (binpack alone never does): hosts that moved since wait in `grid_stale`.
   grid_index grid;
-  std::optional<permutation> tie;  // the one the indexes' ranks are from
+  std::vector<std::uint32_t> grid_stale;
+  std::vector<std::uint64_t> grid_stale_bits;  // a bit per slot
+  void grid_moved(std::uint32_t slot) {
+    if (grid_stale_bits.size() <= slot / 64) grid_stale_bits.resize(slot / 64 + 1, 0);
+    std::uint64_t& w = grid_stale_bits[slot / 64];
+    const std::uint64_t bit = std::uint64_t{1} << (slot % 64);
+    if ((w & bit) == 0) grid_stale.push_back(slot);
+    w |= bit;
+  }
+  void grid_update() {
+    for (const std::uint32_t slot : grid_stale) {
+      const std::uint64_t f = cached_free[slot];
+      grid.set(slot, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      grid_stale_bits[slot / 64] = 0;
+    }
+    grid_stale.clear();
+  }
+  mutable std::vector<grid_index::entry> scratch;  // lowest_ranked's
+  std::optional<permutation> tie;                  // the one the indexes' ranks are from
 
   // For spread on an attribute: how many active hosts carry each of its values (the last entry:
   // none of them), per block and in total. A value no host carries cannot be a spread's floor.
@@ -847,7 +911,7 @@ struct placer::impl {
     for (; redo != 0; redo &= redo - 1) {
       const std::uint32_t slot = lo + static_cast<std::uint32_t>(std::countr_zero(redo));
       const std::uint64_t f = cached_free[slot];
-      grid.set(slot, static_cast<std::uint32_t>(f >> 32), static_cast<std::uint32_t>(f));
+      grid_moved(slot);
       if (!value_grids.empty() && slot < value_id.size()) {
         value_grids[value_id[slot]].set(slot, static_cast<std::uint32_t>(f >> 32),
                                         static_cast<std::uint32_t>(f));
@@ -889,15 +953,19 @@ struct placer::impl {
     // Blocks from here on hold slots not summarized yet.
     const std::uint32_t first_new = c.count == known ? nblocks : known / ipc::block_slots;
     const std::uint32_t* live = c.block_epoch.data();
-    for (std::uint32_t b0 = 0; b0 < nblocks; b0 += 16) {
-      const std::uint32_t end = std::min(b0 + 16, nblocks);
-      // Most blocks did not move: compare sixteen epochs at once (plain loads, vectorized),
-      // and read the ones that differ again with acquire below.
-      std::uint32_t moved = 0;
-      for (std::uint32_t b = b0; b < end; ++b) moved |= live[b] ^ epochs[b];
-      if (moved == 0 && end <= first_new) continue;
-      for (std::uint32_t b = b0; b < end; ++b) {
-        if (live[b] == epochs[b] && b < first_new) continue;
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    for (std::uint32_t b0 = 0; b0 < nblocks; b0 += 64) {
+      const std::uint32_t n = std::min(64u, nblocks - b0);
+      // Most blocks did not move: compare 64 epochs at once (plain loads, in the kernel), and
+      // read the ones that differ again with acquire below.
+      std::uint64_t todo = k.differ32(live + b0, epochs.data() + b0, n);
+      if (first_new < b0 + n) {
+        const std::uint32_t from = first_new > b0 ? first_new - b0 : 0;
+        todo |= (n == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1) &
+                (~std::uint64_t{0} << from);
+      }
+      for (; todo != 0; todo &= todo - 1) {
+        const std::uint32_t b = b0 + static_cast<std::uint32_t>(std::countr_zero(todo));
         // Block epoch first: a publish bumps the row epoch before it, so whoever sees a publish's
         // block epoch sees its row epoch too, and no row change is taken for a capacity change.
         const std::uint32_t e = load_acquire(c.block_epoch[b]);
@@ -1086,18 +1154,35 @@ struct placer::impl {
   }
 
   // Walks slots in the permutation's order: the first passing host whose first key equals the
-  // lowest any host could have is the answer. Gives up after a budget.
+  // lowest any host could have is the answer. Gives up after a budget. The kernel tests 32 ranks
+  // at a time without a branch (capacity as last summarized, and the value when the first key is
+  // a value's); only the hosts it passes are checked one by one.
   std::optional<std::uint32_t> probe(const decision& d, const permutation& order,
                                      std::uint64_t target, bool keyed, bool& gave_up) const {
-    constexpr std::uint32_t budget = 128;
+    constexpr std::uint32_t budget = 128, stride = 32;
     const std::uint32_t n = std::min(order.size(), budget);
-    for (std::uint32_t r = 0; r < n; ++r) {
-      const std::uint32_t slot = order.slot_at(r);
-      // The key is cheapest, then capacity as last summarized, then the full check.
-      if (slot >= d.c.count || (keyed && first_key(d, slot) != target) || quick_reject(d, slot)) {
-        continue;
+    detail::probe_args a{order.mask,  order.shift, order.s1,  order.s2,           order.a_inv,
+                         order.b_inv, 0,           d.c.count, cached_free.data(), nullptr,
+                         0,           d.need.cpu,  d.need.mib};
+    // A value's key is the host's first key: the kernel tests it outright.
+    const bool by_value = keyed && value_keyed && value_key.size() <= 64;
+    if (by_value) {
+      a.value = value_id.data();
+      for (std::size_t v = 0; v < value_key.size(); ++v) {
+        if (value_key[v] == target) a.values |= std::uint64_t{1} << v;
       }
-      if (!d.check(slot)) return slot;
+    }
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    for (std::uint32_t r0 = 0; r0 < n; r0 += stride) {
+      a.first = r0;
+      for (std::uint64_t m = k.probe(a, std::min(stride, n - r0)); m != 0; m &= m - 1) {
+        const std::uint32_t slot =
+            order.slot_at(r0 + static_cast<std::uint32_t>(std::countr_zero(m)));
+        if ((keyed && !by_value && first_key(d, slot) != target) || attributes_reject(d, slot)) {
+          continue;
+        }
+        if (!d.check(slot)) return slot;
+      }
     }
     gave_up = n < order.size();
     return std::nullopt;
@@ -1115,15 +1200,16 @@ struct placer::impl {
          b = idx.next(b + 1)) {
       if (!idx.may_hold(b, other)) continue;
       for (const auto& part : idx.buckets[b].parts()) {
-        if (static_cast<std::uint32_t>(part.back() >> 32) < need) continue;
-        for (const std::uint64_t e : part) {
-          const std::uint32_t value = static_cast<std::uint32_t>(e >> 32);
+        if (static_cast<std::uint32_t>(part.back().key >> 32) < need) continue;
+        for (const chunked_sorted::item& e : part) {
+          const std::uint32_t value = static_cast<std::uint32_t>(e.key >> 32);
           if (value < need) continue;
           if (best.slot && value > best_value) return best.slot;
-          const std::uint32_t slot = d.tie.slot_at(static_cast<std::uint32_t>(e));
-          if (slot >= d.c.count || quick_reject(d, slot) || d.check(slot)) continue;
-          if (alone) return slot;
-          if (best.offer(slot, d.keys(slot))) best_value = value;
+          // The index holds only hosts that meet the required attribute tests; the other
+          // quantity is inline, as last summarized.
+          if (e.other < other || e.slot >= d.c.count || d.check(e.slot)) continue;
+          if (alone) return e.slot;
+          if (best.offer(e.slot, d.keys(e.slot))) best_value = value;
         }
       }
     }
@@ -1159,6 +1245,47 @@ struct placer::impl {
     value_keyed = true;
   }
 
+  // The grid's hosts with the room when only the random order decides between them (random,
+  // or a first key they all share followed by the random tie-break): the lowest-ranked host that
+  // passes, offered to `best` with first key `first` (or the rank itself when random is first).
+  // The rank kernel finds each cell's lowest-ranked host with the room; one that fails its full
+  // check only raises the cell's lower bound.
+  void lowest_ranked(const decision& d, const grid_index& g, std::optional<std::uint64_t> first,
+                     best_host& best) const {
+    // The cells' entries in one run: one kernel call over all of them, not one per small cell.
+    std::vector<grid_index::entry>& e = scratch;
+    e.clear();
+    g.for_each_cell_at_least(
+        d.need.cpu, d.need.mib,
+        [&](const grid_index::entry* p, std::uint32_t n) { e.insert(e.end(), p, p + n); });
+    const std::uint32_t n = static_cast<std::uint32_t>(e.size());
+    if (n == 0) return;
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    const std::size_t rank_at = first ? 1 : 0;  // where the rank sits in the key
+    detail::rank_args a{d.rnd.mask, d.rnd.shift, d.rnd.s1, d.rnd.s2, &e.front().slot,
+                        d.need.cpu, d.need.mib,  0,        0};
+    for (;;) {
+      if (best.slot && (!first || best.k[0] == *first)) {
+        const std::uint64_t r = best.k[rank_at];
+        if (r == 0) return;
+        a.hi = static_cast<std::uint32_t>(r - 1);
+      } else {
+        a.hi = 0xffff'ffffu;
+      }
+      if (a.lo > a.hi) return;
+      const std::uint32_t i = k.rank_min(a, n);
+      if (i == n) return;
+      const std::uint32_t slot = e[i].slot;
+      if (slot < d.c.count && !d.check(slot)) {
+        best.offer(slot, d.keys(slot, first));
+        return;
+      }
+      const std::uint32_t r = d.rnd.rank(slot);
+      if (r == 0xffff'ffffu) return;
+      a.lo = r + 1;
+    }
+  }
+
   // Spread on an attribute first, few hosts with room: values in order of their key, each
   // value's hosts through its own grid. The first key's level with a passing host holds the
   // answer.
@@ -1175,14 +1302,15 @@ struct placer::impl {
     const bool tie_only = d.q.strategies.size() == 1;
     best_host best;
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (best.slot && value_key[order[i]] > best.k[0]) break;
+      const std::uint64_t key = value_key[order[i]];
+      if (best.slot && key > best.k[0]) break;
+      if (tie_only) {
+        lowest_ranked(d, value_grids[order[i]], key, best);
+        continue;
+      }
       value_grids[order[i]].for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
-        // Only the random tie-break follows: a host ranked after the best cannot win.
-        if (slot >= d.c.count || (tie_only && best.slot && d.rnd.rank(slot) > best.k[1]) ||
-            attributes_reject(d, slot) || d.check(slot)) {
-          return;
-        }
-        best.offer(slot, d.keys(slot, value_key[order[i]]));
+        if (slot >= d.c.count || attributes_reject(d, slot) || d.check(slot)) return;
+        best.offer(slot, d.keys(slot, key));
       });
     }
     return best.slot;
@@ -1190,10 +1318,15 @@ struct placer::impl {
 
   // Few hosts have the room: visit just those, through the grid. Many: the SIMD scan over every
   // block that may fit. Exact either way: hosts the grid skips lack the room outright.
-  std::optional<std::uint32_t> exhaustive(const decision& d) const {
-    if (grid.count_at_least(d.need.cpu, d.need.mib) * 4 > d.c.count) return scan(d);
+  // `room`: how many hosts the grid holds with at least the need's capacity.
+  std::optional<std::uint32_t> exhaustive(const decision& d, std::uint64_t room) const {
+    if (room * 4 > d.c.count) return scan(d);
     if (value_keyed) return by_value(d);
     best_host best;
+    if (d.q.strategies[0].k == compiled_strategy::kind::random) {
+      lowest_ranked(d, grid, std::nullopt, best);
+      return best.slot;
+    }
     grid.for_each_at_least(d.need.cpu, d.need.mib, [&](std::uint32_t slot) {
       // A host whose first key is already worse cannot win: skip its full check.
       if (slot >= d.c.count || attributes_reject(d, slot) || !best.may_beat(first_key(d, slot)) ||
@@ -1222,9 +1355,11 @@ struct placer::impl {
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
+    grid_update();
+    const std::uint64_t room = grid.count_at_least(d.need.cpu, d.need.mib);
     if (first == kind::random) {
       // Probe only where the hosts with room are not so few that the probe would likely miss.
-      if (grid.count_at_least(d.need.cpu, d.need.mib) * 128 >= 2 * std::uint64_t{d.c.count}) {
+      if (room * 128 >= 2 * std::uint64_t{d.c.count}) {
         bool gave_up = false;
         auto s = probe(d, d.rnd, 0, false, gave_up);
         if (s || !gave_up) return s;
@@ -1234,14 +1369,13 @@ struct placer::impl {
       // The answer is the first host with the floor in the order of the next key: random,
       // whether a random strategy follows or the tie-break decides.
       // Probe only where the hosts with room are not so few that the probe would likely miss.
-      const std::uint64_t room = grid.count_at_least(d.need.cpu, d.need.mib);
       const std::uint64_t values = value_keyed ? value_key.size() : 1;
       if (room * 128 >= 2 * values * d.c.count) {
         auto s = probe(d, d.rnd, spread_floor(d), true, gave_up);
         if (s) return s;
       }
     }
-    return exhaustive(d);
+    return exhaustive(d, room);
   }
 };
 

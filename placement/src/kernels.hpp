@@ -37,6 +37,33 @@ struct room_masks {
   std::uint64_t cpu, mib;
 };
 
+// The multipliers of engine.cpp's seeded permutation of slots (odd, so invertible mod 2^32):
+// rank(slot) = xs((xs((slot * a + s1) & mask) * b + s2) & mask), xs(x) = x ^ (x >> shift).
+inline constexpr std::uint32_t permutation_a = 0x2c1b'3c6d, permutation_b = 0x297a'2d39;
+
+// A stretch of a seeded permutation's order (see engine.cpp's `permutation`): for ranks first,
+// first+1, …, which slots exist and, as last summarized, have the room, and (when `value` is set)
+// carry one of the values in `values`.
+struct probe_args {
+  std::uint32_t mask, shift, s1, s2, a_inv, b_inv;  // the permutation's inverse
+  std::uint32_t first;                              // the first rank
+  std::uint32_t count;                              // slots in use
+  const std::uint64_t* free;                        // per slot: CPU << 32 | MiB
+  const std::uint32_t* value;                       // per slot: its value's index (< 64), or null
+  std::uint64_t values;                             // a bit per value index that qualifies
+  std::uint32_t cpu, mib;
+};
+
+// Grid entries (slot, CPU, MiB triples) against a need: the one whose slot ranks lowest in a
+// seeded permutation (engine.cpp's `permutation`, forward), among those with the room and a
+// rank in [lo, hi].
+struct rank_args {
+  std::uint32_t mask, shift, s1, s2;  // the permutation
+  const std::uint32_t* entries;       // n triples
+  std::uint32_t cpu, mib;
+  std::uint32_t lo, hi;
+};
+
 struct kernel_fns {
   // ACTIVE, and enough CPU, MiB, GPUs and dynamic ports.
   std::uint64_t (*fit)(const fit_args& a, std::uint32_t n);
@@ -48,6 +75,12 @@ struct kernel_fns {
   std::uint64_t (*cmp32)(const std::uint32_t* col, std::uint32_t n, cmp o, std::uint32_t v);
   std::uint64_t (*cmp64)(const std::uint64_t* col, std::uint32_t n, cmp o, std::uint64_t v);
   block_stats (*summarize)(const summary_args& a, std::uint32_t n);
+  // A bit per rank first+i (i < n ≤ 64) whose slot passes.
+  std::uint64_t (*probe)(const probe_args& a, std::uint32_t n);
+  // The index of that entry, or n when none qualifies.
+  std::uint32_t (*rank_min)(const rank_args& a, std::uint32_t n);
+  // A bit per i < n (≤ 64) where a[i] != b[i].
+  std::uint64_t (*differ32)(const std::uint32_t* a, const std::uint32_t* b, std::uint32_t n);
 };
 
 struct kernel_entry {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -11,6 +12,7 @@
 
 #include "berth/ipc.hpp"
 #include "expression.hpp"
+#include "kernels.hpp"
 
 namespace berth::placement {
 namespace {
@@ -645,6 +647,210 @@ TEST(EquivalenceTest, VectorEqualsReferenceOnRandomClusters) {
   EXPECT_GE(decisions, 6000u);
   EXPECT_GT(placements, decisions / 2) << "most requests should place something";
   ASSERT_TRUE(use_kernel(widest));
+}
+
+// Long-lived placers, as in berthd and the bench: their indexes, grids and per-value counts are
+// kept up to date across thousands of decisions while the cluster churns, so every incremental
+// path (moved hosts, lazily updated grids, probes that give up, values that empty) is exercised
+// on clusters large enough for the probing and grid searches to be chosen. Each step places with
+// the vector placer, checks the reference (a dry run on the same ledger) agrees, and releases an
+// older task.
+TEST(EquivalenceTest, LongLivedPlacersAgreeUnderChurn) {
+  static const char* types[] = {"m5.large", "m5.xlarge", "c5.xlarge", "r5.large"};
+  static const std::uint32_t cpus[] = {2048, 4096, 4096, 2048};
+  static const std::uint32_t mibs[] = {8192, 16384, 8192, 16384};
+  static const char* zones[] = {"zone-a", "zone-b", "zone-c"};
+  static const std::vector<std::vector<strategy>> chains = {
+      {{"random", ""}},
+      {{"spread", "attribute:ecs.availability-zone"}},
+      {{"spread", "attribute:ecs.availability-zone"}, {"random", ""}},
+      {{"spread", "attribute:ecs.availability-zone"}, {"binpack", "memory"}},
+      {{"spread", "instanceId"}},
+      {{"binpack", "memory"}},
+      {{"binpack", "cpu"}, {"spread", "attribute:ecs.availability-zone"}},
+  };
+  const std::string widest(active_kernel());
+  std::size_t decisions = 0, placed = 0;
+  // The widest kernel and the fallback: KernelTest compares every kernel with plain loops.
+  for (const kernel_info& k : kernels()) {
+    if (!k.supported || (k.name != widest && k.name != kernels().back().name)) continue;
+    ASSERT_TRUE(use_kernel(k.name));
+    for (std::size_t chain = 0; chain < chains.size(); ++chain) {
+      std::mt19937 rng(static_cast<unsigned>(77 + chain));
+      cluster c(unique("churn"), 4096);
+      const std::uint32_t hosts = 3000;
+      for (std::uint32_t i = 0; i < hosts; ++i) {
+        const std::uint32_t t = rng() % 4;
+        c.add(make(id("i-", i), cpus[t], mibs[t], types[t], zones[rng() % 3]));
+      }
+      // Background load to about 60 %.
+      for (std::uint32_t i = 0; i < hosts * 3; ++i) {
+        (void)c.ledger().try_reserve(rng() % hosts, 128 * (1 + rng() % 16), 128 * (1 + rng() % 64));
+      }
+      request rq = req(0, 0, chains[chain]);
+      if (chain % 2 == 1) {
+        rq.constraints = {{"memberOf", "attribute:ecs.instance-type != r5.large"}};
+      }
+      auto q = compile(rq);
+      ASSERT_TRUE(q) << q.error().message;
+      placer vec(c.ledger()), ref(c.ledger(), implementation::reference);
+      task_groups g;
+      std::deque<std::pair<std::uint32_t, requirements>> held;
+      for (int step = 0; step < 1500; ++step) {
+        requirements need;
+        need.cpu = 128 * (1 + rng() % 16);
+        need.mib = 128 * (1 + rng() % 64);
+        place_options o;
+        o.seed = rng();
+        place_options dry = o;
+        dry.dry_run = true;
+        auto a = ref.place(*q, need, g, dry);
+        auto b = vec.place(*q, need, g, o);
+        ASSERT_TRUE(a && b);
+        ASSERT_EQ(a->slots, b->slots)
+            << "kernel " << k.name << " chain " << chain << " step " << step;
+        ASSERT_EQ(a->failures, b->failures);
+        ++decisions;
+        if (!b->slots.empty()) {
+          ++placed;
+          held.emplace_back(b->slots[0], need);
+        }
+        // Keep about 400 of these tasks; release the oldest, now and then two.
+        while (held.size() > 400 || (!held.empty() && rng() % 8 == 0)) {
+          const auto [slot, old] = held.front();
+          held.pop_front();
+          ASSERT_TRUE(c.ledger().release(slot, old.cpu, old.mib));
+          g.remove(rq.group, slot, c.attributes(slot));
+        }
+        // A host drains and comes back: rows change under the placers' indexes.
+        if (step % 250 == 100) {
+          const std::uint32_t slot = rng() % hosts;
+          auto r = c.ledger().read(slot);
+          ASSERT_TRUE(r);
+          ipc::row row = r->published;
+          row.state = row.state == instance_state::active ? instance_state::draining
+                                                          : instance_state::active;
+          ASSERT_TRUE(c.ledger().publish(slot, row));
+        }
+      }
+    }
+  }
+  EXPECT_GE(decisions, 7u * 1500u);
+  EXPECT_GT(placed, decisions * 9 / 10) << "the cluster should mostly have room";
+  ASSERT_TRUE(use_kernel(widest));
+}
+
+// Every kernel against plain loops written here from the kernels' contracts (kernels.hpp).
+struct test_permutation {
+  std::uint32_t mask, shift, s1, s2;
+  std::uint32_t xs(std::uint32_t x) const { return shift == 0 ? x : x ^ (x >> shift); }
+  std::uint32_t rank(std::uint32_t slot) const {
+    return xs((xs((slot * detail::permutation_a + s1) & mask) * detail::permutation_b + s2) & mask);
+  }
+  static std::uint32_t inverse(std::uint32_t x) {
+    std::uint32_t y = x;
+    for (int i = 0; i < 5; ++i) y *= 2 - x * y;
+    return y;
+  }
+};
+
+TEST(KernelTest, ProbeRankMinAndDifferMatchPlainLoops) {
+  std::mt19937 rng(99);
+  for (std::uint32_t e = 0; e < detail::kernel_table_size; ++e) {
+    const detail::kernel_entry& k = detail::kernel_table[e];
+    if (!k.supported()) continue;
+    SCOPED_TRACE(k.name);
+    for (int round = 0; round < 300; ++round) {
+      const std::uint32_t bits = 1 + rng() % 14;
+      const std::uint32_t size = 1u << bits;
+      const std::uint32_t s1 = static_cast<std::uint32_t>(rng()) & (size - 1);
+      const std::uint32_t s2 = static_cast<std::uint32_t>(rng()) & (size - 1);
+      const test_permutation p{size - 1, (bits + 1) / 2, s1, s2};
+      const std::uint32_t count = size / 2 + rng() % (size / 2 + 1);
+      std::vector<std::uint64_t> free(size);
+      std::vector<std::uint32_t> value(size);
+      for (std::uint32_t s = 0; s < size; ++s) {
+        free[s] = (std::uint64_t{rng() % 4096} << 32) | (rng() % 16384);
+        value[s] = rng() % 5;
+      }
+      const std::uint32_t cpu = rng() % 4096, mib = rng() % 16384;
+      // probe: ranks first..first+n-1 whose slot exists, has the room and (maybe) a value in set.
+      const std::uint64_t values = rng() % 32;
+      const bool by_value = rng() % 2 == 0;
+      const std::uint32_t n = 1 + rng() % 64;
+      const std::uint32_t first = rng() % size;
+      detail::probe_args pa{p.mask,
+                            p.shift,
+                            p.s1,
+                            p.s2,
+                            test_permutation::inverse(detail::permutation_a),
+                            test_permutation::inverse(detail::permutation_b),
+                            first,
+                            count,
+                            free.data(),
+                            by_value ? value.data() : nullptr,
+                            values,
+                            cpu,
+                            mib};
+      std::vector<std::uint32_t> slot_of(size);
+      for (std::uint32_t s = 0; s < size; ++s) slot_of[p.rank(s)] = s;
+      std::uint64_t want = 0;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::uint32_t r = first + i;
+        if (r >= size) continue;  // past the permutation: its inverse is not defined there
+        const std::uint32_t s = slot_of[r];
+        const bool ok = s < count && (free[s] >> 32) >= cpu && (free[s] & 0xffff'ffffu) >= mib &&
+                        (!by_value || ((values >> value[s]) & 1) != 0);
+        if (ok) want |= std::uint64_t{1} << i;
+      }
+      const std::uint64_t in_range =
+          first + n <= size ? ~std::uint64_t{0} : (std::uint64_t{1} << (size - first)) - 1;
+      ASSERT_EQ(k.fns->probe(pa, n) & in_range, want) << "round " << round;
+      // rank_min: the entry with the lowest rank among those with the room and a rank in [lo, hi].
+      std::vector<std::uint32_t> entries;
+      const std::uint32_t m = 1 + rng() % 300;
+      for (std::uint32_t i = 0; i < m; ++i) {
+        const std::uint32_t s = rng() % size;
+        entries.insert(entries.end(), {s, static_cast<std::uint32_t>(free[s] >> 32),
+                                       static_cast<std::uint32_t>(free[s])});
+      }
+      const std::uint32_t lo = rng() % 3 == 0 ? 0 : static_cast<std::uint32_t>(rng() % size);
+      const std::uint32_t hi =
+          rng() % 3 == 0 ? 0xffff'ffffu : lo + static_cast<std::uint32_t>(rng() % size);
+      auto oracle = [&](std::uint32_t l, std::uint32_t h) {
+        std::uint32_t at = m;
+        for (std::uint32_t i = 0; i < m; ++i) {
+          const std::uint32_t r = p.rank(entries[3 * i]);
+          if (entries[3 * i + 1] < cpu || entries[3 * i + 2] < mib || r < l || r > h) continue;
+          if (at == m || r < p.rank(entries[3 * at])) at = i;
+        }
+        return at;
+      };
+      auto kernel = [&](std::uint32_t l, std::uint32_t h) {
+        return k.fns->rank_min({p.mask, p.shift, p.s1, p.s2, entries.data(), cpu, mib, l, h}, m);
+      };
+      // The same slot may sit in two entries: compare the ranks chosen, not the indexes.
+      auto chosen = [&](std::uint32_t i) { return i == m ? size : p.rank(entries[3 * i]); };
+      const std::uint32_t want_rank = chosen(oracle(lo, hi));
+      ASSERT_EQ(chosen(kernel(lo, hi)), want_rank) << "round " << round;
+      if (want_rank != size) {
+        // The bounds are inclusive: the winner's own rank as lo and hi still finds it.
+        ASSERT_EQ(chosen(kernel(want_rank, want_rank)), want_rank);
+        if (want_rank > 0) {
+          ASSERT_EQ(chosen(kernel(0, want_rank - 1)), chosen(oracle(0, want_rank - 1)));
+        }
+      }
+      // differ32
+      std::vector<std::uint32_t> x(64), y(64);
+      std::uint64_t differ = 0;
+      for (std::uint32_t i = 0; i < 64; ++i) {
+        x[i] = y[i] = static_cast<std::uint32_t>(rng());
+        if (rng() % 3 == 0) y[i] ^= 1u << (rng() % 32);
+        if (i < n && x[i] != y[i]) differ |= std::uint64_t{1} << i;
+      }
+      ASSERT_EQ(k.fns->differ32(x.data(), y.data(), n), differ);
+    }
+  }
 }
 
 TEST(KernelTest, WidestSupportedKernelRunsByDefault) {
