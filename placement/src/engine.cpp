@@ -511,79 +511,28 @@ std::uint32_t level(std::uint32_t v) {
   return 2 * (w - 3) + 4 + ((v >> (w - 2)) & 1u);
 }
 
-// A sequence sorted by key, kept in chunks of at most 2 × chunk entries: an insert or erase moves
-// one chunk, not the whole sequence, so a bucket of thousands of equal values stays cheap to
-// update. Keys are unique.
-class chunked_sorted {
- public:
-  static constexpr std::size_t chunk = 64;
-  // A host in binpack's order: key = value << 32 | tie rank; with its slot and the other
-  // quantity inline, so a walk tests it without reading the host's columns.
-  struct item {
-    std::uint64_t key;
-    std::uint32_t slot, other;
-  };
-  using chunks = std::vector<std::vector<item>>;
-
-  bool empty() const { return parts_.empty(); }
-  const chunks& parts() const { return parts_; }
-
-  void insert(const item& e) {
-    if (parts_.empty()) {
-      parts_.emplace_back().push_back(e);
-      return;
-    }
-    auto& v = *find(e.key);
-    v.insert(std::upper_bound(v.begin(), v.end(), e.key,
-                              [](std::uint64_t k, const item& x) { return k < x.key; }),
-             e);
-    if (v.size() > 2 * chunk) {
-      const auto at = find(e.key);
-      std::vector<item> upper(at->begin() + chunk, at->end());
-      at->resize(chunk);
-      parts_.insert(at + 1, std::move(upper));
-    }
-  }
-  item* lookup(std::uint64_t key) {
-    auto& v = *find(key);
-    return &*std::lower_bound(v.begin(), v.end(), key,
-                              [](const item& x, std::uint64_t k) { return x.key < k; });
-  }
-  void erase(std::uint64_t key) {
-    const auto at = find(key);
-    at->erase(std::lower_bound(at->begin(), at->end(), key,
-                               [](const item& x, std::uint64_t k) { return x.key < k; }));
-    if (at->empty()) parts_.erase(at);
-  }
-
- private:
-  // The first chunk whose last entry is at least key, or the last chunk.
-  chunks::iterator find(std::uint64_t key) {
-    auto at = std::lower_bound(
-        parts_.begin(), parts_.end(), key,
-        [](const std::vector<item>& v, std::uint64_t x) { return v.back().key < x; });
-    return at == parts_.end() ? parts_.end() - 1 : at;
-  }
-  chunks parts_;
-};
-
 // Hosts by one free quantity (CPU or MiB), for binpack.
-// Buckets are disjoint value ranges in increasing order; each keeps its entries sorted by (value,
-// tie rank), so the first passing entry at or above a need is binpack's answer. Each bucket also
-// knows the levels of the other quantity its hosts have, so a walk skips buckets where no host
-// has enough of both.
+// Buckets are disjoint value ranges in increasing order. Each holds its hosts unordered, as
+// columns: key = value << 32 | tie rank, the slot, and the other quantity; so the first bucket
+// with a passing host holds binpack's answer, the passing host with the lowest key, which the
+// key kernel finds. A host moves in constant time (swapped with its bucket's last). Each bucket
+// also knows the levels of the other quantity its hosts have, so a walk skips buckets where no
+// host has enough of both.
 struct value_index {
   static constexpr std::uint32_t bucket_count = 1u << 14;
   static constexpr std::uint32_t none = 0xffff'ffffu;
+  struct bucket {
+    std::vector<std::uint64_t> key;
+    std::vector<std::uint32_t> slot, other;
+  };
   std::uint32_t shift = 0;
-  std::uint32_t tie_mask = 0;               // the tie permutation the ranks are from
-  std::vector<chunked_sorted> buckets;      // by value << 32 | tie rank
+  std::uint32_t tie_mask = 0;  // the tie permutation the ranks are from
+  std::vector<bucket> buckets;
   std::vector<std::uint64_t> nonempty;      // a bit per bucket
   std::vector<std::uint64_t> other_levels;  // per bucket, a bit per level in use
   std::vector<std::unique_ptr<std::array<std::uint32_t, 64>>> other_counts;  // per bucket
-  std::vector<std::uint32_t> value_of;                                       // per slot, or none
-  std::vector<std::uint32_t> rank_of;                                        // per slot
-  std::vector<std::uint32_t> other_of;  // per slot: the other quantity
+  // Per slot: its value (or none), tie rank, other quantity, and place in its bucket.
+  std::vector<std::uint32_t> value_of, rank_of, other_of, position;
 
   explicit value_index(std::uint32_t shift_bits)
       : shift(shift_bits),
@@ -612,9 +561,16 @@ struct value_index {
   void erase(std::uint32_t slot) {
     if (slot >= value_of.size() || value_of[slot] == none) return;
     const std::uint32_t b = bucket_of(value_of[slot]);
-    auto& v = buckets[b];
-    v.erase(entry(value_of[slot], rank_of[slot]));
-    if (v.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    bucket& k = buckets[b];
+    const std::uint32_t at = position[slot];
+    k.key[at] = k.key.back();
+    k.slot[at] = k.slot.back();
+    k.other[at] = k.other.back();
+    position[k.slot[at]] = at;
+    k.key.pop_back();
+    k.slot.pop_back();
+    k.other.pop_back();
+    if (k.key.empty()) nonempty[b / 64] &= ~(std::uint64_t{1} << (b % 64));
     count_other(b, other_of[slot], false);
     value_of[slot] = none;
   }
@@ -623,12 +579,13 @@ struct value_index {
       value_of.resize(slot + 1, none);
       rank_of.resize(slot + 1, 0);
       other_of.resize(slot + 1, 0);
+      position.resize(slot + 1, 0);
     }
     if (value_of[slot] == value && rank_of[slot] == rank) {
-      // Same place in the order: only the other quantity moved.
+      // Same key: only the other quantity moved.
       if (other_of[slot] == other) return;
       const std::uint32_t b = bucket_of(value);
-      buckets[b].lookup(entry(value, rank))->other = other;
+      buckets[b].other[position[slot]] = other;
       count_other(b, other_of[slot], false);
       count_other(b, other, true);
       other_of[slot] = other;
@@ -636,7 +593,11 @@ struct value_index {
     }
     erase(slot);
     const std::uint32_t b = bucket_of(value);
-    buckets[b].insert({entry(value, rank), slot, other});
+    bucket& k = buckets[b];
+    position[slot] = static_cast<std::uint32_t>(k.key.size());
+    k.key.push_back(entry(value, rank));
+    k.slot.push_back(slot);
+    k.other.push_back(other);
     nonempty[b / 64] |= std::uint64_t{1} << (b % 64);
     count_other(b, other, true);
     value_of[slot] = value;
@@ -1188,32 +1149,44 @@ struct placer::impl {
     return std::nullopt;
   }
 
-  // Binpack: entries in (value, tie rank) order from the need up. Alone, the first passing host
-  // is the answer; with more strategies, every passing host of that same value competes.
+  // Binpack: buckets in value order from the need up; in each, the key kernel finds the host
+  // with the lowest (value, tie rank) that has the other quantity too (as last summarized), and
+  // the full check confirms it or raises the bound. Alone, the first confirmed host is the
+  // answer; with more strategies, every passing host of that same value competes.
   std::optional<std::uint32_t> walk(const decision& d, const value_index& idx, bool cpu) const {
     const std::uint32_t need = cpu ? d.need.cpu : d.need.mib;
     const std::uint32_t other = cpu ? d.need.mib : d.need.cpu;
     const bool alone = d.q.strategies.size() == 1;
-    best_host best;
-    std::uint32_t best_value = 0;
+    const detail::kernel_fns& k = detail::active_kernel_fns();
     for (std::uint32_t b = idx.next(idx.bucket_of(need)); b < value_index::bucket_count;
          b = idx.next(b + 1)) {
       if (!idx.may_hold(b, other)) continue;
-      for (const auto& part : idx.buckets[b].parts()) {
-        if (static_cast<std::uint32_t>(part.back().key >> 32) < need) continue;
-        for (const chunked_sorted::item& e : part) {
-          const std::uint32_t value = static_cast<std::uint32_t>(e.key >> 32);
-          if (value < need) continue;
-          if (best.slot && value > best_value) return best.slot;
-          // The index holds only hosts that meet the required attribute tests; the other
-          // quantity is inline, as last summarized.
-          if (e.other < other || e.slot >= d.c.count || d.check(e.slot)) continue;
-          if (alone) return e.slot;
-          if (best.offer(e.slot, d.keys(e.slot))) best_value = value;
+      const value_index::bucket& bk = idx.buckets[b];
+      const std::uint32_t n = static_cast<std::uint32_t>(bk.key.size());
+      detail::key_args a{bk.key.data(), bk.other.data(), value_index::entry(need, 0), other};
+      for (;;) {
+        const std::uint32_t i = k.key_min(a, n);
+        if (i == n) break;
+        // The index holds only hosts that meet the required attribute tests.
+        const std::uint32_t slot = bk.slot[i];
+        if (slot < d.c.count && !d.check(slot)) {
+          if (alone) return slot;
+          const std::uint64_t value = bk.key[i] >> 32;
+          best_host best;
+          for (std::uint32_t j = 0; j < n; ++j) {
+            const std::uint32_t s = bk.slot[j];
+            if ((bk.key[j] >> 32) != value || bk.other[j] < other || s >= d.c.count || d.check(s)) {
+              continue;
+            }
+            best.offer(s, d.keys(s));
+          }
+          return best.slot;
         }
+        if (bk.key[i] == ~std::uint64_t{0}) break;
+        a.lo = bk.key[i] + 1;
       }
     }
-    return best.slot;
+    return std::nullopt;
   }
 
   // The lowest first key a host can have, for spread strategies: a lower bound, so the first

@@ -169,6 +169,19 @@ std::uint64_t probe(const probe_args& a, std::uint32_t n) {
   return pack(ok, n);
 }
 
+// For the argmin kernels: a chunk's lowest key, when below `low`, becomes `low` and its index
+// (base + i) `found`. Two passes: a min reduction, then the search for it; both vectorize.
+template <class T>
+void take_lowest(const T* key, std::size_t m, std::uint32_t base, T& low, std::uint32_t& found) {
+  T least = low;
+  for (std::size_t i = 0; i < m; ++i) least = key[i] < least ? key[i] : least;
+  if (least == low) return;
+  low = least;
+  for (std::size_t i = 0; i < m; ++i) {
+    if (key[i] == least) found = base + static_cast<std::uint32_t>(i);
+  }
+}
+
 std::uint32_t rank_min(const rank_args& a, std::uint32_t n) {
   constexpr std::uint32_t none = 0xffff'ffffu;  // never a rank in range
   const std::uint32_t sh = a.shift == 0 ? 31 : a.shift;
@@ -188,14 +201,24 @@ std::uint32_t rank_min(const rank_args& a, std::uint32_t n) {
       const bool ok = (p[3 * i + 1] >= cpu) & (p[3 * i + 2] >= mib) & (x >= lo) & (x <= hi);
       key[i] = ok ? x : none;
     }
-    std::uint32_t least = none;
-    for (std::size_t i = 0; i < m; ++i) least = key[i] < least ? key[i] : least;
-    if (least < low) {
-      low = least;
-      for (std::size_t i = 0; i < m; ++i) {
-        if (key[i] == least) found = base + static_cast<std::uint32_t>(i);
-      }
-    }
+    take_lowest(key, m, base, low, found);
+  }
+  return found;
+}
+
+std::uint32_t key_min(const key_args& a, std::uint32_t n) {
+  constexpr std::uint64_t none = ~std::uint64_t{0};  // a key no host has
+  const std::uint64_t lo = a.lo;
+  const std::uint32_t need = a.other_need;
+  alignas(64) std::uint64_t key[64];
+  std::uint32_t found = n;
+  std::uint64_t low = none;
+  for (std::uint32_t base = 0; base < n; base += 64) {
+    const std::size_t m = n - base < 64 ? n - base : 64;
+    const std::uint64_t* k = a.key + base;
+    const std::uint32_t* o = a.other + base;
+    for (std::size_t i = 0; i < m; ++i) key[i] = (k[i] >= lo) & (o[i] >= need) ? k[i] : none;
+    take_lowest(key, m, base, low, found);
   }
   return found;
 }
@@ -209,4 +232,5 @@ std::uint64_t differ32(const std::uint32_t* a, const std::uint32_t* b, std::uint
 }  // namespace
 
 extern const kernel_fns fns;
-const kernel_fns fns = {fit, room, attr, cmp32, cmp64, summarize, probe, rank_min, differ32};
+const kernel_fns fns = {fit,       room,  attr,     cmp32,   cmp64,
+                        summarize, probe, rank_min, key_min, differ32};

@@ -64,6 +64,15 @@ struct rank_args {
   std::uint32_t lo, hi;
 };
 
+// A binpack bucket's hosts (columns): the one with the lowest key at or above `lo` among those
+// with at least `other` of the other quantity.
+struct key_args {
+  const std::uint64_t* key;    // value << 32 | tie rank
+  const std::uint32_t* other;  // the other quantity
+  std::uint64_t lo;
+  std::uint32_t other_need;
+};
+
 struct kernel_fns {
   // ACTIVE, and enough CPU, MiB, GPUs and dynamic ports.
   std::uint64_t (*fit)(const fit_args& a, std::uint32_t n);
@@ -79,6 +88,8 @@ struct kernel_fns {
   std::uint64_t (*probe)(const probe_args& a, std::uint32_t n);
   // The index of that entry, or n when none qualifies.
   std::uint32_t (*rank_min)(const rank_args& a, std::uint32_t n);
+  // The index of that host, or n when none qualifies.
+  std::uint32_t (*key_min)(const key_args& a, std::uint32_t n);
   // A bit per i < n (≤ 64) where a[i] != b[i].
   std::uint64_t (*differ32)(const std::uint32_t* a, const std::uint32_t* b, std::uint32_t n);
 };

@@ -754,7 +754,7 @@ struct test_permutation {
   }
 };
 
-TEST(KernelTest, ProbeRankMinAndDifferMatchPlainLoops) {
+TEST(KernelTest, ProbeRankMinKeyMinAndDifferMatchPlainLoops) {
   std::mt19937 rng(99);
   for (std::uint32_t e = 0; e < detail::kernel_table_size; ++e) {
     const detail::kernel_entry& k = detail::kernel_table[e];
@@ -839,6 +839,24 @@ TEST(KernelTest, ProbeRankMinAndDifferMatchPlainLoops) {
         if (want_rank > 0) {
           ASSERT_EQ(chosen(kernel(0, want_rank - 1)), chosen(oracle(0, want_rank - 1)));
         }
+      }
+      // key_min: the lowest key at or above lo among hosts with the other quantity.
+      std::vector<std::uint64_t> keys(m);
+      std::vector<std::uint32_t> others(m);
+      for (std::uint32_t i = 0; i < m; ++i) {
+        keys[i] = (std::uint64_t{rng() % 64} << 32) | (rng() % 4096);
+        others[i] = static_cast<std::uint32_t>(rng() % 16384);
+      }
+      const std::uint64_t key_lo = rng() % 2 ? 0 : keys[rng() % m];
+      std::uint64_t lowest = ~std::uint64_t{0};
+      for (std::uint32_t i = 0; i < m; ++i) {
+        if (keys[i] >= key_lo && others[i] >= mib) lowest = std::min(lowest, keys[i]);
+      }
+      const std::uint32_t at = k.fns->key_min({keys.data(), others.data(), key_lo, mib}, m);
+      ASSERT_EQ(at == m ? ~std::uint64_t{0} : keys[at], lowest) << "round " << round;
+      if (at != m) {
+        ASSERT_GE(others[at], mib);
+        ASSERT_EQ(k.fns->key_min({keys.data(), others.data(), lowest, mib}, m) == m, false);
       }
       // differ32
       std::vector<std::uint32_t> x(64), y(64);
