@@ -689,8 +689,8 @@ struct grid_index {
     const std::uint32_t lc = level(cpu), lm = level(mib);
     for (std::uint32_t c = lc; c <= top_cpu; ++c) {
       for (std::uint32_t m = lm; m <= top_mib; ++m) {
-        const auto& cell = cells[c * levels + m];
-        if (!cell.empty()) fn(cell.data(), static_cast<std::uint32_t>(cell.size()));
+        // The dense sizes first: most cells are empty, and their vectors need not be read.
+        if (sizes[c * levels + m] != 0) fn(cells[c * levels + m].data(), sizes[c * levels + m]);
       }
     }
   }
@@ -1328,8 +1328,15 @@ struct placer::impl {
     }
     const bool alone = d.q.strategies.size() <= 1 ||
                        d.q.strategies[1].k == kind::random;  // only the tie-break follows
-    grid_update();
-    const std::uint64_t room = grid.count_at_least(d.need.cpu, d.need.mib);
+    // Spread on an attribute searches the values' grids, which partition every host: the grid
+    // over all of them can stay behind.
+    std::uint64_t room = 0;
+    if (value_keyed) {
+      for (const grid_index& g : value_grids) room += g.count_at_least(d.need.cpu, d.need.mib);
+    } else {
+      grid_update();
+      room = grid.count_at_least(d.need.cpu, d.need.mib);
+    }
     if (first == kind::random) {
       // Probe only where the hosts with room are not so few that the probe would likely miss.
       if (room * 128 >= 2 * std::uint64_t{d.c.count}) {
