@@ -169,6 +169,10 @@ class daemon_impl final : public daemon {
     auto sched = make_scheduler(cfg_, std::move(*sst), *service_, bus_, metrics_);
     if (!sched) return tl::unexpected(sched.error());
     scheduler_ = std::move(*sched);
+    // A service task that starts, stops or turns unhealthy wakes the scheduler at once.
+    service_->on_task_change([s = scheduler_.get()](const json& t) {
+      if (t.value("group", "").starts_with("service:")) s->wake();
+    });
     return {};
   }
 
@@ -207,6 +211,7 @@ class daemon_impl final : public daemon {
     if (watchdog_.joinable()) watchdog_.join();
     bus_.close();
     if (server_) server_->stop();
+    if (service_) service_->on_task_change(nullptr);
     if (scheduler_) scheduler_->shutdown();
     if (service_) {
       service_->shutdown();

@@ -1,11 +1,13 @@
 // The service scheduler. One mutex guards the services; a reconcile pass holds it throughout
 // (the task API it calls answers at once: launches and stops run on berthd's own workers), so
-// an API call never interleaves with a half-done pass.
+// an API call never interleaves with a half-done pass. Wakeups go through a second, leaf lock,
+// so the task engine can wake the scheduler while holding its own.
 #include "scheduler.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <map>
@@ -98,21 +100,23 @@ class scheduler_impl final : public scheduler {
     }
   }
 
+  // Takes only the wake lock, never mu_: the task engine calls it holding its own lock, which
+  // the scheduler takes (through its task API calls) while holding mu_.
   void wake() override {
     {
-      std::lock_guard lock(mu_);
+      std::lock_guard lock(wake_mu_);
       woken_ = true;
     }
-    cv_.notify_all();
+    wake_cv_.notify_all();
   }
 
   void shutdown() override {
     {
-      std::lock_guard lock(mu_);
+      std::lock_guard lock(wake_mu_);
       if (stopping_) return;
       stopping_ = true;
     }
-    cv_.notify_all();
+    wake_cv_.notify_all();
     if (loop_.joinable()) loop_.join();
   }
 
@@ -439,8 +443,7 @@ class scheduler_impl final : public scheduler {
               {"createdBy", arn("user/berth")}};
     s["_berth"] = {{"lastGood", nullptr}, {"steady", false}};
     save(s);
-    woken_ = true;
-    cv_.notify_all();
+    wake();
     return json{{"service", view(s)}};
   }
 
@@ -507,8 +510,7 @@ class scheduler_impl final : public scheduler {
     }
     if (redeploy) start_deployment(s, s["taskDefinition"]);
     save(s);
-    woken_ = true;
-    cv_.notify_all();
+    wake();
     return json{{"service", view(s)}};
   }
 
@@ -544,8 +546,7 @@ class scheduler_impl final : public scheduler {
     for (auto& dep : s["deployments"]) dep["desiredCount"] = 0;
     event(s, "is being deleted.");
     save(s);
-    woken_ = true;
-    cv_.notify_all();
+    wake();
     return json{{"service", view(s)}};
   }
 
@@ -613,13 +614,17 @@ class scheduler_impl final : public scheduler {
   // ---- reconciling ----
 
   void run() {
-    std::unique_lock lock(mu_);
-    while (!stopping_) {
-      // Every second when all is steady; four times as often while something moves (a rollout,
-      // a scale, a drain), which is what a rollout's time is made of besides health checks.
-      cv_.wait_for(lock, busy_ ? 250ms : 1000ms, [&] { return stopping_ || woken_; });
-      if (stopping_) return;
-      woken_ = false;
+    for (;;) {
+      {
+        // Every second when all is steady; four times as often while something moves (a
+        // rollout, a scale, a drain), which is what a rollout's time is made of besides health
+        // checks; at once when woken (an API call, a service task's state change).
+        std::unique_lock lock(wake_mu_);
+        wake_cv_.wait_for(lock, busy_ ? 250ms : 1000ms, [&] { return stopping_ || woken_; });
+        if (stopping_) return;
+        woken_ = false;
+      }
+      std::lock_guard lock(mu_);
       try {
         reconcile_all();
       } catch (const std::exception& e) {
@@ -1163,10 +1168,11 @@ class scheduler_impl final : public scheduler {
   event_bus& bus_;
   metrics& metrics_;
   std::optional<haproxy> lb_;
-  std::mutex mu_;
-  std::condition_variable cv_;
+  std::mutex mu_;       // services, the store, HAProxy: one pass or API call at a time
+  std::mutex wake_mu_;  // a leaf lock, held only to read or set the two flags below
+  std::condition_variable wake_cv_;
   bool stopping_ = false, woken_ = false;
-  bool busy_ = false;  // the last pass saw a service not yet steady
+  std::atomic<bool> busy_ = false;  // the last pass saw a service not yet steady
   std::thread loop_;
   std::map<std::string, drain> draining_;  // task ARN -> since when, and why it stops
   std::set<std::string> lb_down_;          // services told their load balancer is unreachable

@@ -25,7 +25,8 @@ class scheduler {
   // CreateService, UpdateService, DeleteService, DescribeServices, ListServices.
   virtual bool serves(const std::string& action) const = 0;
   virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;
-  // Runs one reconcile pass now (tests and the event stream wake it; it also runs every second).
+  // Runs a reconcile pass soon (API calls and service tasks' state changes wake it; it also
+  // runs every second). Never blocks on a pass: callable under the task engine's lock.
   virtual void wake() = 0;
   virtual void shutdown() = 0;
 };

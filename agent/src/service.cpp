@@ -355,6 +355,11 @@ class service_impl final : public service {
     return {};
   }
 
+  void on_task_change(std::function<void(const json& task)> fn) override {
+    std::lock_guard lock(mu_);
+    on_change_ = std::move(fn);
+  }
+
   void shutdown() override {
     {
       std::lock_guard lock(mu_);
@@ -2582,6 +2587,7 @@ class service_impl final : public service {
     if (last == state) return;
     last = state;
     bus_.publish(task_event(t).dump(-1, ' ', false, json::error_handler_t::replace));
+    if (on_change_) on_change_(t);
   }
 
   // ---- metrics ----
@@ -3027,6 +3033,7 @@ class service_impl final : public service {
   metrics& metrics_;
   event_bus& bus_;
   std::map<std::string, std::string> published_;  // task ARN -> the state last announced
+  std::function<void(const json&)> on_change_;    // under mu_
   std::map<std::string, int> in_flight_;          // task ARN -> its workers still running
 };
 

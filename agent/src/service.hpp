@@ -2,6 +2,7 @@
 // Docker, and the task engine that drives containers through their lifecycle.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -36,6 +37,11 @@ class service {
   virtual json metadata() = 0;
   virtual tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
                                                          const std::string& task_arn) = 0;
+  // Calls `fn` with each task state change as it is announced on the event stream (the service
+  // scheduler reacts at once, not at its next pass). It runs under the engine's lock: it must
+  // neither block nor call the service. nullptr stops the calls; once this returns, none is
+  // still running.
+  virtual void on_task_change(std::function<void(const json& task)> fn) = 0;
   // Stops the task engine's threads; containers keep running.
   virtual void shutdown() = 0;
 };
