@@ -9,7 +9,6 @@
 #include <condition_variable>
 #include <ctime>
 #include <mutex>
-#include <random>
 #include <set>
 #include <thread>
 
@@ -19,6 +18,7 @@
 #include "server.hpp"
 #include "service.hpp"
 #include "sigv4.hpp"
+#include "util.hpp"
 
 namespace berth::agent {
 
@@ -27,16 +27,6 @@ namespace {
 constexpr std::string_view target_prefix = "AmazonEC2ContainerServiceV20141113.";
 // Berth's own actions (the placement query) on the same endpoint.
 constexpr std::string_view berth_prefix = "BerthV1.";
-
-std::string request_id() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string id;
-  for (int i = 0; i < 36; ++i) {
-    id += (i == 8 || i == 13 || i == 18 || i == 23) ? '-' : hex[rng() % 16];
-  }
-  return id;
-}
 
 http_response error_response(const api_error& e) {
   http_response r;
@@ -226,7 +216,7 @@ class daemon_impl final : public daemon {
 
  private:
   http_response handle(const http_request& r) {
-    const std::string id = request_id();
+    const std::string id = uuid();
     if (r.method == "GET") {
       http_response out = get(r);
       out.headers["x-amzn-RequestId"] = id;
@@ -273,7 +263,7 @@ class daemon_impl final : public daemon {
         {"requestParameters", rec.request.is_null() ? json(nullptr) : redact(rec.request)},
         {"responseElements", nullptr},
         {"requestID", id},
-        {"eventID", request_id()},
+        {"eventID", uuid()},
         {"readOnly", rec.read_only},
         {"eventType", "AwsApiCall"},
         {"managementEvent", true},

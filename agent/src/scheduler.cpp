@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "haproxy.hpp"
+#include "util.hpp"
 
 namespace berth::agent {
 
@@ -26,18 +27,9 @@ namespace {
 using namespace std::chrono_literals;
 using outcome = tl::expected<json, api_error>;
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
 api_error client(std::string m) { return {"ClientException", std::move(m)}; }
 api_error not_found() { return {"ServiceNotFoundException", "Service not found."}; }
-
-std::string name_of(const std::string& s) {
-  const auto slash = s.rfind('/');
-  return slash == std::string::npos ? s : s.substr(slash + 1);
-}
 
 std::string short_id(const std::string& task_arn) { return name_of(task_arn); }
 
@@ -201,15 +193,6 @@ class scheduler_impl final : public scheduler {
     if (it != warned_.end() && now - it->second < std::chrono::minutes(5)) return;
     warned_[key] = now;
     event(s, message);
-  }
-
-  static std::string uuid() {
-    static thread_local std::mt19937_64 rng{std::random_device{}()};
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string id;
-    for (int i = 0; i < 36; ++i)
-      id += (i == 8 || i == 13 || i == 18 || i == 23) ? '-' : hex[rng() % 16];
-    return id;
   }
 
   static std::string deployment_id() {
@@ -815,16 +798,12 @@ class scheduler_impl final : public scheduler {
         auto list = lb_->servers(lb["loadBalancerName"]);
         if (!list) {
           lb_ok = false;
-          if (!lb_down_.contains(s["serviceArn"])) {
-            event(s, "is unable to register targets with (load balancer " +
-                         lb["loadBalancerName"].get<std::string>() + "): " + list.error().message);
-            lb_down_.insert(s["serviceArn"]);
-          }
+          warn(s, "is unable to register targets with (load balancer " +
+                      lb["loadBalancerName"].get<std::string>() + "): " + list.error().message);
           continue;
         }
         for (const auto& sv : *list) servers[lb["loadBalancerName"]][sv.name] = sv;
       }
-      if (lb_ok) lb_down_.erase(s["serviceArn"]);
     }
     const bool balanced = !s["loadBalancers"].empty() && lb_.has_value();
 
@@ -1175,7 +1154,6 @@ class scheduler_impl final : public scheduler {
   std::atomic<bool> busy_ = false;  // the last pass saw a service not yet steady
   std::thread loop_;
   std::map<std::string, drain> draining_;  // task ARN -> since when, and why it stops
-  std::set<std::string> lb_down_;          // services told their load balancer is unreachable
   std::map<std::string, std::chrono::steady_clock::time_point> warned_;  // warn()'s memory
   std::map<std::string, std::set<std::string>> checked_;  // task definition -> checked containers
 };

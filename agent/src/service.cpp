@@ -15,7 +15,6 @@
 #include <limits>
 #include <list>
 #include <mutex>
-#include <random>
 #include <regex>
 #include <set>
 #include <thread>
@@ -24,6 +23,7 @@
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "imds.hpp"
+#include "util.hpp"
 
 namespace berth::agent {
 
@@ -34,23 +34,6 @@ namespace pl = berth::placement;
 using namespace std::chrono_literals;
 
 // ---- small helpers ----
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count());
-}
-
-std::string random_hex(std::size_t n) {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  for (std::size_t i = 0; i < n; ++i) out += hex[rng() % 16];
-  return out;
-}
 
 // "2026-11-25T14:07:46.123Z" (ms) or without the fraction.
 std::string iso8601(double seconds, bool millis) {
@@ -67,12 +50,6 @@ std::string iso8601(double seconds, bool millis) {
     out += ms;
   }
   return out + "Z";
-}
-
-std::string uuid() {
-  std::string h = random_hex(32);
-  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
-         "-" + h.substr(20);
 }
 
 api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
@@ -141,13 +118,6 @@ struct reader {
   auto var##_r = (expr);                                \
   if (!var##_r) return tl::unexpected(var##_r.error()); \
   auto var = std::move(*var##_r)
-
-// The last path part of an ARN or the name itself.
-std::string name_of(const std::string& s) {
-  if (!s.starts_with("arn:")) return s;
-  const auto slash = s.rfind('/');
-  return slash == std::string::npos ? s : s.substr(slash + 1);
-}
 
 // Pagination: nextToken is the index of the next item, opaque to callers.
 tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
