@@ -581,7 +581,7 @@ struct value_index {
       other_of.resize(slot + 1, 0);
       position.resize(slot + 1, 0);
     }
-    if (value_of[slot] == value && rank_of[slot] == rank) {
+    if (value_of[slot] != none && value_of[slot] == value && rank_of[slot] == rank) {
       // Same key: only the other quantity moved.
       if (other_of[slot] == other) return;
       const std::uint32_t b = bucket_of(value);
@@ -787,7 +787,10 @@ struct placer::impl {
     grid_stale.clear();
   }
   mutable std::vector<grid_index::entry> scratch;  // lowest_ranked's
-  std::optional<permutation> tie;                  // the one the indexes' ranks are from
+  // Candidates in key or rank order, once a search has seen this many fail their full check.
+  static constexpr std::uint32_t retries_before_sort = 8;
+  mutable std::vector<std::pair<std::uint64_t, std::uint32_t>> ordered;
+  std::optional<permutation> tie;  // the one the indexes' ranks are from
 
   // For spread on an attribute: how many active hosts carry each of its values (the last entry:
   // none of them), per block and in total. A value no host carries cannot be a spread's floor.
@@ -1157,34 +1160,23 @@ struct placer::impl {
     const std::uint32_t need = cpu ? d.need.cpu : d.need.mib;
     const std::uint32_t other = cpu ? d.need.mib : d.need.cpu;
     const bool alone = d.q.strategies.size() == 1;
-    const detail::kernel_fns& k = detail::active_kernel_fns();
     for (std::uint32_t b = idx.next(idx.bucket_of(need)); b < value_index::bucket_count;
          b = idx.next(b + 1)) {
       if (!idx.may_hold(b, other)) continue;
       const value_index::bucket& bk = idx.buckets[b];
-      const std::uint32_t n = static_cast<std::uint32_t>(bk.key.size());
-      detail::key_args a{bk.key.data(), bk.other.data(), value_index::entry(need, 0), other};
-      for (;;) {
-        const std::uint32_t i = k.key_min(a, n);
-        if (i == n) break;
-        // The index holds only hosts that meet the required attribute tests.
-        const std::uint32_t slot = bk.slot[i];
-        if (slot < d.c.count && !d.check(slot)) {
-          if (alone) return slot;
-          const std::uint64_t value = bk.key[i] >> 32;
-          best_host best;
-          for (std::uint32_t j = 0; j < n; ++j) {
-            const std::uint32_t s = bk.slot[j];
-            if ((bk.key[j] >> 32) != value || bk.other[j] < other || s >= d.c.count || d.check(s)) {
-              continue;
-            }
-            best.offer(s, d.keys(s));
-          }
-          return best.slot;
+      const auto i = lowest_key(d, bk, value_index::entry(need, 0), other);
+      if (!i) continue;
+      if (alone) return bk.slot[*i];
+      // More strategies follow: every passing host of that same value competes.
+      const std::uint64_t value = bk.key[*i] >> 32;
+      best_host best;
+      for (std::uint32_t j = 0; j < bk.key.size(); ++j) {
+        const std::uint32_t s = bk.slot[j];
+        if ((bk.key[j] >> 32) == value && bk.other[j] >= other && passes(d, s)) {
+          best.offer(s, d.keys(s));
         }
-        if (bk.key[i] == ~std::uint64_t{0}) break;
-        a.lo = bk.key[i] + 1;
       }
+      return best.slot;
     }
     return std::nullopt;
   }
@@ -1237,19 +1229,19 @@ struct placer::impl {
     const std::size_t rank_at = first ? 1 : 0;  // where the rank sits in the key
     detail::rank_args a{d.rnd.mask, d.rnd.shift, d.rnd.s1, d.rnd.s2, &e.front().slot,
                         d.need.cpu, d.need.mib,  0,        0};
-    for (;;) {
-      if (best.slot && (!first || best.k[0] == *first)) {
-        const std::uint64_t r = best.k[rank_at];
-        if (r == 0) return;
-        a.hi = static_cast<std::uint32_t>(r - 1);
-      } else {
-        a.hi = 0xffff'ffffu;
-      }
+    if (best.slot && (!first || best.k[0] == *first)) {
+      const std::uint64_t r = best.k[rank_at];
+      if (r == 0) return;
+      a.hi = static_cast<std::uint32_t>(r - 1);
+    } else {
+      a.hi = 0xffff'ffffu;
+    }
+    for (std::uint32_t tries = 0; tries < retries_before_sort; ++tries) {
       if (a.lo > a.hi) return;
       const std::uint32_t i = k.rank_min(a, n);
       if (i == n) return;
       const std::uint32_t slot = e[i].slot;
-      if (slot < d.c.count && !d.check(slot)) {
+      if (passes(d, slot)) {
         best.offer(slot, d.keys(slot, first));
         return;
       }
@@ -1257,6 +1249,53 @@ struct placer::impl {
       if (r == 0xffff'ffffu) return;
       a.lo = r + 1;
     }
+    // Many failed their full check (distinctInstance, ports, inactive hosts): the rest in rank
+    // order, sorted once, rather than a kernel pass per failure.
+    ordered.clear();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint32_t r = d.rnd.rank(e[i].slot);
+      if (e[i].cpu >= d.need.cpu && e[i].mib >= d.need.mib && r >= a.lo && r <= a.hi) {
+        ordered.emplace_back(r, e[i].slot);
+      }
+    }
+    std::sort(ordered.begin(), ordered.end());
+    for (const auto& [r, slot] : ordered) {
+      if (passes(d, slot)) {
+        best.offer(slot, d.keys(slot, first));
+        return;
+      }
+    }
+  }
+
+  static bool passes(const decision& d, std::uint32_t slot) {
+    return slot < d.c.count && !d.check(slot);
+  }
+
+  // The index of the binpack bucket's host with the lowest key at or above `lo` that has
+  // `other` of the other quantity and passes the full check: the key kernel, again past each
+  // host that fails; after a few failures, the rest sorted once.
+  std::optional<std::uint32_t> lowest_key(const decision& d, const value_index::bucket& bk,
+                                          std::uint64_t lo, std::uint32_t other) const {
+    const detail::kernel_fns& k = detail::active_kernel_fns();
+    const std::uint32_t n = static_cast<std::uint32_t>(bk.key.size());
+    detail::key_args a{bk.key.data(), bk.other.data(), lo, other};
+    for (std::uint32_t tries = 0; tries < retries_before_sort; ++tries) {
+      const std::uint32_t i = k.key_min(a, n);
+      if (i == n) return std::nullopt;
+      // The index holds only hosts that meet the required attribute tests.
+      if (passes(d, bk.slot[i])) return i;
+      if (bk.key[i] == ~std::uint64_t{0}) return std::nullopt;
+      a.lo = bk.key[i] + 1;
+    }
+    ordered.clear();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (bk.key[i] >= a.lo && bk.other[i] >= other) ordered.emplace_back(bk.key[i], i);
+    }
+    std::sort(ordered.begin(), ordered.end());
+    for (const auto& [key, i] : ordered) {
+      if (passes(d, bk.slot[i])) return static_cast<std::uint32_t>(i);
+    }
+    return std::nullopt;
   }
 
   // Spread on an attribute first, few hosts with room: values in order of their key, each
@@ -1312,6 +1351,7 @@ struct placer::impl {
   }
 
   std::optional<std::uint32_t> choose_vector(const decision& d) {
+    if (d.c.count == 0) return std::nullopt;  // no instance yet: nothing to search
     if (!tie || tie->mask != d.tie.mask) {
       // The cluster grew past a power of two: ranks changed, index again.
       indexes.clear();

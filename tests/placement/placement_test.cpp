@@ -651,23 +651,33 @@ TEST(EquivalenceTest, VectorEqualsReferenceOnRandomClusters) {
 
 // Long-lived placers, as in berthd and the bench: their indexes, grids and per-value counts are
 // kept up to date across thousands of decisions while the cluster churns, so every incremental
-// path (moved hosts, lazily updated grids, probes that give up, values that empty) is exercised
-// on clusters large enough for the probing and grid searches to be chosen. Each step places with
-// the vector placer, checks the reference (a dry run on the same ledger) agrees, and releases an
-// older task.
+// path (moved hosts, lazily updated grids, probes that give up, values that empty, searches whose
+// candidates keep failing their full check) is exercised on clusters large enough for probing and
+// grid searches to be chosen. Each placer pair serves two queries in turn (a spread on an
+// attribute leaves the grid over every host behind; the other query must bring it up to date).
+// Each step places with the vector placer, checks the reference (a dry run on the same ledger)
+// agrees, and releases an older task.
 TEST(EquivalenceTest, LongLivedPlacersAgreeUnderChurn) {
   static const char* types[] = {"m5.large", "m5.xlarge", "c5.xlarge", "r5.large"};
   static const std::uint32_t cpus[] = {2048, 4096, 4096, 2048};
   static const std::uint32_t mibs[] = {8192, 16384, 8192, 16384};
   static const char* zones[] = {"zone-a", "zone-b", "zone-c"};
-  static const std::vector<std::vector<strategy>> chains = {
-      {{"random", ""}},
-      {{"spread", "attribute:ecs.availability-zone"}},
-      {{"spread", "attribute:ecs.availability-zone"}, {"random", ""}},
-      {{"spread", "attribute:ecs.availability-zone"}, {"binpack", "memory"}},
-      {{"spread", "instanceId"}},
-      {{"binpack", "memory"}},
-      {{"binpack", "cpu"}, {"spread", "attribute:ecs.availability-zone"}},
+  struct shape {
+    std::vector<strategy> strategies;
+    std::vector<constraint> constraints;
+  };
+  const constraint distinct{"distinctInstance", ""};
+  const constraint not_r5{"memberOf", "attribute:ecs.instance-type != r5.large"};
+  const std::vector<shape> shapes = {
+      {{{"random", ""}}, {}},
+      {{{"spread", "attribute:ecs.availability-zone"}}, {not_r5}},
+      {{{"spread", "attribute:ecs.availability-zone"}, {"random", ""}}, {}},
+      {{{"spread", "attribute:ecs.availability-zone"}, {"binpack", "memory"}}, {not_r5}},
+      {{{"spread", "instanceId"}}, {}},
+      {{{"binpack", "memory"}}, {distinct}},
+      {{{"binpack", "cpu"}, {"spread", "attribute:ecs.availability-zone"}}, {not_r5}},
+      {{{"random", ""}}, {distinct}},
+      {{{"binpack", "memory"}}, {}},
   };
   const std::string widest(active_kernel());
   std::size_t decisions = 0, placed = 0;
@@ -675,52 +685,58 @@ TEST(EquivalenceTest, LongLivedPlacersAgreeUnderChurn) {
   for (const kernel_info& k : kernels()) {
     if (!k.supported || (k.name != widest && k.name != kernels().back().name)) continue;
     ASSERT_TRUE(use_kernel(k.name));
-    for (std::size_t chain = 0; chain < chains.size(); ++chain) {
-      std::mt19937 rng(static_cast<unsigned>(77 + chain));
+    for (std::size_t sh = 0; sh < shapes.size(); ++sh) {
+      std::mt19937 rng(static_cast<unsigned>(77 + sh));
       cluster c(unique("churn"), 4096);
       const std::uint32_t hosts = 3000;
       for (std::uint32_t i = 0; i < hosts; ++i) {
         const std::uint32_t t = rng() % 4;
-        c.add(make(id("i-", i), cpus[t], mibs[t], types[t], zones[rng() % 3]));
+        host h = make(id("i-", i), cpus[t], mibs[t], types[t], zones[rng() % 3]);
+        h.gpus = rng() % 4 == 0 ? 2 : 0;
+        c.add(h);
       }
       // Background load to about 60 %.
       for (std::uint32_t i = 0; i < hosts * 3; ++i) {
         (void)c.ledger().try_reserve(rng() % hosts, 128 * (1 + rng() % 16), 128 * (1 + rng() % 64));
       }
-      request rq = req(0, 0, chains[chain]);
-      if (chain % 2 == 1) {
-        rq.constraints = {{"memberOf", "attribute:ecs.instance-type != r5.large"}};
+      // This shape's query and the next shape's, on the same placers and group.
+      std::vector<query> queries;
+      for (const shape& x : {shapes[sh], shapes[(sh + 1) % shapes.size()]}) {
+        auto q = compile(req(0, 0, x.strategies, x.constraints));
+        ASSERT_TRUE(q) << q.error().message;
+        queries.push_back(std::move(*q));
       }
-      auto q = compile(rq);
-      ASSERT_TRUE(q) << q.error().message;
       placer vec(c.ledger()), ref(c.ledger(), implementation::reference);
       task_groups g;
+      const std::string group = "family:web";
       std::deque<std::pair<std::uint32_t, requirements>> held;
       for (int step = 0; step < 1500; ++step) {
         requirements need;
         need.cpu = 128 * (1 + rng() % 16);
         need.mib = 128 * (1 + rng() % 64);
+        if (step % 7 == 3) need.static_ports = {static_cast<std::uint16_t>(8000 + rng() % 4)};
+        if (step % 11 == 5) need.gpus = 1;
+        const query& q = queries[step % 5 == 4 ? 1 : 0];
         place_options o;
         o.seed = rng();
+        o.count = step % 13 == 0 ? 3 : 1;
         place_options dry = o;
         dry.dry_run = true;
-        auto a = ref.place(*q, need, g, dry);
-        auto b = vec.place(*q, need, g, o);
+        auto a = ref.place(q, need, g, dry);
+        auto b = vec.place(q, need, g, o);
         ASSERT_TRUE(a && b);
-        ASSERT_EQ(a->slots, b->slots)
-            << "kernel " << k.name << " chain " << chain << " step " << step;
+        ASSERT_EQ(a->slots, b->slots) << "kernel " << k.name << " shape " << sh << " step " << step;
         ASSERT_EQ(a->failures, b->failures);
         ++decisions;
-        if (!b->slots.empty()) {
-          ++placed;
-          held.emplace_back(b->slots[0], need);
-        }
+        placed += !b->slots.empty();
+        for (const std::uint32_t slot : b->slots) held.emplace_back(slot, need);
         // Keep about 400 of these tasks; release the oldest, now and then two.
         while (held.size() > 400 || (!held.empty() && rng() % 8 == 0)) {
           const auto [slot, old] = held.front();
           held.pop_front();
-          ASSERT_TRUE(c.ledger().release(slot, old.cpu, old.mib));
-          g.remove(rq.group, slot, c.attributes(slot));
+          ASSERT_TRUE(c.ledger().release(
+              slot, {{old.cpu, old.mib, old.gpus, old.dynamic_ports}, old.static_ports}));
+          g.remove(group, slot, c.attributes(slot));
         }
         // A host drains and comes back: rows change under the placers' indexes.
         if (step % 250 == 100) {
@@ -735,9 +751,30 @@ TEST(EquivalenceTest, LongLivedPlacersAgreeUnderChurn) {
       }
     }
   }
-  EXPECT_GE(decisions, 7u * 1500u);
+  EXPECT_GE(decisions, shapes.size() * 1500u);
   EXPECT_GT(placed, decisions * 9 / 10) << "the cluster should mostly have room";
   ASSERT_TRUE(use_kernel(widest));
+}
+
+// A cluster with no instance yet (berthd before it registers, a custom scheduler's first call):
+// nothing is placed and nothing is read.
+TEST(EquivalenceTest, EmptyClusterPlacesNothing) {
+  cluster c(unique("empty"));
+  task_groups g;
+  for (const auto& strategies :
+       std::vector<std::vector<strategy>>{{},
+                                          {{"spread", "attribute:ecs.availability-zone"}},
+                                          {{"spread", "instanceId"}},
+                                          {{"binpack", "memory"}},
+                                          {{"random", ""}}}) {
+    placer vec(c.ledger());
+    auto q = compile(req(128, 128, strategies));
+    ASSERT_TRUE(q);
+    auto out = vec.place(*q, g, {});
+    ASSERT_TRUE(out);
+    EXPECT_TRUE(out->slots.empty());
+    EXPECT_EQ(out->failures, (std::array<std::uint32_t, reason_count>{}));
+  }
 }
 
 // Every kernel against plain loops written here from the kernels' contracts (kernels.hpp).
@@ -771,11 +808,12 @@ TEST(KernelTest, ProbeRankMinKeyMinAndDifferMatchPlainLoops) {
       std::vector<std::uint32_t> value(size);
       for (std::uint32_t s = 0; s < size; ++s) {
         free[s] = (std::uint64_t{rng() % 4096} << 32) | (rng() % 16384);
-        value[s] = rng() % 5;
+        value[s] = rng() % 64;
       }
       const std::uint32_t cpu = rng() % 4096, mib = rng() % 16384;
       // probe: ranks first..first+n-1 whose slot exists, has the room and (maybe) a value in set.
-      const std::uint64_t values = rng() % 32;
+      const std::uint64_t values = (std::uint64_t{static_cast<std::uint32_t>(rng())} << 32) |
+                                   static_cast<std::uint32_t>(rng());
       const bool by_value = rng() % 2 == 0;
       const std::uint32_t n = 1 + rng() % 64;
       const std::uint32_t first = rng() % size;
