@@ -508,8 +508,32 @@ class service_impl final : public service {
     return publish_row(ci);
   }
 
-  // The instance's row in the ledger: state, capacity, attributes.
+  // The instance's row in the ledger: state, capacity, attributes, running tasks.
   result<void> publish_row(const json& ci) {
+    std::lock_guard lock(row_mu_);
+    row_doc_ = ci;
+    return publish_row_locked();
+  }
+
+  // The ledger's runningTasksCount (memberOf expressions read it), kept current as this
+  // instance's tasks start and stop: the row is published again when the count moves. Under mu_.
+  void count_running() {
+    std::uint32_t n = 0;
+    for (const auto& [arn, t] : tasks_) {
+      n += t.value("lastStatus", "") == "RUNNING" &&
+           t.value("containerInstanceArn", "") == instance_arn_;
+    }
+    std::lock_guard lock(row_mu_);
+    if (n == running_tasks_) return;
+    running_tasks_ = n;
+    if (!row_doc_) return;  // not registered yet: registration publishes the count
+    if (auto r = publish_row_locked(); !r) {
+      spdlog::warn("ledger: runningTasksCount {} not published: {}", n, r.error().message);
+    }
+  }
+
+  result<void> publish_row_locked() {
+    const json& ci = *row_doc_;
     ipc::row row;
     (void)row.set_id(ec2_id_);
     row.state =
@@ -2557,6 +2581,7 @@ class service_impl final : public service {
     if (last == state) return;
     last = state;
     bus_.publish(task_event(t).dump(-1, ' ', false, json::error_handler_t::replace));
+    count_running();
     if (on_change_) on_change_(t);
   }
 
@@ -2988,6 +3013,11 @@ class service_impl final : public service {
   pl::task_groups groups_;
   std::uint32_t slot_ = 0;
   std::uint32_t registered_cpu_ = 0, registered_mib_ = 0;
+  // The row last published to the ledger, and the running tasks it carries. row_mu_ is a leaf
+  // lock: publish_row runs under instance_mu_ (changes to the instance) and under mu_ (a task
+  // started or stopped).
+  std::mutex row_mu_;
+  std::optional<json> row_doc_;
   std::uint32_t running_tasks_ = 0;
   std::string instance_id_, instance_arn_, ec2_id_;
   std::mutex mu_;

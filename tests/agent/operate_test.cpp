@@ -309,6 +309,53 @@ TEST_F(AgentTest, PlaceDryRunShowsWhereAndWhyWithoutReserving) {
   EXPECT_NE(table.out.find("placements"), std::string::npos) << table.out;
 }
 
+// memberOf(runningTasksCount …) reads the ledger's count, which berthd keeps as its tasks start
+// and stop.
+TEST_F(AgentTest, RunningTasksCountFollowsTheTasksForMemberOf) {
+  a().register_td("web", container("web", {"sleep", "300"}, 64));
+  auto ledger = berth::ipc::ledger::open_read_only(a().cluster());
+  ASSERT_TRUE(ledger);
+  // The instance's slot: registration may leave an emptied slot before it.
+  const auto running_in_ledger = [&] {
+    const auto c = ledger->view();
+    int n = -1;
+    for (std::uint32_t s = 0; s < c.count; ++s) {
+      if (c.state[s] != static_cast<std::uint32_t>(berth::ipc::instance_state::empty)) {
+        n = static_cast<int>(c.running_tasks[s]);
+      }
+    }
+    return n;
+  };
+  const auto placed_where_one_runs = [&] {
+    auto r = a().berthctl({"place", "--dry-run", "--cluster", a().cluster(), "--task-definition",
+                           "web", "--placement-constraints",
+                           "type=memberOf,expression=\"runningTasksCount == 1\""});
+    EXPECT_EQ(r.status, 0) << r.err;
+    return r.body["placements"].size();
+  };
+  EXPECT_EQ(running_in_ledger(), 0);
+  EXPECT_EQ(placed_where_one_runs(), 0u);
+
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string arn = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(arn, "RUNNING"));
+  ASSERT_TRUE(eventually([&] { return running_in_ledger() == 1; }, 10s)) << running_in_ledger();
+  EXPECT_EQ(placed_where_one_runs(), 1u);
+  // DescribeContainerInstances counts the same.
+  auto ci = a().aws({"list-container-instances", "--cluster", a().cluster()});
+  ASSERT_EQ(ci.status, 0) << ci.err;
+  auto d = a().aws({"describe-container-instances", "--cluster", a().cluster(),
+                    "--container-instances", ci.body["containerInstanceArns"][0]});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(d.body["containerInstances"][0]["runningTasksCount"], 1);
+
+  ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", arn}).status, 0);
+  ASSERT_TRUE(a().wait_status(arn, "STOPPED"));
+  ASSERT_TRUE(eventually([&] { return running_in_ledger() == 0; }, 10s)) << running_in_ledger();
+  EXPECT_EQ(placed_where_one_runs(), 0u);
+}
+
 TEST_F(AgentTest, OnlyRootAndTheAdminGroupMayChangeThingsOnTheSocket) {
   a().register_td("web", container("web", {"sleep", "300"}));
   // Anyone may connect (the socket is 0666) and read.
