@@ -378,17 +378,10 @@ class scheduler_impl final : public scheduler {
                               {{"type", "spread"}, {"field", "instanceId"}}});
     }
     json constraints = req.value("placementConstraints", json::array());
-    if (!strategy.is_array() || !constraints.is_array()) {
-      return tl::unexpected(
-          api_error{"SerializationException", "Expected placement rules to be lists"});
+    if (auto ok = check_placement(*cluster, (*td)["taskDefinitionArn"], constraints, strategy);
+        !ok) {
+      return tl::unexpected(ok.error());
     }
-    // Checked by a dry run of the placement: a bad expression is refused now, not at launch.
-    auto dry = tasks_.place({{"cluster", *cluster},
-                             {"taskDefinition", (*td)["taskDefinitionArn"]},
-                             {"placementConstraints", constraints},
-                             {"placementStrategy", strategy},
-                             {"dryRun", true}});
-    if (!dry) return tl::unexpected(dry.error());
     json tags = req.value("tags", json::array());
     if (!tags.is_array()) {
       return tl::unexpected(api_error{"SerializationException", "Expected 'tags' to be a list"});
@@ -491,10 +484,41 @@ class scheduler_impl final : public scheduler {
       redeploy |= (*td)["taskDefinitionArn"] != s["taskDefinition"];
       s["taskDefinition"] = (*td)["taskDefinitionArn"];
     }
+    // New placement rules apply to the tasks started from now on (forceNewDeployment moves the
+    // running ones too), as in ECS; an empty list removes them. Checked by a dry run first.
+    if ((req.contains("placementConstraints") && !req["placementConstraints"].is_null()) ||
+        (req.contains("placementStrategy") && !req["placementStrategy"].is_null())) {
+      json constraints = req.value("placementConstraints", s["placementConstraints"]);
+      json strategy = req.value("placementStrategy", s["placementStrategy"]);
+      if (constraints.is_null()) constraints = s["placementConstraints"];
+      if (strategy.is_null()) strategy = s["placementStrategy"];
+      if (auto ok = check_placement(cluster, s["taskDefinition"], constraints, strategy); !ok) {
+        return tl::unexpected(ok.error());
+      }
+      s["placementConstraints"] = constraints;
+      s["placementStrategy"] = strategy;
+    }
     if (redeploy) start_deployment(s, s["taskDefinition"]);
     save(s);
     wake();
     return json{{"service", view(s)}};
+  }
+
+  // Placement rules, checked by a dry run of the placement: a bad expression is refused now,
+  // not at launch.
+  tl::expected<void, api_error> check_placement(const std::string& cluster, const json& td_arn,
+                                                const json& constraints, const json& strategy) {
+    if (!strategy.is_array() || !constraints.is_array()) {
+      return tl::unexpected(
+          api_error{"SerializationException", "Expected placement rules to be lists"});
+    }
+    auto dry = tasks_.place({{"cluster", cluster},
+                             {"taskDefinition", td_arn},
+                             {"placementConstraints", constraints},
+                             {"placementStrategy", strategy},
+                             {"dryRun", true}});
+    if (!dry) return tl::unexpected(dry.error());
+    return {};
   }
 
   // The new deployment becomes PRIMARY; the one before is ACTIVE until its tasks are gone.

@@ -400,6 +400,48 @@ TEST_F(ServiceTest, ScalesUpAndDown) {
   EXPECT_EQ(http_get(lb().port()).first, 200);
 }
 
+// UpdateService's placement rules: checked before they are kept, then obeyed by the tasks
+// started after them; an empty list removes them.
+TEST_F(ServiceTest, UpdatedPlacementRulesApplyToNewTasks) {
+  a().register_td("web", web("rev1"));
+  create(1);
+  ASSERT_TRUE(steady(1));
+  const auto update = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"update-service", "--cluster", a().cluster(), "--service", "web"});
+    return a().berthctl(args);
+  };
+  // A malformed expression is refused with its position; the service keeps its rules.
+  auto bad = update({"--placement-constraints", "type=memberOf,expression=\"attribute:stack ==\""});
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
+  EXPECT_TRUE(describe()["placementConstraints"].empty()) << describe().dump(1);
+  // A rule no instance meets: the task added by scaling up is not placed, and the service
+  // says why.
+  auto none = update(
+      {"--placement-constraints", "type=memberOf,expression=\"attribute:stack == nowhere\""});
+  ASSERT_EQ(none.status, 0) << none.err;
+  EXPECT_EQ(describe()["placementConstraints"][0]["expression"], "attribute:stack == nowhere");
+  ASSERT_EQ(update({"--desired-count", "2"}).status, 0);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json s = describe();  // not describe()["events"]: the temporary would be gone
+        for (const auto& e : s.value("events", json::array())) {
+          if (e["message"].get<std::string>().find("was unable to place a task") !=
+              std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s))
+      << describe().dump(1);
+  EXPECT_EQ(describe()["runningCount"], 1);
+  // The rules removed: the second task starts.
+  ASSERT_EQ(update({"--placement-constraints", "[]"}).status, 0);
+  EXPECT_TRUE(describe()["placementConstraints"].empty());
+  ASSERT_TRUE(steady(2)) << describe().dump(1);
+}
+
 TEST_F(ServiceTest, AFailingRevisionIsRolledBackByTheCircuitBreaker) {
   a().register_td("web", web("rev1"));
   create(3, {{"deploymentConfiguration",
