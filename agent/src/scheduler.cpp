@@ -191,6 +191,10 @@ class scheduler_impl final : public scheduler {
     const auto now = std::chrono::steady_clock::now();
     const auto it = warned_.find(key);
     if (it != warned_.end() && now - it->second < std::chrono::minutes(5)) return;
+    // What was said over five minutes ago is forgotten: messages that carry an error's text
+    // would otherwise pile up for the daemon's life.
+    std::erase_if(warned_,
+                  [&](const auto& w) { return now - w.second >= std::chrono::minutes(5); });
     warned_[key] = now;
     event(s, message);
   }
@@ -204,7 +208,8 @@ class scheduler_impl final : public scheduler {
 
   json new_deployment(const std::string& td, std::int64_t desired) {
     const double now = now_seconds();
-    return {{"id", deployment_id()},
+    const std::string id = deployment_id();
+    return {{"id", id},
             {"status", "PRIMARY"},
             {"taskDefinition", td},
             {"desiredCount", desired},
@@ -215,7 +220,7 @@ class scheduler_impl final : public scheduler {
             {"updatedAt", now},
             {"launchType", "EC2"},
             {"rolloutState", "IN_PROGRESS"},
-            {"rolloutStateReason", "ECS deployment " + std::string() + "in progress."}};
+            {"rolloutStateReason", "ECS deployment " + id + " in progress."}};
   }
 
   // ---- checks shared by Create and Update ----
@@ -486,12 +491,12 @@ class scheduler_impl final : public scheduler {
     }
     // New placement rules apply to the tasks started from now on (forceNewDeployment moves the
     // running ones too), as in ECS; an empty list removes them. Checked by a dry run first.
-    if ((req.contains("placementConstraints") && !req["placementConstraints"].is_null()) ||
-        (req.contains("placementStrategy") && !req["placementStrategy"].is_null())) {
-      json constraints = req.value("placementConstraints", s["placementConstraints"]);
-      json strategy = req.value("placementStrategy", s["placementStrategy"]);
-      if (constraints.is_null()) constraints = s["placementConstraints"];
-      if (strategy.is_null()) strategy = s["placementStrategy"];
+    const auto given = [&](const char* k) { return req.contains(k) && !req[k].is_null(); };
+    if (given("placementConstraints") || given("placementStrategy")) {
+      // The request's rule where it gives one, the service's where it does not.
+      const auto rule = [&](const char* k) { return given(k) ? req[k] : s[k]; };
+      const json constraints = rule("placementConstraints");
+      const json strategy = rule("placementStrategy");
       if (auto ok = check_placement(cluster, s["taskDefinition"], constraints, strategy); !ok) {
         return tl::unexpected(ok.error());
       }
@@ -527,7 +532,6 @@ class scheduler_impl final : public scheduler {
       if (dep["status"] == "PRIMARY") dep["status"] = "ACTIVE";
     }
     json dep = new_deployment(td, s["desiredCount"]);
-    dep["rolloutStateReason"] = "ECS deployment " + dep["id"].get<std::string>() + " in progress.";
     s["deployments"].insert(s["deployments"].begin(), dep);
     s["taskDefinition"] = td;
     s["_berth"]["steady"] = false;

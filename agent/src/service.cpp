@@ -518,11 +518,7 @@ class service_impl final : public service {
   // The ledger's runningTasksCount (memberOf expressions read it), kept current as this
   // instance's tasks start and stop: the row is published again when the count moves. Under mu_.
   void count_running() {
-    std::uint32_t n = 0;
-    for (const auto& [arn, t] : tasks_) {
-      n += t.value("lastStatus", "") == "RUNNING" &&
-           t.value("containerInstanceArn", "") == instance_arn_;
-    }
+    const auto n = static_cast<std::uint32_t>(count_tasks_locked().first);
     std::lock_guard lock(row_mu_);
     if (n == running_tasks_) return;
     running_tasks_ = n;
@@ -615,12 +611,17 @@ class service_impl final : public service {
   }
 
   // This agent's tasks RUNNING, and PENDING or PROVISIONING.
+  // This instance's tasks running and pending: every task berthd knows runs here.
   std::pair<std::int64_t, std::int64_t> count_tasks() {
     std::lock_guard lock(mu_);
+    return count_tasks_locked();
+  }
+  std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
     std::int64_t running = 0, pending = 0;
     for (const auto& [arn, t] : tasks_) {
-      if (t["lastStatus"] == "RUNNING") ++running;
-      if (t["lastStatus"] == "PENDING" || t["lastStatus"] == "PROVISIONING") ++pending;
+      const std::string last = t.value("lastStatus", "");
+      running += last == "RUNNING";
+      pending += last == "PENDING" || last == "PROVISIONING";
     }
     return {running, pending};
   }

@@ -30,7 +30,7 @@ inline std::string random_hex(std::size_t n) {
   return out;
 }
 
-// A random id shaped 8-4-4-4-12, as ECS's request, event and deployment ids.
+// A random id shaped 8-4-4-4-12, as ECS's request and event ids.
 inline std::string uuid() {
   std::string h = random_hex(32);
   for (const std::size_t at : {8, 13, 18, 23}) h.insert(at, 1, '-');
