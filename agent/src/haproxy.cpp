@@ -103,6 +103,7 @@ result<std::vector<haproxy::server>> haproxy::servers(const std::string& backend
     s.name = cell("svname");
     s.address = cell("addr");
     s.status = cell("status");
+    s.check = cell("check_status");
     try {
       s.sessions = std::stol(cell("scur"));
     } catch (...) {
@@ -121,10 +122,13 @@ result<std::vector<haproxy::server>> haproxy::servers(const std::string& backend
 result<void> haproxy::add(const std::string& backend, const std::string& name,
                           const std::string& address) const {
   const std::string id = backend + "/" + name;
-  // Checked every second; two passes bring it UP, three failures take it DOWN.
+  // Checked every second; two passes bring it UP, three failures take it DOWN. HAProxy takes a
+  // server it adds for UP before any check ("UP 1/3") and sends it traffic, maybe before the
+  // task listens: it is marked DOWN as soon as it is in service (HAProxy ignores the mark in
+  // maintenance), so only passed checks bring traffic to it.
   for (const std::string& cmd :
        {"add server " + id + " " + address + " check inter 1s rise 2 fall 3", "enable health " + id,
-        "enable server " + id}) {
+        "enable server " + id, "set server " + id + " health down"}) {
     auto r = command(cmd);
     std::string why = r ? *r : r.error().message;
     if (r && !refused(*r)) continue;

@@ -23,6 +23,12 @@ class haproxy {
     std::string address;  // host:port
     std::string status;   // UP, DOWN, DRAIN, MAINT, "no check", "UP 1/3", ...
     long sessions = 0;    // current sessions (scur)
+    std::string check;    // the last check's result: INI (none yet), L4OK, L4CON, L7STS, ...
+    // DOWN because a check failed, not because none has run yet (add() starts servers DOWN).
+    bool failing() const {
+      return status.starts_with("DOWN") && check.find("INI") == std::string::npos &&
+             check.find("OK") == std::string::npos;
+    }
   };
   result<std::vector<server>> servers(const std::string& backend) const;
   // Adds the server with a health check (every second) and puts it in service. An existing one

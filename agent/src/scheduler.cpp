@@ -926,7 +926,8 @@ class scheduler_impl final : public scheduler {
             (void)lb_->remove(backend, server_name(t.arn));
             up = false;
           } else {
-            // "UP" once a check has passed: "UP 1/3", a server just added, has not been checked.
+            // "UP" once checks have passed (a server is added DOWN; "UP 1/3" is one HAProxy
+            // added but not yet marked DOWN, or one failing its checks).
             up &= sv->second.status == "UP";
           }
         }
@@ -966,7 +967,7 @@ class scheduler_impl final : public scheduler {
         for (const auto& lb : s["loadBalancers"]) {
           const auto& names = servers[lb["loadBalancerName"]];
           const auto sv = names.find(server_name(t.arn));
-          if (sv != names.end() && sv->second.status.starts_with("DOWN")) {
+          if (sv != names.end() && sv->second.failing()) {
             retire(s, t,
                    "Task failed ELB health checks in (load balancer " +
                        lb["loadBalancerName"].get<std::string>() + ")",
