@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <thread>
@@ -44,6 +45,14 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("signal {}: shutting down", sig);
+  // Whatever is in flight, berthd is gone within the stop deadline (systemd's TimeoutStopSec
+  // is 30 s): a request stuck in a handler or a Docker call must not keep it alive.
+  std::thread([deadline = cfg->shutdown_timeout] {
+    std::this_thread::sleep_for(deadline);
+    spdlog::error("shutdown took longer than {} ms: exiting with work in flight", deadline.count());
+    spdlog::shutdown();
+    std::_Exit(1);
+  }).detach();
   (*d)->stop();
   return 0;
 }

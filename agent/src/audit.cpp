@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 namespace berth::agent {
@@ -84,10 +85,12 @@ result<void> audit_log::open(const std::string& path, std::uint64_t max_bytes, u
   keep_ = keep;
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-  fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (fd_ < 0) {
     return tl::unexpected(error{"cannot open audit log " + path + ": " + std::strerror(errno)});
   }
+  // Records carry who called what: berthd's user alone reads them, however the file was made.
+  (void)::fchmod(fd_, 0600);
   struct stat st {};
   ::fstat(fd_, &st);
   size_ = static_cast<std::uint64_t>(st.st_size);
@@ -134,17 +137,64 @@ void audit_log::rotate() {
     }
     std::filesystem::rename(path_, path_ + ".1", ec);
   }
-  fd_ = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   size_ = 0;
 }
 
 void audit_log::append(const json& record) {
+  std::lock_guard lock(mu_);
+  if (!refused_.empty()) flush_locked(static_cast<std::int64_t>(std::time(nullptr)));
+  write_locked(record);
+}
+
+void audit_log::append_refused(const std::string& principal, const json& record,
+                               std::int64_t now_second) {
+  std::lock_guard lock(mu_);
+  flush_locked(now_second);
+  auto [it, fresh] = refused_.try_emplace(principal);
+  refusals& r = it->second;
+  if (fresh || r.second != now_second) {
+    r.second = now_second;
+    write_locked(record);
+    return;
+  }
+  // The same principal refused again within its second: counted, and written as one record
+  // once the second is over.
+  ++r.suppressed;
+  r.last = record;
+}
+
+void audit_log::flush_refused(std::int64_t now_second) {
+  std::lock_guard lock(mu_);
+  flush_locked(now_second);
+}
+
+void audit_log::flush_locked(std::int64_t now_second) {
+  for (auto it = refused_.begin(); it != refused_.end();) {
+    refusals& r = it->second;
+    if (r.second >= now_second) {
+      ++it;
+      continue;
+    }
+    if (r.suppressed > 0) {
+      json rec = std::move(r.last);
+      rec["additionalEventData"] = {
+          {"coalescedCount", r.suppressed},
+          {"note",
+           "refused calls of this principal past the first in one second, coalesced; "
+           "this record is the last of them"}};
+      write_locked(rec);
+    }
+    it = refused_.erase(it);
+  }
+}
+
+void audit_log::write_locked(const json& record) {
   std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
   line += '\n';
-  std::lock_guard lock(mu_);
   if (max_bytes_ > 0 && size_ > 0 && size_ + line.size() > max_bytes_) rotate();
   if (fd_ < 0) {  // a failed rotation: tried again with every record
-    fd_ = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    fd_ = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     struct stat st {};
     size_ = fd_ >= 0 && ::fstat(fd_, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
   }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,16 +22,36 @@ class audit_log {
   audit_log& operator=(const audit_log&) = delete;
   ~audit_log();
 
-  // Opens (creating, mode 0640) `path`, cutting a torn last line off. `max_bytes` 0: no rotation.
+  // Opens (creating; mode 0600 however created) `path`, cutting a torn last line off. `max_bytes`
+  // 0: no rotation.
   result<void> open(const std::string& path, std::uint64_t max_bytes, unsigned keep);
 
   // Appends one record. A failed write is logged once per failure run and never throws.
   void append(const nlohmann::json& record);
 
+  // A refused call's record (denied, or not authenticated). Rate-limited per principal so that
+  // nobody can rotate the trail away by being refused: the first refusal in each second is
+  // written; later ones in that second are counted and written as one record (the last of them,
+  // with additionalEventData.coalescedCount) once the second is over, at the next append or
+  // flush_refused(). `now_second`: seconds since the epoch.
+  void append_refused(const std::string& principal, const nlohmann::json& record,
+                      std::int64_t now_second);
+  // Writes what append_refused() holds back from seconds before `now_second`.
+  void flush_refused(std::int64_t now_second);
+
   const std::string& path() const noexcept { return path_; }
 
  private:
   void rotate();
+  void write_locked(const nlohmann::json& record);
+  void flush_locked(std::int64_t now_second);
+
+  struct refusals {
+    std::int64_t second = 0;
+    std::uint64_t suppressed = 0;
+    nlohmann::json last;
+  };
+  std::map<std::string, refusals> refused_;
 
   std::mutex mu_;
   std::string path_;

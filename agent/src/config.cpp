@@ -67,6 +67,13 @@ constexpr setting settings[] = {
      "HAProxy's admin socket: services' loadBalancers are its backends"},
     {"--deregistration-delay", "BERTH_DEREGISTRATION_DELAY", nullptr,
      "how long a draining target may keep sessions before its task stops, e.g. 300s"},
+    {"--request-timeout", "BERTH_REQUEST_TIMEOUT", nullptr,
+     "a request must arrive whole within this of its first byte, e.g. 10s"},
+    {"--shutdown-timeout", "BERTH_SHUTDOWN_TIMEOUT", nullptr,
+     "on SIGTERM, exit within this whatever is in flight, e.g. 20s"},
+    {"--unknown-containers", "BERTH_UNKNOWN_CONTAINERS", nullptr,
+     "containers labelled for this instance that the store does not know: refuse (to start), "
+     "remove, or leave (running, unmanaged)"},
     {"--images-per-cycle", "BERTH_NUM_IMAGES_DELETE_PER_CYCLE", "ECS_NUM_IMAGES_DELETE_PER_CYCLE",
      "most images removed in one cleanup"},
 };
@@ -300,6 +307,21 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     if (!x) return tl::unexpected(x.error());
     if (*x < 1 || *x > 1000) return tl::unexpected(error{key + ": between 1 and 1000"});
     c.images_per_cycle = static_cast<unsigned>(*x);
+  } else if (key == "BERTH_REQUEST_TIMEOUT") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    if (*d < std::chrono::milliseconds(100)) return tl::unexpected(error{key + ": at least 100ms"});
+    c.request_timeout = *d;
+  } else if (key == "BERTH_SHUTDOWN_TIMEOUT") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    if (*d < std::chrono::seconds(1)) return tl::unexpected(error{key + ": at least 1s"});
+    c.shutdown_timeout = *d;
+  } else if (key == "BERTH_UNKNOWN_CONTAINERS") {
+    if (v != "refuse" && v != "remove" && v != "leave") {
+      return tl::unexpected(error{key + ": '" + v + "' is not refuse, remove or leave"});
+    }
+    c.unknown_containers = v;
   } else if (key == "BERTH_LOG_LEVEL") {
     static const char* levels[] = {"trace", "debug", "info", "warn", "error", "crit"};
     if (std::find(std::begin(levels), std::end(levels), v) == std::end(levels)) {

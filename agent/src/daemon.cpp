@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <ctime>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -150,13 +151,12 @@ class daemon_impl final : public daemon {
     };
     auto d = docker::make_engine(dopt);
     if (!d) return tl::unexpected(error{"docker: " + d.error().message});
-    auto svc = make_service(cfg_, std::move(st), std::move(*d), metrics_, bus_);
+    // One connection for the whole process (the store holds its file exclusively).
+    std::shared_ptr<store> shared = std::move(st);
+    auto svc = make_service(cfg_, share(shared), std::move(*d), metrics_, bus_);
     if (!svc) return tl::unexpected(svc.error());
     service_ = std::move(*svc);
-    // The service scheduler has a store connection of its own (SQLite in WAL mode serves both).
-    auto sst = open_sqlite_store(cfg_.state_dir);
-    if (!sst) return tl::unexpected(sst.error());
-    auto sched = make_scheduler(cfg_, std::move(*sst), *service_, bus_, metrics_);
+    auto sched = make_scheduler(cfg_, share(shared), *service_, bus_, metrics_);
     if (!sched) return tl::unexpected(sched.error());
     scheduler_ = std::move(*sched);
     // A service task that starts, stops or turns unhealthy wakes the scheduler at once.
@@ -171,6 +171,10 @@ class daemon_impl final : public daemon {
     o.socket_path = cfg_.socket;
     o.tcp = cfg_.listen_tcp;
     o.max_body_bytes = cfg_.max_body_bytes;
+    o.request_deadline = cfg_.request_timeout;
+    o.privileged = [this](int uid, int gid, const std::vector<int>& groups) {
+      return privileged(uid, gid, groups);
+    };
     auto s = serve(o, [this](const http_request& r) { return handle(r); });
     if (!s) return tl::unexpected(s.error());
     server_ = std::move(*s);
@@ -207,6 +211,7 @@ class daemon_impl final : public daemon {
       service_->shutdown();
       spdlog::info("stopped; tasks keep running");
     }
+    audit_.flush_refused(std::numeric_limits<std::int64_t>::max());
   }
 
   void wait() override {
@@ -277,12 +282,26 @@ class daemon_impl final : public daemon {
       record["errorCode"] = error_type.empty() ? std::to_string(out.status) : error_type;
       record["errorMessage"] = error_message;
     }
-    audit_.append(record);
+    // A refusal (not allowed, or not who it claims) is rate-limited per principal: the refused
+    // cannot flood the trail. Every allowed call is written.
+    static const std::set<std::string> refusals = {
+        "AccessDeniedException", "IncompleteSignatureException", "InvalidSignatureException",
+        "MissingAuthenticationTokenException", "UnrecognizedClientException"};
+    if (refusals.contains(error_type)) {
+      std::string principal = r.tcp ? "tcp:" + r.peer : "uid:" + std::to_string(r.uid);
+      if (rec.identity.contains("principalId") && rec.identity["principalId"].is_string()) {
+        principal = rec.identity["principalId"].get<std::string>();
+      }
+      audit_.append_refused(principal, record, static_cast<std::int64_t>(std::time(nullptr)));
+    } else {
+      audit_.append(record);
+    }
   }
 
   // May this Unix peer change things? Root, berthd's own user, and the admin group's members.
-  bool privileged(const http_request& r) const {
-    if (r.uid == 0 || r.uid == static_cast<int>(::geteuid())) return true;
+  bool privileged(const http_request& r) const { return privileged(r.uid, r.gid, r.groups); }
+  bool privileged(int uid, int gid, const std::vector<int>& groups) const {
+    if (uid == 0 || uid == static_cast<int>(::geteuid())) return true;
     char buf[16384];
     group gr{};
     group* found = nullptr;
@@ -291,7 +310,7 @@ class daemon_impl final : public daemon {
       return false;
     }
     const int admin = static_cast<int>(found->gr_gid);
-    return r.gid == admin || std::find(r.groups.begin(), r.groups.end(), admin) != r.groups.end();
+    return gid == admin || std::find(groups.begin(), groups.end(), admin) != groups.end();
   }
 
   // The GET endpoints are read-only: open to every peer on the socket and to loopback peers on
@@ -299,7 +318,9 @@ class daemon_impl final : public daemon {
   http_response get(const http_request& r) {
     if (r.tcp && !is_loopback(r.peer)) {
       signed_request sr{r.method, r.target, r.headers, r.body};
-      if (auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now()); !who) {
+      if (auto who =
+              verify_sigv4(sr, keys_, std::chrono::system_clock::now(), {cfg_.region, "ecs"});
+          !who) {
         return error_response({who.error().type, who.error().message, 403});
       }
     }
@@ -424,7 +445,7 @@ class daemon_impl final : public daemon {
       rec.identity = {{"type", "Unknown"}, {"accountId", cfg_.account_id}};
       if (const auto k = claimed_key(r); !k.empty()) rec.identity["accessKeyId"] = k;
       signed_request sr{r.method, r.target, r.headers, r.body};
-      auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now());
+      auto who = verify_sigv4(sr, keys_, std::chrono::system_clock::now(), {cfg_.region, "ecs"});
       if (!who) {
         spdlog::info("refused a request from {}: {}", r.peer, who.error().type);
         return error_response({who.error().type, who.error().message, 400});
@@ -496,8 +517,12 @@ class daemon_impl final : public daemon {
         : scheduler_->serves(rec.action) ? scheduler_->call(rec.action, req)
                                          : service_->call(rec.action, req);
     if (!result) return error_response(result.error());
+    // Callers who may not change anything see environment values and secret-looking members
+    // hidden, by the audit log's rule: reading a task definition is not reading its secrets.
+    const bool admin = r.tcp ? !read_only_key : privileged(r);
     http_response ok;
-    ok.body = result->dump(-1, ' ', false, json::error_handler_t::replace);
+    ok.body = (admin ? *result : redact(*result, std::numeric_limits<std::size_t>::max()))
+                  .dump(-1, ' ', false, json::error_handler_t::replace);
     return ok;
   }
 

@@ -145,12 +145,15 @@ class scheduler_impl final : public scheduler {
     return j;
   }
 
-  void save(const json& s) {
+  // Durable, or an error the caller answers with (an action) or logs (a scheduler pass).
+  result<void> save(const json& s) {
     const std::string key =
         name_of(s["clusterArn"].get<std::string>()) + "/" + s["serviceName"].get<std::string>();
     if (auto w = store_->put("service", key, s.dump()); !w) {
       spdlog::error("store: service {}: {}", key, w.error().message);
+      return w;
     }
+    return {};
   }
 
   // The client's view: without Berth's bookkeeping.
@@ -423,7 +426,10 @@ class scheduler_impl final : public scheduler {
               {"propagateTags", "NONE"},
               {"createdBy", arn("user/berth")}};
     s["_berth"] = {{"lastGood", nullptr}, {"steady", false}};
-    save(s);
+    if (auto w = save(s); !w) {
+      return tl::unexpected(api_error{
+          "ServerException", "The service could not be stored: " + w.error().message, 500});
+    }
     wake();
     return json{{"service", view(s)}};
   }
@@ -504,7 +510,10 @@ class scheduler_impl final : public scheduler {
       s["placementStrategy"] = strategy;
     }
     if (redeploy) start_deployment(s, s["taskDefinition"]);
-    save(s);
+    if (auto w = save(s); !w) {
+      return tl::unexpected(api_error{
+          "ServerException", "The service could not be stored: " + w.error().message, 500});
+    }
     wake();
     return json{{"service", view(s)}};
   }
@@ -556,7 +565,10 @@ class scheduler_impl final : public scheduler {
     s["desiredCount"] = 0;
     for (auto& dep : s["deployments"]) dep["desiredCount"] = 0;
     event(s, "is being deleted.");
-    save(s);
+    if (auto w = save(s); !w) {
+      return tl::unexpected(api_error{
+          "ServerException", "The service could not be stored: " + w.error().message, 500});
+    }
     wake();
     return json{{"service", view(s)}};
   }
@@ -661,7 +673,7 @@ class scheduler_impl final : public scheduler {
         spdlog::error("service {}: reconcile failed: {}", k, e.what());
         continue;
       }
-      if (s.dump() != before) save(s);
+      if (s.dump() != before) (void)save(s);
       busy |= s["status"] != "ACTIVE" || !s["_berth"].value("steady", false);
     }
     busy_ = busy;

@@ -8,9 +8,9 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <thread>
 
 namespace berth::agent {
@@ -59,7 +59,7 @@ class server final : public http_server {
       }
       // Anyone may connect: the peer's credentials decide what it may call (see daemon.cpp).
       ::chmod(opts_.socket_path.c_str(), 0666);
-      threads_.emplace_back([this] { accept_loop(*unix_); });
+      threads_.emplace_back([this] { accept_loop(*unix_, unix_live_); });
     }
     if (!opts_.tcp.empty()) {
       const auto colon = opts_.tcp.rfind(':');
@@ -85,8 +85,9 @@ class server final : public http_server {
       endpoint_ = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
                                            : bound.address().to_string()) +
                   ":" + std::to_string(bound.port());
-      threads_.emplace_back([this] { accept_loop(*tcp_); });
+      threads_.emplace_back([this] { accept_loop(*tcp_, tcp_live_); });
     }
+    threads_.emplace_back([this] { reaper_loop(); });
     return {};
   }
 
@@ -99,8 +100,9 @@ class server final : public http_server {
       // shutdown() wakes a blocked accept(); close() alone may not.
       if (unix_) ::shutdown(unix_->native_handle(), SHUT_RDWR);
       if (tcp_) ::shutdown(tcp_->native_handle(), SHUT_RDWR);
-      for (const int fd : connections_) ::shutdown(fd, SHUT_RDWR);
+      for (const auto& [fd, c] : connections_) ::shutdown(fd, SHUT_RDWR);
     }
+    reaper_cv_.notify_all();
     for (auto& t : threads_) t.join();
     threads_.clear();
     std::unique_lock lock(mu_);
@@ -114,8 +116,67 @@ class server final : public http_server {
   std::string tcp_endpoint() const override { return endpoint_; }
 
  private:
+  // A peer's identity as the pools count it, and whether it may use the reserve.
+  struct peer_info {
+    std::string key;  // "uid:1000" or "tcp:127.0.0.1"
+    bool privileged = false;
+    http_request base;  // what every request on the connection carries
+  };
+
+  static peer_info identify(local::socket& sock, const server_options& o) {
+    peer_info p;
+    const int fd = sock.native_handle();
+    p.base.peer = "unix";
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+      p.base.uid = static_cast<int>(cred.uid);
+      p.base.gid = static_cast<int>(cred.gid);
+    }
+    // ERANGE says how much room the list needs: asked again with that.
+    std::vector<gid_t> groups(64);
+    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    int rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+    if (rc != 0 && errno == ERANGE) {
+      groups.resize(glen / sizeof(gid_t) + 1);
+      glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+      rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+    }
+    if (rc == 0) {
+      for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
+        p.base.groups.push_back(static_cast<int>(groups[i]));
+      }
+    }
+    p.key = "uid:" + std::to_string(p.base.uid);
+    p.privileged =
+        o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
+    return p;
+  }
+
+  static peer_info identify(tcp::socket& sock, const server_options&) {
+    peer_info p;
+    beast::error_code ec;
+    const auto ep = sock.remote_endpoint(ec);
+    p.base.tcp = true;
+    p.base.peer = ec ? "" : ep.address().to_string();
+    p.key = "tcp:" + p.base.peer;
+    return p;
+  }
+
+  // Past a limit the peer is told why, in one write that cannot block (the socket's buffer is
+  // empty), and the connection closes.
+  static void refuse(int fd, const std::string& why) {
+    const std::string body = R"({"__type":"ThrottlingException","message":")" + why + R"("})";
+    const std::string msg =
+        "HTTP/1.1 503 Service Unavailable\r\nServer: berthd\r\n"
+        "Content-Type: application/x-amz-json-1.1\r\nConnection: close\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
+    (void)::send(fd, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+
   template <class Acceptor>
-  void accept_loop(Acceptor& acceptor) {
+  void accept_loop(Acceptor& acceptor, int& live) {
     for (;;) {
       beast::error_code ec;
       typename Acceptor::protocol_type::socket sock(io_);
@@ -123,74 +184,105 @@ class server final : public http_server {
       {
         std::lock_guard lock(mu_);
         if (stopped_) return;
-        if (ec) continue;
-        // A bounded number of connections, each a thread: past it, new ones are closed.
-        constexpr int most = 256;
-        if (live_ >= most) {
-          beast::error_code ignored;
-          sock.close(ignored);
-          continue;
-        }
-        ++live_;
-        connections_.insert(sock.native_handle());
       }
-      // An idle connection is closed after a minute without a request; a peer that stops
-      // reading (an event stream's follower, say) after 30 s of blocked writes.
-      timeval tv{60, 0};
-      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      timeval send_tv{30, 0};
-      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
+      if (ec) continue;
+      peer_info peer = identify(sock, opts_);
       const int fd = sock.native_handle();
+      std::string refused;
+      {
+        std::lock_guard lock(mu_);
+        if (stopped_) return;
+        // Each connection is a thread: the pool and the per-peer share bound them. The reserve
+        // is the pool's top: only privileged peers are let into it, and they have no share cap.
+        const int room = opts_.max_connections - (peer.privileged ? 0 : opts_.reserved);
+        if (live >= room) {
+          refused = "Too many connections to berthd";
+        } else if (!peer.privileged && per_peer_[peer.key] >= opts_.max_per_peer) {
+          refused = "Too many connections from this peer (" + peer.key + "; at most " +
+                    std::to_string(opts_.max_per_peer) + ")";
+        } else {
+          ++live;
+          ++live_;
+          ++per_peer_[peer.key];
+          connections_[fd] = connection{std::chrono::steady_clock::time_point::max()};
+        }
+      }
+      if (!refused.empty()) {
+        refuse(fd, refused);
+        beast::error_code ignored;
+        sock.close(ignored);
+        continue;
+      }
+      // A peer that stops reading (an event stream's follower, say) is cut off after 30 s of
+      // blocked writes.
+      timeval send_tv{30, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
       try {
-        std::thread([this, s = std::move(sock)]() mutable { session(std::move(s)); }).detach();
+        std::thread([this, s = std::move(sock), p = std::move(peer), &live]() mutable {
+          session(std::move(s), p, live);
+        }).detach();
       } catch (const std::system_error&) {
         // The lambda, and the socket in it, are gone already.
         std::lock_guard lock(mu_);
-        connections_.erase(fd);
-        if (--live_ == 0) done_.notify_all();
+        release(fd, peer.key, live);
       }
     }
   }
 
-  template <class Socket>
-  void session(Socket sock) {
-    const int fd = sock.native_handle();
-    http_request base;
-    if constexpr (std::is_same_v<Socket, tcp::socket>) {
-      beast::error_code ec;
-      const auto ep = sock.remote_endpoint(ec);
-      base.tcp = true;
-      base.peer = ec ? "" : ep.address().to_string();
-    } else {
-      base.peer = "unix";
-      ucred cred{};
-      socklen_t len = sizeof cred;
-      if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-        base.uid = static_cast<int>(cred.uid);
-        base.gid = static_cast<int>(cred.gid);
-      }
-      // ERANGE says how much room the list needs: asked again with that.
-      std::vector<gid_t> groups(64);
-      socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-      int rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
-      if (rc != 0 && errno == ERANGE) {
-        groups.resize(glen / sizeof(gid_t) + 1);
-        glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-        rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
-      }
-      if (rc == 0) {
-        for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
-          base.groups.push_back(static_cast<int>(groups[i]));
+  // Under mu_.
+  void release(int fd, const std::string& key, int& live) {
+    connections_.erase(fd);
+    if (--per_peer_[key] == 0) per_peer_.erase(key);
+    --live;
+    if (--live_ == 0) done_.notify_all();
+  }
+
+  // Sets (or, with max(), clears) the time by which fd's current request must be in whole.
+  void set_deadline(int fd, std::chrono::steady_clock::time_point at) {
+    std::lock_guard lock(mu_);
+    if (auto c = connections_.find(fd); c != connections_.end()) c->second.deadline = at;
+  }
+
+  // Cuts off connections whose request did not arrive in time: their blocked read then fails.
+  void reaper_loop() {
+    std::unique_lock lock(mu_);
+    while (!stopped_) {
+      reaper_cv_.wait_for(lock, std::chrono::milliseconds(200));
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [fd, c] : connections_) {
+        if (c.deadline <= now) {
+          ::shutdown(fd, SHUT_RDWR);
+          c.deadline = std::chrono::steady_clock::time_point::max();
         }
       }
     }
+  }
+
+  // Waits until the peer sends something (true) or idle_timeout passes or it goes (false).
+  bool wait_for_request(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    const int ms = static_cast<int>(opts_.idle_timeout.count());
+    for (;;) {
+      const int rc = ::poll(&p, 1, ms);
+      if (rc < 0 && errno == EINTR) continue;
+      return rc > 0 && (p.revents & POLLIN) != 0;
+    }
+  }
+
+  template <class Socket>
+  void session(Socket sock, const peer_info& peer, int& live) {
+    const int fd = sock.native_handle();
+    const http_request& base = peer.base;
     beast::flat_buffer buffer;
     for (;;) {
       beast::error_code ec;
       http::request_parser<http::string_body> parser;
       parser.body_limit(opts_.max_body_bytes);
       parser.header_limit(64 * 1024);
+      if (buffer.size() == 0 && !wait_for_request(fd)) break;
+      set_deadline(fd, std::chrono::steady_clock::now() + opts_.request_deadline);
       http::read(sock, buffer, parser, ec);
+      set_deadline(fd, std::chrono::steady_clock::time_point::max());
       if (ec == http::error::end_of_stream || ec == asio::error::eof ||
           ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
         break;
@@ -242,11 +334,10 @@ class server final : public http_server {
     beast::error_code ignored;
     sock.shutdown(asio::socket_base::shutdown_both, ignored);
     std::lock_guard lock(mu_);
-    connections_.erase(fd);
     sock.close(ignored);
     // Gone before the count says so: stop() may return, and io_ go, once it reaches zero.
     { Socket gone = std::move(sock); }
-    if (--live_ == 0) done_.notify_all();
+    release(fd, peer.key, live);
   }
 
   // A chunked response whose body the handler writes as it goes; the connection ends with it.
@@ -302,8 +393,14 @@ class server final : public http_server {
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable done_;
-  std::set<int> connections_;
-  int live_ = 0;
+  struct connection {
+    std::chrono::steady_clock::time_point deadline;  // max(): not receiving a request
+  };
+  std::map<int, connection> connections_;
+  std::map<std::string, int> per_peer_;
+  std::condition_variable reaper_cv_;
+  int live_ = 0;  // both pools
+  int unix_live_ = 0, tcp_live_ = 0;
   bool stopped_ = false;
 };
 

@@ -2,6 +2,7 @@
 // thread per connection, which suits an agent's handful of callers). Requests go to a handler.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -61,6 +62,18 @@ struct server_options {
   std::string socket_path;
   std::string tcp;  // host:port, port 0 picks one; empty: none
   std::uint64_t max_body_bytes = 1 << 20;
+  // Each listener has its own pool of connections, so a flood on TCP never refuses the socket.
+  // One peer (a uid on the socket, an address on TCP) holds at most max_per_peer of them, and
+  // the socket keeps `reserved` connections that only privileged peers get.
+  int max_connections = 256;
+  int max_per_peer = 32;
+  int reserved = 32;
+  // Which socket peers get the reserve (and no per-peer cap): root and the admin group.
+  std::function<bool(int uid, int gid, const std::vector<int>& groups)> privileged;
+  // A connection waits this long for its next request; once a request's first byte is in, the
+  // whole request must arrive within request_deadline (a slow-loris peer is cut off).
+  std::chrono::milliseconds idle_timeout{60'000};
+  std::chrono::milliseconds request_deadline{10'000};
 };
 
 // Binds both listeners (removing a stale socket file first) and serves until stop().

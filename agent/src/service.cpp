@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <list>
@@ -286,6 +287,9 @@ constexpr const char* label_cluster = "com.berth.cluster";
 constexpr const char* label_task = "com.berth.task-arn";
 constexpr const char* label_container = "com.berth.container-name";
 constexpr const char* label_instance = "com.berth.instance";
+// The state directory of the berthd that made the container: a store lost or replaced gives
+// the instance a new id, but its containers still name their berthd's home.
+constexpr const char* label_state_dir = "com.berth.state-dir";
 
 class service_impl final : public service {
  public:
@@ -305,6 +309,7 @@ class service_impl final : public service {
     if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
     if (auto r = register_instance(); !r) return r;
     if (auto r = recover(); !r) return r;
+    if (auto r = check_unknown_containers(); !r) return r;
     // Subscribed before any recovered task is acted on: no die event falls between the two.
     dk::event_filter f;
     f.labels = {{label_cluster, cfg_.cluster}};
@@ -1514,8 +1519,14 @@ class service_impl final : public service {
     return t;
   }
 
-  // Writes the task (under mu_) to memory and the store.
-  void save(const json& t) {
+  std::string task_store_key(const json& t) const {
+    const std::string cluster = t["clusterArn"].get<std::string>();
+    return task_key(cluster.substr(cluster.rfind('/') + 1),
+                    name_of(t["taskArn"].get<std::string>()));
+  }
+
+  // Puts the task in the table (under mu_) and announces it.
+  void remember(const json& t) {
     const std::string a = t["taskArn"];
     // Usually t is the table's own entry: assigning it to itself would (copy and swap) free
     // what callers still hold references into.
@@ -1525,14 +1536,25 @@ class service_impl final : public service {
       it->second = t;
     }
     announce(tasks_.at(a));
-    const std::string id = name_of(a);
-    if (auto w = store_->put("task",
-                             task_key(t["clusterArn"].get<std::string>().substr(
-                                          t["clusterArn"].get<std::string>().rfind('/') + 1),
-                                      id),
-                             t.dump());
-        !w) {
-      spdlog::error("store: task {}: {}", a, w.error().message);
+  }
+
+  // An action's write (under mu_): durable first, then in the table. A failed write changes
+  // nothing, and the caller answers 5xx.
+  result<void> commit(const json& t) {
+    if (auto w = store_->put("task", task_store_key(t), t.dump()); !w) {
+      spdlog::error("store: task {}: {}", t["taskArn"].get<std::string>(), w.error().message);
+      return w;
+    }
+    remember(t);
+    return {};
+  }
+
+  // The engine's write of what it observed (under mu_): the table follows Docker whatever the
+  // store says; a failed write is logged and the next change writes the whole task again.
+  void save(const json& t) {
+    remember(t);
+    if (auto w = store_->put("task", task_store_key(t), t.dump()); !w) {
+      spdlog::error("store: task {}: {}", t["taskArn"].get<std::string>(), w.error().message);
     }
   }
 
@@ -1694,10 +1716,30 @@ class service_impl final : public service {
         }
       }
     }
-    for (const std::uint32_t slot : slots) {
-      (void)slot;
-      json t = new_task(td, cluster, group, started_by, overrides, tags, need);
-      save(t);
+    // Every new task is committed in one transaction before anything starts: a store that
+    // cannot write gets a 5xx, and the capacity goes back.
+    std::vector<json> made;
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      made.push_back(new_task(td, cluster, group, started_by, overrides, tags, need));
+    }
+    if (auto w = store_->transaction([&](store& st) -> result<void> {
+          for (const json& t : made) {
+            if (auto p = st.put("task", task_store_key(t), t.dump()); !p) return p;
+          }
+          return {};
+        });
+        !w) {
+      spdlog::error("store: new tasks not written: {}", w.error().message);
+      for (const std::uint32_t slot : slots) {
+        (void)ledger_.release(
+            slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
+                              need.req.static_ports});
+        groups_.remove(group, slot, attributes_of(slot));
+      }
+      return tl::unexpected(server("The task could not be stored: " + w.error().message));
+    }
+    for (const json& t : made) {
+      remember(t);
       out["tasks"].push_back(view(t));
       const std::string a = t["taskArn"];
       spawn(a, [this, a] { start_containers(a); });
@@ -1851,6 +1893,7 @@ class service_impl final : public service {
     s.labels[label_task] = task_arn;
     s.labels[label_container] = c["name"];
     s.labels[label_instance] = instance_arn_;
+    s.labels[label_state_dir] = state_dir_;
     s.working_dir = c.value("workingDirectory", std::string());
     s.user = c.value("user", std::string());
     s.hostname = c.value("hostname", std::string());
@@ -2413,6 +2456,60 @@ class service_impl final : public service {
     return {};
   }
 
+  // Containers labelled for this instance (or made by a berthd with this state directory)
+  // whose task the store does not know: a store lost, emptied or restored from an old copy
+  // while tasks ran. Never passed over in silence: refused, removed or left, as configured.
+  result<void> check_unknown_containers() {
+    dk::list_filter f;
+    f.labels = {{label_cluster, cfg_.cluster}};
+    auto all = docker_->list_containers(f);
+    if (!all) return tl::unexpected(error{"docker: listing containers: " + all.error().message});
+    std::vector<dk::container_summary> unknown;
+    for (const auto& c : *all) {
+      const auto label = [&](const char* k) {
+        const auto it = c.labels.find(k);
+        return it == c.labels.end() ? std::string() : it->second;
+      };
+      if (label(label_instance) != instance_arn_ && label(label_state_dir) != state_dir_) continue;
+      if (tasks_.contains(label(label_task))) continue;
+      unknown.push_back(c);
+    }
+    if (unknown.empty()) return {};
+    std::string names;
+    for (std::size_t i = 0; i < unknown.size(); ++i) {
+      if (i == 8) {
+        names += ", and " + std::to_string(unknown.size() - 8) + " more";
+        break;
+      }
+      const auto task = unknown[i].labels.find(label_task);
+      names += (i > 0 ? ", " : "") + unknown[i].name + " (" + unknown[i].state + ", task " +
+               (task == unknown[i].labels.end() ? std::string("?") : task->second) + ")";
+    }
+    const std::string what = std::to_string(unknown.size()) +
+                             " container(s) labelled for this instance are not in the store " +
+                             state_dir_ + "/berth.db: " + names;
+    if (cfg_.unknown_containers == "remove") {
+      for (const auto& c : unknown) {
+        if (auto r = docker_->remove_container(c.id, {true, true}); !r) {
+          return tl::unexpected(
+              error{"removing unknown container " + c.name + ": " + r.error().message});
+        }
+        spdlog::warn("removed unknown container {} ({}), as --unknown-containers=remove says",
+                     c.name, c.id.substr(0, 12));
+      }
+      return {};
+    }
+    if (cfg_.unknown_containers == "leave") {
+      spdlog::warn("{}; left running, unmanaged, as --unknown-containers=leave says", what);
+      return {};
+    }
+    return tl::unexpected(
+        error{what +
+              ". Refusing to start as if they did not exist. If the store was lost, restore it; "
+              "otherwise start with --unknown-containers=remove to remove them, or "
+              "--unknown-containers=leave to leave them running unmanaged."});
+  }
+
   void resume_recovered() {
     {
       std::lock_guard lock(mu_);
@@ -2449,20 +2546,22 @@ class service_impl final : public service {
     std::lock_guard lock(mu_);
     const auto it = tasks_.find(key);
     if (it == tasks_.end()) return tl::unexpected(invalid("The referenced task was not found."));
-    json& t = it->second;
-    if (t["desiredStatus"] != "STOPPED") {
+    if (it->second["desiredStatus"] != "STOPPED") {
+      json t = it->second;
       t["desiredStatus"] = "STOPPED";
       t["stopCode"] = "UserInitiated";
       t["stoppedReason"] = reason.value_or("Task stopped by user");
       t["stoppingAt"] = now_seconds();
       t["version"] = t.value("version", 0) + 1;
-      save(t);
+      if (auto w = commit(t); !w) {
+        return tl::unexpected(server("The task's stop could not be stored: " + w.error().message));
+      }
       spawn(key, [this, key, why = t["stoppedReason"].get<std::string>()] {
         stop_task_containers(key, "UserInitiated", why);
       });
       cv_.notify_all();
     }
-    return json{{"task", view(t)}};
+    return json{{"task", view(it->second)}};
   }
 
   outcome list_tasks(const json& req) {
@@ -3007,6 +3106,9 @@ class service_impl final : public service {
   }
 
   config cfg_;
+  // The state directory, absolute: what label_state_dir carries.
+  std::string state_dir_ =
+      std::filesystem::weakly_canonical(std::filesystem::absolute(cfg_.state_dir)).string();
   std::unique_ptr<store> store_;
   std::unique_ptr<dk::engine> docker_;
   ipc::ledger ledger_;

@@ -162,7 +162,8 @@ result<credentials> load_credentials(const std::string& path) {
 }
 
 tl::expected<std::string, auth_failure> verify_sigv4(const signed_request& r, const credentials& c,
-                                                     std::chrono::system_clock::time_point now) {
+                                                     std::chrono::system_clock::time_point now,
+                                                     const sigv4_scope& expect) {
   const auto header = [&](const std::string& name) -> std::string {
     const auto it = r.headers.find(name);
     return it == r.headers.end() ? std::string() : it->second;
@@ -225,6 +226,19 @@ tl::expected<std::string, auth_failure> verify_sigv4(const signed_request& r, co
         "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from "
         "HTTP: '" +
             scope[1] + "' != '" + amz_date.substr(0, 8) + "'"});
+  }
+  // A signature for another region or service is refused as AWS refuses it, even when the key
+  // is right: it was made for somewhere else.
+  if (scope[2] != expect.region) {
+    return tl::unexpected(auth_failure{
+        "InvalidSignatureException", "Credential should be scoped to a valid region, not '" +
+                                         scope[2].substr(0, 64) + "'. Expected '" + expect.region +
+                                         "'."});
+  }
+  if (scope[3] != expect.service) {
+    return tl::unexpected(
+        auth_failure{"InvalidSignatureException",
+                     "Credential should be scoped to correct service: '" + expect.service + "'. "});
   }
   constexpr auto skew = std::chrono::minutes(15);
   if (*when < now - skew || *when > now + skew) {

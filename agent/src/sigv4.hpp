@@ -33,9 +33,16 @@ struct signed_request {
   std::string body;
 };
 
+// Where a signature must be scoped, as AWS checks it: this endpoint's region and service.
+struct sigv4_scope {
+  std::string region;
+  std::string service = "ecs";
+};
+
 // On success, the access key id that signed it.
 tl::expected<std::string, auth_failure> verify_sigv4(const signed_request& r, const credentials& c,
-                                                     std::chrono::system_clock::time_point now);
+                                                     std::chrono::system_clock::time_point now,
+                                                     const sigv4_scope& expect);
 
 // Lower-case hex SHA-256 and HMAC-SHA-256 (also used by tests to sign).
 std::string sha256_hex(const std::string& data);

@@ -32,7 +32,13 @@ class store {
   virtual result<void> transaction(const std::function<result<void>(store&)>& fn) = 0;
 };
 
-// Opens (creating) <dir>/berth.db.
+// Opens (creating) <dir>/berth.db, holding it exclusively: one connection per process, shared
+// through share() below, and no second berthd on the same state directory. The directory is
+// made 0700 and the database 0600, however they were created. A damaged database (PRAGMA
+// quick_check) is an error naming the file, never an empty start.
 result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir);
+
+// A handle on a store others use too: every call goes to `s`.
+std::unique_ptr<store> share(std::shared_ptr<store> s);
 
 }  // namespace berth::agent

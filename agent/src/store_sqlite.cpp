@@ -1,7 +1,16 @@
 // The store on SQLite: WAL mode, synchronous=NORMAL (a crash of berthd loses nothing; a power
 // loss may lose the last transactions, never corrupts), one connection behind a mutex.
+//
+// Exclusive locking: the WAL index lives in this process's heap rather than in a mapped -shm
+// file. A -shm file that cannot grow (a full or read-only disk, an immutable file) turned every
+// access into SIGBUS; now there is no such file, and a second process gets "database is locked".
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -21,9 +30,37 @@ using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_deleter>;
 
 class sqlite_store final : public store {
  public:
-  explicit sqlite_store(sqlite3* db) : db_(db) {}
+  sqlite_store(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 
   result<void> init() {
+    // Taken now, held until close: nobody else writes, or reads half a transaction. A berthd
+    // still exiting has a few seconds to let go.
+    if (auto r = exec("PRAGMA busy_timeout=5000"); !r) return r;
+    if (auto r = exec("PRAGMA locking_mode=EXCLUSIVE"); !r) return r;
+    if (auto r = exec("BEGIN EXCLUSIVE"); !r) {
+      return tl::unexpected(
+          error{"store " + path_ + " is in use by another process (" + r.error().message + ")"});
+    }
+    if (auto r = exec("COMMIT"); !r) return r;
+    // A damaged file is refused, naming it: starting on it would mean starting with its tasks
+    // forgotten while their containers run.
+    {
+      auto s = prepare("PRAGMA quick_check");
+      if (!s) return tl::unexpected(error{"store " + path_ + " is damaged: " + s.error().message});
+      std::string verdict;
+      int rc;
+      while ((rc = sqlite3_step(s->get())) == SQLITE_ROW) {
+        if (!verdict.empty()) verdict += "; ";
+        verdict += text(*s, 0);
+      }
+      if (rc != SQLITE_DONE) {
+        return tl::unexpected(
+            error{"store " + path_ + " is damaged: " + sqlite3_errmsg(db_.get())});
+      }
+      if (verdict != "ok") {
+        return tl::unexpected(error{"store " + path_ + " is damaged: " + verdict.substr(0, 512)});
+      }
+    }
     for (const char* sql : {
              "PRAGMA journal_mode=WAL",
              "PRAGMA synchronous=NORMAL",
@@ -123,7 +160,7 @@ class sqlite_store final : public store {
   result<void> exec(const char* sql) {
     char* msg = nullptr;
     if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-      error e{std::string("store: ") + sql + ": " + (msg != nullptr ? msg : "failed")};
+      error e{"store " + path_ + ": " + sql + ": " + (msg != nullptr ? msg : "failed")};
       sqlite3_free(msg);
       return tl::unexpected(e);
     }
@@ -146,11 +183,38 @@ class sqlite_store final : public store {
                : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s.get(), col)));
   }
   error fail(const char* what) {
-    return {std::string("store ") + what + ": " + sqlite3_errmsg(db_.get())};
+    return {"store " + path_ + " " + what + ": " + sqlite3_errmsg(db_.get())};
   }
 
   std::unique_ptr<sqlite3, db_deleter> db_;
+  std::string path_;
   std::recursive_mutex mu_;
+};
+
+class shared_store final : public store {
+ public:
+  explicit shared_store(std::shared_ptr<store> s) : s_(std::move(s)) {}
+  result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
+    return s_->get(kind, key);
+  }
+  result<void> put(const std::string& kind, const std::string& key,
+                   const std::string& value) override {
+    return s_->put(kind, key, value);
+  }
+  result<void> erase(const std::string& kind, const std::string& key) override {
+    return s_->erase(kind, key);
+  }
+  result<std::vector<std::pair<std::string, std::string>>> list(
+      const std::string& kind, const std::string& prefix) override {
+    return s_->list(kind, prefix);
+  }
+  result<std::uint64_t> next(const std::string& counter) override { return s_->next(counter); }
+  result<void> transaction(const std::function<result<void>(store&)>& fn) override {
+    return s_->transaction(fn);
+  }
+
+ private:
+  std::shared_ptr<store> s_;
 };
 
 }  // namespace
@@ -160,7 +224,26 @@ result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir) {
   std::filesystem::create_directories(dir, ec);
   if (ec)
     return tl::unexpected(error{"cannot create state directory " + dir + ": " + ec.message()});
+  // Task definitions hold environment values: only berthd's user reads the state.
+  if (::chmod(dir.c_str(), 0700) != 0) {
+    return tl::unexpected(
+        error{"cannot make state directory " + dir + " private: " + std::strerror(errno)});
+  }
   const std::string path = dir + "/berth.db";
+  // Created 0600 before SQLite sees it (SQLite would use 0644 less the umask); the -wal file
+  // takes the database's mode.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    return tl::unexpected(error{"cannot open " + path + ": " + std::strerror(errno)});
+  }
+  const int mode_rc = ::fchmod(fd, 0600);
+  ::close(fd);
+  if (mode_rc != 0) {
+    return tl::unexpected(error{"cannot make " + path + " private: " + std::strerror(errno)});
+  }
+  for (const char* extra : {"-wal", "-shm", "-journal"}) {
+    (void)::chmod((path + extra).c_str(), 0600);
+  }
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -169,9 +252,13 @@ result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir) {
     sqlite3_close_v2(db);
     return tl::unexpected(error{"cannot open " + path + ": " + m});
   }
-  auto s = std::make_unique<sqlite_store>(db);
+  auto s = std::make_unique<sqlite_store>(db, path);
   if (auto r = s->init(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<store>(std::move(s));
+}
+
+std::unique_ptr<store> share(std::shared_ptr<store> s) {
+  return std::make_unique<shared_store>(std::move(s));
 }
 
 }  // namespace berth::agent

@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -5,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -46,9 +48,27 @@ std::uint32_t this_pid() noexcept {
   return pid;
 }
 
+// A zombie is dead: killed and not yet reaped by its parent, it still answers kill(0), but
+// holds nothing (its descriptors and locks went with it). /proc says which it is.
+bool zombie(std::uint32_t pid) noexcept {
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%u/stat", pid);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[512];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  // "pid (comm) S ...": the state follows the last ')' (comm may hold parentheses).
+  const char* close = std::strrchr(buf, ')');
+  return close != nullptr && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X');
+}
+
 bool process_alive(std::uint32_t pid) noexcept {
   if (pid == 0) return false;
-  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH;
+  if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return false;
+  return !zombie(pid);
 }
 
 bool valid_cluster(std::string_view name) noexcept {

@@ -1,5 +1,7 @@
 #include "expression.hpp"
 
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -8,6 +10,9 @@
 namespace berth::placement::detail {
 
 namespace {
+
+// What one compiled =~ pattern may take: ample for any pattern a constraint needs.
+constexpr std::int64_t max_regex_memory = 1 << 20;
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -306,11 +311,14 @@ struct parser {
   result<void> typed_argument(ast& t, std::size_t at) {
     const std::string& v = t.args.front();
     if (t.o == op::matches) {
-      try {
-        t.regex = std::make_shared<const std::regex>(v, std::regex::ECMAScript);
-      } catch (const std::regex_error&) {
-        return syntax(at, "invalid regular expression");
-      }
+      re2::RE2::Options o;
+      o.set_log_errors(false);
+      // A bound on the compiled program: an expression of at most 2000 characters can still ask
+      // for a huge automaton (a{1000}{1000}); RE2 refuses it rather than growing.
+      o.set_max_mem(max_regex_memory);
+      auto re = std::make_shared<const re2::RE2>(v, o);
+      if (!re->ok()) return syntax(at, "invalid regular expression: " + re->error());
+      t.regex = std::move(re);
     }
     switch (t.subj) {
       case subject::running_tasks: {
@@ -404,7 +412,7 @@ bool test_string(const ast& t, std::string_view v) {
       return std::any_of(t.args.begin(), t.args.end(),
                          [&](const std::string& a) { return glob_match(a, v); });
     case op::matches:
-      return std::regex_match(v.begin(), v.end(), *t.regex);
+      return re2::RE2::FullMatch(re2::StringPiece(v.data(), v.size()), *t.regex);
     case op::exists:
       return true;
     case op::gt:

@@ -6,13 +6,16 @@
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
+
+namespace re2 {
+class RE2;
+}
 
 namespace berth::placement::detail {
 
@@ -38,7 +41,9 @@ struct ast {
   std::string name;  // attribute name
   op o = op::eq;
   std::vector<std::string> args;  // `in` lists several; eq with wildcards '*'
-  std::shared_ptr<const std::regex> regex;
+  // =~ and !~: RE2, linear in the value's length whatever the pattern (a backtracking engine
+  // let one expression hold a core for minutes).
+  std::shared_ptr<const re2::RE2> regex;
   std::uint64_t number = 0;  // running tasks, or registeredAt in ns since the epoch
   bool boolean = false;      // agentConnected
   std::size_t position = 0;

@@ -1,6 +1,7 @@
 // The agent's parts on their own: configuration, the SQLite store, SigV4, the audit log's
 // redaction and files, metrics' text format, the event bus.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -252,31 +253,87 @@ TEST(SigV4Test, AcceptsTheDocumentedExampleAndRefusesTampering) {
   tm.tm_hour = 12;
   tm.tm_min = 40;
   const auto now = std::chrono::system_clock::from_time_t(timegm(&tm));
-  auto ok = ag::verify_sigv4(r, keys, now);
+  const ag::sigv4_scope iam{"us-east-1", "iam"};
+  auto ok = ag::verify_sigv4(r, keys, now, iam);
   ASSERT_TRUE(ok) << ok.error().type << ": " << ok.error().message;
   EXPECT_EQ(*ok, "AKIDEXAMPLE");
 
   auto tampered = r;
   tampered.target = "/?Action=DeleteUser&Version=2010-05-08";
-  auto bad = ag::verify_sigv4(tampered, keys, now);
+  auto bad = ag::verify_sigv4(tampered, keys, now, iam);
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().type, "InvalidSignatureException");
 
-  auto late = ag::verify_sigv4(r, keys, now + std::chrono::minutes(30));
+  auto late = ag::verify_sigv4(r, keys, now + std::chrono::minutes(30), iam);
   ASSERT_FALSE(late);
   EXPECT_NE(late.error().message.find("Signature expired"), std::string::npos);
 
   auto none = r;
   none.headers.erase("authorization");
-  EXPECT_EQ(ag::verify_sigv4(none, keys, now).error().type, "MissingAuthenticationTokenException");
+  EXPECT_EQ(ag::verify_sigv4(none, keys, now, iam).error().type,
+            "MissingAuthenticationTokenException");
   auto stranger = r;
   stranger.headers["authorization"].replace(stranger.headers["authorization"].find("AKIDEXAMPLE"),
                                             11, "AKIDSTRANGE");
-  EXPECT_EQ(ag::verify_sigv4(stranger, keys, now).error().type, "UnrecognizedClientException");
+  EXPECT_EQ(ag::verify_sigv4(stranger, keys, now, iam).error().type, "UnrecognizedClientException");
   auto partial = r;
   partial.headers["authorization"] =
       "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request";
-  EXPECT_EQ(ag::verify_sigv4(partial, keys, now).error().type, "IncompleteSignatureException");
+  EXPECT_EQ(ag::verify_sigv4(partial, keys, now, iam).error().type, "IncompleteSignatureException");
+
+  // Issue 14: a correct signature scoped to another region or service is refused, as AWS does.
+  auto elsewhere = ag::verify_sigv4(r, keys, now, {"eu-west-1", "iam"});
+  ASSERT_FALSE(elsewhere);
+  EXPECT_EQ(elsewhere.error().type, "InvalidSignatureException");
+  EXPECT_NE(elsewhere.error().message.find("valid region"), std::string::npos);
+  auto other_service = ag::verify_sigv4(r, keys, now, {"us-east-1", "ecs"});
+  ASSERT_FALSE(other_service);
+  EXPECT_NE(other_service.error().message.find("correct service: 'ecs'"), std::string::npos);
+}
+
+// Issue 14: refused calls of one principal cannot rotate the audit trail away: past the first
+// in a second they are coalesced into one record with a count; allowed calls are all written.
+TEST(AuditTest, RefusedCallsAreCoalescedPerPrincipalPerSecond) {
+  temp t;
+  const std::string path = (t.dir / "audit.log").string();
+  {
+    ag::audit_log log;
+    ASSERT_TRUE(log.open(path, 0, 0));
+    for (int i = 0; i < 1000; ++i) {
+      log.append_refused("uid:65534", {{"eventName", "RunTask"}, {"n", i}}, 100);
+    }
+    for (int i = 0; i < 5; ++i) log.append_refused("uid:1000", {{"eventName", "RunTask"}}, 100);
+    for (int i = 0; i < 3; ++i) log.append({{"eventName", "ListTasks"}});
+    log.append_refused("uid:65534", {{"eventName", "RunTask"}, {"n", 1000}}, 101);
+    log.flush_refused(102);
+  }
+  std::ifstream in(path);
+  std::string line;
+  std::uint64_t refused_nobody = 0, records_nobody = 0, refused_other = 0, allowed = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["eventName"] == "ListTasks") {
+      ++allowed;
+      continue;
+    }
+    const std::uint64_t n = j.contains("additionalEventData")
+                                ? j["additionalEventData"]["coalescedCount"].get<std::uint64_t>()
+                                : 1;
+    if (j.contains("n")) {
+      ++records_nobody;
+      refused_nobody += n;
+    } else {
+      refused_other += n;
+    }
+  }
+  EXPECT_EQ(allowed, 3u);
+  // Second 100: the first record, then one holding the 999 others; second 101: one record.
+  EXPECT_EQ(records_nobody, 3u);
+  EXPECT_EQ(refused_nobody, 1001u);
+  EXPECT_EQ(refused_other, 1u + 4u);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
 }  // namespace

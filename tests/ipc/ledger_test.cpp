@@ -380,6 +380,34 @@ TEST_F(LedgerTest, ClaimsAreExclusiveAndBounded) {
   ::close(hold[0]);
 }
 
+// Issue 14: berthd started again after kill -9, before the killed one was reaped, failed with
+// slot_in_use. A zombie holds nothing: its slot is taken over at once.
+TEST_F(LedgerTest, SlotOfAnUnreapedDeadOwnerIsTakenOver) {
+  auto l = ledger::open_or_create({name_});
+  ASSERT_TRUE(l);
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = spawn([&] {
+    auto c = ledger::open_or_create({name_});
+    if (!c || !c->claim_slot("z")) return 2;
+    char x = 1;
+    (void)!::write(ready[1], &x, 1);
+    for (;;) ::pause();
+  });
+  ::close(ready[1]);
+  char x;
+  ASSERT_EQ(::read(ready[0], &x, 1), 1);
+  ::close(ready[0]);
+  ASSERT_EQ(code(l->claim_slot("z")), errc::slot_in_use);
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  // Dead but not reaped: wait (without reaping) until the kernel says it exited.
+  siginfo_t info{};
+  ASSERT_EQ(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT), 0);
+  auto z = l->claim_slot("z");
+  EXPECT_TRUE(z) << (z ? "" : describe(z.error()));
+  EXPECT_EQ(wait_exit(child), 128 + SIGKILL);
+}
+
 TEST_F(LedgerTest, OnlyTheOwnerPublishes) {
   ledger l = open();
   const std::uint32_t slot = register_instance(l, "i-1", registered("i-1", 1024, 2048));

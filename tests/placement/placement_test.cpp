@@ -401,6 +401,37 @@ TEST(ConstraintTest, AttributeOperatorsOverTheDictionary) {
   EXPECT_EQ(only("attribute:ecs.instance-type == m5.*"), (std::set<std::uint32_t>{s1, s2}));
 }
 
+// Issue 14: a backtracking engine took 48 s on (.|.|.)*Z over a 40-character id, and never ended
+// with four alternatives; RE2 answers in time linear in the value. No timer here: before the fix
+// this test simply did not finish within ctest's timeout.
+TEST(ConstraintTest, HostileRegularExpressionsRunInLinearTime) {
+  cluster c(unique("redos"));
+  const std::string long_id(40, 'a');
+  host h1 = make(long_id.c_str(), 4096, 8192);
+  host h2 = make((long_id + "Z").c_str(), 4096, 8192);
+  const std::uint32_t s1 = c.add(h1), s2 = c.add(h2);
+  (void)s1;
+  task_groups g;
+  for (const char* expr : {"ec2InstanceId =~ '(.|.|.)*Z'", "ec2InstanceId =~ '(.|.|.|.)*Z'",
+                           "attribute:ecs.instance-type =~ '(a*)*b'"}) {
+    place_options o;
+    o.dry_run = true;
+    o.explain = true;
+    auto out = place_both(c, req(1, 1, {}, {{"memberOf", expr}}), g, o);
+    std::set<std::uint32_t> ok = {s1, s2};
+    for (auto [slot, why] : out.rejected) ok.erase(slot);
+    if (std::string(expr).starts_with("ec2")) {
+      EXPECT_EQ(ok, std::set<std::uint32_t>{s2}) << expr;
+    } else {
+      EXPECT_TRUE(ok.empty()) << expr;
+    }
+  }
+  // A pattern whose automaton would be huge is refused when compiled, not built.
+  auto e = detail::parse("attribute:x =~ '((((a{100}){100}){100}){100})'");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("regular expression"), std::string::npos) << e.error().message;
+}
+
 TEST(ConstraintTest, TaskGroupAffinity) {
   cluster c(unique("affinity"));
   c.add(make("h1", 4096, 8192));

@@ -39,6 +39,9 @@ struct config {
   std::map<std::string, std::string> attributes;   // custom instance attributes
   std::chrono::milliseconds stop_timeout{30'000};  // a container's default stopTimeout
   std::uint64_t max_body_bytes = 1 << 20;
+  // Once a request's first byte is in, all of it must arrive within this (slow clients are cut
+  // off); between requests a connection may idle for a minute.
+  std::chrono::milliseconds request_timeout{10'000};
   // Who may call actions that change anything over the Unix socket, besides root and berthd's
   // own user: members of this group. Everyone else may only describe and list.
   std::string admin_group = "berth";
@@ -57,6 +60,11 @@ struct config {
   // How long a draining target may keep its sessions before its task stops (a service's tag
   // berth:deregistration-delay, in seconds, overrides it).
   std::chrono::milliseconds deregistration_delay{300'000};
+  // SIGTERM: berthd is gone within this, whatever is in flight (systemd waits 30 s).
+  std::chrono::milliseconds shutdown_timeout{20'000};
+  // Containers labelled for this instance that the store does not know (a lost or replaced
+  // store): "refuse" to start, naming them; "remove" them; or "leave" them running, unmanaged.
+  std::string unknown_containers = "refuse";
   std::string log_level = "info";
   bool show_help = false;
   std::string help_text;
