@@ -15,6 +15,7 @@
 
 #include "audit.hpp"
 #include "berth/agent.hpp"
+#include "request_check.hpp"
 #include "scheduler.hpp"
 #include "server.hpp"
 #include "service.hpp"
@@ -508,6 +509,10 @@ class daemon_impl final : public daemon {
                                    rec.action + " needs root or group " + cfg_.admin_group,
                                400});
       }
+    }
+    // Every member of the right type, in range and in its enum before a handler reads it.
+    if (auto bad = check_request(rec.action, req); !bad.type.empty()) {
+      return error_response({bad.type, bad.message, 400});
     }
     tl::expected<json, api_error> result =
         berth                            ? (rec.action == "Place"

@@ -322,6 +322,19 @@ class scheduler_impl final : public scheduler {
 
   // ---- the actions ----
 
+  // ECS: 0 to 2,147,483,647 seconds.
+  static tl::expected<void, api_error> grace_period(const json& req) {
+    const auto it = req.find("healthCheckGracePeriodSeconds");
+    if (it == req.end() || it->is_null()) return {};
+    if (!it->is_number_integer() ||
+        (it->is_number_integer() && !it->is_number_unsigned() && it->get<std::int64_t>() < 0) ||
+        (it->is_number_unsigned() && it->get<std::uint64_t>() > 2147483647ull)) {
+      return tl::unexpected(
+          invalid("healthCheckGracePeriodSeconds must be between 0 and 2147483647"));
+    }
+    return {};
+  }
+
   outcome create_service(const json& req) {
     auto cluster = cluster_of(req);
     if (!cluster) return tl::unexpected(cluster.error());
@@ -338,6 +351,7 @@ class scheduler_impl final : public scheduler {
         !t) {
       return tl::unexpected(t.error());
     }
+    if (auto g = grace_period(req); !g) return tl::unexpected(g.error());
     const std::string name = req["serviceName"];
     if (!std::regex_match(name, std::regex("[A-Za-z0-9_-]{1,255}"))) {
       return tl::unexpected(
@@ -462,6 +476,7 @@ class scheduler_impl final : public scheduler {
     if (auto t = expect_type(req, "forceNewDeployment", &json::is_boolean, "a boolean"); !t) {
       return tl::unexpected(t.error());
     }
+    if (auto g = grace_period(req); !g) return tl::unexpected(g.error());
     auto dc = deployment_configuration(req, s["deploymentConfiguration"]);
     if (!dc) return tl::unexpected(dc.error());
     s["deploymentConfiguration"] = *dc;

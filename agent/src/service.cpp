@@ -263,6 +263,11 @@ tl::expected<void, api_error> check_overrides(const json& o) {
       return tl::unexpected(invalid(std::string("overrides.") + k + " is not a valid amount"));
     }
   }
+  // ECS's limit, JSON punctuation included.
+  if (const auto size = o.dump().size(); size > 8192) {
+    return tl::unexpected(invalid("Container Overrides length must be at most 8192 (it is " +
+                                  std::to_string(size) + ")"));
+  }
   const json& list = member(o, "containerOverrides");
   if (auto r = check_objects(list, "containerOverrides", {"name"}, {}, {"name"}); !r) return r;
   for (const auto& c : list.is_array() ? list : json::array()) {
@@ -270,6 +275,14 @@ tl::expected<void, api_error> check_overrides(const json& o) {
             check_range(c, "a container override", {"cpu", "memory", "memoryReservation"}, 1 << 24);
         !r) {
       return r;
+    }
+    // Docker reads a memory of 0 as "no limit": an override cannot lift the limit that way.
+    for (const char* k : {"memory", "memoryReservation"}) {
+      const json& v = member(c, k);
+      if (v.is_number_integer() && v.get<std::int64_t>() < 6) {
+        return tl::unexpected(
+            client(std::string("Invalid '") + k + "' in a container override: at least 6 MiB."));
+      }
     }
     if (auto r = check_strings(member(c, "command"), "containerOverrides.command"); !r) return r;
     if (auto r = check_objects(member(c, "environment"), "containerOverrides.environment",
@@ -1036,6 +1049,17 @@ class service_impl final : public service {
                                     "' may hold only letters, numbers, hyphens and underscores"));
     }
     BERTH_TRY(image, r.required_str("image"));
+    // ECS: up to 255 letters, digits, hyphens, underscores, colons, periods, slashes and number
+    // signs (and '@' for a digest).
+    if (image.empty() || image.size() > 255 ||
+        !std::all_of(image.begin(), image.end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) != 0 ||
+                 std::string_view("-_:./#@").find(ch) != std::string_view::npos;
+        })) {
+      return tl::unexpected(client("Invalid 'image' for container '" + name +
+                                   "': up to 255 letters, numbers, hyphens, underscores, colons, "
+                                   "periods, forward slashes and number signs are allowed."));
+    }
     if (auto ok = check_range(c, "container '" + name + "'", {"cpu", "memory", "memoryReservation"},
                               1 << 24);
         !ok) {
@@ -1062,6 +1086,19 @@ class service_impl final : public service {
                               {}, {"containerName", "condition"}))}) {
       if (!ok) return tl::unexpected(ok.error());
     }
+    for (const auto& u : member(c, "ulimits").is_array() ? member(c, "ulimits") : json::array()) {
+      const json& soft = member(u, "softLimit");
+      const json& hard = member(u, "hardLimit");
+      if (!soft.is_number_integer() || !hard.is_number_integer() || soft.get<std::int64_t>() < 0 ||
+          hard.get<std::int64_t>() < 0) {
+        return tl::unexpected(client("Invalid ulimit for container '" + name +
+                                     "': softLimit and hardLimit must be 0 or more."));
+      }
+      if (soft.get<std::int64_t>() > hard.get<std::int64_t>()) {
+        return tl::unexpected(client("Invalid ulimit for container '" + name +
+                                     "': softLimit must not exceed hardLimit."));
+      }
+    }
     if (const json& labels = member(c, "dockerLabels"); !labels.is_null()) {
       if (!labels.is_object() ||
           !std::all_of(labels.begin(), labels.end(), [](const json& v) { return v.is_string(); })) {
@@ -1076,10 +1113,25 @@ class service_impl final : public service {
       }
       if (member(h, "command").empty())
         return tl::unexpected(invalid("healthCheck needs a command"));
-      if (auto ok = check_range(h, "healthCheck", {"interval", "timeout", "retries", "startPeriod"},
-                                3600);
-          !ok) {
-        return tl::unexpected(ok.error());
+      // ECS's bounds: Docker's zero means "its default", and no retries means never healthy.
+      struct bound {
+        const char* key;
+        std::int64_t lo, hi;
+      };
+      for (const bound& b : {bound{"interval", 5, 300}, bound{"timeout", 2, 120},
+                             bound{"retries", 1, 10}, bound{"startPeriod", 0, 300}}) {
+        const json& v = member(h, b.key);
+        if (v.is_null()) continue;
+        if (!v.is_number_integer()) {
+          return tl::unexpected(
+              serialization("Expected 'healthCheck." + std::string(b.key) + "' to be an integer"));
+        }
+        if (v.get<std::int64_t>() < b.lo || v.get<std::int64_t>() > b.hi) {
+          return tl::unexpected(client("Invalid 'healthCheck." + std::string(b.key) +
+                                       "' setting for container '" + name +
+                                       "'. It must be between " + std::to_string(b.lo) + " and " +
+                                       std::to_string(b.hi) + "."));
+        }
       }
     }
     for (const char* k : {"cpu"}) {
@@ -1164,6 +1216,11 @@ class service_impl final : public service {
   }
 
   outcome register_task_definition(const json& req) {
+    // ECS's limit on a task definition as sent.
+    if (const auto size = req.dump().size(); size > 65536) {
+      return tl::unexpected(client("Actual length: '" + std::to_string(size) +
+                                   "'. Max allowed length is '65536' bytes."));
+    }
     reader r{req};
     BERTH_TRY(family, r.required_str("family"));
     static const std::regex family_re("^[a-zA-Z0-9_-]{1,255}$");

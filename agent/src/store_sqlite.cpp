@@ -38,8 +38,12 @@ class sqlite_store final : public store {
     if (auto r = exec("PRAGMA busy_timeout=5000"); !r) return r;
     if (auto r = exec("PRAGMA locking_mode=EXCLUSIVE"); !r) return r;
     if (auto r = exec("BEGIN EXCLUSIVE"); !r) {
-      return tl::unexpected(
-          error{"store " + path_ + " is in use by another process (" + r.error().message + ")"});
+      const bool busy = (sqlite3_errcode(db_.get()) & 0xff) == SQLITE_BUSY;
+      return tl::unexpected(error{"store " + path_ +
+                                  (busy ? " is in use by another process (is another berthd "
+                                          "running on this state directory?): "
+                                        : " is damaged: ") +
+                                  sqlite3_errmsg(db_.get())});
     }
     if (auto r = exec("COMMIT"); !r) return r;
     // A damaged file is refused, naming it: starting on it would mean starting with its tasks

@@ -156,8 +156,16 @@ class agent {
     if (rc != 0) return false;
     // The TCP port it bound is in its log.
     const std::regex served("serving the ECS API on .* and (127\\.0\\.0\\.1:[0-9]+)");
-    return eventually(
+    bool exited = false;
+    const bool done = eventually(
         [&] {
+          // A berthd that refused to start is reaped at once, not waited for.
+          int status = 0;
+          if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+            exited = true;
+            pid_ = -1;
+            return true;
+          }
           std::smatch m;
           const std::string text = read_all(log);
           if (!std::regex_search(text, m, served)) return false;
@@ -165,6 +173,7 @@ class agent {
           return true;
         },
         30s);
+    return done && !exited;
   }
 
   // Stops berthd by PID and reaps it.

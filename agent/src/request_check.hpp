@@ -1,0 +1,31 @@
+// The first reader of every ECS request: the body is checked against the action's input shape
+// in the ECS model (scripts/gen-ecs-shapes) before any handler sees it, so a handler never meets
+// a member of the wrong JSON type, an integer past its type's range, a value outside an enum,
+// or a string or list past the model's length.
+//
+// Pure and allocation-bounded: no I/O, no locks (a fuzz target runs it on arbitrary input).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+namespace berth::agent {
+
+struct request_error {
+  std::string type;  // SerializationException (a wrong type) or InvalidParameterException
+  std::string message;
+};
+
+// Checks `request` (a parsed body) against `action`'s input shape, and removes members whose
+// value is null (AWS's JSON protocol reads them as absent). Also refuses, anywhere: NUL
+// characters; control characters in names and identifiers; strings longer than 64 KiB.
+// Actions the model table does not list pass unchecked (their handler answers for them);
+// BerthV1.Place is checked as RunTask (its extra members are Berth's).
+// Returns an empty error type when the request passes.
+request_error check_request(std::string_view action, nlohmann::json& request);
+
+// True when the table knows the action.
+bool known_action(std::string_view action);
+
+}  // namespace berth::agent
