@@ -8,6 +8,33 @@ namespace {
 
 using namespace berth_agent_testing;
 
+// A directory of the test's own, bind-mounted at /x into its containers: the test tells a
+// container to go on by creating a file there (never a timer racing what the test observes),
+// and sees by the files it leaves what the container did.
+struct shared_dir {
+  explicit shared_dir(const std::string& cluster)
+      : path(fs::temp_directory_path() / ("berth-x-" + cluster)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~shared_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  void touch(const std::string& name) const { std::ofstream(path / name).flush(); }
+  bool has(const std::string& name) const { return fs::exists(path / name); }
+  // The task definition's fields naming it (register_td's `extra`).
+  json volumes() const {
+    return {{"volumes", json::array({{{"name", "x"}, {"host", {{"sourcePath", path.string()}}}}})}};
+  }
+  // `c` with the directory mounted at /x.
+  static json mounted(json c) {
+    c["mountPoints"] = json::array({{{"sourceVolume", "x"}, {"containerPath", "/x"}}});
+    return c;
+  }
+  fs::path path;
+};
+
 TEST_F(AgentTest, ClustersCreateListDescribeDelete) {
   auto own = a().aws({"describe-clusters", "--clusters", a().cluster()});
   ASSERT_EQ(own.status, 0) << own.err;
@@ -452,9 +479,13 @@ TEST_F(AgentTest, SignaturesAreChecked) {
 }
 
 TEST_F(AgentTest, KillNineThenRestartLosesNothingAndStartsNothingTwice) {
+  const shared_dir x(a().cluster());
   a().register_td("long", container("long", {"sleep", "300"}));
-  json quick = container("quick", {"sh", "-c", "sleep 2; exit 5"});
-  a().register_td("quick", quick);
+  // It exits when told to, once the test has seen it RUNNING.
+  a().register_td("quick",
+                  shared_dir::mounted(container(
+                      "quick", {"sh", "-c", "while [ ! -e /x/go ]; do sleep 0.1; done; exit 5"})),
+                  x.volumes());
   auto r1 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "long"});
   auto r2 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "quick"});
   ASSERT_EQ(r1.status, 0);
@@ -467,6 +498,7 @@ TEST_F(AgentTest, KillNineThenRestartLosesNothingAndStartsNothingTwice) {
 
   a().stop(SIGKILL);
   // While berthd is down, the quick task's container exits.
+  x.touch("go");
   auto e = dk::testing::daemon();
   ASSERT_TRUE(e);
   dk::list_filter f;
@@ -687,16 +719,24 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
       10s));
 }
 
-// The allocation comes a second after start: an OOM kill within the first milliseconds can beat
-// Docker's watch on the cgroup, and is then seen only as exit code 137.
+// The allocation comes once the task is RUNNING (its start has returned): an OOM kill within the
+// first milliseconds can beat Docker's watch on the cgroup, and is then seen only as exit code
+// 137.
 TEST_F(AgentTest, OutOfMemoryIsTheStoppedReason) {
+  const shared_dir x(a().cluster());
   a().register_td(
       "hog",
-      container("hog", {"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1"},
-                8));
+      shared_dir::mounted(container("hog",
+                                    {"sh", "-c",
+                                     "while [ ! -e /x/go ]; do sleep 0.1; done; "
+                                     "exec dd if=/dev/zero of=/dev/null bs=100M count=1"},
+                                    8)),
+      x.volumes());
   auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "hog"});
   ASSERT_EQ(run.status, 0) << run.err;
   const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  x.touch("go");
   ASSERT_TRUE(a().wait_status(task, "STOPPED"));
   const json t = a().describe_task(task);
   EXPECT_EQ(t["stopCode"], "EssentialContainerExited");
