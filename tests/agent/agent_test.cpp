@@ -270,6 +270,34 @@ TEST_F(AgentTest, MissingImageStopsTheTaskWithAClearReason) {
       << t["stoppedReason"];
 }
 
+// A container whose start fails never ran: no grace to wait out and no die event to wait for
+// (the stop used to wait for both: its stopTimeout, then 10 s more).
+TEST_F(AgentTest, ContainerThatFailsToStartStopsTheTaskAtOnce) {
+  // Docker creates it; its start fails, as the image has no such command.
+  json c = container("broken", {"/no/such/command"});
+  c["stopTimeout"] = 30;
+  a().register_td("broken", c);
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "broken"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 8s)) << a().describe_task(task).dump(2);
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "TaskFailedToStart");
+  const std::string why = t["stoppedReason"];
+  EXPECT_TRUE(why.starts_with("CannotStartContainerError: ")) << why;
+  EXPECT_NE(why.find("/no/such/command"), std::string::npos) << why;
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "STOPPED");
+  EXPECT_EQ(t["containers"][0]["reason"], why);
+  // It is gone from Docker: nothing is left to stop or clean up.
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  dk::list_filter f;
+  f.labels = {{"com.berth.task-arn", task}};
+  auto left = (*e)->list_containers(f);
+  ASSERT_TRUE(left);
+  EXPECT_TRUE(left->empty());
+}
+
 TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
   a().register_td("huge", container("huge", {"true"}, 8 * 1024 * 1024));  // 8 TiB
   auto mem = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "huge"});
