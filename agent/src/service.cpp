@@ -2173,6 +2173,8 @@ class service_impl final : public service {
   }
 
   // Stops every container of the task (grace: each container's stopTimeout), then STOPPED.
+  // As ECS reports it: the task stays as it was (RUNNING, desired STOPPED) while its containers
+  // stop, then is DEPROVISIONING, then STOPPED.
   void stop_task_containers(const std::string& task_arn, const std::string& code,
                             const std::string& why) {
     std::vector<std::pair<std::string, std::chrono::seconds>> ids;
@@ -2182,7 +2184,6 @@ class service_impl final : public service {
       if (t["lastStatus"] == "STOPPED") return;
       t["desiredStatus"] = "STOPPED";
       if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
-      if (t["lastStatus"] != "STOPPED") t["lastStatus"] = "DEPROVISIONING";
       if (!t.contains("stopCode")) t["stopCode"] = code;
       if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
       save(t);
@@ -2224,6 +2225,14 @@ class service_impl final : public service {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
       if (stopping_) return;
+      // Its containers have stopped (or Docker did not say so in time).
+      json& t = tasks_[task_arn];
+      if (t["lastStatus"] != "STOPPED") {
+        t["lastStatus"] = "DEPROVISIONING";
+        t["version"] = t.value("version", 0) + 1;
+        save(t);
+        spdlog::info("task {} DEPROVISIONING", task_arn);
+      }
     }
     // Exit codes, for the containers whose die event has not come yet.
     std::map<std::string, dk::container_info> infos;

@@ -35,6 +35,51 @@ struct shared_dir {
   fs::path path;
 };
 
+// `berthctl watch` in the background, its lines in a file, until the test ends.
+class event_watch {
+ public:
+  explicit event_watch(const agent& a) : out_(a.dir() / "events.ndjson") {
+    std::vector<std::string> args = {BERTHCTL, "--socket", a.socket(), "watch"};
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (posix_spawn(&pid_, BERTHCTL, &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    // Subscribed once berthd counts it: no event after that is missed.
+    const auto counted = [&] {
+      return a.get("/metrics").body.find("berth_event_subscribers 1") != std::string::npos;
+    };
+    subscribed_ = pid_ > 0 && eventually(counted, 10s);
+  }
+  ~event_watch() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  bool subscribed() const { return subscribed_; }
+  // The details of the events about `task` so far, in order.
+  std::vector<json> of(const std::string& task) const {
+    std::vector<json> out;
+    std::ifstream in(out_);
+    std::string line;
+    while (std::getline(in, line)) {
+      const json e = json::parse(line, nullptr, false);
+      if (e.is_object() && e.contains("detail") && e["detail"].value("taskArn", "") == task) {
+        out.push_back(e["detail"]);
+      }
+    }
+    return out;
+  }
+
+ private:
+  fs::path out_;
+  pid_t pid_ = -1;
+  bool subscribed_ = false;
+};
+
 TEST_F(AgentTest, ClustersCreateListDescribeDelete) {
   auto own = a().aws({"describe-clusters", "--clusters", a().cluster()});
   ASSERT_EQ(own.status, 0) << own.err;
@@ -296,6 +341,53 @@ TEST_F(AgentTest, ContainerThatFailsToStartStopsTheTaskAtOnce) {
   auto left = (*e)->list_containers(f);
   ASSERT_TRUE(left);
   EXPECT_TRUE(left->empty());
+}
+
+// ECS's order on a stop: the task stays RUNNING (desired STOPPED) while its containers stop,
+// and only then is DEPROVISIONING and STOPPED; the event stream says the same.
+TEST_F(AgentTest, StoppedTaskIsRunningUntilItsContainersExitThenDeprovisioning) {
+  const shared_dir x(a().cluster());
+  // SIGTERM is noted in /x/term and ignored: the container exits when the test creates /x/go.
+  json c = shared_dir::mounted(container(
+      "slow",
+      {"sh", "-c", "trap 'touch /x/term' TERM; while [ ! -e /x/go ]; do sleep 0.1; done; exit 0"}));
+  c["stopTimeout"] = 60;
+  a().register_td("slow", c, x.volumes());
+  const event_watch events(a());
+  ASSERT_TRUE(events.subscribed());
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "slow"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
+  // The stop is under way (the container got SIGTERM) and the container still runs.
+  ASSERT_TRUE(eventually([&] { return x.has("term"); }, 10s)) << a().describe_task(task).dump(2);
+  json t = a().describe_task(task);
+  EXPECT_EQ(t["lastStatus"], "RUNNING");
+  EXPECT_EQ(t["desiredStatus"], "STOPPED");
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "RUNNING");
+  x.touch("go");
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 20s)) << a().describe_task(task).dump(2);
+  t = a().describe_task(task);
+  EXPECT_EQ(t["containers"][0]["exitCode"], 0);
+  EXPECT_EQ(t["stopCode"], "UserInitiated");
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto seen = events.of(task);
+        return !seen.empty() && seen.back()["lastStatus"] == "STOPPED";
+      },
+      10s));
+  std::vector<std::string> states;
+  for (const json& d : events.of(task)) {
+    states.push_back(d["lastStatus"].get<std::string>() + "/" +
+                     d["desiredStatus"].get<std::string>());
+    if (d["lastStatus"] == "DEPROVISIONING") {
+      EXPECT_EQ(d["containers"][0]["lastStatus"], "STOPPED") << "DEPROVISIONING while it ran";
+    }
+  }
+  EXPECT_EQ(states, (std::vector<std::string>{"PROVISIONING/RUNNING", "PENDING/RUNNING",
+                                              "RUNNING/RUNNING", "RUNNING/STOPPED",
+                                              "DEPROVISIONING/STOPPED", "STOPPED/STOPPED"}));
 }
 
 TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
@@ -582,15 +674,19 @@ TEST_F(AgentTest, SigtermLeavesTasksRunning) {
 namespace {
 
 TEST_F(AgentTest, StopCutShortBySigtermResumesAfterRestart) {
-  // sleep as PID 1 ignores SIGTERM: the stop waits out its 8 s grace, then kills.
-  json c = container("stubborn", {"sleep", "300"});
+  const shared_dir x(a().cluster());
+  // SIGTERM is noted in /x/term and ignored: the stop waits out its 8 s grace, then kills.
+  json c = shared_dir::mounted(container(
+      "stubborn", {"sh", "-c", "trap 'touch /x/term' TERM; while :; do sleep 0.1; done"}));
   c["stopTimeout"] = 8;
-  a().register_td("stubborn", c);
+  a().register_td("stubborn", c, x.volumes());
   auto r = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "stubborn"});
   const std::string task = r.body["tasks"][0]["taskArn"];
   ASSERT_TRUE(a().wait_status(task, "RUNNING"));
   ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
-  ASSERT_TRUE(a().wait_status(task, "DEPROVISIONING", 5s));
+  // The stop is under way: the container got SIGTERM, and runs on.
+  ASSERT_TRUE(eventually([&] { return x.has("term"); }, 5s)) << a().describe_task(task).dump(2);
+  EXPECT_EQ(a().describe_task(task)["lastStatus"], "RUNNING");
   const auto t0 = std::chrono::steady_clock::now();
   a().stop(SIGTERM);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s) << "shutdown waited for the stop";
