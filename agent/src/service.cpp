@@ -2134,10 +2134,17 @@ class service_impl final : public service {
       }
       if (stopped) {
         // Stopped while the container was being made: it is not started, and goes.
-        (void)docker_->remove_container(docker_id, {true, false});
+        forget_unstarted(task_arn, docker_id);
         return;
       }
       if (auto st = docker_->start_container(docker_id); !st) {
+        // It never ran: the task stops at once, with no grace and no die event to wait for.
+        forget_unstarted(task_arn, docker_id);
+        {
+          // Stopped meanwhile (that stop may have removed it): the stop's reason stands.
+          std::lock_guard lock(mu_);
+          if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+        }
         fail_task(task_arn, name, "TaskFailedToStart",
                   "CannotStartContainerError: " + st.error().message);
         return;
@@ -2247,7 +2254,27 @@ class service_impl final : public service {
     stop_task_containers(task_arn, code, why);
   }
 
+  // A container that never ran (created; its start failed or never came) gets no grace and
+  // sends no die event: it is removed now, and is STOPPED for its task. One already gone is fine.
+  void forget_unstarted(const std::string& task_arn, const std::string& docker_id) {
+    if (auto r = docker_->remove_container(docker_id, {true, false});
+        !r && r.error().code != dk::errc::not_found) {
+      spdlog::warn("task {}: cannot remove container {}, never started: {}", task_arn, docker_id,
+                   r.error().message);
+    }
+    std::lock_guard lock(mu_);
+    const auto it = tasks_.find(task_arn);
+    if (it == tasks_.end()) return;
+    for (auto& c : it->second["containers"]) {
+      if (c.value("runtimeId", "") == docker_id) c["lastStatus"] = "STOPPED";
+    }
+    save(it->second);
+    cv_.notify_all();
+  }
+
   // Stops every container of the task (grace: each container's stopTimeout), then STOPPED.
+  // As ECS reports it: the task stays as it was (RUNNING, desired STOPPED) while its containers
+  // stop, then is DEPROVISIONING, then STOPPED.
   void stop_task_containers(const std::string& task_arn, const std::string& code,
                             const std::string& why) {
     std::vector<std::pair<std::string, std::chrono::seconds>> ids;
@@ -2257,7 +2284,6 @@ class service_impl final : public service {
       if (t["lastStatus"] == "STOPPED") return;
       t["desiredStatus"] = "STOPPED";
       if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
-      if (t["lastStatus"] != "STOPPED") t["lastStatus"] = "DEPROVISIONING";
       if (!t.contains("stopCode")) t["stopCode"] = code;
       if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
       save(t);
@@ -2281,8 +2307,9 @@ class service_impl final : public service {
       }
       return true;
     };
-    // Containers that exited unseen (berthd was down) are marked so first.
-    reconcile(task_arn);
+    // Containers that exited unseen (berthd was down) are marked so first; those that never
+    // started go now.
+    reconcile(task_arn, true);
     std::chrono::seconds grace{0};
     for (const auto& [id, g] : ids) {
       (void)docker_->kill_container(id, "SIGTERM");
@@ -2298,6 +2325,14 @@ class service_impl final : public service {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
       if (stopping_) return;
+      // Its containers have stopped (or Docker did not say so in time).
+      json& t = tasks_[task_arn];
+      if (t["lastStatus"] != "STOPPED") {
+        t["lastStatus"] = "DEPROVISIONING";
+        t["version"] = t.value("version", 0) + 1;
+        save(t);
+        spdlog::info("task {} DEPROVISIONING", task_arn);
+      }
     }
     // Exit codes, for the containers whose die event has not come yet.
     std::map<std::string, dk::container_info> infos;
@@ -2441,7 +2476,9 @@ class service_impl final : public service {
     for (const auto& a : active) reconcile(a);
   }
 
-  void reconcile(const std::string& task_arn) {
+  // With `stopping`, a container created and never started goes (forget_unstarted): its task
+  // is stopping, so no launch will start it.
+  void reconcile(const std::string& task_arn, bool stopping = false) {
     json docker;
     {
       std::lock_guard lock(mu_);
@@ -2451,6 +2488,10 @@ class service_impl final : public service {
     }
     for (const auto& [name, id] : docker.items()) {
       auto info = docker_->inspect_container(id.get<std::string>());
+      if (stopping && info && info->status == "created") {
+        forget_unstarted(task_arn, id.get<std::string>());
+        continue;
+      }
       // Created and not yet started is alive: its launch worker is about to start it (a resync
       // racing a launch saw such containers as exited, and stopped their tasks).
       if (info && (info->running || info->status == "created" || info->status == "paused" ||

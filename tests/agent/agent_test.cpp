@@ -8,6 +8,78 @@ namespace {
 
 using namespace berth_agent_testing;
 
+// A directory of the test's own, bind-mounted at /x into its containers: the test tells a
+// container to go on by creating a file there (never a timer racing what the test observes),
+// and sees by the files it leaves what the container did.
+struct shared_dir {
+  explicit shared_dir(const std::string& cluster)
+      : path(fs::temp_directory_path() / ("berth-x-" + cluster)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~shared_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  void touch(const std::string& name) const { std::ofstream(path / name).flush(); }
+  bool has(const std::string& name) const { return fs::exists(path / name); }
+  // The task definition's fields naming it (register_td's `extra`).
+  json volumes() const {
+    return {{"volumes", json::array({{{"name", "x"}, {"host", {{"sourcePath", path.string()}}}}})}};
+  }
+  // `c` with the directory mounted at /x.
+  static json mounted(json c) {
+    c["mountPoints"] = json::array({{{"sourceVolume", "x"}, {"containerPath", "/x"}}});
+    return c;
+  }
+  fs::path path;
+};
+
+// `berthctl watch` in the background, its lines in a file, until the test ends.
+class event_watch {
+ public:
+  explicit event_watch(const agent& a) : out_(a.dir() / "events.ndjson") {
+    std::vector<std::string> args = {BERTHCTL, "--socket", a.socket(), "watch"};
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (posix_spawn(&pid_, BERTHCTL, &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    // Subscribed once berthd counts it: no event after that is missed.
+    const auto counted = [&] {
+      return a.get("/metrics").body.find("berth_event_subscribers 1") != std::string::npos;
+    };
+    subscribed_ = pid_ > 0 && eventually(counted, 10s);
+  }
+  ~event_watch() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  bool subscribed() const { return subscribed_; }
+  // The details of the events about `task` so far, in order.
+  std::vector<json> of(const std::string& task) const {
+    std::vector<json> out;
+    std::ifstream in(out_);
+    std::string line;
+    while (std::getline(in, line)) {
+      const json e = json::parse(line, nullptr, false);
+      if (e.is_object() && e.contains("detail") && e["detail"].value("taskArn", "") == task) {
+        out.push_back(e["detail"]);
+      }
+    }
+    return out;
+  }
+
+ private:
+  fs::path out_;
+  pid_t pid_ = -1;
+  bool subscribed_ = false;
+};
+
 TEST_F(AgentTest, ClustersCreateListDescribeDelete) {
   auto own = a().aws({"describe-clusters", "--clusters", a().cluster()});
   ASSERT_EQ(own.status, 0) << own.err;
@@ -243,6 +315,81 @@ TEST_F(AgentTest, MissingImageStopsTheTaskWithAClearReason) {
       << t["stoppedReason"];
 }
 
+// A container whose start fails never ran: no grace to wait out and no die event to wait for
+// (the stop used to wait for both: its stopTimeout, then 10 s more).
+TEST_F(AgentTest, ContainerThatFailsToStartStopsTheTaskAtOnce) {
+  // Docker creates it; its start fails, as the image has no such command.
+  json c = container("broken", {"/no/such/command"});
+  c["stopTimeout"] = 30;
+  a().register_td("broken", c);
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "broken"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 8s)) << a().describe_task(task).dump(2);
+  const json t = a().describe_task(task);
+  EXPECT_EQ(t["stopCode"], "TaskFailedToStart");
+  const std::string why = t["stoppedReason"];
+  EXPECT_TRUE(why.starts_with("CannotStartContainerError: ")) << why;
+  EXPECT_NE(why.find("/no/such/command"), std::string::npos) << why;
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "STOPPED");
+  EXPECT_EQ(t["containers"][0]["reason"], why);
+  // It is gone from Docker: nothing is left to stop or clean up.
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  dk::list_filter f;
+  f.labels = {{"com.berth.task-arn", task}};
+  auto left = (*e)->list_containers(f);
+  ASSERT_TRUE(left);
+  EXPECT_TRUE(left->empty());
+}
+
+// ECS's order on a stop: the task stays RUNNING (desired STOPPED) while its containers stop,
+// and only then is DEPROVISIONING and STOPPED; the event stream says the same.
+TEST_F(AgentTest, StoppedTaskIsRunningUntilItsContainersExitThenDeprovisioning) {
+  const shared_dir x(a().cluster());
+  // SIGTERM is noted in /x/term and ignored: the container exits when the test creates /x/go.
+  json c = shared_dir::mounted(container(
+      "slow",
+      {"sh", "-c", "trap 'touch /x/term' TERM; while [ ! -e /x/go ]; do sleep 0.1; done; exit 0"}));
+  c["stopTimeout"] = 60;
+  a().register_td("slow", c, x.volumes());
+  const event_watch events(a());
+  ASSERT_TRUE(events.subscribed());
+  auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "slow"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
+  // The stop is under way (the container got SIGTERM) and the container still runs.
+  ASSERT_TRUE(eventually([&] { return x.has("term"); }, 10s)) << a().describe_task(task).dump(2);
+  json t = a().describe_task(task);
+  EXPECT_EQ(t["lastStatus"], "RUNNING");
+  EXPECT_EQ(t["desiredStatus"], "STOPPED");
+  EXPECT_EQ(t["containers"][0]["lastStatus"], "RUNNING");
+  x.touch("go");
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 20s)) << a().describe_task(task).dump(2);
+  t = a().describe_task(task);
+  EXPECT_EQ(t["containers"][0]["exitCode"], 0);
+  EXPECT_EQ(t["stopCode"], "UserInitiated");
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto seen = events.of(task);
+        return !seen.empty() && seen.back()["lastStatus"] == "STOPPED";
+      },
+      10s));
+  std::vector<std::string> states;
+  for (const json& d : events.of(task)) {
+    states.push_back(d["lastStatus"].get<std::string>() + "/" +
+                     d["desiredStatus"].get<std::string>());
+    if (d["lastStatus"] == "DEPROVISIONING") {
+      EXPECT_EQ(d["containers"][0]["lastStatus"], "STOPPED") << "DEPROVISIONING while it ran";
+    }
+  }
+  EXPECT_EQ(states, (std::vector<std::string>{"PROVISIONING/RUNNING", "PENDING/RUNNING",
+                                              "RUNNING/RUNNING", "RUNNING/STOPPED",
+                                              "DEPROVISIONING/STOPPED", "STOPPED/STOPPED"}));
+}
+
 TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
   a().register_td("huge", container("huge", {"true"}, 8 * 1024 * 1024));  // 8 TiB
   auto mem = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "huge"});
@@ -452,9 +599,13 @@ TEST_F(AgentTest, SignaturesAreChecked) {
 }
 
 TEST_F(AgentTest, KillNineThenRestartLosesNothingAndStartsNothingTwice) {
+  const shared_dir x(a().cluster());
   a().register_td("long", container("long", {"sleep", "300"}));
-  json quick = container("quick", {"sh", "-c", "sleep 2; exit 5"});
-  a().register_td("quick", quick);
+  // It exits when told to, once the test has seen it RUNNING.
+  a().register_td("quick",
+                  shared_dir::mounted(container(
+                      "quick", {"sh", "-c", "while [ ! -e /x/go ]; do sleep 0.1; done; exit 5"})),
+                  x.volumes());
   auto r1 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "long"});
   auto r2 = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "quick"});
   ASSERT_EQ(r1.status, 0);
@@ -467,6 +618,7 @@ TEST_F(AgentTest, KillNineThenRestartLosesNothingAndStartsNothingTwice) {
 
   a().stop(SIGKILL);
   // While berthd is down, the quick task's container exits.
+  x.touch("go");
   auto e = dk::testing::daemon();
   ASSERT_TRUE(e);
   dk::list_filter f;
@@ -522,15 +674,19 @@ TEST_F(AgentTest, SigtermLeavesTasksRunning) {
 namespace {
 
 TEST_F(AgentTest, StopCutShortBySigtermResumesAfterRestart) {
-  // sleep as PID 1 ignores SIGTERM: the stop waits out its 8 s grace, then kills.
-  json c = container("stubborn", {"sleep", "300"});
+  const shared_dir x(a().cluster());
+  // SIGTERM is noted in /x/term and ignored: the stop waits out its 8 s grace, then kills.
+  json c = shared_dir::mounted(container(
+      "stubborn", {"sh", "-c", "trap 'touch /x/term' TERM; while :; do sleep 0.1; done"}));
   c["stopTimeout"] = 8;
-  a().register_td("stubborn", c);
+  a().register_td("stubborn", c, x.volumes());
   auto r = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "stubborn"});
   const std::string task = r.body["tasks"][0]["taskArn"];
   ASSERT_TRUE(a().wait_status(task, "RUNNING"));
   ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
-  ASSERT_TRUE(a().wait_status(task, "DEPROVISIONING", 5s));
+  // The stop is under way: the container got SIGTERM, and runs on.
+  ASSERT_TRUE(eventually([&] { return x.has("term"); }, 5s)) << a().describe_task(task).dump(2);
+  EXPECT_EQ(a().describe_task(task)["lastStatus"], "RUNNING");
   const auto t0 = std::chrono::steady_clock::now();
   a().stop(SIGTERM);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s) << "shutdown waited for the stop";
@@ -687,16 +843,24 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
       10s));
 }
 
-// The allocation comes a second after start: an OOM kill within the first milliseconds can beat
-// Docker's watch on the cgroup, and is then seen only as exit code 137.
+// The allocation comes once the task is RUNNING (its start has returned): an OOM kill within the
+// first milliseconds can beat Docker's watch on the cgroup, and is then seen only as exit code
+// 137.
 TEST_F(AgentTest, OutOfMemoryIsTheStoppedReason) {
+  const shared_dir x(a().cluster());
   a().register_td(
       "hog",
-      container("hog", {"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1"},
-                8));
+      shared_dir::mounted(container("hog",
+                                    {"sh", "-c",
+                                     "while [ ! -e /x/go ]; do sleep 0.1; done; "
+                                     "exec dd if=/dev/zero of=/dev/null bs=100M count=1"},
+                                    8)),
+      x.volumes());
   auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "hog"});
   ASSERT_EQ(run.status, 0) << run.err;
   const std::string task = run.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+  x.touch("go");
   ASSERT_TRUE(a().wait_status(task, "STOPPED"));
   const json t = a().describe_task(task);
   EXPECT_EQ(t["stopCode"], "EssentialContainerExited");

@@ -247,12 +247,18 @@ TEST_F(DockerTest, OomKillIsObserved) {
   auto sub = engine_->subscribe(f, log.handlers());
   ASSERT_TRUE(sub) << sub.error().message;
   ASSERT_TRUE(log.wait_resyncs(1, 10s));
-  // dd's 100 MiB buffer cannot fit in 32 MiB without swap. It allocates a second after start:
-  // an OOM kill within the first milliseconds can beat Docker's watch on the cgroup.
-  auto s = spec({"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1"});
+  // dd's 100 MiB buffer cannot fit in 32 MiB without swap. It allocates when the test says so,
+  // after the start has returned: an OOM kill within the first milliseconds can beat Docker's
+  // watch on the cgroup.
+  temp_dir go("berth-oom");
+  auto s = spec({"sh", "-c",
+                 "while [ ! -e /go/now ]; do sleep 0.1; done; "
+                 "exec dd if=/dev/zero of=/dev/null bs=100M count=1"});
+  s.mounts = {{go.path.string(), "/go", true, false}};
   s.memory_bytes = 32 << 20;
   s.memory_swap_bytes = 32 << 20;
   const std::string id = run(s);
+  std::ofstream(go.path / "now").flush();
   auto code = engine_->wait_container(id, 30s);
   ASSERT_TRUE(code) << code.error().message;
   EXPECT_EQ(*code, 137);
