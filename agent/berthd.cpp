@@ -1,5 +1,6 @@
 // berthd: the Berth node agent.
 #include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -28,6 +29,9 @@ int main(int argc, char** argv) {
     std::fputs(cfg->help_text.c_str(), stdout);
     return 0;
   }
+  // Logs go to stderr, as a daemon's do (journald takes both); stdout stays for --help.
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   // Signals are taken by sigwait below, never by a worker thread.
   sigset_t set;

@@ -2,12 +2,15 @@
 #include <grp.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -585,8 +588,27 @@ result<std::unique_ptr<daemon>> start(const config& c) {
     if (!k) return tl::unexpected(k.error());
     keys = std::move(*k);
   }
+  // Who runs on this state directory: berthd.pid names the process and its socket, so that a
+  // second berthd refused on the store can say whom it met.
+  if (auto free = socket_unserved(c.socket); !free) return tl::unexpected(free.error());
+  const std::string pid_file = c.state_dir + "/berthd.pid";
   auto st = open_sqlite_store(c.state_dir);
-  if (!st) return tl::unexpected(st.error());
+  if (!st) {
+    std::ifstream in(pid_file);
+    std::string pid, socket;
+    if (in >> pid >> socket) {
+      return tl::unexpected(error{st.error().message + " (" + pid_file + ": berthd pid " + pid +
+                                  ", socket " + socket + ", state dir " + c.state_dir + ")"});
+    }
+    return tl::unexpected(st.error());
+  }
+  {
+    const std::string tmp = pid_file + ".tmp";
+    std::ofstream(tmp, std::ios::trunc) << ::getpid() << "\n" << c.socket << "\n";
+    (void)::chmod(tmp.c_str(), 0600);
+    std::error_code ec;
+    std::filesystem::rename(tmp, pid_file, ec);
+  }
   auto dm = std::make_unique<daemon_impl>(c, std::move(keys));
   if (auto r = dm->open(std::move(*st)); !r) return tl::unexpected(r.error());
   if (auto r = dm->listen(); !r) return tl::unexpected(r.error());

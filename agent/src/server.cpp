@@ -49,6 +49,7 @@ class server final : public http_server {
       std::error_code fec;
       std::filesystem::create_directories(std::filesystem::path(opts_.socket_path).parent_path(),
                                           fec);
+      if (auto free = socket_unserved(opts_.socket_path); !free) return free;
       std::filesystem::remove(opts_.socket_path, fec);
       unix_.emplace(io_);
       unix_->open(local(), ec);
@@ -405,6 +406,16 @@ class server final : public http_server {
 };
 
 }  // namespace
+
+result<void> socket_unserved(const std::string& path) {
+  // A socket file is stale only when nobody answers on it: a live berthd's is not taken over.
+  asio::io_context io;
+  local::socket probe(io);
+  beast::error_code ec;
+  probe.connect(local::endpoint(path), ec);
+  if (!ec) return tl::unexpected(error{"socket " + path + " is served by another process"});
+  return {};
+}
 
 result<std::unique_ptr<http_server>> serve(const server_options& o, http_handler h) {
   auto s = std::make_unique<server>(o, std::move(h));

@@ -76,6 +76,9 @@ struct server_options {
   std::chrono::milliseconds request_deadline{10'000};
 };
 
+// An error when a process answers on the Unix socket at `path` (its file must not be replaced).
+result<void> socket_unserved(const std::string& path);
+
 // Binds both listeners (removing a stale socket file first) and serves until stop().
 result<std::unique_ptr<http_server>> serve(const server_options& o, http_handler h);
 

@@ -38,12 +38,11 @@ class sqlite_store final : public store {
     if (auto r = exec("PRAGMA busy_timeout=5000"); !r) return r;
     if (auto r = exec("PRAGMA locking_mode=EXCLUSIVE"); !r) return r;
     if (auto r = exec("BEGIN EXCLUSIVE"); !r) {
-      const bool busy = (sqlite3_errcode(db_.get()) & 0xff) == SQLITE_BUSY;
-      return tl::unexpected(error{"store " + path_ +
-                                  (busy ? " is in use by another process (is another berthd "
-                                          "running on this state directory?): "
-                                        : " is damaged: ") +
-                                  sqlite3_errmsg(db_.get())});
+      if ((sqlite3_errcode(db_.get()) & 0xff) == SQLITE_BUSY) {
+        return tl::unexpected(error{"store " + path_ + " is in use by " + lock_holder() +
+                                    ": another berthd runs on this state directory"});
+      }
+      return tl::unexpected(error{"store " + path_ + " is damaged: " + sqlite3_errmsg(db_.get())});
     }
     if (auto r = exec("COMMIT"); !r) return r;
     // A damaged file is refused, naming it: starting on it would mean starting with its tasks
@@ -161,6 +160,18 @@ class sqlite_store final : public store {
   }
 
  private:
+  // Who holds the database's lock, from the kernel's record of it.
+  std::string lock_holder() const {
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return "another process";
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    const bool known = ::fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK && fl.l_pid > 0;
+    ::close(fd);
+    return known ? "pid " + std::to_string(fl.l_pid) : "another process";
+  }
+
   result<void> exec(const char* sql) {
     char* msg = nullptr;
     if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {

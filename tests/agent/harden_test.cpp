@@ -301,6 +301,28 @@ TEST_F(HardenTest, LostOrDamagedStoreIsRefusedNamingWhatRuns) {
   EXPECT_TRUE(left->empty());
 }
 
+// A second berthd on a state directory or socket in use is refused, naming who holds it; the
+// first one serves on, untouched.
+TEST_F(HardenTest, SecondBerthdOnTheSameStateOrSocketIsRefusedNamingTheHolder) {
+  const std::string base = std::string(BERTHD) + " --config=/dev/null --cluster=" + a().cluster();
+  auto same_state = run_shell(base + " --state-dir=" + (a().dir() / "state").string() +
+                                  " --socket=" + (a().dir() / "other.sock").string(),
+                              a().dir() / "second.err");
+  EXPECT_NE(same_state.status, 0);
+  EXPECT_NE(same_state.err.find("pid " + std::to_string(a().pid())), std::string::npos)
+      << same_state.err;
+  EXPECT_NE(same_state.err.find(a().socket()), std::string::npos) << same_state.err;
+  auto same_socket = run_shell(
+      base + " --state-dir=" + (a().dir() / "state2").string() + " --socket=" + a().socket(),
+      a().dir() / "second.err");
+  EXPECT_NE(same_socket.status, 0);
+  EXPECT_NE(same_socket.err.find("served by another process"), std::string::npos)
+      << same_socket.err;
+  EXPECT_EQ(a().raw("ListClusters", "{}").first, 200);
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+}
+
 // nobody read environment values through Describe* and from a 0644 berth.db in a 0755 dir.
 TEST_F(HardenTest, StateIsPrivateAndReadersSeeNoSecrets) {
   json c = container("web", {"sleep", "300"});
