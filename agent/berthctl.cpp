@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "berth/version.hpp"
+
 using nlohmann::json;
 
 namespace {
@@ -199,7 +201,7 @@ reply post(const std::string& socket, const std::string& target, const json& bod
   curl_easy_setopt(c.h, CURLOPT_NOSIGNAL, 1L);
   c.headers = curl_slist_append(c.headers, "Content-Type: application/x-amz-json-1.1");
   c.headers = curl_slist_append(c.headers, ("X-Amz-Target: " + target).c_str());
-  c.headers = curl_slist_append(c.headers, "User-Agent: berthctl/0.7.0");
+  c.headers = curl_slist_append(c.headers, "User-Agent: berthctl/" BERTH_VERSION);
   c.headers = curl_slist_append(c.headers, "Expect:");
   curl_easy_setopt(c.h, CURLOPT_HTTPHEADER, c.headers);
   reply r;

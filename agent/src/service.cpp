@@ -22,6 +22,7 @@
 #include "audit.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
+#include "berth/version.hpp"
 #include "imds.hpp"
 #include "util.hpp"
 
@@ -474,7 +475,7 @@ class service_impl final : public service {
     ci.erase("agentUpdateStatus");
     utsname u{};
     ::uname(&u);
-    ci["versionInfo"] = {{"agentVersion", "berth-0.6.0"},
+    ci["versionInfo"] = {{"agentVersion", BERTH_VERSION},
                          {"agentHash", "berth"},
                          {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
     // Built-in attributes, then configured ones, then any put through the API before.
@@ -2721,7 +2722,7 @@ class service_impl final : public service {
   json metadata() override {
     return {{"Cluster", cfg_.cluster},
             {"ContainerInstanceArn", instance_arn_},
-            {"Version", "Amazon ECS Agent - v1.0.0 (berth-0.7.0)"}};
+            {"Version", "Amazon ECS Agent - v" BERTH_VERSION " (berth)"}};
   }
 
   // As the ECS agent reports a status: RUNNING, STOPPED, or PENDING for anything before.

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "agent_fixture.hpp"
+#include "berth/version.hpp"
 
 namespace {
 
@@ -408,6 +409,24 @@ TEST(AgentAdminGroupTest, MembersOfTheAdminGroupMayRunTasks) {
   auto outsider =
       a.berthctl({"run-task", "--cluster", a.cluster(), "--task-definition", "web"}, nobody);
   EXPECT_EQ(outsider.status, 1) << outsider.err;
+}
+
+// One version, the project's (CMake's): what berthd reports and what berthctl sends.
+TEST_F(AgentTest, OneVersionInMetadataAgentVersionAndUserAgent) {
+  const std::string version = BERTH_VERSION;
+  ASSERT_TRUE(std::regex_match(version, std::regex(R"(\d+\.\d+\.\d+)"))) << version;
+  EXPECT_EQ(a().get("/v1/metadata").json_body().value("Version", ""),
+            "Amazon ECS Agent - v" + version + " (berth)");
+  const std::string ci = a().berthctl({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  auto d = a().berthctl(
+      {"describe-container-instances", "--cluster", a().cluster(), "--container-instances", ci});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(d.body["containerInstances"][0]["versionInfo"]["agentVersion"], version);
+  const auto records = audit_records(a().dir() / "state" / "audit.log");
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.back()["eventName"], "DescribeContainerInstances");
+  EXPECT_EQ(records.back()["userAgent"], "berthctl/" + version);
 }
 
 TEST_F(AgentTest, AuditLogHasOneCloudTrailRecordPerCallAndNoSecret) {
