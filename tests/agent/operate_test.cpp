@@ -98,6 +98,27 @@ TEST_F(AgentTest, BerthctlSpeaksEveryVerbWithScriptableExitCodes) {
   EXPECT_EQ(absent.status, 3) << absent.err;
 }
 
+// Nothing at the socket: berthctl names it, with the system's reason and where to point it.
+TEST(BerthctlTest, NamesTheSocketItCannotReach) {
+  const fs::path dir = fs::temp_directory_path() / ("berth-ctl-" + test_cluster("-unreachable"));
+  fs::create_directories(dir);
+  const std::unique_ptr<const fs::path, void (*)(const fs::path*)> cleanup(&dir, [](auto* p) {
+    std::error_code ec;
+    fs::remove_all(*p, ec);
+  });
+  const std::string missing = (dir / "none.sock").string();
+  const std::string why = "berthctl: cannot reach berthd at " + missing +
+                          ": No such file or directory (is berthd running? --socket / "
+                          "BERTH_SOCKET)\n";
+  const std::string berthctl = BERTHCTL;
+  auto flag = run_shell(berthctl + " --socket " + missing + " list-clusters", dir / "err");
+  EXPECT_EQ(flag.status, 3);
+  EXPECT_EQ(flag.err, why);
+  auto env = run_shell("BERTH_SOCKET=" + missing + " " + berthctl + " watch", dir / "err");
+  EXPECT_EQ(env.status, 3);
+  EXPECT_EQ(env.err, why);
+}
+
 // Every ECS verb berthctl has, once, with real arguments, in an order where each finds what it
 // needs: each must be answered (exit 0), none refused as usage.
 TEST_F(AgentTest, BerthctlRunsEveryVerb) {
