@@ -1384,6 +1384,14 @@ class service_impl final : public service {
                    "', which must therefore be essential and depend on no other."));
       }
     }
+    BERTH_TRY(compatibilities, r.strings("requiresCompatibilities"));
+    for (const auto& c : compatibilities) {
+      if (c != "EC2") {
+        return tl::unexpected(
+            client("Berth runs tasks on the EC2 launch type only: requiresCompatibilities " + c +
+                   " is not supported."));
+      }
+    }
     BERTH_TRY(volumes, r.list("volumes"));
     if (volumes != nullptr) {
       if (auto ok = check_objects(*volumes, "volumes", {"name"}, {}, {"name"}); !ok) {
@@ -1448,6 +1456,7 @@ class service_impl final : public service {
     }
     if (pid_mode) td["pidMode"] = *pid_mode;
     if (ipc_mode) td["ipcMode"] = *ipc_mode;
+    if (!compatibilities.empty()) td["requiresCompatibilities"] = compatibilities;
     if (auto w = store_->put("taskdef", td_key(family, *rev), td.dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
@@ -1724,6 +1733,7 @@ class service_impl final : public service {
   tl::expected<launch_request, api_error> read_launch(const json& req) {
     launch_request l;
     BERTH_TRY(cluster, find_cluster(req));
+    if (auto ok = check_launch_type(req); !ok) return tl::unexpected(ok.error());
     reader r{req};
     BERTH_TRY(ref, r.required_str("taskDefinition"));
     // The request's own values first, then what they refer to.
@@ -3233,6 +3243,26 @@ class service_impl final : public service {
 };
 
 }  // namespace
+
+tl::expected<void, api_error> check_launch_type(const json& request) {
+  reader r{request};
+  BERTH_TRY(launch_type, r.str("launchType"));
+  if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
+    return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
+                                  *launch_type + " is not supported."));
+  }
+  if (launch_type && *launch_type != "EC2") {
+    return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
+                                  "'. Valid values: EC2, FARGATE, EXTERNAL."));
+  }
+  if (const json& cps = member(request, "capacityProviderStrategy");
+      !cps.is_null() && !(cps.is_array() && cps.empty())) {
+    return tl::unexpected(
+        invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
+                "and capacityProviderStrategy is not supported."));
+  }
+  return {};
+}
 
 result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
                                               std::unique_ptr<dk::engine> d, metrics& m,

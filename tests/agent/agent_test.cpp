@@ -825,7 +825,62 @@ TEST_F(AgentTest, UnappliedOrInvalidLinuxParametersAreRefused) {
                 {"pidMode", "task"},
                 {"containerDefinitions", json::array({helper, container("main", {"true"})})}},
                "ClientException", "'helper'");
+  expect_error(with(json::object(), {{"requiresCompatibilities", {"FARGATE"}}}), "ClientException",
+               "EC2 launch type only");
   EXPECT_TRUE(a().aws({"list-task-definition-families"}).body["families"].empty());
+}
+
+TEST_F(AgentTest, LaunchTypesBerthDoesNotRunAreRefused) {
+  a().register_td("web", container("web", {"sleep", "300"}));
+  const auto refused = [&](const cli_result& r, const std::string& says) {
+    EXPECT_EQ(r.status, 254) << r.out;
+    EXPECT_NE(r.err.find("InvalidParameterException"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+  };
+  for (const char* lt : {"FARGATE", "EXTERNAL"}) {
+    refused(a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                     "--launch-type", lt}),
+            std::string("Berth runs tasks on the EC2 launch type only: launchType ") + lt +
+                " is not supported.");
+    refused(a().aws({"create-service", "--cluster", a().cluster(), "--service-name", "svc",
+                     "--task-definition", "web", "--desired-count", "1", "--launch-type", lt}),
+            "EC2 launch type only");
+  }
+  refused(a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                   "--capacity-provider-strategy", "capacityProvider=FARGATE_SPOT"}),
+          "capacityProviderStrategy");
+  auto bc = a().berthctl({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                          "--launch-type", "FARGATE"});
+  EXPECT_EQ(bc.status, 1);
+  EXPECT_NE(bc.err.find("EC2 launch type only"), std::string::npos) << bc.err;
+  // Not a string, or not a launch type: 400s, never a 500.
+  const std::string cluster = a().cluster();
+  for (const auto& [action, body, type] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": 7})",
+            "SerializationException"},
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": ["EC2"]})",
+            "SerializationException"},
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": "ECS"})",
+            "InvalidParameterException"},
+           {"CreateService",
+            R"({"cluster": ")" + cluster +
+                R"(", "serviceName": "s", "taskDefinition": "web", "launchType": {}})",
+            "SerializationException"}}) {
+    const auto r = a().raw(action, body);
+    EXPECT_EQ(r.first, 400) << body << " -> " << r.second.dump();
+    EXPECT_EQ(r.second.value("__type", ""), type) << body << " -> " << r.second.dump();
+  }
+  // Nothing was started or created by any of them; EC2 still runs.
+  EXPECT_TRUE(a().aws({"list-tasks", "--cluster", cluster}).body["taskArns"].empty());
+  EXPECT_TRUE(a().aws({"list-services", "--cluster", cluster}).body["serviceArns"].empty());
+  auto ec2 = a().aws(
+      {"run-task", "--cluster", cluster, "--task-definition", "web", "--launch-type", "EC2"});
+  ASSERT_EQ(ec2.status, 0) << ec2.err;
+  EXPECT_EQ(ec2.body["tasks"][0]["launchType"], "EC2");
 }
 
 // The allocation comes a second after start: an OOM kill within the first milliseconds can beat
