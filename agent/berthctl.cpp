@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -15,6 +16,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "berth/version.hpp"
 
 using nlohmann::json;
 
@@ -188,6 +191,20 @@ struct curl_easy {
   }
 };
 
+// Why a call on berthd's socket failed, naming the socket. A socket that is missing or refuses
+// connections says so in the system's words (curl's would be "Failed to connect to localhost
+// port 80", its placeholder URL's).
+std::string unreachable_message(const std::string& socket, const curl_easy& c, CURLcode rc) {
+  std::string m = "cannot reach berthd at " + socket + ": ";
+  long os_errno = 0;
+  curl_easy_getinfo(c.h, CURLINFO_OS_ERRNO, &os_errno);
+  if (rc == CURLE_COULDNT_CONNECT && os_errno != 0) {
+    return m + std::strerror(static_cast<int>(os_errno)) +
+           " (is berthd running? --socket / BERTH_SOCKET)";
+  }
+  return m + (c.errbuf[0] != '\0' ? c.errbuf : curl_easy_strerror(rc));
+}
+
 reply post(const std::string& socket, const std::string& target, const json& body) {
   curl_easy c;
   const std::string text = body.dump();
@@ -199,14 +216,14 @@ reply post(const std::string& socket, const std::string& target, const json& bod
   curl_easy_setopt(c.h, CURLOPT_NOSIGNAL, 1L);
   c.headers = curl_slist_append(c.headers, "Content-Type: application/x-amz-json-1.1");
   c.headers = curl_slist_append(c.headers, ("X-Amz-Target: " + target).c_str());
-  c.headers = curl_slist_append(c.headers, "User-Agent: berthctl/0.7.0");
+  c.headers = curl_slist_append(c.headers, "User-Agent: berthctl/" BERTH_VERSION);
   c.headers = curl_slist_append(c.headers, "Expect:");
   curl_easy_setopt(c.h, CURLOPT_HTTPHEADER, c.headers);
   reply r;
   curl_easy_setopt(c.h, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(c.h, CURLOPT_WRITEDATA, &r.body);
-  if (curl_easy_perform(c.h) != CURLE_OK) {
-    throw unreachable{"cannot reach berthd at " + socket + ": " + c.errbuf};
+  if (const CURLcode rc = curl_easy_perform(c.h); rc != CURLE_OK) {
+    throw unreachable{unreachable_message(socket, c, rc)};
   }
   curl_easy_getinfo(c.h, CURLINFO_RESPONSE_CODE, &r.status);
   return r;
@@ -363,7 +380,7 @@ int watch(const std::string& socket, const std::string& output, long limit) {
   const CURLcode rc = curl_easy_perform(c.h);
   if (limit > 0 && w.seen >= limit) return exit_ok;
   if (rc != CURLE_OK) {
-    std::cerr << "berthctl: cannot reach berthd at " << socket << ": " << c.errbuf << "\n";
+    std::cerr << "berthctl: " << unreachable_message(socket, c, rc) << "\n";
     return exit_unreachable;
   }
   return exit_ok;  // berthd ended the stream (it stopped)

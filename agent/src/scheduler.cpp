@@ -346,6 +346,7 @@ class scheduler_impl final : public scheduler {
     if (auto t = expect_type(req, "desiredCount", &json::is_number_integer, "an integer"); !t) {
       return tl::unexpected(t.error());
     }
+    if (auto ok = check_launch_type(req); !ok) return tl::unexpected(ok.error());
     if (auto t = expect_type(req, "healthCheckGracePeriodSeconds", &json::is_number_integer,
                              "an integer");
         !t) {

@@ -23,6 +23,7 @@
 #include "audit.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
+#include "berth/version.hpp"
 #include "imds.hpp"
 #include "util.hpp"
 
@@ -492,7 +493,7 @@ class service_impl final : public service {
     ci.erase("agentUpdateStatus");
     utsname u{};
     ::uname(&u);
-    ci["versionInfo"] = {{"agentVersion", "berth-0.6.0"},
+    ci["versionInfo"] = {{"agentVersion", BERTH_VERSION},
                          {"agentHash", "berth"},
                          {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
     // Built-in attributes, then configured ones, then any put through the API before.
@@ -1192,6 +1193,133 @@ class service_impl final : public service {
         }
       }
     }
+    return check_linux_parameters(member(c, "linuxParameters"), name);
+  }
+
+  // linuxParameters: what Berth applies (capabilities, devices, initProcessEnabled,
+  // sharedMemorySize, tmpfs), checked as ECS checks it; any other member is refused rather than
+  // stored and silently not applied.
+  static tl::expected<void, api_error> check_linux_parameters(const json& lp,
+                                                              const std::string& name) {
+    if (lp.is_null()) return {};
+    if (!lp.is_object()) {
+      return tl::unexpected(serialization("Expected 'linuxParameters' to be an object"));
+    }
+    const auto bad = [&](const std::string& m) {
+      return tl::unexpected(client("Invalid setting for container '" + name + "'. " + m));
+    };
+    for (const auto& [k, v] : lp.items()) {
+      if (k != "capabilities" && k != "devices" && k != "initProcessEnabled" &&
+          k != "sharedMemorySize" && k != "tmpfs") {
+        return bad("linuxParameters." + k + " is not supported by Berth.");
+      }
+    }
+    reader r{lp};
+    if (const json& caps = member(lp, "capabilities"); !caps.is_null()) {
+      if (!caps.is_object()) {
+        return tl::unexpected(
+            serialization("Expected 'linuxParameters.capabilities' to be an object"));
+      }
+      // KernelCapabilities' valid values in ECS's model (botocore's service-2.json).
+      static const std::set<std::string> known = {
+          "ALL",        "AUDIT_CONTROL",   "AUDIT_WRITE",      "BLOCK_SUSPEND",
+          "CHOWN",      "DAC_OVERRIDE",    "DAC_READ_SEARCH",  "FOWNER",
+          "FSETID",     "IPC_LOCK",        "IPC_OWNER",        "KILL",
+          "LEASE",      "LINUX_IMMUTABLE", "MAC_ADMIN",        "MAC_OVERRIDE",
+          "MKNOD",      "NET_ADMIN",       "NET_BIND_SERVICE", "NET_BROADCAST",
+          "NET_RAW",    "SETFCAP",         "SETGID",           "SETPCAP",
+          "SETUID",     "SYS_ADMIN",       "SYS_BOOT",         "SYS_CHROOT",
+          "SYS_MODULE", "SYS_NICE",        "SYS_PACCT",        "SYS_PTRACE",
+          "SYS_RAWIO",  "SYS_RESOURCE",    "SYS_TIME",         "SYS_TTY_CONFIG",
+          "SYSLOG",     "WAKE_ALARM"};
+      for (const char* k : {"add", "drop"}) {
+        const std::string what = std::string("linuxParameters.capabilities.") + k;
+        if (auto ok = check_strings(member(caps, k), what); !ok) return tl::unexpected(ok.error());
+        for (const auto& cap : member(caps, k).is_array() ? caps[k] : json::array()) {
+          if (!known.contains(cap.get<std::string>())) {
+            return bad(what + " holds '" + cap.get<std::string>() +
+                       "', which is not a valid capability. Valid values are as ECS names them, "
+                       "without CAP_: ALL, CHOWN, NET_ADMIN, SYS_ADMIN, SYS_PTRACE, ...");
+          }
+        }
+      }
+    }
+    BERTH_TRY(devices, r.list("devices"));
+    if (devices != nullptr) {
+      if (auto ok = check_objects(*devices, "linuxParameters.devices",
+                                  {"hostPath", "containerPath"}, {}, {"hostPath"});
+          !ok) {
+        return tl::unexpected(ok.error());
+      }
+      for (const auto& d : *devices) {
+        for (const char* k : {"hostPath", "containerPath"}) {
+          if (d.contains(k) && !d[k].get<std::string>().starts_with("/")) {
+            return bad(std::string("linuxParameters.devices ") + k + " '" +
+                       d[k].get<std::string>() + "' must be an absolute path.");
+          }
+        }
+        const json& perms = member(d, "permissions");
+        if (auto ok = check_strings(perms, "linuxParameters.devices.permissions"); !ok) {
+          return tl::unexpected(ok.error());
+        }
+        for (const auto& p : perms.is_array() ? perms : json::array()) {
+          if (p != "read" && p != "write" && p != "mknod") {
+            return bad("linuxParameters.devices permissions '" + p.get<std::string>() +
+                       "' is not valid. Valid values: read, write, mknod.");
+          }
+        }
+      }
+    }
+    if (lp.contains("initProcessEnabled") && !lp["initProcessEnabled"].is_null() &&
+        !lp["initProcessEnabled"].is_boolean()) {
+      return tl::unexpected(
+          serialization("Expected 'linuxParameters.initProcessEnabled' to be a boolean"));
+    }
+    BERTH_TRY(shm, r.integer("sharedMemorySize"));
+    if (shm && (*shm < 1 || *shm > (1 << 24))) {
+      return bad("linuxParameters.sharedMemorySize must be 1 to 16777216 MiB.");
+    }
+    BERTH_TRY(tmpfs, r.list("tmpfs"));
+    if (tmpfs != nullptr) {
+      if (auto ok = check_objects(*tmpfs, "linuxParameters.tmpfs", {"containerPath"}, {"size"},
+                                  {"containerPath", "size"});
+          !ok) {
+        return tl::unexpected(ok.error());
+      }
+      // Tmpfs' mountOptions in ECS's model; those taking a value (mode=1777) by their name.
+      static const std::set<std::string> options = {
+          "defaults",      "ro",         "rw",          "suid",
+          "nosuid",        "dev",        "nodev",       "exec",
+          "noexec",        "sync",       "async",       "dirsync",
+          "remount",       "mand",       "nomand",      "atime",
+          "noatime",       "diratime",   "nodiratime",  "bind",
+          "rbind",         "unbindable", "runbindable", "private",
+          "rprivate",      "shared",     "rshared",     "slave",
+          "rslave",        "relatime",   "norelatime",  "strictatime",
+          "nostrictatime", "mode",       "uid",         "gid",
+          "nr_inodes",     "nr_blocks",  "mpol"};
+      for (const auto& t : *tmpfs) {
+        const std::string path = t["containerPath"];
+        if (!path.starts_with("/")) {
+          return bad("linuxParameters.tmpfs containerPath '" + path +
+                     "' must be an absolute path.");
+        }
+        if (t["size"].get<std::int64_t>() < 1) {
+          return bad("linuxParameters.tmpfs size of '" + path + "' must be at least 1 MiB.");
+        }
+        const json& opts = member(t, "mountOptions");
+        if (auto ok = check_strings(opts, "linuxParameters.tmpfs.mountOptions"); !ok) {
+          return tl::unexpected(ok.error());
+        }
+        for (const auto& o : opts.is_array() ? opts : json::array()) {
+          const std::string opt = o;
+          if (!options.contains(opt.substr(0, opt.find('='))) ||
+              opt.find(',') != std::string::npos) {
+            return bad("linuxParameters.tmpfs mountOptions '" + opt + "' is not valid.");
+          }
+        }
+      }
+    }
     return {};
   }
 
@@ -1296,6 +1424,36 @@ class service_impl final : public service {
         return tl::unexpected(client("dependsOn has a cycle"));
       }
     }
+    // The task's namespaces. "task" shares the first container's with the others, as the ECS
+    // agent shares its pause container's: that container must be up before and while they run.
+    BERTH_TRY(pid_mode, r.str("pidMode"));
+    BERTH_TRY(ipc_mode, r.str("ipcMode"));
+    if (pid_mode && *pid_mode != "host" && *pid_mode != "task") {
+      return tl::unexpected(
+          client("Invalid pidMode value '" + *pid_mode + "'. Valid values: host, task."));
+    }
+    if (ipc_mode && *ipc_mode != "host" && *ipc_mode != "task" && *ipc_mode != "none") {
+      return tl::unexpected(
+          client("Invalid ipcMode value '" + *ipc_mode + "'. Valid values: host, task, none."));
+    }
+    if (pid_mode == "task" || ipc_mode == "task") {
+      const json& first = (*containers)[0];
+      if (!first.value("essential", true) || !member(first, "dependsOn").empty()) {
+        return tl::unexpected(
+            client("pidMode or ipcMode 'task': the task's containers share the namespace of its "
+                   "first container, '" +
+                   first["name"].get<std::string>() +
+                   "', which must therefore be essential and depend on no other."));
+      }
+    }
+    BERTH_TRY(compatibilities, r.strings("requiresCompatibilities"));
+    for (const auto& c : compatibilities) {
+      if (c != "EC2") {
+        return tl::unexpected(
+            client("Berth runs tasks on the EC2 launch type only: requiresCompatibilities " + c +
+                   " is not supported."));
+      }
+    }
     BERTH_TRY(volumes, r.list("volumes"));
     if (volumes != nullptr) {
       if (auto ok = check_objects(*volumes, "volumes", {"name"}, {}, {"name"}); !ok) {
@@ -1355,9 +1513,12 @@ class service_impl final : public service {
     }
     if (task_cpu) td["cpu"] = std::to_string(*task_cpu);
     if (task_mem) td["memory"] = std::to_string(*task_mem);
-    for (const char* k : {"taskRoleArn", "executionRoleArn", "pidMode", "ipcMode"}) {
+    for (const char* k : {"taskRoleArn", "executionRoleArn"}) {
       if (req.contains(k)) td[k] = req[k];
     }
+    if (pid_mode) td["pidMode"] = *pid_mode;
+    if (ipc_mode) td["ipcMode"] = *ipc_mode;
+    if (!compatibilities.empty()) td["requiresCompatibilities"] = compatibilities;
     if (auto w = store_->put("taskdef", td_key(family, *rev), td.dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
@@ -1651,6 +1812,7 @@ class service_impl final : public service {
   tl::expected<launch_request, api_error> read_launch(const json& req) {
     launch_request l;
     BERTH_TRY(cluster, find_cluster(req));
+    if (auto ok = check_launch_type(req); !ok) return tl::unexpected(ok.error());
     reader r{req};
     BERTH_TRY(ref, r.required_str("taskDefinition"));
     // The request's own values first, then what they refer to.
@@ -1923,7 +2085,10 @@ class service_impl final : public service {
 
   // ---- tasks: starting ----
 
-  dk::container_spec spec_of(const json& t, const json& c, const json& td) {
+  // `ns_owner`: the Docker id of the task's first container, whose namespaces pidMode and
+  // ipcMode "task" share; empty while that one is being made.
+  dk::container_spec spec_of(const json& t, const json& c, const json& td,
+                             const std::string& ns_owner) {
     const std::string task_arn = t["taskArn"];
     const std::string id = name_of(task_arn);
     dk::container_spec s;
@@ -1989,6 +2154,43 @@ class service_impl final : public service {
     }
     s.readonly_rootfs = c.value("readonlyRootFilesystem", false);
     s.privileged = c.value("privileged", false);
+    const std::string pid = td.value("pidMode", ""), ipc = td.value("ipcMode", "");
+    if (pid == "host") s.pid_mode = "host";
+    if (pid == "task" && !ns_owner.empty()) s.pid_mode = "container:" + ns_owner;
+    if (ipc == "host" || ipc == "none") s.ipc_mode = ipc;
+    if (ipc == "task") s.ipc_mode = ns_owner.empty() ? "shareable" : "container:" + ns_owner;
+    if (const json& lp = member(c, "linuxParameters"); lp.is_object()) {
+      const json& caps = member(lp, "capabilities");
+      for (const auto& x : member(caps, "add").is_array() ? caps["add"] : json::array())
+        s.cap_add.push_back(x);
+      for (const auto& x : member(caps, "drop").is_array() ? caps["drop"] : json::array())
+        s.cap_drop.push_back(x);
+      for (const auto& d : member(lp, "devices").is_array() ? lp["devices"] : json::array()) {
+        dk::device dev;
+        dev.path_on_host = d["hostPath"];
+        dev.path_in_container = d.value("containerPath", dev.path_on_host);
+        if (const json& p = member(d, "permissions"); p.is_array() && !p.empty()) {
+          // In Docker's order: r, w, m.
+          dev.cgroup_permissions.clear();
+          for (const auto& [word, letter] :
+               {std::pair{"read", 'r'}, std::pair{"write", 'w'}, std::pair{"mknod", 'm'}}) {
+            if (std::find(p.begin(), p.end(), word) != p.end()) dev.cgroup_permissions += letter;
+          }
+        }
+        s.devices.push_back(dev);
+      }
+      if (member(lp, "initProcessEnabled").is_boolean()) s.init = lp["initProcessEnabled"];
+      if (member(lp, "sharedMemorySize").is_number_integer())
+        s.shm_size_bytes = lp["sharedMemorySize"].get<std::int64_t>() << 20;
+      for (const auto& m : member(lp, "tmpfs").is_array() ? lp["tmpfs"] : json::array()) {
+        std::string opts;
+        for (const auto& o :
+             member(m, "mountOptions").is_array() ? m["mountOptions"] : json::array())
+          opts += o.get<std::string>() + ",";
+        s.tmpfs[m["containerPath"]] =
+            opts + "size=" + std::to_string(m["size"].get<std::int64_t>()) + "m";
+      }
+    }
     if (c.contains("healthCheck")) {
       const json& h = c["healthCheck"];
       dk::health_check hc;
@@ -2054,6 +2256,7 @@ class service_impl final : public service {
       t["pullStartedAt"] = now_seconds();
       save(t);
     }
+    std::string ns_owner;
     for (const json* cp : start_order(td["containerDefinitions"])) {
       const json& c = *cp;
       const std::string name = c["name"];
@@ -2069,7 +2272,7 @@ class service_impl final : public service {
             *ok.error().message.c_str() ? ok.error().message : "dependency failed");
         return;
       }
-      const dk::container_spec s = spec_of(t, c, td);
+      const dk::container_spec s = spec_of(t, c, td, ns_owner);
       std::string docker_id;
       {
         std::lock_guard lock(mu_);
@@ -2105,6 +2308,7 @@ class service_impl final : public service {
         }
         save(tt);
       }
+      if (ns_owner.empty()) ns_owner = docker_id;  // the first in start order
       auto made = docker_->inspect_container(docker_id);
       if (made && !made->image_id.empty()) {
         // The image (by id) the task now uses: housekeeping keeps it while the task is known.
@@ -2918,7 +3122,7 @@ class service_impl final : public service {
   json metadata() override {
     return {{"Cluster", cfg_.cluster},
             {"ContainerInstanceArn", instance_arn_},
-            {"Version", "Amazon ECS Agent - v1.0.0 (berth-0.7.0)"}};
+            {"Version", "Amazon ECS Agent - v" BERTH_VERSION " (berth)"}};
   }
 
   // As the ECS agent reports a status: RUNNING, STOPPED, or PENDING for anything before.
@@ -3239,6 +3443,26 @@ class service_impl final : public service {
 };
 
 }  // namespace
+
+tl::expected<void, api_error> check_launch_type(const json& request) {
+  reader r{request};
+  BERTH_TRY(launch_type, r.str("launchType"));
+  if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
+    return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
+                                  *launch_type + " is not supported."));
+  }
+  if (launch_type && *launch_type != "EC2") {
+    return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
+                                  "'. Valid values: EC2, FARGATE, EXTERNAL."));
+  }
+  if (const json& cps = member(request, "capacityProviderStrategy");
+      !cps.is_null() && !(cps.is_array() && cps.empty())) {
+    return tl::unexpected(
+        invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
+                "and capacityProviderStrategy is not supported."));
+  }
+  return {};
+}
 
 result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
                                               std::unique_ptr<dk::engine> d, metrics& m,

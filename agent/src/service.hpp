@@ -46,6 +46,12 @@ class service {
   virtual void shutdown() = 0;
 };
 
+// RunTask's and CreateService's launchType and capacityProviderStrategy: Berth runs the EC2
+// launch type only, so FARGATE and EXTERNAL (InvalidParameterException), any other value, and a
+// capacity provider strategy are refused rather than run as EC2; a launchType that is not a
+// string is a SerializationException.
+tl::expected<void, api_error> check_launch_type(const json& request);
+
 // Creates the cluster if needed, registers this instance, recovers tasks from the store and
 // Docker, and starts the engine.
 // Task state changes go to `events`; placements and task counts to `m`. Both outlive it.

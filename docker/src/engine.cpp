@@ -208,6 +208,19 @@ json create_body(const container_spec& s) {
   if (s.init) host["Init"] = *s.init;
   if (!s.cap_add.empty()) host["CapAdd"] = s.cap_add;
   if (!s.cap_drop.empty()) host["CapDrop"] = s.cap_drop;
+  if (!s.pid_mode.empty()) host["PidMode"] = s.pid_mode;
+  if (!s.ipc_mode.empty()) host["IpcMode"] = s.ipc_mode;
+  if (!s.devices.empty()) {
+    json d = json::array();
+    for (const auto& x : s.devices) {
+      d.push_back({{"PathOnHost", x.path_on_host},
+                   {"PathInContainer", x.path_in_container},
+                   {"CgroupPermissions", x.cgroup_permissions}});
+    }
+    host["Devices"] = d;
+  }
+  if (!s.tmpfs.empty()) host["Tmpfs"] = s.tmpfs;
+  if (s.shm_size_bytes > 0) host["ShmSize"] = s.shm_size_bytes;
   if (s.log) host["LogConfig"] = {{"Type", s.log->type}, {"Config", s.log->config}};
   body["HostConfig"] = host;
   return body;

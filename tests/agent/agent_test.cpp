@@ -843,6 +843,202 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
       10s));
 }
 
+// What Docker holds for a container: GET /containers/{id}/json on the daemon's socket (HTTP/1.0,
+// so the answer is not chunked).
+json docker_inspect(const std::string& id) {
+  const std::string got =
+      unix_exchange("/var/run/docker.sock", "GET /containers/" + id + "/json HTTP/1.0\r\n\r\n");
+  const auto b = got.find("\r\n\r\n");
+  return json::parse(b == std::string::npos ? "" : got.substr(b + 4), nullptr, false);
+}
+
+// Registers a task definition from its JSON through the AWS CLI; the CLI's result.
+cli_result register_json(const agent& a, const json& td) {
+  const fs::path f = a.dir() / (td["family"].get<std::string>() + ".json");
+  std::ofstream(f) << td.dump();
+  return a.aws({"register-task-definition", "--cli-input-json", "file://" + f.string()});
+}
+
+TEST_F(AgentTest, LinuxParametersPidAndIpcModesReachDocker) {
+  // host namespaces, capabilities, a device, init, tmpfs.
+  json solo = container("solo", {"sh", "-c",
+                                 "test -c /dev/berth-null && echo device; "
+                                 "grep -q ' /scratch tmpfs ' /proc/mounts && echo tmpfs; "
+                                 "exec sleep 300"});
+  solo["linuxParameters"] = {
+      {"capabilities", {{"add", {"SYS_ADMIN", "NET_ADMIN"}}, {"drop", {"MKNOD"}}}},
+      {"devices", json::array({{{"hostPath", "/dev/null"},
+                                {"containerPath", "/dev/berth-null"},
+                                {"permissions", {"read", "write"}}}})},
+      {"initProcessEnabled", true},
+      {"tmpfs", json::array({{{"containerPath", "/scratch"},
+                              {"size", 16},
+                              {"mountOptions", {"noexec", "mode=1777"}}}})}};
+  auto reg = register_json(a(), {{"family", "hostns"},
+                                 {"pidMode", "host"},
+                                 {"ipcMode", "none"},
+                                 {"containerDefinitions", json::array({solo})}});
+  ASSERT_EQ(reg.status, 0) << reg.err;
+  EXPECT_EQ(reg.body["taskDefinition"]["pidMode"], "host");
+  EXPECT_EQ(reg.body["taskDefinition"]["ipcMode"], "none");
+  // Two containers sharing the first one's PID and IPC namespaces; /dev/shm sized.
+  json first = container("first", {"sleep", "300"});
+  first["linuxParameters"] = {{"sharedMemorySize", 96}};
+  reg = register_json(
+      a(), {{"family", "taskns"},
+            {"pidMode", "task"},
+            {"ipcMode", "task"},
+            {"requiresCompatibilities", {"EC2"}},
+            {"containerDefinitions", json::array({first, container("second", {"sleep", "300"})})}});
+  ASSERT_EQ(reg.status, 0) << reg.err;
+
+  std::map<std::string, std::string> ids;  // container name -> Docker id
+  for (const char* family : {"hostns", "taskns"}) {
+    auto run = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", family,
+                        "--launch-type", "EC2"});
+    ASSERT_EQ(run.status, 0) << run.err;
+    const std::string task = run.body["tasks"][0]["taskArn"];
+    ASSERT_TRUE(a().wait_status(task, "RUNNING")) << a().describe_task(task).dump(2);
+    const json t = a().describe_task(task);
+    for (const auto& c : t["containers"]) ids[c["name"]] = c.value("runtimeId", "");
+  }
+  const auto caps = [](const json& list) {
+    std::set<std::string> out;  // Docker 20.10+ answers CAP_SYS_ADMIN for SYS_ADMIN
+    for (const auto& c : list.is_array() ? list : json::array()) {
+      const std::string n = c;
+      out.insert(n.starts_with("CAP_") ? n.substr(4) : n);
+    }
+    return out;
+  };
+  const json solo_host = docker_inspect(ids["solo"])["HostConfig"];
+  ASSERT_TRUE(solo_host.is_object()) << ids["solo"];
+  EXPECT_EQ(caps(solo_host["CapAdd"]), (std::set<std::string>{"SYS_ADMIN", "NET_ADMIN"}));
+  EXPECT_EQ(caps(solo_host["CapDrop"]), std::set<std::string>{"MKNOD"});
+  EXPECT_EQ(solo_host["Devices"], json::parse(R"([{"PathOnHost": "/dev/null",
+      "PathInContainer": "/dev/berth-null", "CgroupPermissions": "rw"}])"));
+  EXPECT_EQ(solo_host["PidMode"], "host");
+  EXPECT_EQ(solo_host["IpcMode"], "none");
+  EXPECT_EQ(solo_host["Init"], true);
+  EXPECT_EQ(solo_host["Tmpfs"], json({{"/scratch", "noexec,mode=1777,size=16m"}}));
+  auto e = dk::testing::daemon();
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto logs = (*e)->logs(ids["solo"], 10);
+        return logs && *logs == "device\ntmpfs\n";
+      },
+      10s))
+      << (*e)->logs(ids["solo"], 10).value_or("");
+
+  const json first_host = docker_inspect(ids["first"])["HostConfig"];
+  const json second_host = docker_inspect(ids["second"])["HostConfig"];
+  EXPECT_EQ(first_host["IpcMode"], "shareable");
+  EXPECT_EQ(first_host.value("PidMode", ""), "");
+  EXPECT_EQ(first_host["ShmSize"], 96 << 20);
+  EXPECT_EQ(second_host["PidMode"], "container:" + ids["first"]);
+  EXPECT_EQ(second_host["IpcMode"], "container:" + ids["first"]);
+}
+
+TEST_F(AgentTest, UnappliedOrInvalidLinuxParametersAreRefused) {
+  const auto expect_error = [&](const json& td, const std::string& type, const std::string& says) {
+    const auto r = a().raw("RegisterTaskDefinition", td.dump());
+    EXPECT_EQ(r.first, 400) << r.second.dump();
+    EXPECT_EQ(r.second.value("__type", ""), type) << td.dump();
+    EXPECT_NE(r.second.value("message", "").find(says), std::string::npos) << r.second.dump();
+  };
+  const auto with = [](const json& linux_parameters, const json& task = json::object()) {
+    json c = container("c", {"true"});
+    c["linuxParameters"] = linux_parameters;
+    json td = {{"family", "bad"}, {"containerDefinitions", json::array({c})}};
+    for (const auto& [k, v] : task.items()) td[k] = v;
+    return td;
+  };
+  expect_error(with({{"capabilities", {{"add", {"SYS_WIZARD"}}}}}), "ClientException",
+               "SYS_WIZARD");
+  expect_error(with({{"capabilities", {{"drop", {"CAP_NET_RAW"}}}}}), "ClientException",
+               "CAP_NET_RAW");
+  expect_error(with({{"capabilities", {{"add", "SYS_ADMIN"}}}}), "SerializationException",
+               "capabilities.add");
+  expect_error(with({{"devices", json::array({{{"hostPath", "dev/null"}}})}}), "ClientException",
+               "absolute");
+  expect_error(
+      with({{"devices",
+             json::array({{{"hostPath", "/dev/null"}, {"containerPath", "berth-null"}}})}}),
+      "ClientException", "absolute");
+  expect_error(
+      with({{"devices",
+             json::array({{{"hostPath", "/dev/null"}, {"permissions", {"read", "execute"}}}})}}),
+      "ClientException", "execute");
+  expect_error(with({{"tmpfs", json::array({{{"containerPath", "/t"}, {"size", 0}}})}}),
+               "ClientException", "size");
+  expect_error(with({{"maxSwap", 64}}), "ClientException", "linuxParameters.maxSwap");
+  expect_error(with({{"swappiness", 10}}), "ClientException", "linuxParameters.swappiness");
+  expect_error(with(json::object(), {{"pidMode", "container"}}), "ClientException", "pidMode");
+  expect_error(with(json::object(), {{"ipcMode", "shareable"}}), "ClientException", "ipcMode");
+  json helper = container("helper", {"true"});
+  helper["essential"] = false;
+  expect_error({{"family", "bad"},
+                {"pidMode", "task"},
+                {"containerDefinitions", json::array({helper, container("main", {"true"})})}},
+               "ClientException", "'helper'");
+  expect_error(with(json::object(), {{"requiresCompatibilities", {"FARGATE"}}}), "ClientException",
+               "EC2 launch type only");
+  EXPECT_TRUE(a().aws({"list-task-definition-families"}).body["families"].empty());
+}
+
+TEST_F(AgentTest, LaunchTypesBerthDoesNotRunAreRefused) {
+  a().register_td("web", container("web", {"sleep", "300"}));
+  const auto refused = [&](const cli_result& r, const std::string& says) {
+    EXPECT_EQ(r.status, 254) << r.out;
+    EXPECT_NE(r.err.find("InvalidParameterException"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+  };
+  for (const char* lt : {"FARGATE", "EXTERNAL"}) {
+    refused(a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                     "--launch-type", lt}),
+            std::string("Berth runs tasks on the EC2 launch type only: launchType ") + lt +
+                " is not supported.");
+    refused(a().aws({"create-service", "--cluster", a().cluster(), "--service-name", "svc",
+                     "--task-definition", "web", "--desired-count", "1", "--launch-type", lt}),
+            "EC2 launch type only");
+  }
+  refused(a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                   "--capacity-provider-strategy", "capacityProvider=FARGATE_SPOT"}),
+          "capacityProviderStrategy");
+  auto bc = a().berthctl({"run-task", "--cluster", a().cluster(), "--task-definition", "web",
+                          "--launch-type", "FARGATE"});
+  EXPECT_EQ(bc.status, 1);
+  EXPECT_NE(bc.err.find("EC2 launch type only"), std::string::npos) << bc.err;
+  // Not a string, or not a launch type: 400s, never a 500.
+  const std::string cluster = a().cluster();
+  for (const auto& [action, body, type] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": 7})",
+            "SerializationException"},
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": ["EC2"]})",
+            "SerializationException"},
+           {"RunTask",
+            R"({"cluster": ")" + cluster + R"(", "taskDefinition": "web", "launchType": "ECS"})",
+            "InvalidParameterException"},
+           {"CreateService",
+            R"({"cluster": ")" + cluster +
+                R"(", "serviceName": "s", "taskDefinition": "web", "launchType": {}})",
+            "SerializationException"}}) {
+    const auto r = a().raw(action, body);
+    EXPECT_EQ(r.first, 400) << body << " -> " << r.second.dump();
+    EXPECT_EQ(r.second.value("__type", ""), type) << body << " -> " << r.second.dump();
+  }
+  // Nothing was started or created by any of them; EC2 still runs.
+  EXPECT_TRUE(a().aws({"list-tasks", "--cluster", cluster}).body["taskArns"].empty());
+  EXPECT_TRUE(a().aws({"list-services", "--cluster", cluster}).body["serviceArns"].empty());
+  auto ec2 = a().aws(
+      {"run-task", "--cluster", cluster, "--task-definition", "web", "--launch-type", "EC2"});
+  ASSERT_EQ(ec2.status, 0) << ec2.err;
+  EXPECT_EQ(ec2.body["tasks"][0]["launchType"], "EC2");
+}
+
 // The allocation comes once the task is RUNNING (its start has returned): an OOM kill within the
 // first milliseconds can beat Docker's watch on the cgroup, and is then seen only as exit code
 // 137.

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "agent_fixture.hpp"
+#include "berth/version.hpp"
 
 namespace {
 
@@ -95,6 +96,27 @@ TEST_F(AgentTest, BerthctlSpeaksEveryVerbWithScriptableExitCodes) {
   // 3: no berthd there.
   auto absent = a().berthctl({"--socket", (a().dir() / "none.sock").string(), "list-clusters"});
   EXPECT_EQ(absent.status, 3) << absent.err;
+}
+
+// Nothing at the socket: berthctl names it, with the system's reason and where to point it.
+TEST(BerthctlTest, NamesTheSocketItCannotReach) {
+  const fs::path dir = fs::temp_directory_path() / ("berth-ctl-" + test_cluster("-unreachable"));
+  fs::create_directories(dir);
+  const std::unique_ptr<const fs::path, void (*)(const fs::path*)> cleanup(&dir, [](auto* p) {
+    std::error_code ec;
+    fs::remove_all(*p, ec);
+  });
+  const std::string missing = (dir / "none.sock").string();
+  const std::string why = "berthctl: cannot reach berthd at " + missing +
+                          ": No such file or directory (is berthd running? --socket / "
+                          "BERTH_SOCKET)\n";
+  const std::string berthctl = BERTHCTL;
+  auto flag = run_shell(berthctl + " --socket " + missing + " list-clusters", dir / "err");
+  EXPECT_EQ(flag.status, 3);
+  EXPECT_EQ(flag.err, why);
+  auto env = run_shell("BERTH_SOCKET=" + missing + " " + berthctl + " watch", dir / "err");
+  EXPECT_EQ(env.status, 3);
+  EXPECT_EQ(env.err, why);
 }
 
 // Every ECS verb berthctl has, once, with real arguments, in an order where each finds what it
@@ -408,6 +430,24 @@ TEST(AgentAdminGroupTest, MembersOfTheAdminGroupMayRunTasks) {
   auto outsider =
       a.berthctl({"run-task", "--cluster", a.cluster(), "--task-definition", "web"}, nobody);
   EXPECT_EQ(outsider.status, 1) << outsider.err;
+}
+
+// One version, the project's (CMake's): what berthd reports and what berthctl sends.
+TEST_F(AgentTest, OneVersionInMetadataAgentVersionAndUserAgent) {
+  const std::string version = BERTH_VERSION;
+  ASSERT_TRUE(std::regex_match(version, std::regex(R"(\d+\.\d+\.\d+)"))) << version;
+  EXPECT_EQ(a().get("/v1/metadata").json_body().value("Version", ""),
+            "Amazon ECS Agent - v" + version + " (berth)");
+  const std::string ci = a().berthctl({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  auto d = a().berthctl(
+      {"describe-container-instances", "--cluster", a().cluster(), "--container-instances", ci});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(d.body["containerInstances"][0]["versionInfo"]["agentVersion"], version);
+  const auto records = audit_records(a().dir() / "state" / "audit.log");
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.back()["eventName"], "DescribeContainerInstances");
+  EXPECT_EQ(records.back()["userAgent"], "berthctl/" + version);
 }
 
 TEST_F(AgentTest, AuditLogHasOneCloudTrailRecordPerCallAndNoSecret) {

@@ -88,6 +88,10 @@ struct health_check {
   std::chrono::nanoseconds interval{0}, timeout{0}, start_period{0};
   int retries = 0;
 };
+struct device {
+  std::string path_on_host, path_in_container;
+  std::string cgroup_permissions = "rwm";  // some of r (read), w (write), m (mknod)
+};
 struct log_config {
   std::string type;  // json-file, none, ...
   std::map<std::string, std::string> config;
@@ -111,7 +115,12 @@ struct container_spec {
   std::vector<ulimit> ulimits;
   bool readonly_rootfs = false, privileged = false;
   std::optional<bool> init;
-  std::vector<std::string> cap_add, cap_drop;
+  std::vector<std::string> cap_add, cap_drop;  // SYS_ADMIN or CAP_SYS_ADMIN, or ALL
+  // host, none, shareable, private or container:<id>; empty: Docker's default.
+  std::string pid_mode, ipc_mode;
+  std::vector<device> devices;
+  std::map<std::string, std::string> tmpfs;  // container path -> mount options ("size=64m")
+  std::int64_t shm_size_bytes = 0;           // /dev/shm's size; zero: Docker's default
   std::optional<log_config> log;
   std::optional<health_check> health;
 };
