@@ -413,8 +413,15 @@ result<void> socket_unserved(const std::string& path) {
   local::socket probe(io);
   beast::error_code ec;
   probe.connect(local::endpoint(path), ec);
-  if (!ec) return tl::unexpected(error{"socket " + path + " is served by another process"});
-  return {};
+  if (ec) return {};
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  const std::string who =
+      ::getsockopt(probe.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0
+          ? "pid " + std::to_string(cred.pid)
+          : "another process";
+  return tl::unexpected(error{"socket " + path + " is served by " + who +
+                              " (another berthd? give this one its own --socket)"});
 }
 
 result<std::unique_ptr<http_server>> serve(const server_options& o, http_handler h) {

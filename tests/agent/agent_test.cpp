@@ -797,8 +797,9 @@ TEST_F(AgentTest, DependsOnHealthChecksVolumesAndEnvironmentAreHonoured) {
   init["essential"] = false;
   json app = container("app", {"sh", "-c", "cat /data/greeting; echo $MODE; exec sleep 300"});
   app["dependsOn"] = json::array({{{"containerName", "init"}, {"condition", "SUCCESS"}}});
+  // ECS's shortest interval, 5 s: Docker runs the first check one interval after the start.
   app["healthCheck"] = {{"command", {"CMD-SHELL", "test -f /data/greeting"}},
-                        {"interval", 1},
+                        {"interval", 5},
                         {"timeout", 2},
                         {"retries", 2}};
   app["environment"] = json::array({{{"name", "MODE"}, {"value", "berth"}}});

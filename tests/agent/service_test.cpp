@@ -357,9 +357,10 @@ TEST_F(ServiceTest, AnUnhealthyTaskIsReplaced) {
   const fs::path flags = a().dir() / "flags";
   fs::create_directories(flags);
   json c = web("rev1");
+  // ECS's shortest interval and timeout (5 s, 2 s): one failed check makes a task unhealthy.
   c["healthCheck"] = {{"command", {"CMD-SHELL", "test ! -e /flags/$(hostname)"}},
-                      {"interval", 1},
-                      {"timeout", 1},
+                      {"interval", 5},
+                      {"timeout", 2},
                       {"retries", 1}};
   c["mountPoints"] = {{{"sourceVolume", "flags"}, {"containerPath", "/flags"}}};
   a().register_td("web", c,
