@@ -35,10 +35,10 @@ tl::expected<std::optional<parsed_request>, http_read_error> read_http_request(
     boost::beast::error_code ec;
     const std::size_t n = p.put(boost::asio::buffer(bytes.data() + used, bytes.size() - used), ec);
     used += n;
-    if (ec && ec != http::error::need_more) {
-      return tl::unexpected(http_read_error{ec == http::error::body_limit, ec.message()});
-    }
-    if (n == 0) return std::nullopt;  // what is left is not enough to go on
+    // Beast expects more bytes than before after need_more (it asserts so in a final chunk's
+    // trailer): these are all there are, so the request is incomplete.
+    if (ec == http::error::need_more || (!ec && n == 0)) return std::nullopt;
+    if (ec) return tl::unexpected(http_read_error{ec == http::error::body_limit, ec.message()});
   }
   const auto& req = p.get();
   return parsed_request{to_http_request(req, {}), used, req.keep_alive(), req.version()};
