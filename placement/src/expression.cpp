@@ -85,6 +85,26 @@ bool parse_time(std::string_view s, std::uint64_t& ns) {
   return true;
 }
 
+// Counts in a regular expression ({n}, {n,m}, backreferences) of at most 1000, as RE2 allows:
+// std::regex reads them into an int unchecked (undefined past INT_MAX; found by fuzz_expression)
+// and builds that many states.
+bool counts_fit(std::string_view re) {
+  bool in_braces = false;
+  for (std::size_t i = 0; i < re.size(); ++i) {
+    const char c = re[i];
+    if (c == '{') in_braces = true;
+    if (c == '}') in_braces = false;
+    if (c != '{' && c != '\\' && !(in_braces && c == ',')) continue;
+    std::size_t j = i + 1;
+    for (std::uint32_t n = 0; j < re.size() && re[j] >= '0' && re[j] <= '9'; ++j) {
+      n = n * 10 + static_cast<std::uint32_t>(re[j] - '0');
+      if (n > 1000) return false;
+    }
+    if (c == '\\' && j == i + 1) ++i;  // an escaped character: "\{" is no count
+  }
+  return true;
+}
+
 struct parser {
   std::string_view s;
   std::size_t i = 0;
@@ -306,6 +326,7 @@ struct parser {
   result<void> typed_argument(ast& t, std::size_t at) {
     const std::string& v = t.args.front();
     if (t.o == op::matches) {
+      if (!counts_fit(v)) return syntax(at, "invalid regular expression");
       try {
         t.regex = std::make_shared<const std::regex>(v, std::regex::ECMAScript);
       } catch (const std::regex_error&) {
