@@ -1,4 +1,6 @@
 // berthd's configuration: flags over environment over file over defaults, every value checked.
+#include "config.hpp"
+
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <fstream>
@@ -98,13 +100,12 @@ const setting* by_key(const std::string& k) {
   return nullptr;
 }
 
-result<std::map<std::string, std::string>> read_file(const std::string& path, bool required) {
+}  // namespace
+
+result<std::map<std::string, std::string>> parse_config_text(std::string_view text,
+                                                             const std::string& path) {
   std::map<std::string, std::string> out;
-  std::ifstream in(path);
-  if (!in) {
-    if (required) return tl::unexpected(error{"cannot read config file " + path});
-    return out;
-  }
+  std::istringstream in{std::string(text)};
   std::string line;
   int n = 0;
   while (std::getline(in, line)) {
@@ -136,6 +137,19 @@ result<std::map<std::string, std::string>> read_file(const std::string& path, bo
     out[s->key] = v;
   }
   return out;
+}
+
+namespace {
+
+result<std::map<std::string, std::string>> read_file(const std::string& path, bool required) {
+  std::ifstream in(path);
+  if (!in) {
+    if (required) return tl::unexpected(error{"cannot read config file " + path});
+    return std::map<std::string, std::string>{};
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config_text(text.str(), path);
 }
 
 result<std::uint64_t> unsigned_of(const std::string& key, const std::string& v) {
@@ -334,6 +348,13 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
 
 }  // namespace
 
+result<void> apply_settings(config& c, const std::map<std::string, std::string>& settings) {
+  for (const auto& [k, v] : settings) {
+    if (auto r = apply(c, k, v); !r) return r;
+  }
+  return {};
+}
+
 result<config> load_config(int argc, const char* const* argv,
                            const std::map<std::string, std::string>& environment) {
   config c;
@@ -381,9 +402,7 @@ result<config> load_config(int argc, const char* const* argv,
   for (const auto& [k, v] : from_env) merged[k] = v;
   for (const auto& [k, v] : from_flags) merged[k] = v;
   merged["BERTH_CONFIG"] = file;
-  for (const auto& [k, v] : merged) {
-    if (auto r = apply(c, k, v); !r) return tl::unexpected(r.error());
-  }
+  if (auto r = apply_settings(c, merged); !r) return tl::unexpected(r.error());
   if (c.availability_zone.empty()) c.availability_zone = c.region + "a";
   if (!c.listen_tcp.empty() && c.credentials.empty()) {
     return tl::unexpected(error{"--listen-tcp needs --credentials: TCP requests are signed"});

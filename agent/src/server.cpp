@@ -13,6 +13,8 @@
 #include <optional>
 #include <thread>
 
+#include "http_reader.hpp"
+
 namespace berth::agent {
 
 namespace {
@@ -277,9 +279,8 @@ class server final : public http_server {
     beast::flat_buffer buffer;
     for (;;) {
       beast::error_code ec;
-      http::request_parser<http::string_body> parser;
-      parser.body_limit(opts_.max_body_bytes);
-      parser.header_limit(64 * 1024);
+      request_parser parser;
+      limit_request_parser(parser, opts_.max_body_bytes);
       if (buffer.size() == 0 && !wait_for_request(fd)) break;
       set_deadline(fd, std::chrono::steady_clock::now() + opts_.request_deadline);
       http::read(sock, buffer, parser, ec);
@@ -298,15 +299,7 @@ class server final : public http_server {
         out = malformed(ec.message());
       } else {
         const auto& req = parser.get();
-        http_request r = base;
-        r.method = std::string(req.method_string());
-        r.target = std::string(req.target());
-        for (const auto& f : req) {
-          std::string name(f.name_string());
-          for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-          r.headers[name] = std::string(f.value());
-        }
-        r.body = req.body();
+        http_request r = to_http_request(req, base);
         keep_alive = req.keep_alive();
         version = req.version();
         try {

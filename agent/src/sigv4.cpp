@@ -94,7 +94,14 @@ std::optional<std::chrono::system_clock::time_point> parse_amz_date(const std::s
   std::istringstream in(s);
   in >> std::get_time(&tm, "%Y%m%dT%H%M%SZ");
   if (in.fail() || s.size() != 16) return std::nullopt;
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  // A year past what a time_point holds (2262, in nanoseconds) is malformed: from_time_t would
+  // overflow.
+  const std::time_t t = timegm(&tm);
+  constexpr auto limit =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::duration::max())
+          .count();
+  if (t > limit || t < -limit) return std::nullopt;
+  return std::chrono::system_clock::from_time_t(t);
 }
 
 std::string format_amz_date(std::chrono::system_clock::time_point t) {

@@ -217,7 +217,7 @@ std::uint32_t key_min(const key_args& a, std::uint32_t n) {
     const std::size_t m = n - base < 64 ? n - base : 64;
     const std::uint64_t* k = a.key + base;
     const std::uint32_t* o = a.other + base;
-    for (std::size_t i = 0; i < m; ++i) key[i] = (k[i] >= lo) & (o[i] >= need) ? k[i] : none;
+    for (std::size_t i = 0; i < m; ++i) key[i] = ((k[i] >= lo) & (o[i] >= need)) ? k[i] : none;
     take_lowest(key, m, base, low, found);
   }
   return found;

@@ -10,7 +10,9 @@
 
 #include "audit.hpp"
 #include "berth/agent.hpp"
+#include "config.hpp"
 #include "events.hpp"
+#include "http_reader.hpp"
 #include "metrics.hpp"
 #include "sigv4.hpp"
 #include "store.hpp"
@@ -88,6 +90,20 @@ TEST(ConfigTest, BadValuesAreNamed) {
   ASSERT_TRUE(help);
   EXPECT_TRUE(help->show_help);
   EXPECT_NE(help->help_text.find("ECS_RESERVED_MEMORY"), std::string::npos);
+}
+
+// The file's text on its own, as the fuzzer feeds it: lines numbered, ECS keys mapped.
+TEST(ConfigTest, ParsesTextWithoutAFile) {
+  auto kv = ag::parse_config_text("# c\r\n ECS_CLUSTER = 'q' \r\nECS_OTHER=x\n", "t.conf");
+  ASSERT_TRUE(kv) << kv.error().message;
+  EXPECT_EQ(*kv, (std::map<std::string, std::string>{{"BERTH_CLUSTER", "q"}}));
+  auto bad = ag::parse_config_text("ECS_CLUSTER=a\nnope\n", "t.conf");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("t.conf:2: expected KEY=VALUE"), std::string::npos);
+  ag::config c;
+  ASSERT_TRUE(ag::apply_settings(c, *kv));
+  EXPECT_EQ(c.cluster, "q");
+  EXPECT_FALSE(ag::apply_settings(c, {{"BERTH_AUDIT_KEEP", "1001"}}));
 }
 
 TEST(ConfigTest, HousekeepingTakesTheEcsAgentsKeysAndGoDurations) {
@@ -334,6 +350,52 @@ TEST(AuditTest, RefusedCallsAreCoalescedPerPrincipalPerSecond) {
   struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+// A date past 2262 does not fit a time_point: refused as malformed (it overflowed; found by
+// fuzz_sigv4).
+TEST(SigV4Test, RefusesADatePastWhatATimePointHolds) {
+  ag::credentials keys;
+  keys["AKIDEXAMPLE"] = {"default", "secret", false};
+  ag::signed_request r;
+  r.method = "GET";
+  r.target = "/";
+  r.headers = {{"host", "h"},
+               {"x-amz-date", "28150830T123600Z"},
+               {"authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/28150830/us-east-1/ecs/aws4_request, "
+                "SignedHeaders=host;x-amz-date, Signature=00"}};
+  auto v = ag::verify_sigv4(r, keys, std::chrono::system_clock::now());
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().type, "IncompleteSignatureException");
+}
+
+// The server's parser settings over bytes in memory: pipelined requests, partial input, limits.
+TEST(HttpReaderTest, ReadsPipelinedRequestsAndRefusesLargeBodies) {
+  const std::string two =
+      "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: A.B\r\nContent-Length: 2\r\n\r\n{}"
+      "GET /metrics HTTP/1.0\r\n\r\n";
+  auto first = ag::read_http_request(two, 16);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ((*first)->request.method, "POST");
+  EXPECT_EQ((*first)->request.headers.at("x-amz-target"), "A.B");
+  EXPECT_EQ((*first)->request.body, "{}");
+  EXPECT_TRUE((*first)->keep_alive);
+  auto second = ag::read_http_request(std::string_view(two).substr((*first)->consumed), 16);
+  ASSERT_TRUE(second && *second);
+  EXPECT_EQ((*second)->request.target, "/metrics");
+  EXPECT_EQ((*second)->version, 10u);
+
+  auto partial = ag::read_http_request(std::string_view(two).substr(0, 20), 16);
+  ASSERT_TRUE(partial);
+  EXPECT_FALSE(*partial);
+  auto large = ag::read_http_request("POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n", 16);
+  ASSERT_FALSE(large);
+  EXPECT_TRUE(large.error().body_too_large);
+  auto junk = ag::read_http_request("GET / HTTP/1.1\r\nbad header\r\n\r\n", 16);
+  ASSERT_FALSE(junk);
+  EXPECT_FALSE(junk.error().body_too_large);
+  EXPECT_FALSE(junk.error().message.empty());
 }
 
 }  // namespace

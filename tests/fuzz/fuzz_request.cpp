@@ -1,0 +1,97 @@
+// Every ECS action's request check (agent/src/request_check.cpp): the first byte picks the
+// action, the rest is the body, parsed as berthd parses it. The check must answer every body,
+// name what it refuses, and pass again whatever it once passed (it removes nulls, nothing else).
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+#include "request_check.hpp"
+
+namespace {
+
+constexpr const char* actions[] = {"CreateCluster",
+                                   "ListClusters",
+                                   "DescribeClusters",
+                                   "DeleteCluster",
+                                   "ListContainerInstances",
+                                   "DescribeContainerInstances",
+                                   "UpdateContainerInstancesState",
+                                   "PutAttributes",
+                                   "DeleteAttributes",
+                                   "ListAttributes",
+                                   "RegisterTaskDefinition",
+                                   "DescribeTaskDefinition",
+                                   "ListTaskDefinitions",
+                                   "ListTaskDefinitionFamilies",
+                                   "DeregisterTaskDefinition",
+                                   "RunTask",
+                                   "StartTask",
+                                   "StopTask",
+                                   "ListTasks",
+                                   "DescribeTasks",
+                                   "TagResource",
+                                   "UntagResource",
+                                   "ListTagsForResource",
+                                   "CreateService",
+                                   "UpdateService",
+                                   "DeleteService",
+                                   "DescribeServices",
+                                   "ListServices",
+                                   "Place",
+                                   "NoSuchAction"};
+
+void check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "fuzz_request: %s\n", what);
+    std::abort();
+  }
+}
+
+// berthd refuses bodies nesting deeper than 32 before parsing them; so does this target.
+bool shallow(std::string_view body) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : body) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    if ((c == '{' || c == '[') && ++depth > 32) return false;
+    if (c == '}' || c == ']') --depth;
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return 0;
+  const char* action = actions[data[0] % std::size(actions)];
+  const std::string_view body(reinterpret_cast<const char*>(data) + 1, size - 1);
+  if (!shallow(body)) return 0;
+  nlohmann::json req = nlohmann::json::parse(body, nullptr, false);
+  if (req.is_discarded()) return 0;
+  const auto verdict = berth::agent::check_request(action, req);
+  if (!verdict.type.empty()) {
+    check(verdict.type == "SerializationException" || verdict.type == "InvalidParameterException",
+          "a refusal of an unexpected type");
+    check(!verdict.message.empty(), "a refusal without a message");
+    return 0;
+  }
+  // Passed: a second look passes too, and changes nothing more.
+  const nlohmann::json once = req;
+  check(berth::agent::check_request(action, req).type.empty(), "passed once, refused after");
+  check(req == once, "the check changed a request it had passed");
+  return 0;
+}
