@@ -274,6 +274,10 @@ request_error check_request(std::string_view action, json& request) {
   }
   checker c;
   c.check("", "", a->shape, request, 0);
+  // ECS answers a task definition it will not take with ClientException, whatever the member.
+  if (c.err.type == "InvalidParameterException" && action == "RegisterTaskDefinition") {
+    c.err.type = "ClientException";
+  }
   return c.err;
 }
 

@@ -13,7 +13,9 @@
 namespace berth::agent {
 
 struct request_error {
-  std::string type;  // SerializationException (a wrong type) or InvalidParameterException
+  // SerializationException (a wrong type), else InvalidParameterException (ClientException for
+  // RegisterTaskDefinition, as ECS answers it).
+  std::string type;
   std::string message;
 };
 

@@ -365,7 +365,7 @@ TEST(SigV4Test, RefusesADatePastWhatATimePointHolds) {
                {"authorization",
                 "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/28150830/us-east-1/ecs/aws4_request, "
                 "SignedHeaders=host;x-amz-date, Signature=00"}};
-  auto v = ag::verify_sigv4(r, keys, std::chrono::system_clock::now());
+  auto v = ag::verify_sigv4(r, keys, std::chrono::system_clock::now(), {"us-east-1", "ecs"});
   ASSERT_FALSE(v);
   EXPECT_EQ(v.error().type, "IncompleteSignatureException");
 }

@@ -84,7 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (req.is_discarded()) return 0;
   const auto verdict = berth::agent::check_request(action, req);
   if (!verdict.type.empty()) {
-    check(verdict.type == "SerializationException" || verdict.type == "InvalidParameterException",
+    check(verdict.type == "SerializationException" || verdict.type == "InvalidParameterException" ||
+              verdict.type == "ClientException",
           "a refusal of an unexpected type");
     check(!verdict.message.empty(), "a refusal without a message");
     return 0;
