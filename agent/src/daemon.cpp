@@ -248,7 +248,7 @@ class daemon_impl final : public daemon {
       code = error_type.empty() ? std::to_string(out.status) : error_type;
     }
     // Only known actions get their own series: a caller cannot grow the label set at will.
-    const std::string series = known_.contains(rec.action) ? rec.action : "unknown";
+    const std::string series = known_action(rec.action) ? rec.action : "unknown";
     metrics_.add("berth_api_calls_total", {{"action", series}, {"code", code}});
     metrics_.observe("berth_api_call_duration_seconds", {{"action", series}}, took);
     audit(r, rec, out, id, error_type, error_message);
@@ -547,36 +547,6 @@ class daemon_impl final : public daemon {
   std::condition_variable cv_;
   bool stopped_ = false;
   static constexpr std::size_t max_followers = 64;
-  // The actions metrics give a series of their own.
-  const std::set<std::string> known_ = {"CreateCluster",
-                                        "ListClusters",
-                                        "DescribeClusters",
-                                        "DeleteCluster",
-                                        "ListContainerInstances",
-                                        "DescribeContainerInstances",
-                                        "UpdateContainerInstancesState",
-                                        "PutAttributes",
-                                        "DeleteAttributes",
-                                        "ListAttributes",
-                                        "RegisterTaskDefinition",
-                                        "DescribeTaskDefinition",
-                                        "ListTaskDefinitions",
-                                        "ListTaskDefinitionFamilies",
-                                        "DeregisterTaskDefinition",
-                                        "RunTask",
-                                        "StartTask",
-                                        "StopTask",
-                                        "ListTasks",
-                                        "DescribeTasks",
-                                        "TagResource",
-                                        "UntagResource",
-                                        "ListTagsForResource",
-                                        "Place",
-                                        "CreateService",
-                                        "UpdateService",
-                                        "DeleteService",
-                                        "DescribeServices",
-                                        "ListServices"};
 };
 
 }  // namespace

@@ -266,6 +266,12 @@ const action_def* find_action(std::string_view action) {
 
 bool known_action(std::string_view action) { return find_action(action) != nullptr; }
 
+std::vector<std::string_view> modelled_actions() {
+  std::vector<std::string_view> out;
+  for (const auto& a : ecs_actions) out.emplace_back(a.name);
+  return out;
+}
+
 request_error check_request(std::string_view action, json& request) {
   const action_def* a = find_action(action);
   if (a == nullptr) return {};

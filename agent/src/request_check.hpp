@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace berth::agent {
 
@@ -27,7 +28,10 @@ struct request_error {
 // Returns an empty error type when the request passes.
 request_error check_request(std::string_view action, nlohmann::json& request);
 
-// True when the table knows the action.
+// True when the table knows the action (Place included).
 bool known_action(std::string_view action);
+
+// The ECS actions the table holds, in the model's order.
+std::vector<std::string_view> modelled_actions();
 
 }  // namespace berth::agent

@@ -285,6 +285,20 @@ inline json container(const std::string& name, std::vector<std::string> command,
           {"cpu", 64},    {"essential", true}, {"command", command}};
 }
 
+// The containers Docker holds for a task, in any state. Docker not answering fails the test.
+inline std::vector<dk::container_summary> task_containers(const std::string& task_arn) {
+  auto e = dk::testing::daemon();
+  if (!e) {
+    ADD_FAILURE() << "dockerd does not answer: " << e.error().message;
+    return {};
+  }
+  dk::list_filter f;
+  f.labels = {{"com.berth.task-arn", task_arn}};
+  auto found = (*e)->list_containers(f);
+  if (!found) ADD_FAILURE() << "docker: " << found.error().message;
+  return found ? *found : std::vector<dk::container_summary>{};
+}
+
 // A cluster of the running test's own: <prefix><pid>-<test name>.
 inline std::string test_cluster_name(char prefix) {
   const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();

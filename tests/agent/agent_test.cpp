@@ -334,13 +334,7 @@ TEST_F(AgentTest, ContainerThatFailsToStartStopsTheTaskAtOnce) {
   EXPECT_EQ(t["containers"][0]["lastStatus"], "STOPPED");
   EXPECT_EQ(t["containers"][0]["reason"], why);
   // It is gone from Docker: nothing is left to stop or clean up.
-  auto e = dk::testing::daemon();
-  ASSERT_TRUE(e);
-  dk::list_filter f;
-  f.labels = {{"com.berth.task-arn", task}};
-  auto left = (*e)->list_containers(f);
-  ASSERT_TRUE(left);
-  EXPECT_TRUE(left->empty());
+  EXPECT_TRUE(task_containers(task).empty());
 }
 
 // ECS's order on a stop: the task stays RUNNING (desired STOPPED) while its containers stop,

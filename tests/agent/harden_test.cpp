@@ -292,13 +292,7 @@ TEST_F(HardenTest, LostOrDamagedStoreIsRefusedNamingWhatRuns) {
   // The operator's choice: remove them.
   fs::remove(db);
   ASSERT_TRUE(a().start({"--unknown-containers=remove"})) << a().log();
-  auto e = dk::testing::daemon();
-  ASSERT_TRUE(e);
-  dk::list_filter f;
-  f.labels = {{"com.berth.task-arn", task}};
-  auto left = (*e)->list_containers(f);
-  ASSERT_TRUE(left);
-  EXPECT_TRUE(left->empty());
+  EXPECT_TRUE(task_containers(task).empty());
 }
 
 // A second berthd on a state directory or socket in use is refused, naming who holds it; the
