@@ -303,7 +303,6 @@ class daemon_impl final : public daemon {
   }
 
   // May this Unix peer change things? Root, berthd's own user, and the admin group's members.
-  bool privileged(const http_request& r) const { return privileged(r.uid, r.gid, r.groups); }
   bool privileged(int uid, int gid, const std::vector<int>& groups) const {
     if (uid == 0 || uid == static_cast<int>(::geteuid())) return true;
     char buf[16384];
@@ -404,28 +403,6 @@ class daemon_impl final : public daemon {
                          "application/json");
   }
 
-  // The deepest nesting of JSON brackets outside strings.
-  static int nesting(const std::string& body) {
-    int depth = 0, deepest = 0;
-    bool in_string = false, escaped = false;
-    for (const char c : body) {
-      if (in_string) {
-        if (escaped) {
-          escaped = false;
-        } else if (c == '\\') {
-          escaped = true;
-        } else if (c == '"') {
-          in_string = false;
-        }
-        continue;
-      }
-      if (c == '"') in_string = true;
-      if (c == '{' || c == '[') deepest = std::max(deepest, ++depth);
-      if (c == '}' || c == ']') --depth;
-    }
-    return deepest;
-  }
-
   // The access key id an Authorization header names, signed correctly or not.
   static std::string claimed_key(const http_request& r) {
     const auto a = r.headers.find("authorization");
@@ -485,7 +462,7 @@ class daemon_impl final : public daemon {
     }
     // Nesting deeper than any ECS shape is refused before parsing: copying or printing it would
     // recurse that deep.
-    if (nesting(r.body) > 32) {
+    if (json_nesting(r.body) > 32) {
       return error_response({"SerializationException", "The request body nests too deeply", 400});
     }
     json req = r.body.empty() ? json::object() : json::parse(r.body, nullptr, false);
@@ -504,7 +481,7 @@ class daemon_impl final : public daemon {
                                "The key " + who_key + " may only call Describe* and List* actions",
                                400});
       }
-      if (!r.tcp && !privileged(r)) {
+      if (!r.tcp && !r.privileged) {
         return error_response({"AccessDeniedException",
                                "User " + std::to_string(r.uid) + " (gid " + std::to_string(r.gid) +
                                    ") may only call Describe* and List* "
@@ -527,7 +504,7 @@ class daemon_impl final : public daemon {
     if (!result) return error_response(result.error());
     // Callers who may not change anything see environment values and secret-looking members
     // hidden, by the audit log's rule: reading a task definition is not reading its secrets.
-    const bool admin = r.tcp ? !read_only_key : privileged(r);
+    const bool admin = r.tcp ? !read_only_key : r.privileged;
     http_response ok;
     ok.body = (admin ? *result : redact(*result, std::numeric_limits<std::size_t>::max()))
                   .dump(-1, ' ', false, json::error_handler_t::replace);

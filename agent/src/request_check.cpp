@@ -1,5 +1,6 @@
 #include "request_check.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -69,7 +70,6 @@ bool identifier(std::string_view member) {
                              "hostname",
                              "user",
                              "workingDirectory",
-                             "serviceName",
                              "targetId"}) {
     if (member == m) return true;
   }
@@ -263,6 +263,27 @@ const action_def* find_action(std::string_view action) {
 }
 
 }  // namespace
+
+int json_nesting(std::string_view body) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : body) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    if (c == '{' || c == '[') deepest = std::max(deepest, ++depth);
+    if (c == '}' || c == ']') --depth;
+  }
+  return deepest;
+}
 
 bool known_action(std::string_view action) { return find_action(action) != nullptr; }
 

@@ -28,6 +28,10 @@ struct request_error {
 // Returns an empty error type when the request passes.
 request_error check_request(std::string_view action, nlohmann::json& request);
 
+// The deepest nesting of JSON brackets outside strings. berthd refuses a body nesting deeper
+// than 32 before parsing it: copying or printing it would recurse that deep.
+int json_nesting(std::string_view body);
+
 // True when the table knows the action (Place included).
 bool known_action(std::string_view action);
 

@@ -326,9 +326,10 @@ class scheduler_impl final : public scheduler {
   static tl::expected<void, api_error> grace_period(const json& req) {
     const auto it = req.find("healthCheckGracePeriodSeconds");
     if (it == req.end() || it->is_null()) return {};
-    if (!it->is_number_integer() ||
-        (it->is_number_integer() && !it->is_number_unsigned() && it->get<std::int64_t>() < 0) ||
-        (it->is_number_unsigned() && it->get<std::uint64_t>() > 2147483647ull)) {
+    const bool in_range = it->is_number_unsigned()
+                              ? it->get<std::uint64_t>() <= 2147483647ull
+                              : it->is_number_integer() && it->get<std::int64_t>() >= 0;
+    if (!in_range) {
       return tl::unexpected(
           invalid("healthCheckGracePeriodSeconds must be between 0 and 2147483647"));
     }

@@ -153,6 +153,7 @@ class server final : public http_server {
     p.key = "uid:" + std::to_string(p.base.uid);
     p.privileged =
         o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
+    p.base.privileged = p.privileged;
     return p;
   }
 

@@ -23,6 +23,9 @@ struct http_request {
   std::string peer;         // the TCP peer's address, or "unix"
   int uid = -1, gid = -1;   // a Unix-socket peer's credentials (SO_PEERCRED)
   std::vector<int> groups;  // and its supplementary groups (SO_PEERGROUPS)
+  // server_options::privileged's verdict on those credentials, asked once per connection (the
+  // credentials are the peer's at connect time and do not change with its requests).
+  bool privileged = false;
   std::string query() const {
     const auto q = target.find('?');
     return q == std::string::npos ? std::string() : target.substr(q + 1);

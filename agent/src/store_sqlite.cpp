@@ -67,7 +67,6 @@ class sqlite_store final : public store {
     for (const char* sql : {
              "PRAGMA journal_mode=WAL",
              "PRAGMA synchronous=NORMAL",
-             "PRAGMA busy_timeout=5000",
              "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, key TEXT NOT NULL, "
              "value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID",
              "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT "
