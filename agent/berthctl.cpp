@@ -337,6 +337,38 @@ int answer(const reply& r, const std::string& operation, const std::string& outp
   return exit_refused;
 }
 
+// describe-tasks shows Berth's view beside ECS's: each task's `berthUsage` (memory allocated
+// and used), each container's (memory and CPU used, from its cgroup) and `berthEvents`, from
+// BerthV1.DescribeTaskUsage. ECS's response holds only ECS's members; the merge is the CLI's.
+void with_usage(const std::string& socket, const json& req, reply& r) {
+  json body = json::parse(r.body, nullptr, false);
+  if (r.status != 200 || !body.is_object() || !body.contains("tasks")) return;
+  json ask = {{"tasks", req.value("tasks", json::array())}};
+  if (req.contains("cluster")) ask["cluster"] = req["cluster"];
+  const reply u = post(socket, "BerthV1.DescribeTaskUsage", ask);
+  const json usage = json::parse(u.body, nullptr, false);
+  if (u.status != 200 || !usage.is_object() || !usage.contains("tasks")) return;
+  for (const auto& tu : usage["tasks"]) {
+    for (auto& t : body["tasks"]) {
+      if (t.value("taskArn", "") != tu.value("taskArn", "")) continue;
+      if (tu.contains("memoryUsedBytes")) {
+        t["berthUsage"] = {{"memoryAllocatedMiB", tu["memoryAllocatedMiB"]},
+                           {"memoryUsedBytes", tu["memoryUsedBytes"]}};
+      }
+      if (!tu["events"].empty()) t["berthEvents"] = tu["events"];
+      for (const auto& cu : tu["containers"]) {
+        for (auto& c : t["containers"]) {
+          if (c.value("name", "") != cu.value("name", "")) continue;
+          json v = cu;
+          v.erase("name");
+          c["berthUsage"] = v;
+        }
+      }
+    }
+  }
+  r.body = body.dump();
+}
+
 // `watch`: GET /v1/events, each line printed (and flushed) as it comes.
 struct watch_state {
   std::string buffer, output;
@@ -508,9 +540,9 @@ int main(int argc, char** argv) {
           throw usage_error{std::string("the following arguments are required: ") + m.flag};
         }
       }
-      return answer(
-          post(socket, std::string("AmazonEC2ContainerServiceV20141113.") + b->a->name, req),
-          b->a->name, output);
+      reply r = post(socket, std::string("AmazonEC2ContainerServiceV20141113.") + b->a->name, req);
+      if (b->a->name == std::string("DescribeTasks")) with_usage(socket, req, r);
+      return answer(r, b->a->name, output);
     }
   } catch (const usage_error& e) {
     std::cerr << "berthctl: " << e.message << "\n";

@@ -494,13 +494,10 @@ class daemon_impl final : public daemon {
     if (auto bad = check_request(rec.action, req); !bad.type.empty()) {
       return error_response({bad.type, bad.message, 400});
     }
-    tl::expected<json, api_error> result =
-        berth                            ? (rec.action == "Place"
-                                                ? service_->place(req)
-                                                : tl::unexpected(api_error{"UnknownOperationException",
-                                                "Unknown operation: '" + rec.action + "'"}))
-        : scheduler_->serves(rec.action) ? scheduler_->call(rec.action, req)
-                                         : service_->call(rec.action, req);
+    tl::expected<json, api_error> result = berth ? berth_call(rec.action, req)
+                                           : scheduler_->serves(rec.action)
+                                               ? scheduler_->call(rec.action, req)
+                                               : service_->call(rec.action, req);
     if (!result) return error_response(result.error());
     // Callers who may not change anything see environment values and secret-looking members
     // hidden, by the audit log's rule: reading a task definition is not reading its secrets.
@@ -509,6 +506,14 @@ class daemon_impl final : public daemon {
     ok.body = (admin ? *result : redact(*result, std::numeric_limits<std::size_t>::max()))
                   .dump(-1, ' ', false, json::error_handler_t::replace);
     return ok;
+  }
+
+  // Berth's own actions (X-Amz-Target: BerthV1.<Action>).
+  tl::expected<json, api_error> berth_call(const std::string& action, const json& req) {
+    if (action == "Place") return service_->place(req);
+    if (action == "DescribeTaskUsage") return service_->task_usage(req);
+    return tl::unexpected(
+        api_error{"UnknownOperationException", "Unknown operation: '" + action + "'"});
   }
 
   config cfg_;

@@ -255,7 +255,9 @@ struct checker {
 };
 
 const action_def* find_action(std::string_view action) {
+  // Berth's actions are checked against the ECS request they mirror.
   if (action == "Place") action = "RunTask";
+  if (action == "DescribeTaskUsage") action = "DescribeTasks";
   for (const auto& a : ecs_actions) {
     if (action == a.name) return &a;
   }

@@ -18,13 +18,17 @@
 #include <mutex>
 #include <regex>
 #include <set>
+#include <shared_mutex>
 #include <thread>
 
 #include "audit.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
+#include "ecs_request.hpp"
 #include "imds.hpp"
+#include "task_definitions.hpp"
+#include "task_views.hpp"
 #include "util.hpp"
 
 namespace berth::agent {
@@ -33,267 +37,8 @@ namespace {
 
 namespace dk = berth::docker;
 namespace pl = berth::placement;
+using namespace control;
 using namespace std::chrono_literals;
-
-// ---- small helpers ----
-
-// "2026-11-25T14:07:46.123Z" (ms) or without the fraction.
-std::string iso8601(double seconds, bool millis) {
-  const auto whole = static_cast<std::time_t>(seconds);
-  std::tm tm{};
-  gmtime_r(&whole, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::string out = buf;
-  if (millis) {
-    char ms[8];
-    std::snprintf(ms, sizeof ms, ".%03d",
-                  static_cast<int>((seconds - static_cast<double>(whole)) * 1000) % 1000);
-    out += ms;
-  }
-  return out + "Z";
-}
-
-api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
-api_error client(std::string m) { return {"ClientException", std::move(m)}; }
-api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }
-api_error cluster_not_found() { return {"ClusterNotFoundException", "Cluster not found."}; }
-api_error server(std::string m) { return {"ServerException", std::move(m), 500}; }
-
-using outcome = tl::expected<json, api_error>;
-
-// Typed access to request members, with ECS-style errors naming the member.
-struct reader {
-  const json& j;
-
-  tl::expected<std::optional<std::string>, api_error> str(const char* k) const {
-    const auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return std::optional<std::string>();
-    if (!it->is_string()) {
-      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a string"));
-    }
-    return std::optional<std::string>(it->get<std::string>());
-  }
-  tl::expected<std::string, api_error> required_str(const char* k) const {
-    auto v = str(k);
-    if (!v) return tl::unexpected(v.error());
-    if (!*v || (*v)->empty()) {
-      return tl::unexpected(invalid(std::string("'") + k + "' is required and must not be empty"));
-    }
-    return **v;
-  }
-  tl::expected<std::optional<std::int64_t>, api_error> integer(const char* k) const {
-    const auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return std::optional<std::int64_t>();
-    if (!it->is_number_integer()) {
-      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be an integer"));
-    }
-    return std::optional<std::int64_t>(it->get<std::int64_t>());
-  }
-  tl::expected<std::vector<std::string>, api_error> strings(const char* k) const {
-    std::vector<std::string> out;
-    const auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return out;
-    if (!it->is_array()) {
-      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
-    }
-    for (const auto& v : *it) {
-      if (!v.is_string()) {
-        return tl::unexpected(
-            serialization(std::string("Expected every item of '") + k + "' to be a string"));
-      }
-      out.push_back(v.get<std::string>());
-    }
-    return out;
-  }
-  tl::expected<const json*, api_error> list(const char* k) const {
-    const auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return nullptr;
-    if (!it->is_array()) {
-      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
-    }
-    return &*it;
-  }
-};
-
-#define BERTH_TRY(var, expr)                            \
-  auto var##_r = (expr);                                \
-  if (!var##_r) return tl::unexpected(var##_r.error()); \
-  auto var = std::move(*var##_r)
-
-// Pagination: nextToken is the index of the next item, opaque to callers.
-tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
-                                                                  std::size_t total,
-                                                                  std::int64_t max_limit) {
-  BERTH_TRY(max, r.integer("maxResults"));
-  BERTH_TRY(token, r.str("nextToken"));
-  std::size_t limit = static_cast<std::size_t>(max_limit);
-  if (max) {
-    if (*max < 1 || *max > max_limit) {
-      return tl::unexpected(
-          invalid("maxResults must be between 1 and " + std::to_string(max_limit)));
-    }
-    limit = static_cast<std::size_t>(*max);
-  }
-  std::size_t start = 0;
-  if (token) {
-    if (!token->starts_with("berth1.") || token->size() > 30) {
-      return tl::unexpected(invalid("Invalid nextToken"));
-    }
-    try {
-      start = std::stoul(token->substr(7));
-    } catch (...) {
-      return tl::unexpected(invalid("Invalid nextToken"));
-    }
-    if (start > total) return tl::unexpected(invalid("Invalid nextToken"));
-  }
-  return std::pair{start, std::min(total, start + limit)};
-}
-void add_token(json& out, std::size_t end, std::size_t total) {
-  if (end < total) out["nextToken"] = "berth1." + std::to_string(end);
-}
-
-// "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
-// Values beyond 2^24 (16 M units or MiB) or not finite are refused.
-std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
-  constexpr double most = 1 << 24;
-  if (v.is_number_unsigned()) {
-    const std::uint64_t x = v.get<std::uint64_t>();
-    if (x > static_cast<std::uint64_t>(most)) return std::nullopt;
-    return static_cast<std::uint32_t>(x);
-  }
-  if (!v.is_string()) return std::nullopt;
-  std::string s = v.get<std::string>();
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  double x = 0;
-  std::size_t used = 0;
-  try {
-    x = std::stod(s, &used);
-  } catch (...) {
-    return std::nullopt;
-  }
-  std::string unit = s.substr(used);
-  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
-  if (!std::isfinite(x) || x < 0 || x * 1024 > most) return std::nullopt;
-  if (unit.empty()) return static_cast<std::uint32_t>(x);
-  if (cpu && unit == "vcpu") return static_cast<std::uint32_t>(x * 1024);
-  if (!cpu && unit == "gb") return static_cast<std::uint32_t>(x * 1024);
-  if (!cpu && unit == "mb") return static_cast<std::uint32_t>(x);
-  return std::nullopt;
-}
-
-// ---- shapes: what the launch thread reads, checked when it is stored ----
-
-// A list of objects whose members named in `strings` are strings and in `integers` integers
-// (each optional unless listed in `required`).
-tl::expected<void, api_error> check_objects(const json& j, const std::string& what,
-                                            std::initializer_list<const char*> strings,
-                                            std::initializer_list<const char*> integers = {},
-                                            std::initializer_list<const char*> required = {},
-                                            std::initializer_list<const char*> booleans = {}) {
-  if (j.is_null()) return {};
-  if (!j.is_array()) return tl::unexpected(serialization("Expected '" + what + "' to be a list"));
-  for (const auto& e : j) {
-    if (!e.is_object()) {
-      return tl::unexpected(serialization("Expected every item of '" + what + "' to be an object"));
-    }
-    for (const char* k : required) {
-      if (!e.contains(k)) return tl::unexpected(invalid(what + " entries need '" + k + "'"));
-    }
-    for (const char* k : strings) {
-      if (e.contains(k) && !e[k].is_string()) {
-        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be a string"));
-      }
-    }
-    for (const char* k : integers) {
-      if (e.contains(k) && !e[k].is_number_integer()) {
-        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be an integer"));
-      }
-    }
-    for (const char* k : booleans) {
-      if (e.contains(k) && !e[k].is_boolean()) {
-        return tl::unexpected(serialization("Expected '" + what + "." + k + "' to be a boolean"));
-      }
-    }
-  }
-  return {};
-}
-
-tl::expected<void, api_error> check_strings(const json& j, const std::string& what) {
-  if (j.is_null()) return {};
-  if (!j.is_array() ||
-      !std::all_of(j.begin(), j.end(), [](const json& x) { return x.is_string(); })) {
-    return tl::unexpected(serialization("Expected '" + what + "' to be a list of strings"));
-  }
-  return {};
-}
-
-const json& member(const json& j, const char* k) {
-  static const json null;
-  const auto it = j.find(k);
-  return it == j.end() ? null : *it;
-}
-
-// Integer members within [0, most].
-tl::expected<void, api_error> check_range(const json& j, const std::string& what,
-                                          std::initializer_list<const char*> keys,
-                                          std::int64_t most) {
-  for (const char* k : keys) {
-    const json& v = member(j, k);
-    if (v.is_null()) continue;
-    if (!v.is_number_integer()) {
-      return tl::unexpected(serialization("Expected '" + std::string(k) + "' to be an integer"));
-    }
-    if (v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > most) {
-      return tl::unexpected(invalid(std::string(k) + " of " + what + " must be between 0 and " +
-                                    std::to_string(most)));
-    }
-  }
-  return {};
-}
-
-// RunTask's overrides: only what the model allows, typed as it says.
-tl::expected<void, api_error> check_overrides(const json& o) {
-  if (!o.is_object()) return tl::unexpected(serialization("Expected 'overrides' to be an object"));
-  for (const char* k : {"cpu", "memory"}) {
-    if (o.contains(k) && !o[k].is_string()) {
-      return tl::unexpected(
-          serialization(std::string("Expected 'overrides.") + k + "' to be a string"));
-    }
-    if (o.contains(k) && !units_of(o[k], std::string(k) == "cpu")) {
-      return tl::unexpected(invalid(std::string("overrides.") + k + " is not a valid amount"));
-    }
-  }
-  // ECS's limit, JSON punctuation included.
-  if (const auto size = o.dump().size(); size > 8192) {
-    return tl::unexpected(invalid("Container Overrides length must be at most 8192 (it is " +
-                                  std::to_string(size) + ")"));
-  }
-  const json& list = member(o, "containerOverrides");
-  if (auto r = check_objects(list, "containerOverrides", {"name"}, {}, {"name"}); !r) return r;
-  for (const auto& c : list.is_array() ? list : json::array()) {
-    if (auto r =
-            check_range(c, "a container override", {"cpu", "memory", "memoryReservation"}, 1 << 24);
-        !r) {
-      return r;
-    }
-    // Docker reads a memory of 0 as "no limit": an override cannot lift the limit that way.
-    for (const char* k : {"memory", "memoryReservation"}) {
-      const json& v = member(c, k);
-      if (v.is_number_integer() && v.get<std::int64_t>() < 6) {
-        return tl::unexpected(
-            client(std::string("Invalid '") + k + "' in a container override: at least 6 MiB."));
-      }
-    }
-    if (auto r = check_strings(member(c, "command"), "containerOverrides.command"); !r) return r;
-    if (auto r = check_objects(member(c, "environment"), "containerOverrides.environment",
-                               {"name", "value"}, {}, {"name"});
-        !r) {
-      return r;
-    }
-  }
-  return {};
-}
 
 // ---- the service ----
 
@@ -926,25 +671,6 @@ class service_impl final : public service {
 
   // ---- tags ----
 
-  static tl::expected<json, api_error> tags_of(const json& req) {
-    BERTH_TRY(list, reader{req}.list("tags"));
-    json out = json::array();
-    if (list == nullptr) return out;
-    if (list->size() > 50) return tl::unexpected(invalid("at most 50 tags"));
-    for (const auto& t : *list) {
-      if (!t.is_object() || !t.contains("key") || !t["key"].is_string() ||
-          t["key"].get<std::string>().empty() || t["key"].get<std::string>().size() > 128) {
-        return tl::unexpected(invalid("every tag needs a 'key' of 1-128 characters"));
-      }
-      if (t.contains("value") &&
-          (!t["value"].is_string() || t["value"].get<std::string>().size() > 256)) {
-        return tl::unexpected(invalid("tag values are strings of at most 256 characters"));
-      }
-      out.push_back({{"key", t["key"]}, {"value", t.value("value", std::string())}});
-    }
-    return out;
-  }
-
   // The store document an ARN names: its kind and key.
   std::optional<std::pair<std::string, std::string>> resource_of(const std::string& a) {
     const std::string prefix = arn("");
@@ -1012,7 +738,10 @@ class service_impl final : public service {
     if (auto w = store_->put(res->first, res->second, d.dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
-    if (res->first == "task" && tasks_.contains(a)) tasks_[a]["tags"] = d["tags"];
+    if (res->first == "task" && tasks_.contains(a)) {
+      tasks_[a]["tags"] = d["tags"];
+      publish(tasks_[a]);
+    }
     return json::object();
   }
   outcome tag_resource(const json& req) { return change_tags(req, true); }
@@ -1034,612 +763,17 @@ class service_impl final : public service {
 
   // ---- task definitions ----
 
-  static std::string td_key(const std::string& family, std::uint64_t revision) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "%010llu", static_cast<unsigned long long>(revision));
-    return family + ":" + buf;
-  }
-
-  tl::expected<void, api_error> check_container(const json& c, bool task_memory) {
-    if (!c.is_object()) return tl::unexpected(serialization("containerDefinitions holds objects"));
-    reader r{c};
-    BERTH_TRY(name, r.required_str("name"));
-    static const std::regex name_re("^[a-zA-Z0-9_-]{1,255}$");
-    if (!std::regex_match(name, name_re)) {
-      return tl::unexpected(invalid("Container name '" + name +
-                                    "' may hold only letters, numbers, hyphens and underscores"));
-    }
-    BERTH_TRY(image, r.required_str("image"));
-    // ECS: up to 255 letters, digits, hyphens, underscores, colons, periods, slashes and number
-    // signs (and '@' for a digest).
-    if (image.empty() || image.size() > 255 ||
-        !std::all_of(image.begin(), image.end(), [](char ch) {
-          return std::isalnum(static_cast<unsigned char>(ch)) != 0 ||
-                 std::string_view("-_:./#@").find(ch) != std::string_view::npos;
-        })) {
-      return tl::unexpected(client("Invalid 'image' for container '" + name +
-                                   "': up to 255 letters, numbers, hyphens, underscores, colons, "
-                                   "periods, forward slashes and number signs are allowed."));
-    }
-    if (auto ok = check_range(c, "container '" + name + "'", {"cpu", "memory", "memoryReservation"},
-                              1 << 24);
-        !ok) {
-      return tl::unexpected(ok.error());
-    }
-    if (auto ok = check_range(c, "container '" + name + "'", {"stopTimeout", "startTimeout"}, 3600);
-        !ok) {
-      return tl::unexpected(ok.error());
-    }
-    for (const char* k : {"workingDirectory", "user", "hostname"}) {
-      BERTH_TRY(v, r.str(k));
-      (void)v;
-    }
-    const auto shape = [](tl::expected<void, api_error> ok) { return ok; };
-    for (const auto& ok :
-         {shape(check_objects(member(c, "environment"), "environment", {"name", "value"}, {},
-                              {"name"})),
-          shape(check_objects(member(c, "mountPoints"), "mountPoints",
-                              {"sourceVolume", "containerPath"}, {},
-                              {"sourceVolume", "containerPath"}, {"readOnly"})),
-          shape(check_objects(member(c, "ulimits"), "ulimits", {"name"}, {"softLimit", "hardLimit"},
-                              {"name", "softLimit", "hardLimit"})),
-          shape(check_objects(member(c, "dependsOn"), "dependsOn", {"containerName", "condition"},
-                              {}, {"containerName", "condition"}))}) {
-      if (!ok) return tl::unexpected(ok.error());
-    }
-    for (const auto& u : member(c, "ulimits").is_array() ? member(c, "ulimits") : json::array()) {
-      const json& soft = member(u, "softLimit");
-      const json& hard = member(u, "hardLimit");
-      if (!soft.is_number_integer() || !hard.is_number_integer() || soft.get<std::int64_t>() < 0 ||
-          hard.get<std::int64_t>() < 0) {
-        return tl::unexpected(client("Invalid ulimit for container '" + name +
-                                     "': softLimit and hardLimit must be 0 or more."));
-      }
-      if (soft.get<std::int64_t>() > hard.get<std::int64_t>()) {
-        return tl::unexpected(client("Invalid ulimit for container '" + name +
-                                     "': softLimit must not exceed hardLimit."));
-      }
-    }
-    if (const json& labels = member(c, "dockerLabels"); !labels.is_null()) {
-      if (!labels.is_object() ||
-          !std::all_of(labels.begin(), labels.end(), [](const json& v) { return v.is_string(); })) {
-        return tl::unexpected(serialization("Expected 'dockerLabels' to map strings to strings"));
-      }
-    }
-    if (const json& h = member(c, "healthCheck"); !h.is_null()) {
-      if (!h.is_object())
-        return tl::unexpected(serialization("Expected 'healthCheck' to be an object"));
-      if (auto ok = check_strings(member(h, "command"), "healthCheck.command"); !ok) {
-        return tl::unexpected(ok.error());
-      }
-      if (member(h, "command").empty())
-        return tl::unexpected(invalid("healthCheck needs a command"));
-      // ECS's bounds: Docker's zero means "its default", and no retries means never healthy.
-      struct bound {
-        const char* key;
-        std::int64_t lo, hi;
-      };
-      for (const bound& b : {bound{"interval", 5, 300}, bound{"timeout", 2, 120},
-                             bound{"retries", 1, 10}, bound{"startPeriod", 0, 300}}) {
-        const json& v = member(h, b.key);
-        if (v.is_null()) continue;
-        if (!v.is_number_integer()) {
-          return tl::unexpected(
-              serialization("Expected 'healthCheck." + std::string(b.key) + "' to be an integer"));
-        }
-        if (v.get<std::int64_t>() < b.lo || v.get<std::int64_t>() > b.hi) {
-          return tl::unexpected(client("Invalid 'healthCheck." + std::string(b.key) +
-                                       "' setting for container '" + name +
-                                       "'. It must be between " + std::to_string(b.lo) + " and " +
-                                       std::to_string(b.hi) + "."));
-        }
-      }
-    }
-    for (const char* k : {"cpu"}) {
-      BERTH_TRY(v, r.integer(k));
-      if (v && *v < 0)
-        return tl::unexpected(
-            invalid(std::string(k) + " of container '" + name + "' must not be negative"));
-    }
-    BERTH_TRY(mem, r.integer("memory"));
-    BERTH_TRY(res, r.integer("memoryReservation"));
-    if (!task_memory && !mem && !res) {
-      return tl::unexpected(
-          client("Invalid setting for container '" + name +
-                 "'. At least one of 'memory' or 'memoryReservation' must be specified."));
-    }
-    if (mem && res && *res > *mem) {
-      return tl::unexpected(
-          client("Invalid setting for container '" + name +
-                 "'. 'memoryReservation' must be less than or equal to 'memory'."));
-    }
-    if (mem && *mem < 6) {
-      return tl::unexpected(client("Invalid setting for container '" + name +
-                                   "'. The 'memory' must be at least 6 MiB."));
-    }
-    for (const char* k : {"essential", "readonlyRootFilesystem", "privileged"}) {
-      if (c.contains(k) && !c[k].is_boolean()) {
-        return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a boolean"));
-      }
-    }
-    for (const char* k : {"entryPoint", "command"}) {
-      BERTH_TRY(v, r.strings(k));
-      (void)v;
-    }
-    BERTH_TRY(pm, r.list("portMappings"));
-    if (pm != nullptr) {
-      for (const auto& p : *pm) {
-        if (!p.is_object() || !p.contains("containerPort") ||
-            !p["containerPort"].is_number_unsigned() ||
-            p["containerPort"].get<std::uint64_t>() == 0 ||
-            p["containerPort"].get<std::uint64_t>() > 65535) {
-          return tl::unexpected(
-              invalid("portMappings of container '" + name + "' need a containerPort of 1-65535"));
-        }
-        if (p.contains("hostPort") &&
-            (!p["hostPort"].is_number_unsigned() || p["hostPort"].get<std::uint64_t>() > 65535)) {
-          return tl::unexpected(invalid("hostPort of container '" + name + "' must be 0-65535"));
-        }
-        if (p.contains("protocol") && p["protocol"] != "tcp" && p["protocol"] != "udp") {
-          return tl::unexpected(invalid("protocol must be tcp or udp"));
-        }
-      }
-    }
-    BERTH_TRY(env, r.list("environment"));
-    if (env != nullptr) {
-      for (const auto& e : *env) {
-        if (!e.is_object() || !e.contains("name") || !e["name"].is_string()) {
-          return tl::unexpected(invalid("environment entries need a 'name'"));
-        }
-      }
-    }
-    return check_linux_parameters(member(c, "linuxParameters"), name);
-  }
-
-  // linuxParameters: what Berth applies (capabilities, devices, initProcessEnabled,
-  // sharedMemorySize, tmpfs), checked as ECS checks it; any other member is refused rather than
-  // stored and silently not applied.
-  static tl::expected<void, api_error> check_linux_parameters(const json& lp,
-                                                              const std::string& name) {
-    if (lp.is_null()) return {};
-    if (!lp.is_object()) {
-      return tl::unexpected(serialization("Expected 'linuxParameters' to be an object"));
-    }
-    const auto bad = [&](const std::string& m) {
-      return tl::unexpected(client("Invalid setting for container '" + name + "'. " + m));
-    };
-    for (const auto& [k, v] : lp.items()) {
-      if (k != "capabilities" && k != "devices" && k != "initProcessEnabled" &&
-          k != "sharedMemorySize" && k != "tmpfs") {
-        return bad("linuxParameters." + k + " is not supported by Berth.");
-      }
-    }
-    reader r{lp};
-    if (const json& caps = member(lp, "capabilities"); !caps.is_null()) {
-      if (!caps.is_object()) {
-        return tl::unexpected(
-            serialization("Expected 'linuxParameters.capabilities' to be an object"));
-      }
-      // KernelCapabilities' valid values in ECS's model (botocore's service-2.json).
-      static const std::set<std::string> known = {
-          "ALL",        "AUDIT_CONTROL",   "AUDIT_WRITE",      "BLOCK_SUSPEND",
-          "CHOWN",      "DAC_OVERRIDE",    "DAC_READ_SEARCH",  "FOWNER",
-          "FSETID",     "IPC_LOCK",        "IPC_OWNER",        "KILL",
-          "LEASE",      "LINUX_IMMUTABLE", "MAC_ADMIN",        "MAC_OVERRIDE",
-          "MKNOD",      "NET_ADMIN",       "NET_BIND_SERVICE", "NET_BROADCAST",
-          "NET_RAW",    "SETFCAP",         "SETGID",           "SETPCAP",
-          "SETUID",     "SYS_ADMIN",       "SYS_BOOT",         "SYS_CHROOT",
-          "SYS_MODULE", "SYS_NICE",        "SYS_PACCT",        "SYS_PTRACE",
-          "SYS_RAWIO",  "SYS_RESOURCE",    "SYS_TIME",         "SYS_TTY_CONFIG",
-          "SYSLOG",     "WAKE_ALARM"};
-      for (const char* k : {"add", "drop"}) {
-        const std::string what = std::string("linuxParameters.capabilities.") + k;
-        if (auto ok = check_strings(member(caps, k), what); !ok) return tl::unexpected(ok.error());
-        for (const auto& cap : member(caps, k).is_array() ? caps[k] : json::array()) {
-          if (!known.contains(cap.get<std::string>())) {
-            return bad(what + " holds '" + cap.get<std::string>() +
-                       "', which is not a valid capability. Valid values are as ECS names them, "
-                       "without CAP_: ALL, CHOWN, NET_ADMIN, SYS_ADMIN, SYS_PTRACE, ...");
-          }
-        }
-      }
-    }
-    BERTH_TRY(devices, r.list("devices"));
-    if (devices != nullptr) {
-      if (auto ok = check_objects(*devices, "linuxParameters.devices",
-                                  {"hostPath", "containerPath"}, {}, {"hostPath"});
-          !ok) {
-        return tl::unexpected(ok.error());
-      }
-      for (const auto& d : *devices) {
-        for (const char* k : {"hostPath", "containerPath"}) {
-          if (d.contains(k) && !d[k].get<std::string>().starts_with("/")) {
-            return bad(std::string("linuxParameters.devices ") + k + " '" +
-                       d[k].get<std::string>() + "' must be an absolute path.");
-          }
-        }
-        const json& perms = member(d, "permissions");
-        if (auto ok = check_strings(perms, "linuxParameters.devices.permissions"); !ok) {
-          return tl::unexpected(ok.error());
-        }
-        for (const auto& p : perms.is_array() ? perms : json::array()) {
-          if (p != "read" && p != "write" && p != "mknod") {
-            return bad("linuxParameters.devices permissions '" + p.get<std::string>() +
-                       "' is not valid. Valid values: read, write, mknod.");
-          }
-        }
-      }
-    }
-    if (lp.contains("initProcessEnabled") && !lp["initProcessEnabled"].is_null() &&
-        !lp["initProcessEnabled"].is_boolean()) {
-      return tl::unexpected(
-          serialization("Expected 'linuxParameters.initProcessEnabled' to be a boolean"));
-    }
-    BERTH_TRY(shm, r.integer("sharedMemorySize"));
-    if (shm && (*shm < 1 || *shm > (1 << 24))) {
-      return bad("linuxParameters.sharedMemorySize must be 1 to 16777216 MiB.");
-    }
-    BERTH_TRY(tmpfs, r.list("tmpfs"));
-    if (tmpfs != nullptr) {
-      if (auto ok = check_objects(*tmpfs, "linuxParameters.tmpfs", {"containerPath"}, {"size"},
-                                  {"containerPath", "size"});
-          !ok) {
-        return tl::unexpected(ok.error());
-      }
-      // Tmpfs' mountOptions in ECS's model; those taking a value (mode=1777) by their name.
-      static const std::set<std::string> options = {
-          "defaults",      "ro",         "rw",          "suid",
-          "nosuid",        "dev",        "nodev",       "exec",
-          "noexec",        "sync",       "async",       "dirsync",
-          "remount",       "mand",       "nomand",      "atime",
-          "noatime",       "diratime",   "nodiratime",  "bind",
-          "rbind",         "unbindable", "runbindable", "private",
-          "rprivate",      "shared",     "rshared",     "slave",
-          "rslave",        "relatime",   "norelatime",  "strictatime",
-          "nostrictatime", "mode",       "uid",         "gid",
-          "nr_inodes",     "nr_blocks",  "mpol"};
-      for (const auto& t : *tmpfs) {
-        const std::string path = t["containerPath"];
-        if (!path.starts_with("/")) {
-          return bad("linuxParameters.tmpfs containerPath '" + path +
-                     "' must be an absolute path.");
-        }
-        if (t["size"].get<std::int64_t>() < 1) {
-          return bad("linuxParameters.tmpfs size of '" + path + "' must be at least 1 MiB.");
-        }
-        const json& opts = member(t, "mountOptions");
-        if (auto ok = check_strings(opts, "linuxParameters.tmpfs.mountOptions"); !ok) {
-          return tl::unexpected(ok.error());
-        }
-        for (const auto& o : opts.is_array() ? opts : json::array()) {
-          const std::string opt = o;
-          if (!options.contains(opt.substr(0, opt.find('='))) ||
-              opt.find(',') != std::string::npos) {
-            return bad("linuxParameters.tmpfs mountOptions '" + opt + "' is not valid.");
-          }
-        }
-      }
-    }
-    return {};
-  }
-
-  // Containers in an order where each comes after those it depends on; shorter than the list
-  // when dependsOn has a cycle.
-  static std::vector<const json*> start_order(const json& containers) {
-    std::vector<const json*> out;
-    std::set<std::string> placed;
-    for (std::size_t round = 0; round < containers.size(); ++round) {
-      for (const auto& c : containers) {
-        if (placed.contains(c["name"])) continue;
-        bool ready = true;
-        for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
-          ready &= placed.contains(d["containerName"]);
-        }
-        if (!ready) continue;
-        placed.insert(c["name"]);
-        out.push_back(&c);
-      }
-    }
-    return out;
-  }
-
-  outcome register_task_definition(const json& req) {
-    // ECS's limit on a task definition as sent.
-    if (const auto size = req.dump().size(); size > 65536) {
-      return tl::unexpected(client("Actual length: '" + std::to_string(size) +
-                                   "'. Max allowed length is '65536' bytes."));
-    }
-    reader r{req};
-    BERTH_TRY(family, r.required_str("family"));
-    static const std::regex family_re("^[a-zA-Z0-9_-]{1,255}$");
-    if (!std::regex_match(family, family_re)) {
-      return tl::unexpected(
-          invalid("Family '" + family +
-                  "' may hold only letters, numbers, hyphens and underscores (1-255)"));
-    }
-    BERTH_TRY(containers, r.list("containerDefinitions"));
-    if (containers == nullptr || containers->empty()) {
-      return tl::unexpected(client("Container list cannot be empty."));
-    }
-    if (containers->size() > 10)
-      return tl::unexpected(invalid("at most 10 containers per task definition"));
-    BERTH_TRY(mode, r.str("networkMode"));
-    const std::string network = mode.value_or("bridge");
-    if (network != "bridge" && network != "host" && network != "none") {
-      return tl::unexpected(
-          invalid("networkMode '" + network + "' is not supported here (bridge, host or none)"));
-    }
-    std::optional<std::uint32_t> task_cpu, task_mem;
-    if (req.contains("cpu") && !req["cpu"].is_null()) {
-      task_cpu = units_of(req["cpu"], true);
-      if (!task_cpu)
-        return tl::unexpected(invalid("cpu must be CPU units or vCPUs, e.g. '256' or '0.25 vCPU'"));
-    }
-    if (req.contains("memory") && !req["memory"].is_null()) {
-      task_mem = units_of(req["memory"], false);
-      if (!task_mem)
-        return tl::unexpected(invalid("memory must be MiB or GB, e.g. '512' or '1 GB'"));
-    }
-    std::set<std::string> names;
-    bool essential = false;
-    for (const auto& c : *containers) {
-      if (auto ok = check_container(c, task_mem.has_value()); !ok)
-        return tl::unexpected(ok.error());
-      if (!names.insert(c["name"].get<std::string>()).second) {
-        return tl::unexpected(
-            client("Container names must be unique: '" + c["name"].get<std::string>() + "'"));
-      }
-      essential |= c.value("essential", true);
-    }
-    if (!essential)
-      return tl::unexpected(client("Task definition must have at least one essential container."));
-    for (const auto& c : *containers) {
-      if (!c.contains("dependsOn")) continue;
-      for (const auto& d : c["dependsOn"]) {
-        if (!d.is_object() || !names.contains(d.value("containerName", std::string()))) {
-          return tl::unexpected(client("dependsOn of '" + c["name"].get<std::string>() +
-                                       "' names an unknown container"));
-        }
-        const std::string cond = d.value("condition", std::string());
-        if (cond != "START" && cond != "COMPLETE" && cond != "SUCCESS" && cond != "HEALTHY") {
-          return tl::unexpected(
-              invalid("dependsOn condition must be START, COMPLETE, SUCCESS or HEALTHY"));
-        }
-      }
-    }
-    // dependsOn: no cycles, and HEALTHY only on a container with a health check.
-    {
-      std::map<std::string, const json*> by_name;
-      for (const auto& c : *containers) by_name[c["name"]] = &c;
-      for (const auto& c : *containers) {
-        for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
-          if (d["condition"] == "HEALTHY" &&
-              !by_name[d["containerName"]]->contains("healthCheck")) {
-            return tl::unexpected(client("dependsOn condition HEALTHY needs a healthCheck on '" +
-                                         d["containerName"].get<std::string>() + "'"));
-          }
-        }
-      }
-      if (start_order(*containers).size() != containers->size()) {
-        return tl::unexpected(client("dependsOn has a cycle"));
-      }
-    }
-    // The task's namespaces. "task" shares the first container's with the others, as the ECS
-    // agent shares its pause container's: that container must be up before and while they run.
-    BERTH_TRY(pid_mode, r.str("pidMode"));
-    BERTH_TRY(ipc_mode, r.str("ipcMode"));
-    if (pid_mode && *pid_mode != "host" && *pid_mode != "task") {
-      return tl::unexpected(
-          client("Invalid pidMode value '" + *pid_mode + "'. Valid values: host, task."));
-    }
-    if (ipc_mode && *ipc_mode != "host" && *ipc_mode != "task" && *ipc_mode != "none") {
-      return tl::unexpected(
-          client("Invalid ipcMode value '" + *ipc_mode + "'. Valid values: host, task, none."));
-    }
-    if (pid_mode == "task" || ipc_mode == "task") {
-      const json& first = (*containers)[0];
-      if (!first.value("essential", true) || !member(first, "dependsOn").empty()) {
-        return tl::unexpected(
-            client("pidMode or ipcMode 'task': the task's containers share the namespace of its "
-                   "first container, '" +
-                   first["name"].get<std::string>() +
-                   "', which must therefore be essential and depend on no other."));
-      }
-    }
-    BERTH_TRY(compatibilities, r.strings("requiresCompatibilities"));
-    for (const auto& c : compatibilities) {
-      if (c != "EC2") {
-        return tl::unexpected(
-            client("Berth runs tasks on the EC2 launch type only: requiresCompatibilities " + c +
-                   " is not supported."));
-      }
-    }
-    BERTH_TRY(volumes, r.list("volumes"));
-    if (volumes != nullptr) {
-      if (auto ok = check_objects(*volumes, "volumes", {"name"}, {}, {"name"}); !ok) {
-        return tl::unexpected(ok.error());
-      }
-      for (const auto& v : *volumes) {
-        const json& host = member(v, "host");
-        if (!host.is_null() && (!host.is_object() ||
-                                (host.contains("sourcePath") && !host["sourcePath"].is_string()))) {
-          return tl::unexpected(serialization("Expected 'volumes.host.sourcePath' to be a string"));
-        }
-      }
-    }
-    BERTH_TRY(tags, tags_of(req));
-    BERTH_TRY(constraints, r.list("placementConstraints"));
-    if (constraints != nullptr) {
-      if (auto ok = check_objects(*constraints, "placementConstraints", {"type", "expression"}, {},
-                                  {"type"});
-          !ok) {
-        return tl::unexpected(ok.error());
-      }
-      std::vector<pl::constraint> cons;
-      for (const auto& c : *constraints) cons.push_back({c["type"], c.value("expression", "")});
-      if (auto q = pl::compile({{}, "", cons, {}}); !q) {
-        return tl::unexpected(invalid(q.error().message));
-      }
-    }
-    auto rev = store_->next("taskdef:" + family);
-    if (!rev) return tl::unexpected(server(rev.error().message));
-    json td = {{"taskDefinitionArn", arn("task-definition/" + family + ":" + std::to_string(*rev))},
-               {"family", family},
-               {"revision", *rev},
-               {"containerDefinitions", json::array()},
-               {"networkMode", network},
-               {"volumes", volumes != nullptr ? *volumes : json::array()},
-               {"status", "ACTIVE"},
-               {"requiresAttributes", json::array()},
-               {"placementConstraints", constraints != nullptr ? *constraints : json::array()},
-               {"compatibilities", {"EC2"}},
-               {"registeredAt", now_seconds()},
-               {"registeredBy", "berth"},
-               {"tags", tags}};
-    for (auto c : *containers) {
-      if (!c.contains("essential")) c["essential"] = true;
-      for (const char* k : {"portMappings", "environment", "mountPoints", "volumesFrom"}) {
-        if (!c.contains(k)) c[k] = json::array();
-      }
-      if (!c.contains("cpu")) c["cpu"] = 0;
-      if (network == "host" && c.contains("portMappings")) {
-        for (auto& p : c["portMappings"]) p["hostPort"] = p["containerPort"];
-      }
-      for (auto& p : c["portMappings"]) {
-        if (!p.contains("protocol")) p["protocol"] = "tcp";
-        if (!p.contains("hostPort")) p["hostPort"] = 0;
-      }
-      td["containerDefinitions"].push_back(c);
-    }
-    if (task_cpu) td["cpu"] = std::to_string(*task_cpu);
-    if (task_mem) td["memory"] = std::to_string(*task_mem);
-    for (const char* k : {"taskRoleArn", "executionRoleArn"}) {
-      if (req.contains(k)) td[k] = req[k];
-    }
-    if (pid_mode) td["pidMode"] = *pid_mode;
-    if (ipc_mode) td["ipcMode"] = *ipc_mode;
-    if (!compatibilities.empty()) td["requiresCompatibilities"] = compatibilities;
-    if (auto w = store_->put("taskdef", td_key(family, *rev), td.dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    json out_td = td;
-    out_td.erase("tags");
-    return json{{"taskDefinition", out_td}, {"tags", tags}};
-  }
-
-  // "family", "family:3" or an ARN; the family's latest ACTIVE revision when none is given.
-  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
-    std::string fr = ref;
-    if (ref.starts_with("arn:")) {
-      const auto slash = ref.find("task-definition/");
-      if (slash == std::string::npos)
-        return tl::unexpected(client("Unable to describe task definition."));
-      fr = ref.substr(slash + 16);
-    }
-    const auto colon = fr.rfind(':');
-    if (colon != std::string::npos) {
-      std::uint64_t rev = 0;
-      try {
-        rev = std::stoull(fr.substr(colon + 1));
-      } catch (...) {
-        return tl::unexpected(client("Unable to describe task definition."));
-      }
-      auto doc = store_->get("taskdef", td_key(fr.substr(0, colon), rev));
-      if (!doc) return tl::unexpected(server(doc.error().message));
-      if (!*doc) return tl::unexpected(client("Unable to describe task definition."));
-      json td = json::parse(**doc);
-      if (active_only && td["status"] != "ACTIVE") {
-        return tl::unexpected(client("TaskDefinition is inactive"));
-      }
-      return td;
-    }
-    auto all = store_->list("taskdef", fr + ":");
-    if (!all) return tl::unexpected(server(all.error().message));
-    for (auto it = all->rbegin(); it != all->rend(); ++it) {
-      json td = json::parse(it->second);
-      if (td["status"] == "ACTIVE") return td;
-    }
-    return tl::unexpected(client("Unable to describe task definition."));
-  }
-
-  outcome describe_task_definition(const json& req) {
-    BERTH_TRY(ref, reader{req}.required_str("taskDefinition"));
-    BERTH_TRY(td, find_task_definition(ref, false));
-    json tags = td.value("tags", json::array());
-    td.erase("tags");
-    json out = {{"taskDefinition", td}};
-    BERTH_TRY(include, reader{req}.strings("include"));
-    if (std::find(include.begin(), include.end(), "TAGS") != include.end()) out["tags"] = tags;
-    return out;
-  }
-
-  outcome list_task_definitions(const json& req) {
-    reader r{req};
-    BERTH_TRY(prefix, r.str("familyPrefix"));
-    BERTH_TRY(status, r.str("status"));
-    BERTH_TRY(sort, r.str("sort"));
-    if (status && *status != "ACTIVE" && *status != "INACTIVE") {
-      return tl::unexpected(invalid("status must be ACTIVE or INACTIVE"));
-    }
-    auto all = store_->list("taskdef", prefix.value_or(""));
-    if (!all) return tl::unexpected(server(all.error().message));
-    std::vector<std::string> arns;
-    for (const auto& [k, v] : *all) {
-      const json td = json::parse(v);
-      if (prefix && td["family"].get<std::string>().rfind(*prefix, 0) != 0) continue;
-      if (td["status"] == status.value_or("ACTIVE")) arns.push_back(td["taskDefinitionArn"]);
-    }
-    if (sort == "DESC") std::reverse(arns.begin(), arns.end());
-    BERTH_TRY(range, page(r, arns.size(), 100));
-    json out = {{"taskDefinitionArns", json::array()}};
-    for (std::size_t i = range.first; i < range.second; ++i)
-      out["taskDefinitionArns"].push_back(arns[i]);
-    add_token(out, range.second, arns.size());
-    return out;
-  }
-
+  outcome register_task_definition(const json& req) { return tds_.register_task_definition(req); }
+  outcome describe_task_definition(const json& req) { return tds_.describe_task_definition(req); }
+  outcome list_task_definitions(const json& req) { return tds_.list_task_definitions(req); }
   outcome list_task_definition_families(const json& req) {
-    reader r{req};
-    BERTH_TRY(prefix, r.str("familyPrefix"));
-    BERTH_TRY(status, r.str("status"));
-    const std::string want = status.value_or("ACTIVE");
-    if (want != "ACTIVE" && want != "INACTIVE" && want != "ALL") {
-      return tl::unexpected(invalid("status must be ACTIVE, INACTIVE or ALL"));
-    }
-    auto all = store_->list("taskdef", prefix.value_or(""));
-    if (!all) return tl::unexpected(server(all.error().message));
-    std::map<std::string, bool> families;  // family -> has an ACTIVE revision
-    for (const auto& [k, v] : *all) {
-      const json td = json::parse(v);
-      families[td["family"]] |= td["status"] == "ACTIVE";
-    }
-    std::vector<std::string> names;
-    for (const auto& [f, active] : families) {
-      if (want == "ALL" || (want == "ACTIVE") == active) names.push_back(f);
-    }
-    BERTH_TRY(range, page(r, names.size(), 100));
-    json out = {{"families", json::array()}};
-    for (std::size_t i = range.first; i < range.second; ++i) out["families"].push_back(names[i]);
-    add_token(out, range.second, names.size());
-    return out;
+    return tds_.list_task_definition_families(req);
   }
-
   outcome deregister_task_definition(const json& req) {
-    BERTH_TRY(ref, reader{req}.required_str("taskDefinition"));
-    if (ref.find(':') == std::string::npos ||
-        (ref.starts_with("arn:") && ref.rfind(':') < ref.find("task-definition/"))) {
-      return tl::unexpected(
-          client("The specified task definition does not exist or is not a revision: give "
-                 "family:revision or an ARN."));
-    }
-    BERTH_TRY(td, find_task_definition(ref, false));
-    td["status"] = "INACTIVE";
-    td["deregisteredAt"] = now_seconds();
-    if (auto w = store_->put("taskdef", td_key(td["family"], td["revision"]), td.dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    td.erase("tags");
-    return json{{"taskDefinition", td}};
+    return tds_.deregister_task_definition(req);
+  }
+  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
+    return tds_.find_task_definition(ref, active_only);
   }
 
   // ---- tasks: placement ----
@@ -1753,7 +887,39 @@ class service_impl final : public service {
     } else if (&it->second != &t) {
       it->second = t;
     }
+    publish(tasks_.at(a));
     announce(tasks_.at(a));
+  }
+
+  // ---- the read side ----
+  // API reads (DescribeTasks, ListTasks, introspection) see each task as last written, as an
+  // immutable copy published here (under mu_, by every write). Readers take pub_mu_ shared for
+  // the lookup only, so they never wait behind a store write, placement or Docker, all of which
+  // happen under mu_.
+
+  void publish(const json& t) {
+    auto copy = std::make_shared<const json>(t);
+    std::unique_lock lock(pub_mu_);
+    pub_[t["taskArn"].get<std::string>()] = std::move(copy);
+  }
+
+  void unpublish(const std::string& task_arn) {
+    std::unique_lock lock(pub_mu_);
+    pub_.erase(task_arn);
+  }
+
+  std::shared_ptr<const json> published_task(const std::string& task_arn) const {
+    std::shared_lock lock(pub_mu_);
+    const auto it = pub_.find(task_arn);
+    return it == pub_.end() ? nullptr : it->second;
+  }
+
+  std::vector<std::shared_ptr<const json>> published_tasks() const {
+    std::vector<std::shared_ptr<const json>> out;
+    std::shared_lock lock(pub_mu_);
+    out.reserve(pub_.size());
+    for (const auto& [a, t] : pub_) out.push_back(t);
+    return out;
   }
 
   // An action's write (under mu_): durable first, then in the table. A failed write changes
@@ -2725,6 +1891,7 @@ class service_impl final : public service {
         }
         const std::string a = t["taskArn"];
         tasks_[a] = t;
+        publish(t);
         for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
         if (t["lastStatus"] == "STOPPED") continue;
         const json& n = t["_berth"]["need"];
@@ -2887,8 +2054,9 @@ class service_impl final : public service {
     }
     std::vector<std::pair<double, std::string>> found;
     {
-      std::lock_guard lock(mu_);
-      for (const auto& [a, t] : tasks_) {
+      for (const auto& tp : published_tasks()) {
+        const json& t = *tp;
+        const std::string& a = t["taskArn"].get_ref<const std::string&>();
         if (t["clusterArn"] != cluster["clusterArn"]) continue;
         const std::string want = desired.value_or("RUNNING");
         const std::string have = t["desiredStatus"];
@@ -2918,62 +2086,60 @@ class service_impl final : public service {
     BERTH_TRY(include, r.strings("include"));
     const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
-    std::lock_guard lock(mu_);
     for (const auto& ref : refs) {
-      const std::string key =
-          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
-      const auto it = tasks_.find(key);
-      if (it == tasks_.end()) {
+      const auto t = published_task(
+          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+      if (!t) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      json v = view(it->second);
-      if (!with_tags) v.erase("tags");
-      if (!it->second["_berth"]["events"].empty())
-        v["berthEvents"] = it->second["_berth"]["events"];
-      // Berth's addition: what each container uses now, from its cgroup, beside its allocation.
-      const json usage = usage_of(it->second);
-      if (!usage.empty()) {
-        json total = {{"memoryAllocatedMiB", std::stoll(v.value("memory", "0"))}};
-        std::int64_t used = 0;
-        for (auto& c : v["containers"]) {
-          if (!usage.contains(c["name"])) continue;
-          c["berthUsage"] = usage[c["name"].get<std::string>()];
-          used += c["berthUsage"].value("memoryUsedBytes", std::int64_t{0});
-        }
-        total["memoryUsedBytes"] = used;
-        v["berthUsage"] = total;
+      json v = json::object();
+      for (const auto& [k, m] : t->items()) {
+        if (k != "_berth" && (with_tags || k != "tags")) v[k] = m;
       }
-      out["tasks"].push_back(v);
+      out["tasks"].push_back(std::move(v));
+    }
+    return out;
+  }
+
+  // BerthV1.DescribeTaskUsage: Berth's own view of tasks beside DescribeTasks, which holds only
+  // ECS's members: per container the memory and CPU used now, read from its cgroup, beside the
+  // allocation, and the events Berth recorded (limits the kernel does not enforce).
+  outcome task_usage(const json& req) override {
+    if (!req.is_object())
+      return tl::unexpected(serialization("The request body must be a JSON object"));
+    BERTH_TRY(cluster, find_cluster(req));
+    reader r{req};
+    BERTH_TRY(refs, r.strings("tasks"));
+    if (refs.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
+    if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
+    json out = {{"tasks", json::array()}, {"failures", json::array()}};
+    for (const auto& ref : refs) {
+      const auto t = published_task(
+          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+      if (!t) {
+        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+        continue;
+      }
+      json u = {{"taskArn", (*t)["taskArn"]},
+                {"memoryAllocatedMiB", std::stoll(t->value("memory", "0"))},
+                {"containers", json::array()},
+                {"events", (*t)["_berth"].value("events", json::array())}};
+      const json usage = observe::usage_of(*t);
+      std::int64_t used = 0;
+      for (const auto& [name, cu] : usage.items()) {
+        json c = cu;
+        c["name"] = name;
+        used += cu.value("memoryUsedBytes", std::int64_t{0});
+        u["containers"].push_back(std::move(c));
+      }
+      if (!usage.empty()) u["memoryUsedBytes"] = used;
+      out["tasks"].push_back(std::move(u));
     }
     return out;
   }
 
   // ---- the event stream ----
-
-  // EventBridge's "ECS Task State Change": detail is the task as DescribeTasks shows it, with
-  // times as ISO strings.
-  json task_event(const json& t) const {
-    // The stream is open to every reader: overrides' environment values are hidden, as in the
-    // audit log.
-    json d = redact(view(t), std::numeric_limits<std::size_t>::max());
-    d.erase("tags");
-    for (const char* k : {"createdAt", "startedAt", "stoppedAt", "stoppingAt", "pullStartedAt",
-                          "pullStoppedAt", "connectivityAt", "executionStoppedAt"}) {
-      if (d.contains(k) && d[k].is_number()) d[k] = iso8601(d[k].get<double>(), true);
-    }
-    const double now = now_seconds();
-    d["updatedAt"] = iso8601(now, true);
-    return {{"version", "0"},
-            {"id", uuid()},
-            {"detail-type", "ECS Task State Change"},
-            {"source", "aws.ecs"},
-            {"account", cfg_.account_id},
-            {"time", iso8601(now, false)},
-            {"region", cfg_.region},
-            {"resources", {t["taskArn"]}},
-            {"detail", d}};
-  }
 
   // Publishes the task's state when it differs from what was last announced. Under mu_.
   void announce(const json& t) {
@@ -2982,7 +2148,8 @@ class service_impl final : public service {
     std::string& last = published_[t["taskArn"].get<std::string>()];
     if (last == state) return;
     last = state;
-    bus_.publish(task_event(t).dump(-1, ' ', false, json::error_handler_t::replace));
+    bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
+                     .dump(-1, ' ', false, json::error_handler_t::replace));
     count_running();
     if (on_change_) on_change_(t);
   }
@@ -3125,61 +2292,23 @@ class service_impl final : public service {
             {"Version", "Amazon ECS Agent - v" BERTH_VERSION " (berth)"}};
   }
 
-  // As the ECS agent reports a status: RUNNING, STOPPED, or PENDING for anything before.
-  static std::string backend_status(const std::string& s) {
-    return s == "RUNNING" || s == "STOPPED" ? s : "PENDING";
-  }
-
-  // Under mu_.
-  json introspect(const json& t) {
-    const json& td = t["_berth"]["taskDefinition"];
-    json out = {{"Arn", t["taskArn"]},
-                {"KnownStatus", backend_status(t["lastStatus"])},
-                {"Family", td["family"]},
-                {"Version", std::to_string(td["revision"].get<int>())},
-                {"Containers", json::array()}};
-    const std::string known = out["KnownStatus"];
-    const std::string desired = backend_status(t["desiredStatus"]);
-    if (!(known == "STOPPED" && desired != "STOPPED") &&
-        !(known == "RUNNING" && desired == "PENDING")) {
-      out["DesiredStatus"] = desired;
-    }
-    const json usage = usage_of(t);
-    for (const auto& c : t["containers"]) {
-      const std::string name = c["name"];
-      json cr = {{"DockerId", c.value("runtimeId", "")},
-                 {"DockerName", "berth-" + name_of(t["taskArn"]).substr(0, 12) + "-" + name},
-                 {"Name", name},
-                 {"Image", c.value("image", "")},
-                 {"ImageID", t["_berth"].value("images", json::object()).value(name, "")}};
-      json ports = json::array();
-      for (const auto& b : c.value("networkBindings", json::array())) {
-        json p = {{"ContainerPort", b.value("containerPort", 0)},
-                  {"Protocol", b.value("protocol", "tcp")},
-                  {"HostPort", b.value("hostPort", 0)}};
-        ports.push_back(p);
-      }
-      if (!ports.empty()) cr["Ports"] = ports;
-      if (usage.contains(name)) cr["Usage"] = usage[name];
-      out["Containers"].push_back(cr);
-    }
-    return out;
-  }
-
   tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
                                                  const std::string& task_arn) override {
-    std::lock_guard lock(mu_);
     if (!task_arn.empty()) {
-      const auto it = tasks_.find(task_arn);
-      if (it == tasks_.end()) return tl::unexpected(api_error{"NotFound", "no such task", 404});
-      return introspect(it->second);
+      const auto t = published_task(task_arn);
+      if (!t) return tl::unexpected(api_error{"NotFound", "no such task", 404});
+      return observe::introspect(*t);
     }
+    const auto all = published_tasks();
     if (!docker_id.empty()) {
       // The full id, or a prefix of at most 12 characters (Docker's short id), as the ECS agent.
-      std::vector<std::string> found;
-      for (const auto& [id, a] : container_to_task_) {
-        if (docker_id.size() > 12 ? id == docker_id : id.starts_with(docker_id)) {
-          found.push_back(a);
+      std::vector<const json*> found;
+      for (const auto& t : all) {
+        for (const auto& [name, id] : (*t)["_berth"]["docker"].items()) {
+          const auto& i = id.get_ref<const std::string&>();
+          if (docker_id.size() > 12 ? i == docker_id : i.starts_with(docker_id)) {
+            found.push_back(t.get());
+          }
         }
       }
       if (found.empty()) return tl::unexpected(api_error{"NotFound", "no such container", 404});
@@ -3187,40 +2316,10 @@ class service_impl final : public service {
         return tl::unexpected(
             api_error{"BadRequest", "multiple tasks found with short id " + docker_id, 400});
       }
-      const auto it = tasks_.find(found.front());
-      if (it == tasks_.end()) return tl::unexpected(api_error{"NotFound", "no such task", 404});
-      return introspect(it->second);
+      return observe::introspect(*found.front());
     }
     json out = {{"Tasks", json::array()}};
-    for (const auto& [a, t] : tasks_) out["Tasks"].push_back(introspect(t));
-    return out;
-  }
-
-  // ---- usage, read from cgroups ----
-
-  // Per container: memory and CPU used, read from the container's cgroup (found from its pid,
-  // checked to still be the container's). Allocated memory beside it. Under mu_.
-  json usage_of(const json& t) const {
-    json out = json::object();
-    if (t["lastStatus"] == "STOPPED") return out;
-    const json pids = t["_berth"].value("pids", json::object());
-    for (const auto& c : t["containers"]) {
-      const std::string name = c["name"];
-      json u = json::object();
-      if (c.contains("memory")) u["memoryLimitMiB"] = std::stoll(c["memory"].get<std::string>());
-      if (c.contains("memoryReservation")) {
-        u["memoryReservationMiB"] = std::stoll(c["memoryReservation"].get<std::string>());
-      }
-      const std::string id = c.value("runtimeId", "");
-      if (c["lastStatus"] == "RUNNING" && pids.contains(name) && !id.empty()) {
-        if (auto got = dk::read_usage(pids[name].get<int>());
-            got && got->cgroup.find(id) != std::string::npos) {
-          if (got->memory_bytes) u["memoryUsedBytes"] = *got->memory_bytes;
-          if (got->cpu_ns) u["cpuUsedNanoseconds"] = *got->cpu_ns;
-        }
-      }
-      out[name] = u;
-    }
+    for (const auto& t : all) out["Tasks"].push_back(observe::introspect(*t));
     return out;
   }
 
@@ -3310,6 +2409,7 @@ class service_impl final : public service {
       }
       for (const auto& [name, id] : docker.items()) container_to_task_.erase(id.get<std::string>());
       tasks_.erase(it);
+      unpublish(a);
       published_.erase(a);
       metrics_.add("berth_tasks_cleaned_up_total", {});
       spdlog::info("task {} cleaned up: containers removed", a);
@@ -3412,6 +2512,7 @@ class service_impl final : public service {
   std::string state_dir_ =
       std::filesystem::weakly_canonical(std::filesystem::absolute(cfg_.state_dir)).string();
   std::unique_ptr<store> store_;
+  task_definitions tds_{store_.get(), "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":"};
   std::unique_ptr<dk::engine> docker_;
   ipc::ledger ledger_;
   pl::placer placer_;
@@ -3429,7 +2530,9 @@ class service_impl final : public service {
   std::mutex instance_mu_;  // the instance document and its ledger row; taken before mu_
   std::condition_variable cv_;
   bool stopping_ = false;
-  std::map<std::string, json> tasks_;  // by task ARN
+  std::map<std::string, json> tasks_;                       // by task ARN
+  mutable std::shared_mutex pub_mu_;                        // a leaf lock: guards pub_ only
+  std::map<std::string, std::shared_ptr<const json>> pub_;  // what readers see, by task ARN
   std::map<std::string, std::string> container_to_task_;
   std::list<worker> workers_;
   std::vector<std::string> recovered_resume_, recovered_check_;  // between recover() and start

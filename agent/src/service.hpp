@@ -33,6 +33,10 @@ class service {
   // go under the given constraints and strategies and, with dryRun, each rejected instance's
   // first reason, reserving nothing. Without dryRun it runs them, as RunTask.
   virtual tl::expected<json, api_error> place(const json& request) = 0;
+  // BerthV1.DescribeTaskUsage: per task of `tasks`, each container's memory and CPU used now
+  // (from its cgroup) beside its allocation, and Berth's events about the task. ECS's
+  // DescribeTasks holds only ECS's members; this is where Berth's extras are.
+  virtual tl::expected<json, api_error> task_usage(const json& request) = 0;
   // The ECS agent's introspection API: GET /v1/metadata and /v1/tasks[?dockerid=|taskarn=].
   virtual json metadata() = 0;
   virtual tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,

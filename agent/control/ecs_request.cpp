@@ -1,0 +1,84 @@
+#include "ecs_request.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+
+namespace berth::agent::control {
+
+std::string iso8601(double seconds, bool millis) {
+  const auto whole = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  gmtime_r(&whole, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string out = buf;
+  if (millis) {
+    char ms[8];
+    std::snprintf(ms, sizeof ms, ".%03d",
+                  static_cast<int>((seconds - static_cast<double>(whole)) * 1000) % 1000);
+    out += ms;
+  }
+  return out + "Z";
+}
+
+tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
+                                                                  std::size_t total,
+                                                                  std::int64_t max_limit) {
+  BERTH_TRY(max, r.integer("maxResults"));
+  BERTH_TRY(token, r.str("nextToken"));
+  std::size_t limit = static_cast<std::size_t>(max_limit);
+  if (max) {
+    if (*max < 1 || *max > max_limit) {
+      return tl::unexpected(
+          invalid("maxResults must be between 1 and " + std::to_string(max_limit)));
+    }
+    limit = static_cast<std::size_t>(*max);
+  }
+  std::size_t start = 0;
+  if (token) {
+    if (!token->starts_with("berth1.") || token->size() > 30) {
+      return tl::unexpected(invalid("Invalid nextToken"));
+    }
+    try {
+      start = std::stoul(token->substr(7));
+    } catch (...) {
+      return tl::unexpected(invalid("Invalid nextToken"));
+    }
+    if (start > total) return tl::unexpected(invalid("Invalid nextToken"));
+  }
+  return std::pair{start, std::min(total, start + limit)};
+}
+void add_token(json& out, std::size_t end, std::size_t total) {
+  if (end < total) out["nextToken"] = "berth1." + std::to_string(end);
+}
+
+std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
+  constexpr double most = 1 << 24;
+  if (v.is_number_unsigned()) {
+    const std::uint64_t x = v.get<std::uint64_t>();
+    if (x > static_cast<std::uint64_t>(most)) return std::nullopt;
+    return static_cast<std::uint32_t>(x);
+  }
+  if (!v.is_string()) return std::nullopt;
+  std::string s = v.get<std::string>();
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  double x = 0;
+  std::size_t used = 0;
+  try {
+    x = std::stod(s, &used);
+  } catch (...) {
+    return std::nullopt;
+  }
+  std::string unit = s.substr(used);
+  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
+  if (!std::isfinite(x) || x < 0 || x * 1024 > most) return std::nullopt;
+  if (unit.empty()) return static_cast<std::uint32_t>(x);
+  if (cpu && unit == "vcpu") return static_cast<std::uint32_t>(x * 1024);
+  if (!cpu && unit == "gb") return static_cast<std::uint32_t>(x * 1024);
+  if (!cpu && unit == "mb") return static_cast<std::uint32_t>(x);
+  return std::nullopt;
+}
+
+}  // namespace berth::agent::control

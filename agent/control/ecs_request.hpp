@@ -1,0 +1,100 @@
+// What the ECS actions share: errors in ECS's words, typed access to request members,
+// pagination tokens, and ECS's units and timestamps.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "service.hpp"
+
+namespace berth::agent::control {
+
+using nlohmann::json;
+using outcome = tl::expected<json, api_error>;
+
+// "2026-11-25T14:07:46.123Z" (with milliseconds) or without the fraction.
+std::string iso8601(double seconds, bool millis);
+
+inline api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
+inline api_error client(std::string m) { return {"ClientException", std::move(m)}; }
+inline api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }
+inline api_error cluster_not_found() { return {"ClusterNotFoundException", "Cluster not found."}; }
+inline api_error server(std::string m) { return {"ServerException", std::move(m), 500}; }
+
+// Typed access to request members, with ECS-style errors naming the member.
+struct reader {
+  const json& j;
+
+  tl::expected<std::optional<std::string>, api_error> str(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return std::optional<std::string>();
+    if (!it->is_string()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a string"));
+    }
+    return std::optional<std::string>(it->get<std::string>());
+  }
+  tl::expected<std::string, api_error> required_str(const char* k) const {
+    auto v = str(k);
+    if (!v) return tl::unexpected(v.error());
+    if (!*v || (*v)->empty()) {
+      return tl::unexpected(invalid(std::string("'") + k + "' is required and must not be empty"));
+    }
+    return **v;
+  }
+  tl::expected<std::optional<std::int64_t>, api_error> integer(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return std::optional<std::int64_t>();
+    if (!it->is_number_integer()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be an integer"));
+    }
+    return std::optional<std::int64_t>(it->get<std::int64_t>());
+  }
+  tl::expected<std::vector<std::string>, api_error> strings(const char* k) const {
+    std::vector<std::string> out;
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return out;
+    if (!it->is_array()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
+    }
+    for (const auto& v : *it) {
+      if (!v.is_string()) {
+        return tl::unexpected(
+            serialization(std::string("Expected every item of '") + k + "' to be a string"));
+      }
+      out.push_back(v.get<std::string>());
+    }
+    return out;
+  }
+  tl::expected<const json*, api_error> list(const char* k) const {
+    const auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return nullptr;
+    if (!it->is_array()) {
+      return tl::unexpected(serialization(std::string("Expected '") + k + "' to be a list"));
+    }
+    return &*it;
+  }
+};
+
+#define BERTH_TRY(var, expr)                            \
+  auto var##_r = (expr);                                \
+  if (!var##_r) return tl::unexpected(var##_r.error()); \
+  auto var = std::move(*var##_r)
+
+// Pagination: nextToken is the index of the next item, opaque to callers. The [begin, end) of
+// this page, at most `max_limit` (or maxResults) long.
+tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
+                                                                  std::size_t total,
+                                                                  std::int64_t max_limit);
+// Sets nextToken when items are left after `end`.
+void add_token(json& out, std::size_t end, std::size_t total);
+
+// "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
+// Values beyond 2^24 (16 M units or MiB) or not finite are refused.
+std::optional<std::uint32_t> units_of(const json& v, bool cpu);
+
+}  // namespace berth::agent::control

@@ -1,0 +1,25 @@
+// How tasks are shown outside the ECS API, from a task's record (its document with Berth's
+// `_berth` bookkeeping): the event stream's events, the ECS agent's introspection API, and what
+// each container uses now, read from its cgroup. Pure functions of the record, but for the
+// cgroup reads; callable from any thread.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace berth::agent::observe {
+
+using nlohmann::json;
+
+// EventBridge's "ECS Task State Change": detail is the task as DescribeTasks shows it, with
+// times as ISO strings and environment values hidden.
+json task_event(const json& task, const std::string& account_id, const std::string& region);
+
+// The ECS agent's /v1/tasks entry for a task.
+json introspect(const json& task);
+
+// Per container name: memory and CPU used, read from the container's cgroup (found from its pid,
+// checked to still be the container's), beside its limits. Empty for a STOPPED task.
+json usage_of(const json& task);
+
+}  // namespace berth::agent::observe
