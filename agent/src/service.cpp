@@ -28,6 +28,8 @@
 #include "ecs_request.hpp"
 #include "imds.hpp"
 #include "task_definitions.hpp"
+#include "task_engine.hpp"
+#include "task_table.hpp"
 #include "task_views.hpp"
 #include "util.hpp"
 
@@ -41,14 +43,6 @@ using namespace control;
 using namespace std::chrono_literals;
 
 // ---- the service ----
-
-constexpr const char* label_cluster = "com.berth.cluster";
-constexpr const char* label_task = "com.berth.task-arn";
-constexpr const char* label_container = "com.berth.container-name";
-constexpr const char* label_instance = "com.berth.instance";
-// The state directory of the berthd that made the container: a store lost or replaced gives
-// the instance a new id, but its containers still name their berthd's home.
-constexpr const char* label_state_dir = "com.berth.state-dir";
 
 class service_impl final : public service {
  public:
@@ -68,24 +62,15 @@ class service_impl final : public service {
     if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
     if (auto r = register_instance(); !r) return r;
     if (auto r = recover(); !r) return r;
-    if (auto r = check_unknown_containers(); !r) return r;
-    // Subscribed before any recovered task is acted on: no die event falls between the two.
-    dk::event_filter f;
-    f.labels = {{label_cluster, cfg_.cluster}};
-    f.actions = {"start", "die", "oom", "health_status"};
-    dk::event_handlers h;
-    h.on_event = [this](const dk::event& e) { on_docker_event(e); };
-    h.on_resync = [this](const std::vector<dk::container_summary>&) { reconcile_all(); };
-    h.on_disconnect = [](const dk::error& e) {
-      spdlog::warn("docker event stream lost: {}", e.message);
-    };
-    auto sub = docker_->subscribe(f, std::move(h));
-    if (!sub) return tl::unexpected(error{"docker events: " + sub.error().message});
-    events_ = std::move(*sub);
-    resume_recovered();
+    {
+      std::lock_guard lock(mu_);
+      table_.watch([this](const state::task_table::change& c) { on_record(c); });
+    }
+    engine_ = engine::make_task_engine(cfg_, instance_arn_, state_dir_, table_, *docker_, *store_,
+                                       metrics_);
+    if (auto r = engine_->start(); !r) return r;
     declare_metrics();
     heartbeat_ = std::thread([this] { heartbeat_loop(); });
-    housekeeping_ = std::thread([this] { housekeeping_loop(); });
     return {};
   }
 
@@ -102,14 +87,7 @@ class service_impl final : public service {
     }
     cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
-    if (housekeeping_.joinable()) housekeeping_.join();
-    events_.reset();
-    std::list<worker> workers;
-    {
-      std::lock_guard lock(mu_);
-      workers.swap(workers_);
-    }
-    for (auto& w : workers) w.thread.join();
+    if (engine_) engine_->shutdown();
   }
 
   outcome call(const std::string& action, const json& req) override {
@@ -185,10 +163,6 @@ class service_impl final : public service {
               {"tags", json::array()},
               {"settings", json::array()}};
     return store_->put("cluster", name, c.dump());
-  }
-
-  std::string task_key(const std::string& cluster, const std::string& id) const {
-    return cluster + "/" + id;
   }
 
   // ---- the instance ----
@@ -345,13 +319,10 @@ class service_impl final : public service {
     json ports = json::array();
     for (const auto p : cfg_.reserved_ports) ports.push_back(std::to_string(p));
     json used_ports = ports;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [arn, t] : tasks_) {
-        if (t["lastStatus"] == "STOPPED") continue;
-        for (const auto& p : t["_berth"]["need"]["ports"])
-          used_ports.push_back(std::to_string(p.get<int>()));
-      }
+    for (const auto& t : table_.all()) {
+      if ((*t)["lastStatus"] == "STOPPED") continue;
+      for (const auto& p : (*t)["_berth"]["need"]["ports"])
+        used_ports.push_back(std::to_string(p.get<int>()));
     }
     const auto resource = [](const char* name, std::int64_t v) {
       return json{{"name", name},
@@ -376,9 +347,14 @@ class service_impl final : public service {
 
   // This agent's tasks RUNNING, and PENDING or PROVISIONING.
   // This instance's tasks running and pending: every task berthd knows runs here.
-  std::pair<std::int64_t, std::int64_t> count_tasks() {
-    std::lock_guard lock(mu_);
-    return count_tasks_locked();
+  std::pair<std::int64_t, std::int64_t> count_tasks() const {
+    std::int64_t running = 0, pending = 0;
+    for (const auto& t : table_.all()) {
+      const std::string last = t->value("lastStatus", "");
+      running += last == "RUNNING";
+      pending += last == "PENDING" || last == "PROVISIONING";
+    }
+    return {running, pending};
   }
   std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
     std::int64_t running = 0, pending = 0;
@@ -740,7 +716,7 @@ class service_impl final : public service {
     }
     if (res->first == "task" && tasks_.contains(a)) {
       tasks_[a]["tags"] = d["tags"];
-      publish(tasks_[a]);
+      table_.save(tasks_[a]);
     }
     return json::object();
   }
@@ -871,75 +847,31 @@ class service_impl final : public service {
     return t;
   }
 
-  std::string task_store_key(const json& t) const {
-    const std::string cluster = t["clusterArn"].get<std::string>();
-    return task_key(cluster.substr(cluster.rfind('/') + 1),
-                    name_of(t["taskArn"].get<std::string>()));
-  }
-
-  // Puts the task in the table (under mu_) and announces it.
-  void remember(const json& t) {
-    const std::string a = t["taskArn"];
-    // Usually t is the table's own entry: assigning it to itself would (copy and swap) free
-    // what callers still hold references into.
-    if (const auto it = tasks_.find(a); it == tasks_.end()) {
-      tasks_.emplace(a, t);
-    } else if (&it->second != &t) {
-      it->second = t;
+  // Every change of a record, under mu_: announced on the event stream; a task that reached
+  // STOPPED gives its capacity back (once: holding_ says whose capacity is still held).
+  void on_record(const state::task_table::change& c) {
+    const std::string a = c.task["taskArn"];
+    if (c.erased) {
+      published_.erase(a);
+      return;
     }
-    publish(tasks_.at(a));
-    announce(tasks_.at(a));
+    announce(c.task);
+    if (c.task["lastStatus"] == "STOPPED" && holding_.erase(a) > 0) release(c.task);
   }
 
-  // ---- the read side ----
-  // API reads (DescribeTasks, ListTasks, introspection) see each task as last written, as an
-  // immutable copy published here (under mu_, by every write). Readers take pub_mu_ shared for
-  // the lookup only, so they never wait behind a store write, placement or Docker, all of which
-  // happen under mu_.
-
-  void publish(const json& t) {
-    auto copy = std::make_shared<const json>(t);
-    std::unique_lock lock(pub_mu_);
-    pub_[t["taskArn"].get<std::string>()] = std::move(copy);
-  }
-
-  void unpublish(const std::string& task_arn) {
-    std::unique_lock lock(pub_mu_);
-    pub_.erase(task_arn);
-  }
-
-  std::shared_ptr<const json> published_task(const std::string& task_arn) const {
-    std::shared_lock lock(pub_mu_);
-    const auto it = pub_.find(task_arn);
-    return it == pub_.end() ? nullptr : it->second;
-  }
-
-  std::vector<std::shared_ptr<const json>> published_tasks() const {
-    std::vector<std::shared_ptr<const json>> out;
-    std::shared_lock lock(pub_mu_);
-    out.reserve(pub_.size());
-    for (const auto& [a, t] : pub_) out.push_back(t);
-    return out;
-  }
-
-  // An action's write (under mu_): durable first, then in the table. A failed write changes
-  // nothing, and the caller answers 5xx.
-  result<void> commit(const json& t) {
-    if (auto w = store_->put("task", task_store_key(t), t.dump()); !w) {
-      spdlog::error("store: task {}: {}", t["taskArn"].get<std::string>(), w.error().message);
-      return w;
+  // Gives a task's claim back: its ledger capacity and ports, and its place in its group.
+  void release(const json& t) {
+    const json& n = t["_berth"]["need"];
+    std::vector<std::uint16_t> ports;
+    for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
+    const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
+                          n["dynamic"].get<std::uint32_t>()},
+                         ports};
+    if (auto r = ledger_.release(slot_, dm); !r) {
+      spdlog::error("task {}: ledger release failed: {}", t["taskArn"].get<std::string>(),
+                    ipc::describe(r.error()));
     }
-    remember(t);
-    return {};
-  }
-
-  // The engine's write of what it observed (under mu_): the table follows Docker whatever the
-  // store says; a failed write is logged and the next change writes the whole task again.
-  void save(const json& t) {
-    remember(t);
-    if (auto w = store_->put("task", task_store_key(t), t.dump()); !w) {
-      spdlog::error("store: task {}: {}", t["taskArn"].get<std::string>(), w.error().message);
-    }
+    groups_.remove(t["group"].get<std::string>(), slot_, placed_attributes(t));
   }
 
   // The instance's attribute words when the task was placed: what task_groups counted it under.
@@ -1107,14 +1039,9 @@ class service_impl final : public service {
     for (std::size_t i = 0; i < slots.size(); ++i) {
       made.push_back(new_task(td, cluster, group, started_by, overrides, tags, need));
     }
-    if (auto w = store_->transaction([&](store& st) -> result<void> {
-          for (const json& t : made) {
-            if (auto p = st.put("task", task_store_key(t), t.dump()); !p) return p;
-          }
-          return {};
-        });
-        !w) {
-      spdlog::error("store: new tasks not written: {}", w.error().message);
+    for (const json& t : made) holding_.insert(t["taskArn"].get<std::string>());
+    if (auto w = table_.commit_all(made); !w) {
+      for (const json& t : made) holding_.erase(t["taskArn"].get<std::string>());
       for (const std::uint32_t slot : slots) {
         (void)ledger_.release(
             slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
@@ -1123,12 +1050,8 @@ class service_impl final : public service {
       }
       return tl::unexpected(server("The task could not be stored: " + w.error().message));
     }
-    for (const json& t : made) {
-      remember(t);
-      out["tasks"].push_back(view(t));
-      const std::string a = t["taskArn"];
-      spawn(a, [this, a] { start_containers(a); });
-    }
+    // The engine, watching the table, starts them.
+    for (const json& t : made) out["tasks"].push_back(view(t));
     return out;
   }
 
@@ -1206,676 +1129,10 @@ class service_impl final : public service {
     return t;
   }
 
-  // Runs fn on a thread of its own, joined at shutdown. Call with mu_ held.
-  struct worker {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
-  };
-  // The worker works on one task: housekeeping leaves a task alone while any of its workers runs.
-  void spawn(const std::string& task_arn, std::function<void()> fn) {
-    ++in_flight_[task_arn];
-    spawn([this, task_arn, fn = std::move(fn)] {
-      struct done_with {
-        service_impl* s;
-        const std::string& arn;
-        ~done_with() {
-          std::lock_guard lock(s->mu_);
-          if (--s->in_flight_[arn] <= 0) s->in_flight_.erase(arn);
-        }
-      } done{this, task_arn};
-      fn();
-    });
-  }
-  void spawn(std::function<void()> fn) {
-    // Finished workers are joined here, so the list holds only live ones.
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->done->load(std::memory_order_acquire)) {
-        it->thread.join();
-        it = workers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    workers_.push_back({std::thread([fn = std::move(fn), done] {
-                          // A bug in one task's handling must not take berthd down.
-                          try {
-                            fn();
-                          } catch (const std::exception& e) {
-                            spdlog::error("task worker failed: {}", e.what());
-                          }
-                          done->store(true, std::memory_order_release);
-                        }),
-                        done});
-  }
-
-  // ---- tasks: starting ----
-
-  // `ns_owner`: the Docker id of the task's first container, whose namespaces pidMode and
-  // ipcMode "task" share; empty while that one is being made.
-  dk::container_spec spec_of(const json& t, const json& c, const json& td,
-                             const std::string& ns_owner) {
-    const std::string task_arn = t["taskArn"];
-    const std::string id = name_of(task_arn);
-    dk::container_spec s;
-    s.name = "berth-" + id.substr(0, 12) + "-" + c["name"].get<std::string>();
-    s.image = c["image"];
-    json o = json::object();
-    for (const auto& co : t["overrides"].value("containerOverrides", json::array())) {
-      if (co.value("name", std::string()) == c["name"]) o = co;
-    }
-    for (const auto& e : c.value("entryPoint", json::array())) s.entrypoint.push_back(e);
-    for (const auto& e : o.value("command", c.value("command", json::array())))
-      s.command.push_back(e);
-    std::map<std::string, std::string> env;
-    for (const auto& e : c.value("environment", json::array()))
-      env[e["name"]] = e.value("value", std::string());
-    for (const auto& e : o.value("environment", json::array()))
-      env[e["name"]] = e.value("value", std::string());
-    for (const auto& [k, v] : env) s.env.push_back(k + "=" + v);
-    const json labels = c.value("dockerLabels", json::object());  // items() must not outlive it
-    for (const auto& [k, v] : labels.items()) {
-      if (v.is_string()) s.labels[k] = v.get<std::string>();
-    }
-    s.labels[label_cluster] = cfg_.cluster;
-    s.labels[label_task] = task_arn;
-    s.labels[label_container] = c["name"];
-    s.labels[label_instance] = instance_arn_;
-    s.labels[label_state_dir] = state_dir_;
-    s.working_dir = c.value("workingDirectory", std::string());
-    s.user = c.value("user", std::string());
-    s.hostname = c.value("hostname", std::string());
-    const auto mem = o.contains("memory") ? o["memory"] : c.value("memory", json());
-    const auto res = o.contains("memoryReservation") ? o["memoryReservation"]
-                                                     : c.value("memoryReservation", json());
-    if (mem.is_number()) s.memory_bytes = mem.get<std::int64_t>() << 20;
-    if (res.is_number()) s.memory_reservation_bytes = res.get<std::int64_t>() << 20;
-    const std::int64_t cpu = o.value("cpu", c.value("cpu", 0));
-    s.cpu_shares = cpu < 2 ? 2 : cpu;  // Docker's minimum, as the ECS agent does
-    const std::string network = td["networkMode"];
-    s.network_mode = network;
-    for (const auto& p : c.value("portMappings", json::array())) {
-      s.ports.push_back({static_cast<std::uint16_t>(p["containerPort"].get<int>()),
-                         p.value("protocol", std::string("tcp")), cfg_.host_ip,
-                         static_cast<std::uint16_t>(p.value("hostPort", 0))});
-    }
-    if (network != "bridge") s.ports.clear();
-    for (const auto& m : c.value("mountPoints", json::array())) {
-      const std::string vol = m.value("sourceVolume", std::string());
-      for (const auto& v : td.value("volumes", json::array())) {
-        if (v.value("name", std::string()) != vol) continue;
-        if (v.contains("host") && v["host"].contains("sourcePath")) {
-          s.mounts.push_back({v["host"]["sourcePath"], m.value("containerPath", std::string()),
-                              m.value("readOnly", false), false});
-        } else {
-          s.mounts.push_back({"berth-" + id.substr(0, 12) + "-" + vol,
-                              m.value("containerPath", std::string()), m.value("readOnly", false),
-                              true});
-        }
-      }
-    }
-    for (const auto& u : c.value("ulimits", json::array())) {
-      s.ulimits.push_back(
-          {u.value("name", std::string()), u.value("softLimit", 0), u.value("hardLimit", 0)});
-    }
-    s.readonly_rootfs = c.value("readonlyRootFilesystem", false);
-    s.privileged = c.value("privileged", false);
-    const std::string pid = td.value("pidMode", ""), ipc = td.value("ipcMode", "");
-    if (pid == "host") s.pid_mode = "host";
-    if (pid == "task" && !ns_owner.empty()) s.pid_mode = "container:" + ns_owner;
-    if (ipc == "host" || ipc == "none") s.ipc_mode = ipc;
-    if (ipc == "task") s.ipc_mode = ns_owner.empty() ? "shareable" : "container:" + ns_owner;
-    if (const json& lp = member(c, "linuxParameters"); lp.is_object()) {
-      const json& caps = member(lp, "capabilities");
-      for (const auto& x : member(caps, "add").is_array() ? caps["add"] : json::array())
-        s.cap_add.push_back(x);
-      for (const auto& x : member(caps, "drop").is_array() ? caps["drop"] : json::array())
-        s.cap_drop.push_back(x);
-      for (const auto& d : member(lp, "devices").is_array() ? lp["devices"] : json::array()) {
-        dk::device dev;
-        dev.path_on_host = d["hostPath"];
-        dev.path_in_container = d.value("containerPath", dev.path_on_host);
-        if (const json& p = member(d, "permissions"); p.is_array() && !p.empty()) {
-          // In Docker's order: r, w, m.
-          dev.cgroup_permissions.clear();
-          for (const auto& [word, letter] :
-               {std::pair{"read", 'r'}, std::pair{"write", 'w'}, std::pair{"mknod", 'm'}}) {
-            if (std::find(p.begin(), p.end(), word) != p.end()) dev.cgroup_permissions += letter;
-          }
-        }
-        s.devices.push_back(dev);
-      }
-      if (member(lp, "initProcessEnabled").is_boolean()) s.init = lp["initProcessEnabled"];
-      if (member(lp, "sharedMemorySize").is_number_integer())
-        s.shm_size_bytes = lp["sharedMemorySize"].get<std::int64_t>() << 20;
-      for (const auto& m : member(lp, "tmpfs").is_array() ? lp["tmpfs"] : json::array()) {
-        std::string opts;
-        for (const auto& o :
-             member(m, "mountOptions").is_array() ? m["mountOptions"] : json::array())
-          opts += o.get<std::string>() + ",";
-        s.tmpfs[m["containerPath"]] =
-            opts + "size=" + std::to_string(m["size"].get<std::int64_t>()) + "m";
-      }
-    }
-    if (c.contains("healthCheck")) {
-      const json& h = c["healthCheck"];
-      dk::health_check hc;
-      for (const auto& x : h.value("command", json::array())) hc.test.push_back(x);
-      hc.interval = std::chrono::seconds(h.value("interval", 30));
-      hc.timeout = std::chrono::seconds(h.value("timeout", 5));
-      hc.retries = h.value("retries", 3);
-      hc.start_period = std::chrono::seconds(h.value("startPeriod", 0));
-      s.health = hc;
-    }
-    return s;
-  }
-
-  // Marks the task STOPPED (under mu_) and gives its resources back.
-  void finish(json& t, const std::string& code, const std::string& reason) {
-    if (t["lastStatus"] == "STOPPED") return;
-    const double now = now_seconds();
-    t["lastStatus"] = "STOPPED";
-    t["desiredStatus"] = "STOPPED";
-    if (!t.contains("stopCode")) t["stopCode"] = code;
-    if (!t.contains("stoppedReason")) t["stoppedReason"] = reason;
-    if (!t.contains("stoppingAt")) t["stoppingAt"] = now;
-    t["stoppedAt"] = now;
-    t["executionStoppedAt"] = now;
-    t["version"] = t.value("version", 0) + 1;
-    for (auto& c : t["containers"]) {
-      if (c["lastStatus"] != "STOPPED") c["lastStatus"] = "STOPPED";
-    }
-    const json& n = t["_berth"]["need"];
-    std::vector<std::uint16_t> ports;
-    for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
-    const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
-                          n["dynamic"].get<std::uint32_t>()},
-                         ports};
-    if (auto r = ledger_.release(slot_, dm); !r) {
-      spdlog::error("task {}: ledger release failed: {}", t["taskArn"].get<std::string>(),
-                    ipc::describe(r.error()));
-    }
-    groups_.remove(t["group"].get<std::string>(), slot_, placed_attributes(t));
-    save(t);
-    spdlog::info("task {} STOPPED ({}: {})", t["taskArn"].get<std::string>(), code, reason);
-  }
-
-  // A failure anywhere in a launch stops the task and gives its resources back.
-  void start_containers(const std::string& task_arn) {
-    try {
-      launch_containers(task_arn);
-    } catch (const std::exception& e) {
-      spdlog::error("task {}: launch failed: {}", task_arn, e.what());
-      fail_task(task_arn, "", "TaskFailedToStart", std::string("Internal error: ") + e.what());
-    }
-  }
-
-  void launch_containers(const std::string& task_arn) {
-    json t, td;
-    {
-      std::lock_guard lock(mu_);
-      if (!tasks_.contains(task_arn)) return;
-      t = tasks_[task_arn];
-      if (t["desiredStatus"] == "STOPPED") return;
-      td = t["_berth"]["taskDefinition"];
-      t["lastStatus"] = "PENDING";
-      t["pullStartedAt"] = now_seconds();
-      save(t);
-    }
-    std::string ns_owner;
-    for (const json* cp : start_order(td["containerDefinitions"])) {
-      const json& c = *cp;
-      const std::string name = c["name"];
-      // dependsOn: wait for each condition, bounded by the container's startTimeout.
-      if (auto ok = wait_dependencies(task_arn, c); !ok) {
-        {
-          // Shutting down: the launch resumes when berthd starts again.
-          std::lock_guard lock(mu_);
-          if (stopping_) return;
-        }
-        stop_task_containers(
-            task_arn, "TaskFailedToStart",
-            *ok.error().message.c_str() ? ok.error().message : "dependency failed");
-        return;
-      }
-      const dk::container_spec s = spec_of(t, c, td, ns_owner);
-      std::string docker_id;
-      {
-        std::lock_guard lock(mu_);
-        const json& known = tasks_[task_arn]["_berth"]["docker"];
-        if (known.contains(name)) docker_id = known[name];
-        if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
-      }
-      const bool recorded = !docker_id.empty();
-      if (!recorded) {
-        auto id = docker_->create_container(s);
-        if (!id && id.error().code == dk::errc::not_found) {
-          // Not present: try the registry, which fails fast when there is none.
-          auto pulled = docker_->pull_image(s.image, 60s);
-          if (pulled) id = docker_->create_container(s);
-          if (!pulled) id = tl::unexpected(pulled.error());
-        }
-        if (!id && id.error().code == dk::errc::conflict) {
-          // Created before a crash: the name is this task's, take it over.
-          if (auto existing = docker_->inspect_container(s.name)) id = existing->id;
-        }
-        if (!id) {
-          const std::string why = "CannotPullContainerError: " + id.error().message;
-          fail_task(task_arn, name, "TaskFailedToStart", why);
-          return;
-        }
-        docker_id = *id;
-        std::lock_guard lock(mu_);
-        json& tt = tasks_[task_arn];
-        tt["_berth"]["docker"][name] = docker_id;
-        container_to_task_[docker_id] = task_arn;
-        for (auto& cc : tt["containers"]) {
-          if (cc["name"] == name) cc["runtimeId"] = docker_id;
-        }
-        save(tt);
-      }
-      if (ns_owner.empty()) ns_owner = docker_id;  // the first in start order
-      auto made = docker_->inspect_container(docker_id);
-      if (made && !made->image_id.empty()) {
-        // The image (by id) the task now uses: housekeeping keeps it while the task is known.
-        track_image(made->image_id, s.image);
-        std::lock_guard lock(mu_);
-        tasks_[task_arn]["_berth"]["images"][name] = made->image_id;
-      }
-      if (recorded && made && made->status != "created") {
-        // Recorded before a restart and already past created: never started twice. One that
-        // ran and exited is reported as its die event would have been.
-        // One running was started just before the crash: what its start would have recorded
-        // (bindings, pid) may be missing, and is recorded now.
-        if (!made->running) {
-          report_exit(task_arn, name, docker_id, &*made);
-        } else {
-          std::lock_guard lock(mu_);
-          json& tt = tasks_[task_arn];
-          record_running(tt, name, *made);
-          save(tt);
-        }
-        continue;
-      }
-      bool stopped = false;
-      {
-        std::lock_guard lock(mu_);
-        stopped = tasks_[task_arn]["desiredStatus"] == "STOPPED";
-      }
-      if (stopped) {
-        // Stopped while the container was being made: it is not started, and goes.
-        forget_unstarted(task_arn, docker_id);
-        return;
-      }
-      if (auto st = docker_->start_container(docker_id); !st) {
-        // It never ran: the task stops at once, with no grace and no die event to wait for.
-        forget_unstarted(task_arn, docker_id);
-        {
-          // Stopped meanwhile (that stop may have removed it): the stop's reason stands.
-          std::lock_guard lock(mu_);
-          if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
-        }
-        fail_task(task_arn, name, "TaskFailedToStart",
-                  "CannotStartContainerError: " + st.error().message);
-        return;
-      }
-      auto info = docker_->inspect_container(docker_id);
-      std::lock_guard lock(mu_);
-      json& tt = tasks_[task_arn];
-      if (info) {
-        record_running(tt, name, *info);
-      } else {
-        for (auto& cc : tt["containers"]) {
-          if (cc["name"] == name && cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
-        }
-      }
-      // The kernel enforces what Docker was asked for, or the task says it does not.
-      if (info && info->running) {
-        if (auto cg = dk::read_cgroup(info->pid)) {
-          dk::requested_limits asked{s.memory_bytes, s.memory_reservation_bytes, s.cpu_shares, 0,
-                                     0};
-          for (const auto& d : dk::check_limits(asked, *cg)) {
-            tt["_berth"]["events"].push_back(
-                {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
-            spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
-          }
-        }
-      }
-      save(tt);
-    }
-    std::lock_guard lock(mu_);
-    json& tt = tasks_[task_arn];
-    if (tt["lastStatus"] == "PENDING" && tt["desiredStatus"] == "RUNNING") {
-      tt["lastStatus"] = "RUNNING";
-      tt["startedAt"] = now_seconds();
-      tt["pullStoppedAt"] = tt["startedAt"];
-      tt["connectivity"] = "CONNECTED";
-      tt["connectivityAt"] = tt["startedAt"];
-      tt["version"] = tt.value("version", 0) + 1;
-      save(tt);
-      spdlog::info("task {} RUNNING", task_arn);
-    }
-  }
-
-  // A started container as the task shows it: RUNNING, its host ports, its pid (for usage).
-  // Under mu_.
-  void record_running(json& t, const std::string& name, const dk::container_info& info) {
-    for (auto& cc : t["containers"]) {
-      if (cc["name"] != name) continue;
-      if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
-      cc["networkBindings"] = json::array();
-      for (const auto& p : info.ports) {
-        cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
-                                         {"containerPort", p.container_port},
-                                         {"hostPort", p.host_port},
-                                         {"protocol", p.protocol}});
-      }
-    }
-    if (info.running) t["_berth"]["pids"][name] = info.pid;
-  }
-
-  tl::expected<void, error> wait_dependencies(const std::string& task_arn, const json& c) {
-    for (const auto& d : c.value("dependsOn", json::array())) {
-      const std::string other = d["containerName"];
-      const std::string cond = d["condition"];
-      const auto deadline =
-          std::chrono::steady_clock::now() + std::chrono::seconds(c.value("startTimeout", 300));
-      std::unique_lock lock(mu_);
-      const bool met = cv_.wait_until(lock, deadline, [&] {
-        if (stopping_ || tasks_[task_arn]["desiredStatus"] == "STOPPED") return true;
-        for (const auto& cc : tasks_[task_arn]["containers"]) {
-          if (cc["name"] != other) continue;
-          const std::string st = cc["lastStatus"];
-          if (cond == "START") return st == "RUNNING" || st == "STOPPED";
-          if (cond == "COMPLETE") return st == "STOPPED";
-          if (cond == "SUCCESS") return st == "STOPPED" && cc.value("exitCode", -1) == 0;
-          if (cond == "HEALTHY") return cc.value("healthStatus", std::string()) == "HEALTHY";
-        }
-        return false;
-      });
-      if (stopping_) return tl::unexpected(error{"berthd is shutting down"});
-      if (!met) {
-        return tl::unexpected(error{"dependency " + other + " did not reach " + cond + " in time"});
-      }
-      if (cond == "SUCCESS") {
-        for (const auto& cc : tasks_[task_arn]["containers"]) {
-          if (cc["name"] == other && cc.value("exitCode", -1) != 0) {
-            return tl::unexpected(error{"dependency " + other + " exited with " +
-                                        std::to_string(cc.value("exitCode", -1))});
-          }
-        }
-      }
-    }
-    return {};
-  }
-
-  void fail_task(const std::string& task_arn, const std::string& container, const std::string& code,
-                 const std::string& why) {
-    {
-      std::lock_guard lock(mu_);
-      json& t = tasks_[task_arn];
-      for (auto& c : t["containers"]) {
-        if (c["name"] == container) c["reason"] = why;
-      }
-      t["stopCode"] = code;
-      t["stoppedReason"] = why;
-      save(t);
-    }
-    stop_task_containers(task_arn, code, why);
-  }
-
-  // A container that never ran (created; its start failed or never came) gets no grace and
-  // sends no die event: it is removed now, and is STOPPED for its task. One already gone is fine.
-  void forget_unstarted(const std::string& task_arn, const std::string& docker_id) {
-    if (auto r = docker_->remove_container(docker_id, {true, false});
-        !r && r.error().code != dk::errc::not_found) {
-      spdlog::warn("task {}: cannot remove container {}, never started: {}", task_arn, docker_id,
-                   r.error().message);
-    }
-    std::lock_guard lock(mu_);
-    const auto it = tasks_.find(task_arn);
-    if (it == tasks_.end()) return;
-    for (auto& c : it->second["containers"]) {
-      if (c.value("runtimeId", "") == docker_id) c["lastStatus"] = "STOPPED";
-    }
-    save(it->second);
-    cv_.notify_all();
-  }
-
-  // Stops every container of the task (grace: each container's stopTimeout), then STOPPED.
-  // As ECS reports it: the task stays as it was (RUNNING, desired STOPPED) while its containers
-  // stop, then is DEPROVISIONING, then STOPPED.
-  void stop_task_containers(const std::string& task_arn, const std::string& code,
-                            const std::string& why) {
-    std::vector<std::pair<std::string, std::chrono::seconds>> ids;
-    {
-      std::lock_guard lock(mu_);
-      json& t = tasks_[task_arn];
-      if (t["lastStatus"] == "STOPPED") return;
-      t["desiredStatus"] = "STOPPED";
-      if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
-      if (!t.contains("stopCode")) t["stopCode"] = code;
-      if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
-      save(t);
-      for (const auto& c : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        const std::string name = c["name"];
-        if (!t["_berth"]["docker"].contains(name)) continue;
-        ids.emplace_back(
-            t["_berth"]["docker"][name],
-            std::chrono::seconds(c.value(
-                "stopTimeout",
-                static_cast<int>(
-                    std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout).count()))));
-      }
-    }
-    // SIGTERM, then SIGKILL after the grace period: waited for here (die events mark the
-    // containers STOPPED), so that shutting berthd down interrupts the wait instead of sitting
-    // in a blocking `docker stop`. A stop cut short resumes when berthd starts again.
-    const auto all_stopped = [&] {
-      for (const auto& c : tasks_[task_arn]["containers"]) {
-        if (c.contains("runtimeId") && c["lastStatus"] != "STOPPED") return false;
-      }
-      return true;
-    };
-    // Containers that exited unseen (berthd was down) are marked so first; those that never
-    // started go now.
-    reconcile(task_arn, true);
-    std::chrono::seconds grace{0};
-    for (const auto& [id, g] : ids) {
-      (void)docker_->kill_container(id, "SIGTERM");
-      grace = std::max(grace, g);
-    }
-    {
-      std::unique_lock lock(mu_);
-      cv_.wait_for(lock, grace, [&] { return stopping_ || all_stopped(); });
-      if (stopping_) return;
-    }
-    for (const auto& [id, g] : ids) (void)docker_->kill_container(id, "SIGKILL");
-    {
-      std::unique_lock lock(mu_);
-      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
-      if (stopping_) return;
-      // Its containers have stopped (or Docker did not say so in time).
-      json& t = tasks_[task_arn];
-      if (t["lastStatus"] != "STOPPED") {
-        t["lastStatus"] = "DEPROVISIONING";
-        t["version"] = t.value("version", 0) + 1;
-        save(t);
-        spdlog::info("task {} DEPROVISIONING", task_arn);
-      }
-    }
-    // Exit codes, for the containers whose die event has not come yet.
-    std::map<std::string, dk::container_info> infos;
-    for (const auto& [id, grace] : ids) {
-      if (auto i = docker_->inspect_container(id)) infos[id] = *i;
-    }
-    std::lock_guard lock(mu_);
-    json& t = tasks_[task_arn];
-    for (auto& c : t["containers"]) {
-      const std::string id = c.value("runtimeId", std::string());
-      if (!infos.contains(id) || infos[id].running) continue;
-      if (!c.contains("exitCode")) c["exitCode"] = infos[id].exit_code;
-      // Docker's oom event can be missed when the kill comes before it watches the cgroup;
-      // its record of the kill is the other witness.
-      if (infos[id].oom_killed && !c.contains("reason")) {
-        c["reason"] = "OutOfMemoryError: Container killed due to memory usage";
-        if (t.value("stopCode", "") == "EssentialContainerExited") {
-          t["stoppedReason"] = c["reason"];
-        }
-      }
-    }
-    finish(t, t.value("stopCode", code), t.value("stoppedReason", why));
-    cv_.notify_all();
-  }
-
-  // ---- tasks: Docker's events ----
-
-  void on_docker_event(const dk::event& e) {
-    std::unique_lock lock(mu_);
-    auto it = container_to_task_.find(e.id);
-    if (it == container_to_task_.end()) {
-      // A container of ours not yet recorded (its create raced the event): find it by label.
-      const auto a = e.attributes.find(label_task);
-      if (a == e.attributes.end() || !tasks_.contains(a->second)) return;
-      it = container_to_task_.emplace(e.id, a->second).first;
-    }
-    const std::string task_arn = it->second;
-    const auto found = tasks_.find(task_arn);
-    if (found == tasks_.end()) {  // cleaned up: the container is no longer ours to follow
-      container_to_task_.erase(it);
-      return;
-    }
-    json& t = found->second;
-    const std::string cname =
-        e.attributes.contains(label_container) ? e.attributes.at(label_container) : "";
-    json* c = nullptr;
-    for (auto& cc : t["containers"]) {
-      if (cc["name"] == cname) c = &cc;
-    }
-    if (c == nullptr) return;
-    if (e.action == "oom") {
-      (*c)["reason"] = "OutOfMemoryError: Container killed due to memory usage";
-      save(t);
-    } else if (e.action.starts_with("health_status")) {
-      const std::string h = e.action.find("unhealthy") != std::string::npos ? "UNHEALTHY"
-                            : e.action.find("healthy") != std::string::npos ? "HEALTHY"
-                                                                            : "UNKNOWN";
-      (*c)["healthStatus"] = h;
-      // The task is as healthy as its essential containers with checks.
-      std::string task_health = "UNKNOWN";
-      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        if (!def.value("essential", true) || !def.contains("healthCheck")) continue;
-        for (const auto& cc : t["containers"]) {
-          if (cc["name"] != def["name"]) continue;
-          const std::string ch = cc.value("healthStatus", std::string("UNKNOWN"));
-          if (ch == "UNHEALTHY")
-            task_health = "UNHEALTHY";
-          else if (ch == "HEALTHY" && task_health == "UNKNOWN")
-            task_health = "HEALTHY";
-        }
-      }
-      t["healthStatus"] = task_health;
-      save(t);
-      cv_.notify_all();
-    } else if (e.action == "die") {
-      (*c)["lastStatus"] = "STOPPED";
-      const auto code = e.attributes.find("exitCode");
-      if (code != e.attributes.end()) {
-        try {
-          (*c)["exitCode"] = std::stoi(code->second);
-        } catch (...) {
-        }
-      }
-      save(t);
-      cv_.notify_all();
-      bool essential = true;
-      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        if (def["name"] == cname) essential = def.value("essential", true);
-      }
-      bool all_stopped = true;
-      for (const auto& cc : t["containers"]) all_stopped &= cc["lastStatus"] == "STOPPED";
-      if (t["lastStatus"] == "STOPPED") return;
-      if (essential || all_stopped) {
-        if (t["desiredStatus"] != "STOPPED") {
-          const std::string why =
-              (*c).contains("reason") &&
-                      (*c)["reason"].get<std::string>().starts_with("OutOfMemory")
-                  ? "OutOfMemoryError: Container killed due to memory usage"
-                  : "Essential container in task exited";
-          t["stopCode"] = "EssentialContainerExited";
-          t["stoppedReason"] = why;
-          t["desiredStatus"] = "STOPPED";
-          save(t);
-          spawn(task_arn, [this, task_arn, why] {
-            stop_task_containers(task_arn, "EssentialContainerExited", why);
-          });
-        }
-      }
-    }
-  }
-
-  // A container that exited (or vanished: no info) while no event said so, reported as its
-  // oom and die events would have been.
-  void report_exit(const std::string& task_arn, const std::string& name, const std::string& id,
-                   const dk::container_info* info) {
-    dk::event e;
-    e.id = id;
-    e.action = "die";
-    e.attributes[label_container] = name;
-    e.attributes[label_task] = task_arn;
-    if (info != nullptr) {
-      e.attributes["exitCode"] = std::to_string(info->exit_code);
-      if (info->oom_killed) {
-        dk::event oom = e;
-        oom.action = "oom";
-        on_docker_event(oom);
-      }
-    }
-    on_docker_event(e);
-  }
-
-  // After Docker's event stream (re)connects: what was missed is read from Docker itself.
-  void reconcile_all() {
-    std::vector<std::string> active;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED" && !t["_berth"]["docker"].empty()) active.push_back(a);
-      }
-    }
-    for (const auto& a : active) reconcile(a);
-  }
-
-  // With `stopping`, a container created and never started goes (forget_unstarted): its task
-  // is stopping, so no launch will start it.
-  void reconcile(const std::string& task_arn, bool stopping = false) {
-    json docker;
-    {
-      std::lock_guard lock(mu_);
-      const auto it = tasks_.find(task_arn);
-      if (it == tasks_.end()) return;
-      docker = it->second["_berth"]["docker"];
-    }
-    for (const auto& [name, id] : docker.items()) {
-      auto info = docker_->inspect_container(id.get<std::string>());
-      if (stopping && info && info->status == "created") {
-        forget_unstarted(task_arn, id.get<std::string>());
-        continue;
-      }
-      // Created and not yet started is alive: its launch worker is about to start it (a resync
-      // racing a launch saw such containers as exited, and stopped their tasks).
-      if (info && (info->running || info->status == "created" || info->status == "paused" ||
-                   info->status == "restarting")) {
-        continue;
-      }
-      // Only a container Docker says is gone or has exited is dead: a slow answer is not.
-      if (!info && info.error().code != dk::errc::not_found) continue;
-      report_exit(task_arn, name, id, info ? &*info : nullptr);
-    }
-  }
-
   // ---- tasks: recovery after a restart ----
 
+  // The records as the store has them, and the capacity their tasks hold; the engine resumes
+  // them (engine::task_engine::start).
   result<void> recover() {
     auto all = store_->list("task", cfg_.cluster + "/");
     if (!all) return tl::unexpected(all.error());
@@ -1890,21 +1147,15 @@ class service_impl final : public service {
           continue;
         }
         const std::string a = t["taskArn"];
-        tasks_[a] = t;
-        publish(t);
-        for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
+        table_.load(t);
         if (t["lastStatus"] == "STOPPED") continue;
+        holding_.insert(a);
         const json& n = t["_berth"]["need"];
         cpu += n["cpu"].get<std::uint32_t>();
         mib += n["mib"].get<std::uint32_t>();
         dyn += n["dynamic"].get<std::uint32_t>();
         for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
         groups_.add(t["group"].get<std::string>(), slot_, placed_attributes(t));
-        if (t["lastStatus"] == "RUNNING" || t["desiredStatus"] == "STOPPED") {
-          recovered_check_.push_back(a);
-        } else {
-          recovered_resume_.push_back(a);
-        }
       }
       // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
       (void)ledger_.set_free(slot_, {registered_cpu_ > cpu ? registered_cpu_ - cpu : 0,
@@ -1919,86 +1170,8 @@ class service_impl final : public service {
           spdlog::warn("ledger: port {} not claimed: {}", p, ipc::describe(r.error()));
         }
       }
-      spdlog::info("recovered {} tasks ({} to resume, {} to check)", tasks_.size(),
-                   recovered_resume_.size(), recovered_check_.size());
     }
     return {};
-  }
-
-  // Containers labelled for this instance (or made by a berthd with this state directory)
-  // whose task the store does not know: a store lost, emptied or restored from an old copy
-  // while tasks ran. Never passed over in silence: refused, removed or left, as configured.
-  result<void> check_unknown_containers() {
-    dk::list_filter f;
-    f.labels = {{label_cluster, cfg_.cluster}};
-    auto all = docker_->list_containers(f);
-    if (!all) return tl::unexpected(error{"docker: listing containers: " + all.error().message});
-    std::vector<dk::container_summary> unknown;
-    for (const auto& c : *all) {
-      const auto label = [&](const char* k) {
-        const auto it = c.labels.find(k);
-        return it == c.labels.end() ? std::string() : it->second;
-      };
-      if (label(label_instance) != instance_arn_ && label(label_state_dir) != state_dir_) continue;
-      if (tasks_.contains(label(label_task))) continue;
-      unknown.push_back(c);
-    }
-    if (unknown.empty()) return {};
-    std::string names;
-    for (std::size_t i = 0; i < unknown.size(); ++i) {
-      if (i == 8) {
-        names += ", and " + std::to_string(unknown.size() - 8) + " more";
-        break;
-      }
-      const auto task = unknown[i].labels.find(label_task);
-      names += (i > 0 ? ", " : "") + unknown[i].name + " (" + unknown[i].state + ", task " +
-               (task == unknown[i].labels.end() ? std::string("?") : task->second) + ")";
-    }
-    const std::string what = std::to_string(unknown.size()) +
-                             " container(s) labelled for this instance are not in the store " +
-                             state_dir_ + "/berth.db: " + names;
-    if (cfg_.unknown_containers == "remove") {
-      for (const auto& c : unknown) {
-        if (auto r = docker_->remove_container(c.id, {true, true}); !r) {
-          return tl::unexpected(
-              error{"removing unknown container " + c.name + ": " + r.error().message});
-        }
-        spdlog::warn("removed unknown container {} ({}), as --unknown-containers=remove says",
-                     c.name, c.id.substr(0, 12));
-      }
-      return {};
-    }
-    if (cfg_.unknown_containers == "leave") {
-      spdlog::warn("{}; left running, unmanaged, as --unknown-containers=leave says", what);
-      return {};
-    }
-    return tl::unexpected(
-        error{what +
-              ". Refusing to start as if they did not exist. If the store was lost, restore it; "
-              "otherwise start with --unknown-containers=remove to remove them, or "
-              "--unknown-containers=leave to leave them running unmanaged."});
-  }
-
-  void resume_recovered() {
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& a : recovered_resume_) spawn(a, [this, a] { start_containers(a); });
-    }
-    for (const auto& a : recovered_check_) {
-      std::string desired;
-      {
-        std::lock_guard lock(mu_);
-        desired = tasks_[a]["desiredStatus"];
-      }
-      if (desired == "STOPPED") {
-        std::lock_guard lock(mu_);
-        spawn(a, [this, a] { stop_task_containers(a, "UserInitiated", "Task stopped by user"); });
-      } else {
-        reconcile(a);
-      }
-    }
-    recovered_check_.clear();
-    recovered_resume_.clear();
   }
 
   // ---- tasks: the other actions ----
@@ -2022,13 +1195,9 @@ class service_impl final : public service {
       t["stoppedReason"] = reason.value_or("Task stopped by user");
       t["stoppingAt"] = now_seconds();
       t["version"] = t.value("version", 0) + 1;
-      if (auto w = commit(t); !w) {
+      if (auto w = table_.commit(t); !w) {
         return tl::unexpected(server("The task's stop could not be stored: " + w.error().message));
       }
-      spawn(key, [this, key, why = t["stoppedReason"].get<std::string>()] {
-        stop_task_containers(key, "UserInitiated", why);
-      });
-      cv_.notify_all();
     }
     return json{{"task", view(it->second)}};
   }
@@ -2054,7 +1223,7 @@ class service_impl final : public service {
     }
     std::vector<std::pair<double, std::string>> found;
     {
-      for (const auto& tp : published_tasks()) {
+      for (const auto& tp : table_.all()) {
         const json& t = *tp;
         const std::string& a = t["taskArn"].get_ref<const std::string&>();
         if (t["clusterArn"] != cluster["clusterArn"]) continue;
@@ -2087,8 +1256,8 @@ class service_impl final : public service {
     const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
-      const auto t = published_task(
-          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+      const auto t =
+          table_.get(arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
       if (!t) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
@@ -2115,8 +1284,8 @@ class service_impl final : public service {
     if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
-      const auto t = published_task(
-          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+      const auto t =
+          table_.get(arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
       if (!t) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
@@ -2295,11 +1464,11 @@ class service_impl final : public service {
   tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
                                                  const std::string& task_arn) override {
     if (!task_arn.empty()) {
-      const auto t = published_task(task_arn);
+      const auto t = table_.get(task_arn);
       if (!t) return tl::unexpected(api_error{"NotFound", "no such task", 404});
       return observe::introspect(*t);
     }
-    const auto all = published_tasks();
+    const auto all = table_.all();
     if (!docker_id.empty()) {
       // The full id, or a prefix of at most 12 characters (Docker's short id), as the ECS agent.
       std::vector<const json*> found;
@@ -2323,190 +1492,6 @@ class service_impl final : public service {
     return out;
   }
 
-  // ---- housekeeping ----
-
-  void housekeeping_loop() {
-    auto next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
-    const auto tick = std::min<std::chrono::milliseconds>(
-        std::chrono::seconds(10),
-        std::min(cfg_.task_cleanup_wait, cfg_.image_cleanup_interval) / 2);
-    for (;;) {
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait_for(lock, std::max<std::chrono::milliseconds>(tick, 100ms),
-                     [&] { return stopping_; });
-        if (stopping_) return;
-      }
-      try {
-        clean_up_tasks();
-        if (cfg_.image_cleanup && std::chrono::steady_clock::now() >= next_images) {
-          clean_up_images();
-          next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
-        }
-      } catch (const std::exception& e) {
-        spdlog::error("housekeeping failed: {}", e.what());
-      }
-    }
-  }
-
-  // Stopped tasks past the cleanup wait: containers removed, then the record.
-  void clean_up_tasks() {
-    const double now = now_seconds();
-    const double wait = std::chrono::duration<double>(cfg_.task_cleanup_wait).count();
-    struct due_task {
-      std::string arn;
-      json docker;
-      std::vector<std::string> volumes;
-    };
-    std::vector<due_task> due;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED" || in_flight_.contains(a)) continue;
-        if (t.value("stoppedAt", now) + wait > now) continue;
-        std::vector<std::string> volumes;
-        for (const auto& v : t["_berth"]["taskDefinition"].value("volumes", json::array())) {
-          if (v.is_object() && v.contains("name") && v["name"].is_string() &&
-              !(v.contains("host") && v["host"].is_object() && v["host"].contains("sourcePath"))) {
-            volumes.push_back(v["name"]);
-          }
-        }
-        due.push_back({a, t["_berth"]["docker"], volumes});
-      }
-    }
-    for (const auto& [a, docker, volumes] : due) {
-      bool removed = true;
-      for (const auto& [name, id] : docker.items()) {
-        auto r = docker_->remove_container(id.get<std::string>(), {true, true});
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::warn("task {}: cannot remove container {}: {}", a, id.get<std::string>(),
-                       r.error().message);
-          removed = false;
-        }
-      }
-      // The task's own volumes (its task definition's volumes without a host path) go too.
-      const std::string prefix = "berth-" + name_of(a).substr(0, 12) + "-";
-      for (const auto& v : volumes) {
-        auto r = docker_->remove_volume(prefix + v);
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::warn("task {}: cannot remove volume {}: {}", a, prefix + v, r.error().message);
-          removed = false;
-        }
-      }
-      if (!removed) continue;  // tried again next time
-      std::lock_guard lock(mu_);
-      const auto it = tasks_.find(a);
-      // Unchanged since it was chosen, and no worker of its own: only then forgotten.
-      if (it == tasks_.end() || in_flight_.contains(a) || it->second["lastStatus"] != "STOPPED" ||
-          it->second["_berth"]["docker"] != docker) {
-        continue;
-      }
-      const std::string cluster = it->second["clusterArn"].get<std::string>().substr(
-          it->second["clusterArn"].get<std::string>().rfind('/') + 1);
-      if (auto e = store_->erase("task", task_key(cluster, name_of(a))); !e) {
-        spdlog::error("store: task {}: {}", a, e.error().message);
-        continue;
-      }
-      for (const auto& [name, id] : docker.items()) container_to_task_.erase(id.get<std::string>());
-      tasks_.erase(it);
-      unpublish(a);
-      published_.erase(a);
-      metrics_.add("berth_tasks_cleaned_up_total", {});
-      spdlog::info("task {} cleaned up: containers removed", a);
-    }
-  }
-
-  // Records that a task used an image (by id), so that housekeeping may remove it once unused.
-  void track_image(const std::string& image_id, const std::string& ref) {
-    auto doc = store_->get("image", image_id);
-    json im = doc && *doc ? json::parse(**doc, nullptr, false) : json::object();
-    if (!im.is_object()) im = json::object();
-    im["imageId"] = image_id;
-    if (!im.contains("names")) im["names"] = json::array();
-    if (std::find(im["names"].begin(), im["names"].end(), ref) == im["names"].end())
-      im["names"].push_back(ref);
-    im["lastUsedAt"] = now_seconds();
-    if (auto w = store_->put("image", image_id, im.dump()); !w) {
-      spdlog::error("store: image {}: {}", image_id, w.error().message);
-    }
-  }
-
-  // Images tasks used, unused by any task still known (a stopped one keeps its containers until
-  // cleaned up) for the minimum age, least recently used first; at most images_per_cycle.
-  void clean_up_images() {
-    auto all = store_->list("image", "");
-    if (!all) return;
-    std::set<std::string> in_use;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [a, t] : tasks_) {
-        const json images = t["_berth"].value("images", json::object());  // outlives items()
-        for (const auto& [name, id] : images.items()) in_use.insert(id.get<std::string>());
-      }
-    }
-    const double now = now_seconds();
-    const double age = std::chrono::duration<double>(cfg_.image_minimum_age).count();
-    std::vector<std::pair<double, json>> candidates;
-    for (const auto& [id, doc] : *all) {
-      json im = json::parse(doc, nullptr, false);
-      if (!im.is_object() || in_use.contains(id)) continue;
-      bool excluded = false;
-      for (const auto& n : im.value("names", json::array())) {
-        excluded |= std::find(cfg_.image_cleanup_exclude.begin(), cfg_.image_cleanup_exclude.end(),
-                              n.get<std::string>()) != cfg_.image_cleanup_exclude.end();
-      }
-      if (excluded) continue;
-      const double last = im.value("lastUsedAt", now);
-      if (last + age > now) continue;
-      candidates.emplace_back(last, im);
-    }
-    std::sort(candidates.begin(), candidates.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
-    unsigned removed = 0;
-    metrics_.add("berth_image_cleanups_total", {});
-    for (const auto& [last, im] : candidates) {
-      if (removed >= cfg_.images_per_cycle) break;
-      const std::string id = im["imageId"];
-      {
-        // A task may have started on it since the list was made.
-        std::lock_guard lock(mu_);
-        bool used = false;
-        for (const auto& [a, t] : tasks_) {
-          const json images = t["_berth"].value("images", json::object());
-          for (const auto& [name, image] : images.items()) used |= image == id;
-        }
-        if (used) continue;
-      }
-      // Each name first, then the id: an image under several names cannot go by id alone. A
-      // name that has moved on to another image since is left alone.
-      bool gone = true;
-      for (const auto& n : im["names"]) {
-        const auto now_is = docker_->inspect_image(n.get<std::string>());
-        if (!now_is || now_is->id != id) continue;
-        auto r = docker_->remove_image(n.get<std::string>(), false);
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::info("image {} ({}) kept: {}", n.get<std::string>(), id, r.error().message);
-          gone = false;
-          break;
-        }
-      }
-      if (!gone) continue;  // a container still uses it: tried again next cycle
-      // Still there under names no task used: someone else's, no longer tracked.
-      auto left = docker_->inspect_image(id);
-      if (left && left->tags.empty()) {
-        auto r = docker_->remove_image(id, false);
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::info("image {} kept: {}", id, r.error().message);
-          continue;
-        }
-      }
-      (void)store_->erase("image", id);
-      ++removed;
-      metrics_.add("berth_images_removed_total", {});
-      spdlog::info("image {} removed: unused since {}", id, iso8601(last, false));
-    }
-  }
-
   config cfg_;
   // The state directory, absolute: what label_state_dir carries.
   std::string state_dir_ =
@@ -2526,23 +1511,21 @@ class service_impl final : public service {
   std::optional<json> row_doc_;
   std::uint32_t running_tasks_ = 0;
   std::string instance_id_, instance_arn_, ec2_id_;
-  std::mutex mu_;
   std::mutex instance_mu_;  // the instance document and its ledger row; taken before mu_
-  std::condition_variable cv_;
+  // The tasks, shared with the engine. Its lock (mu_) also guards the placer's groups_,
+  // holding_, published_, on_change_ and stopping_.
+  state::task_table table_{*store_};
+  std::mutex& mu_ = table_.mutex();
+  std::condition_variable& cv_ = table_.changed();
+  std::map<std::string, json>& tasks_ = table_.rows();
   bool stopping_ = false;
-  std::map<std::string, json> tasks_;                       // by task ARN
-  mutable std::shared_mutex pub_mu_;                        // a leaf lock: guards pub_ only
-  std::map<std::string, std::shared_ptr<const json>> pub_;  // what readers see, by task ARN
-  std::map<std::string, std::string> container_to_task_;
-  std::list<worker> workers_;
-  std::vector<std::string> recovered_resume_, recovered_check_;  // between recover() and start
-  std::unique_ptr<dk::subscription> events_;
-  std::thread heartbeat_, housekeeping_;
+  std::set<std::string> holding_;  // tasks whose capacity is claimed: not yet STOPPED
+  std::unique_ptr<engine::task_engine> engine_;
+  std::thread heartbeat_;
   metrics& metrics_;
   event_bus& bus_;
   std::map<std::string, std::string> published_;  // task ARN -> the state last announced
   std::function<void(const json&)> on_change_;    // under mu_
-  std::map<std::string, int> in_flight_;          // task ARN -> its workers still running
 };
 
 }  // namespace

@@ -1,0 +1,887 @@
+// The task engine: see task_engine.hpp. One state machine per task, driven from its record:
+// drive() compares desired and known status and starts a launch or a stop worker; the workers'
+// steps are idempotent and write what they observe back through the table.
+#include "task_engine.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "container_spec.hpp"
+#include "ecs_request.hpp"
+#include "image_cleanup.hpp"
+#include "task_definitions.hpp"
+#include "util.hpp"
+
+namespace berth::agent::engine {
+
+namespace {
+
+namespace dk = berth::docker;
+using namespace control;
+using namespace std::chrono_literals;
+using state::task_table;
+
+class task_engine_impl final : public task_engine {
+ public:
+  task_engine_impl(const config& c, std::string instance_arn, std::string state_dir,
+                   task_table& table, dk::engine& d, store& s, metrics& m)
+      : cfg_(c),
+        instance_arn_(std::move(instance_arn)),
+        state_dir_(std::move(state_dir)),
+        table_(table),
+        docker_(&d),
+        store_(&s),
+        metrics_(m) {}
+
+  ~task_engine_impl() override { shutdown(); }
+
+  result<void> start() override {
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
+      }
+    }
+    if (auto r = check_unknown_containers(); !r) return r;
+    // Subscribed before any recovered task is acted on: no die event falls between the two.
+    dk::event_filter f;
+    f.labels = {{label_cluster, cfg_.cluster}};
+    f.actions = {"start", "die", "oom", "health_status"};
+    dk::event_handlers h;
+    h.on_event = [this](const dk::event& e) { on_docker_event(e); };
+    h.on_resync = [this](const std::vector<dk::container_summary>&) { reconcile_all(); };
+    h.on_disconnect = [](const dk::error& e) {
+      spdlog::warn("docker event stream lost: {}", e.message);
+    };
+    auto sub = docker_->subscribe(f, std::move(h));
+    if (!sub) return tl::unexpected(error{"docker events: " + sub.error().message});
+    events_ = std::move(*sub);
+    // From here on every write to a record drives it; the records already there are driven
+    // now. Those RUNNING are checked against Docker (they may have exited while berthd was
+    // down), which drive() alone would not do.
+    std::vector<std::string> check;
+    {
+      std::lock_guard lock(mu_);
+      table_.watch([this](const task_table::change& c) {
+        if (!c.erased) drive(c.task);
+      });
+      std::size_t resumed = 0;
+      for (const auto& [a, t] : tasks_) {
+        if (!mine(t)) continue;
+        if (t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING") {
+          check.push_back(a);
+        } else if (t["lastStatus"] != "STOPPED") {
+          drive(t);
+          ++resumed;
+        }
+      }
+      spdlog::info("recovered {} tasks ({} resumed, {} to check)", tasks_.size(), resumed,
+                   check.size());
+    }
+    for (const auto& a : check) reconcile(a);
+    housekeeping_ = std::thread([this] { housekeeping_loop(); });
+    return {};
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (housekeeping_.joinable()) housekeeping_.join();
+    events_.reset();
+    std::list<worker> workers;
+    {
+      std::lock_guard lock(mu_);
+      workers.swap(workers_);
+    }
+    for (auto& w : workers) w.thread.join();
+  }
+
+ private:
+  bool mine(const json& t) const {
+    const auto it = t.find("containerInstanceArn");
+    return it != t.end() && it->is_string() && it->get_ref<const std::string&>() == instance_arn_;
+  }
+
+  // The task's state machine, run on every change of its record (under mu_): desired RUNNING
+  // and not yet running starts (or resumes) its launch; desired STOPPED and not yet STOPPED
+  // starts its stop. At most one launch and one stop per task at a time.
+  void drive(const json& t) {
+    if (stopping_ || !mine(t) || t["lastStatus"] == "STOPPED") return;
+    const std::string a = t["taskArn"];
+    if (t["desiredStatus"] == "STOPPED") {
+      if (!stops_.insert(a).second) return;
+      spawn(a, [this, a, code = t.value("stopCode", std::string("UserInitiated")),
+                why = t.value("stoppedReason", std::string("Task stopped by user"))] {
+        stop_task_containers(a, code, why, true);
+      });
+      return;
+    }
+    const std::string last = t["lastStatus"];
+    if ((last == "PROVISIONING" || last == "PENDING") && starts_.insert(a).second) {
+      spawn(a, [this, a] {
+        struct unclaim {
+          task_engine_impl* e;
+          const std::string& arn;
+          ~unclaim() {
+            std::lock_guard lock(e->mu_);
+            e->starts_.erase(arn);
+          }
+        } done{this, a};
+        start_containers(a);
+      });
+    }
+  }
+
+  void save(const json& t) { table_.save(t); }
+
+  // Runs fn on a thread of its own, joined at shutdown. Call with mu_ held.
+  struct worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  // The worker works on one task: housekeeping leaves a task alone while any of its workers runs.
+  void spawn(const std::string& task_arn, std::function<void()> fn) {
+    ++in_flight_[task_arn];
+    spawn([this, task_arn, fn = std::move(fn)] {
+      struct done_with {
+        task_engine_impl* s;
+        const std::string& arn;
+        ~done_with() {
+          std::lock_guard lock(s->mu_);
+          if (--s->in_flight_[arn] <= 0) s->in_flight_.erase(arn);
+        }
+      } done{this, task_arn};
+      fn();
+    });
+  }
+  void spawn(std::function<void()> fn) {
+    // Finished workers are joined here, so the list holds only live ones.
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->done->load(std::memory_order_acquire)) {
+        it->thread.join();
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    workers_.push_back({std::thread([fn = std::move(fn), done] {
+                          // A bug in one task's handling must not take berthd down.
+                          try {
+                            fn();
+                          } catch (const std::exception& e) {
+                            spdlog::error("task worker failed: {}", e.what());
+                          }
+                          done->store(true, std::memory_order_release);
+                        }),
+                        done});
+  }
+
+  // ---- tasks: starting ----
+
+  dk::container_spec spec_of(const json& t, const json& c, const json& td,
+                             const std::string& ns_owner) const {
+    return container_spec(t, c, td, ns_owner,
+                          {cfg_.cluster, instance_arn_, state_dir_, cfg_.host_ip});
+  }
+
+  // Marks the task STOPPED (under mu_); control, watching, gives its resources back.
+  void finish(json& t, const std::string& code, const std::string& reason) {
+    if (t["lastStatus"] == "STOPPED") return;
+    const double now = now_seconds();
+    t["lastStatus"] = "STOPPED";
+    t["desiredStatus"] = "STOPPED";
+    if (!t.contains("stopCode")) t["stopCode"] = code;
+    if (!t.contains("stoppedReason")) t["stoppedReason"] = reason;
+    if (!t.contains("stoppingAt")) t["stoppingAt"] = now;
+    t["stoppedAt"] = now;
+    t["executionStoppedAt"] = now;
+    t["version"] = t.value("version", 0) + 1;
+    for (auto& c : t["containers"]) {
+      if (c["lastStatus"] != "STOPPED") c["lastStatus"] = "STOPPED";
+    }
+    save(t);
+    spdlog::info("task {} STOPPED ({}: {})", t["taskArn"].get<std::string>(), code, reason);
+  }
+
+  // A failure anywhere in a launch stops the task and gives its resources back.
+  void start_containers(const std::string& task_arn) {
+    try {
+      launch_containers(task_arn);
+    } catch (const std::exception& e) {
+      spdlog::error("task {}: launch failed: {}", task_arn, e.what());
+      fail_task(task_arn, "", "TaskFailedToStart", std::string("Internal error: ") + e.what());
+    }
+  }
+
+  void launch_containers(const std::string& task_arn) {
+    json t, td;
+    {
+      std::lock_guard lock(mu_);
+      if (!tasks_.contains(task_arn)) return;
+      t = tasks_[task_arn];
+      if (t["desiredStatus"] == "STOPPED") return;
+      td = t["_berth"]["taskDefinition"];
+      t["lastStatus"] = "PENDING";
+      t["pullStartedAt"] = now_seconds();
+      save(t);
+    }
+    std::string ns_owner;
+    for (const json* cp : start_order(td["containerDefinitions"])) {
+      const json& c = *cp;
+      const std::string name = c["name"];
+      // dependsOn: wait for each condition, bounded by the container's startTimeout.
+      if (auto ok = wait_dependencies(task_arn, c); !ok) {
+        {
+          // Shutting down: the launch resumes when berthd starts again.
+          std::lock_guard lock(mu_);
+          if (stopping_) return;
+        }
+        stop_task_containers(
+            task_arn, "TaskFailedToStart",
+            *ok.error().message.c_str() ? ok.error().message : "dependency failed");
+        return;
+      }
+      const dk::container_spec s = spec_of(t, c, td, ns_owner);
+      std::string docker_id;
+      {
+        std::lock_guard lock(mu_);
+        const json& known = tasks_[task_arn]["_berth"]["docker"];
+        if (known.contains(name)) docker_id = known[name];
+        if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+      }
+      const bool recorded = !docker_id.empty();
+      if (!recorded) {
+        auto id = docker_->create_container(s);
+        if (!id && id.error().code == dk::errc::not_found) {
+          // Not present: try the registry, which fails fast when there is none.
+          auto pulled = docker_->pull_image(s.image, 60s);
+          if (pulled) id = docker_->create_container(s);
+          if (!pulled) id = tl::unexpected(pulled.error());
+        }
+        if (!id && id.error().code == dk::errc::conflict) {
+          // Created before a crash: the name is this task's, take it over.
+          if (auto existing = docker_->inspect_container(s.name)) id = existing->id;
+        }
+        if (!id) {
+          const std::string why = "CannotPullContainerError: " + id.error().message;
+          fail_task(task_arn, name, "TaskFailedToStart", why);
+          return;
+        }
+        docker_id = *id;
+        std::lock_guard lock(mu_);
+        json& tt = tasks_[task_arn];
+        tt["_berth"]["docker"][name] = docker_id;
+        container_to_task_[docker_id] = task_arn;
+        for (auto& cc : tt["containers"]) {
+          if (cc["name"] == name) cc["runtimeId"] = docker_id;
+        }
+        save(tt);
+      }
+      if (ns_owner.empty()) ns_owner = docker_id;  // the first in start order
+      auto made = docker_->inspect_container(docker_id);
+      if (made && !made->image_id.empty()) {
+        // The image (by id) the task now uses: housekeeping keeps it while the task is known.
+        images_.track(made->image_id, s.image);
+        std::lock_guard lock(mu_);
+        tasks_[task_arn]["_berth"]["images"][name] = made->image_id;
+      }
+      if (recorded && made && made->status != "created") {
+        // Recorded before a restart and already past created: never started twice. One that
+        // ran and exited is reported as its die event would have been.
+        // One running was started just before the crash: what its start would have recorded
+        // (bindings, pid) may be missing, and is recorded now.
+        if (!made->running) {
+          report_exit(task_arn, name, docker_id, &*made);
+        } else {
+          std::lock_guard lock(mu_);
+          json& tt = tasks_[task_arn];
+          record_running(tt, name, *made);
+          save(tt);
+        }
+        continue;
+      }
+      bool stopped = false;
+      {
+        std::lock_guard lock(mu_);
+        stopped = tasks_[task_arn]["desiredStatus"] == "STOPPED";
+      }
+      if (stopped) {
+        // Stopped while the container was being made: it is not started, and goes.
+        forget_unstarted(task_arn, docker_id);
+        return;
+      }
+      if (auto st = docker_->start_container(docker_id); !st) {
+        // It never ran: the task stops at once, with no grace and no die event to wait for.
+        forget_unstarted(task_arn, docker_id);
+        {
+          // Stopped meanwhile (that stop may have removed it): the stop's reason stands.
+          std::lock_guard lock(mu_);
+          if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+        }
+        fail_task(task_arn, name, "TaskFailedToStart",
+                  "CannotStartContainerError: " + st.error().message);
+        return;
+      }
+      auto info = docker_->inspect_container(docker_id);
+      std::lock_guard lock(mu_);
+      json& tt = tasks_[task_arn];
+      if (info) {
+        record_running(tt, name, *info);
+      } else {
+        for (auto& cc : tt["containers"]) {
+          if (cc["name"] == name && cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
+        }
+      }
+      // The kernel enforces what Docker was asked for, or the task says it does not.
+      if (info && info->running) {
+        if (auto cg = dk::read_cgroup(info->pid)) {
+          dk::requested_limits asked{s.memory_bytes, s.memory_reservation_bytes, s.cpu_shares, 0,
+                                     0};
+          for (const auto& d : dk::check_limits(asked, *cg)) {
+            tt["_berth"]["events"].push_back(
+                {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
+            spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
+          }
+        }
+      }
+      save(tt);
+    }
+    std::lock_guard lock(mu_);
+    json& tt = tasks_[task_arn];
+    if (tt["lastStatus"] == "PENDING" && tt["desiredStatus"] == "RUNNING") {
+      tt["lastStatus"] = "RUNNING";
+      tt["startedAt"] = now_seconds();
+      tt["pullStoppedAt"] = tt["startedAt"];
+      tt["connectivity"] = "CONNECTED";
+      tt["connectivityAt"] = tt["startedAt"];
+      tt["version"] = tt.value("version", 0) + 1;
+      save(tt);
+      spdlog::info("task {} RUNNING", task_arn);
+    }
+  }
+
+  // A started container as the task shows it: RUNNING, its host ports, its pid (for usage).
+  // Under mu_.
+  void record_running(json& t, const std::string& name, const dk::container_info& info) {
+    for (auto& cc : t["containers"]) {
+      if (cc["name"] != name) continue;
+      if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
+      cc["networkBindings"] = json::array();
+      for (const auto& p : info.ports) {
+        cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
+                                         {"containerPort", p.container_port},
+                                         {"hostPort", p.host_port},
+                                         {"protocol", p.protocol}});
+      }
+    }
+    if (info.running) t["_berth"]["pids"][name] = info.pid;
+  }
+
+  tl::expected<void, error> wait_dependencies(const std::string& task_arn, const json& c) {
+    for (const auto& d : c.value("dependsOn", json::array())) {
+      const std::string other = d["containerName"];
+      const std::string cond = d["condition"];
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(c.value("startTimeout", 300));
+      std::unique_lock lock(mu_);
+      const bool met = cv_.wait_until(lock, deadline, [&] {
+        if (stopping_ || tasks_[task_arn]["desiredStatus"] == "STOPPED") return true;
+        for (const auto& cc : tasks_[task_arn]["containers"]) {
+          if (cc["name"] != other) continue;
+          const std::string st = cc["lastStatus"];
+          if (cond == "START") return st == "RUNNING" || st == "STOPPED";
+          if (cond == "COMPLETE") return st == "STOPPED";
+          if (cond == "SUCCESS") return st == "STOPPED" && cc.value("exitCode", -1) == 0;
+          if (cond == "HEALTHY") return cc.value("healthStatus", std::string()) == "HEALTHY";
+        }
+        return false;
+      });
+      if (stopping_) return tl::unexpected(error{"berthd is shutting down"});
+      if (!met) {
+        return tl::unexpected(error{"dependency " + other + " did not reach " + cond + " in time"});
+      }
+      if (cond == "SUCCESS") {
+        for (const auto& cc : tasks_[task_arn]["containers"]) {
+          if (cc["name"] == other && cc.value("exitCode", -1) != 0) {
+            return tl::unexpected(error{"dependency " + other + " exited with " +
+                                        std::to_string(cc.value("exitCode", -1))});
+          }
+        }
+      }
+    }
+    return {};
+  }
+
+  void fail_task(const std::string& task_arn, const std::string& container, const std::string& code,
+                 const std::string& why) {
+    {
+      std::lock_guard lock(mu_);
+      json& t = tasks_[task_arn];
+      for (auto& c : t["containers"]) {
+        if (c["name"] == container) c["reason"] = why;
+      }
+      t["stopCode"] = code;
+      t["stoppedReason"] = why;
+      save(t);
+    }
+    stop_task_containers(task_arn, code, why);
+  }
+
+  // A container that never ran (created; its start failed or never came) gets no grace and
+  // sends no die event: it is removed now, and is STOPPED for its task. One already gone is fine.
+  void forget_unstarted(const std::string& task_arn, const std::string& docker_id) {
+    if (auto r = docker_->remove_container(docker_id, {true, false});
+        !r && r.error().code != dk::errc::not_found) {
+      spdlog::warn("task {}: cannot remove container {}, never started: {}", task_arn, docker_id,
+                   r.error().message);
+    }
+    std::lock_guard lock(mu_);
+    const auto it = tasks_.find(task_arn);
+    if (it == tasks_.end()) return;
+    for (auto& c : it->second["containers"]) {
+      if (c.value("runtimeId", "") == docker_id) c["lastStatus"] = "STOPPED";
+    }
+    save(it->second);
+    cv_.notify_all();
+  }
+
+  // Stops every container of the task (grace: each container's stopTimeout), then STOPPED.
+  // As ECS reports it: the task stays as it was (RUNNING, desired STOPPED) while its containers
+  // stop, then is DEPROVISIONING, then STOPPED.
+  // `claimed`: drive() has put the task in stops_ for this call. Otherwise the call claims it,
+  // and returns at once when another stop of the task is under way.
+  void stop_task_containers(const std::string& task_arn, const std::string& code,
+                            const std::string& why, bool claimed = false) {
+    {
+      std::lock_guard lock(mu_);
+      if (!claimed && !stops_.insert(task_arn).second) return;
+    }
+    struct unclaim {
+      task_engine_impl* e;
+      const std::string& arn;
+      ~unclaim() {
+        std::lock_guard lock(e->mu_);
+        e->stops_.erase(arn);
+      }
+    } done{this, task_arn};
+    std::vector<std::pair<std::string, std::chrono::seconds>> ids;
+    {
+      std::lock_guard lock(mu_);
+      json& t = tasks_[task_arn];
+      if (t["lastStatus"] == "STOPPED") return;
+      t["desiredStatus"] = "STOPPED";
+      if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
+      if (!t.contains("stopCode")) t["stopCode"] = code;
+      if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
+      save(t);
+      for (const auto& c : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        const std::string name = c["name"];
+        if (!t["_berth"]["docker"].contains(name)) continue;
+        ids.emplace_back(
+            t["_berth"]["docker"][name],
+            std::chrono::seconds(c.value(
+                "stopTimeout",
+                static_cast<int>(
+                    std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout).count()))));
+      }
+    }
+    // SIGTERM, then SIGKILL after the grace period: waited for here (die events mark the
+    // containers STOPPED), so that shutting berthd down interrupts the wait instead of sitting
+    // in a blocking `docker stop`. A stop cut short resumes when berthd starts again.
+    const auto all_stopped = [&] {
+      for (const auto& c : tasks_[task_arn]["containers"]) {
+        if (c.contains("runtimeId") && c["lastStatus"] != "STOPPED") return false;
+      }
+      return true;
+    };
+    // Containers that exited unseen (berthd was down) are marked so first; those that never
+    // started go now.
+    reconcile(task_arn, true);
+    std::chrono::seconds grace{0};
+    for (const auto& [id, g] : ids) {
+      (void)docker_->kill_container(id, "SIGTERM");
+      grace = std::max(grace, g);
+    }
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, grace, [&] { return stopping_ || all_stopped(); });
+      if (stopping_) return;
+    }
+    for (const auto& [id, g] : ids) (void)docker_->kill_container(id, "SIGKILL");
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
+      if (stopping_) return;
+      // Its containers have stopped (or Docker did not say so in time).
+      json& t = tasks_[task_arn];
+      if (t["lastStatus"] != "STOPPED") {
+        t["lastStatus"] = "DEPROVISIONING";
+        t["version"] = t.value("version", 0) + 1;
+        save(t);
+        spdlog::info("task {} DEPROVISIONING", task_arn);
+      }
+    }
+    // Exit codes, for the containers whose die event has not come yet.
+    std::map<std::string, dk::container_info> infos;
+    for (const auto& [id, grace] : ids) {
+      if (auto i = docker_->inspect_container(id)) infos[id] = *i;
+    }
+    std::lock_guard lock(mu_);
+    json& t = tasks_[task_arn];
+    for (auto& c : t["containers"]) {
+      const std::string id = c.value("runtimeId", std::string());
+      if (!infos.contains(id) || infos[id].running) continue;
+      if (!c.contains("exitCode")) c["exitCode"] = infos[id].exit_code;
+      // Docker's oom event can be missed when the kill comes before it watches the cgroup;
+      // its record of the kill is the other witness.
+      if (infos[id].oom_killed && !c.contains("reason")) {
+        c["reason"] = "OutOfMemoryError: Container killed due to memory usage";
+        if (t.value("stopCode", "") == "EssentialContainerExited") {
+          t["stoppedReason"] = c["reason"];
+        }
+      }
+    }
+    finish(t, t.value("stopCode", code), t.value("stoppedReason", why));
+    cv_.notify_all();
+  }
+
+  // ---- tasks: Docker's events ----
+
+  void on_docker_event(const dk::event& e) {
+    std::unique_lock lock(mu_);
+    auto it = container_to_task_.find(e.id);
+    if (it == container_to_task_.end()) {
+      // A container of ours not yet recorded (its create raced the event): find it by label.
+      const auto a = e.attributes.find(label_task);
+      if (a == e.attributes.end() || !tasks_.contains(a->second)) return;
+      it = container_to_task_.emplace(e.id, a->second).first;
+    }
+    const std::string task_arn = it->second;
+    const auto found = tasks_.find(task_arn);
+    if (found == tasks_.end()) {  // cleaned up: the container is no longer ours to follow
+      container_to_task_.erase(it);
+      return;
+    }
+    json& t = found->second;
+    const std::string cname =
+        e.attributes.contains(label_container) ? e.attributes.at(label_container) : "";
+    json* c = nullptr;
+    for (auto& cc : t["containers"]) {
+      if (cc["name"] == cname) c = &cc;
+    }
+    if (c == nullptr) return;
+    if (e.action == "oom") {
+      (*c)["reason"] = "OutOfMemoryError: Container killed due to memory usage";
+      save(t);
+    } else if (e.action.starts_with("health_status")) {
+      const std::string h = e.action.find("unhealthy") != std::string::npos ? "UNHEALTHY"
+                            : e.action.find("healthy") != std::string::npos ? "HEALTHY"
+                                                                            : "UNKNOWN";
+      (*c)["healthStatus"] = h;
+      // The task is as healthy as its essential containers with checks.
+      std::string task_health = "UNKNOWN";
+      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        if (!def.value("essential", true) || !def.contains("healthCheck")) continue;
+        for (const auto& cc : t["containers"]) {
+          if (cc["name"] != def["name"]) continue;
+          const std::string ch = cc.value("healthStatus", std::string("UNKNOWN"));
+          if (ch == "UNHEALTHY")
+            task_health = "UNHEALTHY";
+          else if (ch == "HEALTHY" && task_health == "UNKNOWN")
+            task_health = "HEALTHY";
+        }
+      }
+      t["healthStatus"] = task_health;
+      save(t);
+      cv_.notify_all();
+    } else if (e.action == "die") {
+      (*c)["lastStatus"] = "STOPPED";
+      const auto code = e.attributes.find("exitCode");
+      if (code != e.attributes.end()) {
+        try {
+          (*c)["exitCode"] = std::stoi(code->second);
+        } catch (...) {
+        }
+      }
+      save(t);
+      cv_.notify_all();
+      bool essential = true;
+      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
+        if (def["name"] == cname) essential = def.value("essential", true);
+      }
+      bool all_stopped = true;
+      for (const auto& cc : t["containers"]) all_stopped &= cc["lastStatus"] == "STOPPED";
+      if (t["lastStatus"] == "STOPPED") return;
+      if (essential || all_stopped) {
+        if (t["desiredStatus"] != "STOPPED") {
+          const std::string why =
+              (*c).contains("reason") &&
+                      (*c)["reason"].get<std::string>().starts_with("OutOfMemory")
+                  ? "OutOfMemoryError: Container killed due to memory usage"
+                  : "Essential container in task exited";
+          t["stopCode"] = "EssentialContainerExited";
+          t["stoppedReason"] = why;
+          t["desiredStatus"] = "STOPPED";
+          save(t);
+          // Followed by drive(): the stop starts from the record, as any other.
+        }
+      }
+    }
+  }
+
+  // A container that exited (or vanished: no info) while no event said so, reported as its
+  // oom and die events would have been.
+  void report_exit(const std::string& task_arn, const std::string& name, const std::string& id,
+                   const dk::container_info* info) {
+    dk::event e;
+    e.id = id;
+    e.action = "die";
+    e.attributes[label_container] = name;
+    e.attributes[label_task] = task_arn;
+    if (info != nullptr) {
+      e.attributes["exitCode"] = std::to_string(info->exit_code);
+      if (info->oom_killed) {
+        dk::event oom = e;
+        oom.action = "oom";
+        on_docker_event(oom);
+      }
+    }
+    on_docker_event(e);
+  }
+
+  // After Docker's event stream (re)connects: what was missed is read from Docker itself.
+  void reconcile_all() {
+    std::vector<std::string> active;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        if (t["lastStatus"] != "STOPPED" && !t["_berth"]["docker"].empty()) active.push_back(a);
+      }
+    }
+    for (const auto& a : active) reconcile(a);
+  }
+
+  // With `stopping`, a container created and never started goes (forget_unstarted): its task
+  // is stopping, so no launch will start it.
+  void reconcile(const std::string& task_arn, bool stopping = false) {
+    json docker;
+    {
+      std::lock_guard lock(mu_);
+      const auto it = tasks_.find(task_arn);
+      if (it == tasks_.end()) return;
+      docker = it->second["_berth"]["docker"];
+    }
+    for (const auto& [name, id] : docker.items()) {
+      auto info = docker_->inspect_container(id.get<std::string>());
+      if (stopping && info && info->status == "created") {
+        forget_unstarted(task_arn, id.get<std::string>());
+        continue;
+      }
+      // Created and not yet started is alive: its launch worker is about to start it (a resync
+      // racing a launch saw such containers as exited, and stopped their tasks).
+      if (info && (info->running || info->status == "created" || info->status == "paused" ||
+                   info->status == "restarting")) {
+        continue;
+      }
+      // Only a container Docker says is gone or has exited is dead: a slow answer is not.
+      if (!info && info.error().code != dk::errc::not_found) continue;
+      report_exit(task_arn, name, id, info ? &*info : nullptr);
+    }
+  }
+
+  // ---- tasks: recovery after a restart ----
+
+  // Containers labelled for this instance (or made by a berthd with this state directory)
+  // whose task the store does not know: a store lost, emptied or restored from an old copy
+  // while tasks ran. Never passed over in silence: refused, removed or left, as configured.
+  result<void> check_unknown_containers() {
+    dk::list_filter f;
+    f.labels = {{label_cluster, cfg_.cluster}};
+    auto all = docker_->list_containers(f);
+    if (!all) return tl::unexpected(error{"docker: listing containers: " + all.error().message});
+    std::vector<dk::container_summary> unknown;
+    for (const auto& c : *all) {
+      const auto label = [&](const char* k) {
+        const auto it = c.labels.find(k);
+        return it == c.labels.end() ? std::string() : it->second;
+      };
+      if (label(label_instance) != instance_arn_ && label(label_state_dir) != state_dir_) continue;
+      if (tasks_.contains(label(label_task))) continue;
+      unknown.push_back(c);
+    }
+    if (unknown.empty()) return {};
+    std::string names;
+    for (std::size_t i = 0; i < unknown.size(); ++i) {
+      if (i == 8) {
+        names += ", and " + std::to_string(unknown.size() - 8) + " more";
+        break;
+      }
+      const auto task = unknown[i].labels.find(label_task);
+      names += (i > 0 ? ", " : "") + unknown[i].name + " (" + unknown[i].state + ", task " +
+               (task == unknown[i].labels.end() ? std::string("?") : task->second) + ")";
+    }
+    const std::string what = std::to_string(unknown.size()) +
+                             " container(s) labelled for this instance are not in the store " +
+                             state_dir_ + "/berth.db: " + names;
+    if (cfg_.unknown_containers == "remove") {
+      for (const auto& c : unknown) {
+        if (auto r = docker_->remove_container(c.id, {true, true}); !r) {
+          return tl::unexpected(
+              error{"removing unknown container " + c.name + ": " + r.error().message});
+        }
+        spdlog::warn("removed unknown container {} ({}), as --unknown-containers=remove says",
+                     c.name, c.id.substr(0, 12));
+      }
+      return {};
+    }
+    if (cfg_.unknown_containers == "leave") {
+      spdlog::warn("{}; left running, unmanaged, as --unknown-containers=leave says", what);
+      return {};
+    }
+    return tl::unexpected(
+        error{what +
+              ". Refusing to start as if they did not exist. If the store was lost, restore it; "
+              "otherwise start with --unknown-containers=remove to remove them, or "
+              "--unknown-containers=leave to leave them running unmanaged."});
+  }
+
+  // ---- housekeeping ----
+
+  void housekeeping_loop() {
+    auto next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
+    const auto tick = std::min<std::chrono::milliseconds>(
+        std::chrono::seconds(10),
+        std::min(cfg_.task_cleanup_wait, cfg_.image_cleanup_interval) / 2);
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, std::max<std::chrono::milliseconds>(tick, 100ms),
+                     [&] { return stopping_; });
+        if (stopping_) return;
+      }
+      try {
+        clean_up_tasks();
+        if (cfg_.image_cleanup && std::chrono::steady_clock::now() >= next_images) {
+          images_.clean_up();
+          next_images = std::chrono::steady_clock::now() + cfg_.image_cleanup_interval;
+        }
+      } catch (const std::exception& e) {
+        spdlog::error("housekeeping failed: {}", e.what());
+      }
+    }
+  }
+
+  // Stopped tasks past the cleanup wait: containers removed, then the record.
+  void clean_up_tasks() {
+    const double now = now_seconds();
+    const double wait = std::chrono::duration<double>(cfg_.task_cleanup_wait).count();
+    struct due_task {
+      std::string arn;
+      json docker;
+      std::vector<std::string> volumes;
+    };
+    std::vector<due_task> due;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [a, t] : tasks_) {
+        if (t["lastStatus"] != "STOPPED" || in_flight_.contains(a)) continue;
+        if (t.value("stoppedAt", now) + wait > now) continue;
+        std::vector<std::string> volumes;
+        for (const auto& v : t["_berth"]["taskDefinition"].value("volumes", json::array())) {
+          if (v.is_object() && v.contains("name") && v["name"].is_string() &&
+              !(v.contains("host") && v["host"].is_object() && v["host"].contains("sourcePath"))) {
+            volumes.push_back(v["name"]);
+          }
+        }
+        due.push_back({a, t["_berth"]["docker"], volumes});
+      }
+    }
+    for (const auto& [a, docker, volumes] : due) {
+      bool removed = true;
+      for (const auto& [name, id] : docker.items()) {
+        auto r = docker_->remove_container(id.get<std::string>(), {true, true});
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::warn("task {}: cannot remove container {}: {}", a, id.get<std::string>(),
+                       r.error().message);
+          removed = false;
+        }
+      }
+      // The task's own volumes (its task definition's volumes without a host path) go too.
+      const std::string prefix = "berth-" + name_of(a).substr(0, 12) + "-";
+      for (const auto& v : volumes) {
+        auto r = docker_->remove_volume(prefix + v);
+        if (!r && r.error().code != dk::errc::not_found) {
+          spdlog::warn("task {}: cannot remove volume {}: {}", a, prefix + v, r.error().message);
+          removed = false;
+        }
+      }
+      if (!removed) continue;  // tried again next time
+      std::lock_guard lock(mu_);
+      const auto it = tasks_.find(a);
+      // Unchanged since it was chosen, and no worker of its own: only then forgotten.
+      if (it == tasks_.end() || in_flight_.contains(a) || it->second["lastStatus"] != "STOPPED" ||
+          it->second["_berth"]["docker"] != docker) {
+        continue;
+      }
+      if (!table_.erase(a)) continue;
+      for (const auto& [name, id] : docker.items()) container_to_task_.erase(id.get<std::string>());
+      metrics_.add("berth_tasks_cleaned_up_total", {});
+      spdlog::info("task {} cleaned up: containers removed", a);
+    }
+  }
+
+  // The image ids the tasks known use (a stopped task keeps its containers until cleaned up).
+  std::set<std::string> images_in_use() {
+    std::set<std::string> in_use;
+    std::lock_guard lock(mu_);
+    for (const auto& [a, t] : tasks_) {
+      const json images = t["_berth"].value("images", json::object());  // outlives items()
+      for (const auto& [name, id] : images.items()) in_use.insert(id.get<std::string>());
+    }
+    return in_use;
+  }
+
+  config cfg_;
+  std::string instance_arn_;
+  std::string state_dir_;
+  task_table& table_;
+  dk::engine* docker_;
+  store* store_;
+  metrics& metrics_;
+  // The table's lock and records: the engine's own state below is under the same lock.
+  std::mutex& mu_ = table_.mutex();
+  std::condition_variable& cv_ = table_.changed();
+  std::map<std::string, json>& tasks_ = table_.rows();
+  bool stopping_ = false;
+  std::map<std::string, std::string> container_to_task_;
+  std::list<worker> workers_;
+  std::map<std::string, int> in_flight_;  // task ARN -> its workers still running
+  std::set<std::string> starts_, stops_;  // tasks with a launch / a stop under way
+  std::unique_ptr<dk::subscription> events_;
+  std::thread housekeeping_;
+  image_cleanup images_{cfg_, *docker_, *store_, metrics_, [this] { return images_in_use(); }};
+};
+
+}  // namespace
+
+std::unique_ptr<task_engine> make_task_engine(const config& c, std::string instance_arn,
+                                              std::string state_dir, state::task_table& table,
+                                              docker::engine& d, store& s, metrics& m) {
+  return std::make_unique<task_engine_impl>(c, std::move(instance_arn), std::move(state_dir), table,
+                                            d, s, m);
+}
+
+}  // namespace berth::agent::engine

@@ -1,0 +1,115 @@
+#include "task_table.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "util.hpp"
+
+namespace berth::state {
+
+std::string task_key(const json& task) {
+  const std::string& cluster = task["clusterArn"].get_ref<const std::string&>();
+  return cluster.substr(cluster.rfind('/') + 1) + "/" +
+         agent::name_of(task["taskArn"].get<std::string>());
+}
+
+agent::result<void> task_table::commit(const json& task) {
+  if (auto w = store_.put("task", task_key(task), task.dump()); !w) {
+    spdlog::error("store: task {}: {}", task["taskArn"].get<std::string>(), w.error().message);
+    return w;
+  }
+  announce(upsert(task), false);
+  return {};
+}
+
+json& task_table::upsert(const json& task) {
+  const std::string a = task["taskArn"];
+  // Usually `task` is the table's own row: assigning it to itself would free what callers
+  // still hold references into.
+  const auto it = rows_.find(a);
+  if (it == rows_.end()) return rows_.emplace(a, task).first->second;
+  if (&it->second != &task) it->second = task;
+  return it->second;
+}
+
+agent::result<void> task_table::commit_all(const std::vector<json>& tasks) {
+  if (auto w = store_.transaction([&](agent::store& st) -> agent::result<void> {
+        for (const json& t : tasks) {
+          if (auto p = st.put("task", task_key(t), t.dump()); !p) return p;
+        }
+        return {};
+      });
+      !w) {
+    spdlog::error("store: new tasks not written: {}", w.error().message);
+    return w;
+  }
+  for (const json& t : tasks) {
+    const std::string a = t["taskArn"];
+    rows_[a] = t;
+    announce(rows_.at(a), false);
+  }
+  return {};
+}
+
+void task_table::save(const json& task) {
+  const json& row = upsert(task);
+  announce(row, false);
+  if (auto w = store_.put("task", task_key(row), row.dump()); !w) {
+    spdlog::error("store: task {}: {}", row["taskArn"].get<std::string>(), w.error().message);
+  }
+}
+
+agent::result<void> task_table::erase(const std::string& task_arn) {
+  const auto it = rows_.find(task_arn);
+  if (it == rows_.end()) return {};
+  if (auto e = store_.erase("task", task_key(it->second)); !e) {
+    spdlog::error("store: task {}: {}", task_arn, e.error().message);
+    return e;
+  }
+  const json last = std::move(it->second);
+  rows_.erase(it);
+  announce(last, true);
+  return {};
+}
+
+void task_table::load(const json& task) {
+  const std::string a = task["taskArn"];
+  rows_[a] = task;
+  publish(task);
+}
+
+void task_table::watch(std::function<void(const change&)> fn) {
+  watchers_.push_back(std::move(fn));
+}
+
+void task_table::announce(const json& task, bool erased) {
+  if (erased) {
+    std::unique_lock lock(pub_mu_);
+    pub_.erase(task["taskArn"].get<std::string>());
+  } else {
+    publish(task);
+  }
+  for (const auto& w : watchers_) w(change{task, erased});
+  changed_.notify_all();
+}
+
+void task_table::publish(const json& task) {
+  auto copy = std::make_shared<const json>(task);
+  std::unique_lock lock(pub_mu_);
+  pub_[task["taskArn"].get<std::string>()] = std::move(copy);
+}
+
+std::shared_ptr<const json> task_table::get(const std::string& task_arn) const {
+  std::shared_lock lock(pub_mu_);
+  const auto it = pub_.find(task_arn);
+  return it == pub_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<const json>> task_table::all() const {
+  std::vector<std::shared_ptr<const json>> out;
+  std::shared_lock lock(pub_mu_);
+  out.reserve(pub_.size());
+  for (const auto& [a, t] : pub_) out.push_back(t);
+  return out;
+}
+
+}  // namespace berth::state

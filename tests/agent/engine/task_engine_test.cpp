@@ -1,0 +1,196 @@
+// The task engine follows the task table: what a record says is run (once), and a record's
+// desiredStatus STOPPED stops it. Against the real dockerd and the real SQLite store; no berthd.
+#include "task_engine.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "berth/docker_testing.hpp"
+#include "metrics.hpp"
+#include "store.hpp"
+#include "task_table.hpp"
+#include "util.hpp"
+
+namespace berth::agent {
+namespace {
+
+namespace dt = berth::docker::testing;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+class TaskEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("berth-engine-" + random_hex(12));
+    std::filesystem::create_directories(dir_);
+    cfg_.cluster = "engine-" + random_hex(8);
+    cfg_.state_dir = dir_.string();
+    cfg_.stop_timeout = 2s;
+    cfg_.image_cleanup = false;
+    instance_ = "arn:aws:ecs:us-east-1:000000000000:container-instance/" + cfg_.cluster + "/i1";
+    auto d = dt::daemon();
+    ASSERT_TRUE(d) << d.error().message;
+    docker_ = std::move(*d);
+    ASSERT_TRUE(dt::ensure_test_image(*docker_));
+    open();
+  }
+
+  void TearDown() override {
+    if (engine_) engine_->shutdown();
+    engine_.reset();
+    if (docker_) dt::remove_labelled(*docker_, {{engine::label_cluster, cfg_.cluster}});
+    table_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // The store and the table over it, as berthd has them after a start.
+  void open() {
+    auto s = open_sqlite_store(dir_.string());
+    ASSERT_TRUE(s) << s.error().message;
+    store_ = std::move(*s);
+    table_ = std::make_unique<state::task_table>(*store_);
+    auto all = store_->list("task", cfg_.cluster + "/");
+    ASSERT_TRUE(all);
+    std::lock_guard lock(table_->mutex());
+    for (const auto& [k, v] : *all) table_->load(json::parse(v));
+  }
+
+  void start_engine() {
+    engine_ = engine::make_task_engine(cfg_, instance_, dir_.string(), *table_, *docker_, *store_,
+                                       metrics_);
+    auto r = engine_->start();
+    ASSERT_TRUE(r) << r.error().message;
+  }
+
+  // A task's record as RunTask writes it: placed on this instance, to run `command`.
+  json record(const std::string& id, const std::vector<std::string>& command) const {
+    const std::string arn = "arn:aws:ecs:us-east-1:000000000000:task/" + cfg_.cluster + "/" + id;
+    const json def = {{"name", "main"},
+                      {"image", dt::test_image},
+                      {"command", command},
+                      {"essential", true},
+                      {"cpu", 0},
+                      {"memory", 32},
+                      {"portMappings", json::array()},
+                      {"environment", json::array()},
+                      {"mountPoints", json::array()},
+                      {"volumesFrom", json::array()}};
+    return {{"taskArn", arn},
+            {"clusterArn", "arn:aws:ecs:us-east-1:000000000000:cluster/" + cfg_.cluster},
+            {"containerInstanceArn", instance_},
+            {"taskDefinitionArn", "arn:aws:ecs:us-east-1:000000000000:task-definition/t:1"},
+            {"overrides", {{"containerOverrides", json::array()}}},
+            {"lastStatus", "PROVISIONING"},
+            {"desiredStatus", "RUNNING"},
+            {"version", 1},
+            {"createdAt", now_seconds()},
+            {"group", "family:t"},
+            {"containers",
+             {{{"containerArn", arn + "/main"},
+               {"taskArn", arn},
+               {"name", "main"},
+               {"image", dt::test_image},
+               {"lastStatus", "PENDING"},
+               {"networkBindings", json::array()},
+               {"healthStatus", "UNKNOWN"}}}},
+            {"_berth",
+             {{"need", {{"cpu", 0}, {"mib", 32}, {"dynamic", 0}, {"ports", json::array()}}},
+              {"taskDefinition",
+               {{"family", "t"},
+                {"revision", 1},
+                {"networkMode", "none"},
+                {"volumes", json::array()},
+                {"containerDefinitions", {def}}}},
+              {"docker", json::object()},
+              {"events", json::array()}}}};
+  }
+
+  std::string status_of(const std::string& arn) const {
+    const auto t = table_->get(arn);
+    return t ? (*t)["lastStatus"].get<std::string>() : "";
+  }
+
+  std::vector<docker::container_summary> containers_of(const std::string& arn) {
+    docker::list_filter f;
+    f.all = true;
+    f.labels = {{engine::label_task, arn}};
+    auto l = docker_->list_containers(f);
+    return l ? *l : std::vector<docker::container_summary>{};
+  }
+
+  std::filesystem::path dir_;
+  config cfg_;
+  std::string instance_;
+  metrics metrics_;
+  std::unique_ptr<docker::engine> docker_;
+  std::unique_ptr<store> store_;
+  std::unique_ptr<state::task_table> table_;
+  std::unique_ptr<engine::task_engine> engine_;
+};
+
+TEST_F(TaskEngineTest, StartedOnAStoreThatSaysRunXItRunsXOnce) {
+  // The store already says "run X" (as after a crash right after RunTask's commit).
+  const json x = record(random_hex(32), {"sleep", "300"});
+  const std::string arn = x["taskArn"];
+  ASSERT_TRUE(store_->put("task", state::task_key(x), x.dump()));
+  table_.reset();
+  store_.reset();
+  open();
+
+  start_engine();
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "RUNNING"; }, 60s))
+      << "task is " << status_of(arn);
+  EXPECT_EQ(containers_of(arn).size(), 1u);
+
+  // Again, from the store as the first engine left it: nothing made or started twice.
+  engine_->shutdown();
+  engine_.reset();
+  table_.reset();
+  store_.reset();
+  open();
+  ASSERT_EQ(status_of(arn), "RUNNING");
+  start_engine();
+  const auto ids = containers_of(arn);
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ(ids[0].id, (*table_->get(arn))["containers"][0]["runtimeId"]);
+  EXPECT_EQ(status_of(arn), "RUNNING");
+}
+
+TEST_F(TaskEngineTest, DesiredStoppedWrittenToStateStopsTheTask) {
+  start_engine();
+  const json x = record(random_hex(32), {"sleep", "300"});
+  const std::string arn = x["taskArn"];
+  {
+    std::lock_guard lock(table_->mutex());
+    ASSERT_TRUE(table_->commit(x));
+  }
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "RUNNING"; }, 60s))
+      << "task is " << status_of(arn);
+
+  // No call to the engine: only the record changes.
+  {
+    std::lock_guard lock(table_->mutex());
+    json t = table_->rows().at(arn);
+    t["desiredStatus"] = "STOPPED";
+    t["stopCode"] = "UserInitiated";
+    t["stoppedReason"] = "stopped through state";
+    ASSERT_TRUE(table_->commit(t));
+  }
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 30s))
+      << "task is " << status_of(arn);
+  const auto t = table_->get(arn);
+  EXPECT_EQ((*t)["stoppedReason"], "stopped through state");
+  const auto left = containers_of(arn);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_NE(left[0].state, "running");
+  // And the store says so too.
+  auto stored = store_->get("task", state::task_key(x));
+  ASSERT_TRUE(stored && *stored);
+  EXPECT_EQ(json::parse(**stored)["lastStatus"], "STOPPED");
+}
+
+}  // namespace
+}  // namespace berth::agent
