@@ -1,0 +1,96 @@
+// What only the SQLite backend promises, beyond the contract: private files, one process at a
+// time (naming the holder), and a damaged file refused by name.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "berth/state.hpp"
+#include "temp_dir.hpp"
+
+namespace st = berth::state;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+using berth::testing::temp_dir;
+
+st::sqlite_options options(const fs::path& dir) {
+  st::sqlite_options o;
+  o.dir = dir.string();
+  o.lease_check_interval = 0ms;
+  return o;
+}
+
+mode_t mode_of(const fs::path& p) {
+  struct stat s {};
+  EXPECT_EQ(::stat(p.c_str(), &s), 0) << p;
+  return s.st_mode & 0777;
+}
+
+TEST(SqliteStoreTest, StateIsPrivateWhateverTheUmask) {
+  temp_dir t;
+  const mode_t old = ::umask(0);
+  auto s = st::make_sqlite_store(options(t.path / "state"));
+  ::umask(old);
+  ASSERT_TRUE(s) << s.error().detail;
+  ASSERT_TRUE((*s)->put("/k", "secret"));
+  EXPECT_EQ(mode_of(t.path / "state"), 0700u);
+  EXPECT_EQ(mode_of(t.path / "state" / "berth.db"), 0600u);
+  EXPECT_EQ(mode_of(t.path / "state" / "berth.db-wal"), 0600u);
+  EXPECT_FALSE(fs::exists(t.path / "state" / "berth.db-shm")) << "the WAL index is in memory";
+}
+
+TEST(SqliteStoreTest, SecondProcessIsRefusedNamingTheHolder) {
+  temp_dir t;
+  auto s = st::make_sqlite_store(options(t.path));
+  ASSERT_TRUE(s) << s.error().detail;
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(out[0]);
+    auto second = st::make_sqlite_store(options(t.path));
+    const std::string said = second ? std::string("opened") : second.error().detail;
+    (void)!::write(out[1], said.data(), said.size());
+    ::_exit(!second && second.error().code == st::errc::in_use ? 0 : 1);
+  }
+  ::close(out[1]);
+  std::string said;
+  char buf[512];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) said.append(buf, n);
+  ::close(out[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << said;
+  EXPECT_NE(said.find("in use by pid " + std::to_string(::getpid())), std::string::npos) << said;
+  EXPECT_NE(said.find((t.path / "berth.db").string()), std::string::npos) << said;
+}
+
+TEST(SqliteStoreTest, DamagedFileIsRefusedByName) {
+  temp_dir t;
+  {
+    auto s = st::make_sqlite_store(options(t.path));
+    ASSERT_TRUE(s) << s.error().detail;
+    for (int i = 0; i < 200; ++i)
+      ASSERT_TRUE((*s)->put("/k/" + std::to_string(i), std::string(500, 'x')));
+  }
+  const fs::path db = t.path / "berth.db";
+  fs::resize_file(db, fs::file_size(db) / 2);
+  {
+    std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096 + 100);
+    f << std::string(2000, '\x5a');
+  }
+  auto s = st::make_sqlite_store(options(t.path));
+  ASSERT_FALSE(s) << "opened a damaged store";
+  EXPECT_EQ(s.error().code, st::errc::damaged) << s.error().detail;
+  EXPECT_NE(s.error().detail.find(db.string()), std::string::npos) << s.error().detail;
+}
+
+}  // namespace
