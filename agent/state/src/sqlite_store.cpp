@@ -198,6 +198,7 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
       if (rc != SQLITE_DONE) return tl::unexpected(fail("read leases"));
     }
     if (opt_.lease_check_interval.count() > 0) {
+      last_compaction_ = opt_.now();
       ticker_ = std::thread([this] { tick_loop(); });
     }
     return {};
@@ -919,6 +920,12 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
       lock.unlock();
       // A failure (disk full) is retried at the next tick; the keys stay until then.
       (void)expire_leases();
+      if (opt_.history_revisions > 0 && opt_.now() - last_compaction_ >= opt_.compact_interval) {
+        last_compaction_ = opt_.now();
+        if (auto rev = current_revision(); rev && *rev - opt_.history_revisions > 0) {
+          (void)compact(*rev - opt_.history_revisions);
+        }
+      }
       lock.lock();
     }
   }
@@ -941,6 +948,7 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;
   bool stopping_ = false;
+  steady::time_point last_compaction_;  // the ticker's
   std::thread ticker_;
 };
 

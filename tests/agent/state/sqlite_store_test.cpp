@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "berth/state.hpp"
 #include "temp_dir.hpp"
@@ -91,6 +93,39 @@ TEST(SqliteStoreTest, DamagedFileIsRefusedByName) {
   ASSERT_FALSE(s) << "opened a damaged store";
   EXPECT_EQ(s.error().code, st::errc::damaged) << s.error().detail;
   EXPECT_NE(s.error().detail.find(db.string()), std::string::npos) << s.error().detail;
+}
+
+// In production a thread expires leases and compacts old history on its own.
+TEST(SqliteStoreTest, BackgroundThreadExpiresLeasesAndCompacts) {
+  temp_dir t;
+  std::atomic<std::int64_t> now_s{1000};
+  auto o = options(t.path);
+  o.now = [&] { return std::chrono::steady_clock::time_point(std::chrono::seconds(now_s.load())); };
+  o.lease_check_interval = 1ms;
+  o.history_revisions = 5;
+  o.compact_interval = 60s;
+  auto s = st::make_sqlite_store(o);
+  ASSERT_TRUE(s) << s.error().detail;
+  auto l = (*s)->grant(10s);
+  ASSERT_TRUE(l);
+  ASSERT_TRUE((*s)->put("/leased", "x", l->id));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE((*s)->put("/k", std::to_string(i)));
+  now_s += 61;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  auto done = [&] {
+    auto c = (*s)->compacted_revision();
+    auto g = (*s)->get("/leased");
+    return c && g && *c > 0 && g->kvs.empty();
+  };
+  while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  ASSERT_TRUE(done()) << "no expiry or compaction after 10 s: compacted "
+                      << *(*s)->compacted_revision() << ", leased key "
+                      << (*s)->get("/leased")->kvs.size();
+  const auto rev = *(*s)->current_revision();
+  EXPECT_GE(*(*s)->compacted_revision(), rev - 6);
+  auto old = (*s)->watch({st::key_range::with_prefix("/"), 1});
+  ASSERT_FALSE(old);
+  EXPECT_EQ(old.error().code, st::errc::compacted);
 }
 
 }  // namespace

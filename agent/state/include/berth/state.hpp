@@ -245,10 +245,16 @@ struct sqlite_options {
   std::string dir;  // the database is <dir>/berth.db; dir is created, and made 0700
   // The lease clock; empty: std::chrono::steady_clock::now. Tests inject a fake one.
   std::function<std::chrono::steady_clock::time_point()> now;
-  // How often a background thread expires leases; zero: no thread (call expire_leases()).
+  // How often a background thread expires leases (and compacts, below); zero: no thread (call
+  // expire_leases() and compact()).
   std::chrono::milliseconds lease_check_interval{500};
+  // History kept for watchers to resume from, as etcd's revision-mode auto-compaction: every
+  // compact_interval the thread compacts everything older than the last history_revisions
+  // revisions. 0: never.
+  std::int64_t history_revisions = 10'000;
+  std::chrono::milliseconds compact_interval{5 * 60'000};
   // Recent events kept in memory for watchers; older ones are read from the database.
-  std::size_t event_ring = 8192;
+  std::size_t event_ring = 1024;
   // Events one watcher may have queued before it is left to catch up from the database.
   std::size_t watcher_buffer = 1024;
 };
