@@ -1,9 +1,12 @@
 // The store contract on SQLite, log-structured as k3s's kine does it: every write is a row of
 // `log` (its revision, the key, created/deleted flags, create and previous revision, lease, value
 // and the value it replaced), so a watch can resume from any revision still in the log. Unlike
-// kine, current values also live in `kv` (one row per live key), so that get and range are one
-// index lookup rather than a max(id)-per-name scan; both tables change in the same SQLite
-// transaction. One etcd revision may hold many writes (a txn), hence `sub` within a revision.
+// kine, current values also live in `kv` (one row per live key) rather than being found by a
+// max(id)-per-name scan; both tables change in the same SQLite transaction. And `kv` is mirrored
+// in memory, behind its own reader-writer lock: get and range never touch SQLite nor wait for a
+// writer's commit (measured with 2 KiB values: ~20 us per get through SQLite, under 1 us here).
+// That costs memory the size of the current state, which is records, not blobs. One etcd revision
+// may hold many writes (a txn), hence `sub` within a revision.
 //
 // WAL, synchronous=NORMAL (a crash of the process loses nothing committed; a power loss may lose
 // the last transactions, never corrupts), one connection behind a mutex. Exclusive locking: the
@@ -30,6 +33,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -168,9 +172,10 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
              "NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, "
              "old_value BLOB NOT NULL, old_lease INTEGER NOT NULL)",
              "CREATE UNIQUE INDEX IF NOT EXISTS log_rev ON log (rev, sub)",
+             // A rowid table: values (whole documents) are too large for WITHOUT ROWID's pages.
              "CREATE TABLE IF NOT EXISTS kv (name BLOB PRIMARY KEY, value BLOB NOT NULL, "
              "create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL, version INTEGER "
-             "NOT NULL, lease INTEGER NOT NULL) WITHOUT ROWID",
+             "NOT NULL, lease INTEGER NOT NULL)",
              "CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease) WHERE lease != 0",
              "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) "
              "WITHOUT ROWID",
@@ -185,6 +190,19 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
     revision_ = *rev;
     compacted_ = *compacted;
     ring_from_ = revision_ + 1;
+    {
+      auto s = prepare("SELECT name, value, create_revision, mod_revision, version, lease FROM kv");
+      if (!s) return tl::unexpected(s.error());
+      stmt_use q(*s);
+      int rc;
+      while ((rc = q.step()) == SQLITE_ROW) {
+        key_value kv;
+        read_kv(q, kv);
+        std::string k = kv.key;
+        current_.emplace(std::move(k), std::move(kv));
+      }
+      if (rc != SQLITE_DONE) return tl::unexpected(fail("read keys"));
+    }
     // Leases restart their TTL: the time the store was closed does not count against them.
     {
       auto s = prepare("SELECT id, ttl FROM leases");
@@ -213,7 +231,10 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
     tick_cv_.notify_all();
     if (ticker_.joinable()) ticker_.join();
     std::lock_guard lock(mu_);
-    closed_ = true;
+    {
+      std::unique_lock view(view_mu_);
+      closed_ = true;
+    }
     for (auto& w : live_) end_watch(*w);
     live_.clear();
     stmts_.clear();
@@ -222,20 +243,31 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
 
   // ---- reads ----
 
+  // From the mirror: one revision's state, whatever writers are doing meanwhile.
   result<range_result> range(const key_range& r, std::int64_t limit) {
     if (auto v = check_range(r); !v) return tl::unexpected(v.error());
-    std::lock_guard lock(mu_);
+    std::shared_lock lock(view_mu_);
     if (auto c = check_open(); !c) return tl::unexpected(c.error());
     range_result out;
-    auto kvs = read_range(r, limit, &out.more);
-    if (!kvs) return tl::unexpected(kvs.error());
-    out.kvs = std::move(*kvs);
     out.header_revision = revision_;
+    if (!r.prefix) {
+      if (auto it = current_.find(r.key); it != current_.end()) out.kvs.push_back(it->second);
+      return out;
+    }
+    const std::string end = prefix_end(r.key);
+    for (auto it = current_.lower_bound(r.key);
+         it != current_.end() && (end.empty() || it->first < end); ++it) {
+      if (limit > 0 && static_cast<std::int64_t>(out.kvs.size()) == limit) {
+        out.more = true;
+        break;
+      }
+      out.kvs.push_back(it->second);
+    }
     return out;
   }
 
   result<revision> current_revision() {
-    std::lock_guard lock(mu_);
+    std::shared_lock lock(view_mu_);
     if (auto c = check_open(); !c) return tl::unexpected(c.error());
     return revision_;
   }
@@ -266,10 +298,11 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
     return write_txn([&](std::vector<event>& events) -> result<txn_result> {
       txn_result out;
       out.succeeded = true;
+      // Compares come before any op: the mirror (stable under mu_) is the state they see.
+      static const key_value missing;
       for (const auto& c : t.compares) {
-        auto kv = read_one(c.key);
-        if (!kv) return tl::unexpected(kv.error());
-        if (!holds(c, kv->value_or(key_value{}))) {
+        const auto it = current_.find(c.key);
+        if (!holds(c, it == current_.end() ? missing : it->second)) {
           out.succeeded = false;
           break;
         }
@@ -691,7 +724,18 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
       return out;
     }
     if (!events.empty()) {
-      ++revision_;
+      {
+        std::unique_lock view(view_mu_);
+        ++revision_;
+        // In order: a txn that writes a key twice leaves its last write.
+        for (const auto& e : events) {
+          if (e.type == event_type::put) {
+            current_.insert_or_assign(e.kv.key, e.kv);
+          } else {
+            current_.erase(e.kv.key);
+          }
+        }
+      }
       publish(std::move(events));
     }
     out->header_revision = revision_;
@@ -930,13 +974,17 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
     }
   }
 
-  std::mutex mu_;  // the connection and everything below
+  std::mutex mu_;  // the connection and everything below, except where said
   std::unique_ptr<sqlite3, db_deleter> db_;
   std::string path_;
   sqlite_options opt_;
   std::unordered_map<const char*, stmt_ptr> stmts_;  // keyed by the SQL literal's address
+  // closed_, revision_ and current_ change under mu_ and view_mu_ (unique) together, so either
+  // lock is enough to read them; readers take only view_mu_ (shared).
+  std::shared_mutex view_mu_;
   bool closed_ = false;
   revision revision_ = 0;
+  std::map<std::string, key_value, std::less<>> current_;
   revision compacted_ = 0;
   std::int64_t next_sub_ = 0;
   std::deque<event> ring_;

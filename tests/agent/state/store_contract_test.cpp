@@ -60,6 +60,9 @@ void sqlite_pass_time(st::store& s, fake_clock& clock, std::chrono::seconds d) {
   ASSERT_TRUE(n) << n.error().detail;
 }
 
+// gtest prints a parameter by this (and ctest lists it): the backend's name, not its bytes.
+void PrintTo(const backend& b, std::ostream* os) { *os << b.name; }
+
 std::vector<backend> backends() {
   return {
       {"sqlite", [](const fs::path& dir, fake_clock& c) { return open_sqlite(dir, c, 8192, 1024); },
