@@ -443,7 +443,14 @@ class sqlite_core : public std::enable_shared_from_this<sqlite_core> {
     if (auto c = check_open(); !c) return tl::unexpected(c.error());
     auto it = leases_.find(id);
     if (it == leases_.end()) return tl::unexpected(no_lease(id));
-    it->second.deadline = opt_.now() + it->second.ttl;
+    const auto now = opt_.now();
+    if (it->second.deadline <= now) {
+      // Too late, even if the ticker has not reaped it yet: renewing would resurrect keys
+      // others may already have seen as gone.
+      if (auto r = revoke_locked(id); !r) return tl::unexpected(r.error());
+      return tl::unexpected(no_lease(id));
+    }
+    it->second.deadline = now + it->second.ttl;
     return it->second.ttl;
   }
 

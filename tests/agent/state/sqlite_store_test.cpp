@@ -95,6 +95,24 @@ TEST(SqliteStoreTest, DamagedFileIsRefusedByName) {
   EXPECT_NE(s.error().detail.find(db.string()), std::string::npos) << s.error().detail;
 }
 
+// A lease past its TTL that the ticker has not reaped yet cannot be renewed: its keys go now.
+TEST(SqliteStoreTest, LateRenewalFailsEvenBeforeTheLeaseIsReaped) {
+  temp_dir t;
+  std::atomic<std::int64_t> now_s{1000};
+  auto o = options(t.path);
+  o.now = [&] { return std::chrono::steady_clock::time_point(std::chrono::seconds(now_s.load())); };
+  auto s = st::make_sqlite_store(o);
+  ASSERT_TRUE(s) << s.error().detail;
+  auto l = (*s)->grant(10s);
+  ASSERT_TRUE(l);
+  ASSERT_TRUE((*s)->put("/leased", "x", l->id));
+  now_s += 11;
+  auto late = (*s)->keep_alive(l->id);
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error().code, st::errc::lease_not_found);
+  EXPECT_TRUE((*s)->get("/leased")->kvs.empty());
+}
+
 // In production a thread expires leases and compacts old history on its own.
 TEST(SqliteStoreTest, BackgroundThreadExpiresLeasesAndCompacts) {
   temp_dir t;

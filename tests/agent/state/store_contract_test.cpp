@@ -467,6 +467,13 @@ TEST_P(StoreContractTest, ExpiredLeaseDeletesItsKeysWithDeleteEvents) {
     EXPECT_EQ(e.prev_kv->lease, l->id);
   }
   EXPECT_EQ(evs[0].kv.mod_revision, evs[1].kv.mod_revision) << "one revision for the lease";
+  // A renewal that comes too late fails.
+  auto late = s().grant(10s);
+  ASSERT_TRUE(late);
+  pass_time(11s);
+  auto refused = s().keep_alive(late->id);
+  ASSERT_FALSE(refused) << "renewed a lease past its TTL";
+  EXPECT_EQ(refused.error().code, st::errc::lease_not_found);
   auto gone = s().keep_alive(l->id);
   ASSERT_FALSE(gone);
   EXPECT_EQ(gone.error().code, st::errc::lease_not_found);
