@@ -264,13 +264,16 @@ struct sqlite_options {
 // (one connection per process; no -shm file). The directory is made 0700 and the file 0600
 // whatever the umask. Errors: errc::in_use ("... in use by pid N ...") when another process
 // holds it, errc::damaged naming the file when PRAGMA quick_check fails, errc::io otherwise.
-// The store's leases restart their TTL at open (as etcd's do at a leader change).
+// The store's leases restart their TTL at open (as etcd's do at a leader change). Current keys
+// are mirrored in memory: get and range never wait for a writer's commit. Closing (destroying
+// the store) cancels its watchers; they may outlive it.
 result<std::unique_ptr<store>> make_sqlite_store(const sqlite_options& options);
 
 // Leader election over any store (etcd's concurrency.Election): candidates put
 // <name>/<lease hex> with their lease; the leader is the key with the lowest create_revision; a
-// candidate waits for the deletion of the key just before its own. A leader's lease ending (revoke
-// or expiry) ends its leadership.
+// candidate waits until no key created before its own is left. A leader's lease ending (revoke
+// or expiry) ends its leadership; keeping the lease alive is the caller's job, and destroying
+// an election object does not resign.
 //
 // Thread safety: one election object per candidate, used by one thread at a time (observe()'s
 // observers are independent). The store must outlive it.
