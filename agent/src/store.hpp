@@ -1,5 +1,7 @@
-// Cluster state behind one interface: JSON documents by kind and key, and named counters. The
-// embedded default is SQLite in WAL mode; an etcd-backed store will implement the same.
+// Cluster state behind one interface: JSON documents by kind and key, and named counters. It is
+// an adapter over berth::state's store (revisions, watch, leases): a document is the key
+// /berth/<kind>/<key>, a counter /berth/counter/<name> (so "counter" is not a kind), and the
+// embedded default backend is SQLite in WAL mode; the etcd backend will serve the same.
 //
 // Thread-safe. A write either happens whole or not at all; a transaction's writes land together.
 #pragma once
@@ -12,6 +14,10 @@
 #include <vector>
 
 #include "berth/agent.hpp"
+
+namespace berth::state {
+class store;
+}
 
 namespace berth::agent {
 
@@ -28,8 +34,12 @@ class store {
       const std::string& kind, const std::string& prefix) = 0;
   // The counter's next value (1 the first time), durably.
   virtual result<std::uint64_t> next(const std::string& counter) = 0;
-  // Runs fn with every write it makes landing together, or none when fn fails.
+  // Runs fn with every write it makes landing together, or none when fn fails. Reads inside fn
+  // see its own writes. When a document fn read changed before the commit, fn runs again (up
+  // to a few times) on fresh reads: fn must not have effects outside the store it is given.
   virtual result<void> transaction(const std::function<result<void>(store&)>& fn) = 0;
+  // The cluster-state store underneath, to watch it (never null for the stores made here).
+  virtual std::shared_ptr<state::store> state() = 0;
 };
 
 // Opens (creating) <dir>/berth.db, holding it exclusively: one connection per process, shared
@@ -37,6 +47,9 @@ class store {
 // made 0700 and the database 0600, however they were created. A damaged database (PRAGMA
 // quick_check) is an error naming the file, never an empty start.
 result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir);
+
+// Documents and counters over an existing cluster-state store (any backend).
+std::unique_ptr<store> over_state(std::shared_ptr<state::store> s);
 
 // A handle on a store others use too: every call goes to `s`.
 std::unique_ptr<store> share(std::shared_ptr<store> s);

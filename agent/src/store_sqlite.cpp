@@ -1,208 +1,217 @@
-// The store on SQLite: WAL mode, synchronous=NORMAL (a crash of berthd loses nothing; a power
-// loss may lose the last transactions, never corrupts), one connection behind a mutex.
-//
-// Exclusive locking: the WAL index lives in this process's heap rather than in a mapped -shm
-// file. A -shm file that cannot grow (a full or read-only disk, an immutable file) turned every
-// access into SIGBUS; now there is no such file, and a second process gets "database is locked".
-#include <fcntl.h>
+// berthd's documents and counters over the cluster-state store (berth::state): a document is the
+// key /berth/<kind>/<key>, a counter /berth/counter/<name> holding its decimal value. The
+// SQLite backend gives what this store always promised (one exclusive connection, WAL, a damaged
+// or held file refused by name, private files); the etcd backend will serve the same keys.
 #include <sqlite3.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
+#include <charconv>
 #include <filesystem>
-#include <mutex>
+#include <map>
 
+#include "berth/state.hpp"
 #include "store.hpp"
 
 namespace berth::agent {
 
 namespace {
 
-struct db_deleter {
-  void operator()(sqlite3* d) const noexcept { sqlite3_close_v2(d); }
-};
-struct stmt_deleter {
-  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
-};
-using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_deleter>;
+namespace st = berth::state;
 
-class sqlite_store final : public store {
- public:
-  sqlite_store(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+error from(const st::error& e) { return error{e.detail}; }
 
-  result<void> init() {
-    // Taken now, held until close: nobody else writes, or reads half a transaction. A berthd
-    // still exiting has a few seconds to let go.
-    if (auto r = exec("PRAGMA busy_timeout=5000"); !r) return r;
-    if (auto r = exec("PRAGMA locking_mode=EXCLUSIVE"); !r) return r;
-    if (auto r = exec("BEGIN EXCLUSIVE"); !r) {
-      if ((sqlite3_errcode(db_.get()) & 0xff) == SQLITE_BUSY) {
-        return tl::unexpected(error{"store " + path_ + " is in use by " + lock_holder() +
-                                    ": another berthd runs on this state directory"});
-      }
-      return tl::unexpected(error{"store " + path_ + " is damaged: " + sqlite3_errmsg(db_.get())});
-    }
-    if (auto r = exec("COMMIT"); !r) return r;
-    // A damaged file is refused, naming it: starting on it would mean starting with its tasks
-    // forgotten while their containers run.
-    {
-      auto s = prepare("PRAGMA quick_check");
-      if (!s) return tl::unexpected(error{"store " + path_ + " is damaged: " + s.error().message});
-      std::string verdict;
-      int rc;
-      while ((rc = sqlite3_step(s->get())) == SQLITE_ROW) {
-        if (!verdict.empty()) verdict += "; ";
-        verdict += text(*s, 0);
-      }
-      if (rc != SQLITE_DONE) {
-        return tl::unexpected(
-            error{"store " + path_ + " is damaged: " + sqlite3_errmsg(db_.get())});
-      }
-      if (verdict != "ok") {
-        return tl::unexpected(error{"store " + path_ + " is damaged: " + verdict.substr(0, 512)});
-      }
-    }
-    for (const char* sql : {
-             "PRAGMA journal_mode=WAL",
-             "PRAGMA synchronous=NORMAL",
-             "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, key TEXT NOT NULL, "
-             "value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID",
-             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT "
-             "NULL) WITHOUT ROWID",
-         }) {
-      if (auto r = exec(sql); !r) return r;
-    }
-    return {};
+std::string doc_key(const std::string& kind, const std::string& key) {
+  return "/berth/" + kind + "/" + key;
+}
+std::string counter_key(const std::string& name) { return "/berth/counter/" + name; }
+
+// A counter's stored value; a missing key is 0.
+result<std::uint64_t> counter_value(const std::vector<st::key_value>& kvs) {
+  if (kvs.empty()) return 0;
+  const std::string& v = kvs.front().value;
+  std::uint64_t n = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || end != v.data() + v.size()) {
+    return tl::unexpected(error{"counter " + kvs.front().key + " holds " + v + ", not a number"});
   }
+  return n;
+}
+
+st::revision mod_revision(const std::vector<st::key_value>& kvs) {
+  return kvs.empty() ? 0 : kvs.front().mod_revision;
+}
+
+// A transaction's view: writes are buffered (and seen by its own reads), reads are remembered
+// with the revision they saw, so that the commit can check nothing read has changed since.
+class buffered final : public store {
+ public:
+  explicit buffered(std::shared_ptr<st::store> s) : s_(std::move(s)) {}
 
   result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
-    std::lock_guard lock(mu_);
-    auto s = prepare("SELECT value FROM docs WHERE kind = ?1 AND key = ?2");
-    if (!s) return tl::unexpected(s.error());
-    bind(*s, 1, kind);
-    bind(*s, 2, key);
-    const int rc = sqlite3_step(s->get());
-    if (rc == SQLITE_ROW) return std::optional<std::string>(text(*s, 0));
-    if (rc == SQLITE_DONE) return std::optional<std::string>();
-    return tl::unexpected(fail("read"));
+    auto kvs = read(doc_key(kind, key));
+    if (!kvs) return tl::unexpected(kvs.error());
+    if (kvs->empty()) return std::optional<std::string>();
+    return std::optional<std::string>(std::move(kvs->front().value));
   }
 
   result<void> put(const std::string& kind, const std::string& key,
                    const std::string& value) override {
-    std::lock_guard lock(mu_);
-    auto s = prepare(
-        "INSERT INTO docs (kind, key, value) VALUES (?1, ?2, ?3) "
-        "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value");
-    if (!s) return tl::unexpected(s.error());
-    bind(*s, 1, kind);
-    bind(*s, 2, key);
-    bind(*s, 3, value);
-    if (sqlite3_step(s->get()) != SQLITE_DONE) return tl::unexpected(fail("write"));
+    writes_[doc_key(kind, key)] = value;
     return {};
   }
 
   result<void> erase(const std::string& kind, const std::string& key) override {
-    std::lock_guard lock(mu_);
-    auto s = prepare("DELETE FROM docs WHERE kind = ?1 AND key = ?2");
-    if (!s) return tl::unexpected(s.error());
-    bind(*s, 1, kind);
-    bind(*s, 2, key);
-    if (sqlite3_step(s->get()) != SQLITE_DONE) return tl::unexpected(fail("delete"));
+    writes_[doc_key(kind, key)] = std::nullopt;
     return {};
   }
 
   result<std::vector<std::pair<std::string, std::string>>> list(
       const std::string& kind, const std::string& prefix) override {
-    std::lock_guard lock(mu_);
-    // A range, not LIKE: keys may hold '%' and '_'.
-    auto s = prepare(
-        "SELECT key, value FROM docs WHERE kind = ?1 AND key >= ?2 AND key < ?3 ORDER BY key");
-    if (!s) return tl::unexpected(s.error());
-    bind(*s, 1, kind);
-    bind(*s, 2, prefix);
-    bind(*s, 3, prefix + "\xff\xff\xff\xff");
+    const std::string base = doc_key(kind, "");
+    const std::string start = base + prefix;
+    auto r = s_->range(st::key_range::with_prefix(start));
+    if (!r) return tl::unexpected(from(r.error()));
+    std::map<std::string, std::string> docs;
+    for (auto& kv : r->kvs) docs[std::move(kv.key)] = std::move(kv.value);
+    for (auto it = writes_.lower_bound(start); it != writes_.end() && it->first.starts_with(start);
+         ++it) {
+      if (it->second) {
+        docs[it->first] = *it->second;
+      } else {
+        docs.erase(it->first);
+      }
+    }
     std::vector<std::pair<std::string, std::string>> out;
-    int rc;
-    while ((rc = sqlite3_step(s->get())) == SQLITE_ROW) out.emplace_back(text(*s, 0), text(*s, 1));
-    if (rc != SQLITE_DONE) return tl::unexpected(fail("list"));
+    out.reserve(docs.size());
+    for (auto& [k, v] : docs) out.emplace_back(k.substr(base.size()), std::move(v));
     return out;
   }
 
   result<std::uint64_t> next(const std::string& counter) override {
-    std::lock_guard lock(mu_);
-    auto s = prepare(
-        "INSERT INTO counters (name, value) VALUES (?1, 1) ON CONFLICT (name) DO "
-        "UPDATE SET value = value + 1 RETURNING value");
-    if (!s) return tl::unexpected(s.error());
-    bind(*s, 1, counter);
-    if (sqlite3_step(s->get()) != SQLITE_ROW) return tl::unexpected(fail("count"));
-    return static_cast<std::uint64_t>(sqlite3_column_int64(s->get(), 0));
+    const std::string k = counter_key(counter);
+    auto kvs = read(k);
+    if (!kvs) return tl::unexpected(kvs.error());
+    auto n = counter_value(*kvs);
+    if (!n) return n;
+    writes_[k] = std::to_string(*n + 1);
+    return *n + 1;
   }
 
   result<void> transaction(const std::function<result<void>(store&)>& fn) override {
-    // The transaction holds the store for its length: other threads' writes wait rather than
-    // land inside it. The mutex is recursive, so fn's own calls go through.
-    std::lock_guard lock(mu_);
-    if (auto r = exec("BEGIN IMMEDIATE"); !r) return r;
+    // Nested: its writes join this one's, or are dropped with its failure.
+    auto saved = writes_;
     auto r = fn(*this);
-    if (!r) {
-      (void)exec("ROLLBACK");
-      return r;
-    }
-    if (auto c = exec("COMMIT"); !c) {
-      (void)exec("ROLLBACK");
-      return c;
-    }
-    return {};
+    if (!r) writes_ = std::move(saved);
+    return r;
   }
+
+  std::shared_ptr<st::store> state() override { return s_; }
+
+  // One txn: every read still at the revision it saw, then every write.
+  st::txn_request commit() const {
+    st::txn_request t;
+    for (const auto& [k, rev] : reads_) {
+      t.compares.push_back(st::compare::mod_revision_is(k, st::compare_op::equal, rev));
+    }
+    for (const auto& [k, v] : writes_) {
+      t.success.push_back(v ? st::txn_op::put(k, *v) : st::txn_op::del(st::key_range::one(k)));
+    }
+    return t;
+  }
+  bool wrote() const { return !writes_.empty(); }
 
  private:
-  // Who holds the database's lock, from the kernel's record of it.
-  std::string lock_holder() const {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return "another process";
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    const bool known = ::fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK && fl.l_pid > 0;
-    ::close(fd);
-    return known ? "pid " + std::to_string(fl.l_pid) : "another process";
+  // The key as this transaction sees it: its own write, else the store's (remembered).
+  result<std::vector<st::key_value>> read(const std::string& k) {
+    if (auto w = writes_.find(k); w != writes_.end()) {
+      std::vector<st::key_value> kvs;
+      if (w->second) kvs.push_back(st::key_value{k, *w->second, 0, 0, 0, 0});
+      return kvs;
+    }
+    auto r = s_->get(k);
+    if (!r) return tl::unexpected(from(r.error()));
+    // The first read of a key is the one the commit checks: later ones would mask a change.
+    reads_.emplace(k, mod_revision(r->kvs));
+    return std::move(r->kvs);
   }
 
-  result<void> exec(const char* sql) {
-    char* msg = nullptr;
-    if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-      error e{"store " + path_ + ": " + sql + ": " + (msg != nullptr ? msg : "failed")};
-      sqlite3_free(msg);
-      return tl::unexpected(e);
+  std::shared_ptr<st::store> s_;
+  std::map<std::string, std::optional<std::string>> writes_;
+  std::map<std::string, st::revision> reads_;
+};
+
+class state_store final : public store {
+ public:
+  explicit state_store(std::shared_ptr<st::store> s) : s_(std::move(s)) {}
+
+  result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
+    auto r = s_->get(doc_key(kind, key));
+    if (!r) return tl::unexpected(from(r.error()));
+    if (r->kvs.empty()) return std::optional<std::string>();
+    return std::optional<std::string>(std::move(r->kvs.front().value));
+  }
+
+  result<void> put(const std::string& kind, const std::string& key,
+                   const std::string& value) override {
+    if (auto r = s_->put(doc_key(kind, key), value); !r) return tl::unexpected(from(r.error()));
+    return {};
+  }
+
+  result<void> erase(const std::string& kind, const std::string& key) override {
+    if (auto r = s_->del(st::key_range::one(doc_key(kind, key))); !r) {
+      return tl::unexpected(from(r.error()));
     }
     return {};
   }
-  result<stmt_ptr> prepare(const char* sql) {
-    sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v2(db_.get(), sql, -1, &s, nullptr) != SQLITE_OK) {
-      return tl::unexpected(fail("prepare"));
-    }
-    return stmt_ptr(s);
-  }
-  static void bind(stmt_ptr& s, int i, const std::string& v) {
-    sqlite3_bind_text(s.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-  }
-  static std::string text(stmt_ptr& s, int col) {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), col));
-    return p == nullptr
-               ? std::string()
-               : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s.get(), col)));
-  }
-  error fail(const char* what) {
-    return {"store " + path_ + " " + what + ": " + sqlite3_errmsg(db_.get())};
+
+  result<std::vector<std::pair<std::string, std::string>>> list(
+      const std::string& kind, const std::string& prefix) override {
+    const std::string base = doc_key(kind, "");
+    auto r = s_->range(st::key_range::with_prefix(base + prefix));
+    if (!r) return tl::unexpected(from(r.error()));
+    std::vector<std::pair<std::string, std::string>> out;
+    out.reserve(r->kvs.size());
+    for (auto& kv : r->kvs) out.emplace_back(kv.key.substr(base.size()), std::move(kv.value));
+    return out;
   }
 
-  std::unique_ptr<sqlite3, db_deleter> db_;
-  std::string path_;
-  std::recursive_mutex mu_;
+  result<std::uint64_t> next(const std::string& counter) override {
+    // Compare-and-swap on the counter's revision: another writer's increment makes this one
+    // re-read, so no value is handed out twice, even across processes (etcd).
+    const std::string k = counter_key(counter);
+    for (int attempt = 0; attempt < max_attempts; ++attempt) {
+      auto cur = s_->get(k);
+      if (!cur) return tl::unexpected(from(cur.error()));
+      auto n = counter_value(cur->kvs);
+      if (!n) return n;
+      st::txn_request t;
+      t.compares = {st::compare::mod_revision_is(k, st::compare_op::equal, mod_revision(cur->kvs))};
+      t.success = {st::txn_op::put(k, std::to_string(*n + 1))};
+      auto r = s_->txn(t);
+      if (!r) return tl::unexpected(from(r.error()));
+      if (r->succeeded) return *n + 1;
+    }
+    return tl::unexpected(error{"counter " + counter + ": too many concurrent increments"});
+  }
+
+  result<void> transaction(const std::function<result<void>(store&)>& fn) override {
+    // Optimistic, as etcd's STM: fn runs on a buffered view; the commit checks that what it
+    // read is unchanged, else fn runs again on fresh reads.
+    for (int attempt = 0; attempt < max_attempts; ++attempt) {
+      buffered view(s_);
+      if (auto r = fn(view); !r) return r;
+      if (!view.wrote()) return {};
+      auto c = s_->txn(view.commit());
+      if (!c) return tl::unexpected(from(c.error()));
+      if (c->succeeded) return {};
+    }
+    return tl::unexpected(error{"store transaction: what it read kept changing; gave up"});
+  }
+
+  std::shared_ptr<st::store> state() override { return s_; }
+
+ private:
+  static constexpr int max_attempts = 64;
+  std::shared_ptr<st::store> s_;
 };
 
 class shared_store final : public store {
@@ -226,49 +235,101 @@ class shared_store final : public store {
   result<void> transaction(const std::function<result<void>(store&)>& fn) override {
     return s_->transaction(fn);
   }
+  std::shared_ptr<state::store> state() override { return s_->state(); }
 
  private:
   std::shared_ptr<store> s_;
 };
 
+// What a berth.db written before berth::state held (tables docs and counters), as the keys
+// they are now. Empty when there is nothing to carry over: no such file or tables, or already
+// carried (the state has a revision). A file that cannot be read here is left to the state
+// store's open, which names what is wrong with it.
+std::vector<std::pair<std::string, std::string>> legacy_documents(const std::string& path) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec) || std::filesystem::file_size(path, ec) == 0) return out;
+  sqlite3* raw = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr);
+  std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> db(raw, &sqlite3_close_v2);
+  // Exclusive, as the store: no -shm file; a berthd holding the file makes this fail at once.
+  if (rc != SQLITE_OK ||
+      sqlite3_exec(raw, "PRAGMA locking_mode=EXCLUSIVE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return out;
+  }
+  auto rows = [&](const char* sql, auto&& row) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(raw, sql, -1, &s, nullptr) != SQLITE_OK) return false;
+    int step;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) row(s);
+    sqlite3_finalize(s);
+    return step == SQLITE_DONE;
+  };
+  auto text = [](sqlite3_stmt* s, int c) {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(s, c));
+    return p == nullptr ? std::string()
+                        : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, c)));
+  };
+  bool has_docs = false, has_meta = false;
+  if (!rows("SELECT name FROM sqlite_master WHERE type = 'table'",
+            [&](sqlite3_stmt* s) {
+              const std::string t = text(s, 0);
+              has_docs = has_docs || t == "docs";
+              has_meta = has_meta || t == "meta";
+            }) ||
+      !has_docs) {
+    return out;
+  }
+  // Carried already when the state has written anything (a failed carry wrote nothing).
+  bool carried = false;
+  if (has_meta && !rows("SELECT value FROM meta WHERE name = 'revision'",
+                        [&](sqlite3_stmt* s) { carried = sqlite3_column_int64(s, 0) > 0; })) {
+    return out;
+  }
+  if (carried) return out;
+  const bool read =
+      rows("SELECT kind, key, value FROM docs",
+           [&](sqlite3_stmt* s) {
+             out.emplace_back(doc_key(text(s, 0), text(s, 1)), text(s, 2));
+           }) &&
+      rows("SELECT name, value FROM counters", [&](sqlite3_stmt* s) {
+        out.emplace_back(counter_key(text(s, 0)), std::to_string(sqlite3_column_int64(s, 1)));
+      });
+  if (!read) out.clear();
+  return out;
+}
+
 }  // namespace
 
 result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec)
-    return tl::unexpected(error{"cannot create state directory " + dir + ": " + ec.message()});
-  // Task definitions hold environment values: only berthd's user reads the state.
-  if (::chmod(dir.c_str(), 0700) != 0) {
-    return tl::unexpected(
-        error{"cannot make state directory " + dir + " private: " + std::strerror(errno)});
+  // Read before the state store takes the file: after that, only it may touch it.
+  auto legacy = legacy_documents(dir + "/berth.db");
+  st::sqlite_options o;
+  o.dir = dir;
+  auto s = st::make_sqlite_store(o);
+  if (!s) {
+    if (s.error().code == st::errc::in_use) {
+      return tl::unexpected(
+          error{s.error().detail + ": another berthd runs on this state directory"});
+    }
+    return tl::unexpected(from(s.error()));
   }
-  const std::string path = dir + "/berth.db";
-  // Created 0600 before SQLite sees it (SQLite would use 0644 less the umask); the -wal file
-  // takes the database's mode.
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    return tl::unexpected(error{"cannot open " + path + ": " + std::strerror(errno)});
+  if (!legacy.empty()) {
+    // Carried over in one transaction, only into an empty state: a crash halfway leaves the old
+    // tables to carry again. They stay in the file, unread once carried.
+    st::txn_request t;
+    for (auto& [k, v] : legacy) t.success.push_back(st::txn_op::put(k, v));
+    auto rev = (*s)->current_revision();
+    if (!rev) return tl::unexpected(from(rev.error()));
+    if (*rev == 0) {
+      if (auto r = (*s)->txn(t); !r) return tl::unexpected(from(r.error()));
+    }
   }
-  const int mode_rc = ::fchmod(fd, 0600);
-  ::close(fd);
-  if (mode_rc != 0) {
-    return tl::unexpected(error{"cannot make " + path + " private: " + std::strerror(errno)});
-  }
-  for (const char* extra : {"-wal", "-shm", "-journal"}) {
-    (void)::chmod((path + extra).c_str(), 0600);
-  }
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string m = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close_v2(db);
-    return tl::unexpected(error{"cannot open " + path + ": " + m});
-  }
-  auto s = std::make_unique<sqlite_store>(db, path);
-  if (auto r = s->init(); !r) return tl::unexpected(r.error());
-  return std::unique_ptr<store>(std::move(s));
+  return over_state(std::shared_ptr<st::store>(std::move(*s)));
+}
+
+std::unique_ptr<store> over_state(std::shared_ptr<state::store> s) {
+  return std::make_unique<state_store>(std::move(s));
 }
 
 std::unique_ptr<store> share(std::shared_ptr<store> s) {
