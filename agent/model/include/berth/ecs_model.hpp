@@ -33,7 +33,7 @@ namespace berth::ecs {
 enum class decode_errc { wrong_type, out_of_range, missing };
 
 struct decode_error {
-  decode_errc code;
+  decode_errc code{};
   // The member's path in the document, ECS-style: containerDefinitions[2].memory; empty for the
   // document itself.
   std::string path;
