@@ -420,17 +420,22 @@ void put(object& o, const char* key, const std::optional<T>& v) {
   if (v) put(o, key, *v);
 }
 
+// Reads into the expected it returns (named, so it is constructed in place): moving a large
+// struct into an expected, once per type, was a third of this file's code.
 template <class T>
 decoded<T> run(const json& j) {
-  T out;
+  decoded<T> out;
   decode_error e{};
-  if (!read(j, out, e)) return tl::unexpected(finish(std::move(e)));
+  if (!read(j, *out, e)) out = tl::unexpected(finish(std::move(e)));
   return out;
 }
 
+// Through decode<T>, out of line, rather than a second copy of its reader inlined here.
 template <class T>
 tl::expected<json, decode_error> normalize(const json& j) {
-  return run<T>(j).map([](const T& x) { return to_json(x); });
+  const decoded<T> x = decode<T>(j);
+  if (!x) return tl::unexpected(x.error());
+  return to_json(*x);
 }
 
 bool read(const json& j, managed_scaling& out, decode_error& e) {
