@@ -3,6 +3,8 @@
 // becomes the service's events, in ECS's words.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "loop.hpp"
 #include "util.hpp"
 
