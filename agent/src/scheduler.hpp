@@ -7,6 +7,9 @@
 // Everything it knows is in the store (services, their deployments and events) and in the tasks
 // themselves (startedBy is the deployment's id, group "service:<name>"): after a restart it
 // resumes from there, starting nothing twice.
+//
+// Implemented in agent/scheduler/: reconcile (berth/scheduler/reconcile.hpp) decides, a loop
+// applies its plans, the actions write the records.
 #pragma once
 
 #include <memory>

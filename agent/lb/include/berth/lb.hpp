@@ -2,15 +2,23 @@
 // service's tasks are registered with. A backend named after the service's loadBalancerName
 // holds one dynamic server per task, added with a health check, drained before the task stops,
 // and deleted once drained.
+//
+// Thread-safe: every call opens its own connection; the object holds only the socket's path.
+// Each call blocks for at most its timeout.
 #pragma once
 
 #include <chrono>
 #include <string>
+#include <tl/expected.hpp>
 #include <vector>
 
-#include "berth/agent.hpp"
+namespace berth::lb {
 
-namespace berth::agent {
+struct error {
+  std::string message;  // names the command or the socket: it goes to logs and service events
+};
+template <class T>
+using result = tl::expected<T, error>;
 
 class haproxy {
  public:
@@ -51,4 +59,4 @@ class haproxy {
   std::chrono::milliseconds timeout_;
 };
 
-}  // namespace berth::agent
+}  // namespace berth::lb

@@ -1,15 +1,16 @@
-#include "haproxy.hpp"
-
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <sstream>
 
-namespace berth::agent {
+#include "berth/lb.hpp"
+
+namespace berth::lb {
 
 namespace {
 
@@ -104,9 +105,9 @@ result<std::vector<haproxy::server>> haproxy::servers(const std::string& backend
     s.address = cell("addr");
     s.status = cell("status");
     s.check = cell("check_status");
-    try {
-      s.sessions = std::stol(cell("scur"));
-    } catch (...) {
+    // An empty or odd cell (a backend HAProxy has not counted yet) reads as no sessions.
+    const std::string scur = cell("scur");
+    if (std::from_chars(scur.data(), scur.data() + scur.size(), s.sessions).ec != std::errc{}) {
       s.sessions = 0;
     }
     out.push_back(s);
@@ -165,4 +166,4 @@ result<void> haproxy::remove(const std::string& backend, const std::string& name
   return {};
 }
 
-}  // namespace berth::agent
+}  // namespace berth::lb

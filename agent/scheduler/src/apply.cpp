@@ -1,0 +1,131 @@
+// Applying a plan: HAProxy first (targets, then drains), then the task API (stops, then
+// starts). No lock is held: the plan and the snapshot are this pass's own. What each call did
+// becomes the service's events, in ECS's words.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "loop.hpp"
+#include "util.hpp"
+
+namespace berth::agent::sched {
+
+namespace {
+
+std::string task_list(const std::vector<std::string>& arns) {
+  std::string ids;
+  for (const auto& a : arns) ids += " (task " + name_of(a) + ")";
+  return ids;
+}
+
+// An event that could repeat every pass is said once per warn_interval.
+void warn(const rc::snapshot& snap, std::vector<std::string>& events,
+          std::vector<std::string>& said, const std::string& message) {
+  if (const auto it = snap.said.find(message);
+      it != snap.said.end() && snap.now - it->second < rc::warn_interval) {
+    return;
+  }
+  if (std::find(said.begin(), said.end(), message) != said.end()) return;
+  said.push_back(message);
+  events.push_back(message);
+}
+
+}  // namespace
+
+loop::applied loop::apply(const json& s, const rc::snapshot& snap, const rc::plan& p) {
+  applied out;
+  apply_targets(p, snap, out);
+  apply_tasks(s, p, snap, out);
+  return out;
+}
+
+void loop::apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out) {
+  if (!lb_) return;
+  for (const auto& c : p.targets) {
+    switch (c.op) {
+      case rc::target_op::add:
+        if (auto a = lb_->add(c.backend, c.server, c.address); !a) {
+          warn(snap, out.events, out.said,
+               "is unable to register targets with (load balancer " + c.backend +
+                   "): " + a.error().message);
+        } else if (c.report) {
+          out.events.push_back("registered 1 targets in (load balancer " + c.backend + ")");
+        }
+        break;
+      case rc::target_op::shutdown_sessions:
+        (void)lb_->shutdown_sessions(c.backend, c.server);
+        break;
+      case rc::target_op::remove:
+        if (lb_->remove(c.backend, c.server) && c.report) {
+          out.events.push_back("deregistered 1 targets in (load balancer " + c.backend + ")");
+        }
+        break;
+    }
+  }
+}
+
+void loop::apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& snap, applied& out) {
+  const std::string cluster = name_of(s["clusterArn"].get<std::string>());
+  std::vector<rc::task_stop> stops = p.stops;
+  for (const auto& d : p.drains) {
+    bool draining = d.backends.empty();  // HAProxy drains it already: only tracked again
+    for (const auto& b : d.backends) {
+      if (lb_ && lb_->drain(b, rc::server_name(d.task_arn))) draining = true;
+    }
+    if (!draining) {
+      // HAProxy would not drain it: stopped at once, as a task with no target.
+      stops.push_back({d.task_arn, d.reason});
+      continue;
+    }
+    out.drains_begun.push_back({d.task_arn, snap.now, d.reason});
+    if (!d.backends.empty()) out.events.push_back("has begun draining connections on 1 tasks.");
+  }
+
+  std::vector<std::string> stopped;
+  for (const auto& st : stops) {
+    auto r = tasks_.call("StopTask",
+                         {{"cluster", cluster}, {"task", st.task_arn}, {"reason", st.reason}});
+    if (!r) {
+      spdlog::warn("service {}: cannot stop {}: {}", snap.service.name, st.task_arn,
+                   r.error().message);
+      continue;
+    }
+    metrics_.add("berth_service_tasks_stopped_total", {});
+    stopped.push_back(st.task_arn);
+  }
+  if (!stopped.empty()) {
+    out.events.push_back("has stopped " + std::to_string(stopped.size()) +
+                         " running tasks:" + task_list(stopped) + ".");
+  }
+
+  for (const auto& st : p.starts) {
+    auto r = tasks_.call("RunTask", {{"cluster", cluster},
+                                     {"taskDefinition", st.task_definition},
+                                     {"count", st.count},
+                                     {"startedBy", st.deployment_id},
+                                     {"group", "service:" + snap.service.name},
+                                     {"placementConstraints", s["placementConstraints"]},
+                                     {"placementStrategy", s["placementStrategy"]}});
+    if (!r) {
+      warn(snap, out.events, out.said, "was unable to start tasks: " + r.error().message);
+      continue;
+    }
+    std::vector<std::string> started;
+    for (const auto& t : (*r)["tasks"]) started.push_back(t["taskArn"]);
+    if (!started.empty()) {
+      out.events.push_back("has started " + std::to_string(started.size()) +
+                           " tasks:" + task_list(started) + ".");
+      metrics_.add("berth_service_tasks_started_total", {}, static_cast<double>(started.size()));
+    }
+    // Said by the next pass's reconcile, which also waits a moment before asking again.
+    if (!(*r)["failures"].empty()) {
+      std::string reasons;
+      for (const auto& f : (*r)["failures"]) reasons.append(" ").append(f.value("reason", ""));
+      out.placement_failure = rc::placement_failure{st.deployment_id, snap.now, reasons};
+    } else {
+      out.placed = true;
+    }
+  }
+}
+
+}  // namespace berth::agent::sched

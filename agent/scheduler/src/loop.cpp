@@ -1,0 +1,265 @@
+// The loop: snapshots in, plans out. Each pass reads without the lock (the record, the tasks,
+// HAProxy), copies the loop's memory under it, decides outside it, applies outside it, and
+// takes it again only to remember what it did.
+#include "loop.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "util.hpp"
+
+namespace berth::agent::sched {
+
+namespace {
+
+using namespace std::chrono_literals;
+rc::target to_target(const lb::haproxy::server& sv) {
+  rc::target t;
+  t.name = sv.name;
+  t.address = sv.address;
+  t.sessions = sv.sessions;
+  t.check_failed = sv.failing();
+  // "UP" once checks have passed; "UP 1/3" is one HAProxy added but not yet marked DOWN, or one
+  // failing its checks: neither counts as up.
+  t.state = sv.status == "UP"                ? rc::target_state::up
+            : sv.status.starts_with("DRAIN") ? rc::target_state::drain
+            : sv.status.starts_with("MAINT") ? rc::target_state::maint
+            : sv.status.starts_with("DOWN")  ? rc::target_state::down
+                                             : rc::target_state::other;
+  return t;
+}
+
+}  // namespace
+
+loop::loop(const config& c, records& recs, service& tasks, metrics& m)
+    : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m) {
+  if (!c.haproxy_socket.empty()) lb_.emplace(c.haproxy_socket);
+  metrics_.gauge("berth_services", "Services by status");
+  metrics_.counter("berth_service_tasks_started_total", "Tasks services started");
+  metrics_.counter("berth_service_tasks_stopped_total", "Tasks services stopped");
+}
+
+void loop::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void loop::wake() {
+  {
+    std::lock_guard lock(wake_mu_);
+    woken_ = true;
+  }
+  wake_cv_.notify_all();
+}
+
+void loop::shutdown() {
+  {
+    std::lock_guard lock(wake_mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void loop::changed(const std::string& service_arn) {
+  {
+    std::lock_guard lock(mu_);
+    placement_failures_.erase(service_arn);
+  }
+  wake();
+}
+
+void loop::run() {
+  for (;;) {
+    {
+      // Every second when all is steady; four times as often while something moves (a
+      // rollout, a scale, a drain), which is what a rollout's time is made of besides health
+      // checks; at once when woken (an API call, a service task's state change).
+      std::unique_lock lock(wake_mu_);
+      wake_cv_.wait_for(lock, busy_ ? 250ms : 1000ms, [&] { return stopping_ || woken_; });
+      if (stopping_) return;
+      woken_ = false;
+    }
+    try {
+      pass_all();
+    } catch (const std::exception& e) {
+      spdlog::error("service scheduler: {}", e.what());
+    }
+  }
+}
+
+void loop::pass_all() {
+  auto all = recs_.all("");
+  if (!all) return;
+  std::map<std::string, int> by_status = {{"ACTIVE", 0}, {"DRAINING", 0}};
+  bool busy = false;
+  for (auto& s : *all) {
+    const std::string status = s.value("status", "");
+    if (status == "INACTIVE") continue;
+    ++by_status[status];
+    try {
+      busy |= pass_one(std::move(s));
+    } catch (const std::exception& e) {
+      // One service's trouble is its own: the others are reconciled all the same.
+      spdlog::error("service reconcile failed: {}", e.what());
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    busy |= !draining_.empty();
+  }
+  busy_ = busy;
+  for (const auto& [st, n] : by_status) metrics_.set("berth_services", {{"status", st}}, n);
+}
+
+bool loop::pass_one(json s) {
+  auto snap = gather(s);
+  if (!snap) return true;  // tried again next pass
+  const rc::plan p = rc::reconcile(*snap);
+  const applied a = apply(s, *snap, p);
+  remember(*snap, p, a);
+  record(std::move(s), p, a);
+  return p.busy;
+}
+
+std::optional<rc::snapshot> loop::gather(const json& s) {
+  rc::snapshot snap;
+  snap.service = to_service(s, cfg_.deregistration_delay);
+  snap.deployments = to_deployments(s);
+  auto live = tasks_of(s, false);
+  if (!live) return std::nullopt;
+  for (const auto& t : *live) {
+    snap.tasks.push_back(to_task(t, checked_containers(t.value("taskDefinitionArn", ""))));
+  }
+  // The circuit breaker counts the primary's failed tasks, while it rolls out.
+  bool rolling = false;
+  for (const auto& d : snap.deployments) {
+    rolling |=
+        d.status == rc::deployment_status::primary && d.rollout == rc::rollout_state::in_progress;
+  }
+  if (rolling && !snap.service.deleting) {
+    for (const auto& t : tasks_of(s, true).value_or(std::vector<json>{})) {
+      snap.stopped_tasks.push_back(to_task(t, {}));
+    }
+  }
+  snap.has_load_balancer = lb_.has_value();
+  if (lb_) {
+    for (const auto& l : snap.service.load_balancers) {
+      rc::backend b;
+      b.name = l.name;
+      if (auto list = lb_->servers(l.name); list) {
+        for (const auto& sv : *list) b.targets.push_back(to_target(sv));
+      } else {
+        b.readable = false;
+        b.error = list.error().message;
+      }
+      snap.backends.push_back(std::move(b));
+    }
+  }
+  snap.next_deployment_id = deployment_id();
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [arn, d] : draining_) {
+      if (d.service == snap.service.arn) snap.drains.push_back(d.d);
+    }
+    if (const auto it = said_.find(snap.service.arn); it != said_.end()) snap.said = it->second;
+    if (const auto it = placement_failures_.find(snap.service.arn);
+        it != placement_failures_.end()) {
+      snap.last_placement_failure = it->second;
+    }
+  }
+  snap.now = now_seconds();
+  return snap;
+}
+
+// The service's tasks (not yet stopped, or stopped), described. Nothing when any lookup failed:
+// a partial list would look like missing tasks.
+std::optional<std::vector<json>> loop::tasks_of(const json& s, bool stopped) {
+  std::vector<json> out;
+  const std::string cluster = name_of(s["clusterArn"].get<std::string>());
+  std::vector<std::string> arns;
+  std::optional<std::string> token;
+  do {
+    json req = {{"cluster", cluster},
+                {"serviceName", s["serviceName"]},
+                {"desiredStatus", stopped ? "STOPPED" : "RUNNING"},
+                {"maxResults", 100}};
+    if (token) req["nextToken"] = *token;
+    auto l = tasks_.call("ListTasks", req);
+    if (!l) return std::nullopt;
+    for (const auto& a : (*l)["taskArns"]) arns.push_back(a);
+    token.reset();
+    if (l->contains("nextToken")) token = (*l)["nextToken"].get<std::string>();
+  } while (token);
+  for (std::size_t i = 0; i < arns.size(); i += 100) {
+    json batch = json::array();
+    for (std::size_t j = i; j < std::min(arns.size(), i + 100); ++j) batch.push_back(arns[j]);
+    auto d = tasks_.call("DescribeTasks", {{"cluster", cluster}, {"tasks", batch}});
+    if (!d) return std::nullopt;
+    for (const auto& t : (*d)["tasks"]) out.push_back(t);
+  }
+  return out;
+}
+
+// The containers of a task definition that have a Docker health check (cached by ARN).
+const std::set<std::string>& loop::checked_containers(const std::string& td) {
+  if (const auto it = checked_.find(td); it != checked_.end()) return it->second;
+  static const std::set<std::string> unknown;
+  auto d = tasks_.call("DescribeTaskDefinition", {{"taskDefinition", td}});
+  if (!d) return unknown;  // asked again next time
+  std::set<std::string> names;
+  for (const auto& c : (*d)["taskDefinition"]["containerDefinitions"]) {
+    if (c.contains("healthCheck")) names.insert(c["name"].get<std::string>());
+  }
+  return checked_[td] = names;
+}
+
+void loop::remember(const rc::snapshot& snap, const rc::plan& p, const applied& a) {
+  const std::string& svc = snap.service.arn;
+  std::lock_guard lock(mu_);
+  for (const auto& arn : p.drains_ended) draining_.erase(arn);
+  for (const auto& d : a.drains_begun) draining_[d.task_arn] = {d, svc};
+  auto& said = said_[svc];
+  // What was said over warn_interval ago is forgotten: messages that carry an error's text
+  // would otherwise pile up for the daemon's life.
+  std::erase_if(said, [&](const auto& w) { return snap.now - w.second >= rc::warn_interval; });
+  for (const auto& e : p.events) {
+    if (e.throttled) said[e.message] = snap.now;
+  }
+  for (const auto& m : a.said) said[m] = snap.now;
+  if (said.empty()) said_.erase(svc);
+  if (a.placement_failure) {
+    placement_failures_[svc] = *a.placement_failure;
+  } else if (a.placed) {
+    placement_failures_.erase(svc);
+  }
+  if (p.deleted) placement_failures_.erase(svc);
+}
+
+// The plan's record, written by compare-and-swap. When an API call wrote the record since the
+// snapshot, only what this pass did is added (its events); the next pass decides afresh on the
+// new record.
+void loop::record(json s, const rc::plan& p, const applied& a) {
+  const std::string before = s.dump();
+  for (const auto& m : a.events) records::event(s, m);
+  for (const auto& e : p.events) records::event(s, e.message);
+  write_deployments(s, p.deployments);
+  s["runningCount"] = p.running_count;
+  s["pendingCount"] = p.pending_count;
+  if (p.task_definition) s["taskDefinition"] = *p.task_definition;
+  if (p.last_good) s["_berth"]["lastGood"] = *p.last_good;
+  s["_berth"]["steady"] = p.steady;
+  if (p.deleted) s["status"] = "INACTIVE";
+  if (s.dump() == before) return;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto w = recs_.commit(s);
+    if (!w || *w) return;  // written, or logged by commit
+    auto fresh = recs_.load(name_of(s["clusterArn"].get<std::string>()),
+                            s["serviceName"].get<std::string>());
+    if (!fresh) return;
+    s = std::move(*fresh);
+    if (a.events.empty()) return;
+    for (const auto& m : a.events) records::event(s, m);
+  }
+}
+
+}  // namespace berth::agent::sched

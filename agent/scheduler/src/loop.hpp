@@ -1,0 +1,94 @@
+// The loop that runs reconcile: for each service, a snapshot (the record, its tasks through
+// the task API, HAProxy's targets, and the loop's own memory: drains, said events, placement
+// failures), then reconcile, then the plan applied through the task API and HAProxy, then the
+// record written by compare-and-swap.
+//
+// Its mutex guards only that memory and is never held across I/O (the store, HAProxy, the task
+// API): an API call or a wake never waits for a pass's I/O.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "berth/lb.hpp"
+#include "berth/scheduler/reconcile.hpp"
+#include "metrics.hpp"
+#include "records.hpp"
+
+namespace berth::agent::sched {
+
+// The reconciler's types (berth::agent::scheduler is berthd's interface to all of this).
+namespace rc = ::berth::scheduler;
+
+class loop {
+ public:
+  loop(const config& c, records& recs, service& tasks, metrics& m);
+  ~loop() { shutdown(); }
+
+  void start();
+  // Runs a pass soon. Takes only the wake lock: callable under the task engine's lock.
+  void wake();
+  void shutdown();
+  bool has_lb() const { return lb_.has_value(); }
+  // A service's record changed through the API: what RunTask refused before is tried again at
+  // once (the placement rules may be new).
+  void changed(const std::string& service_arn);
+
+ private:
+  // What applying a plan did, for the loop's memory and the record.
+  struct applied {
+    std::vector<std::string> events;  // the loop's own, in order
+    std::vector<std::string> said;    // throttled ones among them
+    std::vector<rc::drain> drains_begun;
+    std::optional<rc::placement_failure> placement_failure;
+    bool placed = false;  // RunTask placed every task it was asked for
+  };
+
+  void run();
+  void pass_all();
+  // One service's pass; true when it is in motion (the loop passes more often then).
+  bool pass_one(json s);
+  std::optional<rc::snapshot> gather(const json& s);
+  std::optional<std::vector<json>> tasks_of(const json& s, bool stopped);
+  const std::set<std::string>& checked_containers(const std::string& task_definition);
+  applied apply(const json& s, const rc::snapshot& snap, const rc::plan& p);
+  void apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out);
+  void apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& snap, applied& out);
+  void remember(const rc::snapshot& snap, const rc::plan& p, const applied& a);
+  void record(json s, const rc::plan& p, const applied& a);
+
+  struct tracked_drain {
+    rc::drain d;
+    std::string service;  // its ARN
+  };
+
+  config cfg_;
+  records& recs_;
+  service& tasks_;
+  metrics& metrics_;
+  std::optional<lb::haproxy> lb_;
+  std::thread thread_;
+
+  std::mutex wake_mu_;  // a leaf lock, held only to read or set the two flags below
+  std::condition_variable wake_cv_;
+  bool stopping_ = false, woken_ = false;
+  std::atomic<bool> busy_ = false;  // the last pass saw a service in motion
+
+  std::mutex mu_;                                  // the memory below; never held across I/O
+  std::map<std::string, tracked_drain> draining_;  // task ARN ->
+  // service ARN -> message -> when it was last said (throttled events)
+  std::map<std::string, std::map<std::string, rc::seconds>> said_;
+  std::map<std::string, rc::placement_failure> placement_failures_;  // service ARN ->
+
+  // Touched by the loop's thread only: task definition -> its health-checked containers.
+  std::map<std::string, std::set<std::string>> checked_;
+};
+
+}  // namespace berth::agent::sched

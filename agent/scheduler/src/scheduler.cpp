@@ -1,0 +1,48 @@
+// The scheduler as berthd sees it (agent/src/scheduler.hpp): the service actions and the loop,
+// sharing the service records.
+#include "scheduler.hpp"
+
+#include "actions.hpp"
+#include "loop.hpp"
+
+namespace berth::agent {
+
+namespace {
+
+class scheduler_impl final : public scheduler {
+ public:
+  scheduler_impl(const config& c, std::unique_ptr<store> st, service& tasks, event_bus& bus,
+                 metrics& m)
+      : store_(std::move(st)),
+        records_(c, *store_, bus),
+        loop_(c, records_, tasks, m),
+        actions_(sched::make_actions(records_, tasks, loop_.has_lb(), [this](const json& s) {
+          loop_.changed(s.value("serviceArn", ""));
+        })) {}
+  ~scheduler_impl() override { shutdown(); }
+
+  void start() { loop_.start(); }
+  bool serves(const std::string& action) const override { return actions_->serves(action); }
+  tl::expected<json, api_error> call(const std::string& action, const json& request) override {
+    return actions_->call(action, request);
+  }
+  void wake() override { loop_.wake(); }
+  void shutdown() override { loop_.shutdown(); }
+
+ private:
+  std::unique_ptr<store> store_;
+  sched::records records_;
+  sched::loop loop_;
+  std::unique_ptr<sched::actions> actions_;
+};
+
+}  // namespace
+
+result<std::unique_ptr<scheduler>> make_scheduler(const config& c, std::unique_ptr<store> st,
+                                                  service& tasks, event_bus& bus, metrics& m) {
+  auto s = std::make_unique<scheduler_impl>(c, std::move(st), tasks, bus, m);
+  s->start();
+  return std::unique_ptr<scheduler>(std::move(s));
+}
+
+}  // namespace berth::agent
