@@ -272,11 +272,25 @@ class task_engine_impl final : public task_engine {
           if (!pulled) id = tl::unexpected(pulled.error());
         }
         if (!id && id.error().code == dk::errc::conflict) {
-          // Created before a crash: the name is this task's, take it over.
-          if (auto existing = docker_->inspect_container(s.name)) id = existing->id;
+          // Created before a crash: the name is this task's, take it over. A create cut short
+          // by berthd's death may still be under way in dockerd, which then holds the name
+          // without showing the container for a moment: asked again, up to 10 s.
+          const auto deadline = std::chrono::steady_clock::now() + 10s;
+          for (;;) {
+            if (auto existing = docker_->inspect_container(s.name)) {
+              id = existing->id;
+              break;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) break;
+            std::unique_lock lock(mu_);
+            if (cv_.wait_for(lock, 100ms, [&] { return stopping_; })) return;
+          }
         }
         if (!id) {
-          const std::string why = "CannotPullContainerError: " + id.error().message;
+          const std::string why =
+              (id.error().code == dk::errc::conflict ? "CannotCreateContainerError: "
+                                                     : "CannotPullContainerError: ") +
+              id.error().message;
           fail_task(task_arn, name, "TaskFailedToStart", why);
           return;
         }
