@@ -1,4 +1,4 @@
-#include "server.hpp"
+#include "berth/api/server.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>
