@@ -1,16 +1,34 @@
+// The server is one io_context run by a fixed pool of threads, for both listeners. Each
+// connection is a chain of asynchronous steps on its own strand: wait for a request's first byte
+// (idle_timeout), read it whole (request_deadline), call the handler, write the response
+// (send_timeout), and again while the peer keeps the connection alive. One steady_timer per
+// connection enforces whichever limit its current step has.
+//
+// Handlers are synchronous and may block, so they run on pool threads through a gate that lets at
+// most threads - 1 run at once: one thread always remains to accept, read, refuse and cut off, so
+// a few slow handlers (RunTask, a store write) delay only the requests that queue behind them for
+// a handler, never the reading or refusing of others. Streamed responses (the event stream) can
+// last hours, so each gets a thread of its own, bounded by the caller (max_followers).
 #include "berth/api/server.hpp"
 
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "http_reader.hpp"
@@ -24,6 +42,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using local = asio::local::stream_protocol;
 using tcp = asio::ip::tcp;
+using steady = std::chrono::steady_clock;
 
 http_response too_large(std::uint64_t limit) {
   http_response r;
@@ -40,9 +59,182 @@ http_response malformed(const std::string& why) {
   return r;
 }
 
+unsigned pool_size(unsigned asked) {
+  // Two at the least even when asked for fewer: one for I/O, one for handlers.
+  if (asked > 0) return std::max(asked, 2u);
+  return std::max(std::thread::hardware_concurrency(), min_server_threads);
+}
+
+// Sends all of `data` on a non-blocking descriptor, waiting at most `timeout` for the peer to make
+// room each time its buffer is full. False once the peer is gone or too slow.
+bool send_all(int fd, std::string_view data, std::chrono::milliseconds timeout) {
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      data.remove_prefix(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return false;
+    pollfd p{fd, POLLOUT, 0};
+    int rc;
+    while ((rc = ::poll(&p, 1, static_cast<int>(timeout.count()))) < 0 && errno == EINTR) {
+    }
+    if (rc <= 0 || (p.revents & (POLLERR | POLLHUP)) != 0) return false;
+  }
+  return true;
+}
+
+// Lets at most `limit` handlers run at once; the others wait in arrival order, each to run on its
+// connection's strand once a slot frees.
+class handler_gate {
+ public:
+  explicit handler_gate(unsigned limit) : limit_(limit) {}
+
+  // Runs job on this thread now when a slot is free, else queues it to run on `ex`.
+  template <class Executor>
+  void run(const Executor& ex, std::function<void()> job) {
+    {
+      std::lock_guard lock(mu_);
+      if (running_ >= limit_) {
+        waiting_.push_back([this, ex, job = std::move(job)] {
+          asio::post(ex, [this, job] {
+            job();
+            done();
+          });
+        });
+        return;
+      }
+      ++running_;
+    }
+    job();
+    done();
+  }
+
+ private:
+  // A finished job hands its slot to the next waiting one, if any.
+  void done() {
+    std::function<void()> next;
+    {
+      std::lock_guard lock(mu_);
+      if (waiting_.empty()) {
+        --running_;
+        return;
+      }
+      next = std::move(waiting_.front());
+      waiting_.pop_front();
+    }
+    next();
+  }
+
+  std::mutex mu_;
+  const unsigned limit_;
+  unsigned running_ = 0;
+  std::deque<std::function<void()>> waiting_;
+};
+
+// A peer's identity as the pools count it, and whether it may use the reserve.
+struct peer_info {
+  std::string key;  // "uid:1000" or "tcp:127.0.0.1"
+  bool privileged = false;
+  http_request base;  // what every request on the connection carries
+};
+
+template <class Socket>
+peer_info identify_unix(Socket& sock, const server_options& o) {
+  peer_info p;
+  const int fd = sock.native_handle();
+  p.base.peer = "unix";
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    p.base.uid = static_cast<int>(cred.uid);
+    p.base.gid = static_cast<int>(cred.gid);
+  }
+  // ERANGE says how much room the list needs: asked again with that.
+  std::vector<gid_t> groups(64);
+  socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+  int rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  if (rc != 0 && errno == ERANGE) {
+    groups.resize(glen / sizeof(gid_t) + 1);
+    glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  }
+  if (rc == 0) {
+    for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
+      p.base.groups.push_back(static_cast<int>(groups[i]));
+    }
+  }
+  p.key = "uid:" + std::to_string(p.base.uid);
+  p.privileged =
+      o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
+  p.base.privileged = p.privileged;
+  return p;
+}
+
+template <class Socket>
+peer_info identify_tcp(Socket& sock) {
+  peer_info p;
+  beast::error_code ec;
+  const auto ep = sock.remote_endpoint(ec);
+  p.base.tcp = true;
+  p.base.peer = ec ? "" : ep.address().to_string();
+  p.key = "tcp:" + p.base.peer;
+  return p;
+}
+
+// Past a limit the peer is told why, in one write that cannot block (the socket's buffer is
+// empty), and the connection closes.
+void refuse(int fd, const std::string& why) {
+  const std::string body = R"({"__type":"ThrottlingException","message":")" + why + R"("})";
+  const std::string msg =
+      "HTTP/1.1 503 Service Unavailable\r\nServer: berthd\r\n"
+      "Content-Type: application/x-amz-json-1.1\r\nConnection: close\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  (void)::send(fd, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+// A streamed body on a descriptor the stream's thread owns: chunked on HTTP/1.1, raw on 1.0.
+class fd_sink final : public stream_sink {
+ public:
+  fd_sink(int fd, bool chunked, std::chrono::milliseconds timeout)
+      : fd_(fd), chunked_(chunked), timeout_(timeout) {}
+  bool write(std::string_view data) override {
+    if (!ok_ || data.empty()) return ok_;
+    if (chunked_) {
+      char size[24];
+      const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+      ok_ = send_all(fd_, std::string_view(size, static_cast<std::size_t>(n)), timeout_) &&
+            send_all(fd_, data, timeout_) && send_all(fd_, "\r\n", timeout_);
+    } else {
+      ok_ = send_all(fd_, data, timeout_);
+    }
+    return ok_;
+  }
+  bool alive() override {
+    if (!ok_) return false;
+    pollfd p{fd_, POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) ok_ = false;
+    return ok_;
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  int fd_;
+  bool chunked_;
+  std::chrono::milliseconds timeout_;
+  bool ok_ = true;
+};
+
 class server final : public http_server {
  public:
-  server(const server_options& o, http_handler h) : opts_(o), handler_(std::move(h)) {}
+  server(const server_options& o, http_handler h)
+      : opts_(o),
+        handler_(std::move(h)),
+        threads_wanted_(pool_size(o.threads)),
+        io_(static_cast<int>(threads_wanted_)),
+        gate_(threads_wanted_ - 1) {}
   ~server() override { stop(); }
 
   result<void> start() {
@@ -54,15 +246,15 @@ class server final : public http_server {
       if (auto free = socket_unserved(opts_.socket_path); !free) return free;
       std::filesystem::remove(opts_.socket_path, fec);
       unix_.emplace(io_);
-      unix_->open(local(), ec);
-      if (!ec) unix_->bind(local::endpoint(opts_.socket_path), ec);
-      if (!ec) unix_->listen(asio::socket_base::max_listen_connections, ec);
+      auto& a = unix_->acceptor;
+      a.open(local(), ec);
+      if (!ec) a.bind(local::endpoint(opts_.socket_path), ec);
+      if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
       if (ec) {
         return tl::unexpected(error{"cannot listen on " + opts_.socket_path + ": " + ec.message()});
       }
       // Anyone may connect: the peer's credentials decide what it may call (see daemon.cpp).
       ::chmod(opts_.socket_path.c_str(), 0666);
-      threads_.emplace_back([this] { accept_loop(*unix_, unix_live_); });
     }
     if (!opts_.tcp.empty()) {
       const auto colon = opts_.tcp.rfind(':');
@@ -78,19 +270,25 @@ class server final : public http_server {
       }
       if (port > 65535) return tl::unexpected(error{"bad listen port in '" + opts_.tcp + "'"});
       tcp_.emplace(io_);
+      auto& a = tcp_->acceptor;
       const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
-      tcp_->open(ep.protocol(), ec);
-      if (!ec) tcp_->set_option(asio::socket_base::reuse_address(true), ec);
-      if (!ec) tcp_->bind(ep, ec);
-      if (!ec) tcp_->listen(asio::socket_base::max_listen_connections, ec);
+      a.open(ep.protocol(), ec);
+      if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec) a.bind(ep, ec);
+      if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
       if (ec) return tl::unexpected(error{"cannot listen on " + opts_.tcp + ": " + ec.message()});
-      const auto bound = tcp_->local_endpoint();
+      const auto bound = a.local_endpoint();
       endpoint_ = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
                                            : bound.address().to_string()) +
                   ":" + std::to_string(bound.port());
-      threads_.emplace_back([this] { accept_loop(*tcp_, tcp_live_); });
     }
-    threads_.emplace_back([this] { reaper_loop(); });
+    if (unix_) accept(*unix_);
+    if (tcp_) accept(*tcp_);
+    try {
+      for (unsigned i = 0; i < threads_wanted_; ++i) threads_.emplace_back([this] { run(); });
+    } catch (const std::system_error& e) {
+      return tl::unexpected(error{std::string("cannot start the server's threads: ") + e.what()});
+    }
     return {};
   }
 
@@ -99,17 +297,24 @@ class server final : public http_server {
       std::lock_guard lock(mu_);
       if (stopped_) return;
       stopped_ = true;
-      beast::error_code ec;
-      // shutdown() wakes a blocked accept(); close() alone may not.
-      if (unix_) ::shutdown(unix_->native_handle(), SHUT_RDWR);
-      if (tcp_) ::shutdown(tcp_->native_handle(), SHUT_RDWR);
-      for (const auto& [fd, c] : connections_) ::shutdown(fd, SHUT_RDWR);
+      // Wakes every connection's pending wait, read or write (and a stream's next poll): each
+      // then ends itself. Descriptors are closed only under mu_, so none here is reused.
+      for (const int fd : fds_) ::shutdown(fd, SHUT_RDWR);
     }
-    reaper_cv_.notify_all();
+    // The acceptors are touched only on their strands: closed there, their pending accepts end.
+    const bool serving = !threads_.empty();
+    if (unix_ && serving) close_listener(*unix_);
+    if (tcp_ && serving) close_listener(*tcp_);
+    {
+      std::unique_lock lock(mu_);
+      done_.wait(lock, [&] {
+        return live_ == 0 && (!serving || ((!unix_ || unix_->closed) && (!tcp_ || tcp_->closed)));
+      });
+    }
+    // Nothing is served any more; what is still queued (timers' cancellations) is dropped.
+    io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
-    std::unique_lock lock(mu_);
-    done_.wait(lock, [&] { return live_ == 0; });
     if (!opts_.socket_path.empty()) {
       std::error_code fec;
       std::filesystem::remove(opts_.socket_path, fec);
@@ -119,225 +324,253 @@ class server final : public http_server {
   std::string tcp_endpoint() const override { return endpoint_; }
 
  private:
-  // A peer's identity as the pools count it, and whether it may use the reserve.
-  struct peer_info {
-    std::string key;  // "uid:1000" or "tcp:127.0.0.1"
-    bool privileged = false;
-    http_request base;  // what every request on the connection carries
-  };
-
-  static peer_info identify(local::socket& sock, const server_options& o) {
-    peer_info p;
-    const int fd = sock.native_handle();
-    p.base.peer = "unix";
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-      p.base.uid = static_cast<int>(cred.uid);
-      p.base.gid = static_cast<int>(cred.gid);
-    }
-    // ERANGE says how much room the list needs: asked again with that.
-    std::vector<gid_t> groups(64);
-    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-    int rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
-    if (rc != 0 && errno == ERANGE) {
-      groups.resize(glen / sizeof(gid_t) + 1);
-      glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-      rc = ::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
-    }
-    if (rc == 0) {
-      for (std::size_t i = 0; i < glen / sizeof(gid_t); ++i) {
-        p.base.groups.push_back(static_cast<int>(groups[i]));
-      }
-    }
-    p.key = "uid:" + std::to_string(p.base.uid);
-    p.privileged =
-        o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
-    p.base.privileged = p.privileged;
-    return p;
-  }
-
-  static peer_info identify(tcp::socket& sock, const server_options&) {
-    peer_info p;
-    beast::error_code ec;
-    const auto ep = sock.remote_endpoint(ec);
-    p.base.tcp = true;
-    p.base.peer = ec ? "" : ep.address().to_string();
-    p.key = "tcp:" + p.base.peer;
-    return p;
-  }
-
-  // Past a limit the peer is told why, in one write that cannot block (the socket's buffer is
-  // empty), and the connection closes.
-  static void refuse(int fd, const std::string& why) {
-    const std::string body = R"({"__type":"ThrottlingException","message":")" + why + R"("})";
-    const std::string msg =
-        "HTTP/1.1 503 Service Unavailable\r\nServer: berthd\r\n"
-        "Content-Type: application/x-amz-json-1.1\r\nConnection: close\r\n"
-        "Content-Length: " +
-        std::to_string(body.size()) + "\r\n\r\n" + body;
-    (void)::send(fd, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-  }
-
   template <class Acceptor>
-  void accept_loop(Acceptor& acceptor, int& live) {
+  struct listener {
+    explicit listener(asio::io_context& io)
+        : strand(asio::make_strand(io)), acceptor(strand), retry(strand) {}
+    asio::strand<asio::io_context::executor_type> strand;
+    Acceptor acceptor;
+    asio::steady_timer retry;
+    int live = 0;         // this listener's pool, under mu_
+    bool closed = false;  // under mu_
+  };
+  using unix_listener = listener<local::acceptor>;
+  using tcp_listener = listener<tcp::acceptor>;
+
+  template <class Socket>
+  class connection;
+
+  void run() {
+    // The work guard keeps run() from returning while a listener merely waits; only stop() ends
+    // it. A handler never throws (call() catches): anything else is a bug, logged, and served on.
+    auto work = asio::make_work_guard(io_);
     for (;;) {
-      beast::error_code ec;
-      typename Acceptor::protocol_type::socket sock(io_);
-      acceptor.accept(sock, ec);
-      {
-        std::lock_guard lock(mu_);
-        if (stopped_) return;
-      }
-      if (ec) continue;
-      peer_info peer = identify(sock, opts_);
-      const int fd = sock.native_handle();
-      std::string refused;
-      {
-        std::lock_guard lock(mu_);
-        if (stopped_) return;
-        // Each connection is a thread: the pool and the per-peer share bound them. The reserve
-        // is the pool's top: only privileged peers are let into it, and they have no share cap.
-        const int room = opts_.max_connections - (peer.privileged ? 0 : opts_.reserved);
-        if (live >= room) {
-          refused = "Too many connections to berthd";
-        } else if (!peer.privileged && per_peer_[peer.key] >= opts_.max_per_peer) {
-          refused = "Too many connections from this peer (" + peer.key + "; at most " +
-                    std::to_string(opts_.max_per_peer) + ")";
-        } else {
-          ++live;
-          ++live_;
-          ++per_peer_[peer.key];
-          connections_[fd] = connection{std::chrono::steady_clock::time_point::max()};
-        }
-      }
-      if (!refused.empty()) {
-        refuse(fd, refused);
-        beast::error_code ignored;
-        sock.close(ignored);
-        continue;
-      }
-      // A peer that stops reading (an event stream's follower, say) is cut off after 30 s of
-      // blocked writes.
-      timeval send_tv{30, 0};
-      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
       try {
-        std::thread([this, s = std::move(sock), p = std::move(peer), &live]() mutable {
-          session(std::move(s), p, live);
-        }).detach();
-      } catch (const std::system_error&) {
-        // The lambda, and the socket in it, are gone already.
-        std::lock_guard lock(mu_);
-        release(fd, peer.key, live);
+        io_.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("http server: {}", e.what());
       }
     }
   }
 
-  // Under mu_.
-  void release(int fd, const std::string& key, int& live) {
-    connections_.erase(fd);
+  template <class Listener>
+  void close_listener(Listener& l) {
+    asio::post(l.strand, [this, &l] {
+      beast::error_code ignored;
+      l.acceptor.close(ignored);
+      l.retry.cancel();
+      std::lock_guard lock(mu_);
+      l.closed = true;
+      done_.notify_all();
+    });
+  }
+
+  bool stopped() {
+    std::lock_guard lock(mu_);
+    return stopped_;
+  }
+
+  template <class Listener>
+  void accept(Listener& l) {
+    if (stopped()) return;
+    // Each connection gets a strand of its own: its socket and timer are touched only there.
+    l.acceptor.async_accept(asio::make_strand(io_), [this, &l](beast::error_code ec, auto sock) {
+      if (ec) {
+        if (stopped()) return;
+        // Out of descriptors, say: tried again shortly instead of spinning.
+        l.retry.expires_after(std::chrono::milliseconds(100));
+        l.retry.async_wait([this, &l](beast::error_code e) {
+          if (!e) accept(l);
+        });
+        return;
+      }
+      admit(l, std::move(sock));
+      accept(l);
+    });
+  }
+
+  template <class Listener, class Socket>
+  void admit(Listener& l, Socket sock) {
+    constexpr bool on_unix = std::is_same_v<Listener, unix_listener>;
+    peer_info peer;
+    if constexpr (on_unix) {
+      peer = identify_unix(sock, opts_);
+    } else {
+      peer = identify_tcp(sock);
+    }
+    const int fd = sock.native_handle();
+    std::string refused;
+    {
+      std::lock_guard lock(mu_);
+      if (stopped_) return;
+      // The pool and the per-peer share bound the connections. The reserve is the pool's top:
+      // only privileged peers are let into it, and they have no share cap.
+      const int room = opts_.max_connections - (peer.privileged ? 0 : opts_.reserved);
+      if (l.live >= room) {
+        refused = "Too many connections to berthd";
+      } else if (!peer.privileged && per_peer_[peer.key] >= opts_.max_per_peer) {
+        refused = "Too many connections from this peer (" + peer.key + "; at most " +
+                  std::to_string(opts_.max_per_peer) + ")";
+      } else {
+        ++l.live;
+        ++live_;
+        ++per_peer_[peer.key];
+        fds_.insert(fd);
+      }
+    }
+    if (!refused.empty()) {
+      refuse(fd, refused);
+      beast::error_code ignored;
+      sock.close(ignored);
+      return;
+    }
+    auto c = std::make_shared<connection<Socket>>(*this, std::move(sock), std::move(peer), l.live);
+    c->start();
+  }
+
+  http_response call(const http_request& r) {
+    try {
+      return handler_(r);
+    } catch (...) {
+      // A bug in a handler costs this request, never the process.
+      http_response out;
+      out.status = 500;
+      out.body = R"({"__type":"ServerException","message":"Internal error"})";
+      return out;
+    }
+  }
+
+  // Closes fd (through `close`, under mu_) and gives its place in the pools back. The last
+  // thing a connection does with the server: stop() may return once live_ reaches zero.
+  template <class Close>
+  void release(int fd, const std::string& key, int& pool, Close close) {
+    std::lock_guard lock(mu_);
+    close();
+    fds_.erase(fd);
     if (--per_peer_[key] == 0) per_peer_.erase(key);
-    --live;
+    --pool;
     if (--live_ == 0) done_.notify_all();
   }
 
-  // Sets (or, with max(), clears) the time by which fd's current request must be in whole.
-  void set_deadline(int fd, std::chrono::steady_clock::time_point at) {
-    std::lock_guard lock(mu_);
-    if (auto c = connections_.find(fd); c != connections_.end()) c->second.deadline = at;
-  }
-
-  // Cuts off connections whose request did not arrive in time: their blocked read then fails.
-  void reaper_loop() {
-    std::unique_lock lock(mu_);
-    while (!stopped_) {
-      reaper_cv_.wait_for(lock, std::chrono::milliseconds(200));
-      const auto now = std::chrono::steady_clock::now();
-      for (auto& [fd, c] : connections_) {
-        if (c.deadline <= now) {
-          ::shutdown(fd, SHUT_RDWR);
-          c.deadline = std::chrono::steady_clock::time_point::max();
-        }
-      }
+  // A stream's thread: the header, then the handler's body, on a descriptor it owns.
+  void run_stream(int fd, http_response& out, const std::string& head, bool chunked) {
+    if (!send_all(fd, head, opts_.send_timeout)) return;
+    fd_sink sink(fd, chunked, opts_.send_timeout);
+    try {
+      out.stream(sink);
+    } catch (...) {
+      spdlog::error("http server: a streamed response failed");
+      return;
     }
+    if (sink.ok() && chunked) (void)send_all(fd, "0\r\n\r\n", opts_.send_timeout);
   }
 
-  // Waits until the peer sends something (true) or idle_timeout passes or it goes (false).
-  bool wait_for_request(int fd) {
-    pollfd p{fd, POLLIN, 0};
-    const int ms = static_cast<int>(opts_.idle_timeout.count());
-    for (;;) {
-      const int rc = ::poll(&p, 1, ms);
-      if (rc < 0 && errno == EINTR) continue;
-      return rc > 0 && (p.revents & POLLIN) != 0;
+  server_options opts_;
+  http_handler handler_;
+  const unsigned threads_wanted_;
+  // Declared before everything that holds its handlers or objects: destroyed last.
+  asio::io_context io_;
+  handler_gate gate_;
+  std::optional<unix_listener> unix_;
+  std::optional<tcp_listener> tcp_;
+  std::string endpoint_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::set<int> fds_;  // every live connection's descriptor
+  std::map<std::string, int> per_peer_;
+  int live_ = 0;  // both pools
+  bool stopped_ = false;
+};
+
+template <class Socket>
+class server::connection : public std::enable_shared_from_this<connection<Socket>> {
+ public:
+  connection(server& s, Socket sock, peer_info peer, int& pool)
+      : s_(s),
+        sock_(std::move(sock)),
+        timer_(sock_.get_executor()),
+        peer_(std::move(peer)),
+        pool_(pool),
+        fd_(sock_.native_handle()) {}
+
+  void start() {
+    asio::post(sock_.get_executor(), [self = this->shared_from_this()] { self->next_request(); });
+  }
+
+ private:
+  // Waits for the next request's first bytes for up to idle_timeout, unless a pipelined one is
+  // buffered already. A read rather than a wait for readability: on a kept-alive connection the
+  // next request is often there already, and the read then completes without the reactor.
+  void next_request() {
+    parser_.emplace();
+    limit_request_parser(*parser_, s_.opts_.max_body_bytes);
+    if (buffer_.size() > 0) return read();
+    arm(s_.opts_.idle_timeout);
+    sock_.async_read_some(buffer_.prepare(first_read),
+                          [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+                            if (ec || self->cut_) return self->finish();
+                            self->buffer_.commit(n);
+                            self->read();
+                          });
+  }
+
+  // From the first byte on, the whole request must be in within request_deadline.
+  void read() {
+    arm(s_.opts_.request_deadline);
+    http::async_read(sock_, buffer_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                       self->on_read(ec);
+                     });
+  }
+
+  void on_read(beast::error_code ec) {
+    disarm();
+    if (cut_ || ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+      return finish();
     }
-  }
-
-  template <class Socket>
-  void session(Socket sock, const peer_info& peer, int& live) {
-    const int fd = sock.native_handle();
-    const http_request& base = peer.base;
-    beast::flat_buffer buffer;
-    for (;;) {
-      beast::error_code ec;
-      request_parser parser;
-      limit_request_parser(parser, opts_.max_body_bytes);
-      if (buffer.size() == 0 && !wait_for_request(fd)) break;
-      set_deadline(fd, std::chrono::steady_clock::now() + opts_.request_deadline);
-      http::read(sock, buffer, parser, ec);
-      set_deadline(fd, std::chrono::steady_clock::time_point::max());
-      if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-          ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
-        break;
-      }
-      http_response out;
-      bool keep_alive = false;
-      unsigned version = 11;
-      if (ec == http::error::body_limit) {
-        out = too_large(opts_.max_body_bytes);
-      } else if (ec) {
-        if (buffer.size() == 0 && !parser.got_some()) break;
-        out = malformed(ec.message());
-      } else {
-        const auto& req = parser.get();
-        http_request r = to_http_request(req, base);
-        keep_alive = req.keep_alive();
-        version = req.version();
-        try {
-          out = handler_(r);
-        } catch (...) {
-          // A bug in a handler costs this request, never the process.
-          out = {};
-          out.status = 500;
-          out.body = R"({"__type":"ServerException","message":"Internal error"})";
-        }
-      }
-      if (out.stream) {
-        stream(sock, out, version);
-        break;
-      }
-      http::response<http::string_body> res{static_cast<http::status>(out.status), version};
-      res.set(http::field::server, "berthd");
-      res.set(http::field::content_type, out.content_type);
-      for (const auto& [k, v] : out.headers) res.set(k, v);
-      res.keep_alive(keep_alive);
-      res.body() = std::move(out.body);
-      res.prepare_payload();
-      http::write(sock, res, ec);
-      if (ec || !keep_alive) break;
+    if (ec == http::error::body_limit)
+      return respond(too_large(s_.opts_.max_body_bytes), false, 11);
+    if (ec) {
+      if (buffer_.size() == 0 && !parser_->got_some()) return finish();
+      return respond(malformed(ec.message()), false, 11);
     }
-    beast::error_code ignored;
-    sock.shutdown(asio::socket_base::shutdown_both, ignored);
-    std::lock_guard lock(mu_);
-    sock.close(ignored);
-    // Gone before the count says so: stop() may return, and io_ go, once it reaches zero.
-    { Socket gone = std::move(sock); }
-    release(fd, peer.key, live);
+    const auto& req = parser_->get();
+    const bool keep_alive = req.keep_alive();
+    const unsigned version = req.version();
+    http_request r = to_http_request(req, peer_.base);
+    parser_.reset();
+    s_.gate_.run(sock_.get_executor(),
+                 [self = this->shared_from_this(), r = std::move(r), keep_alive, version] {
+                   self->respond(self->s_.call(r), keep_alive, version);
+                 });
   }
 
-  // A chunked response whose body the handler writes as it goes; the connection ends with it.
-  template <class Socket>
-  void stream(Socket& sock, http_response& out, unsigned version) {
+  void respond(http_response out, bool keep_alive, unsigned version) {
+    if (out.stream) return stream(std::move(out), version);
+    auto& res = res_.emplace(static_cast<http::status>(out.status), version);
+    res.set(http::field::server, "berthd");
+    res.set(http::field::content_type, out.content_type);
+    for (const auto& [k, v] : out.headers) res.set(k, v);
+    res.keep_alive(keep_alive);
+    res.body() = std::move(out.body);
+    res.prepare_payload();
+    arm(s_.opts_.send_timeout);
+    http::async_write(
+        sock_, res,
+        [self = this->shared_from_this(), keep_alive](beast::error_code ec, std::size_t) {
+          self->disarm();
+          self->res_.reset();
+          if (ec || self->cut_ || !keep_alive) return self->finish();
+          self->next_request();
+        });
+  }
+
+  // A chunked response whose body the handler writes as it goes, on a thread of its own that
+  // takes the descriptor over; the connection ends with it.
+  void stream(http_response out, unsigned version) {
     http::response<http::empty_body> res{static_cast<http::status>(out.status), version};
     res.set(http::field::server, "berthd");
     res.set(http::field::content_type, out.content_type);
@@ -346,57 +579,68 @@ class server final : public http_server {
     // HTTP/1.0 knows no chunks: the body then simply runs until the connection closes.
     const bool chunked = version >= 11;
     res.chunked(chunked);
-    http::response_serializer<http::empty_body> sr{res};
+    std::ostringstream head;
+    head << res.base();
     beast::error_code ec;
-    http::write_header(sock, sr, ec);
-    if (ec) return;
-    struct sink final : stream_sink {
-      Socket& s;
-      bool chunked;
-      bool ok = true;
-      sink(Socket& so, bool c) : s(so), chunked(c) {}
-      bool write(std::string_view data) override {
-        if (!ok || data.empty()) return ok;
-        beast::error_code e;
-        if (chunked) {
-          asio::write(s, http::make_chunk(asio::const_buffer(data.data(), data.size())), e);
-        } else {
-          asio::write(s, asio::const_buffer(data.data(), data.size()), e);
-        }
-        ok = !e;
-        return ok;
-      }
-      bool alive() override {
-        if (!ok) return false;
-        pollfd p{s.native_handle(), POLLIN | POLLRDHUP, 0};
-        if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
-          ok = false;
-        }
-        return ok;
-      }
-    } out_sink(sock, chunked);
-    out.stream(out_sink);
-    if (out_sink.ok && chunked) asio::write(sock, http::make_chunk_last(), ec);
+    const int fd = sock_.release(ec);
+    if (ec) return finish();
+    done_ = true;  // the descriptor is the stream's now
+    server& s = s_;
+    int& pool = pool_;
+    std::string key = peer_.key;
+    try {
+      std::thread([&s, &pool, fd, key, out = std::move(out), head = head.str(), chunked]() mutable {
+        s.run_stream(fd, out, head, chunked);
+        out = {};  // the handler's state goes before the server may
+        s.release(fd, key, pool, [fd] { ::close(fd); });
+      }).detach();
+    } catch (const std::system_error&) {
+      s.release(fd, key, pool, [fd] { ::close(fd); });
+    }
   }
 
-  server_options opts_;
-  http_handler handler_;
-  asio::io_context io_;
-  std::optional<local::acceptor> unix_;
-  std::optional<tcp::acceptor> tcp_;
-  std::string endpoint_;
-  std::vector<std::thread> threads_;
-  std::mutex mu_;
-  std::condition_variable done_;
-  struct connection {
-    std::chrono::steady_clock::time_point deadline;  // max(): not receiving a request
-  };
-  std::map<int, connection> connections_;
-  std::map<std::string, int> per_peer_;
-  std::condition_variable reaper_cv_;
-  int live_ = 0;  // both pools
-  int unix_live_ = 0, tcp_live_ = 0;
-  bool stopped_ = false;
+  // The current step must end by then, or the connection is cut off.
+  void arm(std::chrono::milliseconds limit) {
+    timer_.expires_after(limit);
+    timer_.async_wait([self = this->shared_from_this(), step = ++step_](beast::error_code ec) {
+      // A stale expiry (its step over, its handler already queued) cuts nothing.
+      if (ec || step != self->step_) return;
+      self->cut_ = true;
+      beast::error_code ignored;
+      self->sock_.cancel(ignored);  // the pending wait, read or write fails: finish() follows
+    });
+  }
+  void disarm() {
+    ++step_;
+    timer_.cancel();
+  }
+
+  void finish() {
+    if (done_) return;
+    done_ = true;
+    disarm();
+    beast::error_code ignored;
+    sock_.shutdown(asio::socket_base::shutdown_both, ignored);
+    s_.release(fd_, peer_.key, pool_, [this] {
+      beast::error_code e;
+      sock_.close(e);
+    });
+  }
+
+  static constexpr std::size_t first_read = 4096;  // most requests whole; the rest read on
+
+  server& s_;
+  Socket sock_;
+  asio::steady_timer timer_;
+  peer_info peer_;
+  int& pool_;
+  const int fd_;
+  beast::flat_buffer buffer_;
+  std::optional<request_parser> parser_;
+  std::optional<http::response<http::string_body>> res_;
+  std::uint64_t step_ = 0;
+  bool cut_ = false;   // a deadline passed
+  bool done_ = false;  // released, or handed to a stream
 };
 
 }  // namespace
