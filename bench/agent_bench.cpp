@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -48,7 +49,10 @@ class berthd {
     dir_ = fs::temp_directory_path() / ("berth-bench-" + std::to_string(::getpid()));
     fs::create_directories(dir_);
     cluster_ = "bench-" + std::to_string(::getpid());
-    std::vector<std::string> args = {BERTHD,
+    // BERTH_BENCH_BERTHD: another build of berthd, to compare two in turns on a busy machine.
+    const char* other = std::getenv("BERTH_BENCH_BERTHD");
+    const std::string bin = other != nullptr && *other != '\0' ? other : BERTHD;
+    std::vector<std::string> args = {bin,
                                      "--cluster=" + cluster_,
                                      "--state-dir=" + (dir_ / "state").string(),
                                      "--socket=" + socket(),
@@ -62,7 +66,7 @@ class berthd {
     posix_spawn_file_actions_init(&fa);
     const std::string log = (dir_ / "log").string();
     posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn(&pid_, BERTHD, &fa, nullptr, argv.data(), environ);
+    posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
     h_ = curl_easy_init();
     const auto deadline = clock_type::now() + std::chrono::seconds(30);

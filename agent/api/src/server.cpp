@@ -496,47 +496,72 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
         fd_(sock_.native_handle()) {}
 
   void start() {
+    // Reads and writes are tried at once and wait in the reactor only when the socket is not
+    // ready, so most requests and responses cost one system call each.
+    beast::error_code ignored;
+    sock_.non_blocking(true, ignored);
     asio::post(sock_.get_executor(), [self = this->shared_from_this()] { self->next_request(); });
   }
 
  private:
-  // Waits for the next request's first bytes for up to idle_timeout, unless a pipelined one is
-  // buffered already. A read rather than a wait for readability: on a kept-alive connection the
-  // next request is often there already, and the read then completes without the reactor.
+  // A new request: the peer may idle for idle_timeout before its first byte, unless a pipelined
+  // one is buffered already.
   void next_request() {
     parser_.emplace();
     limit_request_parser(*parser_, s_.opts_.max_body_bytes);
-    if (buffer_.size() > 0) return read();
-    arm(s_.opts_.idle_timeout);
-    sock_.async_read_some(buffer_.prepare(first_read),
+    parser_->eager(true);  // the body in the same pass as the header, as http::read
+    in_request_ = buffer_.size() > 0;
+    if (in_request_) {
+      set_deadline(steady::now() + s_.opts_.request_deadline);
+      return parse();
+    }
+    set_deadline(steady::now() + s_.opts_.idle_timeout);
+    read_more();
+  }
+
+  void read_more() {
+    sock_.async_read_some(buffer_.prepare(read_size),
                           [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
-                            if (ec || self->cut_) return self->finish();
+                            if (self->cut_) return self->finish();
+                            if (ec == asio::error::eof) return self->at_eof();
+                            if (ec) return self->finish();
+                            // From the first byte on, the whole request must be in within
+                            // request_deadline.
+                            if (!self->in_request_) {
+                              self->in_request_ = true;
+                              self->set_deadline(steady::now() + self->s_.opts_.request_deadline);
+                            }
                             self->buffer_.commit(n);
-                            self->read();
+                            self->parse();
                           });
   }
 
-  // From the first byte on, the whole request must be in within request_deadline.
-  void read() {
-    arm(s_.opts_.request_deadline);
-    http::async_read(sock_, buffer_, *parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
-                       self->on_read(ec);
-                     });
+  // Feeds the buffered bytes to the parser: on to the handler, an error, or a read for more.
+  void parse() {
+    for (;;) {
+      beast::error_code ec;
+      const std::size_t used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec == http::error::need_more) return read_more();
+      if (ec == http::error::body_limit) {
+        return respond(too_large(s_.opts_.max_body_bytes), false, 11);
+      }
+      if (ec) return respond(malformed(ec.message()), false, 11);
+      if (parser_->is_done()) return dispatch();
+      if (used == 0 || buffer_.size() == 0) return read_more();
+    }
   }
 
-  void on_read(beast::error_code ec) {
-    disarm();
-    if (cut_ || ec == http::error::end_of_stream || ec == asio::error::eof ||
-        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
-      return finish();
-    }
-    if (ec == http::error::body_limit)
-      return respond(too_large(s_.opts_.max_body_bytes), false, 11);
-    if (ec) {
-      if (buffer_.size() == 0 && !parser_->got_some()) return finish();
-      return respond(malformed(ec.message()), false, 11);
-    }
+  // The peer closed its side: between requests it is done; within one, what came is malformed.
+  void at_eof() {
+    if (!parser_->got_some()) return finish();
+    beast::error_code ec;
+    parser_->put_eof(ec);
+    respond(malformed(ec ? ec.message() : "partial message"), false, 11);
+  }
+
+  void dispatch() {
+    set_deadline(steady::time_point::max());  // the handler's time is not the peer's
     const auto& req = parser_->get();
     const bool keep_alive = req.keep_alive();
     const unsigned version = req.version();
@@ -557,15 +582,23 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     res.keep_alive(keep_alive);
     res.body() = std::move(out.body);
     res.prepare_payload();
-    arm(s_.opts_.send_timeout);
+    keep_alive_ = keep_alive;
+    auto& sr = sr_.emplace(res);
+    beast::error_code ec;
+    http::write(sock_, sr, ec);  // what the socket takes now; the serializer keeps its place
+    if (ec != asio::error::would_block && ec != asio::error::try_again) return written(ec);
+    // A peer that stops reading is cut off after send_timeout.
+    set_deadline(steady::now() + s_.opts_.send_timeout);
     http::async_write(
-        sock_, res,
-        [self = this->shared_from_this(), keep_alive](beast::error_code ec, std::size_t) {
-          self->disarm();
-          self->res_.reset();
-          if (ec || self->cut_ || !keep_alive) return self->finish();
-          self->next_request();
-        });
+        sock_, sr,
+        [self = this->shared_from_this()](beast::error_code e, std::size_t) { self->written(e); });
+  }
+
+  void written(beast::error_code ec) {
+    sr_.reset();
+    res_.reset();
+    if (ec || cut_ || !keep_alive_) return finish();
+    next_request();
   }
 
   // A chunked response whose body the handler writes as it goes, on a thread of its own that
@@ -585,6 +618,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     const int fd = sock_.release(ec);
     if (ec) return finish();
     done_ = true;  // the descriptor is the stream's now
+    timer_.cancel();
     server& s = s_;
     int& pool = pool_;
     std::string key = peer_.key;
@@ -599,26 +633,36 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     }
   }
 
-  // The current step must end by then, or the connection is cut off.
-  void arm(std::chrono::milliseconds limit) {
-    timer_.expires_after(limit);
+  // The current step must end by `at` (max(): no limit), or the connection is cut off. The timer
+  // is moved only when the limit comes earlier than it is set for; otherwise it fires early and
+  // sets itself again, so a busy kept-alive connection costs no timer call per request.
+  void set_deadline(steady::time_point at) {
+    deadline_ = at;
+    if (at >= armed_) return;
+    armed_ = at;
+    timer_.expires_at(at);
     timer_.async_wait([self = this->shared_from_this(), step = ++step_](beast::error_code ec) {
-      // A stale expiry (its step over, its handler already queued) cuts nothing.
-      if (ec || step != self->step_) return;
-      self->cut_ = true;
-      beast::error_code ignored;
-      self->sock_.cancel(ignored);  // the pending wait, read or write fails: finish() follows
+      self->on_timer(ec, step);
     });
   }
-  void disarm() {
-    ++step_;
-    timer_.cancel();
+
+  void on_timer(beast::error_code ec, std::uint64_t step) {
+    // A stale expiry (the timer moved since, its handler already queued) cuts nothing.
+    if (ec || step != step_ || done_) return;
+    armed_ = steady::time_point::max();
+    if (steady::now() < deadline_) {
+      if (deadline_ != steady::time_point::max()) set_deadline(deadline_);
+      return;
+    }
+    cut_ = true;
+    beast::error_code ignored;
+    sock_.cancel(ignored);  // the pending read or write fails: finish() follows
   }
 
   void finish() {
     if (done_) return;
     done_ = true;
-    disarm();
+    timer_.cancel();
     beast::error_code ignored;
     sock_.shutdown(asio::socket_base::shutdown_both, ignored);
     s_.release(fd_, peer_.key, pool_, [this] {
@@ -627,7 +671,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     });
   }
 
-  static constexpr std::size_t first_read = 4096;  // most requests whole; the rest read on
+  static constexpr std::size_t read_size = 4096;  // most requests whole in one read
 
   server& s_;
   Socket sock_;
@@ -637,8 +681,13 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
   const int fd_;
   beast::flat_buffer buffer_;
   std::optional<request_parser> parser_;
-  std::optional<http::response<http::string_body>> res_;
-  std::uint64_t step_ = 0;
+  std::optional<http::response<http::string_body>> res_;  // outlives sr_, which points into it
+  std::optional<http::response_serializer<http::string_body>> sr_;
+  steady::time_point deadline_ = steady::time_point::max();
+  steady::time_point armed_ = steady::time_point::max();  // when the timer fires next
+  std::uint64_t step_ = 0;                                // which of the timer's waits counts
+  bool in_request_ = false;                               // the current request's first byte is in
+  bool keep_alive_ = false;
   bool cut_ = false;   // a deadline passed
   bool done_ = false;  // released, or handed to a stream
 };
