@@ -16,13 +16,13 @@
 #include <set>
 #include <thread>
 
-#include "audit.hpp"
 #include "berth/agent.hpp"
-#include "request_check.hpp"
+#include "berth/api/audit.hpp"
+#include "berth/api/request_check.hpp"
+#include "berth/api/server.hpp"
+#include "berth/api/sigv4.hpp"
 #include "scheduler.hpp"
-#include "server.hpp"
 #include "service.hpp"
-#include "sigv4.hpp"
 #include "util.hpp"
 
 namespace berth::agent {

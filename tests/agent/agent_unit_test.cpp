@@ -8,13 +8,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "audit.hpp"
 #include "berth/agent.hpp"
+#include "berth/api/audit.hpp"
+#include "berth/api/sigv4.hpp"
 #include "config.hpp"
 #include "events.hpp"
 #include "http_reader.hpp"
 #include "metrics.hpp"
-#include "sigv4.hpp"
 #include "store.hpp"
 
 namespace {

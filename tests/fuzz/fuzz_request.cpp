@@ -1,4 +1,4 @@
-// Every ECS action's request check (agent/src/request_check.cpp): the first byte picks the
+// Every ECS action's request check (agent/api/src/request_check.cpp): the first byte picks the
 // action, the rest is the body, parsed as berthd parses it. The check must answer every body,
 // name what it refuses, and pass again whatever it once passed (it removes nulls, nothing else).
 #include <cstddef>
@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "request_check.hpp"
+#include "berth/api/request_check.hpp"
 
 namespace {
 

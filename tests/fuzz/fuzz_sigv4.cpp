@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "sigv4.hpp"
+#include "berth/api/sigv4.hpp"
 
 namespace ag = berth::agent;
 

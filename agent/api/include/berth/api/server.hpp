@@ -1,8 +1,12 @@
-// HTTP/1.1 on a Unix socket and, optionally, a TCP listener (Boost.Beast, synchronous: one
-// thread per connection, which suits an agent's handful of callers). Requests go to a handler.
+// berthd's HTTP/1.1 server: a Unix socket and, optionally, a TCP listener, served by one fixed
+// pool of threads. Requests go to a synchronous handler.
+//
+// Thread safety: serve() and stop() from one thread that is not a pool thread (a handler must
+// never call stop()). The handler is called concurrently from several pool threads.
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -48,18 +52,26 @@ struct http_response {
   std::string body;
   std::map<std::string, std::string> headers;
   // Set: the body is streamed (chunked) by this function until it returns, which it must do
-  // soon after the sink reports the peer gone (the server's stop() shuts every peer down).
+  // soon after the sink reports the peer gone (the server's stop() shuts every peer down). It
+  // runs on a thread of its own, not a pool thread: a follower may hold it for hours.
   std::function<void(stream_sink&)> stream;
 };
 
+// Called on a pool thread; may block (a store write, RunTask). Exceptions become a 500.
 using http_handler = std::function<http_response(const http_request&)>;
 
 class http_server {
  public:
   virtual ~http_server() = default;
+  // Stops accepting, shuts every connection down, waits for handlers in flight and streams to
+  // return, and removes the socket file.
   virtual void stop() = 0;
   virtual std::string tcp_endpoint() const = 0;  // host:port actually bound
 };
+
+// The pool never has fewer threads than this, however few cores: one thread is kept for I/O
+// (see server_options::threads), so a smaller pool would run one or two handlers at a time.
+inline constexpr unsigned min_server_threads = 4;
 
 struct server_options {
   std::string socket_path;
@@ -77,6 +89,12 @@ struct server_options {
   // whole request must arrive within request_deadline (a slow-loris peer is cut off).
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds request_deadline{10'000};
+  // A peer that stops reading its response is cut off after this long.
+  std::chrono::milliseconds send_timeout{30'000};
+  // The pool's size; 0: hardware_concurrency, at least min_server_threads. At most threads - 1
+  // handlers run at once, so that one thread always accepts, reads, refuses and enforces the
+  // deadlines however slow the handlers are; requests read meanwhile wait for a free thread.
+  unsigned threads = 0;
 };
 
 // An error when a process answers on the Unix socket at `path` (its file must not be replaced).

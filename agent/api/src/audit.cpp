@@ -1,4 +1,4 @@
-#include "audit.hpp"
+#include "berth/api/audit.hpp"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>

@@ -1,4 +1,4 @@
-#include "sigv4.hpp"
+#include "berth/api/sigv4.hpp"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

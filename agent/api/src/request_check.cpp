@@ -1,4 +1,4 @@
-#include "request_check.hpp"
+#include "berth/api/request_check.hpp"
 
 #include <algorithm>
 #include <cstdint>

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "server.hpp"
+#include "berth/api/server.hpp"
 
 namespace berth::agent {
 
