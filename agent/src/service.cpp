@@ -26,7 +26,7 @@
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
 #include "ecs_request.hpp"
-#include "imds.hpp"
+#include "instance.hpp"
 #include "task_definitions.hpp"
 #include "task_engine.hpp"
 #include "task_table.hpp"
@@ -60,13 +60,13 @@ class service_impl final : public service {
 
   result<void> start() {
     if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
-    if (auto r = register_instance(); !r) return r;
+    if (auto r = inst_.register_instance(); !r) return r;
     if (auto r = recover(); !r) return r;
     {
       std::lock_guard lock(mu_);
       table_.watch([this](const state::task_table::change& c) { on_record(c); });
     }
-    engine_ = engine::make_task_engine(cfg_, instance_arn_, state_dir_, table_, *docker_, *store_,
+    engine_ = engine::make_task_engine(cfg_, inst_.arn(), state_dir_, table_, *docker_, *store_,
                                        metrics_);
     if (auto r = engine_->start(); !r) return r;
     declare_metrics();
@@ -167,195 +167,18 @@ class service_impl final : public service {
 
   // ---- the instance ----
 
-  result<void> register_instance() {
-    auto res = dk::instance_resources();
-    if (!res) return tl::unexpected(error{"instance resources: " + res.error().message});
-    // The instance's id survives restarts: kept in the state directory's store.
-    auto known = store_->get("self", "instance-id");
-    if (!known) return tl::unexpected(known.error());
-    if (*known) {
-      instance_id_ = **known;
-    } else {
-      instance_id_ = random_hex(32);
-      if (auto r = store_->put("self", "instance-id", instance_id_); !r) return r;
-    }
-    instance_arn_ = arn("container-instance/" + cfg_.cluster + "/" + instance_id_);
-    ec2_id_ = "i-" + instance_id_.substr(0, 17);
-    // EC2's metadata, only when asked for: it overrides the configured type and zone.
-    std::string ami = "ami-berth";
-    if (!cfg_.imds_endpoint.empty()) {
-      auto md = read_imds(cfg_.imds_endpoint);
-      if (!md) return tl::unexpected(md.error());
-      ec2_id_ = md->instance_id;
-      cfg_.instance_type = md->instance_type;
-      cfg_.availability_zone = md->availability_zone;
-      ami = md->ami_id;
-    }
-    const std::uint64_t mib = res->memory_bytes >> 20;
-    registered_cpu_ = res->cpus * 1024;
-    registered_mib_ = static_cast<std::uint32_t>(
-        mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
-    auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
-    if (!doc) return tl::unexpected(doc.error());
-    json ci = *doc ? json::parse(**doc) : json::object();
-    if (!*doc) {
-      ci["status"] = "ACTIVE";
-      ci["registeredAt"] = now_seconds();
-      ci["attributes"] = json::array();
-      ci["tags"] = json::array();
-    }
-    ci["containerInstanceArn"] = instance_arn_;
-    ci["ec2InstanceId"] = ec2_id_;
-    ci["version"] = ci.value("version", 0) + 1;
-    ci["agentConnected"] = true;
-    ci["agentUpdateStatus"] = nullptr;
-    ci.erase("agentUpdateStatus");
-    utsname u{};
-    ::uname(&u);
-    ci["versionInfo"] = {{"agentVersion", BERTH_VERSION},
-                         {"agentHash", "berth"},
-                         {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
-    // Built-in attributes, then configured ones, then any put through the API before.
-    std::map<std::string, std::optional<std::string>> attrs;
-    for (const auto& a : ci["attributes"]) {
-      if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) continue;
-      attrs[a["name"]] = a.contains("value") && a["value"].is_string()
-                             ? std::optional<std::string>(a["value"].get<std::string>())
-                             : std::nullopt;
-    }
-    attrs["ecs.os-type"] = "linux";
-    attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
-    attrs["ecs.availability-zone"] = cfg_.availability_zone;
-    attrs["ecs.instance-type"] = cfg_.instance_type;
-    attrs["ecs.ami-id"] = ami;
-    for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
-    ci["attributes"] = json::array();
-    for (const auto& [k, v] : attrs) {
-      json a = {{"name", k}};
-      if (v) a["value"] = *v;
-      ci["attributes"].push_back(a);
-    }
-    if (auto r = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !r) {
-      return r;
-    }
-    // A fresh ledger slot: free capacity and claimed ports are then set from the tasks.
-    if (auto old = ledger_.claim_slot(ec2_id_)) (void)ledger_.release_slot(*old);
-    auto slot = ledger_.claim_slot(ec2_id_);
-    if (!slot) return tl::unexpected(error{"ledger: " + ipc::describe(slot.error())});
-    slot_ = *slot;
-    return publish_row(ci);
-  }
-
-  // The instance's row in the ledger: state, capacity, attributes, running tasks.
-  result<void> publish_row(const json& ci) {
-    std::lock_guard lock(row_mu_);
-    row_doc_ = ci;
-    return publish_row_locked();
-  }
-
-  // The ledger's runningTasksCount (memberOf expressions read it), kept current as this
-  // instance's tasks start and stop: the row is published again when the count moves. Under mu_.
-  void count_running() {
-    const auto n = static_cast<std::uint32_t>(count_tasks_locked().first);
-    std::lock_guard lock(row_mu_);
-    if (n == running_tasks_) return;
-    running_tasks_ = n;
-    if (!row_doc_) return;  // not registered yet: registration publishes the count
-    if (auto r = publish_row_locked(); !r) {
-      spdlog::warn("ledger: runningTasksCount {} not published: {}", n, r.error().message);
-    }
-  }
-
-  result<void> publish_row_locked() {
-    const json& ci = *row_doc_;
-    ipc::row row;
-    (void)row.set_id(ec2_id_);
-    row.state =
-        ci["status"] == "ACTIVE" ? ipc::instance_state::active : ipc::instance_state::draining;
-    row.registered_at_ns = static_cast<std::uint64_t>(ci.value("registeredAt", 0.0) * 1e9);
-    row.registered_cpu = registered_cpu_;
-    row.registered_mib = registered_mib_;
-    row.registered_dynamic_ports = dynamic_port_count;
-    row.running_tasks = running_tasks_;
-    for (const auto& a : ci["attributes"]) {
-      const std::string name = a["name"];
-      const std::string entry =
-          a.contains("value") ? name + "=" + a["value"].get<std::string>() : name;
-      auto bit = ledger_.intern(entry);
-      if (!bit) continue;  // the dictionary is full: the attribute cannot be placed on
-      row.set_attribute(*bit);
-      if (name == "ecs.availability-zone") row.availability_zone = *bit + 1;
-    }
-    if (auto r = ledger_.publish(slot_, row); !r) {
-      return tl::unexpected(error{"ledger publish: " + ipc::describe(r.error())});
-    }
-    (void)ledger_.heartbeat(slot_, now_ns());
-    return {};
-  }
-
   void heartbeat_loop() {
     std::unique_lock lock(mu_);
     while (!stopping_) {
-      (void)ledger_.heartbeat(slot_, now_ns());
+      inst_.heartbeat();
       cv_.wait_for(lock, 1s, [&] { return stopping_; });
     }
   }
 
-  static constexpr std::uint32_t dynamic_port_count = 65535 - 49153 + 1;  // 49153-65535
-
-  json instance_doc() {
-    auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
-    return doc && *doc ? json::parse(**doc) : json::object();
-  }
-
-  // DescribeContainerInstances' view: registered and remaining resources from the ledger.
-  json describe_instance(json ci) {
-    std::uint32_t free_cpu = registered_cpu_, free_mib = registered_mib_;
-    const ipc::columns cols = ledger_.view();
-    if (slot_ < cols.count) {
-      free_cpu = static_cast<std::uint32_t>(cols.free[slot_] >> 32);
-      free_mib = static_cast<std::uint32_t>(cols.free[slot_]);
-    }
-    json ports = json::array();
-    for (const auto p : cfg_.reserved_ports) ports.push_back(std::to_string(p));
-    json used_ports = ports;
-    for (const auto& t : table_.all()) {
-      if ((*t)["lastStatus"] == "STOPPED") continue;
-      for (const auto& p : (*t)["_berth"]["need"]["ports"])
-        used_ports.push_back(std::to_string(p.get<int>()));
-    }
-    const auto resource = [](const char* name, std::int64_t v) {
-      return json{{"name", name},
-                  {"type", "INTEGER"},
-                  {"integerValue", v},
-                  {"doubleValue", 0.0},
-                  {"longValue", 0}};
-    };
-    const auto port_resource = [](json list) {
-      return json{{"name", "PORTS"},   {"type", "STRINGSET"}, {"stringSetValue", std::move(list)},
-                  {"integerValue", 0}, {"doubleValue", 0.0},  {"longValue", 0}};
-    };
-    ci["registeredResources"] = {resource("CPU", registered_cpu_),
-                                 resource("MEMORY", registered_mib_), port_resource(ports)};
-    ci["remainingResources"] = {resource("CPU", free_cpu), resource("MEMORY", free_mib),
-                                port_resource(used_ports)};
-    const auto [running, pending] = count_tasks();
-    ci["runningTasksCount"] = running;
-    ci["pendingTasksCount"] = pending;
-    return ci;
-  }
-
   // This agent's tasks RUNNING, and PENDING or PROVISIONING.
   // This instance's tasks running and pending: every task berthd knows runs here.
-  std::pair<std::int64_t, std::int64_t> count_tasks() const {
-    std::int64_t running = 0, pending = 0;
-    for (const auto& t : table_.all()) {
-      const std::string last = t->value("lastStatus", "");
-      running += last == "RUNNING";
-      pending += last == "PENDING" || last == "PROVISIONING";
-    }
-    return {running, pending};
-  }
+  std::pair<std::int64_t, std::int64_t> count_tasks() const { return inst_.task_counts(); }
+
   std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
     std::int64_t running = 0, pending = 0;
     for (const auto& [arn, t] : tasks_) {
@@ -474,7 +297,7 @@ class service_impl final : public service {
     BERTH_TRY(filter, reader{req}.str("filter"));
     std::vector<std::string> arns;
     if (c["clusterName"] == cfg_.cluster) {
-      const json ci = instance_doc();
+      const json ci = inst_.doc();
       bool keep = !status || ci["status"] == *status;
       if (keep && filter && !filter->empty()) {
         auto q = pl::compile({{}, "", {{"memberOf", *filter}}, {}});
@@ -486,7 +309,7 @@ class service_impl final : public service {
         auto out = placer_.place(*q, {}, g, o);
         keep = out && !out->slots.empty();
       }
-      if (keep) arns.push_back(instance_arn_);
+      if (keep) arns.push_back(inst_.arn());
     }
     BERTH_TRY(range, page(reader{req}, arns.size(), 100));
     json out = {{"containerInstanceArns", json::array()}};
@@ -497,18 +320,14 @@ class service_impl final : public service {
     return out;
   }
 
-  bool is_me(const std::string& ref) const {
-    return ref == instance_arn_ || ref == instance_id_ || name_of(ref) == instance_id_;
-  }
-
   outcome describe_container_instances(const json& req) {
     BERTH_TRY(c, find_cluster(req));
     BERTH_TRY(refs, reader{req}.strings("containerInstances"));
     if (refs.empty()) return tl::unexpected(invalid("containerInstances must not be empty"));
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
-      if (c["clusterName"] == cfg_.cluster && is_me(ref)) {
-        out["containerInstances"].push_back(describe_instance(instance_doc()));
+      if (c["clusterName"] == cfg_.cluster && inst_.is_me(ref)) {
+        out["containerInstances"].push_back(inst_.describe(inst_.doc()));
       } else {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
       }
@@ -525,20 +344,20 @@ class service_impl final : public service {
     }
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
     // The instance document and its ledger row change together, one writer at a time.
-    std::lock_guard instance_lock(instance_mu_);
+    std::lock_guard instance_lock(inst_.mutex());
     for (const auto& ref : refs) {
-      if (c["clusterName"] != cfg_.cluster || !is_me(ref)) {
+      if (c["clusterName"] != cfg_.cluster || !inst_.is_me(ref)) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      json ci = instance_doc();
+      json ci = inst_.doc();
       ci["status"] = status;
       ci["version"] = ci.value("version", 0) + 1;
-      if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) {
+      if (auto w = store_->put("instance", cfg_.cluster + "/" + inst_.id(), ci.dump()); !w) {
         return tl::unexpected(server(w.error().message));
       }
-      if (auto p = publish_row(ci); !p) return tl::unexpected(server(p.error().message));
-      out["containerInstances"].push_back(describe_instance(ci));
+      if (auto p = inst_.publish_row(ci); !p) return tl::unexpected(server(p.error().message));
+      out["containerInstances"].push_back(inst_.describe(ci));
     }
     return out;
   }
@@ -576,11 +395,11 @@ class service_impl final : public service {
   outcome change_attributes(const json& req, bool put) {
     BERTH_TRY(c, find_cluster(req));
     BERTH_TRY(attrs, attribute_list(req));
-    std::lock_guard instance_lock(instance_mu_);
-    json ci = instance_doc();
+    std::lock_guard instance_lock(inst_.mutex());
+    json ci = inst_.doc();
     for (const auto& a : attrs) {
       const std::string target = a.value("targetId", std::string());
-      if (target.empty() || c["clusterName"] != cfg_.cluster || !is_me(target)) {
+      if (target.empty() || c["clusterName"] != cfg_.cluster || !inst_.is_me(target)) {
         return tl::unexpected(
             api_error{"TargetNotFoundException", "Could not find the target '" + target + "'"});
       }
@@ -601,14 +420,14 @@ class service_impl final : public service {
       }
       ci["attributes"] = kept;
     }
-    if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) {
+    if (auto w = store_->put("instance", cfg_.cluster + "/" + inst_.id(), ci.dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
-    if (auto p = publish_row(ci); !p) return tl::unexpected(server(p.error().message));
+    if (auto p = inst_.publish_row(ci); !p) return tl::unexpected(server(p.error().message));
     json out = {{"attributes", json::array()}};
     for (auto a : attrs) {
       a["targetType"] = "container-instance";
-      a["targetId"] = instance_arn_;
+      a["targetId"] = inst_.arn();
       out["attributes"].push_back(a);
     }
     return out;
@@ -628,13 +447,13 @@ class service_impl final : public service {
     if (value && !name) return tl::unexpected(invalid("attributeValue needs attributeName"));
     std::vector<json> all;
     if (c["clusterName"] == cfg_.cluster) {
-      const json ci = instance_doc();  // not a temporary: the loop reads into it
+      const json ci = inst_.doc();  // not a temporary: the loop reads into it
       for (const auto& a : ci["attributes"]) {
         if (name && a["name"] != *name) continue;
         if (value && a.value("value", std::string()) != *value) continue;
         json e = a;
         e["targetType"] = "container-instance";
-        e["targetId"] = instance_arn_;
+        e["targetId"] = inst_.arn();
         all.push_back(e);
       }
     }
@@ -676,8 +495,8 @@ class service_impl final : public service {
     BERTH_TRY(a, r.required_str("resourceArn"));
     auto res = resource_of(a);
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
-    // Lock order: instance_mu_ before mu_, everywhere.
-    std::unique_lock instance_lock(instance_mu_, std::defer_lock);
+    // Lock order: inst_.mutex() before mu_, everywhere.
+    std::unique_lock instance_lock(inst_.mutex(), std::defer_lock);
     if (res->first == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
     auto doc = store_->get(res->first, res->second);
@@ -867,11 +686,11 @@ class service_impl final : public service {
     const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
                           n["dynamic"].get<std::uint32_t>()},
                          ports};
-    if (auto r = ledger_.release(slot_, dm); !r) {
+    if (auto r = ledger_.release(inst_.slot(), dm); !r) {
       spdlog::error("task {}: ledger release failed: {}", t["taskArn"].get<std::string>(),
                     ipc::describe(r.error()));
     }
-    groups_.remove(t["group"].get<std::string>(), slot_, placed_attributes(t));
+    groups_.remove(t["group"].get<std::string>(), inst_.slot(), placed_attributes(t));
   }
 
   // The instance's attribute words when the task was placed: what task_groups counted it under.
@@ -966,7 +785,7 @@ class service_impl final : public service {
         return tl::unexpected(invalid("containerInstances must name 1 to 10 instances"));
       }
       for (const auto& ci : refs) {
-        if (!mine || !is_me(ci)) {
+        if (!mine || !inst_.is_me(ci)) {
           out["failures"].push_back({{"arn", ci}, {"reason", "MISSING"}});
         }
       }
@@ -992,13 +811,12 @@ class service_impl final : public service {
       for (std::int64_t i = 0; i < count; ++i) {
         const ipc::demand dm{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
                              need.req.static_ports};
-        if (auto rv = ledger_.reserve(slot_, dm); !rv) {
-          out["failures"].push_back(
-              {{"arn", instance_arn_}, {"reason", reserve_reason(rv.error())}});
+        if (auto rv = ledger_.reserve(inst_.slot(), dm); !rv) {
+          out["failures"].push_back({{"arn", inst_.arn()}, {"reason", reserve_reason(rv.error())}});
           break;
         }
-        groups_.add(group, slot_, attributes_of(slot_));
-        slots.push_back(slot_);
+        groups_.add(group, inst_.slot(), attributes_of(inst_.slot()));
+        slots.push_back(inst_.slot());
       }
     } else {
       auto placed = placer_.place(*q, need.req, groups_, o);
@@ -1007,7 +825,7 @@ class service_impl final : public service {
       // Only this agent runs containers: a slot of another instance in the shared ledger (a
       // peer, or one whose agent is gone) is given back and reported.
       for (const std::uint32_t slot : placed->slots) {
-        if (slot == slot_) {
+        if (slot == inst_.slot()) {
           slots.push_back(slot);
           continue;
         }
@@ -1025,11 +843,11 @@ class service_impl final : public service {
         for (std::size_t why = 0; why < pl::reason_count; ++why) {
           if (placed->failures[why] == 0) continue;
           out["failures"].push_back(
-              {{"arn", instance_arn_},
+              {{"arn", inst_.arn()},
                {"reason", std::string(pl::to_string(static_cast<pl::reason>(why)))}});
         }
         if (out["failures"].empty()) {
-          out["failures"].push_back({{"arn", instance_arn_}, {"reason", "RESOURCE:CPU"}});
+          out["failures"].push_back({{"arn", inst_.arn()}, {"reason", "RESOURCE:CPU"}});
         }
       }
     }
@@ -1081,7 +899,7 @@ class service_impl final : public service {
         {"taskArn", task_arn},
         {"clusterArn", cluster["clusterArn"]},
         {"taskDefinitionArn", td["taskDefinitionArn"]},
-        {"containerInstanceArn", instance_arn_},
+        {"containerInstanceArn", inst_.arn()},
         {"overrides", overrides.empty() ? json{{"containerOverrides", json::array()}} : overrides},
         {"lastStatus", "PROVISIONING"},
         {"desiredStatus", "RUNNING"},
@@ -1123,7 +941,7 @@ class service_impl final : public service {
                      {"dynamic", need.req.dynamic_ports},
                      {"ports", need.ports}}},
                    {"taskDefinition", td},
-                   {"attributes", attributes_of(slot_)},
+                   {"attributes", attributes_of(inst_.slot())},
                    {"docker", json::object()},
                    {"events", json::array()}};
     return t;
@@ -1155,18 +973,19 @@ class service_impl final : public service {
         mib += n["mib"].get<std::uint32_t>();
         dyn += n["dynamic"].get<std::uint32_t>();
         for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
-        groups_.add(t["group"].get<std::string>(), slot_, placed_attributes(t));
+        groups_.add(t["group"].get<std::string>(), inst_.slot(), placed_attributes(t));
       }
       // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
-      (void)ledger_.set_free(slot_, {registered_cpu_ > cpu ? registered_cpu_ - cpu : 0,
-                                     registered_mib_ > mib ? registered_mib_ - mib : 0, 0,
-                                     dynamic_port_count > dyn ? dynamic_port_count - dyn : 0});
+      (void)ledger_.set_free(inst_.slot(),
+                             {inst_.registered_cpu() > cpu ? inst_.registered_cpu() - cpu : 0,
+                              inst_.registered_mib() > mib ? inst_.registered_mib() - mib : 0, 0,
+                              dynamic_port_count > dyn ? dynamic_port_count - dyn : 0});
       std::sort(ports.begin(), ports.end());
       ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
       // One port at a time: a port that cannot be claimed must not cost the others.
       for (const std::uint16_t p : ports) {
         const std::uint16_t one[] = {p};
-        if (auto r = ledger_.reserve(slot_, ipc::demand{{0, 0, 0, 0}, one}); !r) {
+        if (auto r = ledger_.reserve(inst_.slot(), ipc::demand{{0, 0, 0, 0}, one}); !r) {
           spdlog::warn("ledger: port {} not claimed: {}", p, ipc::describe(r.error()));
         }
       }
@@ -1218,7 +1037,7 @@ class service_impl final : public service {
         *launch_type != "EXTERNAL") {
       return tl::unexpected(invalid("launchType must be EC2, FARGATE or EXTERNAL"));
     }
-    if (instance && !is_me(*instance)) {
+    if (instance && !inst_.is_me(*instance)) {
       return json{{"taskArns", json::array()}};
     }
     std::vector<std::pair<double, std::string>> found;
@@ -1246,7 +1065,8 @@ class service_impl final : public service {
     return out;
   }
 
-  outcome describe_tasks(const json& req) {
+  // DescribeTasks, written from each task's serialized view: no JSON is built per call.
+  tl::expected<std::string, api_error> describe_tasks_text(const json& req) {
     BERTH_TRY(cluster, find_cluster(req));
     reader r{req};
     BERTH_TRY(refs, r.strings("tasks"));
@@ -1254,21 +1074,40 @@ class service_impl final : public service {
     if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
     BERTH_TRY(include, r.strings("include"));
     const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
-    json out = {{"tasks", json::array()}, {"failures", json::array()}};
+    std::string out = "{\"tasks\":[";
+    json failures = json::array();
+    bool first = true;
     for (const auto& ref : refs) {
-      const auto t =
-          table_.get(arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+      const auto t = table_.serialized(
+          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)), with_tags);
       if (!t) {
-        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+        failures.push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      json v = json::object();
-      for (const auto& [k, m] : t->items()) {
-        if (k != "_berth" && (with_tags || k != "tags")) v[k] = m;
-      }
-      out["tasks"].push_back(std::move(v));
+      if (!first) out += ',';
+      out += *t;
+      first = false;
     }
+    out += "],\"failures\":";
+    out += failures.dump(-1, ' ', false, json::error_handler_t::replace);
+    out += '}';
     return out;
+  }
+
+  outcome describe_tasks(const json& req) {
+    BERTH_TRY(text, describe_tasks_text(req));
+    return json::parse(text);
+  }
+
+  std::optional<tl::expected<std::string, api_error>> call_serialized(const std::string& action,
+                                                                      const json& req) override {
+    if (action != "DescribeTasks" || !req.is_object()) return std::nullopt;
+    try {
+      return describe_tasks_text(req);
+    } catch (const std::exception& e) {
+      spdlog::error("{} failed: {}", action, e.what());
+      return tl::unexpected(server(std::string("Internal error: ") + e.what()));
+    }
   }
 
   // BerthV1.DescribeTaskUsage: Berth's own view of tasks beside DescribeTasks, which holds only
@@ -1319,7 +1158,7 @@ class service_impl final : public service {
     last = state;
     bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
                      .dump(-1, ' ', false, json::error_handler_t::replace));
-    count_running();
+    inst_.count_running(static_cast<std::uint32_t>(count_tasks_locked().first));
     if (on_change_) on_change_(t);
   }
 
@@ -1385,7 +1224,7 @@ class service_impl final : public service {
   json instance_ref(std::uint32_t slot) const {
     json i = {{"slot", slot}};
     if (auto row = ledger_.read(slot)) i["ec2InstanceId"] = std::string(row->published.id());
-    if (slot == slot_) i["containerInstanceArn"] = instance_arn_;
+    if (slot == inst_.slot()) i["containerInstanceArn"] = inst_.arn();
     return i;
   }
 
@@ -1457,7 +1296,7 @@ class service_impl final : public service {
 
   json metadata() override {
     return {{"Cluster", cfg_.cluster},
-            {"ContainerInstanceArn", instance_arn_},
+            {"ContainerInstanceArn", inst_.arn()},
             {"Version", "Amazon ECS Agent - v" BERTH_VERSION " (berth)"}};
   }
 
@@ -1502,19 +1341,11 @@ class service_impl final : public service {
   ipc::ledger ledger_;
   pl::placer placer_;
   pl::task_groups groups_;
-  std::uint32_t slot_ = 0;
-  std::uint32_t registered_cpu_ = 0, registered_mib_ = 0;
-  // The row last published to the ledger, and the running tasks it carries. row_mu_ is a leaf
-  // lock: publish_row runs under instance_mu_ (changes to the instance) and under mu_ (a task
-  // started or stopped).
-  std::mutex row_mu_;
-  std::optional<json> row_doc_;
-  std::uint32_t running_tasks_ = 0;
-  std::string instance_id_, instance_arn_, ec2_id_;
-  std::mutex instance_mu_;  // the instance document and its ledger row; taken before mu_
   // The tasks, shared with the engine. Its lock (mu_) also guards the placer's groups_,
   // holding_, published_, on_change_ and stopping_.
   state::task_table table_{*store_};
+  // This instance; its lock is taken before mu_.
+  instance inst_{cfg_, *store_, ledger_, *docker_, table_};
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
   std::map<std::string, json>& tasks_ = table_.rows();

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "berth/agent.hpp"
@@ -29,6 +30,11 @@ class service {
   virtual ~service() = default;
   // Runs one action; the response document, or the ECS error.
   virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;
+  // The same as call(), already serialized, for the reads served from serialized views (today
+  // DescribeTasks); nullopt for an action that has none. The text is what call()'s document
+  // would dump to.
+  virtual std::optional<tl::expected<std::string, api_error>> call_serialized(
+      const std::string& action, const json& request) = 0;
   // Berth's placement query (BerthV1.Place): where `count` tasks of a task definition would
   // go under the given constraints and strategies and, with dryRun, each rejected instance's
   // first reason, reserving nothing. Without dryRun it runs them, as RunTask.

@@ -93,22 +93,44 @@ void task_table::announce(const json& task, bool erased) {
 }
 
 void task_table::publish(const json& task) {
-  auto copy = std::make_shared<const json>(task);
+  published p;
+  p.record = std::make_shared<const json>(task);
+  json view = json::object();
+  for (const auto& [k, m] : task.items()) {
+    if (k != "_berth" && k != "tags") view[k] = m;
+  }
+  p.view = std::make_shared<const std::string>(
+      view.dump(-1, ' ', false, json::error_handler_t::replace));
+  if (const auto tags = task.find("tags"); tags != task.end()) {
+    view["tags"] = *tags;
+    p.view_with_tags = std::make_shared<const std::string>(
+        view.dump(-1, ' ', false, json::error_handler_t::replace));
+  } else {
+    p.view_with_tags = p.view;
+  }
   std::unique_lock lock(pub_mu_);
-  pub_[task["taskArn"].get<std::string>()] = std::move(copy);
+  pub_[task["taskArn"].get<std::string>()] = std::move(p);
 }
 
 std::shared_ptr<const json> task_table::get(const std::string& task_arn) const {
   std::shared_lock lock(pub_mu_);
   const auto it = pub_.find(task_arn);
-  return it == pub_.end() ? nullptr : it->second;
+  return it == pub_.end() ? nullptr : it->second.record;
+}
+
+std::shared_ptr<const std::string> task_table::serialized(const std::string& task_arn,
+                                                          bool with_tags) const {
+  std::shared_lock lock(pub_mu_);
+  const auto it = pub_.find(task_arn);
+  if (it == pub_.end()) return nullptr;
+  return with_tags ? it->second.view_with_tags : it->second.view;
 }
 
 std::vector<std::shared_ptr<const json>> task_table::all() const {
   std::vector<std::shared_ptr<const json>> out;
   std::shared_lock lock(pub_mu_);
   out.reserve(pub_.size());
-  for (const auto& [a, t] : pub_) out.push_back(t);
+  for (const auto& [a, t] : pub_) out.push_back(t.record);
   return out;
 }
 

@@ -61,6 +61,9 @@ class task_table {
   // ---- readers: never take mutex() ----
   std::shared_ptr<const json> get(const std::string& task_arn) const;
   std::vector<std::shared_ptr<const json>> all() const;
+  // The task as DescribeTasks shows it (the record without Berth's bookkeeping, with or
+  // without its tags), serialized once per write: reads copy text instead of building JSON.
+  std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
 
  private:
   // The table's row for `task`, set to it.
@@ -74,7 +77,11 @@ class task_table {
   std::map<std::string, json> rows_;
   std::vector<std::function<void(const change&)>> watchers_;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
-  std::map<std::string, std::shared_ptr<const json>> pub_;
+  struct published {
+    std::shared_ptr<const json> record;
+    std::shared_ptr<const std::string> view, view_with_tags;
+  };
+  std::map<std::string, published> pub_;
 };
 
 // The store key of a task record: "<cluster name>/<task id>".

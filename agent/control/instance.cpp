@@ -1,0 +1,213 @@
+// This agent's container instance: see instance.hpp.
+#include "instance.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/utsname.h>
+
+#include <map>
+#include <optional>
+
+#include "berth/version.hpp"
+#include "imds.hpp"
+#include "util.hpp"
+
+namespace berth::agent::control {
+
+namespace dk = berth::docker;
+
+instance::instance(config& c, store& s, ipc::ledger& l, dk::engine& d,
+                   const state::task_table& tasks)
+    : cfg_(c),
+      store_(&s),
+      ledger_(l),
+      docker_(&d),
+      tasks_(tasks),
+      arn_prefix_("arn:aws:ecs:" + c.region + ":" + c.account_id + ":") {}
+
+bool instance::is_me(const std::string& ref) const {
+  return ref == instance_arn_ || ref == instance_id_ || name_of(ref) == instance_id_;
+}
+
+std::pair<std::int64_t, std::int64_t> instance::task_counts() const {
+  std::int64_t running = 0, pending = 0;
+  for (const auto& t : tasks_.all()) {
+    const std::string last = t->value("lastStatus", "");
+    running += last == "RUNNING";
+    pending += last == "PENDING" || last == "PROVISIONING";
+  }
+  return {running, pending};
+}
+
+result<void> instance::save(const json& ci) {
+  if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) return w;
+  return publish_row(ci);
+}
+
+void instance::heartbeat() { (void)ledger_.heartbeat(slot_, now_ns()); }
+
+result<void> instance::register_instance() {
+  auto res = dk::instance_resources();
+  if (!res) return tl::unexpected(error{"instance resources: " + res.error().message});
+  // The instance's id survives restarts: kept in the state directory's store.
+  auto known = store_->get("self", "instance-id");
+  if (!known) return tl::unexpected(known.error());
+  if (*known) {
+    instance_id_ = **known;
+  } else {
+    instance_id_ = random_hex(32);
+    if (auto r = store_->put("self", "instance-id", instance_id_); !r) return r;
+  }
+  instance_arn_ = arn_prefix_ + ("container-instance/" + cfg_.cluster + "/" + instance_id_);
+  ec2_id_ = "i-" + instance_id_.substr(0, 17);
+  // EC2's metadata, only when asked for: it overrides the configured type and zone.
+  std::string ami = "ami-berth";
+  if (!cfg_.imds_endpoint.empty()) {
+    auto md = read_imds(cfg_.imds_endpoint);
+    if (!md) return tl::unexpected(md.error());
+    ec2_id_ = md->instance_id;
+    cfg_.instance_type = md->instance_type;
+    cfg_.availability_zone = md->availability_zone;
+    ami = md->ami_id;
+  }
+  const std::uint64_t mib = res->memory_bytes >> 20;
+  registered_cpu_ = res->cpus * 1024;
+  registered_mib_ = static_cast<std::uint32_t>(
+      mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
+  auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
+  if (!doc) return tl::unexpected(doc.error());
+  json ci = *doc ? json::parse(**doc) : json::object();
+  if (!*doc) {
+    ci["status"] = "ACTIVE";
+    ci["registeredAt"] = now_seconds();
+    ci["attributes"] = json::array();
+    ci["tags"] = json::array();
+  }
+  ci["containerInstanceArn"] = instance_arn_;
+  ci["ec2InstanceId"] = ec2_id_;
+  ci["version"] = ci.value("version", 0) + 1;
+  ci["agentConnected"] = true;
+  ci["agentUpdateStatus"] = nullptr;
+  ci.erase("agentUpdateStatus");
+  utsname u{};
+  ::uname(&u);
+  ci["versionInfo"] = {{"agentVersion", BERTH_VERSION},
+                       {"agentHash", "berth"},
+                       {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
+  // Built-in attributes, then configured ones, then any put through the API before.
+  std::map<std::string, std::optional<std::string>> attrs;
+  for (const auto& a : ci["attributes"]) {
+    if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) continue;
+    attrs[a["name"]] = a.contains("value") && a["value"].is_string()
+                           ? std::optional<std::string>(a["value"].get<std::string>())
+                           : std::nullopt;
+  }
+  attrs["ecs.os-type"] = "linux";
+  attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
+  attrs["ecs.availability-zone"] = cfg_.availability_zone;
+  attrs["ecs.instance-type"] = cfg_.instance_type;
+  attrs["ecs.ami-id"] = ami;
+  for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
+  ci["attributes"] = json::array();
+  for (const auto& [k, v] : attrs) {
+    json a = {{"name", k}};
+    if (v) a["value"] = *v;
+    ci["attributes"].push_back(a);
+  }
+  if (auto r = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !r) {
+    return r;
+  }
+  // A fresh ledger slot: free capacity and claimed ports are then set from the tasks.
+  if (auto old = ledger_.claim_slot(ec2_id_)) (void)ledger_.release_slot(*old);
+  auto slot = ledger_.claim_slot(ec2_id_);
+  if (!slot) return tl::unexpected(error{"ledger: " + ipc::describe(slot.error())});
+  slot_ = *slot;
+  return publish_row(ci);
+}
+
+// The instance's row in the ledger: state, capacity, attributes, running tasks.
+result<void> instance::publish_row(const json& ci) {
+  std::lock_guard lock(row_mu_);
+  row_doc_ = ci;
+  return publish_row_locked();
+}
+
+result<void> instance::publish_row_locked() {
+  const json& ci = *row_doc_;
+  ipc::row row;
+  (void)row.set_id(ec2_id_);
+  row.state =
+      ci["status"] == "ACTIVE" ? ipc::instance_state::active : ipc::instance_state::draining;
+  row.registered_at_ns = static_cast<std::uint64_t>(ci.value("registeredAt", 0.0) * 1e9);
+  row.registered_cpu = registered_cpu_;
+  row.registered_mib = registered_mib_;
+  row.registered_dynamic_ports = dynamic_port_count;
+  row.running_tasks = running_tasks_;
+  for (const auto& a : ci["attributes"]) {
+    const std::string name = a["name"];
+    const std::string entry =
+        a.contains("value") ? name + "=" + a["value"].get<std::string>() : name;
+    auto bit = ledger_.intern(entry);
+    if (!bit) continue;  // the dictionary is full: the attribute cannot be placed on
+    row.set_attribute(*bit);
+    if (name == "ecs.availability-zone") row.availability_zone = *bit + 1;
+  }
+  if (auto r = ledger_.publish(slot_, row); !r) {
+    return tl::unexpected(error{"ledger publish: " + ipc::describe(r.error())});
+  }
+  (void)ledger_.heartbeat(slot_, now_ns());
+  return {};
+}
+
+json instance::doc() {
+  auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
+  return doc && *doc ? json::parse(**doc) : json::object();
+}
+
+// DescribeContainerInstances' view: registered and remaining resources from the ledger.
+json instance::describe(json ci) {
+  std::uint32_t free_cpu = registered_cpu_, free_mib = registered_mib_;
+  const ipc::columns cols = ledger_.view();
+  if (slot_ < cols.count) {
+    free_cpu = static_cast<std::uint32_t>(cols.free[slot_] >> 32);
+    free_mib = static_cast<std::uint32_t>(cols.free[slot_]);
+  }
+  json ports = json::array();
+  for (const auto p : cfg_.reserved_ports) ports.push_back(std::to_string(p));
+  json used_ports = ports;
+  for (const auto& t : tasks_.all()) {
+    if ((*t)["lastStatus"] == "STOPPED") continue;
+    for (const auto& p : (*t)["_berth"]["need"]["ports"])
+      used_ports.push_back(std::to_string(p.get<int>()));
+  }
+  const auto resource = [](const char* name, std::int64_t v) {
+    return json{{"name", name},
+                {"type", "INTEGER"},
+                {"integerValue", v},
+                {"doubleValue", 0.0},
+                {"longValue", 0}};
+  };
+  const auto port_resource = [](json list) {
+    return json{{"name", "PORTS"},   {"type", "STRINGSET"}, {"stringSetValue", std::move(list)},
+                {"integerValue", 0}, {"doubleValue", 0.0},  {"longValue", 0}};
+  };
+  ci["registeredResources"] = {resource("CPU", registered_cpu_),
+                               resource("MEMORY", registered_mib_), port_resource(ports)};
+  ci["remainingResources"] = {resource("CPU", free_cpu), resource("MEMORY", free_mib),
+                              port_resource(used_ports)};
+  const auto [running, pending] = task_counts();
+  ci["runningTasksCount"] = running;
+  ci["pendingTasksCount"] = pending;
+  return ci;
+}
+
+void instance::count_running(std::uint32_t n) {
+  std::lock_guard lock(row_mu_);
+  if (n == running_tasks_) return;
+  running_tasks_ = n;
+  if (!row_doc_) return;  // not registered yet: registration publishes the count
+  if (auto r = publish_row_locked(); !r) {
+    spdlog::warn("ledger: runningTasksCount {} not published: {}", n, r.error().message);
+  }
+}
+
+}  // namespace berth::agent::control
