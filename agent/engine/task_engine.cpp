@@ -70,7 +70,7 @@ class task_engine_impl final : public task_engine {
     std::vector<std::string> check;
     {
       std::lock_guard lock(mu_);
-      table_.watch([this](const task_table::change& c) {
+      watch_ = table_.watch([this](const task_table::change& c) {
         if (!c.erased) drive(c.task);
       });
       std::size_t resumed = 0;
@@ -96,6 +96,8 @@ class task_engine_impl final : public task_engine {
       std::lock_guard lock(mu_);
       if (stopping_) return;
       stopping_ = true;
+      // No change reaches this engine once it is gone.
+      if (watch_ != 0) table_.unwatch(watch_);
     }
     cv_.notify_all();
     if (housekeeping_.joinable()) housekeeping_.join();
@@ -122,15 +124,18 @@ class task_engine_impl final : public task_engine {
     const std::string a = t["taskArn"];
     if (t["desiredStatus"] == "STOPPED") {
       if (!stops_.insert(a).second) return;
-      spawn(a, [this, a, code = t.value("stopCode", std::string("UserInitiated")),
-                why = t.value("stoppedReason", std::string("Task stopped by user"))] {
-        stop_task_containers(a, code, why, true);
-      });
+      // Not started (no thread to be had): unclaimed, so that the next change tries again.
+      if (!spawn(a, [this, a, code = t.value("stopCode", std::string("UserInitiated")),
+                     why = t.value("stoppedReason", std::string("Task stopped by user"))] {
+            stop_task_containers(a, code, why, true);
+          })) {
+        stops_.erase(a);
+      }
       return;
     }
     const std::string last = t["lastStatus"];
     if ((last == "PROVISIONING" || last == "PENDING") && starts_.insert(a).second) {
-      spawn(a, [this, a] {
+      const bool made = spawn(a, [this, a] {
         struct unclaim {
           task_engine_impl* e;
           const std::string& arn;
@@ -141,6 +146,7 @@ class task_engine_impl final : public task_engine {
         } done{this, a};
         start_containers(a);
       });
+      if (!made) starts_.erase(a);
     }
   }
 
@@ -152,9 +158,10 @@ class task_engine_impl final : public task_engine {
     std::shared_ptr<std::atomic<bool>> done;
   };
   // The worker works on one task: housekeeping leaves a task alone while any of its workers runs.
-  void spawn(const std::string& task_arn, std::function<void()> fn) {
+  // Whether a thread was made for it (none when the system has none to give: logged).
+  bool spawn(const std::string& task_arn, std::function<void()> fn) {
     ++in_flight_[task_arn];
-    spawn([this, task_arn, fn = std::move(fn)] {
+    const bool made = spawn([this, task_arn, fn = std::move(fn)] {
       struct done_with {
         task_engine_impl* s;
         const std::string& arn;
@@ -165,8 +172,10 @@ class task_engine_impl final : public task_engine {
       } done{this, task_arn};
       fn();
     });
+    if (!made && --in_flight_[task_arn] <= 0) in_flight_.erase(task_arn);
+    return made;
   }
-  void spawn(std::function<void()> fn) {
+  bool spawn(std::function<void()> fn) {
     // Finished workers are joined here, so the list holds only live ones.
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (it->done->load(std::memory_order_acquire)) {
@@ -177,16 +186,22 @@ class task_engine_impl final : public task_engine {
       }
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
-    workers_.push_back({std::thread([fn = std::move(fn), done] {
-                          // A bug in one task's handling must not take berthd down.
-                          try {
-                            fn();
-                          } catch (const std::exception& e) {
-                            spdlog::error("task worker failed: {}", e.what());
-                          }
-                          done->store(true, std::memory_order_release);
-                        }),
-                        done});
+    try {
+      workers_.push_back({std::thread([fn = std::move(fn), done] {
+                            // A bug in one task's handling must not take berthd down.
+                            try {
+                              fn();
+                            } catch (const std::exception& e) {
+                              spdlog::error("task worker failed: {}", e.what());
+                            }
+                            done->store(true, std::memory_order_release);
+                          }),
+                          done});
+    } catch (const std::system_error& e) {
+      spdlog::error("task worker not started: {}", e.what());
+      return false;
+    }
+    return true;
   }
 
   // ---- tasks: starting ----
@@ -884,6 +899,7 @@ class task_engine_impl final : public task_engine {
   std::list<worker> workers_;
   std::map<std::string, int> in_flight_;  // task ARN -> its workers still running
   std::set<std::string> starts_, stops_;  // tasks with a launch / a stop under way
+  std::uint64_t watch_ = 0;               // the table watch that drives the tasks
   std::unique_ptr<dk::subscription> events_;
   std::thread housekeeping_;
   image_cleanup images_{cfg_, *docker_, *store_, metrics_, [this] { return images_in_use(); }};

@@ -1,8 +1,11 @@
-// The ECS service: actions, validation, and the task engine.
+// The ECS actions over the task table, the ledger and placement: clusters, container
+// instances and attributes, tags, RunTask/StartTask (placement and the records' commit),
+// StopTask (a record's desiredStatus), ListTasks, DescribeTasks and the placement query.
 //
-// Locking: one mutex (mu_) guards the in-memory task table, the placer and the task groups;
-// every change to a task is written to the store before the lock is released. Docker calls are
-// made without the lock, from the task's own launch or stop thread.
+// Locking: the task table's mutex (mu_) guards the records, the placer's task groups, holding_
+// and the event stream's bookkeeping; the instance's lock is taken before it. Reads (Describe*,
+// List*, introspection) use the table's published copies and take neither. The task engine
+// (agent/engine) follows the records; nothing here calls it.
 #include "service.hpp"
 
 #include <spdlog/spdlog.h>
@@ -66,10 +69,10 @@ class service_impl final : public service {
       std::lock_guard lock(mu_);
       table_.watch([this](const state::task_table::change& c) { on_record(c); });
     }
+    declare_metrics();  // before the engine's housekeeping counts anything
     engine_ = engine::make_task_engine(cfg_, inst_.arn(), state_dir_, table_, *docker_, *store_,
                                        metrics_);
     if (auto r = engine_->start(); !r) return r;
-    declare_metrics();
     heartbeat_ = std::thread([this] { heartbeat_loop(); });
     return {};
   }
@@ -967,6 +970,13 @@ class service_impl final : public service {
         const std::string a = t["taskArn"];
         table_.load(t);
         if (t["lastStatus"] == "STOPPED") continue;
+        // Another instance's task (this one's ARN changed: its region or account did) takes
+        // nothing here, and the engine does not drive it.
+        if (t.value("containerInstanceArn", "") != inst_.arn()) {
+          spdlog::warn("task {} is on instance {}, not this one ({}): left alone", a,
+                       t.value("containerInstanceArn", ""), inst_.arn());
+          continue;
+        }
         holding_.insert(a);
         const json& n = t["_berth"]["need"];
         cpu += n["cpu"].get<std::uint32_t>();

@@ -1,5 +1,5 @@
-// The ECS service berthd implements: the API's actions over the store, the ledger, placement and
-// Docker, and the task engine that drives containers through their lifecycle.
+// The ECS service berthd implements: the API's actions over the task table, the ledger and
+// placement, with the task engine (agent/engine) following the table.
 #pragma once
 
 #include <functional>
@@ -48,7 +48,7 @@ class service {
   virtual tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
                                                          const std::string& task_arn) = 0;
   // Calls `fn` with each task state change as it is announced on the event stream (the service
-  // scheduler reacts at once, not at its next pass). It runs under the engine's lock: it must
+  // scheduler reacts at once, not at its next pass). It runs under the task table's lock: it must
   // neither block nor call the service. nullptr stops the calls; once this returns, none is
   // still running.
   virtual void on_task_change(std::function<void(const json& task)> fn) = 0;

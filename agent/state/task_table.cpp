@@ -42,11 +42,9 @@ agent::result<void> task_table::commit_all(const std::vector<json>& tasks) {
     spdlog::error("store: new tasks not written: {}", w.error().message);
     return w;
   }
-  for (const json& t : tasks) {
-    const std::string a = t["taskArn"];
-    rows_[a] = t;
-    announce(rows_.at(a), false);
-  }
+  // Every row in first: a watcher sees the whole batch in the table.
+  for (const json& t : tasks) rows_[t["taskArn"].get<std::string>()] = t;
+  for (const json& t : tasks) announce(rows_.at(t["taskArn"].get<std::string>()), false);
   return {};
 }
 
@@ -77,9 +75,12 @@ void task_table::load(const json& task) {
   publish(task);
 }
 
-void task_table::watch(std::function<void(const change&)> fn) {
-  watchers_.push_back(std::move(fn));
+std::uint64_t task_table::watch(std::function<void(const change&)> fn) {
+  watchers_.emplace(++last_watch_, std::move(fn));
+  return last_watch_;
 }
+
+void task_table::unwatch(std::uint64_t id) { watchers_.erase(id); }
 
 void task_table::announce(const json& task, bool erased) {
   if (erased) {
@@ -88,7 +89,15 @@ void task_table::announce(const json& task, bool erased) {
   } else {
     publish(task);
   }
-  for (const auto& w : watchers_) w(change{task, erased});
+  // A watcher's failure (a bug) is its own: the others still see the change, and the write
+  // that made it stands.
+  for (const auto& [id, w] : watchers_) {
+    try {
+      w(change{task, erased});
+    } catch (const std::exception& e) {
+      spdlog::error("task {}: a watcher failed: {}", task.value("taskArn", ""), e.what());
+    }
+  }
   changed_.notify_all();
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -54,9 +55,10 @@ class task_table {
     const json& task;
     bool erased = false;
   };
-  // Called under mutex() with every change, in order. It must not block, and may change
-  // nothing in the table. Register before the first write.
-  void watch(std::function<void(const change&)> fn);
+  // Called under mutex() with every change, in order, until unwatch(id). It must not block, and
+  // may change nothing in the table. Both under mutex().
+  std::uint64_t watch(std::function<void(const change&)> fn);
+  void unwatch(std::uint64_t id);
 
   // ---- readers: never take mutex() ----
   std::shared_ptr<const json> get(const std::string& task_arn) const;
@@ -75,7 +77,8 @@ class task_table {
   std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, json> rows_;
-  std::vector<std::function<void(const change&)>> watchers_;
+  std::map<std::uint64_t, std::function<void(const change&)>> watchers_;
+  std::uint64_t last_watch_ = 0;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
   struct published {
     std::shared_ptr<const json> record;
