@@ -1,0 +1,67 @@
+// The task actions: RunTask and StartTask (placement on the ledger, then every new record
+// committed in one transaction: the task engine starts them), StopTask (a record's
+// desiredStatus), ListTasks, DescribeTasks (from the table's serialized views),
+// BerthV1.DescribeTaskUsage and BerthV1.Place (with dry runs). It owns the placer and the task
+// groups, and the capacity the records hold: claimed at placement (or at recovery), given back
+// when a record reaches STOPPED (on_record).
+//
+// Thread safety: any thread. Writes take the task table's mutex; reads take none.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "berth/agent.hpp"
+#include "berth/ipc.hpp"
+#include "ecs_request.hpp"
+#include "instance.hpp"
+#include "metrics.hpp"
+#include "store.hpp"
+#include "task_definitions.hpp"
+#include "task_table.hpp"
+
+namespace berth::agent::control {
+
+class task_actions {
+ public:
+  struct deps {
+    config& cfg;
+    store& st;
+    state::task_table& table;
+    instance& inst;
+    ipc::ledger& ledger;
+    task_definitions& tds;
+    metrics& m;
+    // The cluster a request names (default "default"), or ClusterNotFoundException.
+    std::function<tl::expected<json, api_error>(const json&)> find_cluster;
+  };
+  explicit task_actions(deps d);
+  ~task_actions();
+
+  // The records as the store has them, into the table, and the capacity this instance's tasks
+  // hold, claimed in the ledger. Once, before the engine starts.
+  result<void> recover();
+  // The table's change, under its mutex.
+  void on_record(const state::task_table::change& c);
+  // Shutting down: RunTask and StartTask are refused from now on.
+  void stop();
+
+  outcome run_task(const json& req);
+  outcome start_task(const json& req);
+  outcome stop_task(const json& req);
+  outcome list_tasks(const json& req);
+  outcome describe_tasks(const json& req);
+  // DescribeTasks' response, as text.
+  tl::expected<std::string, api_error> describe_tasks_text(const json& req);
+  outcome task_usage(const json& req);
+  outcome place(const json& req);
+  // Whether this instance matches a cluster query (ListContainerInstances' filter).
+  tl::expected<bool, api_error> instance_matches(const std::string& filter);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace berth::agent::control
