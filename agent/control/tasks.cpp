@@ -482,8 +482,7 @@ struct task_actions::impl {
     BERTH_TRY(reason, r.str("reason"));
     if (reason && reason->size() > 255)
       return tl::unexpected(invalid("reason is at most 255 characters"));
-    const std::string key =
-        arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
+    const std::string key = task_arn_in(cluster, ref);
     std::lock_guard lock(mu_);
     const auto it = tasks_.find(key);
     if (it == tasks_.end()) return tl::unexpected(invalid("The referenced task was not found."));
@@ -545,21 +544,35 @@ struct task_actions::impl {
     return out;
   }
 
-  // DescribeTasks, written from each task's serialized view: no JSON is built per call.
-  tl::expected<std::string, api_error> describe_tasks_text(const json& req) {
+  // A task named (ARN or id) in a cluster: its ARN.
+  std::string task_arn_in(const json& cluster, const std::string& ref) const {
+    return arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
+  }
+
+  // DescribeTasks' and DescribeTaskUsage's `cluster` and `tasks` (1 to 100).
+  struct task_refs {
+    json cluster;
+    std::vector<std::string> refs;
+  };
+  tl::expected<task_refs, api_error> read_task_refs(const json& req) {
     BERTH_TRY(cluster, find_cluster(req));
-    reader r{req};
-    BERTH_TRY(refs, r.strings("tasks"));
+    BERTH_TRY(refs, reader{req}.strings("tasks"));
     if (refs.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
     if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
-    BERTH_TRY(include, r.strings("include"));
+    return task_refs{std::move(cluster), std::move(refs)};
+  }
+
+  // DescribeTasks, written from each task's serialized view: no JSON is built per call.
+  tl::expected<std::string, api_error> describe_tasks_text(const json& req) {
+    BERTH_TRY(asked, read_task_refs(req));
+    const auto& [cluster, refs] = asked;
+    BERTH_TRY(include, reader{req}.strings("include"));
     const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     std::string out = "{\"tasks\":[";
     json failures = json::array();
     bool first = true;
     for (const auto& ref : refs) {
-      const auto t = table_.serialized(
-          arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)), with_tags);
+      const auto t = table_.serialized(task_arn_in(cluster, ref), with_tags);
       if (!t) {
         failures.push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
@@ -579,32 +592,16 @@ struct task_actions::impl {
     return json::parse(text);
   }
 
-  std::optional<tl::expected<std::string, api_error>> call_serialized(const std::string& action,
-                                                                      const json& req) {
-    if (action != "DescribeTasks" || !req.is_object()) return std::nullopt;
-    try {
-      return describe_tasks_text(req);
-    } catch (const std::exception& e) {
-      spdlog::error("{} failed: {}", action, e.what());
-      return tl::unexpected(server(std::string("Internal error: ") + e.what()));
-    }
-  }
-
   // BerthV1.DescribeTaskUsage: Berth's own view of tasks beside DescribeTasks, which holds only
   // ECS's members: per container the memory and CPU used now, read from its cgroup, beside the
   // allocation, and the events Berth recorded (limits the kernel does not enforce).
   outcome task_usage(const json& req) {
     if (!req.is_object())
       return tl::unexpected(serialization("The request body must be a JSON object"));
-    BERTH_TRY(cluster, find_cluster(req));
-    reader r{req};
-    BERTH_TRY(refs, r.strings("tasks"));
-    if (refs.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
-    if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
+    BERTH_TRY(asked, read_task_refs(req));
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
-    for (const auto& ref : refs) {
-      const auto t =
-          table_.get(arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref)));
+    for (const auto& ref : asked.refs) {
+      const auto t = table_.get(task_arn_in(asked.cluster, ref));
       if (!t) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
