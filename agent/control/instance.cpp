@@ -7,9 +7,9 @@
 #include <map>
 #include <optional>
 
+#include "berth/agent/util.hpp"
 #include "berth/version.hpp"
 #include "imds.hpp"
-#include "util.hpp"
 
 namespace berth::agent::control {
 

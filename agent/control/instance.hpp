@@ -15,7 +15,7 @@
 #include <string>
 #include <utility>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
 #include "berth/ipc.hpp"
 #include "store.hpp"

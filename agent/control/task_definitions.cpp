@@ -6,8 +6,8 @@
 #include <regex>
 #include <set>
 
+#include "berth/agent/util.hpp"
 #include "berth/placement.hpp"
-#include "util.hpp"
 
 namespace berth::agent::control {
 

@@ -8,10 +8,10 @@
 #include <map>
 #include <set>
 
+#include "berth/agent/util.hpp"
 #include "berth/placement.hpp"
 #include "ecs_request.hpp"
 #include "task_views.hpp"
-#include "util.hpp"
 
 namespace berth::agent::control {
 

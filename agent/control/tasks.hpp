@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 #include "berth/ipc.hpp"
 #include "ecs_request.hpp"
 #include "instance.hpp"

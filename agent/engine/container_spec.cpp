@@ -3,9 +3,9 @@
 
 #include <algorithm>
 
+#include "berth/agent/util.hpp"
 #include "task_definitions.hpp"
 #include "task_engine.hpp"
-#include "util.hpp"
 
 namespace berth::agent::engine {
 

@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "berth/agent/util.hpp"
 #include "ecs_request.hpp"
-#include "util.hpp"
 
 namespace berth::agent::engine {
 

@@ -8,7 +8,7 @@
 #include <set>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
 #include "metrics.hpp"
 #include "store.hpp"

@@ -14,11 +14,11 @@
 #include <set>
 #include <thread>
 
+#include "berth/agent/util.hpp"
 #include "container_spec.hpp"
 #include "ecs_request.hpp"
 #include "image_cleanup.hpp"
 #include "task_definitions.hpp"
-#include "util.hpp"
 
 namespace berth::agent::engine {
 

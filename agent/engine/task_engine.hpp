@@ -16,7 +16,7 @@
 #include <memory>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
 #include "metrics.hpp"
 #include "store.hpp"

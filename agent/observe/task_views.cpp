@@ -5,9 +5,9 @@
 #include <limits>
 
 #include "audit.hpp"
+#include "berth/agent/util.hpp"
 #include "berth/docker.hpp"
 #include "ecs_request.hpp"
-#include "util.hpp"
 
 namespace berth::agent::observe {
 

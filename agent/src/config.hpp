@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 

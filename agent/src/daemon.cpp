@@ -17,13 +17,13 @@
 #include <thread>
 
 #include "berth/agent.hpp"
+#include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
 #include "berth/api/request_check.hpp"
 #include "berth/api/server.hpp"
 #include "berth/api/sigv4.hpp"
 #include "scheduler.hpp"
 #include "service.hpp"
-#include "util.hpp"
 
 namespace berth::agent {
 

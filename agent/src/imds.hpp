@@ -5,7 +5,7 @@
 #include <chrono>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "audit.hpp"
+#include "berth/agent/util.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
@@ -35,7 +36,6 @@
 #include "task_table.hpp"
 #include "task_views.hpp"
 #include "tasks.hpp"
-#include "util.hpp"
 
 namespace berth::agent {
 

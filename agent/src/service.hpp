@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
 #include "events.hpp"
 #include "metrics.hpp"

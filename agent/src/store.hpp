@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::state {
 class store;

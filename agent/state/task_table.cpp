@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "util.hpp"
+#include "berth/agent/util.hpp"
 
 namespace berth::state {
 

@@ -10,7 +10,7 @@
 #include <mutex>
 #include <regex>
 
-#include "util.hpp"
+#include "berth/agent/util.hpp"
 
 namespace berth::agent::sched {
 

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 
+#include "berth/agent/util.hpp"
 #include "loop.hpp"
-#include "util.hpp"
 
 namespace berth::agent::sched {
 

@@ -5,7 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "util.hpp"
+#include "berth/agent/util.hpp"
 
 namespace berth::agent::sched {
 

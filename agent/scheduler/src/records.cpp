@@ -5,7 +5,7 @@
 #include <charconv>
 #include <random>
 
-#include "util.hpp"
+#include "berth/agent/util.hpp"
 
 namespace berth::agent::sched {
 

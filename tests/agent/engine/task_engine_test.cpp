@@ -7,11 +7,11 @@
 
 #include <filesystem>
 
+#include "berth/agent/util.hpp"
 #include "berth/docker_testing.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
 #include "task_table.hpp"
-#include "util.hpp"
 
 namespace berth::agent {
 namespace {

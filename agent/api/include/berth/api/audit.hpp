@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 

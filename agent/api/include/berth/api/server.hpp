@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 

@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "berth/agent.hpp"
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 
