@@ -4,8 +4,8 @@
 
 #include <limits>
 
-#include "audit.hpp"
 #include "berth/agent/util.hpp"
+#include "berth/api/audit.hpp"
 #include "berth/docker.hpp"
 #include "ecs_request.hpp"
 

@@ -24,8 +24,8 @@
 #include <shared_mutex>
 #include <thread>
 
-#include "audit.hpp"
 #include "berth/agent/util.hpp"
+#include "berth/api/audit.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "berth/version.hpp"

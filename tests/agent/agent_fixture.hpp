@@ -24,10 +24,10 @@
 #include <regex>
 #include <thread>
 
+#include "berth/api/sigv4.hpp"
 #include "berth/docker.hpp"
 #include "berth/docker_testing.hpp"
 #include "berth/ipc.hpp"
-#include "sigv4.hpp"
 
 extern char** environ;
 
