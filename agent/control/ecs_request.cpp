@@ -2,26 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <ctime>
 
 namespace berth::agent::control {
-
-std::string iso8601(double seconds, bool millis) {
-  const auto whole = static_cast<std::time_t>(seconds);
-  std::tm tm{};
-  gmtime_r(&whole, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::string out = buf;
-  if (millis) {
-    char ms[8];
-    std::snprintf(ms, sizeof ms, ".%03d",
-                  static_cast<int>((seconds - static_cast<double>(whole)) * 1000) % 1000);
-    out += ms;
-  }
-  return out + "Z";
-}
 
 tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
                                                                   std::size_t total,

@@ -17,9 +17,6 @@ namespace berth::agent::control {
 using nlohmann::json;
 using outcome = tl::expected<json, api_error>;
 
-// "2026-11-25T14:07:46.123Z" (with milliseconds) or without the fraction.
-std::string iso8601(double seconds, bool millis);
-
 inline api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
 inline api_error client(std::string m) { return {"ClientException", std::move(m)}; }
 inline api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }

@@ -57,16 +57,6 @@ tl::expected<void, api_error> check_strings(const json& j, const std::string& wh
   return {};
 }
 
-}  // namespace
-
-const json& member(const json& j, const char* k) {
-  static const json null;
-  const auto it = j.find(k);
-  return it == j.end() ? null : *it;
-}
-
-namespace {
-
 // Integer members within [0, most].
 tl::expected<void, api_error> check_range(const json& j, const std::string& what,
                                           std::initializer_list<const char*> keys,
@@ -134,26 +124,6 @@ std::string td_key(const std::string& family, std::uint64_t revision) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "%010llu", static_cast<unsigned long long>(revision));
   return family + ":" + buf;
-}
-
-// Containers in an order where each comes after those it depends on; shorter than the list
-// when dependsOn has a cycle.
-std::vector<const json*> start_order(const json& containers) {
-  std::vector<const json*> out;
-  std::set<std::string> placed;
-  for (std::size_t round = 0; round < containers.size(); ++round) {
-    for (const auto& c : containers) {
-      if (placed.contains(c["name"])) continue;
-      bool ready = true;
-      for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
-        ready &= placed.contains(d["containerName"]);
-      }
-      if (!ready) continue;
-      placed.insert(c["name"]);
-      out.push_back(&c);
-    }
-  }
-  return out;
 }
 
 // The request's tags, checked: at most 50, keys of 1-128 characters, values of at most 256.

@@ -23,16 +23,11 @@ tl::expected<void, api_error> check_objects(const json& j, const std::string& wh
                                             std::initializer_list<const char*> integers = {},
                                             std::initializer_list<const char*> required = {},
                                             std::initializer_list<const char*> booleans = {});
-// j[k], or null when j is not an object or has no k.
-const json& member(const json& j, const char* k);
 // RunTask's overrides: the members the task engine reads, of the types it reads them as.
 tl::expected<void, api_error> check_overrides(const json& o);
 
 // The store key of a revision: "family:0000000003", so keys sort by revision.
 std::string td_key(const std::string& family, std::uint64_t revision);
-// Containers in an order where each comes after those it depends on; shorter than the list
-// when dependsOn has a cycle.
-std::vector<const json*> start_order(const json& containers);
 // The request's `tags`, checked, as [{key, value}].
 tl::expected<json, api_error> tags_of(const json& req);
 

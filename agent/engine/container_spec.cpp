@@ -4,13 +4,11 @@
 #include <algorithm>
 
 #include "berth/agent/util.hpp"
-#include "task_definitions.hpp"
 #include "task_engine.hpp"
 
 namespace berth::agent::engine {
 
 namespace dk = berth::docker;
-using control::member;
 
 dk::container_spec container_spec(const json& t, const json& c, const json& td,
                                   const std::string& ns_owner, const spec_context& ctx) {

@@ -7,12 +7,10 @@
 #include <vector>
 
 #include "berth/agent/util.hpp"
-#include "ecs_request.hpp"
 
 namespace berth::agent::engine {
 
 namespace dk = berth::docker;
-using control::iso8601;
 using nlohmann::json;
 
 image_cleanup::image_cleanup(const config& c, docker::engine& d, store& s, metrics& m,

@@ -7,12 +7,10 @@
 #include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
 #include "berth/docker.hpp"
-#include "ecs_request.hpp"
 
 namespace berth::agent::observe {
 
 namespace dk = berth::docker;
-using control::iso8601;
 
 namespace {
 

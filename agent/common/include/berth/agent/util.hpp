@@ -1,17 +1,42 @@
-// Small helpers the agent's parts share: the time, ids, and names out of ARNs.
+// Small helpers the agent's parts share: the time, ids, names out of ARNs, and reading records
+// (JSON documents) that may lack a member.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
+#include <vector>
 
 namespace berth::agent {
+
+using nlohmann::json;
 
 // Seconds since the epoch, as ECS's timestamps (JSON numbers) carry them.
 inline double now_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// "2026-11-25T14:07:46.123Z" (with milliseconds) or without the fraction.
+inline std::string iso8601(double seconds, bool millis) {
+  const auto whole = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  gmtime_r(&whole, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string out = buf;
+  if (millis) {
+    char ms[8];
+    std::snprintf(ms, sizeof ms, ".%03d",
+                  static_cast<int>((seconds - static_cast<double>(whole)) * 1000) % 1000);
+    out += ms;
+  }
+  return out + "Z";
 }
 
 inline std::uint64_t now_ns() {
@@ -43,6 +68,33 @@ inline std::string name_of(const std::string& s) {
   if (!s.starts_with("arn:")) return s;
   const auto slash = s.rfind('/');
   return slash == std::string::npos ? s : s.substr(slash + 1);
+}
+
+// j[k], or null when j is not an object or has no k.
+inline const json& member(const json& j, const char* k) {
+  static const json null;
+  const auto it = j.find(k);
+  return it == j.end() ? null : *it;
+}
+
+// A task definition's containers in an order where each comes after those it depends on
+// (dependsOn); shorter than the list when dependsOn has a cycle.
+inline std::vector<const json*> start_order(const json& containers) {
+  std::vector<const json*> out;
+  std::set<std::string> placed;
+  for (std::size_t round = 0; round < containers.size(); ++round) {
+    for (const auto& c : containers) {
+      if (placed.contains(c["name"])) continue;
+      bool ready = true;
+      for (const auto& d : member(c, "dependsOn").is_array() ? c["dependsOn"] : json::array()) {
+        ready &= placed.contains(d["containerName"]);
+      }
+      if (!ready) continue;
+      placed.insert(c["name"]);
+      out.push_back(&c);
+    }
+  }
+  return out;
 }
 
 }  // namespace berth::agent
