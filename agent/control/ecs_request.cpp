@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "berth/agent/util.hpp"
+
 namespace berth::agent::control {
 
 tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
@@ -64,3 +66,28 @@ std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
 }
 
 }  // namespace berth::agent::control
+
+namespace berth::agent {
+
+tl::expected<void, api_error> check_launch_type(const json& request) {
+  using namespace control;
+  reader r{request};
+  BERTH_TRY(launch_type, r.str("launchType"));
+  if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
+    return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
+                                  *launch_type + " is not supported."));
+  }
+  if (launch_type && *launch_type != "EC2") {
+    return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
+                                  "'. Valid values: EC2, FARGATE, EXTERNAL."));
+  }
+  if (const json& cps = member(request, "capacityProviderStrategy");
+      !cps.is_null() && !(cps.is_array() && cps.empty())) {
+    return tl::unexpected(
+        invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
+                "and capacityProviderStrategy is not supported."));
+  }
+  return {};
+}
+
+}  // namespace berth::agent

@@ -1,5 +1,5 @@
 // What the ECS actions share: errors in ECS's words, typed access to request members,
-// pagination tokens, and ECS's units and timestamps.
+// pagination tokens, ECS's units, and the launch type check RunTask and CreateService make.
 #pragma once
 
 #include <cstddef>
@@ -7,10 +7,28 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <tl/expected.hpp>
 #include <utility>
 #include <vector>
 
-#include "service.hpp"
+namespace berth::agent {
+
+using nlohmann::json;
+
+// An ECS error: its __type, message and HTTP status.
+struct api_error {
+  std::string type;
+  std::string message;
+  int status = 400;
+};
+
+// RunTask's and CreateService's launchType and capacityProviderStrategy: Berth runs the EC2
+// launch type only, so FARGATE and EXTERNAL (InvalidParameterException), any other value, and a
+// capacity provider strategy are refused rather than run as EC2; a launchType that is not a
+// string is a SerializationException.
+tl::expected<void, api_error> check_launch_type(const json& request);
+
+}  // namespace berth::agent
 
 namespace berth::agent::control {
 

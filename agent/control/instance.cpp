@@ -9,7 +9,6 @@
 
 #include "berth/agent/util.hpp"
 #include "berth/version.hpp"
-#include "imds.hpp"
 
 namespace berth::agent::control {
 
@@ -45,7 +44,7 @@ result<void> instance::save(const json& ci) {
 
 void instance::heartbeat() { (void)ledger_.heartbeat(slot_, now_ns()); }
 
-result<void> instance::register_instance() {
+result<void> instance::register_instance(const std::optional<instance_metadata>& ec2) {
   auto res = dk::instance_resources();
   if (!res) return tl::unexpected(error{"instance resources: " + res.error().message});
   // The instance's id survives restarts: kept in the state directory's store.
@@ -59,15 +58,13 @@ result<void> instance::register_instance() {
   }
   instance_arn_ = arn_prefix_ + ("container-instance/" + cfg_.cluster + "/" + instance_id_);
   ec2_id_ = "i-" + instance_id_.substr(0, 17);
-  // EC2's metadata, only when asked for: it overrides the configured type and zone.
+  // EC2's metadata, when read: it overrides the configured type and zone.
   std::string ami = "ami-berth";
-  if (!cfg_.imds_endpoint.empty()) {
-    auto md = read_imds(cfg_.imds_endpoint);
-    if (!md) return tl::unexpected(md.error());
-    ec2_id_ = md->instance_id;
-    cfg_.instance_type = md->instance_type;
-    cfg_.availability_zone = md->availability_zone;
-    ami = md->ami_id;
+  if (ec2) {
+    ec2_id_ = ec2->instance_id;
+    cfg_.instance_type = ec2->instance_type;
+    cfg_.availability_zone = ec2->availability_zone;
+    ami = ec2->ami_id;
   }
   const std::uint64_t mib = res->memory_bytes >> 20;
   registered_cpu_ = res->cpus * 1024;

@@ -28,13 +28,20 @@ using nlohmann::json;
 // Dynamic host ports are taken from 49153-65535, as Docker's.
 inline constexpr std::uint32_t dynamic_port_count = 65535 - 49153 + 1;
 
+// What EC2's metadata service says of this instance (berthd asks it only when --imds-endpoint
+// names one).
+struct instance_metadata {
+  std::string instance_id, instance_type, availability_zone, ami_id;
+};
+
 class instance {
  public:
   // `c` may be changed by registration (type and zone from EC2's metadata). All outlive this.
   instance(config& c, store& s, ipc::ledger& l, docker::engine& d, const state::task_table& tasks);
 
-  // Registers (or re-registers, keeping its id) this instance and claims its ledger slot.
-  result<void> register_instance();
+  // Registers (or re-registers, keeping its id) this instance and claims its ledger slot. `ec2`:
+  // EC2's metadata, when berthd read it; it overrides the configured instance type and zone.
+  result<void> register_instance(const std::optional<instance_metadata>& ec2);
 
   const std::string& arn() const { return instance_arn_; }
   const std::string& id() const { return instance_id_; }

@@ -6,12 +6,12 @@
 #include <string>
 
 #include "berth/agent/common.hpp"
+#include "instance.hpp"
 
 namespace berth::agent {
 
-struct instance_metadata {
-  std::string instance_id, instance_type, availability_zone, ami_id;
-};
+// What the instance's registration takes (control's instance.hpp).
+using control::instance_metadata;
 
 result<instance_metadata> read_imds(const std::string& endpoint,
                                     std::chrono::milliseconds timeout = std::chrono::seconds(2));

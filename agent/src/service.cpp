@@ -30,6 +30,7 @@
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
 #include "ecs_request.hpp"
+#include "imds.hpp"
 #include "instance.hpp"
 #include "task_definitions.hpp"
 #include "task_engine.hpp"
@@ -63,7 +64,14 @@ class service_impl final : public service {
 
   result<void> start() {
     if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
-    if (auto r = inst_.register_instance(); !r) return r;
+    // EC2's metadata, only when asked for.
+    std::optional<instance_metadata> ec2;
+    if (!cfg_.imds_endpoint.empty()) {
+      auto md = read_imds(cfg_.imds_endpoint);
+      if (!md) return tl::unexpected(md.error());
+      ec2 = std::move(*md);
+    }
+    if (auto r = inst_.register_instance(ec2); !r) return r;
     if (auto r = task_actions_.recover(); !r) return r;
     {
       std::lock_guard lock(mu_);
@@ -739,26 +747,6 @@ class service_impl final : public service {
 };
 
 }  // namespace
-
-tl::expected<void, api_error> check_launch_type(const json& request) {
-  reader r{request};
-  BERTH_TRY(launch_type, r.str("launchType"));
-  if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
-    return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
-                                  *launch_type + " is not supported."));
-  }
-  if (launch_type && *launch_type != "EC2") {
-    return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
-                                  "'. Valid values: EC2, FARGATE, EXTERNAL."));
-  }
-  if (const json& cps = member(request, "capacityProviderStrategy");
-      !cps.is_null() && !(cps.is_array() && cps.empty())) {
-    return tl::unexpected(
-        invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
-                "and capacityProviderStrategy is not supported."));
-  }
-  return {};
-}
 
 result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<store> s,
                                               std::unique_ptr<dk::engine> d, metrics& m,

@@ -10,6 +10,7 @@
 
 #include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
+#include "ecs_request.hpp"
 #include "events.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
@@ -17,13 +18,6 @@
 namespace berth::agent {
 
 using nlohmann::json;
-
-// An ECS error: its __type, message and HTTP status.
-struct api_error {
-  std::string type;
-  std::string message;
-  int status = 400;
-};
 
 class service {
  public:
@@ -55,12 +49,6 @@ class service {
   // Stops the task engine's threads; containers keep running.
   virtual void shutdown() = 0;
 };
-
-// RunTask's and CreateService's launchType and capacityProviderStrategy: Berth runs the EC2
-// launch type only, so FARGATE and EXTERNAL (InvalidParameterException), any other value, and a
-// capacity provider strategy are refused rather than run as EC2; a launchType that is not a
-// string is a SerializationException.
-tl::expected<void, api_error> check_launch_type(const json& request);
 
 // Creates the cluster if needed, registers this instance, recovers tasks from the store and
 // Docker, and starts the engine.
