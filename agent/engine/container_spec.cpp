@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "berth/agent/util.hpp"
-#include "task_engine.hpp"
+#include "berth/engine/task_engine.hpp"
 
 namespace berth::agent::engine {
 

@@ -1,7 +1,7 @@
 // The task engine: see task_engine.hpp. One state machine per task, driven from its record:
 // drive() compares desired and known status and starts a launch or a stop worker; the workers'
 // steps are idempotent and write what they observe back through the table.
-#include "task_engine.hpp"
+#include "berth/engine/task_engine.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -16,16 +16,13 @@
 
 #include "berth/agent/util.hpp"
 #include "container_spec.hpp"
-#include "ecs_request.hpp"
 #include "image_cleanup.hpp"
-#include "task_definitions.hpp"
 
 namespace berth::agent::engine {
 
 namespace {
 
 namespace dk = berth::docker;
-using namespace control;
 using namespace std::chrono_literals;
 using state::task_table;
 

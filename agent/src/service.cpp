@@ -26,6 +26,7 @@
 
 #include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
+#include "berth/engine/task_engine.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
@@ -33,7 +34,6 @@
 #include "imds.hpp"
 #include "instance.hpp"
 #include "task_definitions.hpp"
-#include "task_engine.hpp"
 #include "task_table.hpp"
 #include "task_views.hpp"
 #include "tasks.hpp"

@@ -1,6 +1,6 @@
 // The task engine follows the task table: what a record says is run (once), and a record's
 // desiredStatus STOPPED stops it. Against the real dockerd and the real SQLite store; no berthd.
-#include "task_engine.hpp"
+#include "berth/engine/task_engine.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
