@@ -22,7 +22,7 @@
 #include "berth/api/request_check.hpp"
 #include "berth/api/server.hpp"
 #include "berth/api/sigv4.hpp"
-#include "scheduler.hpp"
+#include "berth/scheduler/scheduler.hpp"
 #include "service.hpp"
 
 namespace berth::agent {

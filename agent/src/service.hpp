@@ -10,6 +10,7 @@
 
 #include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
+#include "berth/scheduler/scheduler.hpp"
 #include "ecs_request.hpp"
 #include "events.hpp"
 #include "metrics.hpp"
@@ -19,11 +20,11 @@ namespace berth::agent {
 
 using nlohmann::json;
 
-class service {
+// The scheduler runs its tasks through call() and place(): its task_api.
+class service : public task_api {
  public:
-  virtual ~service() = default;
   // Runs one action; the response document, or the ECS error.
-  virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;
+  tl::expected<json, api_error> call(const std::string& action, const json& request) override = 0;
   // The same as call(), already serialized, for the reads served from serialized views (today
   // DescribeTasks); nullopt for an action that has none. The text is what call()'s document
   // would dump to.
@@ -32,7 +33,7 @@ class service {
   // Berth's placement query (BerthV1.Place): where `count` tasks of a task definition would
   // go under the given constraints and strategies and, with dryRun, each rejected instance's
   // first reason, reserving nothing. Without dryRun it runs them, as RunTask.
-  virtual tl::expected<json, api_error> place(const json& request) = 0;
+  tl::expected<json, api_error> place(const json& request) override = 0;
   // BerthV1.DescribeTaskUsage: per task of `tasks`, each container's memory and CPU used now
   // (from its cgroup) beside its allocation, and Berth's events about the task. ECS's
   // DescribeTasks holds only ECS's members; this is where Berth's extras are.

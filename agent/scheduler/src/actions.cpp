@@ -36,7 +36,8 @@ tl::expected<void, api_error> expect_type(const json& req, const char* k, bool (
 
 class actions_impl final : public actions {
  public:
-  actions_impl(records& recs, service& tasks, bool has_lb, std::function<void(const json&)> changed)
+  actions_impl(records& recs, task_api& tasks, bool has_lb,
+               std::function<void(const json&)> changed)
       : recs_(recs), tasks_(tasks), has_lb_(has_lb), changed_(std::move(changed)) {}
 
   bool serves(const std::string& action) const override {
@@ -526,7 +527,7 @@ class actions_impl final : public actions {
   }
 
   records& recs_;
-  service& tasks_;
+  task_api& tasks_;
   bool has_lb_;
   std::function<void(const json&)> changed_;
   std::mutex mu_;
@@ -534,7 +535,7 @@ class actions_impl final : public actions {
 
 }  // namespace
 
-std::unique_ptr<actions> make_actions(records& recs, service& tasks, bool has_lb,
+std::unique_ptr<actions> make_actions(records& recs, task_api& tasks, bool has_lb,
                                       std::function<void(const json&)> changed) {
   return std::make_unique<actions_impl>(recs, tasks, has_lb, std::move(changed));
 }

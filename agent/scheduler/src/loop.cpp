@@ -30,7 +30,7 @@ rc::target to_target(const lb::haproxy::server& sv) {
 
 }  // namespace
 
-loop::loop(const config& c, records& recs, service& tasks, metrics& m)
+loop::loop(const config& c, records& recs, task_api& tasks, metrics& m)
     : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m) {
   if (!c.haproxy_socket.empty()) lb_.emplace(c.haproxy_socket);
   metrics_.gauge("berth_services", "Services by status");

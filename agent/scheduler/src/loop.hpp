@@ -29,7 +29,7 @@ namespace rc = ::berth::scheduler;
 
 class loop {
  public:
-  loop(const config& c, records& recs, service& tasks, metrics& m);
+  loop(const config& c, records& recs, task_api& tasks, metrics& m);
   ~loop() { shutdown(); }
 
   void start();
@@ -71,7 +71,7 @@ class loop {
 
   config cfg_;
   records& recs_;
-  service& tasks_;
+  task_api& tasks_;
   metrics& metrics_;
   std::optional<lb::haproxy> lb_;
   std::thread thread_;

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "berth/scheduler/reconcile.hpp"
+#include "berth/scheduler/scheduler.hpp"
 #include "events.hpp"
-#include "service.hpp"
 #include "store.hpp"
 
 namespace berth::agent::sched {

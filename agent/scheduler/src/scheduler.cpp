@@ -1,6 +1,6 @@
-// The scheduler as berthd sees it (agent/src/scheduler.hpp): the service actions and the loop,
-// sharing the service records.
-#include "scheduler.hpp"
+// The scheduler as berthd sees it (berth/scheduler/scheduler.hpp): the service actions and the
+// loop, sharing the service records.
+#include "berth/scheduler/scheduler.hpp"
 
 #include "actions.hpp"
 #include "loop.hpp"
@@ -11,7 +11,7 @@ namespace {
 
 class scheduler_impl final : public scheduler {
  public:
-  scheduler_impl(const config& c, std::unique_ptr<store> st, service& tasks, event_bus& bus,
+  scheduler_impl(const config& c, std::unique_ptr<store> st, task_api& tasks, event_bus& bus,
                  metrics& m)
       : store_(std::move(st)),
         records_(c, *store_, bus),
@@ -39,7 +39,7 @@ class scheduler_impl final : public scheduler {
 }  // namespace
 
 result<std::unique_ptr<scheduler>> make_scheduler(const config& c, std::unique_ptr<store> st,
-                                                  service& tasks, event_bus& bus, metrics& m) {
+                                                  task_api& tasks, event_bus& bus, metrics& m) {
   auto s = std::make_unique<scheduler_impl>(c, std::move(st), tasks, bus, m);
   s->start();
   return std::unique_ptr<scheduler>(std::move(s));

@@ -8,19 +8,31 @@
 // themselves (startedBy is the deployment's id, group "service:<name>"): after a restart it
 // resumes from there, starting nothing twice.
 //
-// Implemented in agent/scheduler/: reconcile (berth/scheduler/reconcile.hpp) decides, a loop
-// applies its plans, the actions write the records.
+// reconcile (berth/scheduler/reconcile.hpp) decides, a loop applies its plans, the actions write
+// the records (agent/scheduler/src).
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "berth/agent/common.hpp"
+#include "ecs_request.hpp"
 #include "events.hpp"
 #include "metrics.hpp"
-#include "service.hpp"
 #include "store.hpp"
 
 namespace berth::agent {
+
+// What the scheduler runs services' tasks through: berthd's own ECS API (RunTask, StopTask,
+// ListTasks, DescribeTasks, DescribeClusters, DescribeTaskDefinition) and its placement query
+// (BerthV1.Place, with dryRun). berthd's service is one; the scheduler never sees the rest of it.
+class task_api {
+ public:
+  virtual ~task_api() = default;
+  // Runs one action; the response document, or the ECS error.
+  virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;
+  virtual tl::expected<json, api_error> place(const json& request) = 0;
+};
 
 class scheduler {
  public:
@@ -34,8 +46,8 @@ class scheduler {
   virtual void shutdown() = 0;
 };
 
-// `tasks` is berthd's ECS service: tasks are run, stopped and read through its API.
+// Tasks are run, stopped and read through `tasks`. All references outlive the scheduler.
 result<std::unique_ptr<scheduler>> make_scheduler(const config& c, std::unique_ptr<store> st,
-                                                  service& tasks, event_bus& bus, metrics& m);
+                                                  task_api& tasks, event_bus& bus, metrics& m);
 
 }  // namespace berth::agent
