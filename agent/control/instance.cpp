@@ -6,6 +6,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 
 #include "berth/version.hpp"
 #include "imds.hpp"
@@ -156,6 +157,102 @@ result<void> instance::publish_row_locked() {
   }
   (void)ledger_.heartbeat(slot_, now_ns());
   return {};
+}
+
+// ---- capacity in state ----
+
+namespace {
+
+// The capacity document: what is left of the instance, and the static ports in use.
+struct capacity {
+  std::int64_t cpu = 0, mib = 0, dynamic = 0;
+  std::set<std::uint16_t> ports;
+
+  static capacity parse(const std::string& text) {
+    const json d = json::parse(text, nullptr, false);
+    capacity c;
+    if (!d.is_object()) return c;
+    c.cpu = d.value("cpu", std::int64_t{0});
+    c.mib = d.value("memory", std::int64_t{0});
+    c.dynamic = d.value("dynamicPorts", std::int64_t{0});
+    for (const auto& p : d.value("portsInUse", json::array())) {
+      if (p.is_number_unsigned()) c.ports.insert(p.get<std::uint16_t>());
+    }
+    return c;
+  }
+  std::string dump() const {
+    return json{{"cpu", cpu}, {"memory", mib}, {"dynamicPorts", dynamic}, {"portsInUse", ports}}
+        .dump();
+  }
+  // Adds (sign 1) or takes (sign -1) a task's need.
+  void add(const json& need, int sign) {
+    cpu += sign * need.value("cpu", std::int64_t{0});
+    mib += sign * need.value("mib", std::int64_t{0});
+    dynamic += sign * need.value("dynamic", std::int64_t{0});
+    for (const auto& p : need.value("ports", json::array())) {
+      if (!p.is_number_unsigned()) continue;
+      if (sign > 0) {
+        ports.erase(p.get<std::uint16_t>());
+      } else {
+        ports.insert(p.get<std::uint16_t>());
+      }
+    }
+  }
+};
+
+}  // namespace
+
+result<std::optional<std::string>> instance::claim(store& tx, const json& need, std::size_t count) {
+  const std::string key = cfg_.cluster + "/" + instance_id_;
+  auto ci = tx.get("instance", key);
+  if (!ci) return tl::unexpected(ci.error());
+  if (!*ci || json::parse(**ci, nullptr, false).value("status", "") != "ACTIVE") {
+    return std::optional<std::string>("INACTIVE");
+  }
+  auto cur = tx.get("capacity", key);
+  if (!cur) return tl::unexpected(cur.error());
+  if (!*cur) return tl::unexpected(error{"instance " + instance_id_ + " has no capacity record"});
+  capacity c = capacity::parse(**cur);
+  for (std::size_t i = 0; i < count; ++i) {
+    for (const auto& p : need.value("ports", json::array())) {
+      if (p.is_number_unsigned() && c.ports.contains(p.get<std::uint16_t>())) {
+        return std::optional<std::string>("RESOURCE:PORTS");
+      }
+    }
+    c.add(need, -1);
+  }
+  if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
+  if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");
+  if (c.dynamic < 0) return std::optional<std::string>("RESOURCE:PORTS");
+  if (auto w = tx.put("capacity", key, c.dump()); !w) return tl::unexpected(w.error());
+  return std::optional<std::string>();
+}
+
+result<void> instance::give_back(const json& need) {
+  const std::string key = cfg_.cluster + "/" + instance_id_;
+  auto r = store_->transaction([&](store& tx) -> result<void> {
+    auto cur = tx.get("capacity", key);
+    if (!cur) return tl::unexpected(cur.error());
+    if (!*cur) return {};  // nothing claimed here to give back
+    capacity c = capacity::parse(**cur);
+    c.add(need, 1);
+    c.cpu = std::min<std::int64_t>(c.cpu, registered_cpu_);
+    c.mib = std::min<std::int64_t>(c.mib, registered_mib_);
+    c.dynamic = std::min<std::int64_t>(c.dynamic, dynamic_port_count);
+    return tx.put("capacity", key, c.dump());
+  });
+  if (!r) return tl::unexpected(r.error());
+  return {};
+}
+
+result<void> instance::reset_capacity(const std::vector<json>& needs) {
+  capacity c{registered_cpu_, registered_mib_, dynamic_port_count, {}};
+  for (const auto p : cfg_.reserved_ports) c.ports.insert(p);
+  for (const json& n : needs) c.add(n, -1);
+  c.cpu = std::max<std::int64_t>(c.cpu, 0);
+  c.mib = std::max<std::int64_t>(c.mib, 0);
+  c.dynamic = std::max<std::int64_t>(c.dynamic, 0);
+  return store_->put("capacity", cfg_.cluster + "/" + instance_id_, c.dump());
 }
 
 json instance::doc() {

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "berth/agent.hpp"
 #include "berth/docker.hpp"
@@ -57,6 +58,21 @@ class instance {
   // when `running` differs from what it carries.
   void count_running(std::uint32_t running);
   void heartbeat();
+
+  // ---- capacity in state: what RunTask's claims compare and swap ----
+  // The instance's remaining capacity is a document of its own (kind "capacity": cpu, memory,
+  // dynamicPorts, portsInUse), the authority that the ledger's reservations only pre-check.
+  // A task's need is its record's `_berth.need` (cpu, mib, dynamic, ports).
+
+  // Within the store transaction `tx` (whose commit compares what it read): reads the capacity
+  // and the instance's record, and takes `count` times `need` from the capacity. Returns why
+  // it does not fit (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written
+  // nothing, or nullopt when claimed.
+  result<std::optional<std::string>> claim(store& tx, const json& need, std::size_t count);
+  // Gives a stopped task's need back (a transaction of its own, retried on a race).
+  result<void> give_back(const json& need);
+  // The capacity is the registered one less what `needs` take (at start, from the records).
+  result<void> reset_capacity(const std::vector<json>& needs);
 
   // DescribeContainerInstances' view: registered and remaining resources from the ledger,
   // running and pending task counts.

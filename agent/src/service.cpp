@@ -95,6 +95,8 @@ class service_impl final : public service {
       if (stopping_) return;
       stopping_ = true;
     }
+    // Nothing the store says reaches the watchers below once they start to go.
+    table_.close();
     task_actions_.stop();
     cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
