@@ -1097,6 +1097,31 @@ TEST_F(AgentTest, LaunchTypesBerthDoesNotRunAreRefused) {
   EXPECT_EQ(ec2.body["tasks"][0]["launchType"], "EC2");
 }
 
+// ListServices' filters: launch type and scheduling strategy, compared with the service's (EC2,
+// REPLICA); a value ECS does not have is refused, naming the valid ones.
+TEST_F(AgentTest, ListServicesFiltersByLaunchTypeAndSchedulingStrategy) {
+  a().register_td("idle", container("idle", {"sleep", "300"}));
+  auto made = a().aws({"create-service", "--cluster", a().cluster(), "--service-name", "quiet",
+                       "--task-definition", "idle", "--desired-count", "0"});
+  ASSERT_EQ(made.status, 0) << made.err;
+  const std::string arn = made.body["service"]["serviceArn"];
+  auto list = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"list-services", "--cluster", a().cluster()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return a().aws(args);
+  };
+  EXPECT_EQ(list({"--launch-type", "EC2"}).body["serviceArns"], json::array({arn}));
+  EXPECT_EQ(list({"--scheduling-strategy", "REPLICA"}).body["serviceArns"], json::array({arn}));
+  EXPECT_TRUE(list({"--launch-type", "FARGATE"}).body["serviceArns"].empty());
+  EXPECT_TRUE(list({"--scheduling-strategy", "DAEMON"}).body["serviceArns"].empty());
+  const auto bad =
+      a().raw("ListServices", R"({"cluster": ")" + a().cluster() + R"(", "launchType": "ECS"})");
+  EXPECT_EQ(bad.first, 400) << bad.second.dump();
+  EXPECT_EQ(bad.second.value("__type", ""), "InvalidParameterException");
+  EXPECT_NE(bad.second.value("message", "").find("EC2, FARGATE, EXTERNAL"), std::string::npos)
+      << bad.second.dump();
+}
+
 // The allocation comes once the task is RUNNING (its start has returned): an OOM kill within the
 // first milliseconds can beat Docker's watch on the cgroup, and is then seen only as exit code
 // 137.
