@@ -88,7 +88,6 @@ struct placer::impl {
 
   // ---- the searches (vector_search.cpp) ----
 
-  bool quick_reject(const detail::decision& d, std::uint32_t slot) const;
   static bool attributes_reject(const detail::decision& d, std::uint32_t slot);
   static bool passes(const detail::decision& d, std::uint32_t slot);
   bool block_may_fit(const detail::decision& d, std::uint32_t b) const;

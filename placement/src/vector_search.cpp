@@ -19,14 +19,6 @@ using detail::program;
 using detail::resolution;
 using detail::value_index;
 
-// A cheap first look before check(): capacity as last summarized, and the attribute tests
-// every passing host must meet.
-bool placer::impl::quick_reject(const decision& d, std::uint32_t slot) const {
-  const std::uint64_t f = cached_free[slot];
-  if ((f >> 32) < d.need.cpu || (f & 0xffff'ffffu) < d.need.mib) return true;
-  return attributes_reject(d, slot);
-}
-
 // The attribute tests alone, for hosts whose capacity was tested already.
 bool placer::impl::attributes_reject(const decision& d, std::uint32_t slot) {
   for (const auto& words : d.r.prog.required_words) {
