@@ -32,7 +32,8 @@ await esbuild.build({
   jsxImportSource: 'preact',
   nodePaths: [modules],
   legalComments: 'none',
-  // The same bytes from the same sources: the embedded assets and their ETags are reproducible.
+  // The same bytes from the same sources, so the assets and their ETags (taken from the
+  // uncompressed files) are reproducible; the gzip copies depend on node's zlib as well.
   define: { 'process.env.NODE_ENV': '"production"' },
   logLevel: 'warning',
 });
