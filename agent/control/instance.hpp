@@ -19,6 +19,7 @@
 #include "berth/agent.hpp"
 #include "berth/docker.hpp"
 #include "berth/ipc.hpp"
+#include "records.hpp"
 #include "store.hpp"
 #include "task_table.hpp"
 
@@ -48,12 +49,12 @@ class instance {
 
   // The changes to the record below are made under this lock.
   std::mutex& mutex() { return mu_; }
-  // The record as stored.
-  json doc();
+  // The record as stored; an error when it is missing or damaged.
+  result<state::container_instance> record();
   // The record changed: stored, then its ledger row published.
-  result<void> save(const json& ci);
+  result<void> save(const state::container_instance& ci);
   // The row in the ledger from the record `ci`: state, capacity, attributes, running tasks.
-  result<void> publish_row(const json& ci);
+  result<void> publish_row(const state::container_instance& ci);
   // The ledger's runningTasksCount (memberOf expressions read it): the row is published again
   // when `running` differs from what it carries.
   void count_running(std::uint32_t running);
@@ -74,14 +75,16 @@ class instance {
   // The capacity is the registered one less what `needs` take (at start, from the records).
   result<void> reset_capacity(const std::vector<json>& needs);
 
-  // DescribeContainerInstances' view: registered and remaining resources from the ledger,
-  // running and pending task counts.
-  json describe(json ci);
+  // DescribeContainerInstances' view of the record: its ECS members, registered and remaining
+  // resources from the ledger, running and pending task counts.
+  json describe(const state::container_instance& ci);
   // This instance's tasks RUNNING, and PENDING or PROVISIONING.
   std::pair<std::int64_t, std::int64_t> task_counts() const;
 
  private:
   result<void> publish_row_locked();
+  // The store key of the instance's record and of its capacity: "<cluster>/<instance id>".
+  std::string record_key() const { return cfg_.cluster + "/" + instance_id_; }
 
   config& cfg_;
   store* store_;
@@ -97,7 +100,7 @@ class instance {
   // lock: publish_row runs under mu_ (changes to the instance) and under the task table's lock
   // (a task started or stopped).
   std::mutex row_mu_;
-  std::optional<json> row_doc_;
+  std::optional<state::container_instance> row_record_;
   std::uint32_t running_tasks_ = 0;
 };
 
