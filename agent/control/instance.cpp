@@ -6,6 +6,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 
 #include "berth/agent/util.hpp"
 #include "berth/version.hpp"
@@ -37,8 +38,9 @@ std::pair<std::int64_t, std::int64_t> instance::task_counts() const {
   return {running, pending};
 }
 
-result<void> instance::save(const json& ci) {
-  if (auto w = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !w) return w;
+result<void> instance::save(const state::container_instance& ci) {
+  const std::string key = record_key();
+  if (auto w = store_->put("instance", key, state::to_json(ci).dump()); !w) return w;
   return publish_row(ci);
 }
 
@@ -70,49 +72,39 @@ result<void> instance::register_instance(const std::optional<instance_metadata>&
   registered_cpu_ = res->cpus * 1024;
   registered_mib_ = static_cast<std::uint32_t>(
       mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
-  auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
+  const std::string key = record_key();
+  auto doc = store_->get("instance", key);
   if (!doc) return tl::unexpected(doc.error());
-  json ci = *doc ? json::parse(**doc) : json::object();
-  if (!*doc) {
-    ci["status"] = "ACTIVE";
-    ci["registeredAt"] = now_seconds();
-    ci["attributes"] = json::array();
-    ci["tags"] = json::array();
+  // A record kept from before: its status, registration time, tags and the attributes put
+  // through the API stay. A damaged one stops the start rather than be silently replaced.
+  state::container_instance ci;
+  if (*doc) {
+    auto kept = state::parse<state::container_instance>(**doc, key);
+    if (!kept) return tl::unexpected(error{kept.error().detail});
+    ci = std::move(*kept);
+  } else {
+    ci.status = "ACTIVE";
+    ci.registered_at = now_seconds();
   }
-  ci["containerInstanceArn"] = instance_arn_;
-  ci["ec2InstanceId"] = ec2_id_;
-  ci["version"] = ci.value("version", 0) + 1;
-  ci["agentConnected"] = true;
-  ci["agentUpdateStatus"] = nullptr;
-  ci.erase("agentUpdateStatus");
+  ci.container_instance_arn = instance_arn_;
+  ci.ec2_instance_id = ec2_id_;
+  ++ci.version;
+  ci.agent_connected = true;
   utsname u{};
   ::uname(&u);
-  ci["versionInfo"] = {{"agentVersion", BERTH_VERSION},
-                       {"agentHash", "berth"},
-                       {"dockerVersion", "DockerVersion: " + docker_->version().engine_version}};
+  ci.version_info = {BERTH_VERSION, "berth", "DockerVersion: " + docker_->version().engine_version};
   // Built-in attributes, then configured ones, then any put through the API before.
   std::map<std::string, std::optional<std::string>> attrs;
-  for (const auto& a : ci["attributes"]) {
-    if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) continue;
-    attrs[a["name"]] = a.contains("value") && a["value"].is_string()
-                           ? std::optional<std::string>(a["value"].get<std::string>())
-                           : std::nullopt;
-  }
+  for (auto& a : ci.attributes) attrs[a.name] = std::move(a.value);
   attrs["ecs.os-type"] = "linux";
   attrs["ecs.cpu-architecture"] = std::string(u.machine) == "aarch64" ? "arm64" : "x86_64";
   attrs["ecs.availability-zone"] = cfg_.availability_zone;
   attrs["ecs.instance-type"] = cfg_.instance_type;
   attrs["ecs.ami-id"] = ami;
   for (const auto& [k, v] : cfg_.attributes) attrs[k] = v;
-  ci["attributes"] = json::array();
-  for (const auto& [k, v] : attrs) {
-    json a = {{"name", k}};
-    if (v) a["value"] = *v;
-    ci["attributes"].push_back(a);
-  }
-  if (auto r = store_->put("instance", cfg_.cluster + "/" + instance_id_, ci.dump()); !r) {
-    return r;
-  }
+  ci.attributes.clear();
+  for (auto& [k, v] : attrs) ci.attributes.push_back({k, std::move(v)});
+  if (auto r = store_->put("instance", key, state::to_json(ci).dump()); !r) return r;
   // A fresh ledger slot: free capacity and claimed ports are then set from the tasks.
   if (auto old = ledger_.claim_slot(ec2_id_)) (void)ledger_.release_slot(*old);
   auto slot = ledger_.claim_slot(ec2_id_);
@@ -122,31 +114,27 @@ result<void> instance::register_instance(const std::optional<instance_metadata>&
 }
 
 // The instance's row in the ledger: state, capacity, attributes, running tasks.
-result<void> instance::publish_row(const json& ci) {
+result<void> instance::publish_row(const state::container_instance& ci) {
   std::lock_guard lock(row_mu_);
-  row_doc_ = ci;
+  row_record_ = ci;
   return publish_row_locked();
 }
 
 result<void> instance::publish_row_locked() {
-  const json& ci = *row_doc_;
+  const state::container_instance& ci = *row_record_;
   ipc::row row;
   (void)row.set_id(ec2_id_);
-  row.state =
-      ci["status"] == "ACTIVE" ? ipc::instance_state::active : ipc::instance_state::draining;
-  row.registered_at_ns = static_cast<std::uint64_t>(ci.value("registeredAt", 0.0) * 1e9);
+  row.state = ci.status == "ACTIVE" ? ipc::instance_state::active : ipc::instance_state::draining;
+  row.registered_at_ns = static_cast<std::uint64_t>(ci.registered_at * 1e9);
   row.registered_cpu = registered_cpu_;
   row.registered_mib = registered_mib_;
   row.registered_dynamic_ports = dynamic_port_count;
   row.running_tasks = running_tasks_;
-  for (const auto& a : ci["attributes"]) {
-    const std::string name = a["name"];
-    const std::string entry =
-        a.contains("value") ? name + "=" + a["value"].get<std::string>() : name;
-    auto bit = ledger_.intern(entry);
+  for (const auto& a : ci.attributes) {
+    auto bit = ledger_.intern(a.value ? a.name + "=" + *a.value : a.name);
     if (!bit) continue;  // the dictionary is full: the attribute cannot be placed on
     row.set_attribute(*bit);
-    if (name == "ecs.availability-zone") row.availability_zone = *bit + 1;
+    if (a.name == "ecs.availability-zone") row.availability_zone = *bit + 1;
   }
   if (auto r = ledger_.publish(slot_, row); !r) {
     return tl::unexpected(error{"ledger publish: " + ipc::describe(r.error())});
@@ -155,13 +143,116 @@ result<void> instance::publish_row_locked() {
   return {};
 }
 
-json instance::doc() {
-  auto doc = store_->get("instance", cfg_.cluster + "/" + instance_id_);
-  return doc && *doc ? json::parse(**doc) : json::object();
+// ---- capacity in state ----
+
+namespace {
+
+// The capacity document: what is left of the instance, and the static ports in use.
+struct capacity {
+  std::int64_t cpu = 0, mib = 0, dynamic = 0;
+  std::set<std::uint16_t> ports;
+
+  static capacity parse(const std::string& text) {
+    const json d = json::parse(text, nullptr, false);
+    capacity c;
+    if (!d.is_object()) return c;
+    c.cpu = d.value("cpu", std::int64_t{0});
+    c.mib = d.value("memory", std::int64_t{0});
+    c.dynamic = d.value("dynamicPorts", std::int64_t{0});
+    for (const auto& p : d.value("portsInUse", json::array())) {
+      if (p.is_number_unsigned()) c.ports.insert(p.get<std::uint16_t>());
+    }
+    return c;
+  }
+  std::string dump() const {
+    return json{{"cpu", cpu}, {"memory", mib}, {"dynamicPorts", dynamic}, {"portsInUse", ports}}
+        .dump();
+  }
+  // Adds (sign 1) or takes (sign -1) a task's need.
+  void add(const json& need, int sign) {
+    cpu += sign * need.value("cpu", std::int64_t{0});
+    mib += sign * need.value("mib", std::int64_t{0});
+    dynamic += sign * need.value("dynamic", std::int64_t{0});
+    for (const auto& p : need.value("ports", json::array())) {
+      if (!p.is_number_unsigned()) continue;
+      if (sign > 0) {
+        ports.erase(p.get<std::uint16_t>());
+      } else {
+        ports.insert(p.get<std::uint16_t>());
+      }
+    }
+  }
+};
+
+}  // namespace
+
+result<std::optional<std::string>> instance::claim(store& tx, const json& need, std::size_t count) {
+  const std::string key = record_key();
+  auto doc = tx.get("instance", key);
+  if (!doc) return tl::unexpected(doc.error());
+  if (!*doc) return std::optional<std::string>("INACTIVE");
+  auto ci = state::parse<state::container_instance>(**doc, key);
+  if (!ci) return tl::unexpected(error{ci.error().detail});
+  if (ci->status != "ACTIVE") return std::optional<std::string>("INACTIVE");
+  auto cur = tx.get("capacity", key);
+  if (!cur) return tl::unexpected(cur.error());
+  if (!*cur) return tl::unexpected(error{"instance " + instance_id_ + " has no capacity record"});
+  capacity c = capacity::parse(**cur);
+  for (std::size_t i = 0; i < count; ++i) {
+    for (const auto& p : need.value("ports", json::array())) {
+      if (p.is_number_unsigned() && c.ports.contains(p.get<std::uint16_t>())) {
+        return std::optional<std::string>("RESOURCE:PORTS");
+      }
+    }
+    c.add(need, -1);
+  }
+  if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
+  if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");
+  if (c.dynamic < 0) return std::optional<std::string>("RESOURCE:PORTS");
+  if (auto w = tx.put("capacity", key, c.dump()); !w) return tl::unexpected(w.error());
+  return std::optional<std::string>();
+}
+
+result<void> instance::give_back(const json& need) {
+  const std::string key = record_key();
+  auto r = store_->transaction([&](store& tx) -> result<void> {
+    auto cur = tx.get("capacity", key);
+    if (!cur) return tl::unexpected(cur.error());
+    if (!*cur) return {};  // nothing claimed here to give back
+    capacity c = capacity::parse(**cur);
+    c.add(need, 1);
+    c.cpu = std::min<std::int64_t>(c.cpu, registered_cpu_);
+    c.mib = std::min<std::int64_t>(c.mib, registered_mib_);
+    c.dynamic = std::min<std::int64_t>(c.dynamic, dynamic_port_count);
+    return tx.put("capacity", key, c.dump());
+  });
+  if (!r) return tl::unexpected(r.error());
+  return {};
+}
+
+result<void> instance::reset_capacity(const std::vector<json>& needs) {
+  capacity c{registered_cpu_, registered_mib_, dynamic_port_count, {}};
+  for (const auto p : cfg_.reserved_ports) c.ports.insert(p);
+  for (const json& n : needs) c.add(n, -1);
+  c.cpu = std::max<std::int64_t>(c.cpu, 0);
+  c.mib = std::max<std::int64_t>(c.mib, 0);
+  c.dynamic = std::max<std::int64_t>(c.dynamic, 0);
+  return store_->put("capacity", record_key(), c.dump());
+}
+
+result<state::container_instance> instance::record() {
+  const std::string key = record_key();
+  auto doc = store_->get("instance", key);
+  if (!doc) return tl::unexpected(doc.error());
+  if (!*doc) return tl::unexpected(error{"container instance record '" + key + "' is missing"});
+  auto ci = state::parse<state::container_instance>(**doc, key);
+  if (!ci) return tl::unexpected(error{ci.error().detail});
+  return std::move(*ci);
 }
 
 // DescribeContainerInstances' view: registered and remaining resources from the ledger.
-json instance::describe(json ci) {
+json instance::describe(const state::container_instance& record) {
+  json ci = state::response(record);
   std::uint32_t free_cpu = registered_cpu_, free_mib = registered_mib_;
   const ipc::columns cols = ledger_.view();
   if (slot_ < cols.count) {
@@ -201,7 +292,7 @@ void instance::count_running(std::uint32_t n) {
   std::lock_guard lock(row_mu_);
   if (n == running_tasks_) return;
   running_tasks_ = n;
-  if (!row_doc_) return;  // not registered yet: registration publishes the count
+  if (!row_record_) return;  // not registered yet: registration publishes the count
   if (auto r = publish_row_locked(); !r) {
     spdlog::warn("ledger: runningTasksCount {} not published: {}", n, r.error().message);
   }

@@ -14,10 +14,12 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
 #include "berth/ipc.hpp"
+#include "records.hpp"
 #include "store.hpp"
 #include "task_table.hpp"
 
@@ -54,25 +56,42 @@ class instance {
 
   // The changes to the record below are made under this lock.
   std::mutex& mutex() { return mu_; }
-  // The record as stored.
-  json doc();
+  // The record as stored; an error when it is missing or damaged.
+  result<state::container_instance> record();
   // The record changed: stored, then its ledger row published.
-  result<void> save(const json& ci);
+  result<void> save(const state::container_instance& ci);
   // The row in the ledger from the record `ci`: state, capacity, attributes, running tasks.
-  result<void> publish_row(const json& ci);
+  result<void> publish_row(const state::container_instance& ci);
   // The ledger's runningTasksCount (memberOf expressions read it): the row is published again
   // when `running` differs from what it carries.
   void count_running(std::uint32_t running);
   void heartbeat();
 
-  // DescribeContainerInstances' view: registered and remaining resources from the ledger,
-  // running and pending task counts.
-  json describe(json ci);
+  // ---- capacity in state: what RunTask's claims compare and swap ----
+  // The instance's remaining capacity is a document of its own (kind "capacity": cpu, memory,
+  // dynamicPorts, portsInUse), the authority that the ledger's reservations only pre-check.
+  // A task's need is its record's `_berth.need` (cpu, mib, dynamic, ports).
+
+  // Within the store transaction `tx` (whose commit compares what it read): reads the capacity
+  // and the instance's record, and takes `count` times `need` from the capacity. Returns why
+  // it does not fit (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written
+  // nothing, or nullopt when claimed.
+  result<std::optional<std::string>> claim(store& tx, const json& need, std::size_t count);
+  // Gives a stopped task's need back (a transaction of its own, retried on a race).
+  result<void> give_back(const json& need);
+  // The capacity is the registered one less what `needs` take (at start, from the records).
+  result<void> reset_capacity(const std::vector<json>& needs);
+
+  // DescribeContainerInstances' view of the record: its ECS members, registered and remaining
+  // resources from the ledger, running and pending task counts.
+  json describe(const state::container_instance& ci);
   // This instance's tasks RUNNING, and PENDING or PROVISIONING.
   std::pair<std::int64_t, std::int64_t> task_counts() const;
 
  private:
   result<void> publish_row_locked();
+  // The store key of the instance's record and of its capacity: "<cluster>/<instance id>".
+  std::string record_key() const { return cfg_.cluster + "/" + instance_id_; }
 
   config& cfg_;
   store* store_;
@@ -88,7 +107,7 @@ class instance {
   // lock: publish_row runs under mu_ (changes to the instance) and under the task table's lock
   // (a task started or stopped).
   std::mutex row_mu_;
-  std::optional<json> row_doc_;
+  std::optional<state::container_instance> row_record_;
   std::uint32_t running_tasks_ = 0;
 };
 

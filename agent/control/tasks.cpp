@@ -148,7 +148,14 @@ struct task_actions::impl {
   // holding_ says whose capacity is still held).
   void on_record(const state::task_table::change& c) {
     if (c.erased || c.task["lastStatus"] != "STOPPED") return;
-    if (holding_.erase(c.task["taskArn"].get<std::string>()) > 0) release(c.task);
+    if (holding_.erase(c.task["taskArn"].get<std::string>()) == 0) return;
+    release(c.task);
+    // And in state; a failure here is mended at the next start, which counts the capacity
+    // again from the records.
+    if (auto r = inst_.give_back(c.task["_berth"]["need"]); !r) {
+      spdlog::error("task {}: capacity not given back in state: {}",
+                    c.task["taskArn"].get<std::string>(), r.error().message);
+    }
   }
 
   // Gives a task's claim back: its ledger capacity and ports, and its place in its group.
@@ -330,8 +337,19 @@ struct task_actions::impl {
     for (std::size_t i = 0; i < slots.size(); ++i) {
       made.push_back(new_task(td, cluster, group, started_by, overrides, tags, need));
     }
+    // The ledger's reservation was a pre-check: the claim is the instance's capacity in state,
+    // compared and swapped with the records in one transaction (retried on a race).
+    std::optional<std::string> refused;
+    auto claim = [&](store& tx) -> result<void> {
+      if (made.empty()) return {};
+      auto c = inst_.claim(tx, made.front()["_berth"]["need"], made.size());
+      if (!c) return tl::unexpected(c.error());
+      refused = *c;
+      if (refused) return tl::unexpected(error{"refused: " + *refused});
+      return {};
+    };
     for (const json& t : made) holding_.insert(t["taskArn"].get<std::string>());
-    if (auto w = table_.commit_all(made); !w) {
+    if (auto w = table_.commit_all(made, claim); !w) {
       for (const json& t : made) holding_.erase(t["taskArn"].get<std::string>());
       for (const std::uint32_t slot : slots) {
         (void)ledger_.release(
@@ -339,7 +357,11 @@ struct task_actions::impl {
                               need.req.static_ports});
         groups_.remove(group, slot, attributes_of(slot));
       }
-      return tl::unexpected(server("The task could not be stored: " + w.error().message));
+      if (!refused) {
+        return tl::unexpected(server("The task could not be stored: " + w.error().message));
+      }
+      out["failures"].push_back({{"arn", inst_.arn()}, {"reason", *refused}});
+      return out;
     }
     // The engine, watching the table, starts them.
     for (const json& t : made) out["tasks"].push_back(view(t));
@@ -425,20 +447,16 @@ struct task_actions::impl {
   // The records as the store has them, and the capacity their tasks hold; the engine resumes
   // them (engine::task_engine::start).
   result<void> recover() {
-    auto all = store_->list("task", cfg_.cluster + "/");
+    // From here on the table follows the store: records others write reach it too.
+    auto all = table_.open(cfg_.cluster);
     if (!all) return tl::unexpected(all.error());
     std::uint32_t cpu = 0, mib = 0, dyn = 0;
     std::vector<std::uint16_t> ports(cfg_.reserved_ports.begin(), cfg_.reserved_ports.end());
+    std::vector<json> needs;
     {
       std::lock_guard lock(mu_);
-      for (const auto& [k, v] : *all) {
-        json t = json::parse(v, nullptr, false);
-        if (!t.is_object() || !t.contains("taskArn") || !t.contains("_berth")) {
-          spdlog::error("store: task document {} is unreadable; skipped", k);
-          continue;
-        }
+      for (const json& t : *all) {
         const std::string a = t["taskArn"];
-        table_.load(t);
         if (t["lastStatus"] == "STOPPED") continue;
         // Another instance's task (this one's ARN changed: its region or account did) takes
         // nothing here, and the engine does not drive it.
@@ -449,6 +467,7 @@ struct task_actions::impl {
         }
         holding_.insert(a);
         const json& n = t["_berth"]["need"];
+        needs.push_back(n);
         cpu += n["cpu"].get<std::uint32_t>();
         mib += n["mib"].get<std::uint32_t>();
         dyn += n["dynamic"].get<std::uint32_t>();
@@ -470,7 +489,9 @@ struct task_actions::impl {
         }
       }
     }
-    return {};
+    // The capacity in state, counted again from the records: a give-back lost to a crash is
+    // mended here.
+    return inst_.reset_capacity(needs);
   }
 
   // ---- the other actions ----

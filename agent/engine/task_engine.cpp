@@ -16,7 +16,9 @@
 
 #include "berth/agent/util.hpp"
 #include "container_spec.hpp"
+#include "docker_steps.hpp"
 #include "image_cleanup.hpp"
+#include "workers.hpp"
 
 namespace berth::agent::engine {
 
@@ -47,7 +49,15 @@ class task_engine_impl final : public task_engine {
         for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
       }
     }
-    if (auto r = check_unknown_containers(); !r) return r;
+    // Containers no record knows are refused, removed or left, never passed over in silence.
+    if (auto r = check_unknown_containers(*docker_, cfg_, instance_arn_, state_dir_,
+                                          [this](const std::string& task_arn) {
+                                            std::lock_guard lock(mu_);
+                                            return tasks_.contains(task_arn);
+                                          });
+        !r) {
+      return r;
+    }
     // Subscribed before any recovered task is acted on: no die event falls between the two.
     dk::event_filter f;
     f.labels = {{label_cluster, cfg_.cluster}};
@@ -99,12 +109,7 @@ class task_engine_impl final : public task_engine {
     cv_.notify_all();
     if (housekeeping_.joinable()) housekeeping_.join();
     events_.reset();
-    std::list<worker> workers;
-    {
-      std::lock_guard lock(mu_);
-      workers.swap(workers_);
-    }
-    for (auto& w : workers) w.thread.join();
+    workers_.join_all();
   }
 
  private:
@@ -149,56 +154,9 @@ class task_engine_impl final : public task_engine {
 
   void save(const json& t) { table_.save(t); }
 
-  // Runs fn on a thread of its own, joined at shutdown. Call with mu_ held.
-  struct worker {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
-  };
-  // The worker works on one task: housekeeping leaves a task alone while any of its workers runs.
-  // Whether a thread was made for it (none when the system has none to give: logged).
+  // A worker for the task (under mu_); false when no thread could be had.
   bool spawn(const std::string& task_arn, std::function<void()> fn) {
-    ++in_flight_[task_arn];
-    const bool made = spawn([this, task_arn, fn = std::move(fn)] {
-      struct done_with {
-        task_engine_impl* s;
-        const std::string& arn;
-        ~done_with() {
-          std::lock_guard lock(s->mu_);
-          if (--s->in_flight_[arn] <= 0) s->in_flight_.erase(arn);
-        }
-      } done{this, task_arn};
-      fn();
-    });
-    if (!made && --in_flight_[task_arn] <= 0) in_flight_.erase(task_arn);
-    return made;
-  }
-  bool spawn(std::function<void()> fn) {
-    // Finished workers are joined here, so the list holds only live ones.
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->done->load(std::memory_order_acquire)) {
-        it->thread.join();
-        it = workers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    try {
-      workers_.push_back({std::thread([fn = std::move(fn), done] {
-                            // A bug in one task's handling must not take berthd down.
-                            try {
-                              fn();
-                            } catch (const std::exception& e) {
-                              spdlog::error("task worker failed: {}", e.what());
-                            }
-                            done->store(true, std::memory_order_release);
-                          }),
-                          done});
-    } catch (const std::system_error& e) {
-      spdlog::error("task worker not started: {}", e.what());
-      return false;
-    }
-    return true;
+    return workers_.spawn(task_arn, std::move(fn));
   }
 
   // ---- tasks: starting ----
@@ -276,29 +234,16 @@ class task_engine_impl final : public task_engine {
       }
       const bool recorded = !docker_id.empty();
       if (!recorded) {
-        auto id = docker_->create_container(s);
-        if (!id && id.error().code == dk::errc::not_found) {
-          // Not present: try the registry, which fails fast when there is none.
-          auto pulled = docker_->pull_image(s.image, 60s);
-          if (pulled) id = docker_->create_container(s);
-          if (!pulled) id = tl::unexpected(pulled.error());
-        }
-        if (!id && id.error().code == dk::errc::conflict) {
-          // Created before a crash: the name is this task's, take it over. A create cut short
-          // by berthd's death may still be under way in dockerd, which then holds the name
-          // without showing the container for a moment: asked again, up to 10 s.
-          const auto deadline = std::chrono::steady_clock::now() + 10s;
-          for (;;) {
-            if (auto existing = docker_->inspect_container(s.name)) {
-              id = existing->id;
-              break;
-            }
-            if (std::chrono::steady_clock::now() >= deadline) break;
-            std::unique_lock lock(mu_);
-            if (cv_.wait_for(lock, 100ms, [&] { return stopping_; })) return;
-          }
-        }
+        auto id = make_container(*docker_, s, [this](std::chrono::milliseconds d) {
+          std::unique_lock lock(mu_);
+          return !cv_.wait_for(lock, d, [&] { return stopping_; });
+        });
         if (!id) {
+          {
+            // Shutting down: the launch resumes when berthd starts again.
+            std::lock_guard lock(mu_);
+            if (stopping_) return;
+          }
           const std::string why =
               (id.error().code == dk::errc::conflict ? "CannotCreateContainerError: "
                                                      : "CannotPullContainerError: ") +
@@ -373,14 +318,10 @@ class task_engine_impl final : public task_engine {
       }
       // The kernel enforces what Docker was asked for, or the task says it does not.
       if (info && info->running) {
-        if (auto cg = dk::read_cgroup(info->pid)) {
-          dk::requested_limits asked{s.memory_bytes, s.memory_reservation_bytes, s.cpu_shares, 0,
-                                     0};
-          for (const auto& d : dk::check_limits(asked, *cg)) {
-            tt["_berth"]["events"].push_back(
-                {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
-            spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
-          }
+        for (const auto& d : unenforced_limits(s, *info)) {
+          tt["_berth"]["events"].push_back(
+              {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
+          spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
         }
       }
       save(tt);
@@ -728,62 +669,6 @@ class task_engine_impl final : public task_engine {
     }
   }
 
-  // ---- tasks: recovery after a restart ----
-
-  // Containers labelled for this instance (or made by a berthd with this state directory)
-  // whose task the store does not know: a store lost, emptied or restored from an old copy
-  // while tasks ran. Never passed over in silence: refused, removed or left, as configured.
-  result<void> check_unknown_containers() {
-    dk::list_filter f;
-    f.labels = {{label_cluster, cfg_.cluster}};
-    auto all = docker_->list_containers(f);
-    if (!all) return tl::unexpected(error{"docker: listing containers: " + all.error().message});
-    std::vector<dk::container_summary> unknown;
-    for (const auto& c : *all) {
-      const auto label = [&](const char* k) {
-        const auto it = c.labels.find(k);
-        return it == c.labels.end() ? std::string() : it->second;
-      };
-      if (label(label_instance) != instance_arn_ && label(label_state_dir) != state_dir_) continue;
-      if (tasks_.contains(label(label_task))) continue;
-      unknown.push_back(c);
-    }
-    if (unknown.empty()) return {};
-    std::string names;
-    for (std::size_t i = 0; i < unknown.size(); ++i) {
-      if (i == 8) {
-        names += ", and " + std::to_string(unknown.size() - 8) + " more";
-        break;
-      }
-      const auto task = unknown[i].labels.find(label_task);
-      names += (i > 0 ? ", " : "") + unknown[i].name + " (" + unknown[i].state + ", task " +
-               (task == unknown[i].labels.end() ? std::string("?") : task->second) + ")";
-    }
-    const std::string what = std::to_string(unknown.size()) +
-                             " container(s) labelled for this instance are not in the store " +
-                             state_dir_ + "/berth.db: " + names;
-    if (cfg_.unknown_containers == "remove") {
-      for (const auto& c : unknown) {
-        if (auto r = docker_->remove_container(c.id, {true, true}); !r) {
-          return tl::unexpected(
-              error{"removing unknown container " + c.name + ": " + r.error().message});
-        }
-        spdlog::warn("removed unknown container {} ({}), as --unknown-containers=remove says",
-                     c.name, c.id.substr(0, 12));
-      }
-      return {};
-    }
-    if (cfg_.unknown_containers == "leave") {
-      spdlog::warn("{}; left running, unmanaged, as --unknown-containers=leave says", what);
-      return {};
-    }
-    return tl::unexpected(
-        error{what +
-              ". Refusing to start as if they did not exist. If the store was lost, restore it; "
-              "otherwise start with --unknown-containers=remove to remove them, or "
-              "--unknown-containers=leave to leave them running unmanaged."});
-  }
-
   // ---- housekeeping ----
 
   void housekeeping_loop() {
@@ -823,42 +708,17 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED" || in_flight_.contains(a)) continue;
+        if (t["lastStatus"] != "STOPPED" || workers_.busy(a)) continue;
         if (t.value("stoppedAt", now) + wait > now) continue;
-        std::vector<std::string> volumes;
-        for (const auto& v : t["_berth"]["taskDefinition"].value("volumes", json::array())) {
-          if (v.is_object() && v.contains("name") && v["name"].is_string() &&
-              !(v.contains("host") && v["host"].is_object() && v["host"].contains("sourcePath"))) {
-            volumes.push_back(v["name"]);
-          }
-        }
-        due.push_back({a, t["_berth"]["docker"], volumes});
+        due.push_back({a, t["_berth"]["docker"], task_volumes(t)});
       }
     }
     for (const auto& [a, docker, volumes] : due) {
-      bool removed = true;
-      for (const auto& [name, id] : docker.items()) {
-        auto r = docker_->remove_container(id.get<std::string>(), {true, true});
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::warn("task {}: cannot remove container {}: {}", a, id.get<std::string>(),
-                       r.error().message);
-          removed = false;
-        }
-      }
-      // The task's own volumes (its task definition's volumes without a host path) go too.
-      const std::string prefix = "berth-" + name_of(a).substr(0, 12) + "-";
-      for (const auto& v : volumes) {
-        auto r = docker_->remove_volume(prefix + v);
-        if (!r && r.error().code != dk::errc::not_found) {
-          spdlog::warn("task {}: cannot remove volume {}: {}", a, prefix + v, r.error().message);
-          removed = false;
-        }
-      }
-      if (!removed) continue;  // tried again next time
+      if (!remove_task_leftovers(*docker_, a, docker, volumes)) continue;  // tried next time
       std::lock_guard lock(mu_);
       const auto it = tasks_.find(a);
       // Unchanged since it was chosen, and no worker of its own: only then forgotten.
-      if (it == tasks_.end() || in_flight_.contains(a) || it->second["lastStatus"] != "STOPPED" ||
+      if (it == tasks_.end() || workers_.busy(a) || it->second["lastStatus"] != "STOPPED" ||
           it->second["_berth"]["docker"] != docker) {
         continue;
       }
@@ -893,8 +753,7 @@ class task_engine_impl final : public task_engine {
   std::map<std::string, json>& tasks_ = table_.rows();
   bool stopping_ = false;
   std::map<std::string, std::string> container_to_task_;
-  std::list<worker> workers_;
-  std::map<std::string, int> in_flight_;  // task ARN -> its workers still running
+  task_workers workers_;
   std::set<std::string> starts_, stops_;  // tasks with a launch / a stop under way
   std::uint64_t watch_ = 0;               // the table watch that drives the tasks
   std::unique_ptr<dk::subscription> events_;

@@ -14,9 +14,11 @@ namespace dk = berth::docker;
 
 namespace {
 
-// As the ECS agent reports a status: RUNNING, STOPPED, or PENDING for anything before.
+// As the ECS agent reports a status: PENDING before RUNNING, RUNNING from then until STOPPED
+// (a task whose containers are stopping, DEPROVISIONING here, is still RUNNING to it).
 std::string backend_status(const std::string& s) {
-  return s == "RUNNING" || s == "STOPPED" ? s : "PENDING";
+  if (s == "RUNNING" || s == "DEPROVISIONING") return "RUNNING";
+  return s == "STOPPED" ? s : "PENDING";
 }
 
 // The client's view of a task: without Berth's own bookkeeping.

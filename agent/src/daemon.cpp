@@ -23,6 +23,7 @@
 #include "berth/api/server.hpp"
 #include "berth/api/sigv4.hpp"
 #include "berth/scheduler/scheduler.hpp"
+#include "console_route.hpp"
 #include "service.hpp"
 
 namespace berth::agent {
@@ -318,7 +319,10 @@ class daemon_impl final : public daemon {
 
   // The GET endpoints are read-only: open to every peer on the socket and to loopback peers on
   // TCP (as the ECS agent's introspection port); a TCP peer from elsewhere signs, as for POST.
+  // The console's assets are open to all: a browser cannot sign the request for its page, and
+  // the console's own API calls are signed (see console_route.hpp).
   http_response get(const http_request& r) {
+    if (console_path(r.path())) return console_response(r, cfg_.region);
     if (r.tcp && !is_loopback(r.peer)) {
       signed_request sr{r.method, r.target, r.headers, r.body};
       if (auto who =

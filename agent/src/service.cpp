@@ -103,6 +103,8 @@ class service_impl final : public service {
       if (stopping_) return;
       stopping_ = true;
     }
+    // Nothing the store says reaches the watchers below once they start to go.
+    table_.close();
     task_actions_.stop();
     cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
@@ -196,28 +198,34 @@ class service_impl final : public service {
   }
   std::string cluster_arn(const std::string& name) const { return arn("cluster/" + name); }
 
-  // A cluster named or ARNed in a request (default "default"), if it exists.
-  tl::expected<json, api_error> find_cluster(const json& req) {
-    BERTH_TRY(c, reader{req}.str("cluster"));
-    const std::string name = name_of(c.value_or("default"));
+  // The cluster record stored under `name`, if any.
+  tl::expected<std::optional<state::cluster>, api_error> stored_cluster(const std::string& name) {
     auto doc = store_->get("cluster", name);
     if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc) return tl::unexpected(cluster_not_found());
-    json j = json::parse(**doc);
-    if (j["status"] != "ACTIVE") return tl::unexpected(cluster_not_found());
-    return j;
+    if (!*doc) return std::optional<state::cluster>();
+    auto c = state::parse<state::cluster>(**doc, name);
+    if (!c) return tl::unexpected(server(c.error().detail));
+    return std::optional<state::cluster>(std::move(*c));
+  }
+
+  // A cluster named or ARNed in a request (default "default"), if it exists.
+  tl::expected<state::cluster, api_error> find_cluster(const json& req) {
+    BERTH_TRY(c, reader{req}.str("cluster"));
+    BERTH_TRY(found, stored_cluster(name_of(c.value_or("default"))));
+    if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
+    return std::move(*found);
+  }
+
+  // A new cluster's record.
+  state::cluster new_cluster(const std::string& name, std::vector<state::tag> tags) const {
+    return {cluster_arn(name), name, "ACTIVE", std::move(tags), {}};
   }
 
   result<void> ensure_cluster(const std::string& name) {
-    auto doc = store_->get("cluster", name);
-    if (!doc) return tl::unexpected(doc.error());
-    if (*doc && json::parse(**doc)["status"] == "ACTIVE") return {};
-    json c = {{"clusterArn", cluster_arn(name)},
-              {"clusterName", name},
-              {"status", "ACTIVE"},
-              {"tags", json::array()},
-              {"settings", json::array()}};
-    return store_->put("cluster", name, c.dump());
+    auto found = stored_cluster(name);
+    if (!found) return tl::unexpected(error{found.error().message});
+    if (*found && (*found)->status == "ACTIVE") return {};
+    return store_->put("cluster", name, state::to_json(new_cluster(name, {})).dump());
   }
 
   // ---- the instance ----
@@ -256,29 +264,22 @@ class service_impl final : public service {
       return tl::unexpected(invalid(
           "Cluster name must be 1-255 letters, numbers, hyphens and underscores: '" + n + "'"));
     }
-    BERTH_TRY(tags, tags_of(req));
-    auto doc = store_->get("cluster", n);
-    if (!doc) return tl::unexpected(server(doc.error().message));
-    json c;
-    if (*doc && json::parse(**doc)["status"] == "ACTIVE") {
-      c = json::parse(**doc);  // idempotent, as ECS
-    } else {
-      c = {{"clusterArn", cluster_arn(n)},
-           {"clusterName", n},
-           {"status", "ACTIVE"},
-           {"tags", tags},
-           {"settings", json::array()}};
-      if (auto w = store_->put("cluster", n, c.dump()); !w) {
-        return tl::unexpected(server(w.error().message));
-      }
+    BERTH_TRY(tags, request_tags(req));
+    BERTH_TRY(found, stored_cluster(n));
+    if (found && found->status == "ACTIVE") {
+      return json{{"cluster", cluster_view(*found)}};  // idempotent, as ECS
+    }
+    const state::cluster c = new_cluster(n, std::move(tags));
+    if (auto w = store_->put("cluster", n, state::to_json(c).dump()); !w) {
+      return tl::unexpected(server(w.error().message));
     }
     return json{{"cluster", cluster_view(c)}};
   }
 
-  json cluster_view(json c) {
-    const std::string name = c["clusterName"];
+  json cluster_view(const state::cluster& cluster) {
+    json c = state::response(cluster);
     std::int64_t running = 0, pending = 0, instances = 0;
-    if (name == cfg_.cluster) {
+    if (cluster.cluster_name == cfg_.cluster) {
       instances = 1;
       std::tie(running, pending) = count_tasks();
     }
@@ -295,8 +296,9 @@ class service_impl final : public service {
     if (!all) return tl::unexpected(server(all.error().message));
     std::vector<std::string> arns;
     for (const auto& [k, v] : *all) {
-      const json c = json::parse(v);
-      if (c["status"] == "ACTIVE") arns.push_back(c["clusterArn"]);
+      auto c = state::parse<state::cluster>(v, k);
+      if (!c) return tl::unexpected(server(c.error().detail));
+      if (c->status == "ACTIVE") arns.push_back(std::move(c->cluster_arn));
     }
     BERTH_TRY(range, page(reader{req}, arns.size(), 100));
     json out = {{"clusterArns", json::array()}};
@@ -311,14 +313,13 @@ class service_impl final : public service {
     if (names.size() > 100) return tl::unexpected(invalid("clusters can list at most 100"));
     json out = {{"clusters", json::array()}, {"failures", json::array()}};
     for (const auto& n : names) {
-      auto doc = store_->get("cluster", name_of(n));
-      if (!doc) return tl::unexpected(server(doc.error().message));
-      if (!*doc) {
+      BERTH_TRY(found, stored_cluster(name_of(n)));
+      if (!found) {
         out["failures"].push_back(
             {{"arn", n.starts_with("arn:") ? n : cluster_arn(n)}, {"reason", "MISSING"}});
         continue;
       }
-      out["clusters"].push_back(cluster_view(json::parse(**doc)));
+      out["clusters"].push_back(cluster_view(*found));
     }
     return out;
   }
@@ -326,19 +327,16 @@ class service_impl final : public service {
   outcome delete_cluster(const json& req) {
     BERTH_TRY(n, reader{req}.required_str("cluster"));
     const std::string name = name_of(n);
-    auto doc = store_->get("cluster", name);
-    if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc || json::parse(**doc)["status"] != "ACTIVE") {
-      return tl::unexpected(cluster_not_found());
-    }
+    BERTH_TRY(found, stored_cluster(name));
+    if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
     if (name == cfg_.cluster) {
       return tl::unexpected(api_error{
           "ClusterContainsContainerInstancesException",
           "The Cluster cannot be deleted while Container Instances are active or draining."});
     }
-    json c = json::parse(**doc);
-    c["status"] = "INACTIVE";
-    if (auto w = store_->put("cluster", name, c.dump()); !w) {
+    state::cluster c = std::move(*found);
+    c.status = "INACTIVE";
+    if (auto w = store_->put("cluster", name, state::to_json(c).dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
     return json{{"cluster", cluster_view(c)}};
@@ -351,9 +349,10 @@ class service_impl final : public service {
     BERTH_TRY(status, reader{req}.str("status"));
     BERTH_TRY(filter, reader{req}.str("filter"));
     std::vector<std::string> arns;
-    if (c["clusterName"] == cfg_.cluster) {
-      const json ci = inst_.doc();
-      bool keep = !status || ci["status"] == *status;
+    if (c.cluster_name == cfg_.cluster) {
+      auto ci = inst_.record();
+      if (!ci) return tl::unexpected(server(ci.error().message));
+      bool keep = !status || ci->status == *status;
       if (keep && filter && !filter->empty()) {
         BERTH_TRY(matches, task_actions_.instance_matches(*filter));
         keep = matches;
@@ -375,8 +374,10 @@ class service_impl final : public service {
     if (refs.empty()) return tl::unexpected(invalid("containerInstances must not be empty"));
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
-      if (c["clusterName"] == cfg_.cluster && inst_.is_me(ref)) {
-        out["containerInstances"].push_back(inst_.describe(inst_.doc()));
+      if (c.cluster_name == cfg_.cluster && inst_.is_me(ref)) {
+        auto ci = inst_.record();
+        if (!ci) return tl::unexpected(server(ci.error().message));
+        out["containerInstances"].push_back(inst_.describe(*ci));
       } else {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
       }
@@ -395,29 +396,33 @@ class service_impl final : public service {
     // The instance document and its ledger row change together, one writer at a time.
     std::lock_guard instance_lock(inst_.mutex());
     for (const auto& ref : refs) {
-      if (c["clusterName"] != cfg_.cluster || !inst_.is_me(ref)) {
+      if (c.cluster_name != cfg_.cluster || !inst_.is_me(ref)) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      json ci = inst_.doc();
-      ci["status"] = status;
-      ci["version"] = ci.value("version", 0) + 1;
-      if (auto w = store_->put("instance", cfg_.cluster + "/" + inst_.id(), ci.dump()); !w) {
-        return tl::unexpected(server(w.error().message));
-      }
-      if (auto p = inst_.publish_row(ci); !p) return tl::unexpected(server(p.error().message));
-      out["containerInstances"].push_back(inst_.describe(ci));
+      auto ci = inst_.record();
+      if (!ci) return tl::unexpected(server(ci.error().message));
+      ci->status = status;
+      ++ci->version;
+      if (auto w = inst_.save(*ci); !w) return tl::unexpected(server(w.error().message));
+      out["containerInstances"].push_back(inst_.describe(*ci));
     }
     return out;
   }
 
+  // An attribute PutAttributes or DeleteAttributes names, and the instance it is on.
+  struct attribute_change {
+    state::attribute attr;
+    std::string target_id;
+  };
+
   // Attributes on container instances (the only target type ECS has).
-  tl::expected<std::vector<json>, api_error> attribute_list(const json& req) {
+  tl::expected<std::vector<attribute_change>, api_error> attribute_list(const json& req) {
     BERTH_TRY(list, reader{req}.list("attributes"));
     if (list == nullptr || list->empty())
       return tl::unexpected(invalid("attributes must not be empty"));
     if (list->size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
-    std::vector<json> out;
+    std::vector<attribute_change> out;
     static const std::regex name_re("^[a-zA-Z0-9_.\\-/]{1,128}$");
     static const std::regex value_re("^[a-zA-Z0-9_.\\-/ :@]{1,128}$");
     for (const auto& a : *list) {
@@ -436,7 +441,9 @@ class service_impl final : public service {
       if (a.contains("targetType") && a["targetType"] != "container-instance") {
         return tl::unexpected(invalid("targetType must be container-instance"));
       }
-      out.push_back(a);
+      BERTH_TRY(value, reader{a}.str("value"));
+      BERTH_TRY(target, reader{a}.str("targetId"));
+      out.push_back({{name, std::move(value)}, target.value_or("")});
     }
     return out;
   }
@@ -445,40 +452,25 @@ class service_impl final : public service {
     BERTH_TRY(c, find_cluster(req));
     BERTH_TRY(attrs, attribute_list(req));
     std::lock_guard instance_lock(inst_.mutex());
-    json ci = inst_.doc();
     for (const auto& a : attrs) {
-      const std::string target = a.value("targetId", std::string());
-      if (target.empty() || c["clusterName"] != cfg_.cluster || !inst_.is_me(target)) {
-        return tl::unexpected(
-            api_error{"TargetNotFoundException", "Could not find the target '" + target + "'"});
+      if (a.target_id.empty() || c.cluster_name != cfg_.cluster || !inst_.is_me(a.target_id)) {
+        return tl::unexpected(api_error{"TargetNotFoundException",
+                                        "Could not find the target '" + a.target_id + "'"});
       }
     }
+    auto ci = inst_.record();
+    if (!ci) return tl::unexpected(server(ci.error().message));
     for (const auto& a : attrs) {
-      const std::string name = a["name"];
-      if (name.starts_with("ecs.")) {
+      if (a.attr.name.starts_with("ecs.")) {
         return tl::unexpected(invalid("attribute names starting with 'ecs.' are reserved"));
       }
-      json kept = json::array();
-      for (const auto& e : ci["attributes"]) {
-        if (e["name"] != name) kept.push_back(e);
-      }
-      if (put) {
-        json e = {{"name", name}};
-        if (a.contains("value") && !a["value"].is_null()) e["value"] = a["value"];
-        kept.push_back(e);
-      }
-      ci["attributes"] = kept;
+      std::erase_if(ci->attributes,
+                    [&](const state::attribute& e) { return e.name == a.attr.name; });
+      if (put) ci->attributes.push_back(a.attr);
     }
-    if (auto w = store_->put("instance", cfg_.cluster + "/" + inst_.id(), ci.dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    if (auto p = inst_.publish_row(ci); !p) return tl::unexpected(server(p.error().message));
+    if (auto w = inst_.save(*ci); !w) return tl::unexpected(server(w.error().message));
     json out = {{"attributes", json::array()}};
-    for (auto a : attrs) {
-      a["targetType"] = "container-instance";
-      a["targetId"] = inst_.arn();
-      out["attributes"].push_back(a);
-    }
+    for (const auto& a : attrs) out["attributes"].push_back(state::response(a.attr, inst_.arn()));
     return out;
   }
   outcome put_attributes(const json& req) { return change_attributes(req, true); }
@@ -495,15 +487,13 @@ class service_impl final : public service {
     BERTH_TRY(value, r.str("attributeValue"));
     if (value && !name) return tl::unexpected(invalid("attributeValue needs attributeName"));
     std::vector<json> all;
-    if (c["clusterName"] == cfg_.cluster) {
-      const json ci = inst_.doc();  // not a temporary: the loop reads into it
-      for (const auto& a : ci["attributes"]) {
-        if (name && a["name"] != *name) continue;
-        if (value && a.value("value", std::string()) != *value) continue;
-        json e = a;
-        e["targetType"] = "container-instance";
-        e["targetId"] = inst_.arn();
-        all.push_back(e);
+    if (c.cluster_name == cfg_.cluster) {
+      auto ci = inst_.record();
+      if (!ci) return tl::unexpected(server(ci.error().message));
+      for (const auto& a : ci->attributes) {
+        if (name && a.name != *name) continue;
+        if (value && a.value.value_or("") != *value) continue;
+        all.push_back(state::response(a, inst_.arn()));
       }
     }
     BERTH_TRY(range, page(r, all.size(), 100));
@@ -539,50 +529,91 @@ class service_impl final : public service {
     return std::nullopt;
   }
 
+  // The request's tags (checked by tags_of) as records keep them.
+  tl::expected<std::vector<state::tag>, api_error> request_tags(const json& req) {
+    BERTH_TRY(list, tags_of(req));
+    auto tags = state::from_json<std::vector<state::tag>>(list);
+    if (!tags) return tl::unexpected(server(tags.error().detail));  // tags_of let a bad one by
+    return std::move(*tags);
+  }
+
+  // TagResource's (add) or UntagResource's change to a resource's tags.
+  tl::expected<void, api_error> change_tag_list(const json& req, bool add,
+                                                std::vector<state::tag>& tags) {
+    if (add) {
+      BERTH_TRY(more, request_tags(req));
+      if (more.empty()) return tl::unexpected(invalid("tags must not be empty"));
+      for (auto& t : more) {
+        std::erase_if(tags, [&](const state::tag& e) { return e.key == t.key; });
+        tags.push_back(std::move(t));
+      }
+      if (tags.size() > 50) return tl::unexpected(invalid("a resource has at most 50 tags"));
+      return {};
+    }
+    BERTH_TRY(keys, reader{req}.strings("tagKeys"));
+    if (keys.empty()) return tl::unexpected(invalid("tagKeys must not be empty"));
+    std::erase_if(tags, [&](const state::tag& e) {
+      return std::find(keys.begin(), keys.end(), e.key) != keys.end();
+    });
+    return {};
+  }
+
+  // A cluster's or instance's record, stored as `text` under `key`, with its tags changed: the
+  // text to store.
+  template <class Record>
+  tl::expected<std::string, api_error> retag(const std::string& text, const std::string& key,
+                                             const json& req, bool add) {
+    auto r = state::parse<Record>(text, key);
+    if (!r) return tl::unexpected(server(r.error().detail));
+    if (auto c = change_tag_list(req, add, r->tags); !c) return tl::unexpected(c.error());
+    return state::to_json(*r).dump();
+  }
+
+  // The tags of a task's or task definition's document (not typed records yet), stored as `d`.
+  tl::expected<std::vector<state::tag>, api_error> document_tags(const json& d,
+                                                                 const std::string& key) {
+    if (!d.is_object()) return tl::unexpected(server("record '" + key + "' is not an object"));
+    const auto it = d.find("tags");
+    if (it == d.end() || it->is_null()) return std::vector<state::tag>();
+    auto tags = state::from_json<std::vector<state::tag>>(*it);
+    if (!tags) {
+      return tl::unexpected(server("record '" + key + "': " + tags.error().detail));
+    }
+    return std::move(*tags);
+  }
+
   outcome change_tags(const json& req, bool add) {
     reader r{req};
     BERTH_TRY(a, r.required_str("resourceArn"));
     auto res = resource_of(a);
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
+    const auto& [kind, key] = *res;
     // Lock order: inst_.mutex() before mu_, everywhere.
     std::unique_lock instance_lock(inst_.mutex(), std::defer_lock);
-    if (res->first == "instance") instance_lock.lock();
+    if (kind == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
-    auto doc = store_->get(res->first, res->second);
+    auto doc = store_->get(kind, key);
     if (!doc) return tl::unexpected(server(doc.error().message));
     if (!*doc) {
       return tl::unexpected(
           api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
     }
-    json d = json::parse(**doc);
-    if (!d.contains("tags")) d["tags"] = json::array();
-    if (add) {
-      BERTH_TRY(tags, tags_of(req));
-      if (tags.empty()) return tl::unexpected(invalid("tags must not be empty"));
-      for (const auto& t : tags) {
-        json kept = json::array();
-        for (const auto& e : d["tags"]) {
-          if (e["key"] != t["key"]) kept.push_back(e);
-        }
-        kept.push_back(t);
-        d["tags"] = kept;
+    if (kind == "cluster" || kind == "instance") {
+      BERTH_TRY(text, kind == "cluster" ? retag<state::cluster>(**doc, key, req, add)
+                                        : retag<state::container_instance>(**doc, key, req, add));
+      if (auto w = store_->put(kind, key, text); !w) {
+        return tl::unexpected(server(w.error().message));
       }
-      if (d["tags"].size() > 50) return tl::unexpected(invalid("a resource has at most 50 tags"));
-    } else {
-      BERTH_TRY(keys, r.strings("tagKeys"));
-      if (keys.empty()) return tl::unexpected(invalid("tagKeys must not be empty"));
-      json kept = json::array();
-      for (const auto& e : d["tags"]) {
-        if (std::find(keys.begin(), keys.end(), e["key"].get<std::string>()) == keys.end()) {
-          kept.push_back(e);
-        }
-      }
-      d["tags"] = kept;
+      return json::object();
     }
-    if (auto w = store_->put(res->first, res->second, d.dump()); !w) {
+    json d = json::parse(**doc, nullptr, false);
+    BERTH_TRY(tags, document_tags(d, key));
+    if (auto c = change_tag_list(req, add, tags); !c) return tl::unexpected(c.error());
+    d["tags"] = state::to_json(tags);
+    if (auto w = store_->put(kind, key, d.dump()); !w) {
       return tl::unexpected(server(w.error().message));
     }
-    if (res->first == "task" && tasks_.contains(a)) {
+    if (kind == "task" && tasks_.contains(a)) {
       tasks_[a]["tags"] = d["tags"];
       table_.save(tasks_[a]);
     }
@@ -595,14 +626,25 @@ class service_impl final : public service {
     BERTH_TRY(a, reader{req}.required_str("resourceArn"));
     auto res = resource_of(a);
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
-    auto doc = store_->get(res->first, res->second);
+    const auto& [kind, key] = *res;
+    auto doc = store_->get(kind, key);
     if (!doc) return tl::unexpected(server(doc.error().message));
     if (!*doc) {
       return tl::unexpected(
           api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
     }
-    const json d = json::parse(**doc);
-    return json{{"tags", d.value("tags", json::array())}};
+    if (kind == "cluster") {
+      auto c = state::parse<state::cluster>(**doc, key);
+      if (!c) return tl::unexpected(server(c.error().detail));
+      return json{{"tags", state::to_json(c->tags)}};
+    }
+    if (kind == "instance") {
+      auto ci = state::parse<state::container_instance>(**doc, key);
+      if (!ci) return tl::unexpected(server(ci.error().detail));
+      return json{{"tags", state::to_json(ci->tags)}};
+    }
+    BERTH_TRY(tags, document_tags(json::parse(**doc, nullptr, false), key));
+    return json{{"tags", state::to_json(tags)}};
   }
 
   // ---- task definitions ----
@@ -743,7 +785,10 @@ class service_impl final : public service {
   std::map<std::string, std::string> published_;  // task ARN -> the state last announced
   std::function<void(const json&)> on_change_;    // under mu_
   control::task_actions task_actions_{{cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
-                                       [this](const json& r) { return find_cluster(r); }}};
+                                       [this](const json& r) -> tl::expected<json, api_error> {
+                                         BERTH_TRY(c, find_cluster(r));
+                                         return state::to_json(c);
+                                       }}};
 };
 
 }  // namespace

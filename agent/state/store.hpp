@@ -37,10 +37,15 @@ class store {
   // Runs fn with every write it makes landing together, or none when fn fails. Reads inside fn
   // see its own writes. When a document fn read changed before the commit, fn runs again (up
   // to a few times) on fresh reads: fn must not have effects outside the store it is given.
-  virtual result<void> transaction(const std::function<result<void>(store&)>& fn) = 0;
+  // Returns the state revision the writes landed at (the current one when fn wrote nothing; 0
+  // for a transaction nested in another, whose writes land with the outer one's).
+  virtual result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) = 0;
   // The cluster-state store underneath, to watch it (never null for the stores made here).
   virtual std::shared_ptr<state::store> state() = 0;
 };
+
+// The cluster-state key of a document: /berth/<kind>/<key>.
+std::string document_key(const std::string& kind, const std::string& key);
 
 // Opens (creating) <dir>/berth.db, holding it exclusively: one connection per process, shared
 // through share() below, and no second berthd on the same state directory. The directory is

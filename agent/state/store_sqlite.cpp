@@ -20,8 +20,9 @@ namespace st = berth::state;
 error from(const st::error& e) { return error{e.detail}; }
 
 std::string doc_key(const std::string& kind, const std::string& key) {
-  return "/berth/" + kind + "/" + key;
+  return document_key(kind, key);
 }
+
 std::string counter_key(const std::string& name) { return "/berth/counter/" + name; }
 
 // A counter's stored value; a missing key is 0.
@@ -96,12 +97,15 @@ class buffered final : public store {
     return *n + 1;
   }
 
-  result<void> transaction(const std::function<result<void>(store&)>& fn) override {
+  result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     // Nested: its writes join this one's, or are dropped with its failure.
     auto saved = writes_;
     auto r = fn(*this);
-    if (!r) writes_ = std::move(saved);
-    return r;
+    if (!r) {
+      writes_ = std::move(saved);
+      return tl::unexpected(r.error());
+    }
+    return 0;
   }
 
   std::shared_ptr<st::store> state() override { return s_; }
@@ -193,16 +197,20 @@ class state_store final : public store {
     return tl::unexpected(error{"counter " + counter + ": too many concurrent increments"});
   }
 
-  result<void> transaction(const std::function<result<void>(store&)>& fn) override {
+  result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     // Optimistic, as etcd's STM: fn runs on a buffered view; the commit checks that what it
     // read is unchanged, else fn runs again on fresh reads.
     for (int attempt = 0; attempt < max_attempts; ++attempt) {
       buffered view(s_);
-      if (auto r = fn(view); !r) return r;
-      if (!view.wrote()) return {};
+      if (auto r = fn(view); !r) return tl::unexpected(r.error());
+      if (!view.wrote()) {
+        auto rev = s_->current_revision();
+        if (!rev) return tl::unexpected(from(rev.error()));
+        return *rev;
+      }
       auto c = s_->txn(view.commit());
       if (!c) return tl::unexpected(from(c.error()));
-      if (c->succeeded) return {};
+      if (c->succeeded) return c->header_revision;
     }
     return tl::unexpected(error{"store transaction: what it read kept changing; gave up"});
   }
@@ -232,7 +240,7 @@ class shared_store final : public store {
     return s_->list(kind, prefix);
   }
   result<std::uint64_t> next(const std::string& counter) override { return s_->next(counter); }
-  result<void> transaction(const std::function<result<void>(store&)>& fn) override {
+  result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     return s_->transaction(fn);
   }
   std::shared_ptr<state::store> state() override { return s_->state(); }
@@ -300,6 +308,10 @@ std::vector<std::pair<std::string, std::string>> legacy_documents(const std::str
 }
 
 }  // namespace
+
+std::string document_key(const std::string& kind, const std::string& key) {
+  return "/berth/" + kind + "/" + key;
+}
 
 result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir) {
   // Read before the state store takes the file: after that, only it may touch it.

@@ -1,12 +1,20 @@
-// This agent's tasks as state: each task's record (its ECS document with Berth's `_berth`
-// bookkeeping), kept in the store and in memory. The control side writes what should be (a new
-// task, desiredStatus STOPPED); the task engine follows the records (watch) and writes what it
+// The cluster's tasks as state: each task's record (its ECS document with Berth's `_berth`
+// bookkeeping), kept in the store and mirrored in memory. The control side writes what should
+// be (a new task, desiredStatus STOPPED); the task engine follows the records and writes what it
 // observes; API reads see published copies.
 //
+// The store is the authority: the table follows it by watching every task key of its cluster,
+// so a record written by anyone (another agent sharing the store, a tool) reaches the table and
+// its watchers as the table's own writes do. Every write is a compare-and-swap on the record's
+// revision; a write that lost a race to another writer is merged by ownership: the control side
+// owns what a task should be (desiredStatus, the stop's code, reason and time, tags), the engine
+// owns the rest (what it observed).
+//
 // Thread safety: writers hold mutex() for a read-modify-write of rows() and call commit() or
-// save() with it held; every write is announced, in order and under mutex(), to each watcher,
-// and changed() is notified. Readers (get, all) never take mutex(): they see immutable copies
-// published by each write, so they never wait behind a writer's store I/O or Docker.
+// save() with it held; every change, the table's own and those it follows, is announced in
+// order and under mutex() to each watcher, and changed() is notified. Readers (get, all) never
+// take mutex(): they see immutable copies published by each change, so they never wait behind
+// a writer's store I/O or Docker.
 #pragma once
 
 #include <condition_variable>
@@ -18,8 +26,10 @@
 #include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "berth/state.hpp"
 #include "store.hpp"
 
 namespace berth::state {
@@ -29,26 +39,41 @@ using nlohmann::json;
 class task_table {
  public:
   // `s` outlives the table; task records are under kind "task", key "<cluster>/<task id>".
-  explicit task_table(agent::store& s) : store_(s) {}
+  explicit task_table(agent::store& s) : store_(s), state_(s.state()) {}
+  ~task_table() { close(); }
+  task_table(const task_table&) = delete;
+  task_table& operator=(const task_table&) = delete;
+
+  // Reads every task record of `cluster` into the table (published, announced to no one; an
+  // unreadable one is logged and skipped) and from then on follows the store's changes to
+  // them. Returns the records read. Once, before any write.
+  agent::result<std::vector<json>> open(const std::string& cluster);
+  // Stops following the store (idempotent; the destructor does it).
+  void close();
 
   // ---- writers: each call below needs mutex() held ----
   std::mutex& mutex() { return mu_; }
-  // Notified after every write (and by whoever else shares mutex() for its waits).
+  // Notified after every change (and by whoever else shares mutex() for its waits).
   std::condition_variable& changed() { return changed_; }
   // The records by task ARN. Changes made in place are announced by the save() that follows.
   std::map<std::string, json>& rows() { return rows_; }
 
-  // An action's write: durable first, then in the table. A failed write changes nothing.
+  // The control side's write (a new record, or what a task should be): durable first, then in
+  // the table. A failed write changes nothing; one that lost a race is made again on the
+  // stored record, with this one's desired fields.
   agent::result<void> commit(const json& task);
-  // Several new records in one store transaction: all of them or none.
-  agent::result<void> commit_all(const std::vector<json>& tasks);
+  // New records in one store transaction with `also` (a claim's other writes; its reads are
+  // compared at the commit, and it runs again on fresh reads when they changed): all of it or
+  // none. A record that exists already fails the commit.
+  agent::result<void> commit_all(
+      const std::vector<json>& tasks,
+      const std::function<agent::result<void>(agent::store&)>& also = nullptr);
   // The engine's write of what it observed: the table follows Docker whatever the store says;
-  // a failed store write is logged, and the next change writes the whole record again.
+  // a failed store write is logged, and the next change writes the whole record again. One
+  // that lost a race keeps the stored record's desired fields.
   void save(const json& task);
   // Forgets a record: from the store first, then from the table.
   agent::result<void> erase(const std::string& task_arn);
-  // A record read from the store at start: in the table and published, announced to no one.
-  void load(const json& task);
 
   // One change: the record as written, or (erased) as it was last.
   struct change {
@@ -68,17 +93,45 @@ class task_table {
   std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
 
  private:
-  // The table's row for `task`, set to it.
-  json& upsert(const json& task);
+  // Who writes: control's desired fields win over the stored record's, or the stored record's
+  // desired fields win over the engine's observation.
+  enum class writer { control, engine };
+  // Writes `task` over the stored record with a compare on the revision the table knows; on a
+  // lost race merges the stored record into `task` and tries again. Returns the revision.
+  agent::result<revision> write(json& task, writer who);
+  // The table's row for `task`, set to it (at revision `rev`, unless 0).
+  json& upsert(const json& task, revision rev);
   void announce(const json& task, bool erased);
   void publish(const json& task);
+  // Following the store: the loop of the follower thread, one event, and a relist after the
+  // watch fell behind a compaction. Under mu_ except follow().
+  void follow(revision from);
+  void apply(const event& e);
+  result<revision> relist();
 
   agent::store& store_;
+  std::shared_ptr<store> state_;
+  std::string prefix_;  // the store keys of the cluster's task records
   std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, json> rows_;
+  // Each record's store key: its task, the revision the table has, and whether the table erased
+  // it (a tombstone until the store's delete event comes back). The follower skips any event
+  // not newer than what the table has.
+  struct known {
+    std::string arn;
+    revision rev = 0;
+    bool erased = false;
+  };
+  std::map<std::string, known> keys_;
   std::map<std::uint64_t, std::function<void(const change&)>> watchers_;
   std::uint64_t last_watch_ = 0;
+  // The follower: its thread and the watch it reads (follow_mu_ guards watcher_ and closing_).
+  std::mutex follow_mu_;
+  std::condition_variable follow_cv_;
+  std::thread follower_;
+  watcher* watcher_ = nullptr;
+  bool closing_ = false;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
   struct published {
     std::shared_ptr<const json> record;

@@ -37,11 +37,11 @@ struct room_masks {
   std::uint64_t cpu, mib;
 };
 
-// The multipliers of engine.cpp's seeded permutation of slots (odd, so invertible mod 2^32):
+// The multipliers of decision.hpp's seeded permutation of slots (odd, so invertible mod 2^32):
 // rank(slot) = xs((xs((slot * a + s1) & mask) * b + s2) & mask), xs(x) = x ^ (x >> shift).
 inline constexpr std::uint32_t permutation_a = 0x2c1b'3c6d, permutation_b = 0x297a'2d39;
 
-// A stretch of a seeded permutation's order (see engine.cpp's `permutation`): for ranks first,
+// A stretch of a seeded permutation's order (see decision.hpp's `permutation`): for ranks first,
 // first+1, …, which slots exist and, as last summarized, have the room, and (when `value` is set)
 // carry one of the values in `values`.
 struct probe_args {
@@ -55,7 +55,7 @@ struct probe_args {
 };
 
 // Grid entries (slot, CPU, MiB triples) against a need: the one whose slot ranks lowest in a
-// seeded permutation (engine.cpp's `permutation`, forward), among those with the room and a
+// seeded permutation (decision.hpp's `permutation`, forward), among those with the room and a
 // rank in [lo, hi].
 struct rank_args {
   std::uint32_t mask, shift, s1, s2;  // the permutation

@@ -3,6 +3,8 @@
 // socket for what the CLI would refuse to send. Every test gets its own cluster; its containers
 // carry com.berth.cluster=<cluster> and are removed by that label at the end.
 #include "agent_fixture.hpp"
+#include "berth/state.hpp"
+#include "store.hpp"
 
 namespace {
 
@@ -405,6 +407,67 @@ TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {
                       "--placement-constraints", "type=memberOf,expression=attribute:x ==("});
   EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("position"), std::string::npos) << bad.err;
+}
+
+// The ledger's reservation is only a pre-check: RunTask's claim is the instance's capacity in
+// state, written with the task record in one transaction, and what state refuses is refused
+// even when the ledger would take it.
+TEST_F(AgentTest, RunTaskClaimsCapacityInStateWithTheTaskRecord) {
+  const std::string ci = a().aws({"list-container-instances", "--cluster", a().cluster()})
+                             .body["containerInstanceArns"][0];
+  const json inst = a().aws({"describe-container-instances", "--cluster", a().cluster(),
+                             "--container-instances", ci})
+                        .body["containerInstances"][0];
+  const std::int64_t registered_mib = inst["registeredResources"][1]["integerValue"];
+  // What fits is claimed in state, in the revision that writes the task's record.
+  a().register_td("small", container("small", {"sleep", "300"}, 48));
+  auto small = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "small"});
+  ASSERT_EQ(small.status, 0) << small.err;
+  ASSERT_EQ(small.body["tasks"].size(), 1u) << small.out;
+  const std::string task = small.body["tasks"][0]["taskArn"];
+  ASSERT_TRUE(a().wait_status(task, "RUNNING"));
+
+  // The ledger is made to forget the small task's memory (as a pre-check may be stale): a task
+  // that fits the ledger but not what state says is left is refused.
+  auto l = berth::ipc::ledger::open_or_create({a().cluster()});
+  ASSERT_TRUE(l);
+  std::optional<std::uint32_t> slot;
+  for (std::uint32_t s = 0; s < l->high_water(); ++s) {
+    if (auto row = l->read(s); row && row->published.id() == inst["ec2InstanceId"]) slot = s;
+  }
+  ASSERT_TRUE(slot);
+  ASSERT_TRUE(l->release(*slot, 0, 48));
+  a().register_td("big", container("big", {"sleep", "300"}, static_cast<int>(registered_mib - 20)));
+  auto big = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "big"});
+  ASSERT_EQ(big.status, 0) << big.err;
+  EXPECT_TRUE(big.body["tasks"].empty()) << big.out;
+  ASSERT_EQ(big.body["failures"].size(), 1u) << big.out;
+  EXPECT_EQ(big.body["failures"][0]["reason"], "RESOURCE:MEMORY");
+  EXPECT_EQ(a().aws({"list-tasks", "--cluster", a().cluster()}).body["taskArns"],
+            json::array({task}));
+  a().stop(SIGTERM);
+  {
+    auto st = berth::agent::open_sqlite_store((a().dir() / "state").string());
+    ASSERT_TRUE(st) << st.error().message;
+    auto state = (*st)->state();
+    const std::string id = ci.substr(ci.rfind('/') + 1);
+    auto cap = state->get("/berth/capacity/" + a().cluster() + "/" + id);
+    auto rec = state->get("/berth/task/" + a().cluster() + "/" + task.substr(task.rfind('/') + 1));
+    ASSERT_TRUE(cap && cap->kvs.size() == 1);
+    ASSERT_TRUE(rec && rec->kvs.size() == 1);
+    EXPECT_EQ(json::parse(cap->kvs[0].value)["memory"], registered_mib - 48);
+    EXPECT_EQ(cap->kvs[0].mod_revision, rec->kvs[0].create_revision);
+  }
+  // Stopped, the task gives its claim back.
+  ASSERT_TRUE(a().start()) << a().log();
+  ASSERT_EQ(a().aws({"stop-task", "--cluster", a().cluster(), "--task", task}).status, 0);
+  ASSERT_TRUE(a().wait_status(task, "STOPPED", 20s));
+  a().stop(SIGTERM);
+  auto st = berth::agent::open_sqlite_store((a().dir() / "state").string());
+  ASSERT_TRUE(st) << st.error().message;
+  auto cap = (*st)->get("capacity", a().cluster() + "/" + ci.substr(ci.rfind('/') + 1));
+  ASSERT_TRUE(cap && *cap);
+  EXPECT_EQ(json::parse(**cap)["memory"], registered_mib);
 }
 
 TEST_F(AgentTest, ListTasksPaginatesAndStartTaskTargetsAnInstance) {
@@ -1032,6 +1095,31 @@ TEST_F(AgentTest, LaunchTypesBerthDoesNotRunAreRefused) {
       {"run-task", "--cluster", cluster, "--task-definition", "web", "--launch-type", "EC2"});
   ASSERT_EQ(ec2.status, 0) << ec2.err;
   EXPECT_EQ(ec2.body["tasks"][0]["launchType"], "EC2");
+}
+
+// ListServices' filters: launch type and scheduling strategy, compared with the service's (EC2,
+// REPLICA); a value ECS does not have is refused, naming the valid ones.
+TEST_F(AgentTest, ListServicesFiltersByLaunchTypeAndSchedulingStrategy) {
+  a().register_td("idle", container("idle", {"sleep", "300"}));
+  auto made = a().aws({"create-service", "--cluster", a().cluster(), "--service-name", "quiet",
+                       "--task-definition", "idle", "--desired-count", "0"});
+  ASSERT_EQ(made.status, 0) << made.err;
+  const std::string arn = made.body["service"]["serviceArn"];
+  auto list = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"list-services", "--cluster", a().cluster()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return a().aws(args);
+  };
+  EXPECT_EQ(list({"--launch-type", "EC2"}).body["serviceArns"], json::array({arn}));
+  EXPECT_EQ(list({"--scheduling-strategy", "REPLICA"}).body["serviceArns"], json::array({arn}));
+  EXPECT_TRUE(list({"--launch-type", "FARGATE"}).body["serviceArns"].empty());
+  EXPECT_TRUE(list({"--scheduling-strategy", "DAEMON"}).body["serviceArns"].empty());
+  const auto bad =
+      a().raw("ListServices", R"({"cluster": ")" + a().cluster() + R"(", "launchType": "ECS"})");
+  EXPECT_EQ(bad.first, 400) << bad.second.dump();
+  EXPECT_EQ(bad.second.value("__type", ""), "InvalidParameterException");
+  EXPECT_NE(bad.second.value("message", "").find("EC2, FARGATE, EXTERNAL"), std::string::npos)
+      << bad.second.dump();
 }
 
 // The allocation comes once the task is RUNNING (its start has returned): an OOM kill within the

@@ -16,6 +16,7 @@
 #include "http_reader.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
+#include "task_views.hpp"
 
 namespace {
 
@@ -396,6 +397,29 @@ TEST(HttpReaderTest, ReadsPipelinedRequestsAndRefusesLargeBodies) {
   ASSERT_FALSE(junk);
   EXPECT_FALSE(junk.error().body_too_large);
   EXPECT_FALSE(junk.error().message.empty());
+}
+
+// The ECS agent's introspection statuses: PENDING before RUNNING, RUNNING until STOPPED (a task
+// whose containers are stopping is still RUNNING to it), and no desired status that goes back.
+TEST(IntrospectionTest, KnownStatusIsTheEcsAgentsView) {
+  using nlohmann::json;
+  json t = {{"taskArn", "arn:aws:ecs:us-east-1:000000000000:task/c/0123456789abcdef"},
+            {"lastStatus", "PROVISIONING"},
+            {"desiredStatus", "RUNNING"},
+            {"containers", json::array()},
+            {"_berth", {{"taskDefinition", {{"family", "web"}, {"revision", 3}}}}}};
+  auto known = [&](const char* last, const char* desired) {
+    t["lastStatus"] = last;
+    t["desiredStatus"] = desired;
+    const json i = berth::agent::observe::introspect(t);
+    return i["KnownStatus"].get<std::string>() + "/" + i.value("DesiredStatus", "-");
+  };
+  EXPECT_EQ(known("PROVISIONING", "RUNNING"), "PENDING/RUNNING");
+  EXPECT_EQ(known("PENDING", "RUNNING"), "PENDING/RUNNING");
+  EXPECT_EQ(known("RUNNING", "RUNNING"), "RUNNING/RUNNING");
+  EXPECT_EQ(known("RUNNING", "STOPPED"), "RUNNING/STOPPED");
+  EXPECT_EQ(known("DEPROVISIONING", "STOPPED"), "RUNNING/STOPPED");
+  EXPECT_EQ(known("STOPPED", "STOPPED"), "STOPPED/STOPPED");
 }
 
 }  // namespace

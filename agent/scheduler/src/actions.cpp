@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <regex>
 
@@ -496,12 +497,36 @@ class actions_impl final : public actions {
   outcome list_services(const json& req) {
     auto cluster = cluster_of(req);
     if (!cluster) return tl::unexpected(cluster.error());
+    // The filters ECS has: a launch type, a scheduling strategy (each compared with what the
+    // service says; Berth's are EC2 and REPLICA).
+    std::map<std::string, std::string> filters;
+    for (const auto& [name, allowed] : {std::pair<const char*, std::vector<std::string>>{
+                                            "launchType", {"EC2", "FARGATE", "EXTERNAL"}},
+                                        {"schedulingStrategy", {"REPLICA", "DAEMON"}}}) {
+      const auto it = req.find(name);
+      if (it == req.end() || it->is_null()) continue;
+      if (!it->is_string()) {
+        return tl::unexpected(api_error{"SerializationException",
+                                        std::string("Expected '") + name + "' to be a string"});
+      }
+      if (std::find(allowed.begin(), allowed.end(), it->get<std::string>()) == allowed.end()) {
+        std::string valid;
+        for (const auto& v : allowed) valid += (valid.empty() ? "" : ", ") + v;
+        return tl::unexpected(invalid(std::string("Invalid ") + name + " '" +
+                                      it->get<std::string>() + "'. Valid values: " + valid + "."));
+      }
+      filters[name] = *it;
+    }
     auto all = recs_.all(*cluster + "/");
     if (!all)
       return tl::unexpected(api_error{"ServerException", "The store could not list services", 500});
     std::vector<std::string> arns;
     for (const auto& s : *all) {
-      if (s.value("status", "") != "INACTIVE") arns.push_back(s["serviceArn"]);
+      if (s.value("status", "") == "INACTIVE") continue;
+      const bool kept = std::all_of(filters.begin(), filters.end(), [&](const auto& f) {
+        return s.value(f.first, f.first == "launchType" ? "EC2" : "REPLICA") == f.second;
+      });
+      if (kept) arns.push_back(s["serviceArn"]);
     }
     std::int64_t max = 10;
     if (req.contains("maxResults") && !req["maxResults"].is_null()) {

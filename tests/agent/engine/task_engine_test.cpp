@@ -1,5 +1,6 @@
-// The task engine follows the task table: what a record says is run (once), and a record's
-// desiredStatus STOPPED stops it. Against the real dockerd and the real SQLite store; no berthd.
+// The task engine follows state: what a record says is run (once), and a record's desiredStatus
+// STOPPED stops it, whoever wrote it to the store. Against the real dockerd and the real SQLite
+// store; no berthd.
 #include "berth/engine/task_engine.hpp"
 
 #include <gtest/gtest.h>
@@ -52,10 +53,8 @@ class TaskEngineTest : public ::testing::Test {
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     table_ = std::make_unique<state::task_table>(*store_);
-    auto all = store_->list("task", cfg_.cluster + "/");
-    ASSERT_TRUE(all);
-    std::lock_guard lock(table_->mutex());
-    for (const auto& [k, v] : *all) table_->load(json::parse(v));
+    auto all = table_->open(cfg_.cluster);
+    ASSERT_TRUE(all) << all.error().message;
   }
 
   void start_engine() {
@@ -106,6 +105,12 @@ class TaskEngineTest : public ::testing::Test {
                 {"containerDefinitions", {def}}}},
               {"docker", json::object()},
               {"events", json::array()}}}};
+  }
+
+  // A write to the store alone, as another agent sharing it makes: not through the table.
+  void write_to_state(const json& t) {
+    const auto r = store_->state()->put(document_key("task", state::task_key(t)), t.dump());
+    ASSERT_TRUE(r) << r.error().detail;
   }
 
   std::string status_of(const std::string& arn) const {
@@ -190,6 +195,38 @@ TEST_F(TaskEngineTest, DesiredStoppedWrittenToStateStopsTheTask) {
   auto stored = store_->get("task", state::task_key(x));
   ASSERT_TRUE(stored && *stored);
   EXPECT_EQ(json::parse(**stored)["lastStatus"], "STOPPED");
+}
+
+TEST_F(TaskEngineTest, RecordsWrittenToTheStoreByAnotherWriterAreRunAndStopped) {
+  start_engine();
+  // "Run X" appears in the store after the engine started, written by someone else.
+  const json x = record(random_hex(32), {"sleep", "300"});
+  const std::string arn = x["taskArn"];
+  write_to_state(x);
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "RUNNING"; }, 60s))
+      << "task is " << status_of(arn);
+  ASSERT_EQ(containers_of(arn).size(), 1u);
+
+  // The other writer says STOPPED, on the record as the store has it now.
+  auto now = store_->state()->get(document_key("task", state::task_key(x)));
+  ASSERT_TRUE(now && now->kvs.size() == 1);
+  json t = json::parse(now->kvs[0].value);
+  ASSERT_EQ(t["lastStatus"], "RUNNING");
+  t["desiredStatus"] = "STOPPED";
+  t["stopCode"] = "UserInitiated";
+  t["stoppedReason"] = "stopped by another agent";
+  write_to_state(t);
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 30s))
+      << "task is " << status_of(arn);
+  EXPECT_EQ((*table_->get(arn))["stoppedReason"], "stopped by another agent");
+  const auto left = containers_of(arn);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_NE(left[0].state, "running");
+  auto stored = store_->get("task", state::task_key(x));
+  ASSERT_TRUE(stored && *stored);
+  const json final_record = json::parse(**stored);
+  EXPECT_EQ(final_record["lastStatus"], "STOPPED");
+  EXPECT_EQ(final_record["stoppedReason"], "stopped by another agent");
 }
 
 }  // namespace

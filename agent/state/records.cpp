@@ -1,0 +1,202 @@
+// The cluster's records as C++ values: see records.hpp. Reading goes through the ECS model's
+// strict decoder (berth::ecs::decode), which checks every member's JSON type and names its
+// path; what is left here is what the records require beyond ECS's optional members.
+#include "records.hpp"
+
+#include <utility>
+
+namespace berth::state {
+
+namespace {
+
+// `who` names the record: "cluster record", or "cluster record 'prod'" when read from the store.
+error damaged(const std::string& who, const std::string& what) {
+  return {errc::damaged, who + ": " + what};
+}
+
+error missing(const std::string& who, const std::string& path) {
+  return damaged(who, "'" + path + "' is required");
+}
+
+// The model's decoder, its error (which names the member's path) as the record's.
+template <class T>
+result<T> decode(const json& j, const std::string& who) {
+  auto d = ecs::decode<T>(j);
+  if (!d) return tl::unexpected(damaged(who, d.error().message));
+  return std::move(*d);
+}
+
+// `at` is the tag's path in the record ("tags[2]"), empty for a tag on its own.
+result<tag> tag_of(const ecs::tag& t, const std::string& who, const std::string& at) {
+  if (!t.key) return tl::unexpected(missing(who, at.empty() ? "key" : at + ".key"));
+  return tag{*t.key, t.value};
+}
+
+result<std::vector<tag>> tags_of(const std::optional<std::vector<ecs::tag>>& list,
+                                 const std::string& who, const std::string& path) {
+  std::vector<tag> out;
+  if (!list) return out;
+  out.reserve(list->size());
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    auto t = tag_of((*list)[i], who, path + "[" + std::to_string(i) + "]");
+    if (!t) return tl::unexpected(t.error());
+    out.push_back(std::move(*t));
+  }
+  return out;
+}
+
+result<cluster> read_cluster(const json& j, const std::string& who) {
+  auto m = decode<ecs::cluster>(j, who);
+  if (!m) return tl::unexpected(m.error());
+  if (!m->cluster_arn) return tl::unexpected(missing(who, "clusterArn"));
+  if (!m->cluster_name) return tl::unexpected(missing(who, "clusterName"));
+  if (!m->status) return tl::unexpected(missing(who, "status"));
+  auto tags = tags_of(m->tags, who, "tags");
+  if (!tags) return tl::unexpected(tags.error());
+  return cluster{std::move(*m->cluster_arn), std::move(*m->cluster_name), std::move(*m->status),
+                 std::move(*tags), m->settings.value_or(std::vector<ecs::cluster_setting>{})};
+}
+
+result<container_instance> read_instance(const json& j, const std::string& who) {
+  auto m = decode<ecs::container_instance>(j, who);
+  if (!m) return tl::unexpected(m.error());
+  if (!m->container_instance_arn) return tl::unexpected(missing(who, "containerInstanceArn"));
+  if (!m->ec2_instance_id) return tl::unexpected(missing(who, "ec2InstanceId"));
+  if (!m->status) return tl::unexpected(missing(who, "status"));
+  auto tags = tags_of(m->tags, who, "tags");
+  if (!tags) return tl::unexpected(tags.error());
+  container_instance ci;
+  ci.container_instance_arn = std::move(*m->container_instance_arn);
+  ci.ec2_instance_id = std::move(*m->ec2_instance_id);
+  ci.status = std::move(*m->status);
+  ci.version = m->version.value_or(0);
+  ci.version_info = m->version_info.value_or(ecs::version_info{});
+  ci.agent_connected = m->agent_connected.value_or(false);
+  ci.registered_at = m->registered_at.value_or(0.0);
+  // The model requires an attribute's name: what is left of one is its value.
+  for (auto& a : m->attributes.value_or(std::vector<ecs::attribute>{})) {
+    ci.attributes.push_back({std::move(a.name), std::move(a.value)});
+  }
+  ci.tags = std::move(*tags);
+  return ci;
+}
+
+template <class T, class Read>
+result<T> parse_with(std::string_view text, const std::string& who, Read read) {
+  const json j = json::parse(text, nullptr, false);
+  if (j.is_discarded()) return tl::unexpected(damaged(who, "not JSON"));
+  return read(j, who);
+}
+
+std::vector<ecs::tag> model_tags(const std::vector<tag>& tags) {
+  std::vector<ecs::tag> out;
+  out.reserve(tags.size());
+  for (const tag& t : tags) out.push_back({t.key, t.value});
+  return out;
+}
+
+ecs::cluster model_of(const cluster& c) {
+  ecs::cluster m;
+  m.cluster_arn = c.cluster_arn;
+  m.cluster_name = c.cluster_name;
+  m.status = c.status;
+  m.tags = model_tags(c.tags);
+  m.settings = c.settings;
+  return m;
+}
+
+ecs::container_instance model_of(const container_instance& ci) {
+  ecs::container_instance m;
+  m.container_instance_arn = ci.container_instance_arn;
+  m.ec2_instance_id = ci.ec2_instance_id;
+  m.status = ci.status;
+  m.version = ci.version;
+  m.version_info = ci.version_info;
+  m.agent_connected = ci.agent_connected;
+  m.registered_at = ci.registered_at;
+  m.attributes.emplace();
+  for (const attribute& a : ci.attributes) m.attributes->push_back({a.name, a.value, {}, {}});
+  m.tags = model_tags(ci.tags);
+  return m;
+}
+
+}  // namespace
+
+json to_json(const tag& t) { return ecs::to_json(ecs::tag{t.key, t.value}); }
+
+json to_json(const attribute& a) { return ecs::to_json(ecs::attribute{a.name, a.value, {}, {}}); }
+
+json to_json(const std::vector<tag>& tags) {
+  json out = json::array();
+  for (const tag& t : tags) out.push_back(to_json(t));
+  return out;
+}
+
+// No bookkeeping yet: the store's form and the response's are the same ECS members.
+json to_json(const cluster& c) { return ecs::to_json(model_of(c)); }
+json to_json(const container_instance& ci) { return ecs::to_json(model_of(ci)); }
+json response(const cluster& c) { return ecs::to_json(model_of(c)); }
+json response(const container_instance& ci) { return ecs::to_json(model_of(ci)); }
+
+json response(const attribute& a, const std::string& target_arn) {
+  return ecs::to_json(ecs::attribute{a.name, a.value, "container-instance", target_arn});
+}
+
+template <>
+result<tag> from_json<tag>(const json& j) {
+  auto m = decode<ecs::tag>(j, "tag");
+  if (!m) return tl::unexpected(m.error());
+  return tag_of(*m, "tag", "");
+}
+
+template <>
+result<std::vector<tag>> from_json<std::vector<tag>>(const json& j) {
+  if (!j.is_array()) {
+    return tl::unexpected(
+        damaged("tags", std::string("Expected a list, got ") + ecs::json_type_name(j)));
+  }
+  std::optional<std::vector<ecs::tag>> list(std::in_place);
+  for (std::size_t i = 0; i < j.size(); ++i) {
+    auto m = ecs::decode<ecs::tag>(j[i]);
+    if (!m) {
+      // Appended, not concatenated from a literal: GCC 12's -Wrestrict misfires on the latter.
+      std::string what = "item ";
+      what += std::to_string(i);
+      what += ": ";
+      what += m.error().message;
+      return tl::unexpected(damaged("tags", what));
+    }
+    list->push_back(std::move(*m));
+  }
+  return tags_of(list, "tags", "");
+}
+
+template <>
+result<attribute> from_json<attribute>(const json& j) {
+  auto m = decode<ecs::attribute>(j, "attribute");
+  if (!m) return tl::unexpected(m.error());
+  return attribute{std::move(m->name), std::move(m->value)};
+}
+
+template <>
+result<cluster> from_json<cluster>(const json& j) {
+  return read_cluster(j, "cluster record");
+}
+
+template <>
+result<container_instance> from_json<container_instance>(const json& j) {
+  return read_instance(j, "container instance record");
+}
+
+template <>
+result<cluster> parse<cluster>(std::string_view text, std::string_view key) {
+  return parse_with<cluster>(text, "cluster record '" + std::string(key) + "'", read_cluster);
+}
+
+template <>
+result<container_instance> parse<container_instance>(std::string_view text, std::string_view key) {
+  return parse_with<container_instance>(
+      text, "container instance record '" + std::string(key) + "'", read_instance);
+}
+
+}  // namespace berth::state
