@@ -3,8 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "berth/engine/task_engine.hpp"
 #include "berth/agent/util.hpp"
+#include "berth/engine/task_engine.hpp"
 
 namespace berth::agent::engine {
 
