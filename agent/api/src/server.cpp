@@ -12,6 +12,7 @@
 #include "berth/api/server.hpp"
 
 #include <poll.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -140,6 +141,17 @@ struct peer_info {
   http_request base;  // what every request on the connection carries
 };
 
+std::string user_name(int uid) {
+  char buf[4096];
+  passwd pw{};
+  passwd* found = nullptr;
+  if (uid >= 0 && ::getpwuid_r(static_cast<uid_t>(uid), &pw, buf, sizeof buf, &found) == 0 &&
+      found != nullptr) {
+    return found->pw_name;
+  }
+  return {};
+}
+
 template <class Socket>
 peer_info identify_unix(Socket& sock, const server_options& o) {
   peer_info p;
@@ -165,6 +177,7 @@ peer_info identify_unix(Socket& sock, const server_options& o) {
       p.base.groups.push_back(static_cast<int>(groups[i]));
     }
   }
+  p.base.user = user_name(p.base.uid);
   p.key = "uid:" + std::to_string(p.base.uid);
   p.privileged =
       o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
