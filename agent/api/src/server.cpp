@@ -1,7 +1,8 @@
 // The server is one io_context run by a fixed pool of threads, for both listeners. Each
-// connection is a chain of asynchronous steps on its own strand: wait for a request's first byte
+// connection is a chain of steps on its own strand: wait for a request's first byte
 // (idle_timeout), read it whole (request_deadline), call the handler, write the response
-// (send_timeout), and again while the peer keeps the connection alive. One steady_timer per
+// (send_timeout), and again while the peer keeps the connection alive. A step that can go on at
+// once does, on the same thread; only waiting goes through the reactor. One steady_timer per
 // connection enforces whichever limit its current step has.
 //
 // Handlers are synchronous and may block, so they run on pool threads through a gate that lets at
@@ -92,29 +93,31 @@ class handler_gate {
  public:
   explicit handler_gate(unsigned limit) : limit_(limit) {}
 
-  // Runs job on this thread now when a slot is free, else queues it to run on `ex`.
+  // Takes a slot when one is free: the caller runs its handler now, then calls leave().
+  bool try_enter() {
+    std::lock_guard lock(mu_);
+    if (running_ >= limit_) return false;
+    ++running_;
+    return true;
+  }
+
+  // Runs job on `ex` once a slot is free (at once when one freed since try_enter()); the slot is
+  // the job's, which calls leave().
   template <class Executor>
-  void run(const Executor& ex, std::function<void()> job) {
+  void queue(const Executor& ex, std::function<void()> job) {
     {
       std::lock_guard lock(mu_);
       if (running_ >= limit_) {
-        waiting_.push_back([this, ex, job = std::move(job)] {
-          asio::post(ex, [this, job] {
-            job();
-            done();
-          });
-        });
+        waiting_.push_back([ex, job = std::move(job)] { asio::post(ex, job); });
         return;
       }
       ++running_;
     }
-    job();
-    done();
+    asio::post(ex, std::move(job));
   }
 
- private:
-  // A finished job hands its slot to the next waiting one, if any.
-  void done() {
+  // Gives the slot back, or to the next waiting job.
+  void leave() {
     std::function<void()> next;
     {
       std::lock_guard lock(mu_);
@@ -128,6 +131,7 @@ class handler_gate {
     next();
   }
 
+ private:
   std::mutex mu_;
   const unsigned limit_;
   unsigned running_ = 0;
@@ -513,10 +517,22 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     // ready, so most requests and responses cost one system call each.
     beast::error_code ignored;
     sock_.non_blocking(true, ignored);
-    asio::post(sock_.get_executor(), [self = this->shared_from_this()] { self->next_request(); });
+    asio::post(sock_.get_executor(), [self = this->shared_from_this()] {
+      self->next_request();
+      self->serve();
+    });
   }
 
  private:
+  // Request after request on this thread for as long as each is ready: a kept-alive connection
+  // costs no post, no other thread woken and no recursion per request. Returns once the
+  // connection waits (for bytes, a handler slot or the peer taking a response: what it waits on
+  // calls serve() again) or has ended.
+  void serve() {
+    while (read_request() && answer()) {
+    }
+  }
+
   // A new request: the peer may idle for idle_timeout before its first byte, unless a pipelined
   // one is buffered already.
   void next_request() {
@@ -524,70 +540,104 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     limit_request_parser(*parser_, s_.opts_.max_body_bytes);
     parser_->eager(true);  // the body in the same pass as the header, as http::read
     in_request_ = buffer_.size() > 0;
-    if (in_request_) {
-      set_deadline(steady::now() + s_.opts_.request_deadline);
-      return parse();
-    }
-    set_deadline(steady::now() + s_.opts_.idle_timeout);
-    read_more();
+    set_deadline(steady::now() + (in_request_ ? s_.opts_.request_deadline : s_.opts_.idle_timeout));
   }
 
-  void read_more() {
-    sock_.async_read_some(buffer_.prepare(read_size),
-                          [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
-                            if (self->cut_) return self->finish();
-                            if (ec == asio::error::eof) return self->at_eof();
-                            if (ec) return self->finish();
-                            // From the first byte on, the whole request must be in within
-                            // request_deadline.
-                            if (!self->in_request_) {
-                              self->in_request_ = true;
-                              self->set_deadline(steady::now() + self->s_.opts_.request_deadline);
-                            }
-                            self->buffer_.commit(n);
-                            self->parse();
-                          });
-  }
-
-  // Feeds the buffered bytes to the parser: on to the handler, an error, or a read for more.
-  void parse() {
+  // Feeds the buffered bytes to the parser, reading more as it needs them. True once a whole
+  // request is parsed; false when the connection waits for bytes, has answered an error, or ended.
+  bool read_request() {
     for (;;) {
-      beast::error_code ec;
-      const std::size_t used = parser_->put(buffer_.data(), ec);
-      buffer_.consume(used);
-      if (ec == http::error::need_more) return read_more();
-      if (ec == http::error::body_limit) {
-        return respond(too_large(s_.opts_.max_body_bytes), false, 11);
+      if (buffer_.size() > 0) {
+        beast::error_code ec;
+        const std::size_t used = parser_->put(buffer_.data(), ec);
+        buffer_.consume(used);
+        if (ec == http::error::body_limit) return reject(too_large(s_.opts_.max_body_bytes));
+        if (ec && ec != http::error::need_more) return reject(malformed(ec.message()));
+        if (parser_->is_done()) return true;
+        if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
-      if (ec) return respond(malformed(ec.message()), false, 11);
-      if (parser_->is_done()) return dispatch();
-      if (used == 0 || buffer_.size() == 0) return read_more();
+      if (!read_now()) return false;
     }
+  }
+
+  // Reads what the socket holds. When it holds nothing yet the reactor reads, and serve() goes
+  // on from there; a read that asio completed at once would instead be posted to another
+  // thread, woken for it.
+  bool read_now() {
+    beast::error_code ec;
+    const std::size_t n = sock_.read_some(buffer_.prepare(read_size), ec);
+    if (ec != asio::error::would_block && ec != asio::error::try_again) return took(ec, n);
+    sock_.async_read_some(buffer_.prepare(read_size),
+                          [self = this->shared_from_this()](beast::error_code e, std::size_t got) {
+                            if (self->cut_) return self->finish();
+                            if (self->took(e, got)) self->serve();
+                          });
+    return false;
+  }
+
+  // True when the read brought bytes; false when the connection ended or answered the peer.
+  bool took(beast::error_code ec, std::size_t n) {
+    if (ec == asio::error::eof) return at_eof();
+    if (ec) {
+      finish();
+      return false;
+    }
+    // From the first byte on, the whole request must be in within request_deadline.
+    if (!in_request_) {
+      in_request_ = true;
+      set_deadline(steady::now() + s_.opts_.request_deadline);
+    }
+    buffer_.commit(n);
+    return true;
   }
 
   // The peer closed its side: between requests it is done; within one, what came is malformed.
-  void at_eof() {
-    if (!parser_->got_some()) return finish();
+  bool at_eof() {
+    if (!parser_->got_some()) {
+      finish();
+      return false;
+    }
     beast::error_code ec;
     parser_->put_eof(ec);
-    respond(malformed(ec ? ec.message() : "partial message"), false, 11);
+    return reject(malformed(ec ? ec.message() : "partial message"));
   }
 
-  void dispatch() {
+  // An error answer, after which the connection closes.
+  bool reject(http_response out) {
+    send(std::move(out), false, 11);
+    return false;
+  }
+
+  // Calls the handler here when a slot is free, else queues the request for one. True once the
+  // response is written and the next request may follow.
+  bool answer() {
     set_deadline(steady::time_point::max());  // the handler's time is not the peer's
     const auto& req = parser_->get();
     const bool keep_alive = req.keep_alive();
     const unsigned version = req.version();
     http_request r = to_http_request(req, peer_.base);
     parser_.reset();
-    s_.gate_.run(sock_.get_executor(),
-                 [self = this->shared_from_this(), r = std::move(r), keep_alive, version] {
-                   self->respond(self->s_.call(r), keep_alive, version);
-                 });
+    if (!s_.gate_.try_enter()) {
+      s_.gate_.queue(sock_.get_executor(),
+                     [self = this->shared_from_this(), r = std::move(r), keep_alive, version] {
+                       http_response out = self->s_.call(r);
+                       self->s_.gate_.leave();
+                       if (self->send(std::move(out), keep_alive, version)) self->serve();
+                     });
+      return false;
+    }
+    http_response out = s_.call(r);
+    s_.gate_.leave();
+    return send(std::move(out), keep_alive, version);
   }
 
-  void respond(http_response out, bool keep_alive, unsigned version) {
-    if (out.stream) return stream(std::move(out), version);
+  // Writes what the socket takes now; the rest waits in the reactor. True once the whole
+  // response is written and the connection is kept alive.
+  bool send(http_response out, bool keep_alive, unsigned version) {
+    if (out.stream) {
+      stream(std::move(out), version);
+      return false;
+    }
     auto& res = res_.emplace(static_cast<http::status>(out.status), version);
     res.set(http::field::server, "berthd");
     res.set(http::field::content_type, out.content_type);
@@ -602,16 +652,22 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     if (ec != asio::error::would_block && ec != asio::error::try_again) return written(ec);
     // A peer that stops reading is cut off after send_timeout.
     set_deadline(steady::now() + s_.opts_.send_timeout);
-    http::async_write(
-        sock_, sr,
-        [self = this->shared_from_this()](beast::error_code e, std::size_t) { self->written(e); });
+    http::async_write(sock_, sr,
+                      [self = this->shared_from_this()](beast::error_code e, std::size_t) {
+                        if (self->written(e)) self->serve();
+                      });
+    return false;
   }
 
-  void written(beast::error_code ec) {
+  bool written(beast::error_code ec) {
     sr_.reset();
     res_.reset();
-    if (ec || cut_ || !keep_alive_) return finish();
+    if (ec || cut_ || !keep_alive_) {
+      finish();
+      return false;
+    }
     next_request();
+    return true;
   }
 
   // A chunked response whose body the handler writes as it goes, on a thread of its own that
