@@ -44,6 +44,9 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using local = asio::local::stream_protocol;
 using tcp = asio::ip::tcp;
+// A connection's socket, whichever listener accepted it: one connection type, compiled once.
+using stream_socket = asio::basic_stream_socket<asio::generic::stream_protocol,
+                                                asio::strand<asio::io_context::executor_type>>;
 using steady = std::chrono::steady_clock;
 
 http_response too_large(std::uint64_t limit) {
@@ -354,7 +357,6 @@ class server final : public http_server {
   using unix_listener = listener<local::acceptor>;
   using tcp_listener = listener<tcp::acceptor>;
 
-  template <class Socket>
   class connection;
 
   void run() {
@@ -391,8 +393,7 @@ class server final : public http_server {
   template <class Listener>
   void accept(Listener& l) {
     if (stopped()) return;
-    // Each connection gets a strand of its own: its socket and timer are touched only there.
-    l.acceptor.async_accept(asio::make_strand(io_), [this, &l](beast::error_code ec, auto sock) {
+    l.acceptor.async_accept([this, &l](beast::error_code ec, auto sock) {
       if (ec) {
         if (stopped()) return;
         // Out of descriptors, say: tried again shortly instead of spinning.
@@ -416,7 +417,17 @@ class server final : public http_server {
     } else {
       peer = identify_tcp(sock);
     }
-    const int fd = sock.native_handle();
+    // Once the peer is known, the listener's protocol no longer matters. Each connection gets a
+    // strand of its own: its socket and timer are touched only there.
+    beast::error_code ec;
+    const asio::generic::stream_protocol protocol(sock.local_endpoint(ec).protocol());
+    const int fd = ec ? -1 : sock.release(ec);
+    if (fd < 0) return;  // still sock's, which closes it
+    stream_socket conn_sock(asio::make_strand(io_));
+    if (conn_sock.assign(protocol, fd, ec); ec) {
+      ::close(fd);
+      return;
+    }
     std::string refused;
     {
       std::lock_guard lock(mu_);
@@ -438,11 +449,10 @@ class server final : public http_server {
     }
     if (!refused.empty()) {
       refuse(fd, refused);
-      beast::error_code ignored;
-      sock.close(ignored);
+      conn_sock.close(ec);
       return;
     }
-    auto c = std::make_shared<connection<Socket>>(*this, std::move(sock), std::move(peer), l.live);
+    auto c = std::make_shared<connection>(*this, std::move(conn_sock), std::move(peer), l.live);
     c->start();
   }
 
@@ -501,10 +511,9 @@ class server final : public http_server {
   bool stopped_ = false;
 };
 
-template <class Socket>
-class server::connection : public std::enable_shared_from_this<connection<Socket>> {
+class server::connection : public std::enable_shared_from_this<connection> {
  public:
-  connection(server& s, Socket sock, peer_info peer, int& pool)
+  connection(server& s, stream_socket sock, peer_info peer, int& pool)
       : s_(s),
         sock_(std::move(sock)),
         timer_(sock_.get_executor()),
@@ -517,7 +526,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     // ready, so most requests and responses cost one system call each.
     beast::error_code ignored;
     sock_.non_blocking(true, ignored);
-    asio::post(sock_.get_executor(), [self = this->shared_from_this()] {
+    asio::post(sock_.get_executor(), [self = shared_from_this()] {
       self->next_request();
       self->serve();
     });
@@ -568,7 +577,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     const std::size_t n = sock_.read_some(buffer_.prepare(read_size), ec);
     if (ec != asio::error::would_block && ec != asio::error::try_again) return took(ec, n);
     sock_.async_read_some(buffer_.prepare(read_size),
-                          [self = this->shared_from_this()](beast::error_code e, std::size_t got) {
+                          [self = shared_from_this()](beast::error_code e, std::size_t got) {
                             if (self->cut_) return self->finish();
                             if (self->took(e, got)) self->serve();
                           });
@@ -619,7 +628,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     parser_.reset();
     if (!s_.gate_.try_enter()) {
       s_.gate_.queue(sock_.get_executor(),
-                     [self = this->shared_from_this(), r = std::move(r), keep_alive, version] {
+                     [self = shared_from_this(), r = std::move(r), keep_alive, version] {
                        http_response out = self->s_.call(r);
                        self->s_.gate_.leave();
                        if (self->send(std::move(out), keep_alive, version)) self->serve();
@@ -652,10 +661,9 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     if (ec != asio::error::would_block && ec != asio::error::try_again) return written(ec);
     // A peer that stops reading is cut off after send_timeout.
     set_deadline(steady::now() + s_.opts_.send_timeout);
-    http::async_write(sock_, sr,
-                      [self = this->shared_from_this()](beast::error_code e, std::size_t) {
-                        if (self->written(e)) self->serve();
-                      });
+    http::async_write(sock_, sr, [self = shared_from_this()](beast::error_code e, std::size_t) {
+      if (self->written(e)) self->serve();
+    });
     return false;
   }
 
@@ -710,7 +718,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     if (at >= armed_) return;
     armed_ = at;
     timer_.expires_at(at);
-    timer_.async_wait([self = this->shared_from_this(), step = ++step_](beast::error_code ec) {
+    timer_.async_wait([self = shared_from_this(), step = ++step_](beast::error_code ec) {
       self->on_timer(ec, step);
     });
   }
@@ -743,7 +751,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
   static constexpr std::size_t read_size = 4096;  // most requests whole in one read
 
   server& s_;
-  Socket sock_;
+  stream_socket sock_;
   asio::steady_timer timer_;
   peer_info peer_;
   int& pool_;
