@@ -1,6 +1,5 @@
 // berthd's wiring: store, Docker, the ECS service, the HTTP listeners and systemd.
 #include <grp.h>
-#include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
@@ -84,17 +83,6 @@ std::map<std::string, std::string> query_of(const std::string& q) {
   return out;
 }
 
-std::string user_name(int uid) {
-  char buf[4096];
-  passwd pw{};
-  passwd* found = nullptr;
-  if (uid >= 0 && ::getpwuid_r(static_cast<uid_t>(uid), &pw, buf, sizeof buf, &found) == 0 &&
-      found != nullptr) {
-    return found->pw_name;
-  }
-  return {};
-}
-
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -116,8 +104,40 @@ http_response json_response(int status, const json& body, const std::string& typ
 struct call_record {
   std::string action;  // as sent; empty when the request named none
   json identity = json::object();
-  json request = nullptr;
+  std::string request;  // the request as the audit log shows it (redact_text); empty: none
   bool read_only = false;
+};
+
+// A JSON object written member by member, as json::dump would write it: an audit record costs
+// one string instead of a tree of nodes per call.
+class json_writer {
+ public:
+  void string(std::string_view key, std::string_view value) {
+    name(key);
+    append_json_string(out_, value);
+  }
+  void value(std::string_view key, const json& v) {
+    name(key);
+    append_json(out_, v);
+  }
+  // `text`: a JSON value already written.
+  void raw(std::string_view key, std::string_view text) {
+    name(key);
+    out_ += text;
+  }
+  std::string done() && {
+    out_ += out_.empty() ? "{}" : "}";
+    return std::move(out_);
+  }
+
+ private:
+  void name(std::string_view key) {
+    out_ += out_.empty() ? '{' : ',';
+    append_json_string(out_, key);
+    out_ += ':';
+  }
+
+  std::string out_;
 };
 
 class daemon_impl final : public daemon {
@@ -260,33 +280,38 @@ class daemon_impl final : public daemon {
   void audit(const http_request& r, const call_record& rec, const http_response& out,
              const std::string& id, const std::string& error_type,
              const std::string& error_message) {
-    json record = {
-        {"eventVersion", "1.08"},
-        {"userIdentity", rec.identity},
-        {"eventTime", utc_now()},
-        {"eventSource", "ecs.amazonaws.com"},
-        {"eventName", rec.action.substr(0, 128)},
-        {"awsRegion", cfg_.region},
-        {"sourceIPAddress", r.tcp ? r.peer : "unix"},
-        {"userAgent", r.headers.contains("user-agent") ? r.headers.at("user-agent").substr(0, 256)
-                                                       : std::string()},
-        {"requestParameters", rec.request.is_null() ? json(nullptr) : redact(rec.request)},
-        {"responseElements", nullptr},
-        {"requestID", id},
-        {"eventID", uuid()},
-        {"readOnly", rec.read_only},
-        {"eventType", "AwsApiCall"},
-        {"managementEvent", true},
-        {"recipientAccountId", cfg_.account_id},
-        {"eventCategory", "Management"}};
+    std::string response = "null";
     if (out.status == 200 && !rec.read_only) {
       const json body = json::parse(out.body, nullptr, false);
-      if (!body.is_discarded()) record["responseElements"] = redact(body, 16 * 1024);
+      if (!body.is_discarded()) response = redact_text(body, 16 * 1024);
     }
+    const auto agent = r.headers.find("user-agent");
+    // Members in json's (alphabetical) order, as when the record was built as a json object.
+    json_writer w;
+    w.string("awsRegion", cfg_.region);
     if (!error_type.empty() || out.status != 200) {
-      record["errorCode"] = error_type.empty() ? std::to_string(out.status) : error_type;
-      record["errorMessage"] = error_message;
+      w.string("errorCode", error_type.empty() ? std::to_string(out.status) : error_type);
+      w.string("errorMessage", error_message);
     }
+    w.string("eventCategory", "Management");
+    w.string("eventID", uuid());
+    w.string("eventName", std::string_view(rec.action).substr(0, 128));
+    w.string("eventSource", "ecs.amazonaws.com");
+    w.string("eventTime", utc_now());
+    w.string("eventType", "AwsApiCall");
+    w.string("eventVersion", "1.08");
+    w.raw("managementEvent", "true");
+    w.raw("readOnly", rec.read_only ? "true" : "false");
+    w.string("recipientAccountId", cfg_.account_id);
+    w.string("requestID", id);
+    w.raw("requestParameters", rec.request.empty() ? "null" : rec.request);
+    w.raw("responseElements", response);
+    w.string("sourceIPAddress", r.tcp ? r.peer : "unix");
+    w.string("userAgent", agent == r.headers.end()
+                              ? std::string_view()
+                              : std::string_view(agent->second).substr(0, 256));
+    w.value("userIdentity", rec.identity);
+    std::string record = std::move(w).done();
     // A refusal (not allowed, or not who it claims) is rate-limited per principal: the refused
     // cannot flood the trail. Every allowed call is written.
     static const std::set<std::string> refusals = {
@@ -297,9 +322,11 @@ class daemon_impl final : public daemon {
       if (rec.identity.contains("principalId") && rec.identity["principalId"].is_string()) {
         principal = rec.identity["principalId"].get<std::string>();
       }
-      audit_.append_refused(principal, record, static_cast<std::int64_t>(std::time(nullptr)));
+      // Rare, and held back as json (a coalesced one gains a member): parsed back.
+      audit_.append_refused(principal, json::parse(record),
+                            static_cast<std::int64_t>(std::time(nullptr)));
     } else {
-      audit_.append(record);
+      audit_.append_line(std::move(record));
     }
   }
 
@@ -450,7 +477,7 @@ class daemon_impl final : public daemon {
                       {"uid", r.uid},
                       {"gid", r.gid},
                       {"accountId", cfg_.account_id}};
-      if (const auto name = user_name(r.uid); !name.empty()) rec.identity["userName"] = name;
+      if (!r.user.empty()) rec.identity["userName"] = r.user;
     }
     if (r.method != "POST") {
       return error_response(
@@ -473,7 +500,8 @@ class daemon_impl final : public daemon {
     if (req.is_discarded()) {
       return error_response({"SerializationException", "The request body is not valid JSON", 400});
     }
-    rec.request = req;
+    // As sent (check_request below drops null members), secrets hidden: the audit log's text.
+    rec.request = redact_text(req);
     // A placement query that reserves nothing is a read.
     if (berth && rec.action == "Place" && req.is_object()) {
       const auto dry = req.find("dryRun");

@@ -151,6 +151,34 @@ TEST(AuditTest, RedactionHidesValuesNotNames) {
   EXPECT_EQ(ag::redact(big, 1000)["berthTruncated"], true);
 }
 
+TEST(AuditTest, TextIsWhatDumpWrites) {
+  const auto dump = [](const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
+  const nlohmann::json doc = {
+      {"plain", "arn:aws:ecs:us-east-1:0:task/c/abc"},
+      {"escaped", "quote \" backslash \\ tab \t nl \n del \x7f"},
+      {"utf8", "caf\xc3\xa9 \xe2\x82\xac"},
+      {"bad utf8 \xff", "cut \xe2\x82"},
+      {"numbers", {0, -7, 18446744073709551615u, 1.5, -0.0, 1e300}},
+      {"nested", {{"empty", nlohmann::json::object()}, {"list", nlohmann::json::array()}}},
+      {"flags", {true, false, nullptr}}};
+  std::string text;
+  ag::append_json(text, doc);
+  EXPECT_EQ(text, dump(doc));
+  std::string quoted;
+  ag::append_json_string(quoted, "bad \xc3");
+  EXPECT_EQ(quoted, dump("bad \xc3"));
+
+  const nlohmann::json req = {
+      {"family", "web"},
+      {"containerDefinitions", {{{"environment", {{{"name", "A"}, {"value", "secret"}}}}}}}};
+  EXPECT_EQ(ag::redact_text(req), dump(ag::redact(req)));
+  EXPECT_EQ(ag::redact_text(doc), dump(doc));
+  const nlohmann::json big = {{"blob", std::string(100'000, 'x')}};
+  EXPECT_EQ(ag::redact_text(big, 1000), dump(ag::redact(big, 1000)));
+}
+
 TEST(AuditTest, AppendsWholeLinesCutsATornOneAndRotates) {
   temp t;
   const fs::path file = t.dir / "audit.log";

@@ -50,6 +50,30 @@ void hide(json& j) {
   }
 }
 
+// Whether hide() would change anything in `j`: mirrors its walk.
+bool hides_something(const json& j) {
+  if (j.is_array()) return std::any_of(j.begin(), j.end(), hides_something);
+  if (!j.is_object()) return false;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.value().is_string() && secret_name(it.key())) return true;
+    if (it.key() == "environment" && it.value().is_array()) {
+      for (const auto& e : it.value()) {
+        if (e.is_object() && e.contains("value")) return true;
+      }
+    } else if (hides_something(it.value())) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// The truncation note redact() gives for a request whose text has `size` bytes.
+json truncated(std::size_t size) {
+  return json{{"berthTruncated", true}, {"originalSizeBytes", size}};
+}
+
 // Writes all of `s`, retrying short writes and EINTR.
 bool write_all(int fd, const std::string& s) {
   std::size_t done = 0;
@@ -67,11 +91,64 @@ bool write_all(int fd, const std::string& s) {
 json redact(const json& request, std::size_t limit) {
   json out = request;
   hide(out);
-  const std::string text = out.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > limit) {
-    return json{{"berthTruncated", true}, {"originalSizeBytes", text.size()}};
-  }
+  const std::string text = dump(out);
+  if (text.size() > limit) return truncated(text.size());
   return out;
+}
+
+std::string redact_text(const json& request, std::size_t limit) {
+  std::string text;
+  if (hides_something(request)) {
+    json out = request;
+    hide(out);
+    append_json(text, out);
+  } else {
+    append_json(text, request);
+  }
+  if (text.size() > limit) return dump(truncated(text.size()));
+  return text;
+}
+
+void append_json(std::string& out, const json& j) {
+  switch (j.type()) {
+    case json::value_t::object: {
+      out += '{';
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (it != j.begin()) out += ',';
+        append_json_string(out, it.key());
+        out += ':';
+        append_json(out, it.value());
+      }
+      out += '}';
+      return;
+    }
+    case json::value_t::array: {
+      out += '[';
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (it != j.begin()) out += ',';
+        append_json(out, *it);
+      }
+      out += ']';
+      return;
+    }
+    case json::value_t::string:
+      append_json_string(out, j.get_ref<const std::string&>());
+      return;
+    default:  // numbers, booleans, null: dump()'s own formatting
+      out += dump(j);
+  }
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  const bool plain = std::all_of(
+      s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
+  if (!plain) {
+    out += dump(json(s));
+    return;
+  }
+  out += '"';
+  out += s;
+  out += '"';
 }
 
 audit_log::~audit_log() {
@@ -141,10 +218,12 @@ void audit_log::rotate() {
   size_ = 0;
 }
 
-void audit_log::append(const json& record) {
+void audit_log::append(const json& record) { append_line(dump(record)); }
+
+void audit_log::append_line(std::string record) {
   std::lock_guard lock(mu_);
   if (!refused_.empty()) flush_locked(static_cast<std::int64_t>(std::time(nullptr)));
-  write_locked(record);
+  write_locked(std::move(record));
 }
 
 void audit_log::append_refused(const std::string& principal, const json& record,
@@ -155,7 +234,7 @@ void audit_log::append_refused(const std::string& principal, const json& record,
   refusals& r = it->second;
   if (fresh || r.second != now_second) {
     r.second = now_second;
-    write_locked(record);
+    write_locked(dump(record));
     return;
   }
   // The same principal refused again within its second: counted, and written as one record
@@ -183,14 +262,13 @@ void audit_log::flush_locked(std::int64_t now_second) {
           {"note",
            "refused calls of this principal past the first in one second, coalesced; "
            "this record is the last of them"}};
-      write_locked(rec);
+      write_locked(dump(rec));
     }
     it = refused_.erase(it);
   }
 }
 
-void audit_log::write_locked(const json& record) {
-  std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
+void audit_log::write_locked(std::string line) {
   line += '\n';
   if (max_bytes_ > 0 && size_ > 0 && size_ + line.size() > max_bytes_) rotate();
   if (fd_ < 0) {  // a failed rotation: tried again with every record

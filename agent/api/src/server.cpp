@@ -1,7 +1,8 @@
 // The server is one io_context run by a fixed pool of threads, for both listeners. Each
-// connection is a chain of asynchronous steps on its own strand: wait for a request's first byte
+// connection is a chain of steps on its own strand: wait for a request's first byte
 // (idle_timeout), read it whole (request_deadline), call the handler, write the response
-// (send_timeout), and again while the peer keeps the connection alive. One steady_timer per
+// (send_timeout), and again while the peer keeps the connection alive. A step that can go on at
+// once does, on the same thread; only waiting goes through the reactor. One steady_timer per
 // connection enforces whichever limit its current step has.
 //
 // Handlers are synchronous and may block, so they run on pool threads through a gate that lets at
@@ -12,6 +13,7 @@
 #include "berth/api/server.hpp"
 
 #include <poll.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -42,6 +44,9 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using local = asio::local::stream_protocol;
 using tcp = asio::ip::tcp;
+// A connection's socket, whichever listener accepted it: one connection type, compiled once.
+using stream_socket = asio::basic_stream_socket<asio::generic::stream_protocol,
+                                                asio::strand<asio::io_context::executor_type>>;
 using steady = std::chrono::steady_clock;
 
 http_response too_large(std::uint64_t limit) {
@@ -91,29 +96,31 @@ class handler_gate {
  public:
   explicit handler_gate(unsigned limit) : limit_(limit) {}
 
-  // Runs job on this thread now when a slot is free, else queues it to run on `ex`.
+  // Takes a slot when one is free: the caller runs its handler now, then calls leave().
+  bool try_enter() {
+    std::lock_guard lock(mu_);
+    if (running_ >= limit_) return false;
+    ++running_;
+    return true;
+  }
+
+  // Runs job on `ex` once a slot is free (at once when one freed since try_enter()); the slot is
+  // the job's, which calls leave().
   template <class Executor>
-  void run(const Executor& ex, std::function<void()> job) {
+  void queue(const Executor& ex, std::function<void()> job) {
     {
       std::lock_guard lock(mu_);
       if (running_ >= limit_) {
-        waiting_.push_back([this, ex, job = std::move(job)] {
-          asio::post(ex, [this, job] {
-            job();
-            done();
-          });
-        });
+        waiting_.push_back([ex, job = std::move(job)] { asio::post(ex, job); });
         return;
       }
       ++running_;
     }
-    job();
-    done();
+    asio::post(ex, std::move(job));
   }
 
- private:
-  // A finished job hands its slot to the next waiting one, if any.
-  void done() {
+  // Gives the slot back, or to the next waiting job.
+  void leave() {
     std::function<void()> next;
     {
       std::lock_guard lock(mu_);
@@ -127,6 +134,7 @@ class handler_gate {
     next();
   }
 
+ private:
   std::mutex mu_;
   const unsigned limit_;
   unsigned running_ = 0;
@@ -139,6 +147,17 @@ struct peer_info {
   bool privileged = false;
   http_request base;  // what every request on the connection carries
 };
+
+std::string user_name(int uid) {
+  char buf[4096];
+  passwd pw{};
+  passwd* found = nullptr;
+  if (uid >= 0 && ::getpwuid_r(static_cast<uid_t>(uid), &pw, buf, sizeof buf, &found) == 0 &&
+      found != nullptr) {
+    return found->pw_name;
+  }
+  return {};
+}
 
 template <class Socket>
 peer_info identify_unix(Socket& sock, const server_options& o) {
@@ -165,6 +184,7 @@ peer_info identify_unix(Socket& sock, const server_options& o) {
       p.base.groups.push_back(static_cast<int>(groups[i]));
     }
   }
+  p.base.user = user_name(p.base.uid);
   p.key = "uid:" + std::to_string(p.base.uid);
   p.privileged =
       o.privileged && p.base.uid >= 0 && o.privileged(p.base.uid, p.base.gid, p.base.groups);
@@ -337,7 +357,6 @@ class server final : public http_server {
   using unix_listener = listener<local::acceptor>;
   using tcp_listener = listener<tcp::acceptor>;
 
-  template <class Socket>
   class connection;
 
   void run() {
@@ -374,8 +393,7 @@ class server final : public http_server {
   template <class Listener>
   void accept(Listener& l) {
     if (stopped()) return;
-    // Each connection gets a strand of its own: its socket and timer are touched only there.
-    l.acceptor.async_accept(asio::make_strand(io_), [this, &l](beast::error_code ec, auto sock) {
+    l.acceptor.async_accept([this, &l](beast::error_code ec, auto sock) {
       if (ec) {
         if (stopped()) return;
         // Out of descriptors, say: tried again shortly instead of spinning.
@@ -399,7 +417,17 @@ class server final : public http_server {
     } else {
       peer = identify_tcp(sock);
     }
-    const int fd = sock.native_handle();
+    // Once the peer is known, the listener's protocol no longer matters. Each connection gets a
+    // strand of its own: its socket and timer are touched only there.
+    beast::error_code ec;
+    const asio::generic::stream_protocol protocol(sock.local_endpoint(ec).protocol());
+    const int fd = ec ? -1 : sock.release(ec);
+    if (fd < 0) return;  // still sock's, which closes it
+    stream_socket conn_sock(asio::make_strand(io_));
+    if (conn_sock.assign(protocol, fd, ec); ec) {
+      ::close(fd);
+      return;
+    }
     std::string refused;
     {
       std::lock_guard lock(mu_);
@@ -421,11 +449,10 @@ class server final : public http_server {
     }
     if (!refused.empty()) {
       refuse(fd, refused);
-      beast::error_code ignored;
-      sock.close(ignored);
+      conn_sock.close(ec);
       return;
     }
-    auto c = std::make_shared<connection<Socket>>(*this, std::move(sock), std::move(peer), l.live);
+    auto c = std::make_shared<connection>(*this, std::move(conn_sock), std::move(peer), l.live);
     c->start();
   }
 
@@ -484,10 +511,9 @@ class server final : public http_server {
   bool stopped_ = false;
 };
 
-template <class Socket>
-class server::connection : public std::enable_shared_from_this<connection<Socket>> {
+class server::connection : public std::enable_shared_from_this<connection> {
  public:
-  connection(server& s, Socket sock, peer_info peer, int& pool)
+  connection(server& s, stream_socket sock, peer_info peer, int& pool)
       : s_(s),
         sock_(std::move(sock)),
         timer_(sock_.get_executor()),
@@ -500,10 +526,22 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     // ready, so most requests and responses cost one system call each.
     beast::error_code ignored;
     sock_.non_blocking(true, ignored);
-    asio::post(sock_.get_executor(), [self = this->shared_from_this()] { self->next_request(); });
+    asio::post(sock_.get_executor(), [self = shared_from_this()] {
+      self->next_request();
+      self->serve();
+    });
   }
 
  private:
+  // Request after request on this thread for as long as each is ready: a kept-alive connection
+  // costs no post, no other thread woken and no recursion per request. Returns once the
+  // connection waits (for bytes, a handler slot or the peer taking a response: what it waits on
+  // calls serve() again) or has ended.
+  void serve() {
+    while (read_request() && answer()) {
+    }
+  }
+
   // A new request: the peer may idle for idle_timeout before its first byte, unless a pipelined
   // one is buffered already.
   void next_request() {
@@ -511,70 +549,104 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     limit_request_parser(*parser_, s_.opts_.max_body_bytes);
     parser_->eager(true);  // the body in the same pass as the header, as http::read
     in_request_ = buffer_.size() > 0;
-    if (in_request_) {
-      set_deadline(steady::now() + s_.opts_.request_deadline);
-      return parse();
-    }
-    set_deadline(steady::now() + s_.opts_.idle_timeout);
-    read_more();
+    set_deadline(steady::now() + (in_request_ ? s_.opts_.request_deadline : s_.opts_.idle_timeout));
   }
 
-  void read_more() {
-    sock_.async_read_some(buffer_.prepare(read_size),
-                          [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
-                            if (self->cut_) return self->finish();
-                            if (ec == asio::error::eof) return self->at_eof();
-                            if (ec) return self->finish();
-                            // From the first byte on, the whole request must be in within
-                            // request_deadline.
-                            if (!self->in_request_) {
-                              self->in_request_ = true;
-                              self->set_deadline(steady::now() + self->s_.opts_.request_deadline);
-                            }
-                            self->buffer_.commit(n);
-                            self->parse();
-                          });
-  }
-
-  // Feeds the buffered bytes to the parser: on to the handler, an error, or a read for more.
-  void parse() {
+  // Feeds the buffered bytes to the parser, reading more as it needs them. True once a whole
+  // request is parsed; false when the connection waits for bytes, has answered an error, or ended.
+  bool read_request() {
     for (;;) {
-      beast::error_code ec;
-      const std::size_t used = parser_->put(buffer_.data(), ec);
-      buffer_.consume(used);
-      if (ec == http::error::need_more) return read_more();
-      if (ec == http::error::body_limit) {
-        return respond(too_large(s_.opts_.max_body_bytes), false, 11);
+      if (buffer_.size() > 0) {
+        beast::error_code ec;
+        const std::size_t used = parser_->put(buffer_.data(), ec);
+        buffer_.consume(used);
+        if (ec == http::error::body_limit) return reject(too_large(s_.opts_.max_body_bytes));
+        if (ec && ec != http::error::need_more) return reject(malformed(ec.message()));
+        if (parser_->is_done()) return true;
+        if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
-      if (ec) return respond(malformed(ec.message()), false, 11);
-      if (parser_->is_done()) return dispatch();
-      if (used == 0 || buffer_.size() == 0) return read_more();
+      if (!read_now()) return false;
     }
+  }
+
+  // Reads what the socket holds. When it holds nothing yet the reactor reads, and serve() goes
+  // on from there; a read that asio completed at once would instead be posted to another
+  // thread, woken for it.
+  bool read_now() {
+    beast::error_code ec;
+    const std::size_t n = sock_.read_some(buffer_.prepare(read_size), ec);
+    if (ec != asio::error::would_block && ec != asio::error::try_again) return took(ec, n);
+    sock_.async_read_some(buffer_.prepare(read_size),
+                          [self = shared_from_this()](beast::error_code e, std::size_t got) {
+                            if (self->cut_) return self->finish();
+                            if (self->took(e, got)) self->serve();
+                          });
+    return false;
+  }
+
+  // True when the read brought bytes; false when the connection ended or answered the peer.
+  bool took(beast::error_code ec, std::size_t n) {
+    if (ec == asio::error::eof) return at_eof();
+    if (ec) {
+      finish();
+      return false;
+    }
+    // From the first byte on, the whole request must be in within request_deadline.
+    if (!in_request_) {
+      in_request_ = true;
+      set_deadline(steady::now() + s_.opts_.request_deadline);
+    }
+    buffer_.commit(n);
+    return true;
   }
 
   // The peer closed its side: between requests it is done; within one, what came is malformed.
-  void at_eof() {
-    if (!parser_->got_some()) return finish();
+  bool at_eof() {
+    if (!parser_->got_some()) {
+      finish();
+      return false;
+    }
     beast::error_code ec;
     parser_->put_eof(ec);
-    respond(malformed(ec ? ec.message() : "partial message"), false, 11);
+    return reject(malformed(ec ? ec.message() : "partial message"));
   }
 
-  void dispatch() {
+  // An error answer, after which the connection closes.
+  bool reject(http_response out) {
+    send(std::move(out), false, 11);
+    return false;
+  }
+
+  // Calls the handler here when a slot is free, else queues the request for one. True once the
+  // response is written and the next request may follow.
+  bool answer() {
     set_deadline(steady::time_point::max());  // the handler's time is not the peer's
     const auto& req = parser_->get();
     const bool keep_alive = req.keep_alive();
     const unsigned version = req.version();
     http_request r = to_http_request(req, peer_.base);
     parser_.reset();
-    s_.gate_.run(sock_.get_executor(),
-                 [self = this->shared_from_this(), r = std::move(r), keep_alive, version] {
-                   self->respond(self->s_.call(r), keep_alive, version);
-                 });
+    if (!s_.gate_.try_enter()) {
+      s_.gate_.queue(sock_.get_executor(),
+                     [self = shared_from_this(), r = std::move(r), keep_alive, version] {
+                       http_response out = self->s_.call(r);
+                       self->s_.gate_.leave();
+                       if (self->send(std::move(out), keep_alive, version)) self->serve();
+                     });
+      return false;
+    }
+    http_response out = s_.call(r);
+    s_.gate_.leave();
+    return send(std::move(out), keep_alive, version);
   }
 
-  void respond(http_response out, bool keep_alive, unsigned version) {
-    if (out.stream) return stream(std::move(out), version);
+  // Writes what the socket takes now; the rest waits in the reactor. True once the whole
+  // response is written and the connection is kept alive.
+  bool send(http_response out, bool keep_alive, unsigned version) {
+    if (out.stream) {
+      stream(std::move(out), version);
+      return false;
+    }
     auto& res = res_.emplace(static_cast<http::status>(out.status), version);
     res.set(http::field::server, "berthd");
     res.set(http::field::content_type, out.content_type);
@@ -589,16 +661,21 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     if (ec != asio::error::would_block && ec != asio::error::try_again) return written(ec);
     // A peer that stops reading is cut off after send_timeout.
     set_deadline(steady::now() + s_.opts_.send_timeout);
-    http::async_write(
-        sock_, sr,
-        [self = this->shared_from_this()](beast::error_code e, std::size_t) { self->written(e); });
+    http::async_write(sock_, sr, [self = shared_from_this()](beast::error_code e, std::size_t) {
+      if (self->written(e)) self->serve();
+    });
+    return false;
   }
 
-  void written(beast::error_code ec) {
+  bool written(beast::error_code ec) {
     sr_.reset();
     res_.reset();
-    if (ec || cut_ || !keep_alive_) return finish();
+    if (ec || cut_ || !keep_alive_) {
+      finish();
+      return false;
+    }
     next_request();
+    return true;
   }
 
   // A chunked response whose body the handler writes as it goes, on a thread of its own that
@@ -641,7 +718,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
     if (at >= armed_) return;
     armed_ = at;
     timer_.expires_at(at);
-    timer_.async_wait([self = this->shared_from_this(), step = ++step_](beast::error_code ec) {
+    timer_.async_wait([self = shared_from_this(), step = ++step_](beast::error_code ec) {
       self->on_timer(ec, step);
     });
   }
@@ -674,7 +751,7 @@ class server::connection : public std::enable_shared_from_this<connection<Socket
   static constexpr std::size_t read_size = 4096;  // most requests whole in one read
 
   server& s_;
-  Socket sock_;
+  stream_socket sock_;
   asio::steady_timer timer_;
   peer_info peer_;
   int& pool_;

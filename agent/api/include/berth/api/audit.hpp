@@ -10,6 +10,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "berth/agent/common.hpp"
 
@@ -28,6 +29,8 @@ class audit_log {
 
   // Appends one record. A failed write is logged once per failure run and never throws.
   void append(const nlohmann::json& record);
+  // The same for a record already written as text: one JSON object, without a newline.
+  void append_line(std::string record);
 
   // A refused call's record (denied, or not authenticated). Rate-limited per principal so that
   // nobody can rotate the trail away by being refused: the first refusal in each second is
@@ -43,7 +46,7 @@ class audit_log {
 
  private:
   void rotate();
-  void write_locked(const nlohmann::json& record);
+  void write_locked(std::string line);
   void flush_locked(std::int64_t now_second);
 
   struct refusals {
@@ -64,5 +67,12 @@ class audit_log {
 // What CloudTrail hides: environment values, anything named like a secret or a password.
 // The request is copied, then trimmed to at most `limit` bytes (replaced by a note if longer).
 nlohmann::json redact(const nlohmann::json& request, std::size_t limit = 64 * 1024);
+// redact()'s result as JSON text, copying the request only when something in it is hidden.
+std::string redact_text(const nlohmann::json& request, std::size_t limit = 64 * 1024);
+
+// Appends the JSON text json::dump(-1, ' ', false, error_handler_t::replace) gives, the cheap
+// way: a string with nothing to escape (most are) is copied as it is.
+void append_json(std::string& out, const nlohmann::json& j);
+void append_json_string(std::string& out, std::string_view s);
 
 }  // namespace berth::agent

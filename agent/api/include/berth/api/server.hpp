@@ -27,6 +27,7 @@ struct http_request {
   std::string peer;         // the TCP peer's address, or "unix"
   int uid = -1, gid = -1;   // a Unix-socket peer's credentials (SO_PEERCRED)
   std::vector<int> groups;  // and its supplementary groups (SO_PEERGROUPS)
+  std::string user;         // uid's user name, empty when it has none; looked up per connection
   // server_options::privileged's verdict on those credentials, asked once per connection (the
   // credentials are the peer's at connect time and do not change with its requests).
   bool privileged = false;
