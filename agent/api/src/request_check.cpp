@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "berth/ecs_model.hpp"
+
 namespace berth::agent {
 
 namespace {
@@ -76,25 +78,6 @@ bool identifier(std::string_view member) {
   return false;
 }
 
-const char* type_name(const json& j) {
-  switch (j.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::object:
-      return "an object";
-    case json::value_t::array:
-      return "a list";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::number_float:
-      return "a number with a fraction";
-    default:
-      return "a number";
-  }
-}
-
 const char* kind_name(shape_kind k) {
   switch (k) {
     case shape_kind::string:
@@ -126,8 +109,8 @@ struct checker {
   }
 
   bool wrong_type(const std::string& path, const shape_def& s, const json& j) {
-    return fail("SerializationException",
-                "Expected '" + path + "' to be " + kind_name(s.kind) + ", got " + type_name(j));
+    return fail("SerializationException", "Expected '" + path + "' to be " + kind_name(s.kind) +
+                                              ", got " + berth::ecs::json_type_name(j));
   }
 
   bool string_ok(const std::string& path, std::string_view member, const shape_def& s,
