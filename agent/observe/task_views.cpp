@@ -110,4 +110,18 @@ json introspect(const json& t) {
   return out;
 }
 
+std::vector<const json*> tasks_with_container(const std::vector<std::shared_ptr<const json>>& tasks,
+                                              const std::string& docker_id) {
+  std::vector<const json*> found;
+  for (const auto& t : tasks) {
+    for (const auto& [name, id] : (*t)["_berth"]["docker"].items()) {
+      const auto& i = id.get_ref<const std::string&>();
+      if (docker_id.size() > 12 ? i == docker_id : i.starts_with(docker_id)) {
+        found.push_back(t.get());
+      }
+    }
+  }
+  return found;
+}
+
 }  // namespace berth::agent::observe

@@ -4,8 +4,10 @@
 // cgroup reads; callable from any thread.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace berth::agent::observe {
 
@@ -17,6 +19,11 @@ json task_event(const json& task, const std::string& account_id, const std::stri
 
 // The ECS agent's /v1/tasks entry for a task.
 json introspect(const json& task);
+
+// The tasks with a container whose Docker id is `docker_id`, or starts with it when it has at
+// most 12 characters (Docker's short id), as the ECS agent's ?dockerid= finds them.
+std::vector<const json*> tasks_with_container(const std::vector<std::shared_ptr<const json>>& tasks,
+                                              const std::string& docker_id);
 
 // Per container name: memory and CPU used, read from the container's cgroup (found from its pid,
 // checked to still be the container's), beside its limits. Empty for a STOPPED task.

@@ -739,16 +739,7 @@ class service_impl final : public service {
     }
     const auto all = table_.all();
     if (!docker_id.empty()) {
-      // The full id, or a prefix of at most 12 characters (Docker's short id), as the ECS agent.
-      std::vector<const json*> found;
-      for (const auto& t : all) {
-        for (const auto& [name, id] : (*t)["_berth"]["docker"].items()) {
-          const auto& i = id.get_ref<const std::string&>();
-          if (docker_id.size() > 12 ? i == docker_id : i.starts_with(docker_id)) {
-            found.push_back(t.get());
-          }
-        }
-      }
+      const auto found = observe::tasks_with_container(all, docker_id);
       if (found.empty()) return tl::unexpected(api_error{"NotFound", "no such container", 404});
       if (found.size() > 1) {
         return tl::unexpected(
