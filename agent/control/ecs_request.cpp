@@ -12,6 +12,12 @@ tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& 
                                                                   std::int64_t max_limit) {
   BERTH_TRY(max, r.integer("maxResults"));
   BERTH_TRY(token, r.str("nextToken"));
+  return page(token, max, total, max_limit);
+}
+
+tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(
+    const std::optional<std::string>& token, std::optional<std::int64_t> max, std::size_t total,
+    std::int64_t max_limit) {
   std::size_t limit = static_cast<std::size_t>(max_limit);
   if (max) {
     if (*max < 1 || *max > max_limit) {

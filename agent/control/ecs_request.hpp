@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "berth/ecs_model.hpp"
+
 namespace berth::agent {
 
 using nlohmann::json;
@@ -95,6 +97,20 @@ struct reader {
   }
 };
 
+// The action's request as ECS's model types it (ecs::run_task_request, ...): the one way a
+// handler reads its request. A member of the wrong JSON type is a SerializationException, and a
+// required member that is missing an InvalidParameterException, each naming the member's path
+// (the API's request check refuses both before a handler runs; this answers berthd's own
+// callers, the service scheduler's). Members the model does not know are ignored.
+template <class Request>
+tl::expected<Request, api_error> decode_request(const json& j) {
+  auto r = ecs::decode<Request>(j);
+  if (r) return std::move(*r);
+  if (r.error().code == ecs::decode_errc::missing)
+    return tl::unexpected(invalid(r.error().message));
+  return tl::unexpected(serialization(r.error().message));
+}
+
 #define BERTH_TRY(var, expr)                            \
   auto var##_r = (expr);                                \
   if (!var##_r) return tl::unexpected(var##_r.error()); \
@@ -105,6 +121,10 @@ struct reader {
 tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(const reader& r,
                                                                   std::size_t total,
                                                                   std::int64_t max_limit);
+// The same from a typed request's nextToken and maxResults.
+tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(
+    const std::optional<std::string>& token, std::optional<std::int64_t> max, std::size_t total,
+    std::int64_t max_limit);
 // Sets nextToken when items are left after `end`.
 void add_token(json& out, std::size_t end, std::size_t total);
 

@@ -610,8 +610,8 @@ outcome task_definitions::register_task_definition(const json& req) {
 }
 
 // "family", "family:3" or an ARN; the family's latest ACTIVE revision when none is given.
-tl::expected<json, api_error> task_definitions::find_task_definition(const std::string& ref,
-                                                                     bool active_only) {
+tl::expected<state::task_definition, api_error> task_definitions::find_task_definition(
+    const std::string& ref, bool active_only) {
   std::string fr = ref;
   if (ref.starts_with("arn:")) {
     const auto slash = ref.find("task-definition/");
@@ -627,20 +627,23 @@ tl::expected<json, api_error> task_definitions::find_task_definition(const std::
     } catch (...) {
       return tl::unexpected(client("Unable to describe task definition."));
     }
-    auto doc = store_->get("taskdef", td_key(fr.substr(0, colon), rev));
+    const std::string key = td_key(fr.substr(0, colon), rev);
+    auto doc = store_->get("taskdef", key);
     if (!doc) return tl::unexpected(server(doc.error().message));
     if (!*doc) return tl::unexpected(client("Unable to describe task definition."));
-    json td = json::parse(**doc);
-    if (active_only && td["status"] != "ACTIVE") {
+    auto td = state::parse<state::task_definition>(**doc, key);
+    if (!td) return tl::unexpected(server(td.error().detail));
+    if (active_only && td->def.status != "ACTIVE") {
       return tl::unexpected(client("TaskDefinition is inactive"));
     }
-    return td;
+    return std::move(*td);
   }
   auto all = store_->list("taskdef", fr + ":");
   if (!all) return tl::unexpected(server(all.error().message));
   for (auto it = all->rbegin(); it != all->rend(); ++it) {
-    json td = json::parse(it->second);
-    if (td["status"] == "ACTIVE") return td;
+    auto td = state::parse<state::task_definition>(it->second, it->first);
+    if (!td) return tl::unexpected(server(td.error().detail));
+    if (td->def.status == "ACTIVE") return std::move(*td);
   }
   return tl::unexpected(client("Unable to describe task definition."));
 }
@@ -648,11 +651,11 @@ tl::expected<json, api_error> task_definitions::find_task_definition(const std::
 outcome task_definitions::describe_task_definition(const json& req) {
   BERTH_TRY(ref, reader{req}.required_str("taskDefinition"));
   BERTH_TRY(td, find_task_definition(ref, false));
-  json tags = td.value("tags", json::array());
-  td.erase("tags");
-  json out = {{"taskDefinition", td}};
+  json out = {{"taskDefinition", state::response(td)}};
   BERTH_TRY(include, reader{req}.strings("include"));
-  if (std::find(include.begin(), include.end(), "TAGS") != include.end()) out["tags"] = tags;
+  if (std::find(include.begin(), include.end(), "TAGS") != include.end()) {
+    out["tags"] = state::to_json(td.tags);
+  }
   return out;
 }
 
@@ -716,13 +719,13 @@ outcome task_definitions::deregister_task_definition(const json& req) {
                "family:revision or an ARN."));
   }
   BERTH_TRY(td, find_task_definition(ref, false));
-  td["status"] = "INACTIVE";
-  td["deregisteredAt"] = now_seconds();
-  if (auto w = store_->put("taskdef", td_key(td["family"], td["revision"]), td.dump()); !w) {
+  td.def.status = "INACTIVE";
+  td.def.deregistered_at = now_seconds();
+  const std::string key = td_key(*td.def.family, static_cast<std::uint64_t>(*td.def.revision));
+  if (auto w = store_->put("taskdef", key, state::to_json(td).dump()); !w) {
     return tl::unexpected(server(w.error().message));
   }
-  td.erase("tags");
-  return json{{"taskDefinition", td}};
+  return json{{"taskDefinition", state::response(td)}};
 }
 
 }  // namespace berth::agent::control

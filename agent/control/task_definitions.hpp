@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ecs_request.hpp"
+#include "records.hpp"
 #include "store.hpp"
 
 namespace berth::agent::control {
@@ -43,7 +44,8 @@ class task_definitions {
   outcome deregister_task_definition(const json& req);
   // "family", "family:3" or an ARN; the family's latest ACTIVE revision when none is given.
   // ClientException when there is none (or, with active_only, it is INACTIVE).
-  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only);
+  tl::expected<state::task_definition, api_error> find_task_definition(const std::string& ref,
+                                                                       bool active_only);
 
  private:
   tl::expected<void, api_error> check_container(const json& c, bool task_memory);

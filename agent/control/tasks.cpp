@@ -34,8 +34,11 @@ struct task_actions::impl {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
+  // The stored document (with its tags) until RunTask reads the typed record.
   tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
-    return tds_.find_task_definition(ref, active_only);
+    auto td = tds_.find_task_definition(ref, active_only);
+    if (!td) return tl::unexpected(td.error());
+    return state::to_json(*td);
   }
 
   tl::expected<bool, api_error> instance_matches(const std::string& filter) {

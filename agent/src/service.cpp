@@ -658,9 +658,6 @@ class service_impl final : public service {
   outcome deregister_task_definition(const json& req) {
     return tds_.deregister_task_definition(req);
   }
-  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
-    return tds_.find_task_definition(ref, active_only);
-  }
 
   // ---- the event stream ----
 

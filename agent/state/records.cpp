@@ -81,6 +81,22 @@ result<container_instance> read_instance(const json& j, const std::string& who) 
   return ci;
 }
 
+result<task_definition> read_task_definition(const json& j, const std::string& who) {
+  auto m = decode<ecs::task_definition>(j, who);
+  if (!m) return tl::unexpected(m.error());
+  if (!m->task_definition_arn) return tl::unexpected(missing(who, "taskDefinitionArn"));
+  if (!m->family) return tl::unexpected(missing(who, "family"));
+  if (!m->revision) return tl::unexpected(missing(who, "revision"));
+  if (!m->status) return tl::unexpected(missing(who, "status"));
+  std::vector<tag> tags;
+  if (const auto it = j.find("tags"); it != j.end() && !it->is_null()) {
+    auto t = from_json<std::vector<tag>>(*it);
+    if (!t) return tl::unexpected(damaged(who, t.error().detail));
+    tags = std::move(*t);
+  }
+  return task_definition{std::move(*m), std::move(tags)};
+}
+
 template <class T, class Read>
 result<T> parse_with(std::string_view text, const std::string& who, Read read) {
   const json j = json::parse(text, nullptr, false);
@@ -135,6 +151,13 @@ json to_json(const std::vector<tag>& tags) {
 // No bookkeeping yet: the store's form and the response's are the same ECS members.
 json to_json(const cluster& c) { return ecs::to_json(model_of(c)); }
 json to_json(const container_instance& ci) { return ecs::to_json(model_of(ci)); }
+json to_json(const task_definition& td) {
+  json out = ecs::to_json(td.def);
+  out["tags"] = to_json(td.tags);
+  return out;
+}
+
+json response(const task_definition& td) { return ecs::to_json(td.def); }
 json response(const cluster& c) { return ecs::to_json(model_of(c)); }
 json response(const container_instance& ci) { return ecs::to_json(model_of(ci)); }
 
@@ -186,6 +209,17 @@ result<cluster> from_json<cluster>(const json& j) {
 template <>
 result<container_instance> from_json<container_instance>(const json& j) {
   return read_instance(j, "container instance record");
+}
+
+template <>
+result<task_definition> from_json<task_definition>(const json& j) {
+  return read_task_definition(j, "task definition record");
+}
+
+template <>
+result<task_definition> parse<task_definition>(std::string_view text, std::string_view key) {
+  return parse_with<task_definition>(text, "task definition record '" + std::string(key) + "'",
+                                     read_task_definition);
 }
 
 template <>

@@ -11,7 +11,7 @@
 //
 // Berth's own bookkeeping, when a record has any, is a member of its struct too, written by
 // to_json for the store under "_berth" and never copied into an ECS response: the response
-// writers below leave it out. The cluster and instance records have none yet.
+// writers below leave it out. The cluster, instance and task definition records have none yet.
 //
 // Thread safety: plain values and free functions.
 #pragma once
@@ -71,12 +71,23 @@ struct container_instance {
   bool operator==(const container_instance&) const = default;
 };
 
+// A task definition's record: kind "taskdef", key "<family>:<revision, ten digits>". ECS's
+// TaskDefinition as registered (taskDefinitionArn, family, revision and status always set), and
+// the tags it was registered with, which ECS keeps beside the definition rather than in it.
+struct task_definition {
+  ecs::task_definition def;
+  std::vector<tag> tags;
+  bool operator==(const task_definition&) const = default;
+};
+
 // The store's form (for these records, ECS's shape).
 [[nodiscard]] json to_json(const tag& t);
 [[nodiscard]] json to_json(const attribute& a);
 [[nodiscard]] json to_json(const std::vector<tag>& tags);
 [[nodiscard]] json to_json(const cluster& c);
 [[nodiscard]] json to_json(const container_instance& ci);
+// ECS's TaskDefinition with its registration's tags as "tags".
+[[nodiscard]] json to_json(const task_definition& td);
 
 // A stored document read strictly (see above); specialized for the records above and for a
 // list of tags. Other types do not link.
@@ -92,6 +103,8 @@ template <>
 [[nodiscard]] result<cluster> from_json<cluster>(const json& j);
 template <>
 [[nodiscard]] result<container_instance> from_json<container_instance>(const json& j);
+template <>
+[[nodiscard]] result<task_definition> from_json<task_definition>(const json& j);
 
 // A record from the store's text: not JSON, or refused by from_json, is an error (errc::damaged)
 // naming the record by its store key ("cluster record 'prod': 'status' is required").
@@ -102,10 +115,15 @@ template <>
 template <>
 [[nodiscard]] result<container_instance> parse<container_instance>(std::string_view text,
                                                                    std::string_view key);
+template <>
+[[nodiscard]] result<task_definition> parse<task_definition>(std::string_view text,
+                                                             std::string_view key);
 
 // ECS's Cluster and ContainerInstance as responses start them: the record's ECS members only.
 [[nodiscard]] json response(const cluster& c);
 [[nodiscard]] json response(const container_instance& ci);
+// ECS's TaskDefinition: the definition without its tags.
+[[nodiscard]] json response(const task_definition& td);
 // ECS's Attribute, for the instance `target_arn` (PutAttributes, ListAttributes, ...).
 [[nodiscard]] json response(const attribute& a, const std::string& target_arn);
 
