@@ -64,7 +64,10 @@ result<txn_result> sqlite_core::txn(const txn_request& t) {
     static const key_value missing;
     for (const auto& c : t.compares) {
       const auto it = current_.find(c.key);
-      if (!holds(c, it == current_.end() ? missing : it->second)) {
+      // As etcd: a missing key's value is not the empty string; every value compare fails.
+      const bool absent = it == current_.end();
+      if ((absent && c.target == compare_target::value) ||
+          !holds(c, absent ? missing : it->second)) {
         out.succeeded = false;
         break;
       }

@@ -8,7 +8,8 @@
 //   revision, whatever the number of keys it wrote. A store starts at revision 0.
 // - Each key carries create_revision (the revision that created it, since its last delete),
 //   mod_revision (its last write), version (writes since creation: 1 after the create) and lease
-//   (0: none). A missing key compares as all zeros and an empty value.
+//   (0: none). A missing key compares as all zeros; a compare of its value fails whatever the
+//   operator (etcd's rule: a missing value is not the empty one).
 // - watch(prefix, start_revision) delivers every put/delete of a matching key with revision >=
 //   start_revision, in revision order, none missed and none twice. History below the compacted
 //   revision is gone: a watch from there fails with errc::compacted; the client relists (range,
@@ -268,6 +269,25 @@ struct sqlite_options {
 // are mirrored in memory: get and range never wait for a writer's commit. Closing (destroying
 // the store) cancels its watchers; they may outlive it.
 result<std::unique_ptr<store>> make_sqlite_store(const sqlite_options& options);
+
+struct etcd_options {
+  // Client URLs (http://127.0.0.1:2379, https://...): tried in turn, the last that answered
+  // first.
+  std::vector<std::string> endpoints;
+  // TLS: the CA that signed etcd's certificate, and this client's certificate and key (files,
+  // PEM). Empty: the system's CAs, no client certificate.
+  std::string cacert, cert, key;
+  // etcd's authentication, when enabled: a token is asked for with these.
+  std::string user, password;
+  // Each request's limit (a stream's connect only).
+  std::chrono::milliseconds timeout{5000};
+};
+
+// A client of an etcd v3 cluster (3.4 or later) through its JSON gateway. Nothing is kept
+// locally: every call goes to etcd, which holds the data, history and leases (expire_leases()
+// returns 0: etcd expires leases itself). Fails with errc::io when no endpoint answers (the
+// detail names each endpoint and why). etcd's first revision is 1, not 0.
+result<std::unique_ptr<store>> make_etcd_store(const etcd_options& options);
 
 // Leader election over any store (etcd's concurrency.Election): candidates put
 // <name>/<lease hex> with their lease; the leader is the key with the lowest create_revision; a
