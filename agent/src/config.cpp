@@ -73,6 +73,16 @@ constexpr setting settings[] = {
      "a request must arrive whole within this of its first byte, e.g. 10s"},
     {"--shutdown-timeout", "BERTH_SHUTDOWN_TIMEOUT", nullptr,
      "on SIGTERM, exit within this whatever is in flight, e.g. 20s"},
+    {"--etcd-endpoints", "BERTH_ETCD_ENDPOINTS", nullptr,
+     "keep the cluster's state in etcd: client URLs, comma-separated (default: SQLite in "
+     "--state-dir)"},
+    {"--etcd-prefix", "BERTH_ETCD_PREFIX", nullptr, "the cluster's keys in etcd start with this"},
+    {"--etcd-cacert", "BERTH_ETCD_CACERT", nullptr, "CA bundle that signed etcd's certificate"},
+    {"--etcd-cert", "BERTH_ETCD_CERT", nullptr, "client certificate for etcd (PEM)"},
+    {"--etcd-key", "BERTH_ETCD_KEY", nullptr, "client certificate's key for etcd (PEM)"},
+    {"--etcd-user", "BERTH_ETCD_USER", nullptr, "etcd user, or user:password as etcdctl takes it"},
+    {"--etcd-password", "BERTH_ETCD_PASSWORD", nullptr,
+     "etcd user's password (better in the environment or berth.conf than on the command line)"},
     {"--unknown-containers", "BERTH_UNKNOWN_CONTAINERS", nullptr,
      "containers labelled for this instance that the store does not know: refuse (to start), "
      "remove, or leave (running, unmanaged)"},
@@ -331,6 +341,36 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     if (!d) return tl::unexpected(d.error());
     if (*d < std::chrono::seconds(1)) return tl::unexpected(error{key + ": at least 1s"});
     c.shutdown_timeout = *d;
+  } else if (key == "BERTH_ETCD_ENDPOINTS") {
+    c.etcd_endpoints.clear();
+    std::stringstream in(v);
+    std::string url;
+    while (std::getline(in, url, ',')) {
+      url = trim(url);
+      if (url.empty()) continue;
+      if (!url.starts_with("http://") && !url.starts_with("https://")) {
+        return tl::unexpected(error{key + ": '" + url + "' is not an http:// or https:// URL"});
+      }
+      while (url.ends_with("/")) url.pop_back();
+      c.etcd_endpoints.push_back(url);
+    }
+  } else if (key == "BERTH_ETCD_PREFIX") {
+    if (!v.starts_with("/") || v.size() < 2 || v.ends_with("/")) {
+      return tl::unexpected(error{key + ": '" + v + "' must start with / and not end with it"});
+    }
+    c.etcd_prefix = v;
+  } else if (key == "BERTH_ETCD_CACERT") {
+    c.etcd_cacert = v;
+  } else if (key == "BERTH_ETCD_CERT") {
+    c.etcd_cert = v;
+  } else if (key == "BERTH_ETCD_KEY") {
+    c.etcd_key = v;
+  } else if (key == "BERTH_ETCD_USER") {
+    const auto colon = v.find(':');
+    c.etcd_user = v.substr(0, colon);
+    if (colon != std::string::npos) c.etcd_password = v.substr(colon + 1);
+  } else if (key == "BERTH_ETCD_PASSWORD") {
+    c.etcd_password = v;
   } else if (key == "BERTH_UNKNOWN_CONTAINERS") {
     if (v != "refuse" && v != "remove" && v != "leave") {
       return tl::unexpected(error{key + ": '" + v + "' is not refuse, remove or leave"});

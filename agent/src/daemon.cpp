@@ -22,6 +22,7 @@
 #include "berth/api/server.hpp"
 #include "berth/api/sigv4.hpp"
 #include "berth/scheduler/scheduler.hpp"
+#include "berth/state.hpp"
 #include "console_route.hpp"
 #include "service.hpp"
 
@@ -573,6 +574,34 @@ class daemon_impl final : public daemon {
 
 }  // namespace
 
+namespace {
+
+// The cluster's state: in etcd when endpoints are given, else in SQLite under the state dir.
+result<std::unique_ptr<store>> open_state(const config& c) {
+  if (c.etcd_endpoints.empty()) return open_sqlite_store(c.state_dir);
+  // The state dir keeps what is this agent's alone (its audit log, its pid file).
+  std::error_code ec;
+  std::filesystem::create_directories(c.state_dir, ec);
+  if (ec) return tl::unexpected(error{"cannot make " + c.state_dir + ": " + ec.message()});
+  (void)::chmod(c.state_dir.c_str(), 0700);
+  state::etcd_options o;
+  o.endpoints = c.etcd_endpoints;
+  o.cacert = c.etcd_cacert;
+  o.cert = c.etcd_cert;
+  o.key = c.etcd_key;
+  o.user = c.etcd_user;
+  o.password = c.etcd_password;
+  auto s = state::make_etcd_store(o);
+  if (!s) return tl::unexpected(error{"etcd: " + s.error().detail});
+  std::shared_ptr<state::store> shared = std::move(*s);
+  if (c.etcd_prefix != "/berth")
+    shared = state::rebased(std::move(shared), "/berth", c.etcd_prefix);
+  spdlog::info("cluster state in etcd at {} under {}", c.etcd_endpoints.front(), c.etcd_prefix);
+  return over_state(std::move(shared));
+}
+
+}  // namespace
+
 result<std::unique_ptr<daemon>> start(const config& c) {
   credentials keys;
   if (!c.listen_tcp.empty()) {
@@ -584,7 +613,7 @@ result<std::unique_ptr<daemon>> start(const config& c) {
   // second berthd refused on the store can say whom it met.
   if (auto free = socket_unserved(c.socket); !free) return tl::unexpected(free.error());
   const std::string pid_file = c.state_dir + "/berthd.pid";
-  auto st = open_sqlite_store(c.state_dir);
+  auto st = open_state(c);
   if (!st) {
     std::ifstream in(pid_file);
     std::string pid, socket;

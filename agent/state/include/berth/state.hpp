@@ -289,6 +289,12 @@ struct etcd_options {
 // detail names each endpoint and why). etcd's first revision is 1, not 0.
 result<std::unique_ptr<store>> make_etcd_store(const etcd_options& options);
 
+// `s` seen with its keys under `to` as if they were under `from` (etcd's namespace client, for
+// a root): a key "<from>/x" is "<to>/x" beneath, and answers and watch events carry the keys
+// back. A key outside `from` is errc::invalid_argument; a prefix range wider than `from` (the
+// empty prefix) covers `to` only. berthd's --etcd-prefix.
+std::shared_ptr<store> rebased(std::shared_ptr<store> s, std::string from, std::string to);
+
 // Leader election over any store (etcd's concurrency.Election): candidates put
 // <name>/<lease hex> with their lease; the leader is the key with the lowest create_revision; a
 // candidate waits until no key created before its own is left. A leader's lease ending (revoke

@@ -65,6 +65,12 @@ struct config {
   // Containers labelled for this instance that the store does not know (a lost or replaced
   // store): "refuse" to start, naming them; "remove" them; or "leave" them running, unmanaged.
   std::string unknown_containers = "refuse";
+  // The cluster's state in etcd (client URLs, tried in turn); empty: embedded SQLite in
+  // state_dir. Every key under etcd_prefix; TLS files and user/password as etcdctl takes them.
+  std::vector<std::string> etcd_endpoints;
+  std::string etcd_prefix = "/berth";
+  std::string etcd_cacert, etcd_cert, etcd_key;
+  std::string etcd_user, etcd_password;
   std::string log_level = "info";
   bool show_help = false;
   std::string help_text;
