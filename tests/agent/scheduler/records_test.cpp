@@ -118,6 +118,48 @@ TEST_F(RecordsTest, ADamagedRecordReadsAsAbsentAndMayBeReplaced) {
   EXPECT_EQ(recs_->load("default", "web")->berth.revision, 1u);
 }
 
+// A record as the scheduler wrote it when it kept raw JSON (CreateService's members, reconcile's
+// deployments, "lastGood": null) reads as a typed record and is written on from its revision.
+TEST_F(RecordsTest, ARecordAsEarlierBerthdsWroteItIsReadAndWrittenOn) {
+  const json old = json::parse(R"({
+    "serviceArn": "arn:aws:ecs:us-east-1:000000000000:service/default/web",
+    "serviceName": "web",
+    "clusterArn": "arn:aws:ecs:us-east-1:000000000000:cluster/default",
+    "loadBalancers": [], "serviceRegistries": [], "status": "ACTIVE", "desiredCount": 2,
+    "runningCount": 0, "pendingCount": 0, "launchType": "EC2",
+    "taskDefinition": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1",
+    "deploymentConfiguration": {"maximumPercent": 200, "minimumHealthyPercent": 100,
+                                "deploymentCircuitBreaker": {"enable": false, "rollback": false}},
+    "deployments": [{"id": "ecs-svc/1", "status": "PRIMARY",
+                     "taskDefinition": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1",
+                     "desiredCount": 2, "pendingCount": 0, "runningCount": 0, "failedTasks": 0,
+                     "createdAt": 1764079666.5, "updatedAt": 1764079666.5, "launchType": "EC2",
+                     "rolloutState": "IN_PROGRESS", "rolloutStateReason": ""}],
+    "events": [{"id": "e1", "createdAt": 1764079667.0,
+                "message": "(service web) has started 2 tasks: (task a) (task b)."}],
+    "createdAt": 1764079666.5, "placementConstraints": [],
+    "placementStrategy": [{"type": "spread", "field": "instanceId"}],
+    "healthCheckGracePeriodSeconds": 0, "schedulingStrategy": "REPLICA",
+    "deploymentController": {"type": "ECS"}, "tags": [], "enableECSManagedTags": false,
+    "propagateTags": "NONE", "createdBy": "arn:aws:ecs:us-east-1:000000000000:user/berth",
+    "_berth": {"lastGood": null, "steady": false, "revision": 4}})");
+  ASSERT_TRUE(store_->put("service", "default/web", old.dump()));
+  auto s = recs_->load("default", "web");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->berth.revision, 4u);
+  EXPECT_FALSE(s->berth.last_good);
+  ASSERT_EQ(s->deployments.size(), 1u);
+  EXPECT_EQ(s->deployments[0].rollout_state, "IN_PROGRESS");
+  // Its ECS members answer as they did.
+  json answer = old;
+  answer.erase("_berth");
+  EXPECT_EQ(state::response(*s), answer);
+  s->desired_count = 3;
+  ASSERT_TRUE(*recs_->commit(*s));
+  EXPECT_EQ(recs_->load("default", "web")->berth.revision, 5u);
+  EXPECT_EQ(recs_->load("default", "web")->desired_count, 3);
+}
+
 // ---- the record as reconcile sees it, and back ----
 
 state::service rolling() {
