@@ -79,6 +79,13 @@ tl::expected<void, api_error> check_launch_type(const json& request) {
   using namespace control;
   reader r{request};
   BERTH_TRY(launch_type, r.str("launchType"));
+  const json& cps = member(request, "capacityProviderStrategy");
+  return check_launch_type(launch_type, !cps.is_null() && !(cps.is_array() && cps.empty()));
+}
+
+tl::expected<void, api_error> check_launch_type(const std::optional<std::string>& launch_type,
+                                                bool capacity_providers) {
+  using namespace control;
   if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
     return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
                                   *launch_type + " is not supported."));
@@ -87,8 +94,7 @@ tl::expected<void, api_error> check_launch_type(const json& request) {
     return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
                                   "'. Valid values: EC2, FARGATE, EXTERNAL."));
   }
-  if (const json& cps = member(request, "capacityProviderStrategy");
-      !cps.is_null() && !(cps.is_array() && cps.empty())) {
+  if (capacity_providers) {
     return tl::unexpected(
         invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
                 "and capacityProviderStrategy is not supported."));

@@ -1,15 +1,15 @@
 // The service actions of the ECS API: CreateService, UpdateService, DeleteService,
-// DescribeServices, ListServices. Each validates, then writes the record by compare-and-swap
-// (a pass of the loop that wrote first makes it read again and redo), then wakes the loop,
-// which does the work.
+// DescribeServices, ListServices. Each reads its request with ECS's model, validates, then
+// writes the record by compare-and-swap (a pass of the loop that wrote first makes it read
+// again and redo), then wakes the loop, which does the work.
 #include "actions.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <map>
 #include <mutex>
 #include <regex>
+#include <tuple>
 
 #include "berth/agent/util.hpp"
 
@@ -18,27 +18,45 @@ namespace berth::agent::sched {
 namespace {
 
 using outcome = tl::expected<json, api_error>;
+using control::client;
+using control::decode_request;
+using control::invalid;
 
-api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
-api_error client(std::string m) { return {"ClientException", std::move(m)}; }
 api_error not_found() { return {"ServiceNotFoundException", "Service not found."}; }
 // A write that lost to another writer: the action runs again on what that one wrote.
 constexpr const char* conflict = "berth.Conflict";
 constexpr int attempts = 5;
 
-// A member of the wrong type is refused, naming it.
-tl::expected<void, api_error> expect_type(const json& req, const char* k, bool (json::*is)() const,
-                                          const char* what) {
-  const auto it = req.find(k);
-  if (it == req.end() || it->is_null() || ((*it).*is)()) return {};
+// A filter of ListServices: absent, or one of the values ECS has.
+tl::expected<void, api_error> check_filter(const char* name, const std::optional<std::string>& v,
+                                           const std::vector<std::string>& allowed) {
+  if (!v || std::find(allowed.begin(), allowed.end(), *v) != allowed.end()) return {};
+  std::string valid;
+  for (const auto& a : allowed) valid += (valid.empty() ? "" : ", ") + a;
   return tl::unexpected(
-      api_error{"SerializationException", std::string("Expected '") + k + "' to be " + what});
+      invalid(std::string("Invalid ") + name + " '" + *v + "'. Valid values: " + valid + "."));
+}
+
+// ECS: 0 to 2,147,483,647 seconds (the model's integer already stops at the top).
+tl::expected<void, api_error> check_grace_period(const std::optional<std::int32_t>& seconds) {
+  if (seconds && *seconds < 0) {
+    return tl::unexpected(
+        invalid("healthCheckGracePeriodSeconds must be between 0 and 2147483647"));
+  }
+  return {};
+}
+
+tl::expected<std::int32_t, api_error> check_desired_count(std::int32_t n) {
+  if (n < 0 || n > 10'000) {
+    return tl::unexpected(invalid("desiredCount must be between 0 and 10000"));
+  }
+  return n;
 }
 
 class actions_impl final : public actions {
  public:
   actions_impl(records& recs, task_api& tasks, bool has_lb,
-               std::function<void(const json&)> changed)
+               std::function<void(const state::service&)> changed)
       : recs_(recs), tasks_(tasks), has_lb_(has_lb), changed_(std::move(changed)) {}
 
   bool serves(const std::string& action) const override {
@@ -46,15 +64,15 @@ class actions_impl final : public actions {
            action == "DescribeServices" || action == "ListServices";
   }
 
-  outcome call(const std::string& action, const json& req) override {
-    if (!req.is_object()) {
+  outcome call(const std::string& action, const json& body) override {
+    if (!body.is_object()) {
       return tl::unexpected(
           api_error{"SerializationException", "The request body must be a JSON object"});
     }
     // One action at a time, as before; the loop never waits on this lock.
     std::lock_guard lock(mu_);
     for (int attempt = 1;; ++attempt) {
-      auto r = dispatch(action, req);
+      auto r = dispatch(action, body);
       if (r || r.error().type != conflict) return r;
       if (attempt == attempts) {
         return tl::unexpected(api_error{
@@ -64,13 +82,13 @@ class actions_impl final : public actions {
   }
 
  private:
-  outcome dispatch(const std::string& action, const json& req) {
+  outcome dispatch(const std::string& action, const json& body) {
     try {
-      if (action == "CreateService") return create_service(req);
-      if (action == "UpdateService") return update_service(req);
-      if (action == "DeleteService") return delete_service(req);
-      if (action == "DescribeServices") return describe_services(req);
-      if (action == "ListServices") return list_services(req);
+      if (action == "CreateService") return create_service(body);
+      if (action == "UpdateService") return update_service(body);
+      if (action == "DeleteService") return delete_service(body);
+      if (action == "DescribeServices") return describe_services(body);
+      if (action == "ListServices") return list_services(body);
       return tl::unexpected(api_error{"UnknownOperationException", "Unknown operation"});
     } catch (const std::exception& e) {
       spdlog::error("{} failed: {}", action, e.what());
@@ -79,29 +97,25 @@ class actions_impl final : public actions {
     }
   }
 
-  tl::expected<void, api_error> save(json& s) {
+  // Writes the record, then tells the loop; the answer is the record as ECS's Service.
+  outcome save(state::service& s) {
     auto w = recs_.commit(s);
     if (!w) {
       return tl::unexpected(api_error{
           "ServerException", "The service could not be stored: " + w.error().message, 500});
     }
     if (!*w) return tl::unexpected(api_error{conflict, "the record changed meanwhile"});
-    return {};
+    changed_(s);
+    return json{{"service", state::response(s)}};
   }
 
   // The cluster a request names (default "default"), through the task API: it knows clusters.
-  tl::expected<std::string, api_error> cluster_of(const json& req) {
-    std::string c = "default";
-    if (req.contains("cluster") && !req["cluster"].is_null()) {
-      if (!req["cluster"].is_string()) {
-        return tl::unexpected(
-            api_error{"SerializationException", "Expected 'cluster' to be a string"});
-      }
-      c = name_of(req["cluster"].get<std::string>());
-    }
-    auto d = tasks_.call("DescribeClusters", {{"clusters", {c}}});
-    if (!d) return tl::unexpected(d.error());
-    if ((*d)["clusters"].empty() || (*d)["clusters"][0]["status"] != "ACTIVE") {
+  tl::expected<std::string, api_error> cluster_of(const std::optional<std::string>& ref) {
+    const std::string c = ref ? name_of(*ref) : "default";
+    ecs::describe_clusters_request q;
+    q.clusters = {c};
+    BERTH_TRY(d, ask<ecs::describe_clusters_response>(tasks_, "DescribeClusters", q));
+    if (items(d.clusters).empty() || d.clusters->front().status != "ACTIVE") {
       return tl::unexpected(api_error{"ClusterNotFoundException", "Cluster not found."});
     }
     return c;
@@ -109,67 +123,52 @@ class actions_impl final : public actions {
 
   // ---- checks shared by Create and Update ----
 
-  tl::expected<json, api_error> deployment_configuration(const json& req, json current) {
-    if (!req.contains("deploymentConfiguration") || req["deploymentConfiguration"].is_null()) {
-      return current;
-    }
-    const json& d = req["deploymentConfiguration"];
-    if (!d.is_object()) {
-      return tl::unexpected(api_error{"SerializationException",
-                                      "Expected 'deploymentConfiguration' to be a structure"});
-    }
-    for (const char* k : {"maximumPercent", "minimumHealthyPercent"}) {
-      if (!d.contains(k)) continue;
-      if (!d[k].is_number_integer() || d[k].get<std::int64_t>() < 0 ||
-          d[k].get<std::int64_t>() > 1000) {
+  // `current` with what the request changes, checked whole.
+  static tl::expected<ecs::deployment_configuration, api_error> deployment_configuration(
+      const std::optional<ecs::deployment_configuration>& given,
+      ecs::deployment_configuration current) {
+    if (!given) return current;
+    for (const auto& [k, from, to] :
+         {std::tuple{"maximumPercent", &given->maximum_percent, &current.maximum_percent},
+          std::tuple{"minimumHealthyPercent", &given->minimum_healthy_percent,
+                     &current.minimum_healthy_percent}}) {
+      if (!*from) continue;
+      if (**from < 0 || **from > 1000) {
         return tl::unexpected(invalid(std::string(k) + " must be a whole number of percent"));
       }
-      current[k] = d[k];
+      *to = *from;
     }
-    if (d.contains("deploymentCircuitBreaker")) {
-      const json& cb = d["deploymentCircuitBreaker"];
-      if (!cb.is_object() || !cb.contains("enable") || !cb["enable"].is_boolean() ||
-          !cb.contains("rollback") || !cb["rollback"].is_boolean()) {
-        return tl::unexpected(
-            invalid("deploymentCircuitBreaker needs the booleans 'enable' and 'rollback'"));
-      }
-      current["deploymentCircuitBreaker"] = {{"enable", cb["enable"]},
-                                             {"rollback", cb["rollback"]}};
+    if (given->deployment_circuit_breaker) {
+      current.deployment_circuit_breaker = given->deployment_circuit_breaker;
     }
-    if (current["minimumHealthyPercent"].get<std::int64_t>() > 100) {
-      return tl::unexpected(invalid("minimumHealthyPercent must be at most 100"));
-    }
-    if (current["maximumPercent"].get<std::int64_t>() < 100 ||
-        current["maximumPercent"] <= current["minimumHealthyPercent"]) {
+    const std::int32_t max = current.maximum_percent.value_or(200);
+    const std::int32_t min = current.minimum_healthy_percent.value_or(100);
+    if (min > 100) return tl::unexpected(invalid("minimumHealthyPercent must be at most 100"));
+    if (max < 100 || max <= min) {
       return tl::unexpected(
           invalid("maximumPercent must be at least 100 and above minimumHealthyPercent"));
     }
     return current;
   }
 
-  // The task definition's ARN, after checking it exists and is ACTIVE.
-  tl::expected<json, api_error> task_definition(const std::string& ref) {
-    auto d = tasks_.call("DescribeTaskDefinition", {{"taskDefinition", ref}});
-    if (!d) return tl::unexpected(d.error());
-    const json& td = (*d)["taskDefinition"];
-    if (td.value("status", "") != "ACTIVE") {
+  // The task definition `ref` names, after checking it exists and is ACTIVE.
+  tl::expected<ecs::task_definition, api_error> task_definition(const std::string& ref) {
+    ecs::describe_task_definition_request q;
+    q.task_definition = ref;
+    BERTH_TRY(d, ask<ecs::describe_task_definition_response>(tasks_, "DescribeTaskDefinition", q));
+    if (!d.task_definition || d.task_definition->status != "ACTIVE") {
       return tl::unexpected(client("TaskDefinition is inactive"));
     }
-    return td;
+    return std::move(*d.task_definition);
   }
 
-  tl::expected<json, api_error> load_balancers(const json& req, const json& td) {
-    json out = json::array();
-    if (!req.contains("loadBalancers") || req["loadBalancers"].is_null()) return out;
-    if (!req["loadBalancers"].is_array()) {
-      return tl::unexpected(
-          api_error{"SerializationException", "Expected 'loadBalancers' to be a list"});
-    }
-    for (const auto& lb : req["loadBalancers"]) {
-      if (!lb.is_object() || !lb.contains("loadBalancerName") ||
-          !lb["loadBalancerName"].is_string() || !lb.contains("containerName") ||
-          !lb["containerName"].is_string() || !lb.contains("containerPort") ||
-          !lb["containerPort"].is_number_integer()) {
+  // The load balancers as the record keeps them, each checked against HAProxy's backend names
+  // and the task definition's ports.
+  tl::expected<std::vector<ecs::load_balancer>, api_error> load_balancers(
+      const std::vector<ecs::load_balancer>& given, const ecs::task_definition& td) {
+    std::vector<ecs::load_balancer> out;
+    for (const auto& lb : given) {
+      if (!lb.load_balancer_name || !lb.container_name || !lb.container_port) {
         return tl::unexpected(
             invalid("each load balancer needs loadBalancerName, containerName and containerPort"));
       }
@@ -177,391 +176,288 @@ class actions_impl final : public actions {
         return tl::unexpected(
             invalid("loadBalancers need an HAProxy: start berthd with --haproxy-socket"));
       }
-      const std::string name = lb["loadBalancerName"];
+      const std::string& name = *lb.load_balancer_name;
       if (!std::regex_match(name, std::regex("[A-Za-z0-9_.:-]{1,32}"))) {
         return tl::unexpected(invalid("loadBalancerName '" + name + "' is not a backend name"));
       }
       bool found = false;
-      for (const auto& c : td["containerDefinitions"]) {
-        if (c["name"] != lb["containerName"]) continue;
-        for (const auto& p : c.value("portMappings", json::array())) {
-          found |= p.value("containerPort", -1) == lb["containerPort"].get<int>();
-        }
+      for (const auto& c : items(td.container_definitions)) {
+        if (c.name != lb.container_name) continue;
+        for (const auto& p : items(c.port_mappings)) found |= p.container_port == lb.container_port;
       }
       if (!found) {
-        return tl::unexpected(invalid("The container " + lb["containerName"].get<std::string>() +
+        return tl::unexpected(invalid("The container " + *lb.container_name +
                                       " does not have a container port " +
-                                      std::to_string(lb["containerPort"].get<int>()) +
-                                      " defined."));
+                                      std::to_string(*lb.container_port) + " defined."));
       }
-      out.push_back({{"loadBalancerName", name},
-                     {"containerName", lb["containerName"]},
-                     {"containerPort", lb["containerPort"]}});
+      out.push_back({std::nullopt, name, lb.container_name, lb.container_port});
     }
     return out;
   }
 
-  // ---- the actions ----
-
-  // ECS: 0 to 2,147,483,647 seconds.
-  static tl::expected<void, api_error> grace_period(const json& req) {
-    const auto it = req.find("healthCheckGracePeriodSeconds");
-    if (it == req.end() || it->is_null()) return {};
-    const bool in_range = it->is_number_unsigned()
-                              ? it->get<std::uint64_t>() <= 2147483647ull
-                              : it->is_number_integer() && it->get<std::int64_t>() >= 0;
-    if (!in_range) {
-      return tl::unexpected(
-          invalid("healthCheckGracePeriodSeconds must be between 0 and 2147483647"));
+  // A backend is one service's: each removes servers of its own kind it does not know.
+  tl::expected<void, api_error> backends_free(const std::vector<ecs::load_balancer>& mine) {
+    if (mine.empty()) return {};
+    auto all = recs_.all("");
+    if (!all) return {};
+    for (const auto& other : *all) {
+      if (other.status == "INACTIVE") continue;
+      for (const auto& lb : mine) {
+        for (const auto& theirs : other.load_balancers) {
+          if (theirs.load_balancer_name == lb.load_balancer_name) {
+            return tl::unexpected(invalid("load balancer " + *lb.load_balancer_name +
+                                          " already serves service " + other.service_name));
+          }
+        }
+      }
     }
     return {};
   }
 
-  outcome create_service(const json& req) {
-    auto cluster = cluster_of(req);
-    if (!cluster) return tl::unexpected(cluster.error());
-    for (const char* k : {"serviceName", "taskDefinition"}) {
-      if (!req.contains(k) || !req[k].is_string() || req[k].get<std::string>().empty()) {
-        return tl::unexpected(invalid(std::string("'") + k + "' is required"));
-      }
+  // Placement rules, checked by a dry run of the placement: a bad expression is refused now,
+  // not at launch.
+  tl::expected<void, api_error> check_placement(
+      const std::string& cluster, const std::string& td_arn,
+      const std::vector<ecs::placement_constraint>& constraints,
+      const std::vector<ecs::placement_strategy>& strategy) {
+    ecs::run_task_request q;
+    q.cluster = cluster;
+    q.task_definition = td_arn;
+    q.placement_constraints = constraints;
+    q.placement_strategy = strategy;
+    json dry = ecs::to_json(q);
+    dry["dryRun"] = true;  // BerthV1.Place's own member
+    if (auto r = tasks_.place(dry); !r) return tl::unexpected(r.error());
+    return {};
+  }
+
+  // ---- the actions ----
+
+  outcome create_service(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::create_service_request>(body));
+    BERTH_TRY(cluster, cluster_of(req.cluster));
+    if (req.service_name.empty()) return tl::unexpected(invalid("'serviceName' is required"));
+    if (!req.task_definition || req.task_definition->empty()) {
+      return tl::unexpected(invalid("'taskDefinition' is required"));
     }
-    if (auto t = expect_type(req, "desiredCount", &json::is_number_integer, "an integer"); !t) {
-      return tl::unexpected(t.error());
+    const bool providers =
+        req.capacity_provider_strategy && !req.capacity_provider_strategy->empty();
+    if (auto ok = check_launch_type(req.launch_type, providers); !ok) {
+      return tl::unexpected(ok.error());
     }
-    if (auto ok = check_launch_type(req); !ok) return tl::unexpected(ok.error());
-    if (auto t = expect_type(req, "healthCheckGracePeriodSeconds", &json::is_number_integer,
-                             "an integer");
-        !t) {
-      return tl::unexpected(t.error());
+    if (auto g = check_grace_period(req.health_check_grace_period_seconds); !g) {
+      return tl::unexpected(g.error());
     }
-    if (auto g = grace_period(req); !g) return tl::unexpected(g.error());
-    const std::string name = req["serviceName"];
+    const std::string& name = req.service_name;
     if (!std::regex_match(name, std::regex("[A-Za-z0-9_-]{1,255}"))) {
       return tl::unexpected(
           invalid("serviceName may hold up to 255 letters, digits, hyphens and "
                   "underscores"));
     }
-    const std::int64_t desired = req.value("desiredCount", std::int64_t{0});
-    if (desired < 0 || desired > 10'000) {
-      return tl::unexpected(invalid("desiredCount must be between 0 and 10000"));
-    }
-    if (req.value("schedulingStrategy", "REPLICA") != "REPLICA") {
+    BERTH_TRY(desired, check_desired_count(req.desired_count.value_or(0)));
+    if (req.scheduling_strategy.value_or("REPLICA") != "REPLICA") {
       return tl::unexpected(invalid("only the REPLICA scheduling strategy is supported"));
     }
-    const auto old = recs_.load(*cluster, name);
-    if (old && (*old)["status"] != "INACTIVE") {
+    const auto old = recs_.load(cluster, name);
+    if (old && old->status != "INACTIVE") {
       return tl::unexpected(invalid("Creation of service was not idempotent."));
     }
-    auto td = task_definition(req["taskDefinition"]);
-    if (!td) return tl::unexpected(td.error());
-    auto lbs = load_balancers(req, *td);
-    if (!lbs) return tl::unexpected(lbs.error());
-    // A backend is one service's: each removes servers of its own kind it does not know.
-    if (auto all = recs_.all(""); all) {
-      for (const auto& other : *all) {
-        if (other.value("status", "") == "INACTIVE") continue;
-        for (const auto& mine : *lbs) {
-          for (const auto& theirs : other.value("loadBalancers", json::array())) {
-            if (theirs.value("loadBalancerName", "") == mine["loadBalancerName"]) {
-              return tl::unexpected(
-                  invalid("load balancer " + mine["loadBalancerName"].get<std::string>() +
-                          " already serves service " + other.value("serviceName", std::string())));
-            }
-          }
-        }
-      }
-    }
-    auto dc = deployment_configuration(
-        req, {{"maximumPercent", 200},
-              {"minimumHealthyPercent", 100},
-              {"deploymentCircuitBreaker", {{"enable", false}, {"rollback", false}}}});
-    if (!dc) return tl::unexpected(dc.error());
+    BERTH_TRY(td, task_definition(*req.task_definition));
+    const std::string td_arn = td.task_definition_arn.value_or("");
+    BERTH_TRY(lbs, load_balancers(items(req.load_balancers), td));
+    if (auto free = backends_free(lbs); !free) return tl::unexpected(free.error());
+    BERTH_TRY(dc,
+              deployment_configuration(req.deployment_configuration,
+                                       {ecs::deployment_circuit_breaker{false, false}, 200, 100}));
     // Placement as ECS's service default: spread over zones, then instances.
-    json strategy = req.value("placementStrategy", json());
-    if (strategy.is_null()) {
-      strategy = json::array({{{"type", "spread"}, {"field", "attribute:ecs.availability-zone"}},
-                              {{"type", "spread"}, {"field", "instanceId"}}});
-    }
-    json constraints = req.value("placementConstraints", json::array());
-    if (auto ok = check_placement(*cluster, (*td)["taskDefinitionArn"], constraints, strategy);
-        !ok) {
+    const auto strategy = req.placement_strategy.value_or(std::vector<ecs::placement_strategy>{
+        {"spread", "attribute:ecs.availability-zone"}, {"spread", "instanceId"}});
+    const auto& constraints = items(req.placement_constraints);
+    if (auto ok = check_placement(cluster, td_arn, constraints, strategy); !ok) {
       return tl::unexpected(ok.error());
     }
-    json tags = req.value("tags", json::array());
-    if (!tags.is_array()) {
-      return tl::unexpected(api_error{"SerializationException", "Expected 'tags' to be a list"});
+    state::service s;
+    for (const auto& t : items(req.tags)) {
+      if (!t.key) return tl::unexpected(invalid("every tag needs a string key and a string value"));
+      s.tags.push_back({*t.key, t.value});
     }
-    for (const auto& t : tags) {
-      if (!t.is_object() || !t.contains("key") || !t["key"].is_string() ||
-          (t.contains("value") && !t["value"].is_string())) {
-        return tl::unexpected(invalid("every tag needs a string key and a string value"));
-      }
-    }
-    const std::string cluster_arn = recs_.arn("cluster/" + *cluster);
-    json s = {{"serviceArn", recs_.arn("service/" + *cluster + "/" + name)},
-              {"serviceName", name},
-              {"clusterArn", cluster_arn},
-              {"loadBalancers", *lbs},
-              {"serviceRegistries", json::array()},
-              {"status", "ACTIVE"},
-              {"desiredCount", desired},
-              {"runningCount", 0},
-              {"pendingCount", 0},
-              {"launchType", "EC2"},
-              {"taskDefinition", (*td)["taskDefinitionArn"]},
-              {"deploymentConfiguration", *dc},
-              {"deployments",
-               json::array({to_json(rc::new_deployment(deployment_id(), (*td)["taskDefinitionArn"],
-                                                       desired, now_seconds()))})},
-              {"events", json::array()},
-              {"createdAt", now_seconds()},
-              {"placementConstraints", constraints},
-              {"placementStrategy", strategy},
-              {"healthCheckGracePeriodSeconds", req.value("healthCheckGracePeriodSeconds", 0)},
-              {"schedulingStrategy", "REPLICA"},
-              {"deploymentController", {{"type", "ECS"}}},
-              {"tags", tags},
-              {"enableECSManagedTags", false},
-              {"propagateTags", "NONE"},
-              {"createdBy", recs_.arn("user/berth")}};
+    s.service_arn = recs_.arn("service/" + cluster + "/" + name);
+    s.service_name = name;
+    s.cluster_arn = recs_.arn("cluster/" + cluster);
+    s.load_balancers = std::move(lbs);
+    s.status = "ACTIVE";
+    s.desired_count = desired;
+    s.task_definition = td_arn;
+    s.deployment_configuration = std::move(dc);
+    s.deployments = {
+        deployment_of(rc::new_deployment(deployment_id(), td_arn, desired, now_seconds()))};
+    s.created_at = now_seconds();
+    s.placement_constraints = constraints;
+    s.placement_strategy = strategy;
+    s.health_check_grace_period_seconds = req.health_check_grace_period_seconds.value_or(0);
+    s.created_by = recs_.arn("user/berth");
     // Over an INACTIVE record of the same name: written at its revision.
-    s["_berth"] = {
-        {"lastGood", nullptr}, {"steady", false}, {"revision", old ? revision(*old) : 0}};
-    if (auto w = save(s); !w) return tl::unexpected(w.error());
-    changed_(s);
-    return json{{"service", records::view(s)}};
+    s.berth.revision = old ? old->berth.revision : 0;
+    return save(s);
   }
 
-  tl::expected<json, api_error> find(const json& req, std::string& cluster) {
-    auto c = cluster_of(req);
-    if (!c) return tl::unexpected(c.error());
-    cluster = *c;
-    if (!req.contains("service") || !req["service"].is_string()) {
-      return tl::unexpected(invalid("'service' is required"));
-    }
-    auto s = recs_.load(cluster, name_of(req["service"].get<std::string>()));
-    if (!s || (*s)["status"] == "INACTIVE") return tl::unexpected(not_found());
-    return *s;
+  // The service a request names, unless it is gone.
+  tl::expected<state::service, api_error> find(const std::string& cluster,
+                                               const std::string& service) {
+    auto s = recs_.load(cluster, name_of(service));
+    if (!s || s->status == "INACTIVE") return tl::unexpected(not_found());
+    return std::move(*s);
   }
 
-  outcome update_service(const json& req) {
-    std::string cluster;
-    auto found = find(req, cluster);
-    if (!found) return tl::unexpected(found.error());
-    json s = *found;
-    if (s["status"] != "ACTIVE") {
+  outcome update_service(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::update_service_request>(body));
+    BERTH_TRY(cluster, cluster_of(req.cluster));
+    BERTH_TRY(s, find(cluster, req.service));
+    if (s.status != "ACTIVE") {
       return tl::unexpected(api_error{"ServiceNotActiveException", "Service was not ACTIVE."});
     }
-    for (const char* k : {"desiredCount", "healthCheckGracePeriodSeconds"}) {
-      if (auto t = expect_type(req, k, &json::is_number_integer, "an integer"); !t) {
-        return tl::unexpected(t.error());
-      }
+    if (auto g = check_grace_period(req.health_check_grace_period_seconds); !g) {
+      return tl::unexpected(g.error());
     }
-    if (auto t = expect_type(req, "forceNewDeployment", &json::is_boolean, "a boolean"); !t) {
-      return tl::unexpected(t.error());
+    BERTH_TRY(dc,
+              deployment_configuration(req.deployment_configuration, s.deployment_configuration));
+    s.deployment_configuration = std::move(dc);
+    if (req.desired_count) {
+      BERTH_TRY(d, check_desired_count(*req.desired_count));
+      s.desired_count = d;
+      for (auto& dep : s.deployments) {
+        if (dep.status == "PRIMARY") dep.desired_count = d;
+      }
+      s.berth.steady = false;
     }
-    if (auto g = grace_period(req); !g) return tl::unexpected(g.error());
-    auto dc = deployment_configuration(req, s["deploymentConfiguration"]);
-    if (!dc) return tl::unexpected(dc.error());
-    s["deploymentConfiguration"] = *dc;
-    if (req.contains("desiredCount") && !req["desiredCount"].is_null()) {
-      const std::int64_t d = req["desiredCount"];
-      if (d < 0 || d > 10'000) {
-        return tl::unexpected(invalid("desiredCount must be between 0 and 10000"));
-      }
-      s["desiredCount"] = d;
-      for (auto& dep : s["deployments"]) {
-        if (dep["status"] == "PRIMARY") dep["desiredCount"] = d;
-      }
-      s["_berth"]["steady"] = false;
+    if (req.health_check_grace_period_seconds) {
+      s.health_check_grace_period_seconds = *req.health_check_grace_period_seconds;
     }
-    if (req.contains("healthCheckGracePeriodSeconds") &&
-        !req["healthCheckGracePeriodSeconds"].is_null()) {
-      s["healthCheckGracePeriodSeconds"] = req["healthCheckGracePeriodSeconds"];
-    }
-    bool redeploy = req.value("forceNewDeployment", false);
-    if (req.contains("taskDefinition") && !req["taskDefinition"].is_null()) {
-      if (!req["taskDefinition"].is_string()) {
-        return tl::unexpected(
-            api_error{"SerializationException", "Expected 'taskDefinition' to be a string"});
+    bool redeploy = req.force_new_deployment.value_or(false);
+    if (req.task_definition) {
+      BERTH_TRY(td, task_definition(*req.task_definition));
+      if (!s.load_balancers.empty()) {
+        if (auto lbs = load_balancers(s.load_balancers, td); !lbs) {
+          return tl::unexpected(lbs.error());
+        }
       }
-      auto td = task_definition(req["taskDefinition"]);
-      if (!td) return tl::unexpected(td.error());
-      if (!s["loadBalancers"].empty()) {
-        json lbreq = {{"loadBalancers", s["loadBalancers"]}};
-        if (auto lbs = load_balancers(lbreq, *td); !lbs) return tl::unexpected(lbs.error());
-      }
-      redeploy |= (*td)["taskDefinitionArn"] != s["taskDefinition"];
-      s["taskDefinition"] = (*td)["taskDefinitionArn"];
+      const std::string td_arn = td.task_definition_arn.value_or("");
+      redeploy |= td_arn != s.task_definition;
+      s.task_definition = td_arn;
     }
     // New placement rules apply to the tasks started from now on (forceNewDeployment moves the
-    // running ones too), as in ECS; an empty list removes them. Checked by a dry run first.
-    const auto given = [&](const char* k) { return req.contains(k) && !req[k].is_null(); };
-    if (given("placementConstraints") || given("placementStrategy")) {
-      // The request's rule where it gives one, the service's where it does not.
-      const auto rule = [&](const char* k) { return given(k) ? req[k] : s[k]; };
-      const json constraints = rule("placementConstraints");
-      const json strategy = rule("placementStrategy");
-      if (auto ok = check_placement(cluster, s["taskDefinition"], constraints, strategy); !ok) {
+    // running ones too), as in ECS; an empty list removes them. Checked by a dry run first:
+    // the request's rule where it gives one, the service's where it does not.
+    if (req.placement_constraints || req.placement_strategy) {
+      auto constraints = req.placement_constraints.value_or(s.placement_constraints);
+      auto strategy = req.placement_strategy.value_or(s.placement_strategy);
+      if (auto ok = check_placement(cluster, s.task_definition, constraints, strategy); !ok) {
         return tl::unexpected(ok.error());
       }
-      s["placementConstraints"] = constraints;
-      s["placementStrategy"] = strategy;
+      s.placement_constraints = std::move(constraints);
+      s.placement_strategy = std::move(strategy);
     }
-    if (redeploy) start_deployment(s, s["taskDefinition"]);
-    if (auto w = save(s); !w) return tl::unexpected(w.error());
-    changed_(s);
-    return json{{"service", records::view(s)}};
+    if (redeploy) start_deployment(s);
+    return save(s);
   }
 
-  // Placement rules, checked by a dry run of the placement: a bad expression is refused now,
-  // not at launch.
-  tl::expected<void, api_error> check_placement(const std::string& cluster, const json& td_arn,
-                                                const json& constraints, const json& strategy) {
-    if (!strategy.is_array() || !constraints.is_array()) {
-      return tl::unexpected(
-          api_error{"SerializationException", "Expected placement rules to be lists"});
+  // A new deployment of the service's task definition becomes PRIMARY; the one before is
+  // ACTIVE until its tasks are gone.
+  static void start_deployment(state::service& s) {
+    for (auto& dep : s.deployments) {
+      if (dep.status == "PRIMARY") dep.status = "ACTIVE";
     }
-    auto dry = tasks_.place({{"cluster", cluster},
-                             {"taskDefinition", td_arn},
-                             {"placementConstraints", constraints},
-                             {"placementStrategy", strategy},
-                             {"dryRun", true}});
-    if (!dry) return tl::unexpected(dry.error());
-    return {};
-  }
-
-  // The new deployment becomes PRIMARY; the one before is ACTIVE until its tasks are gone.
-  void start_deployment(json& s, const std::string& td) {
-    for (auto& dep : s["deployments"]) {
-      if (dep["status"] == "PRIMARY") dep["status"] = "ACTIVE";
-    }
-    const auto dep = rc::new_deployment(deployment_id(), td, s["desiredCount"].get<std::int64_t>(),
-                                        now_seconds());
-    s["deployments"].insert(s["deployments"].begin(), to_json(dep));
-    s["taskDefinition"] = td;
-    s["_berth"]["steady"] = false;
+    const auto dep =
+        rc::new_deployment(deployment_id(), s.task_definition, s.desired_count, now_seconds());
+    s.deployments.insert(s.deployments.begin(), deployment_of(dep));
+    s.berth.steady = false;
     records::event(s, rc::started_message(dep));
   }
 
-  outcome delete_service(const json& req) {
-    std::string cluster;
-    auto found = find(req, cluster);
-    if (!found) return tl::unexpected(found.error());
-    json s = *found;
-    if (auto t = expect_type(req, "force", &json::is_boolean, "a boolean"); !t) {
-      return tl::unexpected(t.error());
-    }
-    if (s["desiredCount"].get<std::int64_t>() > 0 && !req.value("force", false)) {
+  outcome delete_service(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::delete_service_request>(body));
+    BERTH_TRY(cluster, cluster_of(req.cluster));
+    BERTH_TRY(s, find(cluster, req.service));
+    if (s.desired_count > 0 && !req.force.value_or(false)) {
       return tl::unexpected(invalid(
           "The service cannot be stopped while it is scaled above 0. Set desiredCount to 0 or "
           "use force."));
     }
-    s["status"] = "DRAINING";
-    s["desiredCount"] = 0;
-    for (auto& dep : s["deployments"]) dep["desiredCount"] = 0;
+    s.status = "DRAINING";
+    s.desired_count = 0;
+    for (auto& dep : s.deployments) dep.desired_count = 0;
     records::event(s, "is being deleted.");
-    if (auto w = save(s); !w) return tl::unexpected(w.error());
-    changed_(s);
-    return json{{"service", records::view(s)}};
+    return save(s);
   }
 
-  outcome describe_services(const json& req) {
-    auto cluster = cluster_of(req);
-    if (!cluster) return tl::unexpected(cluster.error());
-    if (!req.contains("services") || !req["services"].is_array() || req["services"].empty() ||
-        req["services"].size() > 10) {
+  outcome describe_services(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::describe_services_request>(body));
+    BERTH_TRY(cluster, cluster_of(req.cluster));
+    if (req.services.empty() || req.services.size() > 10) {
       return tl::unexpected(invalid("services must name 1 to 10 services"));
     }
+    const auto& include = items(req.include);
+    const bool tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     json out = {{"services", json::array()}, {"failures", json::array()}};
-    const json include = req.value("include", json::array());
-    const bool tags =
-        include.is_array() && std::find(include.begin(), include.end(), "TAGS") != include.end();
-    for (const auto& ref : req["services"]) {
-      if (!ref.is_string()) {
-        return tl::unexpected(
-            api_error{"SerializationException", "Expected every service to be a string"});
-      }
-      auto s = recs_.load(*cluster, name_of(ref.get<std::string>()));
+    for (const auto& ref : req.services) {
+      auto s = recs_.load(cluster, name_of(ref));
       if (!s) {
-        out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
+        out["failures"].push_back(ecs::to_json(ecs::failure{ref, "MISSING", std::nullopt}));
         continue;
       }
-      json v = records::view(*s);
+      json v = state::response(*s);
       if (!tags) v.erase("tags");
-      out["services"].push_back(v);
+      out["services"].push_back(std::move(v));
     }
     return out;
   }
 
-  outcome list_services(const json& req) {
-    auto cluster = cluster_of(req);
-    if (!cluster) return tl::unexpected(cluster.error());
+  outcome list_services(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::list_services_request>(body));
+    BERTH_TRY(cluster, cluster_of(req.cluster));
     // The filters ECS has: a launch type, a scheduling strategy (each compared with what the
     // service says; Berth's are EC2 and REPLICA).
-    std::map<std::string, std::string> filters;
-    for (const auto& [name, allowed] : {std::pair<const char*, std::vector<std::string>>{
-                                            "launchType", {"EC2", "FARGATE", "EXTERNAL"}},
-                                        {"schedulingStrategy", {"REPLICA", "DAEMON"}}}) {
-      const auto it = req.find(name);
-      if (it == req.end() || it->is_null()) continue;
-      if (!it->is_string()) {
-        return tl::unexpected(api_error{"SerializationException",
-                                        std::string("Expected '") + name + "' to be a string"});
-      }
-      if (std::find(allowed.begin(), allowed.end(), it->get<std::string>()) == allowed.end()) {
-        std::string valid;
-        for (const auto& v : allowed) valid += (valid.empty() ? "" : ", ") + v;
-        return tl::unexpected(invalid(std::string("Invalid ") + name + " '" +
-                                      it->get<std::string>() + "'. Valid values: " + valid + "."));
-      }
-      filters[name] = *it;
+    if (auto ok = check_filter("launchType", req.launch_type, {"EC2", "FARGATE", "EXTERNAL"});
+        !ok) {
+      return tl::unexpected(ok.error());
     }
-    auto all = recs_.all(*cluster + "/");
-    if (!all)
+    if (auto ok =
+            check_filter("schedulingStrategy", req.scheduling_strategy, {"REPLICA", "DAEMON"});
+        !ok) {
+      return tl::unexpected(ok.error());
+    }
+    auto all = recs_.all(cluster + "/");
+    if (!all) {
       return tl::unexpected(api_error{"ServerException", "The store could not list services", 500});
+    }
     std::vector<std::string> arns;
     for (const auto& s : *all) {
-      if (s.value("status", "") == "INACTIVE") continue;
-      const bool kept = std::all_of(filters.begin(), filters.end(), [&](const auto& f) {
-        return s.value(f.first, f.first == "launchType" ? "EC2" : "REPLICA") == f.second;
-      });
-      if (kept) arns.push_back(s["serviceArn"]);
+      if (s.status == "INACTIVE") continue;
+      if (req.launch_type && s.launch_type != *req.launch_type) continue;
+      if (req.scheduling_strategy && s.scheduling_strategy != *req.scheduling_strategy) continue;
+      arns.push_back(s.service_arn);
     }
-    std::int64_t max = 10;
-    if (req.contains("maxResults") && !req["maxResults"].is_null()) {
-      if (!req["maxResults"].is_number_integer() || req["maxResults"] < 1 ||
-          req["maxResults"] > 100) {
-        return tl::unexpected(invalid("maxResults must be between 1 and 100"));
-      }
-      max = req["maxResults"];
-    }
-    std::size_t from = 0;
-    if (req.contains("nextToken") && req["nextToken"].is_string()) {
-      try {
-        from = std::stoul(req["nextToken"].get<std::string>());
-      } catch (...) {
-        return tl::unexpected(invalid("Invalid nextToken"));
-      }
-    }
+    // Ten a page unless maxResults says otherwise (at most 100).
+    const std::optional<std::int64_t> max = req.max_results.value_or(10);
+    BERTH_TRY(range, control::page(req.next_token, max, arns.size(), 100));
+    const auto [from, to] = range;
     json out = {{"serviceArns", json::array()}};
-    const std::size_t to = std::min(arns.size(), from + static_cast<std::size_t>(max));
     for (std::size_t i = from; i < to; ++i) out["serviceArns"].push_back(arns[i]);
-    if (to < arns.size()) out["nextToken"] = std::to_string(to);
+    control::add_token(out, to, arns.size());
     return out;
   }
 
   records& recs_;
   task_api& tasks_;
   bool has_lb_;
-  std::function<void(const json&)> changed_;
+  std::function<void(const state::service&)> changed_;
   std::mutex mu_;
 };
 
 }  // namespace
 
 std::unique_ptr<actions> make_actions(records& recs, task_api& tasks, bool has_lb,
-                                      std::function<void(const json&)> changed) {
+                                      std::function<void(const state::service&)> changed) {
   return std::make_unique<actions_impl>(recs, tasks, has_lb, std::move(changed));
 }
 

@@ -21,6 +21,6 @@ class actions {
 // `has_lb`: berthd has an HAProxy (loadBalancers are refused without one). `changed` is called
 // with each record an action wrote.
 std::unique_ptr<actions> make_actions(records& recs, task_api& tasks, bool has_lb,
-                                      std::function<void(const json&)> changed);
+                                      std::function<void(const state::service&)> changed);
 
 }  // namespace berth::agent::sched

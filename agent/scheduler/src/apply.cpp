@@ -32,7 +32,7 @@ void warn(const rc::snapshot& snap, std::vector<std::string>& events,
 
 }  // namespace
 
-loop::applied loop::apply(const json& s, const rc::snapshot& snap, const rc::plan& p) {
+loop::applied loop::apply(const state::service& s, const rc::snapshot& snap, const rc::plan& p) {
   applied out;
   apply_targets(p, snap, out);
   apply_tasks(s, p, snap, out);
@@ -64,8 +64,9 @@ void loop::apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& o
   }
 }
 
-void loop::apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& snap, applied& out) {
-  const std::string cluster = name_of(s["clusterArn"].get<std::string>());
+void loop::apply_tasks(const state::service& s, const rc::plan& p, const rc::snapshot& snap,
+                       applied& out) {
+  const std::string cluster = name_of(s.cluster_arn);
   std::vector<rc::task_stop> stops = p.stops;
   for (const auto& d : p.drains) {
     bool draining = d.backends.empty();  // HAProxy drains it already: only tracked again
@@ -84,7 +85,7 @@ void loop::apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& sna
   std::vector<std::string> stopped;
   for (const auto& st : stops) {
     auto r = tasks_.call("StopTask",
-                         {{"cluster", cluster}, {"task", st.task_arn}, {"reason", st.reason}});
+                         ecs::to_json(ecs::stop_task_request{cluster, st.task_arn, st.reason}));
     if (!r) {
       spdlog::warn("service {}: cannot stop {}: {}", snap.service.name, st.task_arn,
                    r.error().message);
@@ -99,28 +100,30 @@ void loop::apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& sna
   }
 
   for (const auto& st : p.starts) {
-    auto r = tasks_.call("RunTask", {{"cluster", cluster},
-                                     {"taskDefinition", st.task_definition},
-                                     {"count", st.count},
-                                     {"startedBy", st.deployment_id},
-                                     {"group", "service:" + snap.service.name},
-                                     {"placementConstraints", s["placementConstraints"]},
-                                     {"placementStrategy", s["placementStrategy"]}});
+    ecs::run_task_request run;
+    run.cluster = cluster;
+    run.task_definition = st.task_definition;
+    run.count = static_cast<std::int32_t>(st.count);
+    run.started_by = st.deployment_id;
+    run.group = "service:" + snap.service.name;
+    run.placement_constraints = s.placement_constraints;
+    run.placement_strategy = s.placement_strategy;
+    auto r = ask<ecs::run_task_response>(tasks_, "RunTask", run);
     if (!r) {
       warn(snap, out.events, out.said, "was unable to start tasks: " + r.error().message);
       continue;
     }
     std::vector<std::string> started;
-    for (const auto& t : (*r)["tasks"]) started.push_back(t["taskArn"]);
+    for (const auto& t : items(r->tasks)) started.push_back(t.task_arn.value_or(""));
     if (!started.empty()) {
       out.events.push_back("has started " + std::to_string(started.size()) +
                            " tasks:" + task_list(started) + ".");
       metrics_.add("berth_service_tasks_started_total", {}, static_cast<double>(started.size()));
     }
     // Said by the next pass's reconcile, which also waits a moment before asking again.
-    if (!(*r)["failures"].empty()) {
+    if (!items(r->failures).empty()) {
       std::string reasons;
-      for (const auto& f : (*r)["failures"]) reasons.append(" ").append(f.value("reason", ""));
+      for (const auto& f : *r->failures) reasons.append(" ").append(f.reason.value_or(""));
       out.placement_failure = rc::placement_failure{st.deployment_id, snap.now, reasons};
     } else {
       out.placed = true;

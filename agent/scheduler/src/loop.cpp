@@ -5,6 +5,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "berth/agent/util.hpp"
 
 namespace berth::agent::sched {
@@ -93,9 +96,8 @@ void loop::pass_all() {
   std::map<std::string, int> by_status = {{"ACTIVE", 0}, {"DRAINING", 0}};
   bool busy = false;
   for (auto& s : *all) {
-    const std::string status = s.value("status", "");
-    if (status == "INACTIVE") continue;
-    ++by_status[status];
+    if (s.status == "INACTIVE") continue;
+    ++by_status[s.status];
     try {
       busy |= pass_one(std::move(s));
     } catch (const std::exception& e) {
@@ -111,7 +113,7 @@ void loop::pass_all() {
   for (const auto& [st, n] : by_status) metrics_.set("berth_services", {{"status", st}}, n);
 }
 
-bool loop::pass_one(json s) {
+bool loop::pass_one(state::service s) {
   auto snap = gather(s);
   if (!snap) return true;  // tried again next pass
   const rc::plan p = rc::reconcile(*snap);
@@ -121,14 +123,14 @@ bool loop::pass_one(json s) {
   return p.busy;
 }
 
-std::optional<rc::snapshot> loop::gather(const json& s) {
+std::optional<rc::snapshot> loop::gather(const state::service& s) {
   rc::snapshot snap;
   snap.service = to_service(s, cfg_.deregistration_delay);
   snap.deployments = to_deployments(s);
   auto live = tasks_of(s, false);
   if (!live) return std::nullopt;
   for (const auto& t : *live) {
-    snap.tasks.push_back(to_task(t, checked_containers(t.value("taskDefinitionArn", ""))));
+    snap.tasks.push_back(to_task(t, checked_containers(t.task_definition_arn.value_or(""))));
   }
   // The circuit breaker counts the primary's failed tasks, while it rolls out.
   bool rolling = false;
@@ -137,7 +139,7 @@ std::optional<rc::snapshot> loop::gather(const json& s) {
         d.status == rc::deployment_status::primary && d.rollout == rc::rollout_state::in_progress;
   }
   if (rolling && !snap.service.deleting) {
-    for (const auto& t : tasks_of(s, true).value_or(std::vector<json>{})) {
+    for (const auto& t : tasks_of(s, true).value_or(std::vector<ecs::task>{})) {
       snap.stopped_tasks.push_back(to_task(t, {}));
     }
   }
@@ -173,29 +175,29 @@ std::optional<rc::snapshot> loop::gather(const json& s) {
 
 // The service's tasks (not yet stopped, or stopped), described. Nothing when any lookup failed:
 // a partial list would look like missing tasks.
-std::optional<std::vector<json>> loop::tasks_of(const json& s, bool stopped) {
-  std::vector<json> out;
-  const std::string cluster = name_of(s["clusterArn"].get<std::string>());
+std::optional<std::vector<ecs::task>> loop::tasks_of(const state::service& s, bool stopped) {
+  ecs::list_tasks_request list;
+  list.cluster = name_of(s.cluster_arn);
+  list.service_name = s.service_name;
+  list.desired_status = stopped ? "STOPPED" : "RUNNING";
+  list.max_results = 100;
   std::vector<std::string> arns;
-  std::optional<std::string> token;
   do {
-    json req = {{"cluster", cluster},
-                {"serviceName", s["serviceName"]},
-                {"desiredStatus", stopped ? "STOPPED" : "RUNNING"},
-                {"maxResults", 100}};
-    if (token) req["nextToken"] = *token;
-    auto l = tasks_.call("ListTasks", req);
+    auto l = ask<ecs::list_tasks_response>(tasks_, "ListTasks", list);
     if (!l) return std::nullopt;
-    for (const auto& a : (*l)["taskArns"]) arns.push_back(a);
-    token.reset();
-    if (l->contains("nextToken")) token = (*l)["nextToken"].get<std::string>();
-  } while (token);
+    arns.insert(arns.end(), items(l->task_arns).begin(), items(l->task_arns).end());
+    list.next_token = std::move(l->next_token);
+  } while (list.next_token);
+  std::vector<ecs::task> out;
   for (std::size_t i = 0; i < arns.size(); i += 100) {
-    json batch = json::array();
-    for (std::size_t j = i; j < std::min(arns.size(), i + 100); ++j) batch.push_back(arns[j]);
-    auto d = tasks_.call("DescribeTasks", {{"cluster", cluster}, {"tasks", batch}});
+    ecs::describe_tasks_request describe;
+    describe.cluster = list.cluster;
+    describe.tasks.assign(
+        arns.begin() + static_cast<std::ptrdiff_t>(i),
+        arns.begin() + static_cast<std::ptrdiff_t>(std::min(arns.size(), i + 100)));
+    auto d = ask<ecs::describe_tasks_response>(tasks_, "DescribeTasks", describe);
     if (!d) return std::nullopt;
-    for (const auto& t : (*d)["tasks"]) out.push_back(t);
+    if (d->tasks) std::move(d->tasks->begin(), d->tasks->end(), std::back_inserter(out));
   }
   return out;
 }
@@ -204,11 +206,13 @@ std::optional<std::vector<json>> loop::tasks_of(const json& s, bool stopped) {
 const std::set<std::string>& loop::checked_containers(const std::string& td) {
   if (const auto it = checked_.find(td); it != checked_.end()) return it->second;
   static const std::set<std::string> unknown;
-  auto d = tasks_.call("DescribeTaskDefinition", {{"taskDefinition", td}});
-  if (!d) return unknown;  // asked again next time
+  ecs::describe_task_definition_request q;
+  q.task_definition = td;
+  auto d = ask<ecs::describe_task_definition_response>(tasks_, "DescribeTaskDefinition", q);
+  if (!d || !d->task_definition) return unknown;  // asked again next time
   std::set<std::string> names;
-  for (const auto& c : (*d)["taskDefinition"]["containerDefinitions"]) {
-    if (c.contains("healthCheck")) names.insert(c["name"].get<std::string>());
+  for (const auto& c : items(d->task_definition->container_definitions)) {
+    if (c.health_check && c.name) names.insert(*c.name);
   }
   return checked_[td] = names;
 }
@@ -238,23 +242,22 @@ void loop::remember(const rc::snapshot& snap, const rc::plan& p, const applied& 
 // The plan's record, written by compare-and-swap. When an API call wrote the record since the
 // snapshot, only what this pass did is added (its events); the next pass decides afresh on the
 // new record.
-void loop::record(json s, const rc::plan& p, const applied& a) {
-  const std::string before = s.dump();
+void loop::record(state::service s, const rc::plan& p, const applied& a) {
+  const state::service before = s;
   for (const auto& m : a.events) records::event(s, m);
   for (const auto& e : p.events) records::event(s, e.message);
   write_deployments(s, p.deployments);
-  s["runningCount"] = p.running_count;
-  s["pendingCount"] = p.pending_count;
-  if (p.task_definition) s["taskDefinition"] = *p.task_definition;
-  if (p.last_good) s["_berth"]["lastGood"] = *p.last_good;
-  s["_berth"]["steady"] = p.steady;
-  if (p.deleted) s["status"] = "INACTIVE";
-  if (s.dump() == before) return;
+  s.running_count = static_cast<std::int32_t>(p.running_count);
+  s.pending_count = static_cast<std::int32_t>(p.pending_count);
+  if (p.task_definition) s.task_definition = *p.task_definition;
+  if (p.last_good) s.berth.last_good = *p.last_good;
+  s.berth.steady = p.steady;
+  if (p.deleted) s.status = "INACTIVE";
+  if (s == before) return;
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto w = recs_.commit(s);
     if (!w || *w) return;  // written, or logged by commit
-    auto fresh = recs_.load(name_of(s["clusterArn"].get<std::string>()),
-                            s["serviceName"].get<std::string>());
+    auto fresh = recs_.load(name_of(s.cluster_arn), s.service_name);
     if (!fresh) return;
     s = std::move(*fresh);
     if (a.events.empty()) return;

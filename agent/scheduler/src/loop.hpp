@@ -54,15 +54,16 @@ class loop {
   void run();
   void pass_all();
   // One service's pass; true when it is in motion (the loop passes more often then).
-  bool pass_one(json s);
-  std::optional<rc::snapshot> gather(const json& s);
-  std::optional<std::vector<json>> tasks_of(const json& s, bool stopped);
+  bool pass_one(state::service s);
+  std::optional<rc::snapshot> gather(const state::service& s);
+  std::optional<std::vector<ecs::task>> tasks_of(const state::service& s, bool stopped);
   const std::set<std::string>& checked_containers(const std::string& task_definition);
-  applied apply(const json& s, const rc::snapshot& snap, const rc::plan& p);
+  applied apply(const state::service& s, const rc::snapshot& snap, const rc::plan& p);
   void apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out);
-  void apply_tasks(const json& s, const rc::plan& p, const rc::snapshot& snap, applied& out);
+  void apply_tasks(const state::service& s, const rc::plan& p, const rc::snapshot& snap,
+                   applied& out);
   void remember(const rc::snapshot& snap, const rc::plan& p, const applied& a);
-  void record(json s, const rc::plan& p, const applied& a);
+  void record(state::service s, const rc::plan& p, const applied& a);
 
   struct tracked_drain {
     rc::drain d;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
 #include <random>
 
@@ -10,10 +11,6 @@
 namespace berth::agent::sched {
 
 namespace {
-
-std::string key_of(const json& s) {
-  return name_of(s["clusterArn"].get<std::string>()) + "/" + s["serviceName"].get<std::string>();
-}
 
 // ECS's words for the reconciler's enums, one table each way.
 template <class E>
@@ -43,62 +40,87 @@ E value_of(const words<E> (&table)[N], const std::string& w, E missing) {
   return missing;
 }
 
-rc::health health_of(const json& j) {
-  const std::string h = j.value("healthStatus", "UNKNOWN");
+rc::health health_of(const std::optional<std::string>& h) {
   return h == "HEALTHY"     ? rc::health::healthy
          : h == "UNHEALTHY" ? rc::health::unhealthy
                             : rc::health::unknown;
 }
 
+// The record's deployment takes what reconcile decided; what reconcile does not know stays.
+void assign(state::deployment& x, const rc::deployment& d) {
+  x.id = d.id;
+  x.status = word_of(statuses, d.status);
+  x.task_definition = d.task_definition;
+  x.desired_count = static_cast<std::int32_t>(d.desired_count);
+  x.pending_count = static_cast<std::int32_t>(d.pending_count);
+  x.running_count = static_cast<std::int32_t>(d.running_count);
+  x.failed_tasks = static_cast<std::int32_t>(d.failed_tasks);
+  x.created_at = d.created_at;
+  x.updated_at = d.updated_at;
+  x.rollout_state = word_of(rollouts, d.rollout);
+  x.rollout_state_reason = d.rollout_reason;
+}
+
 }  // namespace
 
-std::uint64_t revision(const json& s) {
-  if (!s.is_object()) return 0;
-  const auto b = s.find("_berth");
-  if (b == s.end() || !b->is_object()) return 0;
-  return b->value("revision", std::uint64_t{0});
+void records::damaged(const std::string& key, const std::string& why) {
+  std::lock_guard lock(damaged_mu_);
+  if (damaged_.insert(key).second) spdlog::error("store: {}", why);
 }
 
-std::optional<json> records::load(const std::string& cluster, const std::string& name) {
-  auto doc = store_.get("service", cluster + "/" + name);
+std::optional<state::service> records::load(const std::string& cluster, const std::string& name) {
+  const std::string key = cluster + "/" + name;
+  auto doc = store_.get("service", key);
   if (!doc || !*doc) return std::nullopt;
-  json j = json::parse(**doc, nullptr, false);
-  if (!j.is_object()) return std::nullopt;
-  return j;
+  auto s = state::parse<state::service>(**doc, key);
+  if (!s) {
+    damaged(key, s.error().detail);
+    return std::nullopt;
+  }
+  return std::move(*s);
 }
 
-std::optional<std::vector<json>> records::all(const std::string& cluster_prefix) {
+std::optional<std::vector<state::service>> records::all(const std::string& cluster_prefix) {
   auto list = store_.list("service", cluster_prefix);
   if (!list) return std::nullopt;
-  std::vector<json> out;
+  std::vector<state::service> out;
   for (const auto& [k, v] : *list) {
-    json s = json::parse(v, nullptr, false);
-    if (s.is_object()) out.push_back(std::move(s));
+    auto s = state::parse<state::service>(v, k);
+    if (s) {
+      out.push_back(std::move(*s));
+    } else {
+      damaged(k, s.error().detail);
+    }
   }
   return out;
 }
 
-result<bool> records::commit(json& s) {
-  const std::string key = key_of(s);
-  const std::uint64_t expected = revision(s);
-  std::vector<json> fresh;  // events the stored record does not have yet
+result<bool> records::commit(state::service& s) {
+  const std::string key = name_of(s.cluster_arn) + "/" + s.service_name;
+  const std::uint64_t expected = s.berth.revision;
+  s.berth.revision = expected + 1;
+  const std::string text = state::to_json(s).dump();
+  s.berth.revision = expected;
+  std::vector<const state::service_event*> fresh;  // events the stored record does not have yet
   bool won = false;
   auto r = store_.transaction([&](store& tx) -> result<void> {
     auto cur = tx.get("service", key);
     if (!cur) return tl::unexpected(cur.error());
-    const json old = *cur ? json::parse(**cur, nullptr, false) : json();
-    if (revision(old) != expected) return {};
+    // A record that does not parse is at revision 0: CreateService may write over it.
+    std::optional<state::service> old;
+    if (*cur) {
+      if (auto o = state::parse<state::service>(**cur, key)) old = std::move(*o);
+    }
+    if ((old ? old->berth.revision : 0) != expected) return {};
     std::set<std::string> known;
-    if (old.is_object()) {
-      for (const auto& e : old.value("events", json::array())) known.insert(e.value("id", ""));
+    if (old) {
+      for (const auto& e : old->events) known.insert(e.id);
     }
     fresh.clear();
-    for (const auto& e : s.value("events", json::array())) {
-      if (!known.contains(e.value("id", ""))) fresh.push_back(e);
+    for (const auto& e : s.events) {
+      if (!known.contains(e.id)) fresh.push_back(&e);
     }
-    json next = s;
-    next["_berth"]["revision"] = expected + 1;
-    if (auto w = tx.put("service", key, next.dump()); !w) return w;
+    if (auto w = tx.put("service", key, text); !w) return w;
     won = true;
     return {};
   });
@@ -107,35 +129,37 @@ result<bool> records::commit(json& s) {
     return tl::unexpected(r.error());
   }
   if (!won) return false;
-  s["_berth"]["revision"] = expected + 1;
+  s.berth.revision = expected + 1;
   // Oldest first, as they happened.
   for (auto e = fresh.rbegin(); e != fresh.rend(); ++e) {
-    spdlog::info("{}", (*e)["message"].get<std::string>());
+    spdlog::info("{}", (*e)->message);
     bus_.publish(json{{"version", "0"},
                       {"id", uuid()},
                       {"detail-type", "ECS Service Action"},
                       {"source", "aws.ecs"},
                       {"account", cfg_.account_id},
                       {"region", cfg_.region},
-                      {"resources", {s["serviceArn"]}},
+                      {"resources", {s.service_arn}},
                       {"detail",
                        {{"eventType", "INFO"},
-                        {"clusterArn", s["clusterArn"]},
-                        {"serviceArn", s["serviceArn"]},
-                        {"message", (*e)["message"]}}}}
+                        {"clusterArn", s.cluster_arn},
+                        {"serviceArn", s.service_arn},
+                        {"message", (*e)->message}}}}
                      .dump());
   }
   return true;
 }
 
-void records::event(json& s, const std::string& message) {
-  json& events = s["events"];
-  if (!events.is_array()) events = json::array();
-  events.insert(events.begin(), json{{"id", uuid()},
-                                     {"createdAt", now_seconds()},
-                                     {"message", "(service " + s["serviceName"].get<std::string>() +
-                                                     ") " + message}});
-  if (events.size() > 100) events.erase(events.begin() + 100, events.end());
+void records::event(state::service& s, const std::string& message) {
+  s.events.insert(
+      s.events.begin(),
+      state::service_event{uuid(), now_seconds(), "(service " + s.service_name + ") " + message});
+  if (s.events.size() > 100) s.events.resize(100);
+}
+
+api_error undecodable(const std::string& action, const ecs::decode_error& e) {
+  spdlog::error("service scheduler: {} answered what ECS's model refuses: {}", action, e.message);
+  return {"ServerException", action + " answered: " + e.message, 500};
 }
 
 std::string deployment_id() {
@@ -145,120 +169,101 @@ std::string deployment_id() {
   return id;
 }
 
-json records::view(json s) {
-  s.erase("_berth");
-  return s;
-}
-
-rc::service to_service(const json& s, std::chrono::milliseconds deregistration_delay) {
+rc::service to_service(const state::service& s, std::chrono::milliseconds deregistration_delay) {
   rc::service out;
-  out.arn = s.value("serviceArn", "");
-  out.name = s.value("serviceName", "");
-  out.deleting = s.value("status", "") == "DRAINING";
-  out.desired_count = s.value("desiredCount", std::int64_t{0});
-  const json dc = s.value("deploymentConfiguration", json::object());
-  out.maximum_percent = dc.value("maximumPercent", std::int64_t{200});
-  out.minimum_healthy_percent = dc.value("minimumHealthyPercent", std::int64_t{100});
-  const json cb = dc.value("deploymentCircuitBreaker", json::object());
-  out.circuit_breaker = cb.value("enable", false);
-  out.rollback = cb.value("rollback", false);
-  out.health_check_grace_period = s.value("healthCheckGracePeriodSeconds", 0.0);
+  out.arn = s.service_arn;
+  out.name = s.service_name;
+  out.deleting = s.status == "DRAINING";
+  out.desired_count = s.desired_count;
+  const ecs::deployment_configuration& dc = s.deployment_configuration;
+  out.maximum_percent = dc.maximum_percent.value_or(200);
+  out.minimum_healthy_percent = dc.minimum_healthy_percent.value_or(100);
+  if (dc.deployment_circuit_breaker) {
+    out.circuit_breaker = dc.deployment_circuit_breaker->enable;
+    out.rollback = dc.deployment_circuit_breaker->rollback;
+  }
+  out.health_check_grace_period = s.health_check_grace_period_seconds;
   out.deregistration_delay = std::chrono::duration<double>(deregistration_delay).count();
-  for (const auto& t : s.value("tags", json::array())) {
-    if (t.value("key", "") != "berth:deregistration-delay") continue;
-    const std::string v = t.value("value", "");
+  for (const auto& t : s.tags) {
+    if (t.key != "berth:deregistration-delay") continue;
+    const std::string v = t.value.value_or("");
     long delay = 0;
     if (std::from_chars(v.data(), v.data() + v.size(), delay).ec == std::errc{}) {
       out.deregistration_delay = static_cast<double>(delay);
     }
   }
-  for (const auto& lb : s.value("loadBalancers", json::array())) {
-    out.load_balancers.push_back({lb.value("loadBalancerName", ""), lb.value("containerName", ""),
-                                  lb.value("containerPort", 0)});
+  for (const auto& lb : s.load_balancers) {
+    out.load_balancers.push_back({lb.load_balancer_name.value_or(""),
+                                  lb.container_name.value_or(""), lb.container_port.value_or(0)});
   }
-  out.task_definition = s.value("taskDefinition", "");
-  const json b = s.value("_berth", json::object());
-  if (b.contains("lastGood") && b["lastGood"].is_string()) out.last_good = b["lastGood"];
-  out.steady = b.value("steady", false);
+  out.task_definition = s.task_definition;
+  out.last_good = s.berth.last_good;
+  out.steady = s.berth.steady;
   return out;
 }
 
-std::vector<rc::deployment> to_deployments(const json& s) {
+std::vector<rc::deployment> to_deployments(const state::service& s) {
   std::vector<rc::deployment> out;
-  for (const auto& d : s.value("deployments", json::array())) {
-    rc::deployment x;
-    x.id = d.value("id", "");
-    x.status = value_of(statuses, d.value("status", ""), rc::deployment_status::inactive);
-    x.task_definition = d.value("taskDefinition", "");
-    x.desired_count = d.value("desiredCount", std::int64_t{0});
-    x.pending_count = d.value("pendingCount", std::int64_t{0});
-    x.running_count = d.value("runningCount", std::int64_t{0});
-    x.failed_tasks = d.value("failedTasks", std::int64_t{0});
-    x.created_at = d.value("createdAt", 0.0);
-    x.updated_at = d.value("updatedAt", 0.0);
-    x.rollout = value_of(rollouts, d.value("rolloutState", ""), rc::rollout_state::in_progress);
-    x.rollout_reason = d.value("rolloutStateReason", "");
-    out.push_back(std::move(x));
+  for (const auto& d : s.deployments) {
+    out.push_back({.id = d.id,
+                   .status = value_of(statuses, d.status, rc::deployment_status::inactive),
+                   .task_definition = d.task_definition,
+                   .desired_count = d.desired_count,
+                   .pending_count = d.pending_count,
+                   .running_count = d.running_count,
+                   .failed_tasks = d.failed_tasks,
+                   .created_at = d.created_at,
+                   .updated_at = d.updated_at,
+                   .rollout = value_of(rollouts, d.rollout_state, rc::rollout_state::in_progress),
+                   .rollout_reason = d.rollout_state_reason});
   }
   return out;
 }
 
-rc::task to_task(const json& t, const std::set<std::string>& checked) {
+rc::task to_task(const ecs::task& t, const std::set<std::string>& checked) {
   rc::task out;
-  out.arn = t.value("taskArn", "");
-  out.deployment_id = t.value("startedBy", "");
-  out.task_definition = t.value("taskDefinitionArn", "");
-  out.last_status = t.value("lastStatus", "");
-  out.desired_status = t.value("desiredStatus", "");
-  out.health_status = health_of(t);
-  out.created_at = t.value("createdAt", 0.0);
-  out.started_at = t.value("startedAt", 0.0);
-  out.stop_code = t.value("stopCode", "");
-  out.stopped_reason = t.value("stoppedReason", "");
-  for (const auto& c : t.value("containers", json::array())) {
+  out.arn = t.task_arn.value_or("");
+  out.deployment_id = t.started_by.value_or("");
+  out.task_definition = t.task_definition_arn.value_or("");
+  out.last_status = t.last_status.value_or("");
+  out.desired_status = t.desired_status.value_or("");
+  out.health_status = health_of(t.health_status);
+  out.created_at = t.created_at.value_or(0.0);
+  out.started_at = t.started_at.value_or(0.0);
+  out.stop_code = t.stop_code.value_or("");
+  out.stopped_reason = t.stopped_reason.value_or("");
+  for (const auto& c : items(t.containers)) {
     rc::container x;
-    x.name = c.value("name", "");
+    x.name = c.name.value_or("");
     x.has_health_check = checked.contains(x.name);
-    x.health_status = health_of(c);
-    for (const auto& b : c.value("networkBindings", json::array())) {
-      x.bindings.push_back({b.value("containerPort", -1), b.value("hostPort", 0),
-                            b.value("bindIP", std::string("127.0.0.1"))});
+    x.health_status = health_of(c.health_status);
+    for (const auto& b : items(c.network_bindings)) {
+      x.bindings.push_back({b.container_port.value_or(-1), b.host_port.value_or(0),
+                            b.bind_ip.value_or("127.0.0.1")});
     }
-    if (c.contains("exitCode") && c["exitCode"].is_number_integer()) x.exit_code = c["exitCode"];
+    x.exit_code = c.exit_code;
     out.containers.push_back(std::move(x));
   }
   return out;
 }
 
-json to_json(const rc::deployment& d) {
-  return {{"id", d.id},
-          {"status", word_of(statuses, d.status)},
-          {"taskDefinition", d.task_definition},
-          {"desiredCount", d.desired_count},
-          {"pendingCount", d.pending_count},
-          {"runningCount", d.running_count},
-          {"failedTasks", d.failed_tasks},
-          {"createdAt", d.created_at},
-          {"updatedAt", d.updated_at},
-          {"launchType", "EC2"},
-          {"rolloutState", word_of(rollouts, d.rollout)},
-          {"rolloutStateReason", d.rollout_reason}};
+state::deployment deployment_of(const rc::deployment& d) {
+  state::deployment x;
+  assign(x, d);
+  return x;
 }
 
-void write_deployments(json& s, const std::vector<rc::deployment>& deps) {
-  json out = json::array();
+void write_deployments(state::service& s, const std::vector<rc::deployment>& deps) {
+  std::vector<state::deployment> out;
+  out.reserve(deps.size());
   for (const auto& d : deps) {
-    json j = to_json(d);
-    for (const auto& old : s.value("deployments", json::array())) {
-      if (old.value("id", "") != d.id) continue;
-      // Members reconcile does not model are kept as they were.
-      for (const auto& [k, v] : old.items()) {
-        if (!j.contains(k)) j[k] = v;
-      }
-    }
-    out.push_back(std::move(j));
+    const auto old = std::find_if(s.deployments.begin(), s.deployments.end(),
+                                  [&](const state::deployment& x) { return x.id == d.id; });
+    state::deployment x = old != s.deployments.end() ? *old : state::deployment{};
+    assign(x, d);
+    out.push_back(std::move(x));
   }
-  s["deployments"] = std::move(out);
+  s.deployments = std::move(out);
 }
 
 }  // namespace berth::agent::sched

@@ -1,17 +1,21 @@
-// Service records in the store, shared by the API actions and the loop: JSON documents (ECS's
-// Service shape plus Berth's "_berth" bookkeeping), written by compare-and-swap on a revision
-// so that neither holds a lock across the store while the other works.
+// Service records in the store, shared by the API actions and the loop: typed records
+// (state::service, agent/state/service_record.hpp: ECS's Service and Berth's bookkeeping),
+// written by compare-and-swap on their revision so that neither holds a lock across the store
+// while the other works. Also what both ask berthd's own task API, read with ECS's model.
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "berth/ecs_model.hpp"
 #include "berth/scheduler/reconcile.hpp"
 #include "berth/scheduler/scheduler.hpp"
 #include "events.hpp"
+#include "service_record.hpp"
 #include "store.hpp"
 
 namespace berth::agent::sched {
@@ -26,43 +30,68 @@ class records {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
-  std::optional<json> load(const std::string& cluster, const std::string& name);
-  // Every record, INACTIVE ones too; nothing when the store could not list them.
-  std::optional<std::vector<json>> all(const std::string& cluster_prefix);
+  // The service's record; nothing when there is none, or when it cannot be read (a damaged
+  // record is logged once and otherwise treated as absent: CreateService may replace it).
+  std::optional<state::service> load(const std::string& cluster, const std::string& name);
+  // Every readable record, INACTIVE ones too; nothing when the store could not list them.
+  std::optional<std::vector<state::service>> all(const std::string& cluster_prefix);
 
   // Writes `s` if the stored record is still at the revision `s` was read at, and bumps it.
   // True when written; false when another writer came first (read again and redo); an error
   // when the store failed. Once written, the events `s` gained are published and logged.
-  result<bool> commit(json& s);
+  result<bool> commit(state::service& s);
 
   // Adds an event to the record (ECS keeps the newest 100, newest first); it is published
   // when the record is committed.
-  static void event(json& s, const std::string& message);
-  // The client's view: without Berth's bookkeeping.
-  static json view(json s);
+  static void event(state::service& s, const std::string& message);
 
  private:
+  // A record that does not parse; said once per key and daemon.
+  void damaged(const std::string& key, const std::string& why);
+
   config cfg_;
   store& store_;
   event_bus& bus_;
+  std::mutex damaged_mu_;  // a leaf lock over damaged_
+  std::set<std::string> damaged_;
 };
-
-// The revision a record was read at (0: never written).
-std::uint64_t revision(const json& s);
 
 // A new deployment's id: "ecs-svc/" and 19 random digits, as ECS's.
 std::string deployment_id();
 
-// ---- the typed view of a record, for reconcile, and back ----
+// An answer of berthd's own API that ECS's model refuses: logged (berthd broke its own API), and
+// a ServerException naming the member.
+api_error undecodable(const std::string& action, const ecs::decode_error& e);
+
+// berthd's own API (`action` with the typed `request`), its answer read with ECS's model.
+template <class Response, class Request>
+tl::expected<Response, api_error> ask(task_api& api, const std::string& action,
+                                      const Request& request) {
+  auto r = api.call(action, ecs::to_json(request));
+  if (!r) return tl::unexpected(r.error());
+  auto d = ecs::decode<Response>(*r);
+  if (!d) return tl::unexpected(undecodable(action, d.error()));
+  return std::move(*d);
+}
+
+// A list the model leaves optional, as a list (absent: empty).
+template <class T>
+const std::vector<T>& items(const std::optional<std::vector<T>>& list) {
+  static const std::vector<T> none;
+  return list ? *list : none;
+}
+
+// ---- the record as reconcile sees it, and back ----
 
 // The service's decisions as the record holds them. `deregistration_delay`: berthd's default,
 // unless the service's berth:deregistration-delay tag says otherwise.
-rc::service to_service(const json& s, std::chrono::milliseconds deregistration_delay);
-std::vector<rc::deployment> to_deployments(const json& s);
+rc::service to_service(const state::service& s, std::chrono::milliseconds deregistration_delay);
+std::vector<rc::deployment> to_deployments(const state::service& s);
 // A task as DescribeTasks has it; `checked`: the containers its definition health-checks.
-rc::task to_task(const json& t, const std::set<std::string>& checked);
-// The deployments after a pass, into the record: fields reconcile does not know are kept.
-void write_deployments(json& s, const std::vector<rc::deployment>& deps);
-json to_json(const rc::deployment& d);
+rc::task to_task(const ecs::task& t, const std::set<std::string>& checked);
+// The deployments after a pass, into the record: members reconcile does not know are kept.
+void write_deployments(state::service& s, const std::vector<rc::deployment>& deps);
+// A deployment reconcile (or an action) made, as the record keeps it.
+state::deployment deployment_of(const rc::deployment& d);
 
 }  // namespace berth::agent::sched

@@ -16,9 +16,9 @@ class scheduler_impl final : public scheduler {
       : store_(std::move(st)),
         records_(c, *store_, bus),
         loop_(c, records_, tasks, m),
-        actions_(sched::make_actions(records_, tasks, loop_.has_lb(), [this](const json& s) {
-          loop_.changed(s.value("serviceArn", ""));
-        })) {}
+        actions_(sched::make_actions(
+            records_, tasks, loop_.has_lb(),
+            [this](const state::service& s) { loop_.changed(s.service_arn); })) {}
   ~scheduler_impl() override { shutdown(); }
 
   void start() { loop_.start(); }

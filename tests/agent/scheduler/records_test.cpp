@@ -1,6 +1,7 @@
 // Service records written by compare-and-swap, against the real SQLite store: the loop and the
 // API actions never hold a lock across the store, so a writer that read an older revision must
-// lose, and the events a record gains are published once, when it is written.
+// lose, and the events a record gains are published once, when it is written. Then the typed
+// record as reconcile sees it (to_service, to_deployments, to_task) and back (write_deployments).
 #include "records.hpp"
 
 #include <gtest/gtest.h>
@@ -8,11 +9,15 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 namespace {
 
 namespace fs = std::filesystem;
 using berth::agent::json;
+namespace state = berth::state;
+namespace sched = berth::agent::sched;
+namespace rc = berth::scheduler;
 using namespace std::chrono_literals;
 
 class RecordsTest : public testing::Test {
@@ -34,49 +39,50 @@ class RecordsTest : public testing::Test {
     fs::remove_all(dir_);
   }
 
-  static json web() {
-    return {{"serviceArn", "arn:aws:ecs:us-east-1:000000000000:service/default/web"},
-            {"serviceName", "web"},
-            {"clusterArn", "arn:aws:ecs:us-east-1:000000000000:cluster/default"},
-            {"status", "ACTIVE"},
-            {"events", json::array()}};
+  static state::service web() {
+    state::service s;
+    s.service_arn = "arn:aws:ecs:us-east-1:000000000000:service/default/web";
+    s.service_name = "web";
+    s.cluster_arn = "arn:aws:ecs:us-east-1:000000000000:cluster/default";
+    s.status = "ACTIVE";
+    return s;
   }
 
   berth::agent::config cfg_;
   fs::path dir_;
   std::unique_ptr<berth::agent::store> store_;
   berth::agent::event_bus bus_;
-  std::optional<berth::agent::sched::records> recs_;
+  std::optional<sched::records> recs_;
   std::shared_ptr<berth::agent::event_bus::subscriber> events_;
 };
 
 TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
-  json s = web();
+  state::service s = web();
   auto w = recs_->commit(s);
   ASSERT_TRUE(w && *w);
   auto a = recs_->load("default", "web");
   auto b = recs_->load("default", "web");
   ASSERT_TRUE(a && b);
-  (*a)["desiredCount"] = 2;
+  a->desired_count = 2;
   auto first = recs_->commit(*a);
   ASSERT_TRUE(first && *first);
-  (*b)["desiredCount"] = 5;
+  b->desired_count = 5;
   auto second = recs_->commit(*b);
   ASSERT_TRUE(second);
   EXPECT_FALSE(*second) << "a stale copy overwrote a newer record";
-  EXPECT_EQ((*recs_->load("default", "web"))["desiredCount"], 2);
+  EXPECT_EQ(recs_->load("default", "web")->desired_count, 2);
   // Read again, it wins.
   auto fresh = recs_->load("default", "web");
-  (*fresh)["desiredCount"] = 5;
+  fresh->desired_count = 5;
   auto third = recs_->commit(*fresh);
   ASSERT_TRUE(third && *third);
-  EXPECT_EQ((*recs_->load("default", "web"))["desiredCount"], 5);
+  EXPECT_EQ(recs_->load("default", "web")->desired_count, 5);
 }
 
 TEST_F(RecordsTest, EventsArePublishedOnceTheRecordIsWritten) {
-  json s = web();
-  berth::agent::sched::records::event(s, "has started 1 tasks: (task a).");
-  json stale = s;
+  state::service s = web();
+  sched::records::event(s, "has started 1 tasks: (task a).");
+  state::service stale = s;
   ASSERT_TRUE(*recs_->commit(s));
   auto e = events_->next(5s);
   ASSERT_TRUE(e);
@@ -84,15 +90,193 @@ TEST_F(RecordsTest, EventsArePublishedOnceTheRecordIsWritten) {
   // Written again without new events: nothing more is published.
   ASSERT_TRUE(*recs_->commit(s));
   // A writer that lost publishes nothing.
-  berth::agent::sched::records::event(stale, "has reached a steady state.");
+  sched::records::event(stale, "has reached a steady state.");
   ASSERT_FALSE(*recs_->commit(stale));
-  berth::agent::sched::records::event(s, "has reached a steady state.");
+  sched::records::event(s, "has reached a steady state.");
   ASSERT_TRUE(*recs_->commit(s));
   auto next = events_->next(5s);
   ASSERT_TRUE(next);
   EXPECT_NE(next->find("has reached a steady state."), std::string::npos) << *next;
   EXPECT_FALSE(events_->next(0ms)) << "an event was published twice";
-  EXPECT_EQ((*recs_->load("default", "web"))["events"].size(), 2u);
+  EXPECT_EQ(recs_->load("default", "web")->events.size(), 2u);
+}
+
+// A record the store holds damaged is logged and read as absent: CreateService may write over
+// it (at revision 0), and the other services are listed all the same.
+TEST_F(RecordsTest, ADamagedRecordReadsAsAbsentAndMayBeReplaced) {
+  ASSERT_TRUE(store_->put("service", "default/web", R"({"serviceName": "web"})"));
+  state::service other = web();
+  other.service_name = "api";
+  ASSERT_TRUE(*recs_->commit(other));
+  EXPECT_FALSE(recs_->load("default", "web"));
+  auto all = recs_->all("default/");
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ(all->front().service_name, "api");
+  state::service s = web();
+  ASSERT_TRUE(*recs_->commit(s));
+  EXPECT_EQ(recs_->load("default", "web")->berth.revision, 1u);
+}
+
+// A record as the scheduler wrote it when it kept raw JSON (CreateService's members, reconcile's
+// deployments, "lastGood": null) reads as a typed record and is written on from its revision.
+TEST_F(RecordsTest, ARecordAsEarlierBerthdsWroteItIsReadAndWrittenOn) {
+  const json old = json::parse(R"({
+    "serviceArn": "arn:aws:ecs:us-east-1:000000000000:service/default/web",
+    "serviceName": "web",
+    "clusterArn": "arn:aws:ecs:us-east-1:000000000000:cluster/default",
+    "loadBalancers": [], "serviceRegistries": [], "status": "ACTIVE", "desiredCount": 2,
+    "runningCount": 0, "pendingCount": 0, "launchType": "EC2",
+    "taskDefinition": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1",
+    "deploymentConfiguration": {"maximumPercent": 200, "minimumHealthyPercent": 100,
+                                "deploymentCircuitBreaker": {"enable": false, "rollback": false}},
+    "deployments": [{"id": "ecs-svc/1", "status": "PRIMARY",
+                     "taskDefinition": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1",
+                     "desiredCount": 2, "pendingCount": 0, "runningCount": 0, "failedTasks": 0,
+                     "createdAt": 1764079666.5, "updatedAt": 1764079666.5, "launchType": "EC2",
+                     "rolloutState": "IN_PROGRESS", "rolloutStateReason": ""}],
+    "events": [{"id": "e1", "createdAt": 1764079667.0,
+                "message": "(service web) has started 2 tasks: (task a) (task b)."}],
+    "createdAt": 1764079666.5, "placementConstraints": [],
+    "placementStrategy": [{"type": "spread", "field": "instanceId"}],
+    "healthCheckGracePeriodSeconds": 0, "schedulingStrategy": "REPLICA",
+    "deploymentController": {"type": "ECS"}, "tags": [], "enableECSManagedTags": false,
+    "propagateTags": "NONE", "createdBy": "arn:aws:ecs:us-east-1:000000000000:user/berth",
+    "_berth": {"lastGood": null, "steady": false, "revision": 4}})");
+  ASSERT_TRUE(store_->put("service", "default/web", old.dump()));
+  auto s = recs_->load("default", "web");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->berth.revision, 4u);
+  EXPECT_FALSE(s->berth.last_good);
+  ASSERT_EQ(s->deployments.size(), 1u);
+  EXPECT_EQ(s->deployments[0].rollout_state, "IN_PROGRESS");
+  // Its ECS members answer as they did.
+  json answer = old;
+  answer.erase("_berth");
+  EXPECT_EQ(state::response(*s), answer);
+  s->desired_count = 3;
+  ASSERT_TRUE(*recs_->commit(*s));
+  EXPECT_EQ(recs_->load("default", "web")->berth.revision, 5u);
+  EXPECT_EQ(recs_->load("default", "web")->desired_count, 3);
+}
+
+// ---- the record as reconcile sees it, and back ----
+
+state::service rolling() {
+  state::service s;
+  s.service_arn = "arn:aws:ecs:us-east-1:000000000000:service/default/web";
+  s.service_name = "web";
+  s.status = "DRAINING";
+  s.desired_count = 4;
+  s.task_definition = "arn:td/web:2";
+  s.deployment_configuration = {berth::ecs::deployment_circuit_breaker{true, false}, 150, 50};
+  s.health_check_grace_period_seconds = 20;
+  s.load_balancers = {{std::nullopt, "web", "app", 8080}};
+  s.tags = {{"berth:deregistration-delay", "7"}};
+  s.berth.last_good = "arn:td/web:1";
+  s.berth.steady = true;
+  // As UpdateService started them; the old one has rolled out since.
+  state::deployment primary =
+      sched::deployment_of(rc::new_deployment("ecs-svc/2", "arn:td/web:2", 4, 50));
+  state::deployment old =
+      sched::deployment_of(rc::new_deployment("ecs-svc/1", "arn:td/web:1", 4, 10));
+  old.status = "ACTIVE";
+  old.running_count = 3;
+  old.rollout_state = "COMPLETED";
+  old.launch_type = "kept as it was";
+  s.deployments = {primary, old};
+  return s;
+}
+
+TEST(RecordConversionTest, TheServiceAsReconcileSeesIt) {
+  const rc::service svc = sched::to_service(rolling(), std::chrono::seconds(300));
+  EXPECT_EQ(svc.name, "web");
+  EXPECT_TRUE(svc.deleting);
+  EXPECT_EQ(svc.desired_count, 4);
+  EXPECT_EQ(svc.maximum_percent, 150);
+  EXPECT_EQ(svc.minimum_healthy_percent, 50);
+  EXPECT_TRUE(svc.circuit_breaker);
+  EXPECT_FALSE(svc.rollback);
+  EXPECT_EQ(svc.health_check_grace_period, 20);
+  EXPECT_EQ(svc.deregistration_delay, 7);  // the tag, over berthd's default
+  ASSERT_EQ(svc.load_balancers.size(), 1u);
+  EXPECT_EQ(svc.load_balancers[0].container_port, 8080);
+  EXPECT_EQ(svc.last_good, "arn:td/web:1");
+  EXPECT_TRUE(svc.steady);
+
+  // Without a configuration: ECS's defaults, and berthd's delay.
+  state::service bare;
+  const rc::service plain = sched::to_service(bare, std::chrono::milliseconds(1500));
+  EXPECT_EQ(plain.maximum_percent, 200);
+  EXPECT_EQ(plain.minimum_healthy_percent, 100);
+  EXPECT_FALSE(plain.circuit_breaker);
+  EXPECT_EQ(plain.deregistration_delay, 1.5);
+  EXPECT_FALSE(plain.last_good);
+}
+
+TEST(RecordConversionTest, DeploymentsGoToReconcileAndBackKeepingWhatItDoesNotKnow) {
+  state::service s = rolling();
+  auto deps = sched::to_deployments(s);
+  ASSERT_EQ(deps.size(), 2u);
+  EXPECT_EQ(deps[0].status, rc::deployment_status::primary);
+  EXPECT_EQ(deps[1].status, rc::deployment_status::active);
+  EXPECT_EQ(deps[1].rollout, rc::rollout_state::completed);
+  EXPECT_EQ(deps[1].running_count, 3);
+  // Written back unchanged, the record is unchanged.
+  const state::service before = s;
+  sched::write_deployments(s, deps);
+  EXPECT_EQ(s, before);
+  // The old one is gone, the primary completed, a rollback's new one first.
+  deps[0].rollout = rc::rollout_state::completed;
+  deps[0].rollout_reason = "done";
+  deps.pop_back();
+  deps.insert(deps.begin(), rc::new_deployment("ecs-svc/3", "arn:td/web:1", 4, 100));
+  sched::write_deployments(s, deps);
+  ASSERT_EQ(s.deployments.size(), 2u);
+  EXPECT_EQ(s.deployments[0].id, "ecs-svc/3");
+  EXPECT_EQ(s.deployments[0].status, "PRIMARY");
+  EXPECT_EQ(s.deployments[0].rollout_state, "IN_PROGRESS");
+  EXPECT_EQ(s.deployments[0].launch_type, "EC2");
+  EXPECT_EQ(s.deployments[1].rollout_state, "COMPLETED");
+  EXPECT_EQ(s.deployments[1].rollout_state_reason, "done");
+  // A word reconcile does not know reads as it always did.
+  s.deployments[1].status = "SOMETHING";
+  s.deployments[1].rollout_state = "";
+  EXPECT_EQ(sched::to_deployments(s)[1].status, rc::deployment_status::inactive);
+  EXPECT_EQ(sched::to_deployments(s)[1].rollout, rc::rollout_state::in_progress);
+  // What an older record kept besides reconcile's members stays.
+  state::service kept = rolling();
+  sched::write_deployments(kept, sched::to_deployments(kept));
+  EXPECT_EQ(kept.deployments[1].launch_type, "kept as it was");
+}
+
+TEST(RecordConversionTest, ATaskAsDescribeTasksHasIt) {
+  auto t = berth::ecs::decode<berth::ecs::task>(json::parse(R"({
+    "taskArn": "arn:task/1", "startedBy": "ecs-svc/2", "taskDefinitionArn": "arn:td/web:2",
+    "lastStatus": "RUNNING", "desiredStatus": "RUNNING", "healthStatus": "UNHEALTHY",
+    "createdAt": 10.5, "startedAt": 11.5,
+    "containers": [
+      {"name": "app", "healthStatus": "HEALTHY", "exitCode": 137,
+       "networkBindings": [{"containerPort": 8080, "hostPort": 32768, "bindIP": "0.0.0.0"},
+                           {"hostPort": 1}]},
+      {"name": "side"}]})"));
+  ASSERT_TRUE(t) << t.error().message;
+  const rc::task x = sched::to_task(*t, {"app"});
+  EXPECT_EQ(x.arn, "arn:task/1");
+  EXPECT_EQ(x.deployment_id, "ecs-svc/2");
+  EXPECT_EQ(x.health_status, rc::health::unhealthy);
+  EXPECT_EQ(x.started_at, 11.5);
+  ASSERT_EQ(x.containers.size(), 2u);
+  EXPECT_TRUE(x.containers[0].has_health_check);
+  EXPECT_EQ(x.containers[0].health_status, rc::health::healthy);
+  EXPECT_EQ(x.containers[0].exit_code, 137);
+  ASSERT_EQ(x.containers[0].bindings.size(), 2u);
+  EXPECT_EQ(x.containers[0].bindings[0].bind_ip, "0.0.0.0");
+  EXPECT_EQ(x.containers[0].bindings[1].container_port, -1);
+  EXPECT_EQ(x.containers[0].bindings[1].bind_ip, "127.0.0.1");
+  EXPECT_FALSE(x.containers[1].has_health_check);
+  EXPECT_EQ(x.containers[1].health_status, rc::health::unknown);
+  EXPECT_FALSE(x.containers[1].exit_code);
 }
 
 }  // namespace
