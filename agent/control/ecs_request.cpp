@@ -52,7 +52,12 @@ std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
     return static_cast<std::uint32_t>(x);
   }
   if (!v.is_string()) return std::nullopt;
-  std::string s = v.get<std::string>();
+  return units_of(v.get<std::string>(), cpu);
+}
+
+std::optional<std::uint32_t> units_of(const std::string& v, bool cpu) {
+  constexpr double most = 1 << 24;
+  std::string s = v;
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   double x = 0;
   std::size_t used = 0;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tl/expected.hpp>
 #include <utility>
 #include <vector>
@@ -101,18 +102,41 @@ struct reader {
   }
 };
 
+// The model decoder's refusal in ECS's words: a missing required member is invalid, anything else
+// a SerializationException.
+inline api_error refusal_of(const ecs::decode_error& e) {
+  return e.code == ecs::decode_errc::missing ? invalid(e.message) : serialization(e.message);
+}
+
 // The action's request as ECS's model types it (ecs::run_task_request, ...): the one way a
 // handler reads its request. A member of the wrong JSON type is a SerializationException, and a
 // required member that is missing an InvalidParameterException, each naming the member's path
-// (the API's request check refuses both before a handler runs; this answers berthd's own
-// callers, the service scheduler's). Members the model does not know are ignored.
+// (the API's request check refuses the first before a handler runs, not the second; both
+// answer berthd's own callers, the service scheduler's). Members the model does not know are
+// ignored.
 template <class Request>
 tl::expected<Request, api_error> decode_request(const json& j) {
   auto r = ecs::decode<Request>(j);
   if (r) return std::move(*r);
-  if (r.error().code == ecs::decode_errc::missing)
-    return tl::unexpected(invalid(r.error().message));
-  return tl::unexpected(serialization(r.error().message));
+  return tl::unexpected(refusal_of(r.error()));
+}
+// The same, where the action has its own words for a request without `member` (one the model
+// requires): "attributes must not be empty", whether the list is missing or empty.
+template <class Request>
+tl::expected<Request, api_error> decode_request(const json& j, std::string_view member,
+                                                api_error if_missing) {
+  auto r = ecs::decode<Request>(j);
+  if (r) return std::move(*r);
+  if (r.error().code == ecs::decode_errc::missing && r.error().path == member) {
+    return tl::unexpected(std::move(if_missing));
+  }
+  return tl::unexpected(refusal_of(r.error()));
+}
+
+// A required string member that is empty ("cluster": ""): refused as a missing one always was.
+inline tl::expected<void, api_error> not_empty(const std::string& v, const char* member) {
+  if (!v.empty()) return {};
+  return tl::unexpected(invalid(std::string("'") + member + "' is required and must not be empty"));
 }
 
 #define BERTH_TRY(var, expr)                            \
@@ -134,6 +158,8 @@ void add_token(json& out, std::size_t end, std::size_t total);
 
 // "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
 // Values beyond 2^24 (16 M units or MiB) or not finite are refused.
+std::optional<std::uint32_t> units_of(const std::string& v, bool cpu);
+// The same from a JSON string, or a whole number of units.
 std::optional<std::uint32_t> units_of(const json& v, bool cpu);
 
 }  // namespace berth::agent::control

@@ -7,7 +7,7 @@
 #pragma once
 
 #include <cstdint>
-#include <initializer_list>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,20 +17,30 @@
 
 namespace berth::agent::control {
 
-// A list of objects whose members named in `strings` are strings, in `integers` integers and in
-// `booleans` booleans (each optional unless listed in `required`).
-tl::expected<void, api_error> check_objects(const json& j, const std::string& what,
-                                            std::initializer_list<const char*> strings,
-                                            std::initializer_list<const char*> integers = {},
-                                            std::initializer_list<const char*> required = {},
-                                            std::initializer_list<const char*> booleans = {});
-// RunTask's overrides: the members the task engine reads, of the types it reads them as.
+// RunTask's overrides: the members the task engine reads, within what it can apply.
+tl::expected<void, api_error> check_overrides(const ecs::task_override& o);
+// The same from the request's JSON `overrides` (for callers not typed yet).
 tl::expected<void, api_error> check_overrides(const json& o);
 
 // The store key of a revision: "family:0000000003", so keys sort by revision.
 std::string td_key(const std::string& family, std::uint64_t revision);
-// The request's `tags`, checked, as [{key, value}].
+// A request's tags, checked (at most 50, keys of 1-128 characters, values of at most 256), as
+// records keep them: a tag without a value gets "".
+tl::expected<std::vector<state::tag>, api_error> tags_of(
+    const std::optional<std::vector<ecs::tag>>& tags);
+// The same from the request's JSON `tags`, as [{key, value}] (for callers not typed yet).
 tl::expected<json, api_error> tags_of(const json& req);
+
+// TagResource's change to a resource's tags (`add`: its tags, replacing those of the same keys)
+// or UntagResource's (`remove`: the keys to take away).
+struct tag_change {
+  std::optional<std::vector<ecs::tag>> add;
+  std::vector<std::string> remove;
+};
+// Makes `change` to `tags`; InvalidParameterException, `tags` unchanged, for a change of no tags
+// or one leaving more than 50.
+tl::expected<void, api_error> apply_tag_change(const tag_change& change,
+                                               std::vector<state::tag>& tags);
 
 class task_definitions {
  public:
@@ -48,7 +58,9 @@ class task_definitions {
                                                                        bool active_only);
 
  private:
-  tl::expected<void, api_error> check_container(const json& c, bool task_memory);
+  // Every revision of the families starting with `family_prefix` (of all, without one).
+  tl::expected<std::vector<state::task_definition>, api_error> stored(
+      const std::optional<std::string>& family_prefix);
   std::string arn(const std::string& rest) const { return arn_prefix_ + rest; }
 
   store* store_;

@@ -208,12 +208,16 @@ class service_impl final : public service {
     return std::optional<state::cluster>(std::move(*c));
   }
 
-  // A cluster named or ARNed in a request (default "default"), if it exists.
-  tl::expected<state::cluster, api_error> find_cluster(const json& req) {
-    BERTH_TRY(c, reader{req}.str("cluster"));
-    BERTH_TRY(found, stored_cluster(name_of(c.value_or("default"))));
+  // The ACTIVE cluster a request names or ARNs (`ref`; "default" without one).
+  tl::expected<state::cluster, api_error> find_cluster(const std::optional<std::string>& ref) {
+    BERTH_TRY(found, stored_cluster(name_of(ref.value_or("default"))));
     if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
     return std::move(*found);
+  }
+  // The same from a request's JSON, for the task actions until they read their requests typed.
+  tl::expected<state::cluster, api_error> find_cluster(const json& req) {
+    BERTH_TRY(c, reader{req}.str("cluster"));
+    return find_cluster(c);
   }
 
   // A new cluster's record.
@@ -255,16 +259,15 @@ class service_impl final : public service {
   // ---- clusters ----
 
   outcome create_cluster(const json& req) {
-    reader r{req};
-    BERTH_TRY(name, r.str("clusterName"));
-    const std::string n = name.value_or("default");
+    BERTH_TRY(r, decode_request<ecs::create_cluster_request>(req));
+    const std::string n = r.cluster_name.value_or("default");
     if (n.empty() || n.size() > 255 || !std::all_of(n.begin(), n.end(), [](char c) {
           return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
         })) {
       return tl::unexpected(invalid(
           "Cluster name must be 1-255 letters, numbers, hyphens and underscores: '" + n + "'"));
     }
-    BERTH_TRY(tags, request_tags(req));
+    BERTH_TRY(tags, tags_of(r.tags));
     BERTH_TRY(found, stored_cluster(n));
     if (found && found->status == "ACTIVE") {
       return json{{"cluster", cluster_view(*found)}};  // idempotent, as ECS
@@ -292,6 +295,7 @@ class service_impl final : public service {
   }
 
   outcome list_clusters(const json& req) {
+    BERTH_TRY(r, decode_request<ecs::list_clusters_request>(req));
     auto all = store_->list("cluster", "");
     if (!all) return tl::unexpected(server(all.error().message));
     std::vector<std::string> arns;
@@ -300,7 +304,7 @@ class service_impl final : public service {
       if (!c) return tl::unexpected(server(c.error().detail));
       if (c->status == "ACTIVE") arns.push_back(std::move(c->cluster_arn));
     }
-    BERTH_TRY(range, page(reader{req}, arns.size(), 100));
+    BERTH_TRY(range, page(r.next_token, r.max_results, arns.size(), 100));
     json out = {{"clusterArns", json::array()}};
     for (std::size_t i = range.first; i < range.second; ++i) out["clusterArns"].push_back(arns[i]);
     add_token(out, range.second, arns.size());
@@ -308,7 +312,8 @@ class service_impl final : public service {
   }
 
   outcome describe_clusters(const json& req) {
-    BERTH_TRY(names, reader{req}.strings("clusters"));
+    BERTH_TRY(r, decode_request<ecs::describe_clusters_request>(req));
+    std::vector<std::string> names = r.clusters.value_or(std::vector<std::string>{});
     if (names.empty()) names.push_back("default");
     if (names.size() > 100) return tl::unexpected(invalid("clusters can list at most 100"));
     json out = {{"clusters", json::array()}, {"failures", json::array()}};
@@ -325,8 +330,9 @@ class service_impl final : public service {
   }
 
   outcome delete_cluster(const json& req) {
-    BERTH_TRY(n, reader{req}.required_str("cluster"));
-    const std::string name = name_of(n);
+    BERTH_TRY(r, decode_request<ecs::delete_cluster_request>(req));
+    if (auto ok = not_empty(r.cluster, "cluster"); !ok) return tl::unexpected(ok.error());
+    const std::string name = name_of(r.cluster);
     BERTH_TRY(found, stored_cluster(name));
     if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
     if (name == cfg_.cluster) {
@@ -345,9 +351,10 @@ class service_impl final : public service {
   // ---- container instances and attributes ----
 
   outcome list_container_instances(const json& req) {
-    BERTH_TRY(c, find_cluster(req));
-    BERTH_TRY(status, reader{req}.str("status"));
-    BERTH_TRY(filter, reader{req}.str("filter"));
+    BERTH_TRY(r, decode_request<ecs::list_container_instances_request>(req));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    const auto& status = r.status;
+    const auto& filter = r.filter;
     std::vector<std::string> arns;
     if (c.cluster_name == cfg_.cluster) {
       auto ci = inst_.record();
@@ -359,7 +366,7 @@ class service_impl final : public service {
       }
       if (keep) arns.push_back(inst_.arn());
     }
-    BERTH_TRY(range, page(reader{req}, arns.size(), 100));
+    BERTH_TRY(range, page(r.next_token, r.max_results, arns.size(), 100));
     json out = {{"containerInstanceArns", json::array()}};
     for (std::size_t i = range.first; i < range.second; ++i) {
       out["containerInstanceArns"].push_back(arns[i]);
@@ -369,9 +376,12 @@ class service_impl final : public service {
   }
 
   outcome describe_container_instances(const json& req) {
-    BERTH_TRY(c, find_cluster(req));
-    BERTH_TRY(refs, reader{req}.strings("containerInstances"));
-    if (refs.empty()) return tl::unexpected(invalid("containerInstances must not be empty"));
+    const api_error none = invalid("containerInstances must not be empty");
+    BERTH_TRY(r, decode_request<ecs::describe_container_instances_request>(
+                     req, "containerInstances", none));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    const auto& refs = r.container_instances;
+    if (refs.empty()) return tl::unexpected(none);
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
       if (c.cluster_name == cfg_.cluster && inst_.is_me(ref)) {
@@ -386,9 +396,11 @@ class service_impl final : public service {
   }
 
   outcome update_container_instances_state(const json& req) {
-    BERTH_TRY(c, find_cluster(req));
-    BERTH_TRY(refs, reader{req}.strings("containerInstances"));
-    BERTH_TRY(status, reader{req}.required_str("status"));
+    BERTH_TRY(r, decode_request<ecs::update_container_instances_state_request>(req));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    const auto& refs = r.container_instances;
+    const std::string& status = r.status;
+    if (auto ok = not_empty(status, "status"); !ok) return tl::unexpected(ok.error());
     if (status != "ACTIVE" && status != "DRAINING") {
       return tl::unexpected(invalid("status must be ACTIVE or DRAINING, not '" + status + "'"));
     }
@@ -417,40 +429,35 @@ class service_impl final : public service {
   };
 
   // Attributes on container instances (the only target type ECS has).
-  tl::expected<std::vector<attribute_change>, api_error> attribute_list(const json& req) {
-    BERTH_TRY(list, reader{req}.list("attributes"));
-    if (list == nullptr || list->empty())
-      return tl::unexpected(invalid("attributes must not be empty"));
-    if (list->size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
+  tl::expected<std::vector<attribute_change>, api_error> attribute_list(
+      std::vector<ecs::attribute> list) {
+    if (list.size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
     std::vector<attribute_change> out;
     static const std::regex name_re("^[a-zA-Z0-9_.\\-/]{1,128}$");
     static const std::regex value_re("^[a-zA-Z0-9_.\\-/ :@]{1,128}$");
-    for (const auto& a : *list) {
-      if (!a.is_object() || !a.contains("name") || !a["name"].is_string()) {
-        return tl::unexpected(invalid("every attribute needs a 'name' string"));
+    for (auto& a : list) {
+      if (!std::regex_match(a.name, name_re)) {
+        return tl::unexpected(invalid("attribute name '" + a.name + "' is not valid"));
       }
-      const std::string name = a["name"];
-      if (!std::regex_match(name, name_re)) {
-        return tl::unexpected(invalid("attribute name '" + name + "' is not valid"));
+      if (a.value && !std::regex_match(*a.value, value_re)) {
+        return tl::unexpected(invalid("attribute value for '" + a.name + "' is not valid"));
       }
-      if (a.contains("value") && !a["value"].is_null()) {
-        if (!a["value"].is_string() || !std::regex_match(a["value"].get<std::string>(), value_re)) {
-          return tl::unexpected(invalid("attribute value for '" + name + "' is not valid"));
-        }
-      }
-      if (a.contains("targetType") && a["targetType"] != "container-instance") {
+      if (a.target_type && *a.target_type != "container-instance") {
         return tl::unexpected(invalid("targetType must be container-instance"));
       }
-      BERTH_TRY(value, reader{a}.str("value"));
-      BERTH_TRY(target, reader{a}.str("targetId"));
-      out.push_back({{name, std::move(value)}, target.value_or("")});
+      out.push_back({{std::move(a.name), std::move(a.value)}, a.target_id.value_or("")});
     }
     return out;
   }
 
+  // PutAttributes' and DeleteAttributes' requests, which are the same.
+  template <class Request>
   outcome change_attributes(const json& req, bool put) {
-    BERTH_TRY(c, find_cluster(req));
-    BERTH_TRY(attrs, attribute_list(req));
+    const api_error none = invalid("attributes must not be empty");
+    BERTH_TRY(r, decode_request<Request>(req, "attributes", none));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    if (r.attributes.empty()) return tl::unexpected(none);
+    BERTH_TRY(attrs, attribute_list(std::move(r.attributes)));
     std::lock_guard instance_lock(inst_.mutex());
     for (const auto& a : attrs) {
       if (a.target_id.empty() || c.cluster_name != cfg_.cluster || !inst_.is_me(a.target_id)) {
@@ -473,18 +480,22 @@ class service_impl final : public service {
     for (const auto& a : attrs) out["attributes"].push_back(state::response(a.attr, inst_.arn()));
     return out;
   }
-  outcome put_attributes(const json& req) { return change_attributes(req, true); }
-  outcome delete_attributes(const json& req) { return change_attributes(req, false); }
+  outcome put_attributes(const json& req) {
+    return change_attributes<ecs::put_attributes_request>(req, true);
+  }
+  outcome delete_attributes(const json& req) {
+    return change_attributes<ecs::delete_attributes_request>(req, false);
+  }
 
   outcome list_attributes(const json& req) {
-    BERTH_TRY(c, find_cluster(req));
-    reader r{req};
-    BERTH_TRY(type, r.required_str("targetType"));
-    if (type != "container-instance") {
+    BERTH_TRY(r, decode_request<ecs::list_attributes_request>(req));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    if (auto ok = not_empty(r.target_type, "targetType"); !ok) return tl::unexpected(ok.error());
+    if (r.target_type != "container-instance") {
       return tl::unexpected(invalid("targetType must be container-instance"));
     }
-    BERTH_TRY(name, r.str("attributeName"));
-    BERTH_TRY(value, r.str("attributeValue"));
+    const auto& name = r.attribute_name;
+    const auto& value = r.attribute_value;
     if (value && !name) return tl::unexpected(invalid("attributeValue needs attributeName"));
     std::vector<json> all;
     if (c.cluster_name == cfg_.cluster) {
@@ -496,7 +507,7 @@ class service_impl final : public service {
         all.push_back(state::response(a, inst_.arn()));
       }
     }
-    BERTH_TRY(range, page(r, all.size(), 100));
+    BERTH_TRY(range, page(r.next_token, r.max_results, all.size(), 100));
     json out = {{"attributes", json::array()}};
     for (std::size_t i = range.first; i < range.second; ++i) out["attributes"].push_back(all[i]);
     add_token(out, range.second, all.size());
@@ -529,49 +540,19 @@ class service_impl final : public service {
     return std::nullopt;
   }
 
-  // The request's tags (checked by tags_of) as records keep them.
-  tl::expected<std::vector<state::tag>, api_error> request_tags(const json& req) {
-    BERTH_TRY(list, tags_of(req));
-    auto tags = state::from_json<std::vector<state::tag>>(list);
-    if (!tags) return tl::unexpected(server(tags.error().detail));  // tags_of let a bad one by
-    return std::move(*tags);
-  }
-
-  // TagResource's (add) or UntagResource's change to a resource's tags.
-  tl::expected<void, api_error> change_tag_list(const json& req, bool add,
-                                                std::vector<state::tag>& tags) {
-    if (add) {
-      BERTH_TRY(more, request_tags(req));
-      if (more.empty()) return tl::unexpected(invalid("tags must not be empty"));
-      for (auto& t : more) {
-        std::erase_if(tags, [&](const state::tag& e) { return e.key == t.key; });
-        tags.push_back(std::move(t));
-      }
-      if (tags.size() > 50) return tl::unexpected(invalid("a resource has at most 50 tags"));
-      return {};
-    }
-    BERTH_TRY(keys, reader{req}.strings("tagKeys"));
-    if (keys.empty()) return tl::unexpected(invalid("tagKeys must not be empty"));
-    std::erase_if(tags, [&](const state::tag& e) {
-      return std::find(keys.begin(), keys.end(), e.key) != keys.end();
-    });
-    return {};
-  }
-
-  // A cluster's or instance's record, stored as `text` under `key`, with its tags changed: the
-  // text to store.
+  // A record stored as `text` under `key`, with its tags changed: the text to store.
   template <class Record>
-  tl::expected<std::string, api_error> retag(const std::string& text, const std::string& key,
-                                             const json& req, bool add) {
+  static tl::expected<std::string, api_error> retag(const std::string& text, const std::string& key,
+                                                    const tag_change& change) {
     auto r = state::parse<Record>(text, key);
     if (!r) return tl::unexpected(server(r.error().detail));
-    if (auto c = change_tag_list(req, add, r->tags); !c) return tl::unexpected(c.error());
+    if (auto c = apply_tag_change(change, r->tags); !c) return tl::unexpected(c.error());
     return state::to_json(*r).dump();
   }
 
-  // The tags of a task's or task definition's document (not typed records yet), stored as `d`.
-  tl::expected<std::vector<state::tag>, api_error> document_tags(const json& d,
-                                                                 const std::string& key) {
+  // The tags of a task's document (not a typed record yet) `d`, stored under `key`.
+  static tl::expected<std::vector<state::tag>, api_error> task_tags(const json& d,
+                                                                    const std::string& key) {
     if (!d.is_object()) return tl::unexpected(server("record '" + key + "' is not an object"));
     const auto it = d.find("tags");
     if (it == d.end() || it->is_null()) return std::vector<state::tag>();
@@ -582,68 +563,90 @@ class service_impl final : public service {
     return std::move(*tags);
   }
 
-  outcome change_tags(const json& req, bool add) {
-    reader r{req};
-    BERTH_TRY(a, r.required_str("resourceArn"));
+  // A task's document, stored as `text` under `key`, with its tags changed: stored, and the
+  // task table's copy too. Under mu_.
+  outcome retag_task(const std::string& arn, const std::string& key, const std::string& text,
+                     const tag_change& change) {
+    json d = json::parse(text, nullptr, false);
+    BERTH_TRY(tags, task_tags(d, key));
+    if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
+    d["tags"] = state::to_json(tags);
+    if (auto w = store_->put("task", key, d.dump()); !w) {
+      return tl::unexpected(server(w.error().message));
+    }
+    if (tasks_.contains(arn)) {
+      tasks_[arn]["tags"] = d["tags"];
+      table_.save(tasks_[arn]);
+    }
+    return json::object();
+  }
+
+  // The kind and store key of the resource an ARN names (resource_of), or why there is none.
+  tl::expected<std::pair<std::string, std::string>, api_error> resource_named(
+      const std::string& a) {
+    if (auto ok = not_empty(a, "resourceArn"); !ok) return tl::unexpected(ok.error());
     auto res = resource_of(a);
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
-    const auto& [kind, key] = *res;
+    return std::move(*res);
+  }
+
+  // The document of the resource `a`, stored under `kind` and `key`.
+  tl::expected<std::string, api_error> resource_doc(const std::string& kind, const std::string& key,
+                                                    const std::string& a) {
+    auto doc = store_->get(kind, key);
+    if (!doc) return tl::unexpected(server(doc.error().message));
+    if (!*doc) {
+      return tl::unexpected(
+          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
+    }
+    return std::move(**doc);
+  }
+
+  outcome change_tags(const std::string& a, const tag_change& change) {
+    BERTH_TRY(res, resource_named(a));
+    const auto& [kind, key] = res;
     // Lock order: inst_.mutex() before mu_, everywhere.
     std::unique_lock instance_lock(inst_.mutex(), std::defer_lock);
     if (kind == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
-    auto doc = store_->get(kind, key);
-    if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc) {
-      return tl::unexpected(
-          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
-    }
-    if (kind == "cluster" || kind == "instance") {
-      BERTH_TRY(text, kind == "cluster" ? retag<state::cluster>(**doc, key, req, add)
-                                        : retag<state::container_instance>(**doc, key, req, add));
-      if (auto w = store_->put(kind, key, text); !w) {
-        return tl::unexpected(server(w.error().message));
-      }
-      return json::object();
-    }
-    json d = json::parse(**doc, nullptr, false);
-    BERTH_TRY(tags, document_tags(d, key));
-    if (auto c = change_tag_list(req, add, tags); !c) return tl::unexpected(c.error());
-    d["tags"] = state::to_json(tags);
-    if (auto w = store_->put(kind, key, d.dump()); !w) {
+    BERTH_TRY(doc, resource_doc(kind, key, a));
+    if (kind == "task") return retag_task(a, key, doc, change);
+    tl::expected<std::string, api_error> text =
+        kind == "cluster"    ? retag<state::cluster>(doc, key, change)
+        : kind == "instance" ? retag<state::container_instance>(doc, key, change)
+                             : retag<state::task_definition>(doc, key, change);
+    if (!text) return tl::unexpected(text.error());
+    if (auto w = store_->put(kind, key, *text); !w) {
       return tl::unexpected(server(w.error().message));
-    }
-    if (kind == "task" && tasks_.contains(a)) {
-      tasks_[a]["tags"] = d["tags"];
-      table_.save(tasks_[a]);
     }
     return json::object();
   }
-  outcome tag_resource(const json& req) { return change_tags(req, true); }
-  outcome untag_resource(const json& req) { return change_tags(req, false); }
+  outcome tag_resource(const json& req) {
+    BERTH_TRY(r, decode_request<ecs::tag_resource_request>(req, "tags",
+                                                           invalid("tags must not be empty")));
+    return change_tags(r.resource_arn, {std::move(r.tags), {}});
+  }
+  outcome untag_resource(const json& req) {
+    BERTH_TRY(r, decode_request<ecs::untag_resource_request>(req, "tagKeys",
+                                                             invalid("tagKeys must not be empty")));
+    return change_tags(r.resource_arn, {std::nullopt, std::move(r.tag_keys)});
+  }
 
   outcome list_tags_for_resource(const json& req) {
-    BERTH_TRY(a, reader{req}.required_str("resourceArn"));
-    auto res = resource_of(a);
-    if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
-    const auto& [kind, key] = *res;
-    auto doc = store_->get(kind, key);
-    if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc) {
-      return tl::unexpected(
-          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
-    }
-    if (kind == "cluster") {
-      auto c = state::parse<state::cluster>(**doc, key);
-      if (!c) return tl::unexpected(server(c.error().detail));
-      return json{{"tags", state::to_json(c->tags)}};
-    }
-    if (kind == "instance") {
-      auto ci = state::parse<state::container_instance>(**doc, key);
-      if (!ci) return tl::unexpected(server(ci.error().detail));
-      return json{{"tags", state::to_json(ci->tags)}};
-    }
-    BERTH_TRY(tags, document_tags(json::parse(**doc, nullptr, false), key));
+    BERTH_TRY(r, decode_request<ecs::list_tags_for_resource_request>(req));
+    const std::string& a = r.resource_arn;
+    BERTH_TRY(res, resource_named(a));
+    const auto& [kind, key] = res;
+    BERTH_TRY(doc, resource_doc(kind, key, a));
+    const auto tags_in = [](auto parsed) -> tl::expected<std::vector<state::tag>, api_error> {
+      if (!parsed) return tl::unexpected(server(parsed.error().detail));
+      return std::move(parsed->tags);
+    };
+    BERTH_TRY(tags, kind == "cluster" ? tags_in(state::parse<state::cluster>(doc, key))
+                    : kind == "instance"
+                        ? tags_in(state::parse<state::container_instance>(doc, key))
+                    : kind == "taskdef" ? tags_in(state::parse<state::task_definition>(doc, key))
+                                        : task_tags(json::parse(doc, nullptr, false), key));
     return json{{"tags", state::to_json(tags)}};
   }
 
