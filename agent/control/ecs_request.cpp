@@ -76,9 +76,14 @@ std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
 namespace berth::agent {
 
 tl::expected<void, api_error> check_launch_type(const json& request) {
+  BERTH_TRY(launch_type, control::reader{request}.str("launchType"));
+  const json& cps = member(request, "capacityProviderStrategy");
+  return check_launch_type(launch_type, !cps.is_null() && !(cps.is_array() && cps.empty()));
+}
+
+tl::expected<void, api_error> check_launch_type(const std::optional<std::string>& launch_type,
+                                                bool capacity_providers) {
   using namespace control;
-  reader r{request};
-  BERTH_TRY(launch_type, r.str("launchType"));
   if (launch_type == "FARGATE" || launch_type == "EXTERNAL") {
     return tl::unexpected(invalid("Berth runs tasks on the EC2 launch type only: launchType " +
                                   *launch_type + " is not supported."));
@@ -87,8 +92,7 @@ tl::expected<void, api_error> check_launch_type(const json& request) {
     return tl::unexpected(invalid("Invalid launchType '" + *launch_type +
                                   "'. Valid values: EC2, FARGATE, EXTERNAL."));
   }
-  if (const json& cps = member(request, "capacityProviderStrategy");
-      !cps.is_null() && !(cps.is_array() && cps.empty())) {
+  if (capacity_providers) {
     return tl::unexpected(
         invalid("Berth has no capacity providers: it runs tasks on the EC2 launch type only, "
                 "and capacityProviderStrategy is not supported."));

@@ -29,6 +29,9 @@ struct api_error {
 // capacity provider strategy are refused rather than run as EC2; a launchType that is not a
 // string is a SerializationException.
 tl::expected<void, api_error> check_launch_type(const json& request);
+// The same from a typed request's launchType, and whether it names capacity providers.
+tl::expected<void, api_error> check_launch_type(const std::optional<std::string>& launch_type,
+                                                bool capacity_providers);
 
 }  // namespace berth::agent
 

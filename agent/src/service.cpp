@@ -77,7 +77,7 @@ class service_impl final : public service {
       std::lock_guard lock(mu_);
       table_.watch([this](const state::task_table::change& c) {
         if (c.erased) {
-          published_.erase(c.task["taskArn"].get<std::string>());
+          published_.erase(c.task.arn());
           return;
         }
         announce(c.task);
@@ -92,7 +92,7 @@ class service_impl final : public service {
     return {};
   }
 
-  void on_task_change(std::function<void(const json& task)> fn) override {
+  void on_task_change(std::function<void(const state::task& task)> fn) override {
     std::lock_guard lock(mu_);
     on_change_ = std::move(fn);
   }
@@ -245,7 +245,7 @@ class service_impl final : public service {
   std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
     std::int64_t running = 0, pending = 0;
     for (const auto& [arn, t] : tasks_) {
-      const std::string last = t.value("lastStatus", "");
+      const std::string last = t.ecs.last_status.value_or("");
       running += last == "RUNNING";
       pending += last == "PENDING" || last == "PROVISIONING";
     }
@@ -614,8 +614,10 @@ class service_impl final : public service {
       return tl::unexpected(server(w.error().message));
     }
     if (kind == "task" && tasks_.contains(a)) {
-      tasks_[a]["tags"] = d["tags"];
-      table_.save(tasks_[a]);
+      state::task& t = tasks_[a];
+      t.ecs.tags.emplace();
+      for (const state::tag& tag : tags) t.ecs.tags->push_back({tag.key, tag.value});
+      table_.save(t);
     }
     return json::object();
   }
@@ -662,10 +664,11 @@ class service_impl final : public service {
   // ---- the event stream ----
 
   // Publishes the task's state when it differs from what was last announced. Under mu_.
-  void announce(const json& t) {
-    const std::string state = t.value("lastStatus", "") + "/" + t.value("desiredStatus", "") + "/" +
-                              t.value("healthStatus", "");
-    std::string& last = published_[t["taskArn"].get<std::string>()];
+  void announce(const state::task& t) {
+    const std::string state = t.ecs.last_status.value_or("") + "/" +
+                              t.ecs.desired_status.value_or("") + "/" +
+                              t.ecs.health_status.value_or("");
+    std::string& last = published_[t.arn()];
     if (last == state) return;
     last = state;
     bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
@@ -696,7 +699,7 @@ class service_impl final : public service {
       }
       {
         std::lock_guard lock(mu_);
-        for (const auto& [a, t] : tasks_) ++by_state[t.value("lastStatus", "UNKNOWN")];
+        for (const auto& [a, t] : tasks_) ++by_state[t.ecs.last_status.value_or("UNKNOWN")];
       }
       for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
       // Instances gone from the ledger leave no series behind.
@@ -764,19 +767,19 @@ class service_impl final : public service {
   instance inst_{cfg_, *store_, ledger_, *docker_, table_};
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
-  std::map<std::string, json>& tasks_ = table_.rows();
+  std::map<std::string, state::task>& tasks_ = table_.rows();
   bool stopping_ = false;
   std::unique_ptr<engine::task_engine> engine_;
   std::thread heartbeat_;
   metrics& metrics_;
   event_bus& bus_;
-  std::map<std::string, std::string> published_;  // task ARN -> the state last announced
-  std::function<void(const json&)> on_change_;    // under mu_
-  control::task_actions task_actions_{{cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
-                                       [this](const json& r) -> tl::expected<json, api_error> {
-                                         BERTH_TRY(c, find_cluster(r));
-                                         return state::to_json(c);
-                                       }}};
+  std::map<std::string, std::string> published_;       // task ARN -> the state last announced
+  std::function<void(const state::task&)> on_change_;  // under mu_
+  control::task_actions task_actions_{
+      {cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
+       [this](const std::optional<std::string>& c) {
+         return find_cluster(c ? json{{"cluster", *c}} : json::object());
+       }}};
 };
 
 }  // namespace
