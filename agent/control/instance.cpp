@@ -31,7 +31,7 @@ bool instance::is_me(const std::string& ref) const {
 std::pair<std::int64_t, std::int64_t> instance::task_counts() const {
   std::int64_t running = 0, pending = 0;
   for (const auto& t : tasks_.all()) {
-    const std::string last = t->value("lastStatus", "");
+    const std::string& last = *t->ecs.last_status;
     running += last == "RUNNING";
     pending += last == "PENDING" || last == "PROVISIONING";
   }
@@ -169,16 +169,15 @@ struct capacity {
         .dump();
   }
   // Adds (sign 1) or takes (sign -1) a task's need.
-  void add(const json& need, int sign) {
-    cpu += sign * need.value("cpu", std::int64_t{0});
-    mib += sign * need.value("mib", std::int64_t{0});
-    dynamic += sign * need.value("dynamic", std::int64_t{0});
-    for (const auto& p : need.value("ports", json::array())) {
-      if (!p.is_number_unsigned()) continue;
+  void add(const state::task_need& need, int sign) {
+    cpu += sign * std::int64_t{need.cpu};
+    mib += sign * std::int64_t{need.mib};
+    dynamic += sign * std::int64_t{need.dynamic};
+    for (const std::uint16_t p : need.ports) {
       if (sign > 0) {
-        ports.erase(p.get<std::uint16_t>());
+        ports.erase(p);
       } else {
-        ports.insert(p.get<std::uint16_t>());
+        ports.insert(p);
       }
     }
   }
@@ -186,7 +185,8 @@ struct capacity {
 
 }  // namespace
 
-result<std::optional<std::string>> instance::claim(store& tx, const json& need, std::size_t count) {
+result<std::optional<std::string>> instance::claim(store& tx, const state::task_need& need,
+                                                   std::size_t count) {
   const std::string key = record_key();
   auto doc = tx.get("instance", key);
   if (!doc) return tl::unexpected(doc.error());
@@ -199,10 +199,8 @@ result<std::optional<std::string>> instance::claim(store& tx, const json& need, 
   if (!*cur) return tl::unexpected(error{"instance " + instance_id_ + " has no capacity record"});
   capacity c = capacity::parse(**cur);
   for (std::size_t i = 0; i < count; ++i) {
-    for (const auto& p : need.value("ports", json::array())) {
-      if (p.is_number_unsigned() && c.ports.contains(p.get<std::uint16_t>())) {
-        return std::optional<std::string>("RESOURCE:PORTS");
-      }
+    for (const std::uint16_t p : need.ports) {
+      if (c.ports.contains(p)) return std::optional<std::string>("RESOURCE:PORTS");
     }
     c.add(need, -1);
   }
@@ -213,7 +211,7 @@ result<std::optional<std::string>> instance::claim(store& tx, const json& need, 
   return std::optional<std::string>();
 }
 
-result<void> instance::give_back(const json& need) {
+result<void> instance::give_back(const state::task_need& need) {
   const std::string key = record_key();
   auto r = store_->transaction([&](store& tx) -> result<void> {
     auto cur = tx.get("capacity", key);
@@ -230,10 +228,10 @@ result<void> instance::give_back(const json& need) {
   return {};
 }
 
-result<void> instance::reset_capacity(const std::vector<json>& needs) {
+result<void> instance::reset_capacity(const std::vector<state::task_need>& needs) {
   capacity c{registered_cpu_, registered_mib_, dynamic_port_count, {}};
   for (const auto p : cfg_.reserved_ports) c.ports.insert(p);
-  for (const json& n : needs) c.add(n, -1);
+  for (const state::task_need& n : needs) c.add(n, -1);
   c.cpu = std::max<std::int64_t>(c.cpu, 0);
   c.mib = std::max<std::int64_t>(c.mib, 0);
   c.dynamic = std::max<std::int64_t>(c.dynamic, 0);
@@ -263,9 +261,8 @@ json instance::describe(const state::container_instance& record) {
   for (const auto p : cfg_.reserved_ports) ports.push_back(std::to_string(p));
   json used_ports = ports;
   for (const auto& t : tasks_.all()) {
-    if ((*t)["lastStatus"] == "STOPPED") continue;
-    for (const auto& p : (*t)["_berth"]["need"]["ports"])
-      used_ports.push_back(std::to_string(p.get<int>()));
+    if (t->ecs.last_status == "STOPPED") continue;
+    for (const std::uint16_t p : t->berth.need.ports) used_ports.push_back(std::to_string(p));
   }
   const auto resource = [](const char* name, std::int64_t v) {
     return json{{"name", name},

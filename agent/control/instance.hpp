@@ -70,17 +70,18 @@ class instance {
   // ---- capacity in state: what RunTask's claims compare and swap ----
   // The instance's remaining capacity is a document of its own (kind "capacity": cpu, memory,
   // dynamicPorts, portsInUse), the authority that the ledger's reservations only pre-check.
-  // A task's need is its record's `_berth.need` (cpu, mib, dynamic, ports).
+  // A task's need is its record's (state::task_need: cpu, mib, dynamic, ports).
 
   // Within the store transaction `tx` (whose commit compares what it read): reads the capacity
   // and the instance's record, and takes `count` times `need` from the capacity. Returns why
   // it does not fit (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written
   // nothing, or nullopt when claimed.
-  result<std::optional<std::string>> claim(store& tx, const json& need, std::size_t count);
+  result<std::optional<std::string>> claim(store& tx, const state::task_need& need,
+                                           std::size_t count);
   // Gives a stopped task's need back (a transaction of its own, retried on a race).
-  result<void> give_back(const json& need);
+  result<void> give_back(const state::task_need& need);
   // The capacity is the registered one less what `needs` take (at start, from the records).
-  result<void> reset_capacity(const std::vector<json>& needs);
+  result<void> reset_capacity(const std::vector<state::task_need>& needs);
 
   // DescribeContainerInstances' view of the record: its ECS members, registered and remaining
   // resources from the ledger, running and pending task counts.

@@ -7,6 +7,7 @@
 #include <array>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "berth/agent/util.hpp"
 #include "berth/placement.hpp"
@@ -34,11 +35,11 @@ struct task_actions::impl {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
-  // The stored document (with its tags) until RunTask reads the typed record.
-  tl::expected<json, api_error> find_task_definition(const std::string& ref, bool active_only) {
+  tl::expected<ecs::task_definition, api_error> find_task_definition(const std::string& ref,
+                                                                     bool active_only) {
     auto td = tds_.find_task_definition(ref, active_only);
     if (!td) return tl::unexpected(td.error());
-    return state::to_json(*td);
+    return std::move(td->def);
   }
 
   tl::expected<bool, api_error> instance_matches(const std::string& filter) {
@@ -59,35 +60,42 @@ struct task_actions::impl {
     std::vector<std::uint16_t> ports;
   };
 
+  // The override of the container `name` (the last one naming it), if any.
+  static const ecs::container_override* override_of(const ecs::task_override& o,
+                                                    const std::optional<std::string>& name) {
+    if (!o.container_overrides) return nullptr;
+    const ecs::container_override* found = nullptr;
+    for (const auto& co : *o.container_overrides) {
+      if (co.name == name) found = &co;
+    }
+    return found;
+  }
+
   // What a task takes from its instance: task-level cpu/memory, else the containers' sum.
-  static task_need need_of(const json& td, const json& overrides) {
+  static task_need need_of(const ecs::task_definition& td, const ecs::task_override& overrides) {
     task_need n;
     std::uint32_t cpu = 0, mib = 0;
-    for (const auto& c : td["containerDefinitions"]) {
-      json o = json::object();
-      for (const auto& co : overrides.value("containerOverrides", json::array())) {
-        if (co.value("name", std::string()) == c["name"]) o = co;
-      }
-      cpu += static_cast<std::uint32_t>(o.value("cpu", c.value("cpu", 0)));
-      const auto mem = o.contains("memory") ? o["memory"] : c.value("memory", json());
-      const auto res = o.contains("memoryReservation") ? o["memoryReservation"]
-                                                       : c.value("memoryReservation", json());
-      mib += static_cast<std::uint32_t>(res.is_number()   ? res.get<std::int64_t>()
-                                        : mem.is_number() ? mem.get<std::int64_t>()
-                                                          : 0);
-      for (const auto& p : c["portMappings"]) {
-        const auto hp = p.value("hostPort", 0);
+    for (const auto& c :
+         td.container_definitions.value_or(std::vector<ecs::container_definition>{})) {
+      const ecs::container_override* o = override_of(overrides, c.name);
+      cpu += static_cast<std::uint32_t>(o != nullptr && o->cpu ? *o->cpu : c.cpu.value_or(0));
+      const auto mem = o != nullptr && o->memory ? o->memory : c.memory;
+      const auto res =
+          o != nullptr && o->memory_reservation ? o->memory_reservation : c.memory_reservation;
+      mib += static_cast<std::uint32_t>(res ? *res : mem.value_or(0));
+      for (const auto& p : c.port_mappings.value_or(std::vector<ecs::port_mapping>{})) {
+        const auto hp = p.host_port.value_or(0);
         if (hp != 0) {
           n.ports.push_back(static_cast<std::uint16_t>(hp));
-        } else if (td["networkMode"] == "bridge") {
+        } else if (td.network_mode == "bridge") {
           ++n.req.dynamic_ports;
         }
       }
     }
-    if (td.contains("cpu")) cpu = *units_of(td["cpu"], true);
-    if (td.contains("memory")) mib = *units_of(td["memory"], false);
-    if (overrides.contains("cpu")) cpu = units_of(overrides["cpu"], true).value_or(cpu);
-    if (overrides.contains("memory")) mib = units_of(overrides["memory"], false).value_or(mib);
+    if (td.cpu) cpu = *units_of(*td.cpu, true);
+    if (td.memory) mib = *units_of(*td.memory, false);
+    if (overrides.cpu) cpu = units_of(*overrides.cpu, true).value_or(cpu);
+    if (overrides.memory) mib = units_of(*overrides.memory, false).value_or(mib);
     n.req.cpu = cpu;
     n.req.mib = mib;
     std::sort(n.ports.begin(), n.ports.end());
@@ -96,93 +104,58 @@ struct task_actions::impl {
     return n;
   }
 
-  tl::expected<std::pair<std::vector<pl::constraint>, std::vector<pl::strategy>>, api_error>
-  placement_of(const json& req, const json& td) {
+  // The task definition's placement constraints and the request's, and its strategies.
+  static tl::expected<std::pair<std::vector<pl::constraint>, std::vector<pl::strategy>>, api_error>
+  placement_of(const ecs::run_task_request& req, const ecs::task_definition& td) {
     std::vector<pl::constraint> cons;
     std::vector<pl::strategy> strat;
-    const auto add_constraints = [&](const json& list) -> tl::expected<void, api_error> {
-      if (!list.is_array())
-        return tl::unexpected(serialization("Expected 'placementConstraints' to be a list"));
-      for (const auto& c : list) {
-        if (!c.is_object() || !c.contains("type") || !c["type"].is_string()) {
-          return tl::unexpected(invalid("every placement constraint needs a 'type'"));
-        }
-        if (c.contains("expression") && !c["expression"].is_string()) {
-          return tl::unexpected(serialization("Expected 'expression' to be a string"));
-        }
-        cons.push_back({c["type"], c.value("expression", std::string())});
+    const auto add = [&](const auto& list) -> tl::expected<void, api_error> {
+      for (const auto& c : list.value_or(std::decay_t<decltype(*list)>{})) {
+        if (!c.type) return tl::unexpected(invalid("every placement constraint needs a 'type'"));
+        cons.push_back({*c.type, c.expression.value_or("")});
       }
       return {};
     };
-    if (td.contains("placementConstraints")) {
-      if (auto r = add_constraints(td["placementConstraints"]); !r)
-        return tl::unexpected(r.error());
-    }
-    if (req.contains("placementConstraints")) {
-      if (auto r = add_constraints(req["placementConstraints"]); !r)
-        return tl::unexpected(r.error());
-    }
-    if (req.contains("placementStrategy")) {
-      if (!req["placementStrategy"].is_array()) {
-        return tl::unexpected(serialization("Expected 'placementStrategy' to be a list"));
-      }
-      for (const auto& s : req["placementStrategy"]) {
-        if (!s.is_object() || !s.contains("type") || !s["type"].is_string()) {
-          return tl::unexpected(invalid("every placement strategy needs a 'type'"));
-        }
-        if (s.contains("field") && !s["field"].is_string()) {
-          return tl::unexpected(serialization("Expected 'field' to be a string"));
-        }
-        strat.push_back({s["type"], s.value("field", std::string())});
-      }
+    if (auto r = add(td.placement_constraints); !r) return tl::unexpected(r.error());
+    if (auto r = add(req.placement_constraints); !r) return tl::unexpected(r.error());
+    for (const auto& s : req.placement_strategy.value_or(std::vector<ecs::placement_strategy>{})) {
+      if (!s.type) return tl::unexpected(invalid("every placement strategy needs a 'type'"));
+      strat.push_back({*s.type, s.field.value_or("")});
     }
     return std::pair{cons, strat};
   }
 
   // ---- the records ----
 
-  // The client's view of a task: without Berth's own bookkeeping.
-  static json view(json t) {
-    t.erase("_berth");
-    return t;
-  }
-
   // A record's change, under mu_: a task that reached STOPPED gives its capacity back (once:
   // holding_ says whose capacity is still held).
   void on_record(const state::task_table::change& c) {
-    if (c.erased || c.task["lastStatus"] != "STOPPED") return;
-    if (holding_.erase(c.task["taskArn"].get<std::string>()) == 0) return;
+    if (c.erased || c.task.ecs.last_status != "STOPPED") return;
+    if (holding_.erase(c.task.arn()) == 0) return;
     release(c.task);
     // And in state; a failure here is mended at the next start, which counts the capacity
     // again from the records.
-    if (auto r = inst_.give_back(c.task["_berth"]["need"]); !r) {
-      spdlog::error("task {}: capacity not given back in state: {}",
-                    c.task["taskArn"].get<std::string>(), r.error().message);
+    if (auto r = inst_.give_back(c.task.berth.need); !r) {
+      spdlog::error("task {}: capacity not given back in state: {}", c.task.arn(),
+                    r.error().message);
     }
   }
 
   // Gives a task's claim back: its ledger capacity and ports, and its place in its group.
-  void release(const json& t) {
-    const json& n = t["_berth"]["need"];
-    std::vector<std::uint16_t> ports;
-    for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
-    const ipc::demand dm{{n["cpu"].get<std::uint32_t>(), n["mib"].get<std::uint32_t>(), 0,
-                          n["dynamic"].get<std::uint32_t>()},
-                         ports};
+  void release(const state::task& t) {
+    const state::task_need& n = t.berth.need;
+    const ipc::demand dm{{n.cpu, n.mib, 0, n.dynamic}, n.ports};
     if (auto r = ledger_.release(inst_.slot(), dm); !r) {
-      spdlog::error("task {}: ledger release failed: {}", t["taskArn"].get<std::string>(),
-                    ipc::describe(r.error()));
+      spdlog::error("task {}: ledger release failed: {}", t.arn(), ipc::describe(r.error()));
     }
-    groups_.remove(t["group"].get<std::string>(), inst_.slot(), placed_attributes(t));
+    groups_.remove(t.ecs.group.value_or(""), inst_.slot(), placed_attributes(t));
   }
 
   // The instance's attribute words when the task was placed: what task_groups counted it under.
-  static std::array<std::uint64_t, ipc::attribute_words> placed_attributes(const json& t) {
+  static std::array<std::uint64_t, ipc::attribute_words> placed_attributes(const state::task& t) {
     std::array<std::uint64_t, ipc::attribute_words> a{};
-    const json& words = t["_berth"].value("attributes", json::array());
-    for (std::size_t w = 0; w < a.size() && w < words.size(); ++w) {
-      if (words[w].is_number_unsigned()) a[w] = words[w].get<std::uint64_t>();
-    }
+    const auto& words = t.berth.attributes;
+    for (std::size_t w = 0; w < a.size() && w < words.size(); ++w) a[w] = words[w];
     return a;
   }
 
@@ -196,12 +169,29 @@ struct task_actions::impl {
     return a;
   }
 
-  outcome run_task(const json& req) { return launch(req, false); }
-  outcome start_task(const json& req) { return launch(req, true); }
+  outcome run_task(const json& json_req) {
+    BERTH_TRY(req, decode_request<ecs::run_task_request>(json_req));
+    return launch(req, nullptr);
+  }
+
+  // StartTask's request is RunTask's without placement: one task on each instance it names.
+  outcome start_task(const json& json_req) {
+    BERTH_TRY(req, decode_request<ecs::start_task_request>(json_req));
+    ecs::run_task_request run;
+    run.cluster = std::move(req.cluster);
+    run.task_definition = std::move(req.task_definition);
+    run.group = std::move(req.group);
+    run.overrides = std::move(req.overrides);
+    run.started_by = std::move(req.started_by);
+    run.tags = std::move(req.tags);
+    return launch(run, &req.container_instances);
+  }
 
   // What RunTask, StartTask and the placement query read alike, checked.
   struct launch_request {
-    json cluster, td, overrides;
+    state::cluster cluster;
+    ecs::task_definition td;
+    ecs::task_override overrides;
     std::int64_t count = 1;
     std::string group;
     task_need need;
@@ -209,35 +199,41 @@ struct task_actions::impl {
     std::vector<pl::strategy> strategies;
   };
 
-  tl::expected<launch_request, api_error> read_launch(const json& req) {
+  tl::expected<launch_request, api_error> read_launch(const ecs::run_task_request& req) {
     launch_request l;
-    BERTH_TRY(cluster, find_cluster(req));
-    if (auto ok = check_launch_type(req); !ok) return tl::unexpected(ok.error());
-    reader r{req};
-    BERTH_TRY(ref, r.required_str("taskDefinition"));
+    BERTH_TRY(cluster, find_cluster(req.cluster));
+    const bool providers =
+        req.capacity_provider_strategy && !req.capacity_provider_strategy->empty();
+    if (auto ok = check_launch_type(req.launch_type, providers); !ok) {
+      return tl::unexpected(ok.error());
+    }
+    if (req.task_definition.empty()) {
+      return tl::unexpected(invalid("'taskDefinition' is required and must not be empty"));
+    }
     // The request's own values first, then what they refer to.
-    BERTH_TRY(count_opt, r.integer("count"));
-    l.count = count_opt.value_or(1);
+    l.count = req.count.value_or(1);
     if (l.count < 1 || l.count > 10) {
       return tl::unexpected(invalid("count must be between 1 and 10"));
     }
-    BERTH_TRY(td, find_task_definition(ref, true));
-    BERTH_TRY(group_opt, r.str("group"));
-    l.overrides = req.value("overrides", json::object());
-    if (auto ok = check_overrides(l.overrides); !ok) return tl::unexpected(ok.error());
-    for (const auto& co : member(l.overrides, "containerOverrides").is_array()
-                              ? l.overrides["containerOverrides"]
-                              : json::array()) {
-      bool known = false;
-      for (const auto& c : td["containerDefinitions"]) known |= c["name"] == co["name"];
+    BERTH_TRY(td, find_task_definition(req.task_definition, true));
+    l.overrides = req.overrides.value_or(ecs::task_override{});
+    // What the model's types cannot say: amounts, sizes and limits.
+    if (auto ok = check_overrides(ecs::to_json(l.overrides)); !ok) {
+      return tl::unexpected(ok.error());
+    }
+    const auto& defs = td.container_definitions.value_or(std::vector<ecs::container_definition>{});
+    for (const auto& co :
+         l.overrides.container_overrides.value_or(std::vector<ecs::container_override>{})) {
+      const bool known =
+          std::any_of(defs.begin(), defs.end(), [&](const auto& c) { return c.name == co.name; });
       if (!known) {
         return tl::unexpected(
             invalid("containerOverrides names no container of the task "
                     "definition: '" +
-                    co["name"].get<std::string>() + "'"));
+                    co.name.value_or("") + "'"));
       }
     }
-    l.group = group_opt.value_or("family:" + td["family"].get<std::string>());
+    l.group = req.group.value_or("family:" + td.family.value_or(""));
     BERTH_TRY(rules, placement_of(req, td));
     l.constraints = std::move(rules.first);
     l.strategies = std::move(rules.second);
@@ -247,23 +243,43 @@ struct task_actions::impl {
     return l;
   }
 
-  outcome launch(const json& req, bool explicit_instances) {
+  // The request's tags, checked as ECS checks them.
+  static tl::expected<std::vector<ecs::tag>, api_error> checked_tags(
+      const std::optional<std::vector<ecs::tag>>& tags) {
+    std::vector<ecs::tag> out;
+    if (!tags) return out;
+    if (tags->size() > 50) return tl::unexpected(invalid("at most 50 tags"));
+    for (const auto& t : *tags) {
+      if (!t.key || t.key->empty() || t.key->size() > 128) {
+        return tl::unexpected(invalid("every tag needs a 'key' of 1-128 characters"));
+      }
+      if (t.value && t.value->size() > 256) {
+        return tl::unexpected(invalid("tag values are strings of at most 256 characters"));
+      }
+      out.push_back({t.key, t.value.value_or("")});
+    }
+    return out;
+  }
+
+  // `instances`: StartTask's containerInstances (the custom scheduler's choice), or null for
+  // RunTask's placement.
+  outcome launch(const ecs::run_task_request& req, const std::vector<std::string>* instances) {
     BERTH_TRY(l, read_launch(req));
-    reader r{req};
-    BERTH_TRY(started_by, r.str("startedBy"));
+    const bool explicit_instances = instances != nullptr;
+    const std::optional<std::string>& started_by = req.started_by;
     if (started_by && started_by->size() > 128)
       return tl::unexpected(invalid("startedBy is at most 128 characters"));
-    BERTH_TRY(tags, tags_of(req));
-    const json& cluster = l.cluster;
-    const json& td = l.td;
-    const json& overrides = l.overrides;
+    BERTH_TRY(tags, checked_tags(req.tags));
+    const state::cluster& cluster = l.cluster;
+    const ecs::task_definition& td = l.td;
+    const ecs::task_override& overrides = l.overrides;
     const std::string& group = l.group;
     const std::int64_t count = l.count;
     const task_need& need = l.need;
-    const bool mine = cluster["clusterName"] == cfg_.cluster;
+    const bool mine = cluster.cluster_name == cfg_.cluster;
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
     if (explicit_instances) {
-      BERTH_TRY(refs, r.strings("containerInstances"));
+      const std::vector<std::string>& refs = *instances;
       if (refs.empty() || refs.size() > 10) {
         return tl::unexpected(invalid("containerInstances must name 1 to 10 instances"));
       }
@@ -336,7 +352,7 @@ struct task_actions::impl {
     }
     // Every new task is committed in one transaction before anything starts: a store that
     // cannot write gets a 5xx, and the capacity goes back.
-    std::vector<json> made;
+    std::vector<state::task> made;
     for (std::size_t i = 0; i < slots.size(); ++i) {
       made.push_back(new_task(td, cluster, group, started_by, overrides, tags, need));
     }
@@ -345,15 +361,15 @@ struct task_actions::impl {
     std::optional<std::string> refused;
     auto claim = [&](store& tx) -> result<void> {
       if (made.empty()) return {};
-      auto c = inst_.claim(tx, made.front()["_berth"]["need"], made.size());
+      auto c = inst_.claim(tx, made.front().berth.need, made.size());
       if (!c) return tl::unexpected(c.error());
       refused = *c;
       if (refused) return tl::unexpected(error{"refused: " + *refused});
       return {};
     };
-    for (const json& t : made) holding_.insert(t["taskArn"].get<std::string>());
+    for (const state::task& t : made) holding_.insert(t.arn());
     if (auto w = table_.commit_all(made, claim); !w) {
-      for (const json& t : made) holding_.erase(t["taskArn"].get<std::string>());
+      for (const state::task& t : made) holding_.erase(t.arn());
       for (const std::uint32_t slot : slots) {
         (void)ledger_.release(
             slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
@@ -367,7 +383,7 @@ struct task_actions::impl {
       return out;
     }
     // The engine, watching the table, starts them.
-    for (const json& t : made) out["tasks"].push_back(view(t));
+    for (const state::task& t : made) out["tasks"].push_back(state::response(t));
     return out;
   }
 
@@ -387,61 +403,55 @@ struct task_actions::impl {
     }
   }
 
-  json new_task(const json& td, const json& cluster, const std::string& group,
-                const std::optional<std::string>& started_by, const json& overrides,
-                const json& tags, const task_need& need) {
+  state::task new_task(const ecs::task_definition& td, const state::cluster& cluster,
+                       const std::string& group, const std::optional<std::string>& started_by,
+                       const ecs::task_override& overrides, const std::vector<ecs::tag>& tags,
+                       const task_need& need) {
     const std::string id = random_hex(32);
-    const std::string cname = cluster["clusterName"];
+    const std::string& cname = cluster.cluster_name;
     const std::string task_arn = arn("task/" + cname + "/" + id);
-    json t = {
-        {"taskArn", task_arn},
-        {"clusterArn", cluster["clusterArn"]},
-        {"taskDefinitionArn", td["taskDefinitionArn"]},
-        {"containerInstanceArn", inst_.arn()},
-        {"overrides", overrides.empty() ? json{{"containerOverrides", json::array()}} : overrides},
-        {"lastStatus", "PROVISIONING"},
-        {"desiredStatus", "RUNNING"},
-        {"cpu", std::to_string(need.req.cpu)},
-        {"memory", std::to_string(need.req.mib)},
-        {"containers", json::array()},
-        {"version", 1},
-        {"createdAt", now_seconds()},
-        {"group", group},
-        {"launchType", "EC2"},
-        {"attachments", json::array()},
-        {"availabilityZone", cfg_.availability_zone},
-        {"tags", tags},
-        {"healthStatus", "UNKNOWN"}};
-    if (!overrides.contains("containerOverrides"))
-      t["overrides"]["containerOverrides"] = json::array();
-    if (started_by) t["startedBy"] = *started_by;
-    for (const auto& c : td["containerDefinitions"]) {
-      t["containers"].push_back(
-          {{"containerArn", arn("container/" + cname + "/" + id + "/" + random_hex(32))},
-           {"taskArn", task_arn},
-           {"name", c["name"]},
-           {"image", c["image"]},
-           {"lastStatus", "PENDING"},
-           {"networkBindings", json::array()},
-           {"networkInterfaces", json::array()},
-           {"healthStatus", "UNKNOWN"},
-           {"cpu", std::to_string(c.value("cpu", 0))}});
-      if (c.contains("memory"))
-        t["containers"].back()["memory"] = std::to_string(c["memory"].get<int>());
-      if (c.contains("memoryReservation")) {
-        t["containers"].back()["memoryReservation"] =
-            std::to_string(c["memoryReservation"].get<int>());
-      }
+    state::task t;
+    ecs::task& e = t.ecs;
+    e.task_arn = task_arn;
+    e.cluster_arn = cluster.cluster_arn;
+    e.task_definition_arn = td.task_definition_arn;
+    e.container_instance_arn = inst_.arn();
+    e.overrides = overrides;
+    if (!e.overrides->container_overrides) e.overrides->container_overrides.emplace();
+    e.last_status = "PROVISIONING";
+    e.desired_status = "RUNNING";
+    e.cpu = std::to_string(need.req.cpu);
+    e.memory = std::to_string(need.req.mib);
+    e.version = 1;
+    e.created_at = now_seconds();
+    e.group = group;
+    e.launch_type = "EC2";
+    e.attachments.emplace();
+    e.availability_zone = cfg_.availability_zone;
+    e.tags = tags;
+    e.health_status = "UNKNOWN";
+    e.started_by = started_by;
+    for (const auto& c :
+         td.container_definitions.value_or(std::vector<ecs::container_definition>{})) {
+      ecs::container ct;
+      ct.container_arn = arn("container/" + cname + "/" + id + "/" + random_hex(32));
+      ct.task_arn = task_arn;
+      ct.name = c.name;
+      ct.image = c.image;
+      ct.last_status = "PENDING";
+      ct.network_bindings.emplace();
+      ct.network_interfaces.emplace();
+      ct.health_status = "UNKNOWN";
+      ct.cpu = std::to_string(c.cpu.value_or(0));
+      if (c.memory) ct.memory = std::to_string(*c.memory);
+      if (c.memory_reservation) ct.memory_reservation = std::to_string(*c.memory_reservation);
+      t.containers().push_back(std::move(ct));
     }
-    t["_berth"] = {{"need",
-                    {{"cpu", need.req.cpu},
-                     {"mib", need.req.mib},
-                     {"dynamic", need.req.dynamic_ports},
-                     {"ports", need.ports}}},
-                   {"taskDefinition", td},
-                   {"attributes", attributes_of(inst_.slot())},
-                   {"docker", json::object()},
-                   {"events", json::array()}};
+    t.containers();  // a task definition without containers still shows an empty list
+    const auto words = attributes_of(inst_.slot());
+    t.berth.need = {need.req.cpu, need.req.mib, need.req.dynamic_ports, need.ports};
+    t.berth.task_definition = td;
+    t.berth.attributes.assign(words.begin(), words.end());
     return t;
   }
 
@@ -455,27 +465,28 @@ struct task_actions::impl {
     if (!all) return tl::unexpected(all.error());
     std::uint32_t cpu = 0, mib = 0, dyn = 0;
     std::vector<std::uint16_t> ports(cfg_.reserved_ports.begin(), cfg_.reserved_ports.end());
-    std::vector<json> needs;
+    std::vector<state::task_need> needs;
     {
       std::lock_guard lock(mu_);
-      for (const json& t : *all) {
-        const std::string a = t["taskArn"];
-        if (t["lastStatus"] == "STOPPED") continue;
+      for (const state::task& t : *all) {
+        const std::string& a = t.arn();
+        if (t.ecs.last_status == "STOPPED") continue;
         // Another instance's task (this one's ARN changed: its region or account did) takes
         // nothing here, and the engine does not drive it.
-        if (t.value("containerInstanceArn", "") != inst_.arn()) {
-          spdlog::warn("task {} is on instance {}, not this one ({}): left alone", a,
-                       t.value("containerInstanceArn", ""), inst_.arn());
+        const std::string on = t.ecs.container_instance_arn.value_or("");
+        if (on != inst_.arn()) {
+          spdlog::warn("task {} is on instance {}, not this one ({}): left alone", a, on,
+                       inst_.arn());
           continue;
         }
         holding_.insert(a);
-        const json& n = t["_berth"]["need"];
+        const state::task_need& n = t.berth.need;
         needs.push_back(n);
-        cpu += n["cpu"].get<std::uint32_t>();
-        mib += n["mib"].get<std::uint32_t>();
-        dyn += n["dynamic"].get<std::uint32_t>();
-        for (const auto& p : n["ports"]) ports.push_back(p.get<std::uint16_t>());
-        groups_.add(t["group"].get<std::string>(), inst_.slot(), placed_attributes(t));
+        cpu += n.cpu;
+        mib += n.mib;
+        dyn += n.dynamic;
+        ports.insert(ports.end(), n.ports.begin(), n.ports.end());
+        groups_.add(t.ecs.group.value_or(""), inst_.slot(), placed_attributes(t));
       }
       // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
       (void)ledger_.set_free(inst_.slot(),
@@ -499,40 +510,37 @@ struct task_actions::impl {
 
   // ---- the other actions ----
 
-  outcome stop_task(const json& req) {
-    BERTH_TRY(cluster, find_cluster(req));
-    reader r{req};
-    BERTH_TRY(ref, r.required_str("task"));
-    BERTH_TRY(reason, r.str("reason"));
-    if (reason && reason->size() > 255)
+  outcome stop_task(const json& json_req) {
+    BERTH_TRY(req, decode_request<ecs::stop_task_request>(json_req));
+    BERTH_TRY(cluster, find_cluster(req.cluster));
+    if (req.task.empty()) {
+      return tl::unexpected(invalid("'task' is required and must not be empty"));
+    }
+    if (req.reason && req.reason->size() > 255)
       return tl::unexpected(invalid("reason is at most 255 characters"));
-    const std::string key = task_arn_in(cluster, ref);
+    const std::string key = task_arn_in(cluster, req.task);
     std::lock_guard lock(mu_);
     const auto it = tasks_.find(key);
     if (it == tasks_.end()) return tl::unexpected(invalid("The referenced task was not found."));
-    if (it->second["desiredStatus"] != "STOPPED") {
-      json t = it->second;
-      t["desiredStatus"] = "STOPPED";
-      t["stopCode"] = "UserInitiated";
-      t["stoppedReason"] = reason.value_or("Task stopped by user");
-      t["stoppingAt"] = now_seconds();
-      t["version"] = t.value("version", 0) + 1;
+    if (it->second.ecs.desired_status != "STOPPED") {
+      state::task t = it->second;
+      t.ecs.desired_status = "STOPPED";
+      t.ecs.stop_code = "UserInitiated";
+      t.ecs.stopped_reason = req.reason.value_or("Task stopped by user");
+      t.ecs.stopping_at = now_seconds();
+      t.ecs.version = t.ecs.version.value_or(0) + 1;
       if (auto w = table_.commit(t); !w) {
         return tl::unexpected(server("The task's stop could not be stored: " + w.error().message));
       }
     }
-    return json{{"task", view(it->second)}};
+    return json{{"task", state::response(it->second)}};
   }
 
-  outcome list_tasks(const json& req) {
-    BERTH_TRY(cluster, find_cluster(req));
-    reader r{req};
-    BERTH_TRY(instance, r.str("containerInstance"));
-    BERTH_TRY(family, r.str("family"));
-    BERTH_TRY(started_by, r.str("startedBy"));
-    BERTH_TRY(service_name, r.str("serviceName"));
-    BERTH_TRY(desired, r.str("desiredStatus"));
-    BERTH_TRY(launch_type, r.str("launchType"));
+  outcome list_tasks(const json& json_req) {
+    BERTH_TRY(req, decode_request<ecs::list_tasks_request>(json_req));
+    BERTH_TRY(cluster, find_cluster(req.cluster));
+    const auto& desired = req.desired_status;
+    const auto& launch_type = req.launch_type;
     if (desired && *desired != "RUNNING" && *desired != "PENDING" && *desired != "STOPPED") {
       return tl::unexpected(invalid("desiredStatus must be RUNNING, PENDING or STOPPED"));
     }
@@ -540,63 +548,66 @@ struct task_actions::impl {
         *launch_type != "EXTERNAL") {
       return tl::unexpected(invalid("launchType must be EC2, FARGATE or EXTERNAL"));
     }
-    if (instance && !inst_.is_me(*instance)) {
+    if (req.container_instance && !inst_.is_me(*req.container_instance)) {
       return json{{"taskArns", json::array()}};
     }
-    std::vector<std::pair<double, std::string>> found;
-    {
-      for (const auto& tp : table_.all()) {
-        const json& t = *tp;
-        const std::string& a = t["taskArn"].get_ref<const std::string&>();
-        if (t["clusterArn"] != cluster["clusterArn"]) continue;
-        const std::string want = desired.value_or("RUNNING");
-        const std::string have = t["desiredStatus"];
-        if (want == "STOPPED" ? have != "STOPPED" : have == "STOPPED") continue;
-        if (family && t["_berth"]["taskDefinition"]["family"] != *family) continue;
-        if (started_by && t.value("startedBy", std::string()) != *started_by) continue;
-        if (service_name && t.value("group", std::string()) != "service:" + *service_name) continue;
-        if (launch_type && *launch_type != "EC2") continue;
-        found.emplace_back(t.value("createdAt", 0.0), a);
-      }
+    const std::string want = desired.value_or("RUNNING");
+    const std::string service_group =
+        req.service_name ? "service:" + *req.service_name : std::string();
+    std::vector<std::pair<double, const std::string*>> found;
+    const auto all = table_.all();
+    for (const auto& tp : all) {
+      const ecs::task& t = tp->ecs;
+      if (t.cluster_arn != cluster.cluster_arn) continue;
+      const bool stopped = t.desired_status == "STOPPED";
+      if (want == "STOPPED" ? !stopped : stopped) continue;
+      if (req.family && tp->berth.task_definition.family != *req.family) continue;
+      if (req.started_by && t.started_by.value_or("") != *req.started_by) continue;
+      if (req.service_name && t.group.value_or("") != service_group) continue;
+      if (launch_type && *launch_type != "EC2") continue;
+      found.emplace_back(t.created_at.value_or(0.0), &tp->arn());
     }
-    std::sort(found.begin(), found.end());
-    BERTH_TRY(range, page(r, found.size(), 100));
+    std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.first, *a.second) < std::tie(b.first, *b.second);
+    });
+    BERTH_TRY(range, page(req.next_token, req.max_results, found.size(), 100));
     json out = {{"taskArns", json::array()}};
     for (std::size_t i = range.first; i < range.second; ++i)
-      out["taskArns"].push_back(found[i].second);
+      out["taskArns"].push_back(*found[i].second);
     add_token(out, range.second, found.size());
     return out;
   }
 
   // A task named (ARN or id) in a cluster: its ARN.
-  std::string task_arn_in(const json& cluster, const std::string& ref) const {
-    return arn("task/" + cluster["clusterName"].get<std::string>() + "/" + name_of(ref));
+  std::string task_arn_in(const state::cluster& cluster, const std::string& ref) const {
+    return arn("task/" + cluster.cluster_name + "/" + name_of(ref));
   }
 
-  // DescribeTasks' and DescribeTaskUsage's `cluster` and `tasks` (1 to 100).
+  // DescribeTasks' and DescribeTaskUsage's `cluster` and `tasks` (1 to 100), and whether
+  // DescribeTasks' include asks for TAGS.
   struct task_refs {
-    json cluster;
+    state::cluster cluster;
     std::vector<std::string> refs;
+    bool with_tags = false;
   };
-  tl::expected<task_refs, api_error> read_task_refs(const json& req) {
-    BERTH_TRY(cluster, find_cluster(req));
-    BERTH_TRY(refs, reader{req}.strings("tasks"));
-    if (refs.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
-    if (refs.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
-    return task_refs{std::move(cluster), std::move(refs)};
+  tl::expected<task_refs, api_error> read_task_refs(const json& json_req) {
+    BERTH_TRY(req, decode_request<ecs::describe_tasks_request>(json_req));
+    BERTH_TRY(cluster, find_cluster(req.cluster));
+    if (req.tasks.empty()) return tl::unexpected(invalid("Tasks cannot be empty."));
+    if (req.tasks.size() > 100) return tl::unexpected(invalid("tasks can list at most 100"));
+    const auto& include = req.include.value_or(std::vector<std::string>{});
+    const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
+    return task_refs{std::move(cluster), std::move(req.tasks), with_tags};
   }
 
   // DescribeTasks, written from each task's serialized view: no JSON is built per call.
   tl::expected<std::string, api_error> describe_tasks_text(const json& req) {
     BERTH_TRY(asked, read_task_refs(req));
-    const auto& [cluster, refs] = asked;
-    BERTH_TRY(include, reader{req}.strings("include"));
-    const bool with_tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     std::string out = "{\"tasks\":[";
     json failures = json::array();
     bool first = true;
-    for (const auto& ref : refs) {
-      const auto t = table_.serialized(task_arn_in(cluster, ref), with_tags);
+    for (const auto& ref : asked.refs) {
+      const auto t = table_.serialized(task_arn_in(asked.cluster, ref), asked.with_tags);
       if (!t) {
         failures.push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
@@ -630,10 +641,14 @@ struct task_actions::impl {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      json u = {{"taskArn", (*t)["taskArn"]},
-                {"memoryAllocatedMiB", std::stoll(t->value("memory", "0"))},
+      json events = json::array();
+      for (const state::task_event& e : t->berth.events) {
+        events.push_back({{"createdAt", e.created_at}, {"message", e.message}});
+      }
+      json u = {{"taskArn", t->arn()},
+                {"memoryAllocatedMiB", std::stoll(t->ecs.memory.value_or("0"))},
                 {"containers", json::array()},
-                {"events", (*t)["_berth"].value("events", json::array())}};
+                {"events", std::move(events)}};
       const json usage = observe::usage_of(*t);
       std::int64_t used = 0;
       for (const auto& [name, cu] : usage.items()) {
@@ -669,15 +684,28 @@ struct task_actions::impl {
     return i;
   }
 
-  outcome place(const json& req) {
-    if (!req.is_object())
-      return tl::unexpected(serialization("The request body must be a JSON object"));
-    try {
-      const auto dry = req.find("dryRun");
-      if (dry != req.end() && !dry->is_boolean() && !dry->is_null()) {
+  // BerthV1.Place's own members beside RunTask's.
+  struct place_extras {
+    bool dry_run = false;  // place and explain, reserving and starting nothing
+  };
+  static tl::expected<place_extras, api_error> read_place_extras(const json& req) {
+    place_extras x;
+    if (const auto dry = req.find("dryRun"); dry != req.end() && !dry->is_null()) {
+      if (!dry->is_boolean()) {
         return tl::unexpected(serialization("Expected 'dryRun' to be a boolean"));
       }
-      if (dry == req.end() || !dry->is_boolean() || !dry->get<bool>()) return launch(req, false);
+      x.dry_run = dry->get<bool>();
+    }
+    return x;
+  }
+
+  outcome place(const json& json_req) {
+    if (!json_req.is_object())
+      return tl::unexpected(serialization("The request body must be a JSON object"));
+    try {
+      BERTH_TRY(extras, read_place_extras(json_req));
+      BERTH_TRY(req, decode_request<ecs::run_task_request>(json_req));
+      if (!extras.dry_run) return launch(req, nullptr);
       return place_dry_run(req);
     } catch (const std::exception& e) {
       spdlog::error("Place failed: {}", e.what());
@@ -685,9 +713,9 @@ struct task_actions::impl {
     }
   }
 
-  outcome place_dry_run(const json& req) {
+  outcome place_dry_run(const ecs::run_task_request& req) {
     BERTH_TRY(l, read_launch(req));
-    if (l.cluster["clusterName"] != cfg_.cluster) {
+    if (l.cluster.cluster_name != cfg_.cluster) {
       return tl::unexpected(invalid("No Container Instances were found in your cluster."));
     }
     const task_need& need = l.need;
@@ -705,7 +733,7 @@ struct task_actions::impl {
     auto placed = placer_.place(*q, need.req, groups_, o);
     if (!placed) return tl::unexpected(invalid(placed.error().message));
     json out = {{"dryRun", true},
-                {"taskDefinitionArn", l.td["taskDefinitionArn"]},
+                {"taskDefinitionArn", l.td.task_definition_arn.value_or("")},
                 {"group", l.group},
                 {"requirements",
                  {{"cpu", need.req.cpu},
@@ -740,9 +768,10 @@ struct task_actions::impl {
   ipc::ledger& ledger_;
   task_definitions& tds_;
   metrics& metrics_;
-  std::function<tl::expected<json, api_error>(const json&)> find_cluster;
+  std::function<tl::expected<state::cluster, api_error>(const std::optional<std::string>&)>
+      find_cluster;
   std::mutex& mu_ = table_.mutex();
-  std::map<std::string, json>& tasks_ = table_.rows();
+  std::map<std::string, state::task>& tasks_ = table_.rows();
   pl::placer placer_;
   pl::task_groups groups_;         // under mu_
   std::set<std::string> holding_;  // under mu_: tasks whose capacity is claimed, not yet STOPPED

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "berth/agent/common.hpp"
@@ -34,7 +35,8 @@ class task_actions {
     task_definitions& tds;
     metrics& m;
     // The cluster a request names (default "default"), or ClusterNotFoundException.
-    std::function<tl::expected<json, api_error>(const json&)> find_cluster;
+    std::function<tl::expected<state::cluster, api_error>(const std::optional<std::string>&)>
+        find_cluster;
   };
   explicit task_actions(deps d);
   ~task_actions();

@@ -42,25 +42,24 @@ std::vector<std::string> unenforced_limits(const dk::container_spec& s,
   return dk::check_limits(asked, *cg);
 }
 
-std::vector<std::string> task_volumes(const json& task) {
+std::vector<std::string> task_volumes(const state::task& task) {
   std::vector<std::string> volumes;
-  for (const auto& v : task["_berth"]["taskDefinition"].value("volumes", json::array())) {
-    if (v.is_object() && v.contains("name") && v["name"].is_string() &&
-        !(v.contains("host") && v["host"].is_object() && v["host"].contains("sourcePath"))) {
-      volumes.push_back(v["name"]);
-    }
+  const auto& td = task.berth.task_definition;
+  if (!td.volumes) return volumes;
+  for (const auto& v : *td.volumes) {
+    if (v.name && !(v.host && v.host->source_path)) volumes.push_back(*v.name);
   }
   return volumes;
 }
 
-bool remove_task_leftovers(dk::engine& d, const std::string& task_arn, const json& docker,
+bool remove_task_leftovers(dk::engine& d, const std::string& task_arn,
+                           const std::map<std::string, std::string>& docker,
                            const std::vector<std::string>& volumes) {
   bool removed = true;
-  for (const auto& [name, id] : docker.items()) {
-    auto r = d.remove_container(id.get<std::string>(), {true, true});
+  for (const auto& [name, id] : docker) {
+    auto r = d.remove_container(id, {true, true});
     if (!r && r.error().code != dk::errc::not_found) {
-      spdlog::warn("task {}: cannot remove container {}: {}", task_arn, id.get<std::string>(),
-                   r.error().message);
+      spdlog::warn("task {}: cannot remove container {}: {}", task_arn, id, r.error().message);
       removed = false;
     }
   }

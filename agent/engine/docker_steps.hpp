@@ -5,17 +5,16 @@
 
 #include <chrono>
 #include <functional>
-#include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <tl/expected.hpp>
 #include <vector>
 
 #include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
+#include "task_record.hpp"
 
 namespace berth::agent::engine {
-
-using nlohmann::json;
 
 // Makes the container `s` describes: pulled first when its image is missing (which fails fast
 // without a registry); one of that name already there (made before a crash, or still being
@@ -30,11 +29,12 @@ std::vector<std::string> unenforced_limits(const docker::container_spec& s,
                                            const docker::container_info& running);
 
 // The Docker volumes a task owns: its task definition's volumes without a host path.
-std::vector<std::string> task_volumes(const json& task);
+std::vector<std::string> task_volumes(const state::task& task);
 
 // Removes a stopped task's containers (`docker`: container name -> id) and volumes. False when
 // something is left (logged): tried again later.
-bool remove_task_leftovers(docker::engine& d, const std::string& task_arn, const json& docker,
+bool remove_task_leftovers(docker::engine& d, const std::string& task_arn,
+                           const std::map<std::string, std::string>& docker,
                            const std::vector<std::string>& volumes);
 
 // Containers labelled for this instance (or made by a berthd with this state directory) whose

@@ -26,6 +26,7 @@ namespace {
 
 namespace dk = berth::docker;
 using namespace std::chrono_literals;
+using state::task;
 using state::task_table;
 
 class task_engine_impl final : public task_engine {
@@ -46,7 +47,7 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        for (const auto& [name, id] : t["_berth"]["docker"].items()) container_to_task_[id] = a;
+        for (const auto& [name, id] : t.berth.docker) container_to_task_[id] = a;
       }
     }
     // Containers no record knows are refused, removed or left, never passed over in silence.
@@ -83,9 +84,9 @@ class task_engine_impl final : public task_engine {
       std::size_t resumed = 0;
       for (const auto& [a, t] : tasks_) {
         if (!mine(t)) continue;
-        if (t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING") {
+        if (t.ecs.last_status == "RUNNING" && t.ecs.desired_status == "RUNNING") {
           check.push_back(a);
-        } else if (t["lastStatus"] != "STOPPED") {
+        } else if (t.ecs.last_status != "STOPPED") {
           drive(t);
           ++resumed;
         }
@@ -113,29 +114,26 @@ class task_engine_impl final : public task_engine {
   }
 
  private:
-  bool mine(const json& t) const {
-    const auto it = t.find("containerInstanceArn");
-    return it != t.end() && it->is_string() && it->get_ref<const std::string&>() == instance_arn_;
-  }
+  bool mine(const task& t) const { return t.ecs.container_instance_arn == instance_arn_; }
 
   // The task's state machine, run on every change of its record (under mu_): desired RUNNING
   // and not yet running starts (or resumes) its launch; desired STOPPED and not yet STOPPED
   // starts its stop. At most one launch and one stop per task at a time.
-  void drive(const json& t) {
-    if (stopping_ || !mine(t) || t["lastStatus"] == "STOPPED") return;
-    const std::string a = t["taskArn"];
-    if (t["desiredStatus"] == "STOPPED") {
+  void drive(const task& t) {
+    if (stopping_ || !mine(t) || t.ecs.last_status == "STOPPED") return;
+    const std::string a = t.arn();
+    if (t.ecs.desired_status == "STOPPED") {
       if (!stops_.insert(a).second) return;
       // Not started (no thread to be had): unclaimed, so that the next change tries again.
-      if (!spawn(a, [this, a, code = t.value("stopCode", std::string("UserInitiated")),
-                     why = t.value("stoppedReason", std::string("Task stopped by user"))] {
+      if (!spawn(a, [this, a, code = t.ecs.stop_code.value_or("UserInitiated"),
+                     why = t.ecs.stopped_reason.value_or("Task stopped by user")] {
             stop_task_containers(a, code, why, true);
           })) {
         stops_.erase(a);
       }
       return;
     }
-    const std::string last = t["lastStatus"];
+    const std::string last = t.ecs.last_status.value_or("");
     if ((last == "PROVISIONING" || last == "PENDING") && starts_.insert(a).second) {
       const bool made = spawn(a, [this, a] {
         struct unclaim {
@@ -152,7 +150,7 @@ class task_engine_impl final : public task_engine {
     }
   }
 
-  void save(const json& t) { table_.save(t); }
+  void save(const task& t) { table_.save(t); }
 
   // A worker for the task (under mu_); false when no thread could be had.
   bool spawn(const std::string& task_arn, std::function<void()> fn) {
@@ -161,29 +159,29 @@ class task_engine_impl final : public task_engine {
 
   // ---- tasks: starting ----
 
-  dk::container_spec spec_of(const json& t, const json& c, const json& td,
-                             const std::string& ns_owner) const {
+  dk::container_spec spec_of(const task& t, const ecs::container_definition& c,
+                             const ecs::task_definition& td, const std::string& ns_owner) const {
     return container_spec(t, c, td, ns_owner,
                           {cfg_.cluster, instance_arn_, state_dir_, cfg_.host_ip});
   }
 
   // Marks the task STOPPED (under mu_); control, watching, gives its resources back.
-  void finish(json& t, const std::string& code, const std::string& reason) {
-    if (t["lastStatus"] == "STOPPED") return;
+  void finish(task& t, const std::string& code, const std::string& reason) {
+    if (t.ecs.last_status == "STOPPED") return;
     const double now = now_seconds();
-    t["lastStatus"] = "STOPPED";
-    t["desiredStatus"] = "STOPPED";
-    if (!t.contains("stopCode")) t["stopCode"] = code;
-    if (!t.contains("stoppedReason")) t["stoppedReason"] = reason;
-    if (!t.contains("stoppingAt")) t["stoppingAt"] = now;
-    t["stoppedAt"] = now;
-    t["executionStoppedAt"] = now;
-    t["version"] = t.value("version", 0) + 1;
-    for (auto& c : t["containers"]) {
-      if (c["lastStatus"] != "STOPPED") c["lastStatus"] = "STOPPED";
+    t.ecs.last_status = "STOPPED";
+    t.ecs.desired_status = "STOPPED";
+    if (!t.ecs.stop_code) t.ecs.stop_code = code;
+    if (!t.ecs.stopped_reason) t.ecs.stopped_reason = reason;
+    if (!t.ecs.stopping_at) t.ecs.stopping_at = now;
+    t.ecs.stopped_at = now;
+    t.ecs.execution_stopped_at = now;
+    t.ecs.version = t.ecs.version.value_or(0) + 1;
+    for (auto& c : t.containers()) {
+      if (c.last_status != "STOPPED") c.last_status = "STOPPED";
     }
     save(t);
-    spdlog::info("task {} STOPPED ({}: {})", t["taskArn"].get<std::string>(), code, reason);
+    spdlog::info("task {} STOPPED ({}: {})", t.arn(), code, reason);
   }
 
   // A failure anywhere in a launch stops the task and gives its resources back.
@@ -197,21 +195,21 @@ class task_engine_impl final : public task_engine {
   }
 
   void launch_containers(const std::string& task_arn) {
-    json t, td;
+    task t;
     {
       std::lock_guard lock(mu_);
       if (!tasks_.contains(task_arn)) return;
-      t = tasks_[task_arn];
-      if (t["desiredStatus"] == "STOPPED") return;
-      td = t["_berth"]["taskDefinition"];
-      t["lastStatus"] = "PENDING";
-      t["pullStartedAt"] = now_seconds();
+      t = tasks_.at(task_arn);
+      if (t.ecs.desired_status == "STOPPED") return;
+      t.ecs.last_status = "PENDING";
+      t.ecs.pull_started_at = now_seconds();
       save(t);
     }
+    const ecs::task_definition& td = t.berth.task_definition;
     std::string ns_owner;
-    for (const json* cp : start_order(td["containerDefinitions"])) {
-      const json& c = *cp;
-      const std::string name = c["name"];
+    for (const ecs::container_definition* cp : start_order(t.definitions())) {
+      const ecs::container_definition& c = *cp;
+      const std::string name = c.name.value_or("");
       // dependsOn: wait for each condition, bounded by the container's startTimeout.
       if (auto ok = wait_dependencies(task_arn, c); !ok) {
         {
@@ -228,9 +226,11 @@ class task_engine_impl final : public task_engine {
       std::string docker_id;
       {
         std::lock_guard lock(mu_);
-        const json& known = tasks_[task_arn]["_berth"]["docker"];
-        if (known.contains(name)) docker_id = known[name];
-        if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+        const task& now = tasks_.at(task_arn);
+        if (const auto k = now.berth.docker.find(name); k != now.berth.docker.end()) {
+          docker_id = k->second;
+        }
+        if (now.ecs.desired_status == "STOPPED") return;
       }
       const bool recorded = !docker_id.empty();
       if (!recorded) {
@@ -253,11 +253,11 @@ class task_engine_impl final : public task_engine {
         }
         docker_id = *id;
         std::lock_guard lock(mu_);
-        json& tt = tasks_[task_arn];
-        tt["_berth"]["docker"][name] = docker_id;
+        task& tt = tasks_.at(task_arn);
+        tt.berth.docker[name] = docker_id;
         container_to_task_[docker_id] = task_arn;
-        for (auto& cc : tt["containers"]) {
-          if (cc["name"] == name) cc["runtimeId"] = docker_id;
+        for (auto& cc : tt.containers()) {
+          if (cc.name == name) cc.runtime_id = docker_id;
         }
         save(tt);
       }
@@ -267,7 +267,7 @@ class task_engine_impl final : public task_engine {
         // The image (by id) the task now uses: housekeeping keeps it while the task is known.
         images_.track(made->image_id, s.image);
         std::lock_guard lock(mu_);
-        tasks_[task_arn]["_berth"]["images"][name] = made->image_id;
+        tasks_.at(task_arn).berth.images[name] = made->image_id;
       }
       if (recorded && made && made->status != "created") {
         // Recorded before a restart and already past created: never started twice. One that
@@ -278,7 +278,7 @@ class task_engine_impl final : public task_engine {
           report_exit(task_arn, name, docker_id, &*made);
         } else {
           std::lock_guard lock(mu_);
-          json& tt = tasks_[task_arn];
+          task& tt = tasks_.at(task_arn);
           record_running(tt, name, *made);
           save(tt);
         }
@@ -287,7 +287,7 @@ class task_engine_impl final : public task_engine {
       bool stopped = false;
       {
         std::lock_guard lock(mu_);
-        stopped = tasks_[task_arn]["desiredStatus"] == "STOPPED";
+        stopped = tasks_.at(task_arn).ecs.desired_status == "STOPPED";
       }
       if (stopped) {
         // Stopped while the container was being made: it is not started, and goes.
@@ -300,7 +300,7 @@ class task_engine_impl final : public task_engine {
         {
           // Stopped meanwhile (that stop may have removed it): the stop's reason stands.
           std::lock_guard lock(mu_);
-          if (tasks_[task_arn]["desiredStatus"] == "STOPPED") return;
+          if (tasks_.at(task_arn).ecs.desired_status == "STOPPED") return;
         }
         fail_task(task_arn, name, "TaskFailedToStart",
                   "CannotStartContainerError: " + st.error().message);
@@ -308,33 +308,33 @@ class task_engine_impl final : public task_engine {
       }
       auto info = docker_->inspect_container(docker_id);
       std::lock_guard lock(mu_);
-      json& tt = tasks_[task_arn];
+      task& tt = tasks_.at(task_arn);
       if (info) {
         record_running(tt, name, *info);
       } else {
-        for (auto& cc : tt["containers"]) {
-          if (cc["name"] == name && cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
+        for (auto& cc : tt.containers()) {
+          if (cc.name == name && cc.last_status != "STOPPED") cc.last_status = "RUNNING";
         }
       }
       // The kernel enforces what Docker was asked for, or the task says it does not.
       if (info && info->running) {
         for (const auto& d : unenforced_limits(s, *info)) {
-          tt["_berth"]["events"].push_back(
-              {{"createdAt", now_seconds()}, {"message", "container " + name + ": cgroup " + d}});
+          tt.berth.events.push_back({now_seconds(), "container " + name + ": cgroup " + d});
           spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
         }
       }
       save(tt);
     }
     std::lock_guard lock(mu_);
-    json& tt = tasks_[task_arn];
-    if (tt["lastStatus"] == "PENDING" && tt["desiredStatus"] == "RUNNING") {
-      tt["lastStatus"] = "RUNNING";
-      tt["startedAt"] = now_seconds();
-      tt["pullStoppedAt"] = tt["startedAt"];
-      tt["connectivity"] = "CONNECTED";
-      tt["connectivityAt"] = tt["startedAt"];
-      tt["version"] = tt.value("version", 0) + 1;
+    task& tt = tasks_.at(task_arn);
+    if (tt.ecs.last_status == "PENDING" && tt.ecs.desired_status == "RUNNING") {
+      const double now = now_seconds();
+      tt.ecs.last_status = "RUNNING";
+      tt.ecs.started_at = now;
+      tt.ecs.pull_stopped_at = now;
+      tt.ecs.connectivity = "CONNECTED";
+      tt.ecs.connectivity_at = now;
+      tt.ecs.version = tt.ecs.version.value_or(0) + 1;
       save(tt);
       spdlog::info("task {} RUNNING", task_arn);
     }
@@ -342,37 +342,38 @@ class task_engine_impl final : public task_engine {
 
   // A started container as the task shows it: RUNNING, its host ports, its pid (for usage).
   // Under mu_.
-  void record_running(json& t, const std::string& name, const dk::container_info& info) {
-    for (auto& cc : t["containers"]) {
-      if (cc["name"] != name) continue;
-      if (cc["lastStatus"] != "STOPPED") cc["lastStatus"] = "RUNNING";
-      cc["networkBindings"] = json::array();
+  void record_running(task& t, const std::string& name, const dk::container_info& info) {
+    for (auto& cc : t.containers()) {
+      if (cc.name != name) continue;
+      if (cc.last_status != "STOPPED") cc.last_status = "RUNNING";
+      cc.network_bindings.emplace();
       for (const auto& p : info.ports) {
-        cc["networkBindings"].push_back({{"bindIP", cfg_.instance_address},
-                                         {"containerPort", p.container_port},
-                                         {"hostPort", p.host_port},
-                                         {"protocol", p.protocol}});
+        cc.network_bindings->push_back({cfg_.instance_address,
+                                        static_cast<std::int32_t>(p.container_port),
+                                        static_cast<std::int32_t>(p.host_port), p.protocol});
       }
     }
-    if (info.running) t["_berth"]["pids"][name] = info.pid;
+    if (info.running) t.berth.pids[name] = info.pid;
   }
 
-  tl::expected<void, error> wait_dependencies(const std::string& task_arn, const json& c) {
-    for (const auto& d : c.value("dependsOn", json::array())) {
-      const std::string other = d["containerName"];
-      const std::string cond = d["condition"];
+  tl::expected<void, error> wait_dependencies(const std::string& task_arn,
+                                              const ecs::container_definition& c) {
+    for (const auto& d : c.depends_on.value_or(std::vector<ecs::container_dependency>{})) {
+      const std::string& other = d.container_name;
+      const std::string& cond = d.condition;
       const auto deadline =
-          std::chrono::steady_clock::now() + std::chrono::seconds(c.value("startTimeout", 300));
+          std::chrono::steady_clock::now() + std::chrono::seconds(c.start_timeout.value_or(300));
       std::unique_lock lock(mu_);
       const bool met = cv_.wait_until(lock, deadline, [&] {
-        if (stopping_ || tasks_[task_arn]["desiredStatus"] == "STOPPED") return true;
-        for (const auto& cc : tasks_[task_arn]["containers"]) {
-          if (cc["name"] != other) continue;
-          const std::string st = cc["lastStatus"];
+        task& t = tasks_.at(task_arn);
+        if (stopping_ || t.ecs.desired_status == "STOPPED") return true;
+        for (const auto& cc : t.containers()) {
+          if (cc.name != other) continue;
+          const std::string st = cc.last_status.value_or("");
           if (cond == "START") return st == "RUNNING" || st == "STOPPED";
           if (cond == "COMPLETE") return st == "STOPPED";
-          if (cond == "SUCCESS") return st == "STOPPED" && cc.value("exitCode", -1) == 0;
-          if (cond == "HEALTHY") return cc.value("healthStatus", std::string()) == "HEALTHY";
+          if (cond == "SUCCESS") return st == "STOPPED" && cc.exit_code.value_or(-1) == 0;
+          if (cond == "HEALTHY") return cc.health_status == "HEALTHY";
         }
         return false;
       });
@@ -381,10 +382,10 @@ class task_engine_impl final : public task_engine {
         return tl::unexpected(error{"dependency " + other + " did not reach " + cond + " in time"});
       }
       if (cond == "SUCCESS") {
-        for (const auto& cc : tasks_[task_arn]["containers"]) {
-          if (cc["name"] == other && cc.value("exitCode", -1) != 0) {
+        for (const auto& cc : tasks_.at(task_arn).containers()) {
+          if (cc.name == other && cc.exit_code.value_or(-1) != 0) {
             return tl::unexpected(error{"dependency " + other + " exited with " +
-                                        std::to_string(cc.value("exitCode", -1))});
+                                        std::to_string(cc.exit_code.value_or(-1))});
           }
         }
       }
@@ -396,12 +397,12 @@ class task_engine_impl final : public task_engine {
                  const std::string& why) {
     {
       std::lock_guard lock(mu_);
-      json& t = tasks_[task_arn];
-      for (auto& c : t["containers"]) {
-        if (c["name"] == container) c["reason"] = why;
+      task& t = tasks_.at(task_arn);
+      for (auto& c : t.containers()) {
+        if (c.name == container) c.reason = why;
       }
-      t["stopCode"] = code;
-      t["stoppedReason"] = why;
+      t.ecs.stop_code = code;
+      t.ecs.stopped_reason = why;
       save(t);
     }
     stop_task_containers(task_arn, code, why);
@@ -418,8 +419,8 @@ class task_engine_impl final : public task_engine {
     std::lock_guard lock(mu_);
     const auto it = tasks_.find(task_arn);
     if (it == tasks_.end()) return;
-    for (auto& c : it->second["containers"]) {
-      if (c.value("runtimeId", "") == docker_id) c["lastStatus"] = "STOPPED";
+    for (auto& c : it->second.containers()) {
+      if (c.runtime_id == docker_id) c.last_status = "STOPPED";
     }
     save(it->second);
     cv_.notify_all();
@@ -447,30 +448,27 @@ class task_engine_impl final : public task_engine {
     std::vector<std::pair<std::string, std::chrono::seconds>> ids;
     {
       std::lock_guard lock(mu_);
-      json& t = tasks_[task_arn];
-      if (t["lastStatus"] == "STOPPED") return;
-      t["desiredStatus"] = "STOPPED";
-      if (!t.contains("stoppingAt")) t["stoppingAt"] = now_seconds();
-      if (!t.contains("stopCode")) t["stopCode"] = code;
-      if (!t.contains("stoppedReason")) t["stoppedReason"] = why;
+      task& t = tasks_.at(task_arn);
+      if (t.ecs.last_status == "STOPPED") return;
+      t.ecs.desired_status = "STOPPED";
+      if (!t.ecs.stopping_at) t.ecs.stopping_at = now_seconds();
+      if (!t.ecs.stop_code) t.ecs.stop_code = code;
+      if (!t.ecs.stopped_reason) t.ecs.stopped_reason = why;
       save(t);
-      for (const auto& c : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        const std::string name = c["name"];
-        if (!t["_berth"]["docker"].contains(name)) continue;
-        ids.emplace_back(
-            t["_berth"]["docker"][name],
-            std::chrono::seconds(c.value(
-                "stopTimeout",
-                static_cast<int>(
-                    std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout).count()))));
+      const auto grace = std::chrono::duration_cast<std::chrono::seconds>(cfg_.stop_timeout);
+      for (const auto& c : t.definitions()) {
+        const auto id = t.berth.docker.find(c.name.value_or(""));
+        if (id == t.berth.docker.end()) continue;
+        ids.emplace_back(id->second,
+                         c.stop_timeout ? std::chrono::seconds(*c.stop_timeout) : grace);
       }
     }
     // SIGTERM, then SIGKILL after the grace period: waited for here (die events mark the
     // containers STOPPED), so that shutting berthd down interrupts the wait instead of sitting
     // in a blocking `docker stop`. A stop cut short resumes when berthd starts again.
     const auto all_stopped = [&] {
-      for (const auto& c : tasks_[task_arn]["containers"]) {
-        if (c.contains("runtimeId") && c["lastStatus"] != "STOPPED") return false;
+      for (const auto& c : tasks_.at(task_arn).containers()) {
+        if (c.runtime_id && c.last_status != "STOPPED") return false;
       }
       return true;
     };
@@ -493,10 +491,10 @@ class task_engine_impl final : public task_engine {
       cv_.wait_for(lock, std::chrono::seconds(10), [&] { return stopping_ || all_stopped(); });
       if (stopping_) return;
       // Its containers have stopped (or Docker did not say so in time).
-      json& t = tasks_[task_arn];
-      if (t["lastStatus"] != "STOPPED") {
-        t["lastStatus"] = "DEPROVISIONING";
-        t["version"] = t.value("version", 0) + 1;
+      task& t = tasks_.at(task_arn);
+      if (t.ecs.last_status != "STOPPED") {
+        t.ecs.last_status = "DEPROVISIONING";
+        t.ecs.version = t.ecs.version.value_or(0) + 1;
         save(t);
         spdlog::info("task {} DEPROVISIONING", task_arn);
       }
@@ -507,21 +505,19 @@ class task_engine_impl final : public task_engine {
       if (auto i = docker_->inspect_container(id)) infos[id] = *i;
     }
     std::lock_guard lock(mu_);
-    json& t = tasks_[task_arn];
-    for (auto& c : t["containers"]) {
-      const std::string id = c.value("runtimeId", std::string());
+    task& t = tasks_.at(task_arn);
+    for (auto& c : t.containers()) {
+      const std::string id = c.runtime_id.value_or("");
       if (!infos.contains(id) || infos[id].running) continue;
-      if (!c.contains("exitCode")) c["exitCode"] = infos[id].exit_code;
+      if (!c.exit_code) c.exit_code = infos[id].exit_code;
       // Docker's oom event can be missed when the kill comes before it watches the cgroup;
       // its record of the kill is the other witness.
-      if (infos[id].oom_killed && !c.contains("reason")) {
-        c["reason"] = "OutOfMemoryError: Container killed due to memory usage";
-        if (t.value("stopCode", "") == "EssentialContainerExited") {
-          t["stoppedReason"] = c["reason"];
-        }
+      if (infos[id].oom_killed && !c.reason) {
+        c.reason = "OutOfMemoryError: Container killed due to memory usage";
+        if (t.ecs.stop_code == "EssentialContainerExited") t.ecs.stopped_reason = c.reason;
       }
     }
-    finish(t, t.value("stopCode", code), t.value("stoppedReason", why));
+    finish(t, t.ecs.stop_code.value_or(code), t.ecs.stopped_reason.value_or(why));
     cv_.notify_all();
   }
 
@@ -542,66 +538,64 @@ class task_engine_impl final : public task_engine {
       container_to_task_.erase(it);
       return;
     }
-    json& t = found->second;
+    task& t = found->second;
     const std::string cname =
         e.attributes.contains(label_container) ? e.attributes.at(label_container) : "";
-    json* c = nullptr;
-    for (auto& cc : t["containers"]) {
-      if (cc["name"] == cname) c = &cc;
+    ecs::container* c = nullptr;
+    for (auto& cc : t.containers()) {
+      if (cc.name == cname) c = &cc;
     }
     if (c == nullptr) return;
     if (e.action == "oom") {
-      (*c)["reason"] = "OutOfMemoryError: Container killed due to memory usage";
+      c->reason = "OutOfMemoryError: Container killed due to memory usage";
       save(t);
     } else if (e.action.starts_with("health_status")) {
       const std::string h = e.action.find("unhealthy") != std::string::npos ? "UNHEALTHY"
                             : e.action.find("healthy") != std::string::npos ? "HEALTHY"
                                                                             : "UNKNOWN";
-      (*c)["healthStatus"] = h;
+      c->health_status = h;
       // The task is as healthy as its essential containers with checks.
       std::string task_health = "UNKNOWN";
-      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        if (!def.value("essential", true) || !def.contains("healthCheck")) continue;
-        for (const auto& cc : t["containers"]) {
-          if (cc["name"] != def["name"]) continue;
-          const std::string ch = cc.value("healthStatus", std::string("UNKNOWN"));
+      for (const auto& def : t.definitions()) {
+        if (!def.essential.value_or(true) || !def.health_check) continue;
+        for (const auto& cc : t.containers()) {
+          if (cc.name != def.name) continue;
+          const std::string ch = cc.health_status.value_or("UNKNOWN");
           if (ch == "UNHEALTHY")
             task_health = "UNHEALTHY";
           else if (ch == "HEALTHY" && task_health == "UNKNOWN")
             task_health = "HEALTHY";
         }
       }
-      t["healthStatus"] = task_health;
+      t.ecs.health_status = task_health;
       save(t);
       cv_.notify_all();
     } else if (e.action == "die") {
-      (*c)["lastStatus"] = "STOPPED";
+      c->last_status = "STOPPED";
       const auto code = e.attributes.find("exitCode");
       if (code != e.attributes.end()) {
         try {
-          (*c)["exitCode"] = std::stoi(code->second);
+          c->exit_code = std::stoi(code->second);
         } catch (...) {
         }
       }
       save(t);
       cv_.notify_all();
       bool essential = true;
-      for (const auto& def : t["_berth"]["taskDefinition"]["containerDefinitions"]) {
-        if (def["name"] == cname) essential = def.value("essential", true);
+      for (const auto& def : t.definitions()) {
+        if (def.name == cname) essential = def.essential.value_or(true);
       }
       bool all_stopped = true;
-      for (const auto& cc : t["containers"]) all_stopped &= cc["lastStatus"] == "STOPPED";
-      if (t["lastStatus"] == "STOPPED") return;
+      for (const auto& cc : t.containers()) all_stopped &= cc.last_status == "STOPPED";
+      if (t.ecs.last_status == "STOPPED") return;
       if (essential || all_stopped) {
-        if (t["desiredStatus"] != "STOPPED") {
-          const std::string why =
-              (*c).contains("reason") &&
-                      (*c)["reason"].get<std::string>().starts_with("OutOfMemory")
-                  ? "OutOfMemoryError: Container killed due to memory usage"
-                  : "Essential container in task exited";
-          t["stopCode"] = "EssentialContainerExited";
-          t["stoppedReason"] = why;
-          t["desiredStatus"] = "STOPPED";
+        if (t.ecs.desired_status != "STOPPED") {
+          const std::string why = c->reason && c->reason->starts_with("OutOfMemory")
+                                      ? "OutOfMemoryError: Container killed due to memory usage"
+                                      : "Essential container in task exited";
+          t.ecs.stop_code = "EssentialContainerExited";
+          t.ecs.stopped_reason = why;
+          t.ecs.desired_status = "STOPPED";
           save(t);
           // Followed by drive(): the stop starts from the record, as any other.
         }
@@ -635,7 +629,7 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED" && !t["_berth"]["docker"].empty()) active.push_back(a);
+        if (t.ecs.last_status != "STOPPED" && !t.berth.docker.empty()) active.push_back(a);
       }
     }
     for (const auto& a : active) reconcile(a);
@@ -644,17 +638,17 @@ class task_engine_impl final : public task_engine {
   // With `stopping`, a container created and never started goes (forget_unstarted): its task
   // is stopping, so no launch will start it.
   void reconcile(const std::string& task_arn, bool stopping = false) {
-    json docker;
+    std::map<std::string, std::string> docker;
     {
       std::lock_guard lock(mu_);
       const auto it = tasks_.find(task_arn);
       if (it == tasks_.end()) return;
-      docker = it->second["_berth"]["docker"];
+      docker = it->second.berth.docker;
     }
-    for (const auto& [name, id] : docker.items()) {
-      auto info = docker_->inspect_container(id.get<std::string>());
+    for (const auto& [name, id] : docker) {
+      auto info = docker_->inspect_container(id);
       if (stopping && info && info->status == "created") {
-        forget_unstarted(task_arn, id.get<std::string>());
+        forget_unstarted(task_arn, id);
         continue;
       }
       // Created and not yet started is alive: its launch worker is about to start it (a resync
@@ -701,16 +695,16 @@ class task_engine_impl final : public task_engine {
     const double wait = std::chrono::duration<double>(cfg_.task_cleanup_wait).count();
     struct due_task {
       std::string arn;
-      json docker;
+      std::map<std::string, std::string> docker;
       std::vector<std::string> volumes;
     };
     std::vector<due_task> due;
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t["lastStatus"] != "STOPPED" || workers_.busy(a)) continue;
-        if (t.value("stoppedAt", now) + wait > now) continue;
-        due.push_back({a, t["_berth"]["docker"], task_volumes(t)});
+        if (t.ecs.last_status != "STOPPED" || workers_.busy(a)) continue;
+        if (t.ecs.stopped_at.value_or(now) + wait > now) continue;
+        due.push_back({a, t.berth.docker, task_volumes(t)});
       }
     }
     for (const auto& [a, docker, volumes] : due) {
@@ -718,12 +712,12 @@ class task_engine_impl final : public task_engine {
       std::lock_guard lock(mu_);
       const auto it = tasks_.find(a);
       // Unchanged since it was chosen, and no worker of its own: only then forgotten.
-      if (it == tasks_.end() || workers_.busy(a) || it->second["lastStatus"] != "STOPPED" ||
-          it->second["_berth"]["docker"] != docker) {
+      if (it == tasks_.end() || workers_.busy(a) || it->second.ecs.last_status != "STOPPED" ||
+          it->second.berth.docker != docker) {
         continue;
       }
       if (!table_.erase(a)) continue;
-      for (const auto& [name, id] : docker.items()) container_to_task_.erase(id.get<std::string>());
+      for (const auto& [name, id] : docker) container_to_task_.erase(id);
       metrics_.add("berth_tasks_cleaned_up_total", {});
       spdlog::info("task {} cleaned up: containers removed", a);
     }
@@ -734,8 +728,7 @@ class task_engine_impl final : public task_engine {
     std::set<std::string> in_use;
     std::lock_guard lock(mu_);
     for (const auto& [a, t] : tasks_) {
-      const json images = t["_berth"].value("images", json::object());  // outlives items()
-      for (const auto& [name, id] : images.items()) in_use.insert(id.get<std::string>());
+      for (const auto& [name, id] : t.berth.images) in_use.insert(id);
     }
     return in_use;
   }
@@ -750,7 +743,7 @@ class task_engine_impl final : public task_engine {
   // The table's lock and records: the engine's own state below is under the same lock.
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
-  std::map<std::string, json>& tasks_ = table_.rows();
+  std::map<std::string, task>& tasks_ = table_.rows();
   bool stopping_ = false;
   std::map<std::string, std::string> container_to_task_;
   task_workers workers_;

@@ -21,50 +21,35 @@ std::string backend_status(const std::string& s) {
   return s == "STOPPED" ? s : "PENDING";
 }
 
-// The client's view of a task: without Berth's own bookkeeping.
-json view(json t) {
-  t.erase("_berth");
-  return t;
-}
-
 }  // namespace
 
-json task_event(const json& t, const std::string& account_id, const std::string& region) {
+json task_event(const state::task& t, const std::string& account_id, const std::string& region) {
   // The stream is open to every reader: overrides' environment values are hidden, as in the
   // audit log.
-  json d = redact(view(t), std::numeric_limits<std::size_t>::max());
-  d.erase("tags");
+  json d = redact(state::response(t, false), std::numeric_limits<std::size_t>::max());
   for (const char* k : {"createdAt", "startedAt", "stoppedAt", "stoppingAt", "pullStartedAt",
                         "pullStoppedAt", "connectivityAt", "executionStoppedAt"}) {
     if (d.contains(k) && d[k].is_number()) d[k] = iso8601(d[k].get<double>(), true);
   }
   const double now = now_seconds();
   d["updatedAt"] = iso8601(now, true);
-  return {{"version", "0"},
-          {"id", uuid()},
-          {"detail-type", "ECS Task State Change"},
-          {"source", "aws.ecs"},
-          {"account", account_id},
-          {"time", iso8601(now, false)},
-          {"region", region},
-          {"resources", {t["taskArn"]}},
-          {"detail", d}};
+  return {{"version", "0"},      {"id", uuid()},           {"detail-type", "ECS Task State Change"},
+          {"source", "aws.ecs"}, {"account", account_id},  {"time", iso8601(now, false)},
+          {"region", region},    {"resources", {t.arn()}}, {"detail", d}};
 }
 
-json usage_of(const json& t) {
+json usage_of(const state::task& t) {
   json out = json::object();
-  if (t["lastStatus"] == "STOPPED") return out;
-  const json pids = t["_berth"].value("pids", json::object());
-  for (const auto& c : t["containers"]) {
-    const std::string name = c["name"];
+  if (t.ecs.last_status == "STOPPED" || !t.ecs.containers) return out;
+  for (const ecs::container& c : *t.ecs.containers) {
+    const std::string name = c.name.value_or("");
     json u = json::object();
-    if (c.contains("memory")) u["memoryLimitMiB"] = std::stoll(c["memory"].get<std::string>());
-    if (c.contains("memoryReservation")) {
-      u["memoryReservationMiB"] = std::stoll(c["memoryReservation"].get<std::string>());
-    }
-    const std::string id = c.value("runtimeId", "");
-    if (c["lastStatus"] == "RUNNING" && pids.contains(name) && !id.empty()) {
-      if (auto got = dk::read_usage(pids[name].get<int>());
+    if (c.memory) u["memoryLimitMiB"] = std::stoll(*c.memory);
+    if (c.memory_reservation) u["memoryReservationMiB"] = std::stoll(*c.memory_reservation);
+    const std::string id = c.runtime_id.value_or("");
+    const auto pid = t.berth.pids.find(name);
+    if (c.last_status == "RUNNING" && pid != t.berth.pids.end() && !id.empty()) {
+      if (auto got = dk::read_usage(static_cast<int>(pid->second));
           got && got->cgroup.find(id) != std::string::npos) {
         if (got->memory_bytes) u["memoryUsedBytes"] = *got->memory_bytes;
         if (got->cpu_ns) u["cpuUsedNanoseconds"] = *got->cpu_ns;
@@ -75,33 +60,33 @@ json usage_of(const json& t) {
   return out;
 }
 
-json introspect(const json& t) {
-  const json& td = t["_berth"]["taskDefinition"];
-  json out = {{"Arn", t["taskArn"]},
-              {"KnownStatus", backend_status(t["lastStatus"])},
-              {"Family", td["family"]},
-              {"Version", std::to_string(td["revision"].get<int>())},
+json introspect(const state::task& t) {
+  const ecs::task_definition& td = t.berth.task_definition;
+  json out = {{"Arn", t.arn()},
+              {"KnownStatus", backend_status(t.ecs.last_status.value_or(""))},
+              {"Family", td.family.value_or("")},
+              {"Version", std::to_string(td.revision.value_or(0))},
               {"Containers", json::array()}};
   const std::string known = out["KnownStatus"];
-  const std::string desired = backend_status(t["desiredStatus"]);
+  const std::string desired = backend_status(t.ecs.desired_status.value_or(""));
   if (!(known == "STOPPED" && desired != "STOPPED") &&
       !(known == "RUNNING" && desired == "PENDING")) {
     out["DesiredStatus"] = desired;
   }
   const json usage = usage_of(t);
-  for (const auto& c : t["containers"]) {
-    const std::string name = c["name"];
-    json cr = {{"DockerId", c.value("runtimeId", "")},
-               {"DockerName", "berth-" + name_of(t["taskArn"]).substr(0, 12) + "-" + name},
+  for (const ecs::container& c : t.ecs.containers.value_or(std::vector<ecs::container>{})) {
+    const std::string name = c.name.value_or("");
+    const auto image = t.berth.images.find(name);
+    json cr = {{"DockerId", c.runtime_id.value_or("")},
+               {"DockerName", "berth-" + name_of(t.arn()).substr(0, 12) + "-" + name},
                {"Name", name},
-               {"Image", c.value("image", "")},
-               {"ImageID", t["_berth"].value("images", json::object()).value(name, "")}};
+               {"Image", c.image.value_or("")},
+               {"ImageID", image == t.berth.images.end() ? "" : image->second}};
     json ports = json::array();
-    for (const auto& b : c.value("networkBindings", json::array())) {
-      json p = {{"ContainerPort", b.value("containerPort", 0)},
-                {"Protocol", b.value("protocol", "tcp")},
-                {"HostPort", b.value("hostPort", 0)}};
-      ports.push_back(p);
+    for (const auto& b : c.network_bindings.value_or(std::vector<ecs::network_binding>{})) {
+      ports.push_back({{"ContainerPort", b.container_port.value_or(0)},
+                       {"Protocol", b.protocol.value_or("tcp")},
+                       {"HostPort", b.host_port.value_or(0)}});
     }
     if (!ports.empty()) cr["Ports"] = ports;
     if (usage.contains(name)) cr["Usage"] = usage[name];
@@ -110,13 +95,12 @@ json introspect(const json& t) {
   return out;
 }
 
-std::vector<const json*> tasks_with_container(const std::vector<std::shared_ptr<const json>>& tasks,
-                                              const std::string& docker_id) {
-  std::vector<const json*> found;
+std::vector<const state::task*> tasks_with_container(
+    const std::vector<std::shared_ptr<const state::task>>& tasks, const std::string& docker_id) {
+  std::vector<const state::task*> found;
   for (const auto& t : tasks) {
-    for (const auto& [name, id] : (*t)["_berth"]["docker"].items()) {
-      const auto& i = id.get_ref<const std::string&>();
-      if (docker_id.size() > 12 ? i == docker_id : i.starts_with(docker_id)) {
+    for (const auto& [name, id] : t->berth.docker) {
+      if (docker_id.size() > 12 ? id == docker_id : id.starts_with(docker_id)) {
         found.push_back(t.get());
       }
     }

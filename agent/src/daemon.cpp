@@ -186,8 +186,8 @@ class daemon_impl final : public daemon {
     if (!sched) return tl::unexpected(sched.error());
     scheduler_ = std::move(*sched);
     // A service task that starts, stops or turns unhealthy wakes the scheduler at once.
-    service_->on_task_change([s = scheduler_.get()](const json& t) {
-      if (t.value("group", "").starts_with("service:")) s->wake();
+    service_->on_task_change([s = scheduler_.get()](const state::task& t) {
+      if (t.ecs.group.value_or("").starts_with("service:")) s->wake();
     });
     return {};
   }

@@ -77,7 +77,7 @@ class service_impl final : public service {
       std::lock_guard lock(mu_);
       table_.watch([this](const state::task_table::change& c) {
         if (c.erased) {
-          published_.erase(c.task["taskArn"].get<std::string>());
+          published_.erase(c.task.arn());
           return;
         }
         announce(c.task);
@@ -92,7 +92,7 @@ class service_impl final : public service {
     return {};
   }
 
-  void on_task_change(std::function<void(const json& task)> fn) override {
+  void on_task_change(std::function<void(const state::task& task)> fn) override {
     std::lock_guard lock(mu_);
     on_change_ = std::move(fn);
   }
@@ -249,7 +249,7 @@ class service_impl final : public service {
   std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
     std::int64_t running = 0, pending = 0;
     for (const auto& [arn, t] : tasks_) {
-      const std::string last = t.value("lastStatus", "");
+      const std::string last = t.ecs.last_status.value_or("");
       running += last == "RUNNING";
       pending += last == "PENDING" || last == "PROVISIONING";
     }
@@ -550,34 +550,30 @@ class service_impl final : public service {
     return state::to_json(*r).dump();
   }
 
-  // The tags of a task's document (not a typed record yet) `d`, stored under `key`.
-  static tl::expected<std::vector<state::tag>, api_error> task_tags(const json& d,
-                                                                    const std::string& key) {
-    if (!d.is_object()) return tl::unexpected(server("record '" + key + "' is not an object"));
-    const auto it = d.find("tags");
-    if (it == d.end() || it->is_null()) return std::vector<state::tag>();
-    auto tags = state::from_json<std::vector<state::tag>>(*it);
-    if (!tags) {
-      return tl::unexpected(server("record '" + key + "': " + tags.error().detail));
+  // A task record's tags.
+  static std::vector<state::tag> task_tags(const state::task& t) {
+    std::vector<state::tag> out;
+    for (const auto& tag : t.ecs.tags.value_or(std::vector<ecs::tag>{})) {
+      if (tag.key) out.push_back({*tag.key, tag.value});
     }
-    return std::move(*tags);
+    return out;
   }
 
-  // A task's document, stored as `text` under `key`, with its tags changed: stored, and the
-  // task table's copy too. Under mu_.
+  // A task's tags changed: through the task table, whose control write (tags are control's)
+  // is one compare-and-swap on the record, merged with the engine's if it raced one. A task of
+  // another cluster than this agent's table is written to the store as it is. Under mu_.
   outcome retag_task(const std::string& arn, const std::string& key, const std::string& text,
                      const tag_change& change) {
-    json d = json::parse(text, nullptr, false);
-    BERTH_TRY(tags, task_tags(d, key));
+    auto parsed = state::parse<state::task>(text, key);
+    if (!parsed) return tl::unexpected(server(parsed.error().detail));
+    const bool ours = tasks_.contains(arn);
+    state::task t = ours ? tasks_.at(arn) : std::move(*parsed);
+    std::vector<state::tag> tags = task_tags(t);
     if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
-    d["tags"] = state::to_json(tags);
-    if (auto w = store_->put("task", key, d.dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    if (tasks_.contains(arn)) {
-      tasks_[arn]["tags"] = d["tags"];
-      table_.save(tasks_[arn]);
-    }
+    t.ecs.tags.emplace();
+    for (const state::tag& tag : tags) t.ecs.tags->push_back({tag.key, tag.value});
+    auto w = ours ? table_.commit(t) : store_->put("task", key, state::to_json(t).dump());
+    if (!w) return tl::unexpected(server(w.error().message));
     return json::object();
   }
 
@@ -642,11 +638,18 @@ class service_impl final : public service {
       if (!parsed) return tl::unexpected(server(parsed.error().detail));
       return std::move(parsed->tags);
     };
+    const auto task_tags_in =
+        [](const std::string& text,
+           const std::string& k) -> tl::expected<std::vector<state::tag>, api_error> {
+      auto t = state::parse<state::task>(text, k);
+      if (!t) return tl::unexpected(server(t.error().detail));
+      return task_tags(*t);
+    };
     BERTH_TRY(tags, kind == "cluster" ? tags_in(state::parse<state::cluster>(doc, key))
                     : kind == "instance"
                         ? tags_in(state::parse<state::container_instance>(doc, key))
                     : kind == "taskdef" ? tags_in(state::parse<state::task_definition>(doc, key))
-                                        : task_tags(json::parse(doc, nullptr, false), key));
+                                        : task_tags_in(doc, key));
     return json{{"tags", state::to_json(tags)}};
   }
 
@@ -665,10 +668,11 @@ class service_impl final : public service {
   // ---- the event stream ----
 
   // Publishes the task's state when it differs from what was last announced. Under mu_.
-  void announce(const json& t) {
-    const std::string state = t.value("lastStatus", "") + "/" + t.value("desiredStatus", "") + "/" +
-                              t.value("healthStatus", "");
-    std::string& last = published_[t["taskArn"].get<std::string>()];
+  void announce(const state::task& t) {
+    const std::string state = t.ecs.last_status.value_or("") + "/" +
+                              t.ecs.desired_status.value_or("") + "/" +
+                              t.ecs.health_status.value_or("");
+    std::string& last = published_[t.arn()];
     if (last == state) return;
     last = state;
     bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
@@ -699,7 +703,7 @@ class service_impl final : public service {
       }
       {
         std::lock_guard lock(mu_);
-        for (const auto& [a, t] : tasks_) ++by_state[t.value("lastStatus", "UNKNOWN")];
+        for (const auto& [a, t] : tasks_) ++by_state[t.ecs.last_status.value_or("UNKNOWN")];
       }
       for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
       // Instances gone from the ledger leave no series behind.
@@ -767,19 +771,19 @@ class service_impl final : public service {
   instance inst_{cfg_, *store_, ledger_, *docker_, table_};
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
-  std::map<std::string, json>& tasks_ = table_.rows();
+  std::map<std::string, state::task>& tasks_ = table_.rows();
   bool stopping_ = false;
   std::unique_ptr<engine::task_engine> engine_;
   std::thread heartbeat_;
   metrics& metrics_;
   event_bus& bus_;
-  std::map<std::string, std::string> published_;  // task ARN -> the state last announced
-  std::function<void(const json&)> on_change_;    // under mu_
-  control::task_actions task_actions_{{cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
-                                       [this](const json& r) -> tl::expected<json, api_error> {
-                                         BERTH_TRY(c, find_cluster(r));
-                                         return state::to_json(c);
-                                       }}};
+  std::map<std::string, std::string> published_;       // task ARN -> the state last announced
+  std::function<void(const state::task&)> on_change_;  // under mu_
+  control::task_actions task_actions_{
+      {cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
+       [this](const std::optional<std::string>& c) {
+         return find_cluster(c ? json{{"cluster", *c}} : json::object());
+       }}};
 };
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "events.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
+#include "task_record.hpp"
 
 namespace berth::agent {
 
@@ -46,7 +47,7 @@ class service : public task_api {
   // scheduler reacts at once, not at its next pass). It runs under the task table's lock: it must
   // neither block nor call the service. nullptr stops the calls; once this returns, none is
   // still running.
-  virtual void on_task_change(std::function<void(const json& task)> fn) = 0;
+  virtual void on_task_change(std::function<void(const state::task& task)> fn) = 0;
   // Stops the task engine's threads; containers keep running.
   virtual void shutdown() = 0;
 };

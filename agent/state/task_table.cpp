@@ -16,51 +16,46 @@ using namespace std::chrono_literals;
 
 agent::error from(const error& e) { return agent::error{e.detail}; }
 
-std::string key_of(const json& task) { return agent::document_key("task", task_key(task)); }
+std::string key_of(const task& t) { return agent::document_key("task", task_key(t)); }
 
-// What the control side decides about a task; the engine owns everything else in a record.
-constexpr const char* stop_fields[] = {"desiredStatus", "stopCode", "stoppedReason", "stoppingAt"};
-
-void copy_member(json& to, const json& from, const char* name) {
-  if (const auto it = from.find(name); it != from.end()) {
-    to[name] = *it;
-  } else {
-    to.erase(name);
-  }
+// What the control side decides about a task (its stop, and its tags), copied from `from`; the
+// engine owns everything else in a record.
+void copy_desired(task& to, const task& from) {
+  to.ecs.desired_status = from.ecs.desired_status;
+  to.ecs.stop_code = from.ecs.stop_code;
+  to.ecs.stopped_reason = from.ecs.stopped_reason;
+  to.ecs.stopping_at = from.ecs.stopping_at;
 }
 
-// A record of the store that the table can hold: an object naming its task, with bookkeeping.
-std::optional<json> parse_record(const key_value& kv) {
-  json t = json::parse(kv.value, nullptr, false);
-  if (!t.is_object() || !t.contains("taskArn") || !t["taskArn"].is_string() ||
-      !t.contains("clusterArn") || !t["clusterArn"].is_string() || !t.contains("_berth")) {
-    spdlog::error("store: task record {} is unreadable; skipped", kv.key);
+// A record of the store that the table can hold (task_record.hpp's strict reading).
+std::optional<task> parse_record(const key_value& kv) {
+  auto t = parse<task>(kv.value, kv.key);
+  if (!t) {
+    spdlog::error("store: {}; skipped", t.error().detail);
     return std::nullopt;
   }
-  return t;
+  return std::move(*t);
+}
+
+std::string text_of(const task& t) {
+  return to_json(t).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 }  // namespace
 
-std::string task_key(const json& task) {
-  const std::string& cluster = task["clusterArn"].get_ref<const std::string&>();
-  return cluster.substr(cluster.rfind('/') + 1) + "/" +
-         agent::name_of(task["taskArn"].get<std::string>());
-}
-
 // ---- following the store ----
 
-agent::result<std::vector<json>> task_table::open(const std::string& cluster) {
+agent::result<std::vector<task>> task_table::open(const std::string& cluster) {
   prefix_ = agent::document_key("task", cluster + "/");
   auto listed = state_->range(key_range::with_prefix(prefix_));
   if (!listed) return tl::unexpected(from(listed.error()));
-  std::vector<json> out;
+  std::vector<task> out;
   {
     std::lock_guard lock(mu_);
     for (const auto& kv : listed->kvs) {
       auto t = parse_record(kv);
       if (!t) continue;
-      const std::string a = (*t)["taskArn"];
+      const std::string a = t->arn();
       rows_[a] = *t;
       keys_[kv.key] = known{a, kv.mod_revision, false};
       publish(*t);
@@ -163,7 +158,7 @@ void task_table::apply(const event& e) {
     const auto row = rows_.find(k->second.arn);
     keys_.erase(k);
     if (row == rows_.end()) return;
-    const json last = std::move(row->second);
+    const task last = std::move(row->second);
     rows_.erase(row);
     announce(last, true);
     return;
@@ -192,7 +187,7 @@ result<revision> task_table::relist() {
     k = keys_.erase(k);
     const auto row = rows_.find(arn);
     if (erased || row == rows_.end()) continue;
-    const json last = std::move(row->second);
+    const task last = std::move(row->second);
     rows_.erase(row);
     announce(last, true);
   }
@@ -201,17 +196,17 @@ result<revision> task_table::relist() {
 
 // ---- writing ----
 
-agent::result<revision> task_table::write(json& task, writer who) {
-  const std::string key = key_of(task);
-  const std::string arn = task["taskArn"];
+agent::result<revision> task_table::write(task& t, writer who) {
+  const std::string key = key_of(t);
+  const std::string arn = t.arn();
   for (int attempt = 0; attempt < 16; ++attempt) {
     const auto k = keys_.find(key);
     const revision known_rev = k == keys_.end() || k->second.erased ? 0 : k->second.rev;
-    txn_request t;
-    t.compares = {compare::mod_revision_is(key, compare_op::equal, known_rev)};
-    t.success = {txn_op::put(key, task.dump())};
-    t.failure = {txn_op::get(key_range::one(key))};
-    auto r = state_->txn(t);
+    txn_request tx;
+    tx.compares = {compare::mod_revision_is(key, compare_op::equal, known_rev)};
+    tx.success = {txn_op::put(key, text_of(t))};
+    tx.failure = {txn_op::get(key_range::one(key))};
+    auto r = state_->txn(tx);
     if (!r) return tl::unexpected(from(r.error()));
     if (r->succeeded) return r->header_revision;
     // Another writer got there first: merge with what it wrote, by who owns what.
@@ -223,58 +218,58 @@ agent::result<revision> task_table::write(json& task, writer who) {
     auto stored = parse_record(now.front());
     if (!stored) return tl::unexpected(agent::error{"task " + arn + ": stored record unreadable"});
     const std::int64_t version =
-        std::max(task.value("version", std::int64_t{0}), stored->value("version", std::int64_t{0}));
+        std::max(t.ecs.version.value_or(0), stored->ecs.version.value_or(0));
     if (who == writer::control) {
-      for (const char* f : stop_fields) copy_member(*stored, task, f);
-      copy_member(*stored, task, "tags");
-      task = std::move(*stored);
+      copy_desired(*stored, t);
+      stored->ecs.tags = std::move(t.ecs.tags);
+      t = std::move(*stored);
     } else {
-      if ((*stored)["desiredStatus"] == "STOPPED" && task["desiredStatus"] != "STOPPED") {
-        for (const char* f : stop_fields) copy_member(task, *stored, f);
+      if (stored->ecs.desired_status == "STOPPED" && t.ecs.desired_status != "STOPPED") {
+        copy_desired(t, *stored);
       }
-      copy_member(task, *stored, "tags");
+      t.ecs.tags = std::move(stored->ecs.tags);
     }
-    task["version"] = version;
+    t.ecs.version = version;
     keys_[key] = known{arn, now.front().mod_revision, false};
   }
   return tl::unexpected(agent::error{"task " + arn + ": too many concurrent writers"});
 }
 
-agent::result<void> task_table::commit(const json& task) {
-  json rec = task;
+agent::result<void> task_table::commit(const task& t) {
+  task rec = t;
   auto w = write(rec, writer::control);
   if (!w) {
-    spdlog::error("store: task {}: {}", task["taskArn"].get<std::string>(), w.error().message);
+    spdlog::error("store: task {}: {}", t.arn(), w.error().message);
     return tl::unexpected(w.error());
   }
   announce(upsert(rec, *w), false);
   return {};
 }
 
-json& task_table::upsert(const json& task, revision rev) {
-  const std::string a = task["taskArn"];
-  if (rev != 0) keys_[key_of(task)] = known{a, rev, false};
-  // Usually `task` is the table's own row: assigning it to itself would free what callers
-  // still hold references into.
+task& task_table::upsert(const task& t, revision rev) {
+  const std::string a = t.arn();
+  if (rev != 0) keys_[key_of(t)] = known{a, rev, false};
+  // Usually `t` is the table's own row: assigning it to itself would free what callers still
+  // hold references into.
   const auto it = rows_.find(a);
-  if (it == rows_.end()) return rows_.emplace(a, task).first->second;
-  if (&it->second != &task) it->second = task;
+  if (it == rows_.end()) return rows_.emplace(a, t).first->second;
+  if (&it->second != &t) it->second = t;
   return it->second;
 }
 
 agent::result<void> task_table::commit_all(
-    const std::vector<json>& tasks, const std::function<agent::result<void>(agent::store&)>& also) {
+    const std::vector<task>& tasks, const std::function<agent::result<void>(agent::store&)>& also) {
   auto w = store_.transaction([&](agent::store& st) -> agent::result<void> {
     if (also) {
       if (auto a = also(st); !a) return a;
     }
-    for (const json& t : tasks) {
+    for (const task& t : tasks) {
       const std::string k = task_key(t);
       // Read, so that the commit checks it is still absent.
       auto cur = st.get("task", k);
       if (!cur) return tl::unexpected(cur.error());
       if (*cur) return tl::unexpected(agent::error{"task " + k + " exists already"});
-      if (auto p = st.put("task", k, t.dump()); !p) return p;
+      if (auto p = st.put("task", k, text_of(t)); !p) return p;
     }
     return {};
   });
@@ -283,17 +278,17 @@ agent::result<void> task_table::commit_all(
     return tl::unexpected(w.error());
   }
   // Every row in first: a watcher sees the whole batch in the table.
-  for (const json& t : tasks) upsert(t, *w);
-  for (const json& t : tasks) announce(rows_.at(t["taskArn"].get<std::string>()), false);
+  for (const task& t : tasks) upsert(t, *w);
+  for (const task& t : tasks) announce(rows_.at(t.arn()), false);
   return {};
 }
 
-void task_table::save(const json& task) {
-  json& row = upsert(task, 0);
+void task_table::save(const task& t) {
+  task& row = upsert(t, 0);
   if (auto w = write(row, writer::engine); w) {
-    keys_[key_of(row)] = known{row["taskArn"], *w, false};
+    keys_[key_of(row)] = known{row.arn(), *w, false};
   } else {
-    spdlog::error("store: task {}: {}", row["taskArn"].get<std::string>(), w.error().message);
+    spdlog::error("store: task {}: {}", row.arn(), w.error().message);
   }
   announce(row, false);
 }
@@ -308,7 +303,7 @@ agent::result<void> task_table::erase(const std::string& task_arn) {
     return tl::unexpected(from(d.error()));
   }
   keys_[key] = known{task_arn, d->header_revision, true};
-  const json last = std::move(it->second);
+  const task last = std::move(it->second);
   rows_.erase(it);
   announce(last, true);
   return {};
@@ -321,20 +316,20 @@ std::uint64_t task_table::watch(std::function<void(const change&)> fn) {
 
 void task_table::unwatch(std::uint64_t id) { watchers_.erase(id); }
 
-void task_table::announce(const json& task, bool erased) {
+void task_table::announce(const task& t, bool erased) {
   if (erased) {
     std::unique_lock lock(pub_mu_);
-    pub_.erase(task["taskArn"].get<std::string>());
+    pub_.erase(t.arn());
   } else {
-    publish(task);
+    publish(t);
   }
   // A watcher's failure (a bug) is its own: the others still see the change, and the write
   // that made it stands.
   for (const auto& [id, w] : watchers_) {
     try {
-      w(change{task, erased});
+      w(change{t, erased});
     } catch (const std::exception& e) {
-      spdlog::error("task {}: a watcher failed: {}", task.value("taskArn", ""), e.what());
+      spdlog::error("task {}: a watcher failed: {}", t.arn(), e.what());
     }
   }
   changed_.notify_all();
@@ -342,27 +337,26 @@ void task_table::announce(const json& task, bool erased) {
 
 // ---- reading ----
 
-void task_table::publish(const json& task) {
+void task_table::publish(const task& t) {
   published p;
-  p.record = std::make_shared<const json>(task);
-  json view = json::object();
-  for (const auto& [k, m] : task.items()) {
-    if (k != "_berth" && k != "tags") view[k] = m;
-  }
-  p.view = std::make_shared<const std::string>(
-      view.dump(-1, ' ', false, json::error_handler_t::replace));
-  if (const auto tags = task.find("tags"); tags != task.end()) {
-    view["tags"] = *tags;
+  p.record = std::make_shared<const task>(t);
+  json view = response(t, true);
+  if (const auto tags = view.find("tags"); tags != view.end()) {
     p.view_with_tags = std::make_shared<const std::string>(
         view.dump(-1, ' ', false, json::error_handler_t::replace));
+    view.erase(tags);
+    p.view = std::make_shared<const std::string>(
+        view.dump(-1, ' ', false, json::error_handler_t::replace));
   } else {
+    p.view = std::make_shared<const std::string>(
+        view.dump(-1, ' ', false, json::error_handler_t::replace));
     p.view_with_tags = p.view;
   }
   std::unique_lock lock(pub_mu_);
-  pub_[task["taskArn"].get<std::string>()] = std::move(p);
+  pub_[t.arn()] = std::move(p);
 }
 
-std::shared_ptr<const json> task_table::get(const std::string& task_arn) const {
+std::shared_ptr<const task> task_table::get(const std::string& task_arn) const {
   std::shared_lock lock(pub_mu_);
   const auto it = pub_.find(task_arn);
   return it == pub_.end() ? nullptr : it->second.record;
@@ -376,8 +370,8 @@ std::shared_ptr<const std::string> task_table::serialized(const std::string& tas
   return with_tags ? it->second.view_with_tags : it->second.view;
 }
 
-std::vector<std::shared_ptr<const json>> task_table::all() const {
-  std::vector<std::shared_ptr<const json>> out;
+std::vector<std::shared_ptr<const task>> task_table::all() const {
+  std::vector<std::shared_ptr<const task>> out;
   std::shared_lock lock(pub_mu_);
   out.reserve(pub_.size());
   for (const auto& [a, t] : pub_) out.push_back(t.record);

@@ -1,7 +1,8 @@
-// The cluster's tasks as state: each task's record (its ECS document with Berth's `_berth`
-// bookkeeping), kept in the store and mirrored in memory. The control side writes what should
-// be (a new task, desiredStatus STOPPED); the task engine follows the records and writes what it
-// observes; API reads see published copies.
+// The cluster's tasks as state: each task's record (state::task: ECS's Task with Berth's
+// bookkeeping; task_record.hpp), kept in the store and mirrored in memory. JSON text is only
+// the store's edge (and the serialized views DescribeTasks copies). The control side writes what
+// should be (a new task, desiredStatus STOPPED); the task engine follows the records and writes
+// what it observes; API reads see published copies.
 //
 // The store is the authority: the table follows it by watching every task key of its cluster,
 // so a record written by anyone (another agent sharing the store, a tool) reaches the table and
@@ -23,7 +24,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -31,10 +31,9 @@
 
 #include "berth/state.hpp"
 #include "store.hpp"
+#include "task_record.hpp"
 
 namespace berth::state {
-
-using nlohmann::json;
 
 class task_table {
  public:
@@ -47,7 +46,7 @@ class task_table {
   // Reads every task record of `cluster` into the table (published, announced to no one; an
   // unreadable one is logged and skipped) and from then on follows the store's changes to
   // them. Returns the records read. Once, before any write.
-  agent::result<std::vector<json>> open(const std::string& cluster);
+  agent::result<std::vector<task>> open(const std::string& cluster);
   // Stops following the store (idempotent; the destructor does it).
   void close();
 
@@ -56,28 +55,28 @@ class task_table {
   // Notified after every change (and by whoever else shares mutex() for its waits).
   std::condition_variable& changed() { return changed_; }
   // The records by task ARN. Changes made in place are announced by the save() that follows.
-  std::map<std::string, json>& rows() { return rows_; }
+  std::map<std::string, task>& rows() { return rows_; }
 
   // The control side's write (a new record, or what a task should be): durable first, then in
   // the table. A failed write changes nothing; one that lost a race is made again on the
   // stored record, with this one's desired fields.
-  agent::result<void> commit(const json& task);
+  agent::result<void> commit(const task& t);
   // New records in one store transaction with `also` (a claim's other writes; its reads are
   // compared at the commit, and it runs again on fresh reads when they changed): all of it or
   // none. A record that exists already fails the commit.
   agent::result<void> commit_all(
-      const std::vector<json>& tasks,
+      const std::vector<task>& tasks,
       const std::function<agent::result<void>(agent::store&)>& also = nullptr);
   // The engine's write of what it observed: the table follows Docker whatever the store says;
   // a failed store write is logged, and the next change writes the whole record again. One
   // that lost a race keeps the stored record's desired fields.
-  void save(const json& task);
+  void save(const task& t);
   // Forgets a record: from the store first, then from the table.
   agent::result<void> erase(const std::string& task_arn);
 
   // One change: the record as written, or (erased) as it was last.
   struct change {
-    const json& task;
+    const state::task& task;
     bool erased = false;
   };
   // Called under mutex() with every change, in order, until unwatch(id). It must not block, and
@@ -86,8 +85,8 @@ class task_table {
   void unwatch(std::uint64_t id);
 
   // ---- readers: never take mutex() ----
-  std::shared_ptr<const json> get(const std::string& task_arn) const;
-  std::vector<std::shared_ptr<const json>> all() const;
+  std::shared_ptr<const task> get(const std::string& task_arn) const;
+  std::vector<std::shared_ptr<const task>> all() const;
   // The task as DescribeTasks shows it (the record without Berth's bookkeeping, with or
   // without its tags), serialized once per write: reads copy text instead of building JSON.
   std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
@@ -98,11 +97,11 @@ class task_table {
   enum class writer { control, engine };
   // Writes `task` over the stored record with a compare on the revision the table knows; on a
   // lost race merges the stored record into `task` and tries again. Returns the revision.
-  agent::result<revision> write(json& task, writer who);
+  agent::result<revision> write(task& t, writer who);
   // The table's row for `task`, set to it (at revision `rev`, unless 0).
-  json& upsert(const json& task, revision rev);
-  void announce(const json& task, bool erased);
-  void publish(const json& task);
+  task& upsert(const task& t, revision rev);
+  void announce(const task& t, bool erased);
+  void publish(const task& t);
   // Following the store: the loop of the follower thread, one event, and a relist after the
   // watch fell behind a compaction. Under mu_ except follow().
   void follow(revision from);
@@ -114,7 +113,7 @@ class task_table {
   std::string prefix_;  // the store keys of the cluster's task records
   std::mutex mu_;
   std::condition_variable changed_;
-  std::map<std::string, json> rows_;
+  std::map<std::string, task> rows_;
   // Each record's store key: its task, the revision the table has, and whether the table erased
   // it (a tombstone until the store's delete event comes back). The follower skips any event
   // not newer than what the table has.
@@ -134,13 +133,10 @@ class task_table {
   bool closing_ = false;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
   struct published {
-    std::shared_ptr<const json> record;
+    std::shared_ptr<const task> record;
     std::shared_ptr<const std::string> view, view_with_tags;
   };
   std::map<std::string, published> pub_;
 };
-
-// The store key of a task record: "<cluster name>/<task id>".
-std::string task_key(const json& task);
 
 }  // namespace berth::state

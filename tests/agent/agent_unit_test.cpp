@@ -431,14 +431,14 @@ TEST(HttpReaderTest, ReadsPipelinedRequestsAndRefusesLargeBodies) {
 // whose containers are stopping is still RUNNING to it), and no desired status that goes back.
 TEST(IntrospectionTest, KnownStatusIsTheEcsAgentsView) {
   using nlohmann::json;
-  json t = {{"taskArn", "arn:aws:ecs:us-east-1:000000000000:task/c/0123456789abcdef"},
-            {"lastStatus", "PROVISIONING"},
-            {"desiredStatus", "RUNNING"},
-            {"containers", json::array()},
-            {"_berth", {{"taskDefinition", {{"family", "web"}, {"revision", 3}}}}}};
+  berth::state::task t;
+  t.ecs.task_arn = "arn:aws:ecs:us-east-1:000000000000:task/c/0123456789abcdef";
+  t.ecs.containers.emplace();
+  t.berth.task_definition.family = "web";
+  t.berth.task_definition.revision = 3;
   auto known = [&](const char* last, const char* desired) {
-    t["lastStatus"] = last;
-    t["desiredStatus"] = desired;
+    t.ecs.last_status = last;
+    t.ecs.desired_status = desired;
     const json i = berth::agent::observe::introspect(t);
     return i["KnownStatus"].get<std::string>() + "/" + i.value("DesiredStatus", "-");
   };

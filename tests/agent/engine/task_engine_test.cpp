@@ -107,15 +107,22 @@ class TaskEngineTest : public ::testing::Test {
               {"events", json::array()}}}};
   }
 
+  // A record in the store's form, as the table holds it.
+  static state::task typed(const json& j) {
+    auto t = state::from_json<state::task>(j);
+    EXPECT_TRUE(t) << t.error().detail;
+    return t ? std::move(*t) : state::task{};
+  }
+
   // A write to the store alone, as another agent sharing it makes: not through the table.
   void write_to_state(const json& t) {
-    const auto r = store_->state()->put(document_key("task", state::task_key(t)), t.dump());
+    const auto r = store_->state()->put(document_key("task", state::task_key(typed(t))), t.dump());
     ASSERT_TRUE(r) << r.error().detail;
   }
 
   std::string status_of(const std::string& arn) const {
     const auto t = table_->get(arn);
-    return t ? (*t)["lastStatus"].get<std::string>() : "";
+    return t ? t->ecs.last_status.value_or("") : "";
   }
 
   std::vector<docker::container_summary> containers_of(const std::string& arn) {
@@ -140,7 +147,7 @@ TEST_F(TaskEngineTest, StartedOnAStoreThatSaysRunXItRunsXOnce) {
   // The store already says "run X" (as after a crash right after RunTask's commit).
   const json x = record(random_hex(32), {"sleep", "300"});
   const std::string arn = x["taskArn"];
-  ASSERT_TRUE(store_->put("task", state::task_key(x), x.dump()));
+  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
   table_.reset();
   store_.reset();
   open();
@@ -160,7 +167,7 @@ TEST_F(TaskEngineTest, StartedOnAStoreThatSaysRunXItRunsXOnce) {
   start_engine();
   const auto ids = containers_of(arn);
   ASSERT_EQ(ids.size(), 1u);
-  EXPECT_EQ(ids[0].id, (*table_->get(arn))["containers"][0]["runtimeId"]);
+  EXPECT_EQ(ids[0].id, table_->get(arn)->ecs.containers->at(0).runtime_id.value_or(""));
   EXPECT_EQ(status_of(arn), "RUNNING");
 }
 
@@ -170,7 +177,7 @@ TEST_F(TaskEngineTest, DesiredStoppedWrittenToStateStopsTheTask) {
   const std::string arn = x["taskArn"];
   {
     std::lock_guard lock(table_->mutex());
-    ASSERT_TRUE(table_->commit(x));
+    ASSERT_TRUE(table_->commit(typed(x)));
   }
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "RUNNING"; }, 60s))
       << "task is " << status_of(arn);
@@ -178,21 +185,21 @@ TEST_F(TaskEngineTest, DesiredStoppedWrittenToStateStopsTheTask) {
   // No call to the engine: only the record changes.
   {
     std::lock_guard lock(table_->mutex());
-    json t = table_->rows().at(arn);
-    t["desiredStatus"] = "STOPPED";
-    t["stopCode"] = "UserInitiated";
-    t["stoppedReason"] = "stopped through state";
+    state::task t = table_->rows().at(arn);
+    t.ecs.desired_status = "STOPPED";
+    t.ecs.stop_code = "UserInitiated";
+    t.ecs.stopped_reason = "stopped through state";
     ASSERT_TRUE(table_->commit(t));
   }
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 30s))
       << "task is " << status_of(arn);
   const auto t = table_->get(arn);
-  EXPECT_EQ((*t)["stoppedReason"], "stopped through state");
+  EXPECT_EQ(t->ecs.stopped_reason.value_or(""), "stopped through state");
   const auto left = containers_of(arn);
   ASSERT_EQ(left.size(), 1u);
   EXPECT_NE(left[0].state, "running");
   // And the store says so too.
-  auto stored = store_->get("task", state::task_key(x));
+  auto stored = store_->get("task", state::task_key(typed(x)));
   ASSERT_TRUE(stored && *stored);
   EXPECT_EQ(json::parse(**stored)["lastStatus"], "STOPPED");
 }
@@ -208,7 +215,7 @@ TEST_F(TaskEngineTest, RecordsWrittenToTheStoreByAnotherWriterAreRunAndStopped) 
   ASSERT_EQ(containers_of(arn).size(), 1u);
 
   // The other writer says STOPPED, on the record as the store has it now.
-  auto now = store_->state()->get(document_key("task", state::task_key(x)));
+  auto now = store_->state()->get(document_key("task", state::task_key(typed(x))));
   ASSERT_TRUE(now && now->kvs.size() == 1);
   json t = json::parse(now->kvs[0].value);
   ASSERT_EQ(t["lastStatus"], "RUNNING");
@@ -218,11 +225,11 @@ TEST_F(TaskEngineTest, RecordsWrittenToTheStoreByAnotherWriterAreRunAndStopped) 
   write_to_state(t);
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 30s))
       << "task is " << status_of(arn);
-  EXPECT_EQ((*table_->get(arn))["stoppedReason"], "stopped by another agent");
+  EXPECT_EQ(table_->get(arn)->ecs.stopped_reason.value_or(""), "stopped by another agent");
   const auto left = containers_of(arn);
   ASSERT_EQ(left.size(), 1u);
   EXPECT_NE(left[0].state, "running");
-  auto stored = store_->get("task", state::task_key(x));
+  auto stored = store_->get("task", state::task_key(typed(x)));
   ASSERT_TRUE(stored && *stored);
   const json final_record = json::parse(**stored);
   EXPECT_EQ(final_record["lastStatus"], "STOPPED");

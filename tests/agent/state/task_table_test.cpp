@@ -13,13 +13,20 @@
 namespace berth::state {
 namespace {
 
-json task(const std::string& id, const std::string& last) {
-  return {{"taskArn", "arn:aws:ecs:us-east-1:000000000000:task/c/" + id},
-          {"clusterArn", "arn:aws:ecs:us-east-1:000000000000:cluster/c"},
-          {"lastStatus", last},
-          {"tags", json::array({{{"key", "k"}, {"value", "v"}}})},
-          {"_berth", {{"secret", "bookkeeping"}}}};
+task record(const std::string& id, const std::string& last) {
+  task t;
+  t.ecs.task_arn = "arn:aws:ecs:us-east-1:000000000000:task/c/" + id;
+  t.ecs.cluster_arn = "arn:aws:ecs:us-east-1:000000000000:cluster/c";
+  t.ecs.last_status = last;
+  t.ecs.desired_status = "RUNNING";
+  t.ecs.tags = std::vector<ecs::tag>{{"k", "v"}};
+  t.berth.docker = {{"secret", "bookkeeping"}};
+  return t;
 }
+
+std::string arn_of(const std::string& id) { return record(id, "").arn(); }
+
+std::string text(const task& t) { return to_json(t).dump(); }
 
 class TaskTableTest : public ::testing::Test {
  protected:
@@ -40,11 +47,10 @@ TEST_F(TaskTableTest, AFailingWatcherCostsTheOthersAndTheWriteNothing) {
     std::lock_guard lock(table_->mutex());
     table_->watch([](const task_table::change&) { throw std::runtime_error("a bug"); });
     table_->watch([&](const task_table::change& c) {
-      seen.push_back(c.task["taskArn"].get<std::string>() + " " +
-                     c.task["lastStatus"].get<std::string>());
+      seen.push_back(c.task.arn() + " " + *c.task.ecs.last_status);
     });
-    ASSERT_TRUE(table_->commit_all({task("a", "PROVISIONING"), task("b", "PROVISIONING")}));
-    ASSERT_TRUE(table_->commit(task("a", "RUNNING")));
+    ASSERT_TRUE(table_->commit_all({record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
+    ASSERT_TRUE(table_->commit(record("a", "RUNNING")));
   }
   ASSERT_EQ(seen.size(), 3u);
   EXPECT_NE(seen[0].find("/a PROVISIONING"), std::string::npos);
@@ -54,27 +60,27 @@ TEST_F(TaskTableTest, AFailingWatcherCostsTheOthersAndTheWriteNothing) {
   auto stored = store_->get("task", "c/a");
   ASSERT_TRUE(stored && *stored);
   EXPECT_EQ(json::parse(**stored)["lastStatus"], "RUNNING");
-  EXPECT_EQ((*table_->get(task("a", "")["taskArn"]))["lastStatus"], "RUNNING");
+  EXPECT_EQ(table_->get(arn_of("a"))->ecs.last_status, "RUNNING");
 }
 
 TEST_F(TaskTableTest, AnUnwatchedWatcherSeesNothingMore) {
   int calls = 0;
   std::lock_guard lock(table_->mutex());
   const auto id = table_->watch([&](const task_table::change&) { ++calls; });
-  table_->save(task("a", "PENDING"));
+  table_->save(record("a", "PENDING"));
   table_->unwatch(id);
-  table_->save(task("a", "RUNNING"));
-  ASSERT_TRUE(table_->erase(task("a", "")["taskArn"]));
+  table_->save(record("a", "RUNNING"));
+  ASSERT_TRUE(table_->erase(arn_of("a")));
   EXPECT_EQ(calls, 1);
-  EXPECT_EQ(table_->get(task("a", "")["taskArn"]), nullptr);
+  EXPECT_EQ(table_->get(arn_of("a")), nullptr);
 }
 
 TEST_F(TaskTableTest, SerializedViewsHoldNoBookkeepingAndTagsOnlyWhenAsked) {
   {
     std::lock_guard lock(table_->mutex());
-    ASSERT_TRUE(table_->commit(task("a", "RUNNING")));
+    ASSERT_TRUE(table_->commit(record("a", "RUNNING")));
   }
-  const std::string arn = task("a", "")["taskArn"];
+  const std::string arn = arn_of("a");
   const json plain = json::parse(*table_->serialized(arn, false));
   const json tagged = json::parse(*table_->serialized(arn, true));
   EXPECT_FALSE(plain.contains("_berth"));
@@ -93,25 +99,25 @@ TEST_F(TaskTableTest, ChangesOthersWriteToTheStoreReachTheWatchers) {
   {
     std::lock_guard lock(table_->mutex());
     table_->watch([&](const task_table::change& c) {
-      seen.push_back((c.erased ? "erased " : "") + c.task["lastStatus"].get<std::string>());
+      seen.push_back((c.erased ? "erased " : "") + *c.task.ecs.last_status);
     });
-    ASSERT_TRUE(table_->commit(task("a", "PROVISIONING")));
+    ASSERT_TRUE(table_->commit(record("a", "PROVISIONING")));
   }
   auto st = store_->state();
   const std::string key = agent::document_key("task", "c/a");
-  ASSERT_TRUE(st->put(key, task("a", "RUNNING").dump()));
-  ASSERT_TRUE(st->put(agent::document_key("task", "c/b"), task("b", "PENDING").dump()));
+  ASSERT_TRUE(st->put(key, text(record("a", "RUNNING"))));
+  ASSERT_TRUE(st->put(agent::document_key("task", "c/b"), text(record("b", "PENDING"))));
   ASSERT_TRUE(st->del(key_range::one(key)));
   // Another cluster's record, and an unreadable one: not the table's.
-  ASSERT_TRUE(st->put(agent::document_key("task", "other/x"), task("x", "RUNNING").dump()));
+  ASSERT_TRUE(st->put(agent::document_key("task", "other/x"), text(record("x", "RUNNING"))));
   ASSERT_TRUE(st->put(agent::document_key("task", "c/junk"), "{not json"));
   std::unique_lock lock(table_->mutex());
   ASSERT_TRUE(
       table_->changed().wait_for(lock, std::chrono::seconds(10), [&] { return seen.size() >= 4; }));
   EXPECT_EQ(seen,
             (std::vector<std::string>{"PROVISIONING", "RUNNING", "PENDING", "erased RUNNING"}));
-  EXPECT_EQ(table_->get(task("a", "")["taskArn"]), nullptr);
-  EXPECT_EQ((*table_->get(task("b", "")["taskArn"]))["lastStatus"], "PENDING");
+  EXPECT_EQ(table_->get(arn_of("a")), nullptr);
+  EXPECT_EQ(table_->get(arn_of("b"))->ecs.last_status, "PENDING");
   EXPECT_EQ(table_->all().size(), 1u);
 }
 
@@ -120,13 +126,13 @@ TEST_F(TaskTableTest, ChangesOthersWriteToTheStoreReachTheWatchers) {
 TEST_F(TaskTableTest, ALostRaceKeepsBothWritersFields) {
   auto st = store_->state();
   const std::string key = agent::document_key("task", "c/a");
-  const std::string arn = task("a", "")["taskArn"];
+  const std::string arn = arn_of("a");
   auto stored = [&] {
     auto r = st->get(key);
     return r && r->kvs.size() == 1 ? json::parse(r->kvs[0].value) : json();
   };
   std::lock_guard lock(table_->mutex());
-  ASSERT_TRUE(table_->commit(task("a", "PENDING")));
+  ASSERT_TRUE(table_->commit(record("a", "PENDING")));
 
   // Another agent stops the task behind the engine's back; the engine then reports RUNNING
   // from its stale row.
@@ -134,27 +140,27 @@ TEST_F(TaskTableTest, ALostRaceKeepsBothWritersFields) {
   other["desiredStatus"] = "STOPPED";
   other["stoppedReason"] = "stopped elsewhere";
   ASSERT_TRUE(st->put(key, other.dump()));
-  json& row = table_->rows().at(arn);
-  row["lastStatus"] = "RUNNING";
-  row["desiredStatus"] = "RUNNING";
+  task& row = table_->rows().at(arn);
+  row.ecs.last_status = "RUNNING";
+  row.ecs.desired_status = "RUNNING";
   table_->save(row);
   EXPECT_EQ(stored()["lastStatus"], "RUNNING");
   EXPECT_EQ(stored()["desiredStatus"], "STOPPED");
   EXPECT_EQ(stored()["stoppedReason"], "stopped elsewhere");
-  EXPECT_EQ((*table_->get(arn))["desiredStatus"], "STOPPED");
+  EXPECT_EQ(table_->get(arn)->ecs.desired_status, "STOPPED");
 
   // The other way round: another writer reports STOPPED; a StopTask from a stale row keeps it.
   other = stored();
   other["lastStatus"] = "STOPPED";
   ASSERT_TRUE(st->put(key, other.dump()));
-  json stop = table_->rows().at(arn);
-  stop["stoppedReason"] = "stopped here";
+  task stop = table_->rows().at(arn);
+  stop.ecs.stopped_reason = "stopped here";
   ASSERT_TRUE(table_->commit(stop));
   EXPECT_EQ(stored()["lastStatus"], "STOPPED");
   EXPECT_EQ(stored()["stoppedReason"], "stopped here");
 
   // A new record whose key exists already is refused, and changes nothing.
-  EXPECT_FALSE(table_->commit_all({task("a", "PROVISIONING")}));
+  EXPECT_FALSE(table_->commit_all({record("a", "PROVISIONING")}));
   EXPECT_EQ(stored()["lastStatus"], "STOPPED");
 }
 
