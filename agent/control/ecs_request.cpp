@@ -80,12 +80,6 @@ std::optional<std::uint32_t> units_of(const std::string& v, bool cpu) {
 
 namespace berth::agent {
 
-tl::expected<void, api_error> check_launch_type(const json& request) {
-  BERTH_TRY(launch_type, control::reader{request}.str("launchType"));
-  const json& cps = member(request, "capacityProviderStrategy");
-  return check_launch_type(launch_type, !cps.is_null() && !(cps.is_array() && cps.empty()));
-}
-
 tl::expected<void, api_error> check_launch_type(const std::optional<std::string>& launch_type,
                                                 bool capacity_providers) {
   using namespace control;

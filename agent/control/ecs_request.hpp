@@ -27,11 +27,8 @@ struct api_error {
 
 // RunTask's and CreateService's launchType and capacityProviderStrategy: Berth runs the EC2
 // launch type only, so FARGATE and EXTERNAL (InvalidParameterException), any other value, and a
-// capacity provider strategy are refused rather than run as EC2; a launchType that is not a
-// string is a SerializationException.
-tl::expected<void, api_error> check_launch_type(const json& request);
-// The same from a typed request's launchType, and whether it gave a capacity provider strategy
-// that is not empty.
+// capacity provider strategy (`capacity_providers`: one was given, not empty) are refused
+// rather than run as EC2.
 tl::expected<void, api_error> check_launch_type(const std::optional<std::string>& launch_type,
                                                 bool capacity_providers);
 

@@ -218,7 +218,7 @@ struct task_actions::impl {
     BERTH_TRY(td, find_task_definition(req.task_definition, true));
     l.overrides = req.overrides.value_or(ecs::task_override{});
     // What the model's types cannot say: amounts, sizes and limits.
-    if (auto ok = check_overrides(ecs::to_json(l.overrides)); !ok) {
+    if (auto ok = check_overrides(l.overrides); !ok) {
       return tl::unexpected(ok.error());
     }
     const auto& defs = td.container_definitions.value_or(std::vector<ecs::container_definition>{});
@@ -243,21 +243,13 @@ struct task_actions::impl {
     return l;
   }
 
-  // The request's tags, checked as ECS checks them.
+  // The request's tags, checked as ECS checks them (tags_of), as the record keeps them.
   static tl::expected<std::vector<ecs::tag>, api_error> checked_tags(
       const std::optional<std::vector<ecs::tag>>& tags) {
+    BERTH_TRY(checked, tags_of(tags));
     std::vector<ecs::tag> out;
-    if (!tags) return out;
-    if (tags->size() > 50) return tl::unexpected(invalid("at most 50 tags"));
-    for (const auto& t : *tags) {
-      if (!t.key || t.key->empty() || t.key->size() > 128) {
-        return tl::unexpected(invalid("every tag needs a 'key' of 1-128 characters"));
-      }
-      if (t.value && t.value->size() > 256) {
-        return tl::unexpected(invalid("tag values are strings of at most 256 characters"));
-      }
-      out.push_back({t.key, t.value.value_or("")});
-    }
+    out.reserve(checked.size());
+    for (auto& t : checked) out.push_back({std::move(t.key), std::move(t.value)});
     return out;
   }
 

@@ -214,11 +214,6 @@ class service_impl final : public service {
     if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
     return std::move(*found);
   }
-  // The same from a request's JSON, for the task actions until they read their requests typed.
-  tl::expected<state::cluster, api_error> find_cluster(const json& req) {
-    BERTH_TRY(c, reader{req}.str("cluster"));
-    return find_cluster(c);
-  }
 
   // A new cluster's record.
   state::cluster new_cluster(const std::string& name, std::vector<state::tag> tags) const {
@@ -781,9 +776,7 @@ class service_impl final : public service {
   std::function<void(const state::task&)> on_change_;  // under mu_
   control::task_actions task_actions_{
       {cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
-       [this](const std::optional<std::string>& c) {
-         return find_cluster(c ? json{{"cluster", *c}} : json::object());
-       }}};
+       [this](const std::optional<std::string>& c) { return find_cluster(c); }}};
 };
 
 }  // namespace

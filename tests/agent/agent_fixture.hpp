@@ -316,6 +316,33 @@ inline void need_docker() {
   ASSERT_TRUE(dk::testing::ensure_test_image(**e));
 }
 
+// A directory of the test's own, bind-mounted at /x into its containers: the test tells a
+// container to go on by creating a file there (never a timer racing what the test observes),
+// and sees by the files it leaves what the container did.
+struct shared_dir {
+  explicit shared_dir(const std::string& cluster)
+      : path(fs::temp_directory_path() / ("berth-x-" + cluster)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~shared_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  void touch(const std::string& name) const { std::ofstream(path / name).flush(); }
+  bool has(const std::string& name) const { return fs::exists(path / name); }
+  // The task definition's fields naming it (register_td's `extra`).
+  json volumes() const {
+    return {{"volumes", json::array({{{"name", "x"}, {"host", {{"sourcePath", path.string()}}}}})}};
+  }
+  // `c` with the directory mounted at /x.
+  static json mounted(json c) {
+    c["mountPoints"] = json::array({{{"sourceVolume", "x"}, {"containerPath", "/x"}}});
+    return c;
+  }
+  fs::path path;
+};
+
 class AgentTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { need_docker(); }
