@@ -16,9 +16,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "berth/docker_testing.hpp"
 #include "berth/state.hpp"
 
 namespace berth::testing {
@@ -87,18 +87,22 @@ class etcd_server {
       ::execv(argv[0], argv.data());
       ::_exit(127);
     }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (auto s = state::make_etcd_store(options()); s) return;
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        ADD_FAILURE() << "etcd exited at start; see " << log;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ADD_FAILURE() << "etcd did not answer at " << endpoint_ << " within 20 s; see " << log;
+    // Until it answers, or exits (reaped at once, not waited for).
+    bool exited = false;
+    const bool done = docker::testing::eventually(
+        [&] {
+          int status = 0;
+          if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+            exited = true;
+            pid_ = -1;
+            return true;
+          }
+          return state::make_etcd_store(options()).has_value();
+        },
+        std::chrono::seconds(20));
+    if (exited) ADD_FAILURE() << "etcd exited at start; see " << log;
+    if (!done)
+      ADD_FAILURE() << "etcd did not answer at " << endpoint_ << " within 20 s; see " << log;
   }
   etcd_server(const etcd_server&) = delete;
   etcd_server& operator=(const etcd_server&) = delete;

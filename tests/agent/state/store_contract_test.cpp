@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "berth/docker_testing.hpp"
 #include "berth/state.hpp"
 #include "etcd_testing.hpp"
 #include "temp_dir.hpp"
@@ -78,21 +79,32 @@ berth::testing::etcd_server& etcd_for(const fs::path& dir) {
   return *e;
 }
 
-// Real time passes, then etcd's leader has revoked every lease it let expire: each lease left
-// has time to live.
+// `d` passes on etcd's own clock, then etcd's leader has revoked every lease it let expire.
+// etcd keeps real time, so this waits on what etcd says: every lease live at the start has had
+// its time to live go down by more than `d` (TTLs are whole seconds, truncated: a drop of d + 1
+// means more than d), or is gone; then no lease left is past its time.
 void etcd_pass_time(st::store& s, fake_clock&, std::chrono::seconds d, const fs::path& dir) {
-  std::this_thread::sleep_for(d);
-  const auto deadline = steady::now() + 10s;
-  for (;;) {
-    bool expired = false;
+  using berth::docker::testing::eventually;
+  std::map<st::lease_id, std::chrono::milliseconds> start;
+  for (const auto id : etcd_for(dir).leases()) {
+    if (auto ttl = s.time_to_live(id)) start[id] = ttl->remaining;
+  }
+  const auto went_by = [&] {
+    for (const auto& [id, r0] : start) {
+      auto ttl = s.time_to_live(id);
+      if (ttl && ttl->remaining > r0 - d - 1s) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(eventually(went_by, d + 10s)) << "etcd's leases did not age " << d.count() << " s";
+  const auto none_expired = [&] {
     for (const auto id : etcd_for(dir).leases()) {
       auto ttl = s.time_to_live(id);
-      expired |= ttl && ttl->remaining <= 0s;
+      if (ttl && ttl->remaining <= 0s) return false;
     }
-    if (!expired) return;
-    ASSERT_LT(steady::now(), deadline) << "etcd kept an expired lease for 10 s";
-    std::this_thread::sleep_for(50ms);
-  }
+    return true;
+  };
+  ASSERT_TRUE(eventually(none_expired, 10s)) << "etcd kept an expired lease for 10 s";
 }
 
 // gtest prints a parameter by this (and ctest lists it): the backend's name, not its bytes.
