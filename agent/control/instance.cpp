@@ -1,9 +1,14 @@
 // This agent's container instance: see instance.hpp.
 #include "instance.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -23,6 +28,35 @@ instance::instance(config& c, store& s, ipc::ledger& l, dk::engine& d,
       docker_(&d),
       tasks_(tasks),
       arn_prefix_("arn:aws:ecs:" + c.region + ":" + c.account_id + ":") {}
+
+// The instance's id survives restarts, kept in the state directory: the cluster's store is
+// shared by every agent of the cluster. An id an older berthd kept in its store is moved there.
+result<std::string> instance::own_instance_id() {
+  const std::string path = cfg_.state_dir + "/instance-id";
+  if (std::ifstream in(path); in) {
+    std::string id;
+    std::getline(in, id);
+    if (id.size() == 32 && id.find_first_not_of("0123456789abcdef") == std::string::npos) {
+      return id;
+    }
+    return tl::unexpected(error{path + " does not hold an instance id (32 hex digits)"});
+  }
+  auto known = store_->get("self", "instance-id");
+  if (!known) return tl::unexpected(known.error());
+  const std::string id = *known ? **known : random_hex(32);
+  const std::string tmp = path + ".new";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return tl::unexpected(error{"cannot write " + tmp + ": " + std::strerror(errno)});
+  const std::string line = id + "\n";
+  const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+                  ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    return tl::unexpected(error{"cannot write " + path + ": " + std::strerror(errno)});
+  }
+  if (*known) (void)store_->erase("self", "instance-id");
+  return id;
+}
 
 bool instance::is_me(const std::string& ref) const {
   return ref == instance_arn_ || ref == instance_id_ || name_of(ref) == instance_id_;
@@ -49,15 +83,9 @@ void instance::heartbeat() { (void)ledger_.heartbeat(slot_, now_ns()); }
 result<void> instance::register_instance(const std::optional<instance_metadata>& ec2) {
   auto res = dk::instance_resources();
   if (!res) return tl::unexpected(error{"instance resources: " + res.error().message});
-  // The instance's id survives restarts: kept in the state directory's store.
-  auto known = store_->get("self", "instance-id");
-  if (!known) return tl::unexpected(known.error());
-  if (*known) {
-    instance_id_ = **known;
-  } else {
-    instance_id_ = random_hex(32);
-    if (auto r = store_->put("self", "instance-id", instance_id_); !r) return r;
-  }
+  auto id = own_instance_id();
+  if (!id) return tl::unexpected(id.error());
+  instance_id_ = std::move(*id);
   instance_arn_ = arn_prefix_ + ("container-instance/" + cfg_.cluster + "/" + instance_id_);
   ec2_id_ = "i-" + instance_id_.substr(0, 17);
   // EC2's metadata, when read: it overrides the configured type and zone.
@@ -69,9 +97,11 @@ result<void> instance::register_instance(const std::optional<instance_metadata>&
     ami = ec2->ami_id;
   }
   const std::uint64_t mib = res->memory_bytes >> 20;
-  registered_cpu_ = res->cpus * 1024;
-  registered_mib_ = static_cast<std::uint32_t>(
-      mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
+  registered_cpu_ = cfg_.cpu_units != 0 ? cfg_.cpu_units : res->cpus * 1024;
+  registered_mib_ = cfg_.memory_mib != 0
+                        ? cfg_.memory_mib
+                        : static_cast<std::uint32_t>(
+                              mib > cfg_.reserved_memory_mib ? mib - cfg_.reserved_memory_mib : 0);
   const std::string key = record_key();
   auto doc = store_->get("instance", key);
   if (!doc) return tl::unexpected(doc.error());

@@ -90,6 +90,8 @@ class instance {
   std::pair<std::int64_t, std::int64_t> task_counts() const;
 
  private:
+  // This agent's instance id: from <state dir>/instance-id, made there at the first start.
+  result<std::string> own_instance_id();
   result<void> publish_row_locked();
   // The store key of the instance's record and of its capacity: "<cluster>/<instance id>".
   std::string record_key() const { return cfg_.cluster + "/" + instance_id_; }

@@ -45,6 +45,16 @@ constexpr setting settings[] = {
      "MiB kept back from tasks"},
     {"--reserved-ports", "BERTH_RESERVED_PORTS", "ECS_RESERVED_PORTS",
      "host ports kept back from tasks, a JSON list"},
+    {"--cpu-units", "BERTH_CPU_UNITS", nullptr,
+     "CPU units this instance offers (default: 1024 per core the kernel reports)"},
+    {"--memory-mib", "BERTH_MEMORY_MIB", nullptr,
+     "memory this instance offers, MiB (default: the machine's, less --reserved-memory)"},
+    {"--ledger-name", "BERTH_LEDGER_NAME", nullptr,
+     "shared-memory ledger this agent mirrors the cluster into (default: the cluster's name)"},
+    {"--heartbeat-ttl", "BERTH_HEARTBEAT_TTL", nullptr,
+     "the agent's lease: peers see it disconnected this long after it stops (default 10s)"},
+    {"--instance-lost-after", "BERTH_INSTANCE_LOST_AFTER", nullptr,
+     "a disconnected instance is lost past this, its tasks stopped (default 5m)"},
     {"--attributes", "BERTH_INSTANCE_ATTRIBUTES", "ECS_INSTANCE_ATTRIBUTES",
      "custom instance attributes, a JSON object"},
     {"--stop-timeout", "BERTH_CONTAINER_STOP_TIMEOUT", "ECS_CONTAINER_STOP_TIMEOUT",
@@ -256,6 +266,21 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     auto x = unsigned_of(key, v);
     if (!x) return tl::unexpected(x.error());
     c.reserved_memory_mib = *x;
+  } else if (key == "BERTH_CPU_UNITS" || key == "BERTH_MEMORY_MIB") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    if (*x == 0 || *x > 0xffffffffull) {
+      return tl::unexpected(error{key + ": '" + v + "' is not between 1 and 4294967295"});
+    }
+    (key == "BERTH_CPU_UNITS" ? c.cpu_units : c.memory_mib) = static_cast<std::uint32_t>(*x);
+  } else if (key == "BERTH_LEDGER_NAME") {
+    c.ledger_name = v;
+  } else if (key == "BERTH_HEARTBEAT_TTL" || key == "BERTH_INSTANCE_LOST_AFTER") {
+    auto d = duration_of(key, v);
+    if (!d) return tl::unexpected(d.error());
+    if (*d < std::chrono::seconds(1)) return tl::unexpected(error{key + ": at least 1s"});
+    (key == "BERTH_HEARTBEAT_TTL" ? c.heartbeat_ttl : c.instance_lost_after) =
+        std::chrono::duration_cast<std::chrono::seconds>(*d);
   } else if (key == "BERTH_RESERVED_PORTS") {
     const auto j = nlohmann::json::parse(v, nullptr, false);
     if (!j.is_array()) {
@@ -444,6 +469,10 @@ result<config> load_config(int argc, const char* const* argv,
   merged["BERTH_CONFIG"] = file;
   if (auto r = apply_settings(c, merged); !r) return tl::unexpected(r.error());
   if (c.availability_zone.empty()) c.availability_zone = c.region + "a";
+  if (c.ledger_name.empty()) c.ledger_name = c.cluster;
+  if (c.instance_lost_after < c.heartbeat_ttl) {
+    return tl::unexpected(error{"--instance-lost-after must be at least --heartbeat-ttl"});
+  }
   if (!c.listen_tcp.empty() && c.credentials.empty()) {
     return tl::unexpected(error{"--listen-tcp needs --credentials: TCP requests are signed"});
   }

@@ -785,7 +785,7 @@ result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<s
                                               std::unique_ptr<dk::engine> d, metrics& m,
                                               event_bus& events) {
   ipc::options lo;
-  lo.cluster = c.cluster;
+  lo.cluster = c.ledger_name.empty() ? c.cluster : c.ledger_name;
   lo.slots = 4096;
   auto l = ipc::ledger::open_or_create(lo);
   if (!l)

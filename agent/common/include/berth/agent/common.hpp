@@ -36,7 +36,15 @@ struct config {
   std::string instance_type = "berth.local";
   std::uint64_t reserved_memory_mib = 0;
   std::vector<std::uint16_t> reserved_ports = {22, 2375, 2376, 51678, 51679};
-  std::map<std::string, std::string> attributes;   // custom instance attributes
+  std::map<std::string, std::string> attributes;  // custom instance attributes
+  // What the instance offers; 0: what the kernel reports (less reserved_memory_mib).
+  std::uint32_t cpu_units = 0, memory_mib = 0;
+  // The shared-memory ledger's name; empty: the cluster's. Agents of one cluster on one host
+  // each mirror into their own.
+  std::string ledger_name;
+  // The agent's lease in cluster state; a disconnected instance is lost past the second.
+  std::chrono::seconds heartbeat_ttl{10};
+  std::chrono::seconds instance_lost_after{300};
   std::chrono::milliseconds stop_timeout{30'000};  // a container's default stopTimeout
   std::uint64_t max_body_bytes = 1 << 20;
   // Once a request's first byte is in, all of it must arrive within this (slow clients are cut
