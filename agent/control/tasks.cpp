@@ -26,6 +26,7 @@ struct task_actions::impl {
         store_(&d.st),
         table_(d.table),
         inst_(d.inst),
+        fleet_(d.instances),
         ledger_(d.ledger),
         tds_(d.tds),
         metrics_(d.m),
@@ -42,15 +43,25 @@ struct task_actions::impl {
     return std::move(td->def);
   }
 
-  tl::expected<bool, api_error> instance_matches(const std::string& filter) {
-    auto q = pl::compile({{}, "", {{"memberOf", filter}}, {}});
+  tl::expected<std::set<std::string>, api_error> instances_matching(const std::string& filter) {
+    // Spread over instanceId with a zero need: one task on every instance that matches.
+    auto q = pl::compile({{}, "", {{"memberOf", filter}}, {{"spread", "instanceId"}}});
     if (!q) return tl::unexpected(invalid(q.error().message));
+    const std::vector<member> all = fleet_.all();
     pl::task_groups g;
     pl::place_options o;
     o.dry_run = true;
+    o.count = static_cast<std::uint32_t>(std::max<std::size_t>(all.size(), 1));
     std::lock_guard lock(mu_);
     auto out = placer_.place(*q, {}, g, o);
-    return out && !out->slots.empty();
+    std::set<std::string> arns;
+    if (!out) return arns;
+    for (const std::uint32_t slot : out->slots) {
+      for (const member& m : all) {
+        if (m.slot == slot) arns.insert(m.record.container_instance_arn);
+      }
+    }
+    return arns;
   }
 
   // ---- placement ----
@@ -130,25 +141,36 @@ struct task_actions::impl {
   // A record's change, under mu_: a task that reached STOPPED gives its capacity back (once:
   // holding_ says whose capacity is still held).
   void on_record(const state::task_table::change& c) {
-    if (c.erased || c.task.ecs.last_status != "STOPPED") return;
-    if (holding_.erase(c.task.arn()) == 0) return;
-    release(c.task);
-    // And in state; a failure here is mended at the next start, which counts the capacity
-    // again from the records.
-    if (auto r = inst_.give_back(c.task.berth.need); !r) {
-      spdlog::error("task {}: capacity not given back in state: {}", c.task.arn(),
-                    r.error().message);
+    const state::task& t = c.task;
+    const std::string& a = t.arn();
+    const std::string on = t.ecs.container_instance_arn.value_or("");
+    const bool stopped = c.erased || t.ecs.last_status == "STOPPED";
+    if (!stopped) {
+      // A task a peer placed: counted in its group here too, and, on this instance, held.
+      if (!grouped_.contains(a)) {
+        if (auto m = fleet_.find(on)) {
+          groups_.add(t.ecs.group.value_or(""), m->slot, placed_attributes(t));
+          grouped_[a] = m->slot;
+        }
+      }
+      if (on == inst_.arn()) holding_.insert(a);
+      return;
+    }
+    ungroup(t);
+    // This instance's capacity in state, given back once; a failure here is mended at the next
+    // start, which counts the capacity again from the records.
+    if (holding_.erase(a) == 0) return;
+    if (auto r = inst_.give_back(t.berth.need); !r) {
+      spdlog::error("task {}: capacity not given back in state: {}", a, r.error().message);
     }
   }
 
-  // Gives a task's claim back: its ledger capacity and ports, and its place in its group.
-  void release(const state::task& t) {
-    const state::task_need& n = t.berth.need;
-    const ipc::demand dm{{n.cpu, n.mib, 0, n.dynamic}, n.ports};
-    if (auto r = ledger_.release(inst_.slot(), dm); !r) {
-      spdlog::error("task {}: ledger release failed: {}", t.arn(), ipc::describe(r.error()));
-    }
-    groups_.remove(t.ecs.group.value_or(""), inst_.slot(), placed_attributes(t));
+  // A task leaves its group's count.
+  void ungroup(const state::task& t) {
+    const auto g = grouped_.find(t.arn());
+    if (g == grouped_.end()) return;
+    groups_.remove(t.ecs.group.value_or(""), g->second, placed_attributes(t));
+    grouped_.erase(g);
   }
 
   // The instance's attribute words when the task was placed: what task_groups counted it under.
@@ -263,21 +285,31 @@ struct task_actions::impl {
       return tl::unexpected(invalid("startedBy is at most 128 characters"));
     BERTH_TRY(tags, checked_tags(req.tags));
     const state::cluster& cluster = l.cluster;
-    const ecs::task_definition& td = l.td;
-    const ecs::task_override& overrides = l.overrides;
     const std::string& group = l.group;
     const std::int64_t count = l.count;
     const task_need& need = l.need;
+    const ipc::demand dm{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
+                         need.req.static_ports};
     const bool mine = cluster.cluster_name == cfg_.cluster;
     json out = {{"tasks", json::array()}, {"failures", json::array()}};
+    const auto fail = [&](const std::string& arn, const std::string& reason) {
+      const json f = {{"arn", arn}, {"reason", reason}};
+      if (std::find(out["failures"].begin(), out["failures"].end(), f) == out["failures"].end()) {
+        out["failures"].push_back(f);
+      }
+    };
+    std::vector<member> targets;
     if (explicit_instances) {
       const std::vector<std::string>& refs = *instances;
       if (refs.empty() || refs.size() > 10) {
         return tl::unexpected(invalid("containerInstances must name 1 to 10 instances"));
       }
       for (const auto& ci : refs) {
-        if (!mine || !inst_.is_me(ci)) {
-          out["failures"].push_back({{"arn", ci}, {"reason", "MISSING"}});
+        auto m = mine ? fleet_.find(ci) : std::nullopt;
+        if (!m) {
+          fail(ci, "MISSING");
+        } else {
+          targets.push_back(std::move(*m));
         }
       }
       if (!out["failures"].empty()) return out;
@@ -291,92 +323,147 @@ struct task_actions::impl {
     if (!q) return tl::unexpected(invalid(q.error().message));
     std::lock_guard lock(mu_);
     if (stopping_) return tl::unexpected(server("berthd is shutting down"));
-    pl::place_options o;
-    o.count = static_cast<std::uint32_t>(explicit_instances ? 1 : count);
-    o.seed = now_ns();
-    o.now_ns = now_ns();
-    o.heartbeat_timeout_ns = 10'000'000'000;  // an agent silent for 10 s is not placed on
-    std::vector<std::uint32_t> slots;
+    // Each new task and the instance it goes to.
+    std::vector<std::pair<state::task, member>> made;
     if (explicit_instances) {
       // The custom scheduler chose: reserve there or fail, no placement.
-      for (std::int64_t i = 0; i < count; ++i) {
-        const ipc::demand dm{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
-                             need.req.static_ports};
-        if (auto rv = ledger_.reserve(inst_.slot(), dm); !rv) {
-          out["failures"].push_back({{"arn", inst_.arn()}, {"reason", reserve_reason(rv.error())}});
-          break;
-        }
-        groups_.add(group, inst_.slot(), attributes_of(inst_.slot()));
-        slots.push_back(inst_.slot());
-      }
-    } else {
-      auto placed = placer_.place(*q, need.req, groups_, o);
-      if (!placed) return tl::unexpected(invalid(placed.error().message));
-      count_placement(*placed, static_cast<std::size_t>(count));
-      // Only this agent runs containers: a slot of another instance in the shared ledger (a
-      // peer, or one whose agent is gone) is given back and reported.
-      for (const std::uint32_t slot : placed->slots) {
-        if (slot == inst_.slot()) {
-          slots.push_back(slot);
+      for (const member& m : targets) {
+        if (!m.connected) {
+          fail(m.record.container_instance_arn, "AGENT");
           continue;
         }
-        (void)ledger_.release(
-            slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
-                              need.req.static_ports});
-        groups_.remove(group, slot, attributes_of(slot));
-        out["failures"].push_back(
-            {{"arn", arn("container-instance/" + cfg_.cluster + "/slot-" + std::to_string(slot))},
-             {"reason", "AGENT"}});
-      }
-      if (placed->slots.size() < static_cast<std::size_t>(count)) {
-        // Why the first task that did not fit was refused; this agent's instance is the only
-        // one in its ledger, so every count is its.
-        for (std::size_t why = 0; why < pl::reason_count; ++why) {
-          if (placed->failures[why] == 0) continue;
-          out["failures"].push_back(
-              {{"arn", inst_.arn()},
-               {"reason", std::string(pl::to_string(static_cast<pl::reason>(why)))}});
+        if (auto rv = ledger_.reserve(m.slot, dm); !rv) {
+          fail(m.record.container_instance_arn, reserve_reason(rv.error()));
+          continue;
         }
-        if (out["failures"].empty()) {
-          out["failures"].push_back({{"arn", inst_.arn()}, {"reason", "RESOURCE:CPU"}});
+        groups_.add(group, m.slot, attributes_of(m.slot));
+        made.emplace_back(state::task{}, m);
+      }
+      BERTH_TRY(refused, commit_claims(made, l, tags, req.started_by, dm));
+      for (const auto& [id, why] : refused) fail(id, why);
+    } else {
+      // Placed, claimed; tasks whose instance was claimed first by a peer are placed again, on
+      // the capacity the refused claim read, a few times.
+      std::int64_t left = count;
+      for (int round = 0; left > 0 && round < 4; ++round) {
+        out["failures"] = json::array();
+        pl::place_options o;
+        o.count = static_cast<std::uint32_t>(left);
+        o.seed = now_ns();
+        o.now_ns = now_ns();
+        o.heartbeat_timeout_ns = 10'000'000'000;  // a row not refreshed for 10 s is not placed on
+        o.explain = true;
+        auto placed = placer_.place(*q, need.req, groups_, o);
+        if (!placed) return tl::unexpected(invalid(placed.error().message));
+        if (round == 0) count_placement(*placed, static_cast<std::size_t>(count));
+        made.clear();
+        for (const std::uint32_t slot : placed->slots) {
+          auto m = fleet_.at_slot(slot);
+          if (!m) {  // gone from state since the row was read
+            (void)ledger_.release(slot, dm);
+            groups_.remove(group, slot, attributes_of(slot));
+            continue;
+          }
+          made.emplace_back(state::task{}, std::move(*m));
+        }
+        if (placed->slots.size() < static_cast<std::size_t>(left)) {
+          // Why the first task that did not fit was refused, instance by instance.
+          for (const auto& [slot, why] : placed->rejected) {
+            if (out["failures"].size() >= 100) break;
+            if (auto m = fleet_.at_slot(slot)) {
+              fail(m->record.container_instance_arn, std::string(pl::to_string(why)));
+            }
+          }
+          for (std::size_t why = 0; out["failures"].empty() && why < pl::reason_count; ++why) {
+            if (placed->failures[why] == 0) continue;
+            fail(cluster.cluster_arn, std::string(pl::to_string(static_cast<pl::reason>(why))));
+          }
+          if (out["failures"].empty()) fail(cluster.cluster_arn, "RESOURCE:CPU");
+        }
+        BERTH_TRY(refused, commit_claims(made, l, tags, req.started_by, dm));
+        for (const auto& [t, m] : made) out["tasks"].push_back(state::response(t));
+        left -= static_cast<std::int64_t>(made.size());
+        if (refused.empty() || left == 0 || round == 3) {
+          for (const auto& [arn, why] : refused) fail(arn, why);
+          break;
         }
       }
-    }
-    // Every new task is committed in one transaction before anything starts: a store that
-    // cannot write gets a 5xx, and the capacity goes back.
-    std::vector<state::task> made;
-    for (std::size_t i = 0; i < slots.size(); ++i) {
-      made.push_back(new_task(td, cluster, group, started_by, overrides, tags, need));
-    }
-    // The ledger's reservation was a pre-check: the claim is the instance's capacity in state,
-    // compared and swapped with the records in one transaction (retried on a race).
-    std::optional<std::string> refused;
-    auto claim = [&](store& tx) -> result<void> {
-      if (made.empty()) return {};
-      auto c = inst_.claim(tx, made.front().berth.need, made.size());
-      if (!c) return tl::unexpected(c.error());
-      refused = *c;
-      if (refused) return tl::unexpected(error{"refused: " + *refused});
-      return {};
-    };
-    for (const state::task& t : made) holding_.insert(t.arn());
-    if (auto w = table_.commit_all(made, claim); !w) {
-      for (const state::task& t : made) holding_.erase(t.arn());
-      for (const std::uint32_t slot : slots) {
-        (void)ledger_.release(
-            slot, ipc::demand{{need.req.cpu, need.req.mib, need.req.gpus, need.req.dynamic_ports},
-                              need.req.static_ports});
-        groups_.remove(group, slot, attributes_of(slot));
-      }
-      if (!refused) {
-        return tl::unexpected(server("The task could not be stored: " + w.error().message));
-      }
-      out["failures"].push_back({{"arn", inst_.arn()}, {"reason", *refused}});
       return out;
     }
-    // The engine, watching the table, starts them.
-    for (const state::task& t : made) out["tasks"].push_back(state::response(t));
+    // The engine of each task's instance, watching the table, starts them.
+    for (const auto& [t, m] : made) out["tasks"].push_back(state::response(t));
     return out;
+  }
+
+  // Makes the records of `made` (each new task and its instance) and commits them in one
+  // transaction with the claims on the capacity in state of every instance they go to (compared
+  // and swapped: the ledger's reservation was a pre-check). An instance that no longer has
+  // room, because a peer claimed it first, loses its tasks (their placement undone, its ledger
+  // row set to the capacity the claim read) and the others are committed without them. Returns
+  // the refused instances' ARNs and reasons; `made` keeps what was committed. Under mu_.
+  tl::expected<std::vector<std::pair<std::string, std::string>>, api_error> commit_claims(
+      std::vector<std::pair<state::task, member>>& made, const launch_request& l,
+      const std::vector<ecs::tag>& tags, const std::optional<std::string>& started_by,
+      const ipc::demand& dm) {
+    for (auto& [t, m] : made) {
+      t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
+      grouped_[t.arn()] = m.slot;
+    }
+    // Gives back what placement took for the tasks on `on` (every instance when empty).
+    const auto unplace = [&](const std::string& on) {
+      for (auto it = made.begin(); it != made.end();) {
+        if (!on.empty() && it->second.id != on) {
+          ++it;
+          continue;
+        }
+        (void)ledger_.release(it->second.slot, dm);
+        groups_.remove(l.group, it->second.slot, attributes_of(it->second.slot));
+        grouped_.erase(it->first.arn());
+        it = made.erase(it);
+      }
+    };
+    std::vector<std::pair<std::string, std::string>> refusals;
+    while (!made.empty()) {
+      std::map<std::string, std::pair<std::size_t, std::string>> per_instance;  // id -> count, ARN
+      for (const auto& [t, m] : made) {
+        auto& [n, arn] = per_instance[m.id];
+        ++n;
+        arn = m.record.container_instance_arn;
+      }
+      struct refusal {
+        std::string id, reason;
+        std::optional<capacity> seen;
+      };
+      std::optional<refusal> refused;
+      auto claim_all = [&](store& tx) -> result<void> {
+        refused.reset();
+        for (const auto& [id, n_arn] : per_instance) {
+          auto c = claim(tx, cfg_.cluster, id, made.front().first.berth.need, n_arn.first);
+          if (!c) return tl::unexpected(c.error());
+          if (*c) {
+            refused = refusal{id, **c, std::nullopt};
+            if (auto cur = tx.get("instance", capacity_key(cfg_.cluster, id)); cur && *cur) {
+              refused->seen = capacity::parse(**cur);
+            }
+            return tl::unexpected(error{"refused: " + **c});
+          }
+        }
+        return {};
+      };
+      std::vector<state::task> records;
+      records.reserve(made.size());
+      for (const auto& [t, m] : made) records.push_back(t);
+      auto w = table_.commit_all(records, claim_all);
+      if (w) break;
+      if (!refused) {
+        unplace("");
+        return tl::unexpected(server("The task could not be stored: " + w.error().message));
+      }
+      refusals.emplace_back(per_instance[refused->id].second, refused->reason);
+      unplace(refused->id);
+      if (refused->seen) fleet_.saw_capacity(refused->id, *refused->seen);
+    }
+    return refusals;
   }
 
   static std::string reserve_reason(ipc::error e) {
@@ -398,7 +485,7 @@ struct task_actions::impl {
   state::task new_task(const ecs::task_definition& td, const state::cluster& cluster,
                        const std::string& group, const std::optional<std::string>& started_by,
                        const ecs::task_override& overrides, const std::vector<ecs::tag>& tags,
-                       const task_need& need) {
+                       const task_need& need, const member& on) {
     const std::string id = random_hex(32);
     const std::string& cname = cluster.cluster_name;
     const std::string task_arn = arn("task/" + cname + "/" + id);
@@ -407,7 +494,7 @@ struct task_actions::impl {
     e.task_arn = task_arn;
     e.cluster_arn = cluster.cluster_arn;
     e.task_definition_arn = td.task_definition_arn;
-    e.container_instance_arn = inst_.arn();
+    e.container_instance_arn = on.record.container_instance_arn;
     e.overrides = overrides;
     if (!e.overrides->container_overrides) e.overrides->container_overrides.emplace();
     e.last_status = "PROVISIONING";
@@ -419,7 +506,9 @@ struct task_actions::impl {
     e.group = group;
     e.launch_type = "EC2";
     e.attachments.emplace();
-    e.availability_zone = cfg_.availability_zone;
+    for (const state::attribute& a : on.record.attributes) {
+      if (a.name == "ecs.availability-zone") e.availability_zone = a.value;
+    }
     e.tags = tags;
     e.health_status = "UNKNOWN";
     e.started_by = started_by;
@@ -440,7 +529,7 @@ struct task_actions::impl {
       t.containers().push_back(std::move(ct));
     }
     t.containers();  // a task definition without containers still shows an empty list
-    const auto words = attributes_of(inst_.slot());
+    const auto words = attributes_of(on.slot);
     t.berth.need = {need.req.cpu, need.req.mib, need.req.dynamic_ports, need.ports};
     t.berth.task_definition = td;
     t.berth.attributes.assign(words.begin(), words.end());
@@ -455,44 +544,20 @@ struct task_actions::impl {
     // From here on the table follows the store: records others write reach it too.
     auto all = table_.open(cfg_.cluster);
     if (!all) return tl::unexpected(all.error());
-    std::uint32_t cpu = 0, mib = 0, dyn = 0;
-    std::vector<std::uint16_t> ports(cfg_.reserved_ports.begin(), cfg_.reserved_ports.end());
     std::vector<state::task_need> needs;
     {
       std::lock_guard lock(mu_);
       for (const state::task& t : *all) {
-        const std::string& a = t.arn();
         if (t.ecs.last_status == "STOPPED") continue;
-        // Another instance's task (this one's ARN changed: its region or account did) takes
-        // nothing here, and the engine does not drive it.
         const std::string on = t.ecs.container_instance_arn.value_or("");
-        if (on != inst_.arn()) {
-          spdlog::warn("task {} is on instance {}, not this one ({}): left alone", a, on,
-                       inst_.arn());
-          continue;
+        if (auto m = fleet_.find(on); m && !grouped_.contains(t.arn())) {
+          groups_.add(t.ecs.group.value_or(""), m->slot, placed_attributes(t));
+          grouped_[t.arn()] = m->slot;
         }
-        holding_.insert(a);
-        const state::task_need& n = t.berth.need;
-        needs.push_back(n);
-        cpu += n.cpu;
-        mib += n.mib;
-        dyn += n.dynamic;
-        ports.insert(ports.end(), n.ports.begin(), n.ports.end());
-        groups_.add(t.ecs.group.value_or(""), inst_.slot(), placed_attributes(t));
-      }
-      // Capacity as the surviving tasks leave it; their ports and the reserved ones claimed.
-      (void)ledger_.set_free(inst_.slot(),
-                             {inst_.registered_cpu() > cpu ? inst_.registered_cpu() - cpu : 0,
-                              inst_.registered_mib() > mib ? inst_.registered_mib() - mib : 0, 0,
-                              dynamic_port_count > dyn ? dynamic_port_count - dyn : 0});
-      std::sort(ports.begin(), ports.end());
-      ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
-      // One port at a time: a port that cannot be claimed must not cost the others.
-      for (const std::uint16_t p : ports) {
-        const std::uint16_t one[] = {p};
-        if (auto r = ledger_.reserve(inst_.slot(), ipc::demand{{0, 0, 0, 0}, one}); !r) {
-          spdlog::warn("ledger: port {} not claimed: {}", p, ipc::describe(r.error()));
-        }
+        // Another instance's task takes nothing here, and this engine does not drive it.
+        if (on != inst_.arn()) continue;
+        holding_.insert(t.arn());
+        needs.push_back(t.berth.need);
       }
     }
     // The capacity in state, counted again from the records: a give-back lost to a crash is
@@ -540,8 +605,11 @@ struct task_actions::impl {
         *launch_type != "EXTERNAL") {
       return tl::unexpected(invalid("launchType must be EC2, FARGATE or EXTERNAL"));
     }
-    if (req.container_instance && !inst_.is_me(*req.container_instance)) {
-      return json{{"taskArns", json::array()}};
+    std::optional<std::string> on;
+    if (req.container_instance) {
+      auto m = fleet_.find(*req.container_instance);
+      if (!m) return json{{"taskArns", json::array()}};
+      on = m->record.container_instance_arn;
     }
     const std::string want = desired.value_or("RUNNING");
     const std::string service_group =
@@ -557,6 +625,7 @@ struct task_actions::impl {
       if (req.started_by && t.started_by.value_or("") != *req.started_by) continue;
       if (req.service_name && t.group.value_or("") != service_group) continue;
       if (launch_type && *launch_type != "EC2") continue;
+      if (on && t.container_instance_arn != on) continue;
       found.emplace_back(t.created_at.value_or(0.0), &tp->arn());
     }
     std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
@@ -672,7 +741,7 @@ struct task_actions::impl {
   json instance_ref(std::uint32_t slot) const {
     json i = {{"slot", slot}};
     if (auto row = ledger_.read(slot)) i["ec2InstanceId"] = std::string(row->published.id());
-    if (slot == inst_.slot()) i["containerInstanceArn"] = inst_.arn();
+    if (auto m = fleet_.at_slot(slot)) i["containerInstanceArn"] = m->record.container_instance_arn;
     return i;
   }
 
@@ -757,6 +826,7 @@ struct task_actions::impl {
   store* store_;
   state::task_table& table_;
   instance& inst_;
+  fleet& fleet_;
   ipc::ledger& ledger_;
   task_definitions& tds_;
   metrics& metrics_;
@@ -765,9 +835,12 @@ struct task_actions::impl {
   std::mutex& mu_ = table_.mutex();
   std::map<std::string, state::task>& tasks_ = table_.rows();
   pl::placer placer_;
-  pl::task_groups groups_;         // under mu_
-  std::set<std::string> holding_;  // under mu_: tasks whose capacity is claimed, not yet STOPPED
-  bool stopping_ = false;          // under mu_
+  pl::task_groups groups_;  // under mu_
+  // Under mu_: this instance's tasks whose capacity is claimed, not yet STOPPED; and every task
+  // counted in groups_, with the slot it is counted on.
+  std::set<std::string> holding_;
+  std::map<std::string, std::uint32_t> grouped_;
+  bool stopping_ = false;  // under mu_
 };
 
 task_actions::task_actions(deps d) : impl_(std::make_unique<impl>(std::move(d))) {}
@@ -789,8 +862,9 @@ tl::expected<std::string, api_error> task_actions::describe_tasks_text(const jso
 }
 outcome task_actions::task_usage(const json& req) { return impl_->task_usage(req); }
 outcome task_actions::place(const json& req) { return impl_->place(req); }
-tl::expected<bool, api_error> task_actions::instance_matches(const std::string& filter) {
-  return impl_->instance_matches(filter);
+tl::expected<std::set<std::string>, api_error> task_actions::instances_matching(
+    const std::string& filter) {
+  return impl_->instances_matching(filter);
 }
 
 }  // namespace berth::agent::control

@@ -11,11 +11,13 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "berth/agent/common.hpp"
 #include "berth/ipc.hpp"
 #include "ecs_request.hpp"
+#include "fleet.hpp"
 #include "instance.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
@@ -31,6 +33,7 @@ class task_actions {
     store& st;
     state::task_table& table;
     instance& inst;
+    control::fleet& instances;
     ipc::ledger& ledger;
     task_definitions& tds;
     metrics& m;
@@ -58,8 +61,8 @@ class task_actions {
   tl::expected<std::string, api_error> describe_tasks_text(const json& req);
   outcome task_usage(const json& req);
   outcome place(const json& req);
-  // Whether this instance matches a cluster query (ListContainerInstances' filter).
-  tl::expected<bool, api_error> instance_matches(const std::string& filter);
+  // The ARNs of the instances a cluster query matches (ListContainerInstances' filter).
+  tl::expected<std::set<std::string>, api_error> instances_matching(const std::string& filter);
 
  private:
   struct impl;

@@ -81,6 +81,13 @@ class task_engine_impl final : public task_engine {
       watch_ = table_.watch([this](const task_table::change& c) {
         if (!c.erased) drive(c.task);
       });
+      // Tasks the cluster stopped while this agent was gone (its instance was lost): their
+      // containers, still running here, are killed.
+      for (const auto& [a, t] : tasks_) {
+        if (mine(t) && t.ecs.last_status == "STOPPED" && t.ecs.stop_code == "TerminationNotice") {
+          reap(t);
+        }
+      }
       std::size_t resumed = 0;
       for (const auto& [a, t] : tasks_) {
         if (!mine(t)) continue;
@@ -120,8 +127,15 @@ class task_engine_impl final : public task_engine {
   // and not yet running starts (or resumes) its launch; desired STOPPED and not yet STOPPED
   // starts its stop. At most one launch and one stop per task at a time.
   void drive(const task& t) {
-    if (stopping_ || !mine(t) || t.ecs.last_status == "STOPPED") return;
+    if (stopping_ || !mine(t)) return;
     const std::string a = t.arn();
+    if (t.ecs.last_status == "STOPPED") {
+      // Stopped by someone else than this engine (a peer, after this instance was lost while
+      // this agent was stopped or cut off): its containers must not run on.
+      if (live_.erase(a) != 0) reap(t);
+      return;
+    }
+    live_.insert(a);
     if (t.ecs.desired_status == "STOPPED") {
       if (!stops_.insert(a).second) return;
       // Not started (no thread to be had): unclaimed, so that the next change tries again.
@@ -152,6 +166,18 @@ class task_engine_impl final : public task_engine {
 
   void save(const task& t) { table_.save(t); }
 
+  // Kills the containers of a task that is STOPPED already (under mu_).
+  void reap(const task& t) {
+    std::vector<std::string> ids;
+    for (const auto& [name, id] : t.berth.docker) ids.push_back(id);
+    if (ids.empty()) return;
+    spdlog::warn("task {} was stopped by the cluster ({}): its containers are killed", t.arn(),
+                 t.ecs.stopped_reason.value_or(""));
+    (void)spawn(t.arn(), [this, ids] {
+      for (const auto& id : ids) (void)docker_->kill_container(id, "SIGKILL");
+    });
+  }
+
   // A worker for the task (under mu_); false when no thread could be had.
   bool spawn(const std::string& task_arn, std::function<void()> fn) {
     return workers_.spawn(task_arn, std::move(fn));
@@ -168,6 +194,7 @@ class task_engine_impl final : public task_engine {
   // Marks the task STOPPED (under mu_); control, watching, gives its resources back.
   void finish(task& t, const std::string& code, const std::string& reason) {
     if (t.ecs.last_status == "STOPPED") return;
+    live_.erase(t.arn());  // stopped by this engine: nothing to reap
     const double now = now_seconds();
     t.ecs.last_status = "STOPPED";
     t.ecs.desired_status = "STOPPED";
@@ -748,6 +775,7 @@ class task_engine_impl final : public task_engine {
   std::map<std::string, std::string> container_to_task_;
   task_workers workers_;
   std::set<std::string> starts_, stops_;  // tasks with a launch / a stop under way
+  std::set<std::string> live_;            // this instance's tasks seen not STOPPED
   std::uint64_t watch_ = 0;               // the table watch that drives the tasks
   std::unique_ptr<dk::subscription> events_;
   std::thread housekeeping_;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "berth/agent.hpp"
+#include "berth/lb.hpp"
 
 namespace berth::agent {
 
@@ -76,7 +77,8 @@ constexpr setting settings[] = {
     {"--image-cleanup-exclude", "BERTH_IMAGE_CLEANUP_EXCLUDE", "ECS_EXCLUDE_UNTRACKED_IMAGE",
      "images (name:tag, comma-separated) never removed, e.g. ones no registry can give back"},
     {"--haproxy-socket", "BERTH_HAPROXY_SOCKET", nullptr,
-     "HAProxy's admin socket: services' loadBalancers are its backends"},
+     "HAProxy's runtime API, as haproxy.cfg's stats socket says it: a Unix socket's path (or "
+     "unix@PATH), ipv4@HOST:PORT or ipv6@[HOST]:PORT; services' loadBalancers are its backends"},
     {"--deregistration-delay", "BERTH_DEREGISTRATION_DELAY", nullptr,
      "how long a draining target may keep sessions before its task stops, e.g. 300s"},
     {"--request-timeout", "BERTH_REQUEST_TIMEOUT", nullptr,
@@ -346,6 +348,10 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
       if (!trim(name).empty()) c.image_cleanup_exclude.push_back(trim(name));
     }
   } else if (key == "BERTH_HAPROXY_SOCKET") {
+    // Empty: no load balancer. Anything else must be an address berth::lb can connect to.
+    if (auto ok = lb::haproxy::check_address(v); !v.empty() && !ok) {
+      return tl::unexpected(error{key + ": " + ok.error().message});
+    }
     c.haproxy_socket = v;
   } else if (key == "BERTH_DEREGISTRATION_DELAY") {
     auto d = duration_of(key, v);

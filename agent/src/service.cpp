@@ -72,18 +72,25 @@ class service_impl final : public service {
       ec2 = std::move(*md);
     }
     if (auto r = inst_.register_instance(ec2); !r) return r;
+    // Every instance of the cluster (this one's record included) into the ledger, then the
+    // tasks, counted on their instances.
+    if (auto r = fleet_.open(); !r) return r;
     if (auto r = task_actions_.recover(); !r) return r;
     {
       std::lock_guard lock(mu_);
+      for (const auto& t : table_.all()) fleet_.count(*t, false);
       table_.watch([this](const state::task_table::change& c) {
+        fleet_.count(c.task, c.erased);
+        task_actions_.on_record(c);
         if (c.erased) {
           published_.erase(c.task.arn());
           return;
         }
         announce(c.task);
-        task_actions_.on_record(c);
       });
     }
+    // Peers see this instance connected, and place on it, from here on.
+    if (auto r = inst_.connect(); !r) return r;
     declare_metrics();  // before the engine's housekeeping counts anything
     engine_ = engine::make_task_engine(cfg_, inst_.arn(), state_dir_, table_, *docker_, *store_,
                                        metrics_);
@@ -109,6 +116,8 @@ class service_impl final : public service {
     cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
     if (engine_) engine_->shutdown();
+    fleet_.close();
+    inst_.disconnect();
   }
 
   outcome call(const std::string& action, const json& req) override {
@@ -229,22 +238,57 @@ class service_impl final : public service {
 
   // ---- the instance ----
 
+  // The agent's lease kept alive, and the instances lost for longer than
+  // --instance-lost-after have their tasks stopped.
   void heartbeat_loop() {
     std::unique_lock lock(mu_);
     while (!stopping_) {
-      inst_.heartbeat();
+      lock.unlock();
+      inst_.keep_alive();
+      lock.lock();
+      stop_lost_tasks();
       cv_.wait_for(lock, 1s, [&] { return stopping_; });
     }
   }
 
-  // This agent's tasks RUNNING, and PENDING or PROVISIONING.
-  // This instance's tasks running and pending: every task berthd knows runs here.
-  std::pair<std::int64_t, std::int64_t> count_tasks() const { return inst_.task_counts(); }
+  // Under mu_: the tasks of instances whose agent has been gone past --instance-lost-after are
+  // STOPPED, as ECS stops those of a terminated host; services replace them. Any agent may do
+  // it: the writes are compared and swapped, and the same whoever makes them.
+  void stop_lost_tasks() {
+    for (const control::member& m : fleet_.lost_for(cfg_.instance_lost_after)) {
+      const std::string& on = m.record.container_instance_arn;
+      for (auto& [arn, row] : tasks_) {
+        if (row.ecs.container_instance_arn != on || row.ecs.last_status == "STOPPED") continue;
+        state::task t = row;
+        const double now = now_seconds();
+        t.ecs.desired_status = "STOPPED";
+        t.ecs.last_status = "STOPPED";
+        t.ecs.stop_code = "TerminationNotice";
+        t.ecs.stopped_reason = "Host EC2 (instance " + m.record.ec2_instance_id +
+                               ") stopped/terminated: its agent has been disconnected for more "
+                               "than " +
+                               std::to_string(cfg_.instance_lost_after.count()) + " s.";
+        t.ecs.stopping_at = t.ecs.stopping_at.value_or(now);
+        t.ecs.stopped_at = now;
+        t.ecs.execution_stopped_at = now;
+        t.ecs.version = t.ecs.version.value_or(0) + 1;
+        for (auto& c : t.containers()) {
+          if (c.last_status != "STOPPED") c.last_status = "STOPPED";
+        }
+        if (auto w = table_.commit(t); !w) {
+          spdlog::warn("task {} of lost instance {} not stopped: {}", arn, on, w.error().message);
+        } else {
+          spdlog::warn("task {} stopped: its instance {} is lost", arn, on);
+        }
+      }
+    }
+  }
 
-  std::pair<std::int64_t, std::int64_t> count_tasks_locked() const {
+  // The cluster's tasks RUNNING, and PENDING or PROVISIONING.
+  std::pair<std::int64_t, std::int64_t> count_tasks() const {
     std::int64_t running = 0, pending = 0;
-    for (const auto& [arn, t] : tasks_) {
-      const std::string last = t.ecs.last_status.value_or("");
+    for (const auto& t : table_.all()) {
+      const std::string& last = *t->ecs.last_status;
       running += last == "RUNNING";
       pending += last == "PENDING" || last == "PROVISIONING";
     }
@@ -278,7 +322,7 @@ class service_impl final : public service {
     json c = state::response(cluster);
     std::int64_t running = 0, pending = 0, instances = 0;
     if (cluster.cluster_name == cfg_.cluster) {
-      instances = 1;
+      instances = static_cast<std::int64_t>(fleet_.all().size());
       std::tie(running, pending) = count_tasks();
     }
     c["registeredContainerInstancesCount"] = instances;
@@ -352,14 +396,17 @@ class service_impl final : public service {
     const auto& filter = r.filter;
     std::vector<std::string> arns;
     if (c.cluster_name == cfg_.cluster) {
-      auto ci = inst_.record();
-      if (!ci) return tl::unexpected(server(ci.error().message));
-      bool keep = !status || ci->status == *status;
-      if (keep && filter && !filter->empty()) {
-        BERTH_TRY(matches, task_actions_.instance_matches(*filter));
-        keep = matches;
+      std::optional<std::set<std::string>> matching;
+      if (filter && !filter->empty()) {
+        BERTH_TRY(m, task_actions_.instances_matching(*filter));
+        matching = std::move(m);
       }
-      if (keep) arns.push_back(inst_.arn());
+      for (const control::member& m : fleet_.all()) {
+        const std::string& a = m.record.container_instance_arn;
+        if (status && m.record.status != *status) continue;
+        if (matching && !matching->contains(a)) continue;
+        arns.push_back(a);
+      }
     }
     BERTH_TRY(range, page(r.next_token, r.max_results, arns.size(), 100));
     json out = {{"containerInstanceArns", json::array()}};
@@ -367,6 +414,33 @@ class service_impl final : public service {
       out["containerInstanceArns"].push_back(arns[i]);
     }
     add_token(out, range.second, arns.size());
+    return out;
+  }
+
+  // The instance a request names (ARN or id) in the cluster `c`, if it is this agent's cluster.
+  std::optional<control::member> instance_in(const state::cluster& c, const std::string& ref) {
+    if (c.cluster_name != cfg_.cluster) return std::nullopt;
+    return fleet_.find(ref);
+  }
+
+  // An instance's record, read, changed by `change` and written back in one transaction (a
+  // peer's write in between makes it run again), then applied to the ledger at once.
+  tl::expected<state::container_instance, api_error> change_instance(
+      const control::member& m, const std::function<void(state::container_instance&)>& change) {
+    const std::string key = control::record_key(cfg_.cluster, m.id);
+    state::container_instance out;
+    auto w = store_->transaction([&](store& tx) -> result<void> {
+      auto doc = tx.get("instance", key);
+      if (!doc) return tl::unexpected(doc.error());
+      if (!*doc) return tl::unexpected(error{"container instance record '" + key + "' is gone"});
+      auto ci = state::parse<state::container_instance>(**doc, key);
+      if (!ci) return tl::unexpected(error{ci.error().detail});
+      change(*ci);
+      out = *ci;
+      return tx.put("instance", key, state::to_json(*ci).dump());
+    });
+    if (!w) return tl::unexpected(server(w.error().message));
+    fleet_.apply(m.id, out);
     return out;
   }
 
@@ -379,10 +453,8 @@ class service_impl final : public service {
     if (refs.empty()) return tl::unexpected(none);
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
     for (const auto& ref : refs) {
-      if (c.cluster_name == cfg_.cluster && inst_.is_me(ref)) {
-        auto ci = inst_.record();
-        if (!ci) return tl::unexpected(server(ci.error().message));
-        out["containerInstances"].push_back(inst_.describe(*ci));
+      if (auto m = instance_in(c, ref)) {
+        out["containerInstances"].push_back(fleet_.describe(*m));
       } else {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
       }
@@ -400,19 +472,18 @@ class service_impl final : public service {
       return tl::unexpected(invalid("status must be ACTIVE or DRAINING, not '" + status + "'"));
     }
     json out = {{"containerInstances", json::array()}, {"failures", json::array()}};
-    // The instance document and its ledger row change together, one writer at a time.
-    std::lock_guard instance_lock(inst_.mutex());
     for (const auto& ref : refs) {
-      if (c.cluster_name != cfg_.cluster || !inst_.is_me(ref)) {
+      auto m = instance_in(c, ref);
+      if (!m) {
         out["failures"].push_back({{"arn", ref}, {"reason", "MISSING"}});
         continue;
       }
-      auto ci = inst_.record();
-      if (!ci) return tl::unexpected(server(ci.error().message));
-      ci->status = status;
-      ++ci->version;
-      if (auto w = inst_.save(*ci); !w) return tl::unexpected(server(w.error().message));
-      out["containerInstances"].push_back(inst_.describe(*ci));
+      BERTH_TRY(ci, change_instance(*m, [&](state::container_instance& ci) {
+                  ci.status = status;
+                  ++ci.version;
+                }));
+      m->record = std::move(ci);
+      out["containerInstances"].push_back(fleet_.describe(*m));
     }
     return out;
   }
@@ -453,26 +524,36 @@ class service_impl final : public service {
     BERTH_TRY(c, find_cluster(r.cluster));
     if (r.attributes.empty()) return tl::unexpected(none);
     BERTH_TRY(attrs, attribute_list(std::move(r.attributes)));
-    std::lock_guard instance_lock(inst_.mutex());
+    // The attributes by the instance they are on, each instance changed in one write.
+    std::map<std::string, std::pair<control::member, std::vector<const attribute_change*>>> on;
     for (const auto& a : attrs) {
-      if (a.target_id.empty() || c.cluster_name != cfg_.cluster || !inst_.is_me(a.target_id)) {
+      auto m = a.target_id.empty() ? std::nullopt : instance_in(c, a.target_id);
+      if (!m) {
         return tl::unexpected(api_error{"TargetNotFoundException",
                                         "Could not find the target '" + a.target_id + "'"});
       }
-    }
-    auto ci = inst_.record();
-    if (!ci) return tl::unexpected(server(ci.error().message));
-    for (const auto& a : attrs) {
       if (a.attr.name.starts_with("ecs.")) {
         return tl::unexpected(invalid("attribute names starting with 'ecs.' are reserved"));
       }
-      std::erase_if(ci->attributes,
-                    [&](const state::attribute& e) { return e.name == a.attr.name; });
-      if (put) ci->attributes.push_back(a.attr);
+      auto& [member, list] =
+          on.try_emplace(m->id, *m, std::vector<const attribute_change*>{}).first->second;
+      list.push_back(&a);
     }
-    if (auto w = inst_.save(*ci); !w) return tl::unexpected(server(w.error().message));
     json out = {{"attributes", json::array()}};
-    for (const auto& a : attrs) out["attributes"].push_back(state::response(a.attr, inst_.arn()));
+    for (const auto& [id, m_list] : on) {
+      const auto& [m, list] = m_list;
+      BERTH_TRY(ci, change_instance(m, [&](state::container_instance& ci) {
+                  for (const attribute_change* a : list) {
+                    std::erase_if(ci.attributes, [&](const state::attribute& e) {
+                      return e.name == a->attr.name;
+                    });
+                    if (put) ci.attributes.push_back(a->attr);
+                  }
+                }));
+      for (const attribute_change* a : list) {
+        out["attributes"].push_back(state::response(a->attr, ci.container_instance_arn));
+      }
+    }
     return out;
   }
   outcome put_attributes(const json& req) {
@@ -494,12 +575,12 @@ class service_impl final : public service {
     if (value && !name) return tl::unexpected(invalid("attributeValue needs attributeName"));
     std::vector<json> all;
     if (c.cluster_name == cfg_.cluster) {
-      auto ci = inst_.record();
-      if (!ci) return tl::unexpected(server(ci.error().message));
-      for (const auto& a : ci->attributes) {
-        if (name && a.name != *name) continue;
-        if (value && a.value.value_or("") != *value) continue;
-        all.push_back(state::response(a, inst_.arn()));
+      for (const control::member& m : fleet_.all()) {
+        for (const auto& a : m.record.attributes) {
+          if (name && a.name != *name) continue;
+          if (value && a.value.value_or("") != *value) continue;
+          all.push_back(state::response(a, m.record.container_instance_arn));
+        }
       }
     }
     BERTH_TRY(range, page(r.next_token, r.max_results, all.size(), 100));
@@ -530,7 +611,10 @@ class service_impl final : public service {
     }
     if (rest.starts_with("task/")) return std::pair{std::string("task"), rest.substr(5)};
     if (rest.starts_with("container-instance/")) {
-      return std::pair{std::string("instance"), rest.substr(19)};
+      // "<cluster>/<id>": the record, never the documents beside it.
+      std::string key = rest.substr(19);
+      if (std::count(key.begin(), key.end(), '/') != 1) return std::nullopt;
+      return std::pair{std::string("instance"), std::move(key)};
     }
     return std::nullopt;
   }
@@ -672,7 +756,6 @@ class service_impl final : public service {
     last = state;
     bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
                      .dump(-1, ' ', false, json::error_handler_t::replace));
-    inst_.count_running(static_cast<std::uint32_t>(count_tasks_locked().first));
     if (on_change_) on_change_(t);
   }
 
@@ -763,7 +846,9 @@ class service_impl final : public service {
   // holding_, published_, on_change_ and stopping_.
   state::task_table table_{*store_};
   // This instance; its lock is taken before mu_.
-  instance inst_{cfg_, *store_, ledger_, *docker_, table_};
+  instance inst_{cfg_, *store_, *docker_};
+  // Every instance of the cluster, mirrored into the ledger.
+  control::fleet fleet_{cfg_, *store_, ledger_, table_};
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
   std::map<std::string, state::task>& tasks_ = table_.rows();
@@ -775,7 +860,7 @@ class service_impl final : public service {
   std::map<std::string, std::string> published_;       // task ARN -> the state last announced
   std::function<void(const state::task&)> on_change_;  // under mu_
   control::task_actions task_actions_{
-      {cfg_, *store_, table_, inst_, ledger_, tds_, metrics_,
+      {cfg_, *store_, table_, inst_, fleet_, ledger_, tds_, metrics_,
        [this](const std::optional<std::string>& c) { return find_cluster(c); }}};
 };
 

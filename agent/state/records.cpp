@@ -3,6 +3,8 @@
 // path; what is left here is what the records require beyond ECS's optional members.
 #include "records.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <utility>
 
 namespace berth::state {
@@ -73,6 +75,20 @@ result<container_instance> read_instance(const json& j, const std::string& who) 
   ci.version_info = m->version_info.value_or(ecs::version_info{});
   ci.agent_connected = m->agent_connected.value_or(false);
   ci.registered_at = m->registered_at.value_or(0.0);
+  for (const auto& r : m->registered_resources.value_or(std::vector<ecs::resource>{})) {
+    const auto units = static_cast<std::uint32_t>(std::max(0, r.integer_value.value_or(0)));
+    if (r.name == "CPU") ci.registered_cpu = units;
+    if (r.name == "MEMORY") ci.registered_mib = units;
+    if (r.name != "PORTS") continue;
+    for (const auto& p : r.string_set_value.value_or(std::vector<std::string>{})) {
+      unsigned port = 0;
+      const auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+      if (ec != std::errc{} || end != p.data() + p.size() || port == 0 || port > 65535) {
+        return tl::unexpected(damaged(who, "registeredResources: '" + p + "' is not a port"));
+      }
+      ci.reserved_ports.push_back(static_cast<std::uint16_t>(port));
+    }
+  }
   // The model requires an attribute's name: what is left of one is its value.
   for (auto& a : m->attributes.value_or(std::vector<ecs::attribute>{})) {
     ci.attributes.push_back({std::move(a.name), std::move(a.value)});
@@ -130,6 +146,14 @@ ecs::container_instance model_of(const container_instance& ci) {
   m.version_info = ci.version_info;
   m.agent_connected = ci.agent_connected;
   m.registered_at = ci.registered_at;
+  std::vector<std::string> ports;
+  for (const std::uint16_t p : ci.reserved_ports) ports.push_back(std::to_string(p));
+  const auto integer = [](const char* name, std::uint32_t v) {
+    return ecs::resource{name, "INTEGER", 0.0, 0, static_cast<std::int32_t>(v), std::nullopt};
+  };
+  m.registered_resources = {integer("CPU", ci.registered_cpu),
+                            integer("MEMORY", ci.registered_mib),
+                            {"PORTS", "STRINGSET", 0.0, 0, 0, std::move(ports)}};
   m.attributes.emplace();
   for (const attribute& a : ci.attributes) m.attributes->push_back({a.name, a.value, {}, {}});
   m.tags = model_tags(ci.tags);

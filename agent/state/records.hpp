@@ -56,8 +56,10 @@ struct cluster {
   bool operator==(const cluster&) const = default;
 };
 
-// A container instance's record: kind "instance", key "<cluster>/<instance id>". Resources and
-// task counts are computed for each response (DescribeContainerInstances), never stored.
+// A container instance's record: kind "instance", key "<cluster>/<instance id>". Its registered
+// resources are stored; remaining resources and task counts are computed for each response
+// (DescribeContainerInstances). Beside it, under the same kind: "<cluster>/<id>/capacity" (what
+// is left, control/capacity.hpp) and "<cluster>/<id>/agent" (its agent's presence, leased).
 struct container_instance {
   std::string container_instance_arn;
   std::string ec2_instance_id;
@@ -66,6 +68,9 @@ struct container_instance {
   ecs::version_info version_info;  // the agent's and Docker's versions
   bool agent_connected = false;
   double registered_at = 0;  // epoch seconds, when first registered
+  // What the instance offers (ECS's registeredResources: CPU, MEMORY, PORTS reserved).
+  std::uint32_t registered_cpu = 0, registered_mib = 0;
+  std::vector<std::uint16_t> reserved_ports;
   std::vector<attribute> attributes;
   std::vector<tag> tags;
   bool operator==(const container_instance&) const = default;

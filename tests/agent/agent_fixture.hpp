@@ -142,18 +142,9 @@ class agent {
                                      "--instance-type=berth.test",
                                      "--attributes={\"stack\":\"test\"}"};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     const std::string log = (dir_ / "berthd.log").string();
-    fs::remove(log);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    const int rc = posix_spawn(&pid_, BERTHD, &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return false;
+    pid_ = dk::testing::spawn_logged(args, log);
+    if (pid_ <= 0) return false;
     // The TCP port it bound is in its log.
     const std::regex served("serving the ECS API on .* and (127\\.0\\.0\\.1:[0-9]+)");
     bool exited = false;

@@ -424,7 +424,7 @@ TEST_F(AgentTest, RunTaskClaimsCapacityInStateWithTheTaskRecord) {
     ASSERT_TRUE(st) << st.error().message;
     auto state = (*st)->state();
     const std::string id = ci.substr(ci.rfind('/') + 1);
-    auto cap = state->get("/berth/capacity/" + a().cluster() + "/" + id);
+    auto cap = state->get("/berth/instance/" + a().cluster() + "/" + id + "/capacity");
     auto rec = state->get("/berth/task/" + a().cluster() + "/" + task.substr(task.rfind('/') + 1));
     ASSERT_TRUE(cap && cap->kvs.size() == 1);
     ASSERT_TRUE(rec && rec->kvs.size() == 1);
@@ -438,7 +438,8 @@ TEST_F(AgentTest, RunTaskClaimsCapacityInStateWithTheTaskRecord) {
   a().stop(SIGTERM);
   auto st = berth::agent::open_sqlite_store((a().dir() / "state").string());
   ASSERT_TRUE(st) << st.error().message;
-  auto cap = (*st)->get("capacity", a().cluster() + "/" + ci.substr(ci.rfind('/') + 1));
+  auto cap =
+      (*st)->get("instance", a().cluster() + "/" + ci.substr(ci.rfind('/') + 1) + "/capacity");
   ASSERT_TRUE(cap && *cap);
   EXPECT_EQ(json::parse(**cap)["memory"], registered_mib);
 }

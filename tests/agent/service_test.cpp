@@ -69,17 +69,8 @@ class load_balancer {
   bool start() {
     std::vector<std::string> args = {"/usr/sbin/haproxy", "-db", "-f",
                                      (dir_ / "haproxy.cfg").string()};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    const std::string log = (dir_ / "haproxy.log").string();
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    const int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return false;
+    pid_ = dk::testing::spawn_logged(args, (dir_ / "haproxy.log").string());
+    if (pid_ <= 0) return false;
     return eventually([&] { return fs::exists(socket()); }, 10s);
   }
   void stop() {

@@ -33,8 +33,9 @@ rc::target to_target(const lb::haproxy::server& sv) {
 
 }  // namespace
 
-loop::loop(const config& c, records& recs, task_api& tasks, metrics& m)
-    : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m) {
+loop::loop(const config& c, records& recs, std::shared_ptr<state::store> st, task_api& tasks,
+           metrics& m)
+    : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m), lead_(c, std::move(st), m) {
   if (!c.haproxy_socket.empty()) lb_.emplace(c.haproxy_socket);
   metrics_.gauge("berth_services", "Services by status");
   metrics_.counter("berth_service_tasks_started_total", "Tasks services started");
@@ -60,6 +61,8 @@ void loop::shutdown() {
     stopping_ = true;
   }
   wake_cv_.notify_all();
+  // A campaign blocks on the store, not on wake_cv_.
+  lead_.interrupt();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -72,22 +75,51 @@ void loop::changed(const std::string& service_arn) {
 }
 
 void loop::run() {
+  lead_.recover();
+  bool was_leading = false;
   for (;;) {
+    // Not leading, this blocks in the campaign until the deadline (or a store error).
+    const auto deadline = leadership::clock::now() + lead_.interval();
+    const bool leading = lead_.lead(deadline);
+    if (was_leading && !leading) forget();
+    const bool new_leader = leading && !was_leading;
+    was_leading = leading;
     {
-      // Every second when all is steady; four times as often while something moves (a
-      // rollout, a scale, a drain), which is what a rollout's time is made of besides health
-      // checks; at once when woken (an API call, a service task's state change).
+      // Leading: every second when all is steady; four times as often while something moves
+      // (a rollout, a scale, a drain), which is what a rollout's time is made of besides health
+      // checks; at once when woken (an API call, a service task's state change) or just
+      // elected. Not leading: campaigning again at once when the last campaign ran out its
+      // time, else (the store failed) after a second.
+      const auto wait = new_leader                             ? 0ms
+                        : leading                              ? (busy_ ? 250ms : 1000ms)
+                        : leadership::clock::now() >= deadline ? 0ms
+                                                               : 1000ms;
       std::unique_lock lock(wake_mu_);
-      wake_cv_.wait_for(lock, busy_ ? 250ms : 1000ms, [&] { return stopping_ || woken_; });
-      if (stopping_) return;
+      wake_cv_.wait_for(lock, wait, [&] { return stopping_ || woken_; });
+      if (stopping_) break;
       woken_ = false;
     }
+    if (!leading) continue;
     try {
       pass_all();
     } catch (const std::exception& e) {
       spdlog::error("service scheduler: {}", e.what());
     }
   }
+  lead_.step_down();
+}
+
+void loop::forget() {
+  {
+    std::lock_guard lock(mu_);
+    draining_.clear();
+    said_.clear();
+    placement_failures_.clear();
+    left_.clear();
+  }
+  busy_ = false;
+  // The leader reports the services.
+  metrics_.clear("berth_services");
 }
 
 void loop::pass_all() {
@@ -97,6 +129,8 @@ void loop::pass_all() {
   bool busy = false;
   for (auto& s : *all) {
     if (s.status == "INACTIVE") continue;
+    // Leadership lost in this pass (checked before each plan is applied): no more plans.
+    if (!lead_.leading()) return;
     ++by_status[s.status];
     try {
       busy |= pass_one(std::move(s));
@@ -117,6 +151,9 @@ bool loop::pass_one(state::service s) {
   auto snap = gather(s);
   if (!snap) return true;  // tried again next pass
   const rc::plan p = rc::reconcile(*snap);
+  // The snapshot took a while (the task API, HAProxy): another agent may lead by now, and
+  // would start the same tasks.
+  if (!lead_.still_leading()) return false;
   const applied a = apply(s, *snap, p);
   remember(*snap, p, a);
   record(std::move(s), p, a);
@@ -160,6 +197,12 @@ std::optional<rc::snapshot> loop::gather(const state::service& s) {
   snap.next_deployment_id = deployment_id();
   {
     std::lock_guard lock(mu_);
+    // An API action on another agent wrote the record (this agent's own call changed() too):
+    // what RunTask refused before is tried again at once.
+    if (const auto it = left_.find(snap.service.arn);
+        it != left_.end() && it->second != s.berth.revision) {
+      placement_failures_.erase(snap.service.arn);
+    }
     for (const auto& [arn, d] : draining_) {
       if (d.service == snap.service.arn) snap.drains.push_back(d.d);
     }
@@ -253,10 +296,28 @@ void loop::record(state::service s, const rc::plan& p, const applied& a) {
   if (p.last_good) s.berth.last_good = *p.last_good;
   s.berth.steady = p.steady;
   if (p.deleted) s.status = "INACTIVE";
-  if (s == before) return;
+  // The revision this pass leaves; 0 (no record's) when an API action wrote in between, so that
+  // the next pass sees that one did.
+  const auto leave = [&](std::uint64_t revision) {
+    std::lock_guard lock(mu_);
+    if (p.deleted) {
+      left_.erase(s.service_arn);
+    } else {
+      left_[s.service_arn] = revision;
+    }
+  };
+  if (s == before) {
+    leave(s.berth.revision);
+    return;
+  }
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto w = recs_.commit(s);
-    if (!w || *w) return;  // written, or logged by commit
+    if (!w) return;  // logged by commit
+    if (*w) {
+      leave(attempt == 0 ? s.berth.revision : 0);
+      return;
+    }
+    leave(0);
     auto fresh = recs_.load(name_of(s.cluster_arn), s.service_name);
     if (!fresh) return;
     s = std::move(*fresh);

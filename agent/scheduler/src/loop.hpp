@@ -1,7 +1,10 @@
-// The loop that runs reconcile: for each service, a snapshot (the record, its tasks through
-// the task API, HAProxy's targets, and the loop's own memory: drains, said events, placement
-// failures), then reconcile, then the plan applied through the task API and HAProxy, then the
-// record written by compare-and-swap.
+// The loop that runs reconcile, while this agent leads its cluster (leadership.hpp): for each
+// service, read from the store whatever agent's API wrote it, a snapshot (the record, its tasks
+// through the task API, HAProxy's targets, and the loop's own memory: drains, said events,
+// placement failures), then reconcile, then the plan applied through the task API and HAProxy, then
+// the record written by compare-and-swap. Leadership is checked again right before each plan is
+// applied; the loop's memory is dropped when it ends, so that leading again resumes from the
+// records and the tasks as a restart does.
 //
 // Its mutex guards only that memory and is never held across I/O (the store, HAProxy, the task
 // API): an API call or a wake never waits for a pass's I/O.
@@ -9,7 +12,9 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -19,6 +24,8 @@
 
 #include "berth/lb.hpp"
 #include "berth/scheduler/reconcile.hpp"
+#include "berth/state.hpp"
+#include "leadership.hpp"
 #include "metrics.hpp"
 #include "records.hpp"
 
@@ -29,7 +36,9 @@ namespace rc = ::berth::scheduler;
 
 class loop {
  public:
-  loop(const config& c, records& recs, task_api& tasks, metrics& m);
+  // `st` is the cluster-state store under `recs`, where the leader is elected.
+  loop(const config& c, records& recs, std::shared_ptr<state::store> st, task_api& tasks,
+       metrics& m);
   ~loop() { shutdown(); }
 
   void start();
@@ -52,6 +61,9 @@ class loop {
   };
 
   void run();
+  // Leadership ended: what the loop remembered (drains, said events, placement failures) may
+  // be stale by the time it leads again; the records and the tasks say what it needs.
+  void forget();
   void pass_all();
   // One service's pass; true when it is in motion (the loop passes more often then).
   bool pass_one(state::service s);
@@ -75,6 +87,7 @@ class loop {
   task_api& tasks_;
   metrics& metrics_;
   std::optional<lb::haproxy> lb_;
+  leadership lead_;  // the loop's thread's own, but for interrupt()
   std::thread thread_;
 
   std::mutex wake_mu_;  // a leaf lock, held only to read or set the two flags below
@@ -87,6 +100,9 @@ class loop {
   // service ARN -> message -> when it was last said (throttled events)
   std::map<std::string, std::map<std::string, rc::seconds>> said_;
   std::map<std::string, rc::placement_failure> placement_failures_;  // service ARN ->
+  // service ARN -> the record's revision as the last pass left it. A pass that finds another
+  // one knows an API action wrote the record meanwhile, through whatever agent: as changed().
+  std::map<std::string, std::uint64_t> left_;
 
   // Touched by the loop's thread only: task definition -> its health-checked containers.
   std::map<std::string, std::set<std::string>> checked_;

@@ -15,7 +15,7 @@ class scheduler_impl final : public scheduler {
                  metrics& m)
       : store_(std::move(st)),
         records_(c, *store_, bus),
-        loop_(c, records_, tasks, m),
+        loop_(c, records_, store_->state(), tasks, m),
         actions_(sched::make_actions(
             records_, tasks, loop_.has_lb(),
             [this](const state::service& s) { loop_.changed(s.service_arn); })) {}

@@ -27,6 +27,9 @@ container_instance sample_instance() {
   ci.version_info = {"1.2.3", "berth", "DockerVersion: 24.0.5"};
   ci.agent_connected = true;
   ci.registered_at = 1764079666.125;
+  ci.registered_cpu = 2048;
+  ci.registered_mib = 3900;
+  ci.reserved_ports = {22, 2375};
   ci.attributes = {{"ecs.os-type", "linux"}, {"gpu", std::nullopt}};
   ci.tags = {{"team", "core"}};
   return ci;
@@ -107,10 +110,23 @@ TEST(RecordsTest, ContainerInstanceRoundTripsInEcsShape) {
                     "dockerVersion": "DockerVersion: 24.0.5"},
     "agentConnected": true,
     "registeredAt": 1764079666.125,
+    "registeredResources": [
+      {"name": "CPU", "type": "INTEGER", "integerValue": 2048, "doubleValue": 0.0, "longValue": 0},
+      {"name": "MEMORY", "type": "INTEGER", "integerValue": 3900, "doubleValue": 0.0,
+       "longValue": 0},
+      {"name": "PORTS", "type": "STRINGSET", "stringSetValue": ["22", "2375"], "integerValue": 0,
+       "doubleValue": 0.0, "longValue": 0}],
     "attributes": [{"name": "ecs.os-type", "value": "linux"}, {"name": "gpu"}],
     "tags": [{"key": "team", "value": "core"}]
   })"));
   EXPECT_EQ(from_json<container_instance>(j), ci);
+  // A port that is not one is damage, named.
+  json bad = j;
+  bad["registeredResources"][2]["stringSetValue"] = {"22", "http"};
+  auto damaged = from_json<container_instance>(bad);
+  ASSERT_FALSE(damaged.has_value());
+  EXPECT_NE(damaged.error().detail.find("'http' is not a port"), std::string::npos)
+      << damaged.error().detail;
   EXPECT_EQ(parse<container_instance>(j.dump(), "prod/abc"), ci);
   EXPECT_EQ(response(ci), j);
 }

@@ -3,8 +3,14 @@
 // holds one dynamic server per task, added with a health check, drained before the task stops,
 // and deleted once drained.
 //
-// Thread-safe: every call opens its own connection; the object holds only the socket's path.
-// Each call blocks for at most its timeout.
+// Where HAProxy listens is written as in haproxy.cfg's `stats socket` line: `ipv4@HOST:PORT`,
+// `ipv6@[HOST]:PORT` (numeric addresses: nothing is resolved, so nothing waits on DNS),
+// `unix@PATH`, or a bare path (a Unix socket, as before).
+//
+// Thread-safe: every call opens its own connection; the object holds only the address. Each
+// command waits at most `timeout` to connect over TCP (a Unix socket's connect has no deadline,
+// as before: the kernel answers it at once unless HAProxy's backlog is full) and at most
+// `timeout` for its answer.
 #pragma once
 
 #include <chrono>
@@ -22,9 +28,13 @@ using result = tl::expected<T, error>;
 
 class haproxy {
  public:
-  explicit haproxy(std::string socket_path,
-                   std::chrono::milliseconds timeout = std::chrono::seconds(2))
-      : socket_(std::move(socket_path)), timeout_(timeout) {}
+  // A malformed address is not refused here but by every call (check_address() says so first).
+  explicit haproxy(std::string address, std::chrono::milliseconds timeout = std::chrono::seconds(2))
+      : socket_(std::move(address)), timeout_(timeout) {}
+
+  // Whether `address` is one of the forms above; the error names it and says what is wrong.
+  // For configuration to refuse a bad address at startup.
+  static result<void> check_address(const std::string& address);
 
   struct server {
     std::string name;
@@ -50,6 +60,7 @@ class haproxy {
   // Out of service and gone; a server that is not there is fine.
   result<void> remove(const std::string& backend, const std::string& name) const;
 
+  // The address as given (e.g. "ipv4@127.0.0.1:9999", "/run/haproxy/admin.sock").
   const std::string& socket() const noexcept { return socket_; }
 
  private:

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "berth/docker.hpp"
 
@@ -25,6 +26,10 @@ result<void> write_busybox_rootfs(const std::string& tar_path);
 // Removes (forced, with their anonymous volumes) every container carrying all of `labels`:
 // how tests and benchmarks clean up what they started, pass or fail.
 void remove_labelled(engine& e, const std::map<std::string, std::string>& labels);
+
+// Starts `args` (args[0] a path) with stdout and stderr into `log` (truncated): its PID, or -1
+// when it could not be started. The caller stops it by that PID and reaps it.
+int spawn_logged(const std::vector<std::string>& args, const std::string& log);
 
 // Imports test_image into the engine's daemon unless it is there already.
 result<void> ensure_test_image(engine& e);

@@ -1,17 +1,25 @@
-// Small helpers the agent's parts share: the time, ids, names out of ARNs, and reading records
-// (JSON documents) that may lack a member.
+// Small helpers the agent's parts share: the time, ids, names out of ARNs, reading records
+// (JSON documents) that may lack a member, and small files written whole.
 #pragma once
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
+
+#include "berth/agent/common.hpp"
 
 namespace berth::agent {
 
@@ -95,6 +103,32 @@ inline std::vector<const json*> start_order(const json& containers) {
     }
   }
   return out;
+}
+
+// Writes `text` to `path` whole or not at all (mode 0600): a temporary file, fsynced, renamed
+// over it, and the directory fsynced so that the rename survives a crash too.
+inline result<void> write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  const auto failed = [](const std::string& what) {
+    return tl::unexpected(error{what + ": " + std::strerror(errno)});
+  };
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return failed("open " + tmp);
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  const bool synced = written && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    auto e = failed((written ? synced ? "rename " : "fsync " : "write ") + tmp);
+    ::unlink(tmp.c_str());
+    return e;
+  }
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  if (const int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      d >= 0) {
+    (void)::fsync(d);
+    ::close(d);
+  }
+  return {};
 }
 
 }  // namespace berth::agent

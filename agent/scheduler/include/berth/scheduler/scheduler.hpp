@@ -8,6 +8,12 @@
 // themselves (startedBy is the deployment's id, group "service:<name>"): after a restart it
 // resumes from there, starting nothing twice.
 //
+// Agents that share one store (etcd) each run a scheduler, but only one acts: the leader
+// elected per cluster (/berth/leader/<cluster>/scheduler, on a lease of the agent's
+// heartbeat TTL). The others serve the API actions all the same (every record is in the store)
+// and take over, resuming from the records and tasks as after a restart, when the leader shuts
+// down or its lease ends. The gauge berth_scheduler_leader says which agent leads.
+//
 // reconcile (berth/scheduler/reconcile.hpp) decides, a loop applies its plans, the actions write
 // the records (agent/scheduler/src).
 #pragma once
@@ -43,6 +49,7 @@ class scheduler {
   // Runs a reconcile pass soon (API calls and service tasks' state changes wake it; it also
   // runs every second). Never blocks on a pass: callable under the task engine's lock.
   virtual void wake() = 0;
+  // Stops the loop; a leader resigns and revokes its lease, so that another agent leads at once.
   virtual void shutdown() = 0;
 };
 

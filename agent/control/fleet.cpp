@@ -1,0 +1,427 @@
+// The cluster's container instances, mirrored into the ledger: see fleet.hpp.
+#include "fleet.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "berth/agent/util.hpp"
+
+namespace berth::agent::control {
+
+using namespace std::chrono_literals;
+
+// ---- capacity.hpp ----
+
+capacity capacity::parse(const std::string& text) {
+  const json d = json::parse(text, nullptr, false);
+  capacity c;
+  if (!d.is_object()) return c;
+  const auto number = [&](const char* name) {
+    const auto it = d.find(name);
+    return it != d.end() && it->is_number_integer() ? it->get<std::int64_t>() : 0;
+  };
+  c.cpu = number("cpu");
+  c.mib = number("memory");
+  c.dynamic = number("dynamicPorts");
+  if (const auto it = d.find("portsInUse"); it != d.end() && it->is_array()) {
+    for (const auto& p : *it) {
+      if (p.is_number_unsigned() && p.get<std::uint64_t>() <= 65535) {
+        c.ports.insert(p.get<std::uint16_t>());
+      }
+    }
+  }
+  return c;
+}
+
+std::string capacity::dump() const {
+  return json{{"cpu", cpu}, {"memory", mib}, {"dynamicPorts", dynamic}, {"portsInUse", ports}}
+      .dump();
+}
+
+void capacity::add(const state::task_need& need, int sign) {
+  cpu += sign * std::int64_t{need.cpu};
+  mib += sign * std::int64_t{need.mib};
+  dynamic += sign * std::int64_t{need.dynamic};
+  for (const std::uint16_t p : need.ports) {
+    if (sign > 0) {
+      ports.erase(p);
+    } else {
+      ports.insert(p);
+    }
+  }
+}
+
+result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
+                                         const std::string& instance_id,
+                                         const state::task_need& need, std::size_t count) {
+  const std::string key = record_key(cluster, instance_id);
+  auto doc = tx.get("instance", key);
+  if (!doc) return tl::unexpected(doc.error());
+  if (!*doc) return std::optional<std::string>("INACTIVE");
+  auto ci = state::parse<state::container_instance>(**doc, key);
+  if (!ci) return tl::unexpected(error{ci.error().detail});
+  if (ci->status != "ACTIVE") return std::optional<std::string>("INACTIVE");
+  auto cur = tx.get("instance", capacity_key(cluster, instance_id));
+  if (!cur) return tl::unexpected(cur.error());
+  if (!*cur) return std::optional<std::string>("INACTIVE");  // its agent has not started yet
+  capacity c = capacity::parse(**cur);
+  for (std::size_t i = 0; i < count; ++i) {
+    for (const std::uint16_t p : need.ports) {
+      if (c.ports.contains(p)) return std::optional<std::string>("RESOURCE:PORTS");
+    }
+    c.add(need, -1);
+  }
+  if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
+  if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");
+  if (c.dynamic < 0) return std::optional<std::string>("RESOURCE:PORTS");
+  if (auto w = tx.put("instance", capacity_key(cluster, instance_id), c.dump()); !w) {
+    return tl::unexpected(w.error());
+  }
+  return std::optional<std::string>();
+}
+
+// ---- the fleet ----
+
+fleet::fleet(const config& c, store& s, ipc::ledger& l, const state::task_table& tasks)
+    : cfg_(c),
+      store_(s),
+      state_(s.state()),
+      ledger_(l),
+      tasks_(tasks),
+      prefix_(document_key("instance", c.cluster + "/")) {}
+
+result<void> fleet::open() {
+  auto from = [&]() -> result<state::revision> {
+    std::lock_guard lock(mu_);
+    return relist();
+  }();
+  if (!from) return tl::unexpected(from.error());
+  // Rows an earlier run of this agent left for instances no longer in state.
+  std::set<std::string> known;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, m] : members_) known.insert(m.record.ec2_instance_id);
+  }
+  for (const ipc::snapshot_entry& e : ledger_.snapshot()) {
+    if (e.status == ipc::row_status::ok && !known.contains(std::string(e.view.published.id()))) {
+      (void)ledger_.release_slot(e.slot);
+    }
+  }
+  follower_ = std::thread([this, next = *from + 1] { follow(next); });
+  return {};
+}
+
+void fleet::close() {
+  {
+    std::lock_guard lock(follow_mu_);
+    closing_ = true;
+    if (watcher_) watcher_->cancel();
+  }
+  follow_cv_.notify_all();
+  if (follower_.joinable()) follower_.join();
+}
+
+result<state::revision> fleet::relist() {
+  auto listed = state_->range(state::key_range::with_prefix(prefix_));
+  if (!listed) return tl::unexpected(error{listed.error().detail});
+  std::set<std::string> seen;
+  for (const state::key_value& kv : listed->kvs) {
+    seen.insert(kv.key);
+    on_key(kv.key, kv);
+  }
+  // What is gone since: every document of the members, as deletions.
+  std::vector<std::string> gone;
+  for (const auto& [id, m] : members_) {
+    for (const std::string& k :
+         {prefix_ + id, prefix_ + id + "/capacity", prefix_ + id + "/agent"}) {
+      if (!seen.contains(k)) gone.push_back(k);
+    }
+  }
+  for (const std::string& k : gone) on_key(k, std::nullopt);
+  return listed->header_revision;
+}
+
+void fleet::on_key(const std::string& key, const std::optional<state::key_value>& kv) {
+  const std::string rest = key.substr(prefix_.size());
+  const auto slash = rest.find('/');
+  const std::string id = rest.substr(0, slash);
+  const std::string part = slash == std::string::npos ? "" : rest.substr(slash + 1);
+  auto it = members_.find(id);
+  if (part.empty()) {
+    if (!kv) {
+      if (it == members_.end()) return;
+      (void)ledger_.release_slot(it->second.slot);
+      ports_.erase(it->second.slot);
+      members_.erase(it);
+      return;
+    }
+    auto record = state::parse<state::container_instance>(kv->value, rest);
+    if (!record) {
+      spdlog::error("instance {}: record not read: {}", id, record.error().detail);
+      return;
+    }
+    if (it == members_.end()) {
+      auto slot = ledger_.claim_slot(record->ec2_instance_id);
+      if (!slot) {
+        spdlog::error("instance {}: no ledger slot: {}", id, ipc::describe(slot.error()));
+        return;
+      }
+      member m;
+      m.id = id;
+      m.slot = *slot;
+      m.disconnected_since = std::chrono::steady_clock::now();
+      it = members_.emplace(id, std::move(m)).first;
+    }
+    it->second.record = std::move(*record);
+  } else {
+    if (it == members_.end()) return;  // its record comes first; a relist brings the rest
+    if (part == "capacity") {
+      if (kv) {
+        it->second.free = capacity::parse(kv->value);
+      } else {
+        it->second.free.reset();
+      }
+    } else if (part == "agent") {
+      const bool was = it->second.connected;
+      it->second.connected = kv.has_value();
+      if (was && !kv) it->second.disconnected_since = std::chrono::steady_clock::now();
+    } else {
+      return;
+    }
+  }
+  publish(it->second);
+}
+
+void fleet::apply(const std::string& id, const state::container_instance& record) {
+  std::lock_guard lock(mu_);
+  const auto it = members_.find(id);
+  if (it == members_.end()) return;  // the watch brings it
+  it->second.record = record;
+  publish(it->second);
+}
+
+void fleet::saw_capacity(const std::string& id, const capacity& c) {
+  std::lock_guard lock(mu_);
+  const auto it = members_.find(id);
+  if (it == members_.end()) return;
+  it->second.free = c;
+  publish(it->second);
+}
+
+void fleet::publish(member& m) {
+  const state::container_instance& ci = m.record;
+  ipc::row row;
+  (void)row.set_id(ci.ec2_instance_id);
+  row.state = !m.connected || !m.free ? ipc::instance_state::inactive
+              : ci.status == "ACTIVE" ? ipc::instance_state::active
+                                      : ipc::instance_state::draining;
+  row.registered_at_ns = static_cast<std::uint64_t>(ci.registered_at * 1e9);
+  row.registered_cpu = ci.registered_cpu;
+  row.registered_mib = ci.registered_mib;
+  row.registered_dynamic_ports = dynamic_port_count;
+  const auto running = running_.find(ci.container_instance_arn);
+  row.running_tasks = running == running_.end() ? 0 : running->second;
+  for (const auto& a : ci.attributes) {
+    auto bit = ledger_.intern(a.value ? a.name + "=" + *a.value : a.name);
+    if (!bit) continue;  // the dictionary is full: the attribute cannot be placed on
+    row.set_attribute(*bit);
+    if (a.name == "ecs.availability-zone") row.availability_zone = *bit + 1;
+  }
+  if (auto r = ledger_.publish(m.slot, row); !r) {
+    spdlog::warn("ledger: instance {} not published: {}", m.id, ipc::describe(r.error()));
+    return;
+  }
+  const capacity c = m.free.value_or(capacity{});
+  const auto clamp = [](std::int64_t v, std::uint32_t most) {
+    return static_cast<std::uint32_t>(std::clamp<std::int64_t>(v, 0, most));
+  };
+  (void)ledger_.set_free(m.slot, {clamp(c.cpu, ci.registered_cpu), clamp(c.mib, ci.registered_mib),
+                                  0, clamp(c.dynamic, dynamic_port_count)});
+  // Static ports: what the document says is in use is held in the ledger, one port at a time.
+  std::set<std::uint16_t>& held = ports_[m.slot];
+  for (auto p = held.begin(); p != held.end();) {
+    if (c.ports.contains(*p)) {
+      ++p;
+      continue;
+    }
+    const std::uint16_t one[] = {*p};
+    (void)ledger_.release(m.slot, ipc::demand{{0, 0, 0, 0}, one});
+    p = held.erase(p);
+  }
+  for (const std::uint16_t p : c.ports) {
+    if (held.contains(p)) continue;
+    const std::uint16_t one[] = {p};
+    auto r = ledger_.reserve(m.slot, ipc::demand{{0, 0, 0, 0}, one});
+    // In use already: a placement's pre-check holds it, and the claim made it the document's.
+    if (r || r.error().code == ipc::errc::port_in_use) held.insert(p);
+  }
+  (void)ledger_.heartbeat(m.slot, now_ns());
+}
+
+void fleet::count(const state::task& t, bool erased) {
+  const std::string& arn = t.arn();
+  const bool running = !erased && t.ecs.last_status == "RUNNING";
+  const std::string on = t.ecs.container_instance_arn.value_or("");
+  std::lock_guard lock(mu_);
+  const auto it = running_on_.find(arn);
+  if (running == (it != running_on_.end())) return;
+  std::string instance = on;
+  if (running) {
+    running_on_[arn] = on;
+    ++running_[on];
+  } else {
+    instance = it->second;
+    if (--running_[instance] == 0) running_.erase(instance);
+    running_on_.erase(it);
+  }
+  for (auto& [id, m] : members_) {
+    if (m.record.container_instance_arn == instance) publish(m);
+  }
+}
+
+std::vector<member> fleet::all() const {
+  std::lock_guard lock(mu_);
+  std::vector<member> out;
+  out.reserve(members_.size());
+  for (const auto& [id, m] : members_) out.push_back(m);
+  std::sort(out.begin(), out.end(), [](const member& a, const member& b) {
+    return a.record.container_instance_arn < b.record.container_instance_arn;
+  });
+  return out;
+}
+
+std::optional<member> fleet::find(const std::string& ref) const {
+  std::lock_guard lock(mu_);
+  const std::string id = ref.substr(ref.rfind('/') + 1);
+  const auto it = members_.find(id);
+  if (it == members_.end()) return std::nullopt;
+  // An ARN must be this one's (its cluster and region); a bare id names it.
+  if (ref != id && ref != it->second.record.container_instance_arn) return std::nullopt;
+  return it->second;
+}
+
+std::optional<member> fleet::at_slot(std::uint32_t slot) const {
+  std::lock_guard lock(mu_);
+  for (const auto& [id, m] : members_) {
+    if (m.slot == slot) return m;
+  }
+  return std::nullopt;
+}
+
+std::vector<member> fleet::lost_for(std::chrono::steady_clock::duration d) const {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mu_);
+  std::vector<member> out;
+  for (const auto& [id, m] : members_) {
+    if (!m.connected && now - m.disconnected_since > d) out.push_back(m);
+  }
+  return out;
+}
+
+json fleet::describe(const member& m) const {
+  const state::container_instance& record = m.record;
+  json ci = state::response(record);
+  ci["agentConnected"] = m.connected;
+  const capacity c = m.free.value_or(capacity{});
+  json ports = json::array();
+  for (const auto p : record.reserved_ports) ports.push_back(std::to_string(p));
+  json used_ports = json::array();
+  for (const auto p : c.ports) used_ports.push_back(std::to_string(p));
+  const auto resource = [](const char* name, std::int64_t v) {
+    return json{{"name", name},
+                {"type", "INTEGER"},
+                {"integerValue", v},
+                {"doubleValue", 0.0},
+                {"longValue", 0}};
+  };
+  const auto port_resource = [](json list) {
+    return json{{"name", "PORTS"},   {"type", "STRINGSET"}, {"stringSetValue", std::move(list)},
+                {"integerValue", 0}, {"doubleValue", 0.0},  {"longValue", 0}};
+  };
+  ci["registeredResources"] = {resource("CPU", record.registered_cpu),
+                               resource("MEMORY", record.registered_mib), port_resource(ports)};
+  ci["remainingResources"] = {resource("CPU", std::max<std::int64_t>(c.cpu, 0)),
+                              resource("MEMORY", std::max<std::int64_t>(c.mib, 0)),
+                              port_resource(used_ports)};
+  std::int64_t running = 0, pending = 0;
+  for (const auto& t : tasks_.all()) {
+    if (t->ecs.container_instance_arn != record.container_instance_arn) continue;
+    const std::string& last = *t->ecs.last_status;
+    running += last == "RUNNING";
+    pending += last == "PENDING" || last == "PROVISIONING";
+  }
+  ci["runningTasksCount"] = running;
+  ci["pendingTasksCount"] = pending;
+  return ci;
+}
+
+void fleet::follow(state::revision next) {
+  // After a failure: a pause, cut short by close(). False once closing.
+  auto pause = [&] {
+    std::unique_lock lock(follow_mu_);
+    return !follow_cv_.wait_for(lock, 1s, [&] { return closing_; });
+  };
+  auto drop = [&] {
+    std::lock_guard lock(follow_mu_);
+    watcher_.reset();
+  };
+  auto heartbeat = [&] {
+    std::lock_guard lock(mu_);
+    const std::uint64_t now = now_ns();
+    for (const auto& [id, m] : members_) (void)ledger_.heartbeat(m.slot, now);
+  };
+  for (;;) {
+    state::watcher* w = nullptr;
+    {
+      std::lock_guard lock(follow_mu_);
+      if (closing_) return;
+      w = watcher_.get();
+    }
+    if (w == nullptr) {
+      auto made = state_->watch({state::key_range::with_prefix(prefix_), next});
+      if (!made) {
+        if (made.error().code == state::errc::compacted) {
+          std::lock_guard lock(mu_);
+          if (auto r = relist(); r) next = *r + 1;
+        } else {
+          spdlog::error("instances: watch failed: {}", made.error().detail);
+        }
+        if (!pause()) return;
+        continue;
+      }
+      std::lock_guard lock(follow_mu_);
+      if (closing_) return;
+      watcher_ = std::move(*made);
+      continue;
+    }
+    auto events = w->next(std::chrono::steady_clock::now() + 1s);
+    if (!events) {
+      const state::errc code = events.error().code;
+      drop();
+      if (code == state::errc::canceled) return;
+      if (code == state::errc::compacted) {
+        std::lock_guard lock(mu_);
+        if (auto r = relist(); r) next = *r + 1;
+      } else {
+        spdlog::error("instances: watch failed: {}", events.error().detail);
+        if (!pause()) return;
+      }
+      continue;
+    }
+    next = w->next_revision();
+    {
+      std::lock_guard lock(mu_);
+      for (const state::event& e : *events) {
+        if (e.type == state::event_type::put) {
+          on_key(e.kv.key, e.kv);
+        } else {
+          on_key(e.kv.key, std::nullopt);
+        }
+      }
+    }
+    heartbeat();
+  }
+}
+
+}  // namespace berth::agent::control

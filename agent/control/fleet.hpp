@@ -1,0 +1,111 @@
+// The cluster's container instances as this agent sees them: every instance's record, remaining
+// capacity and agent presence, read from cluster state and followed by one watch (kind
+// "instance", prefix "<cluster>/"), and mirrored into this agent's ledger, one row per instance,
+// so that placement reads every instance from shared memory whichever agent registered it.
+//
+// A row is active or draining as its record's status says, and inactive while its agent is
+// disconnected (its presence key, held by the agent's lease, is gone): nothing is placed there.
+// Free CPU, memory and dynamic ports are set from the capacity document, which claims change;
+// static ports in use follow it too. Rows are heartbeaten while the fleet follows the store.
+//
+// Thread safety: every member may be called from any thread. apply() and the follower change
+// the members under one lock (a leaf); readers get copies.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "berth/agent/common.hpp"
+#include "berth/ipc.hpp"
+#include "berth/state.hpp"
+#include "capacity.hpp"
+#include "records.hpp"
+#include "store.hpp"
+#include "task_table.hpp"
+
+namespace berth::agent::control {
+
+using nlohmann::json;
+
+// One container instance of the cluster.
+struct member {
+  std::string id;  // the instance id (32 hex digits), the last part of its ARN
+  state::container_instance record;
+  std::optional<capacity> free;  // nullopt until its agent wrote one
+  bool connected = false;        // its agent's presence key exists
+  // Since when it has been disconnected, by this agent's clock (the epoch when connected).
+  std::chrono::steady_clock::time_point disconnected_since{};
+  std::uint32_t slot = 0;  // its row in the ledger
+};
+
+class fleet {
+ public:
+  // All outlive the fleet. `tasks` counts each instance's running and pending tasks.
+  fleet(const config& c, store& s, ipc::ledger& l, const state::task_table& tasks);
+  ~fleet() { close(); }
+  fleet(const fleet&) = delete;
+  fleet& operator=(const fleet&) = delete;
+
+  // Reads every instance of the cluster, publishes their rows (releasing rows the ledger kept
+  // of instances no longer in state) and follows the store from then on. Once.
+  result<void> open();
+  // Stops following (idempotent; the destructor does it).
+  void close();
+
+  // A record just written by this agent, applied at once rather than when the watch brings it
+  // (the watch's copy is then a no-op): a DRAINING instance is not placed on one call later.
+  void apply(const std::string& id, const state::container_instance& record);
+  // The capacity a claim just read from state (newer than the watch has brought, or the same):
+  // the row shows it at once, so that a placement retried after a refused claim sees it.
+  void saw_capacity(const std::string& id, const capacity& c);
+  // A task record changed (the table's watchers call this): runningTasksCount of its instance.
+  void count(const state::task& t, bool erased);
+
+  std::vector<member> all() const;
+  // The member an ARN, or an instance id, names.
+  std::optional<member> find(const std::string& ref) const;
+  std::optional<member> at_slot(std::uint32_t slot) const;
+  // The instances disconnected for longer than `d`.
+  std::vector<member> lost_for(std::chrono::steady_clock::duration d) const;
+
+  // DescribeContainerInstances' view: the record's ECS members, registered and remaining
+  // resources, agentConnected, and its running and pending task counts.
+  json describe(const member& m) const;
+
+ private:
+  // An instance's documents changed: its member, then its row. Under mu_.
+  void on_key(const std::string& key, const std::optional<state::key_value>& kv);
+  void publish(member& m);
+  void follow(state::revision from);
+  result<state::revision> relist();
+
+  const config& cfg_;
+  store& store_;
+  std::shared_ptr<state::store> state_;
+  ipc::ledger& ledger_;
+  const state::task_table& tasks_;
+  std::string prefix_;  // the cluster's instance documents: /berth/instance/<cluster>/
+  mutable std::mutex mu_;
+  std::map<std::string, member> members_;  // by instance id
+  // The static ports this fleet holds in the ledger for each slot.
+  std::map<std::uint32_t, std::set<std::uint16_t>> ports_;
+  // Running tasks per instance ARN, and each task's contribution.
+  std::map<std::string, std::uint32_t> running_;
+  std::map<std::string, std::string> running_on_;  // task ARN -> instance ARN, while RUNNING
+  std::thread follower_;
+  std::mutex follow_mu_;
+  std::condition_variable follow_cv_;
+  std::unique_ptr<state::watcher> watcher_;
+  bool closing_ = false;
+};
+
+}  // namespace berth::agent::control

@@ -1,0 +1,296 @@
+// A cluster of three berthd on etcd when parts of it fail: an agent killed (its instance lost,
+// its service task replaced elsewhere), the scheduler's leader killed mid-rollout (another
+// finishes it, starting nothing twice), an agent hung past its lease and resumed (it kills what
+// the cluster replaced), and etcd stopped and started again (nothing lost, nothing doubled).
+// Each prints the figures it measured (failure detection, replacement, failover).
+#include <cstdio>
+
+#include "cluster_fixture.hpp"
+
+namespace berth_agent_testing {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+class ClusterFailureTest : public ClusterTest {
+ protected:
+  // CreateService through `g`: `count` tasks of `family`, spread over the zones, with
+  // `constraints` (ECS's placementConstraints).
+  void create_service(const agent& g, const std::string& name, const std::string& family, int count,
+                      const json& constraints = json::array()) const {
+    json body = cluster_body();
+    body["serviceName"] = name;
+    body["taskDefinition"] = family;
+    body["desiredCount"] = count;
+    body["placementStrategy"] = spread_by_zone();
+    if (!constraints.empty()) body["placementConstraints"] = constraints;
+    body["deploymentConfiguration"] = {{"minimumHealthyPercent", 100}, {"maximumPercent", 200}};
+    const json out = call(g, "CreateService", body);
+    ASSERT_TRUE(out.contains("service")) << out.dump(2);
+  }
+
+  json describe_service(const agent& g, const std::string& name) const {
+    json body = cluster_body();
+    body["services"] = {name};
+    const auto [status, out] = g.raw("DescribeServices", body.dump());
+    if (status != 200 || !out.is_object()) return json::object();
+    const json list = out.value("services", json::array());
+    return list.size() == 1 ? list[0] : json::object();
+  }
+
+  // The service's tasks, every status, as `g` describes them.
+  json service_tasks(const agent& g, const std::string& name) const {
+    std::vector<std::string> arns;
+    for (const char* desired : {"RUNNING", "STOPPED"}) {
+      json body = cluster_body();
+      body["serviceName"] = name;
+      body["desiredStatus"] = desired;
+      body["maxResults"] = 100;
+      const auto [status, out] = g.raw("ListTasks", body.dump());
+      if (status != 200 || !out.is_object()) continue;
+      for (const auto& a : out.value("taskArns", json::array())) arns.push_back(a);
+    }
+    return arns.empty() ? json::array() : describe_tasks(g, arns);
+  }
+
+  // The service's tasks RUNNING (as `g` sees them), counted by instance.
+  std::map<std::string, int> running_by_instance(const agent& g, const std::string& name) const {
+    std::map<std::string, int> out;
+    for (const auto& t : service_tasks(g, name)) {
+      if (t.value("lastStatus", "") == "RUNNING" && t.value("desiredStatus", "") == "RUNNING") {
+        ++out[t.value("containerInstanceArn", "")];
+      }
+    }
+    return out;
+  }
+
+  static int total(const std::map<std::string, int>& m) {
+    int n = 0;
+    for (const auto& [k, v] : m) n += v;
+    return n;
+  }
+
+  // The index of the agent whose scheduler leads (its gauge berth_scheduler_leader is 1); -1
+  // when none does, or more than one says so.
+  int leader() const {
+    int found = -1;
+    for (std::size_t i = 0; i < agents_.size(); ++i) {
+      if (!agents_[i] || !agents_[i]->running()) continue;
+      const std::string body = agents_[i]->get("/metrics").body;
+      if (body.find("\nberth_scheduler_leader 1") == std::string::npos) continue;
+      if (found >= 0) return -1;
+      found = static_cast<int>(i);
+    }
+    return found;
+  }
+
+  // The test's running Docker containers (each test runs one service), by the state directory
+  // of the agent that made them.
+  std::map<std::string, int> running_containers() const {
+    std::map<std::string, int> out;
+    auto e = dk::testing::daemon();
+    if (!e) return out;
+    dk::list_filter f;
+    f.labels = {{"com.berth.cluster", cluster_}};
+    auto found = (*e)->list_containers(f);
+    if (!found) return out;
+    for (const auto& c : *found) {
+      if (c.state != "running") continue;
+      const auto dir = c.labels.find("com.berth.state-dir");
+      ++out[dir == c.labels.end() ? "" : dir->second];
+    }
+    return out;
+  }
+};
+
+TEST_F(ClusterFailureTest, AServiceOnALostInstanceIsReplacedElsewhere) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "web"));
+  ASSERT_NO_FATAL_FAILURE(create_service(a(), "web", "web", 3));
+  std::map<std::string, int> seen;
+  ASSERT_TRUE(eventually(
+      [&] {
+        seen = running_by_instance(a(), "web");
+        return seen == std::map<std::string, int>{{arn_[0], 1}, {arn_[1], 1}, {arn_[2], 1}};
+      },
+      60s, 200ms))
+      << json(seen).dump() << "\n"
+      << a().log();
+
+  const auto killed = clock_type::now();
+  c().stop(SIGKILL);
+  ASSERT_TRUE(eventually(
+      [&] { return describe_instance(a(), arn_[2]).value("agentConnected", true) == false; },
+      heartbeat_ttl + 3s, 50ms));
+  const double disconnected = seconds_since(killed);
+  // Lost after --instance-lost-after (6 s): its task STOPPED, naming the host, and replaced.
+  json lost;
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (const auto& t : service_tasks(a(), "web")) {
+          if (t.value("containerInstanceArn", "") == arn_[2] &&
+              t.value("lastStatus", "") == "STOPPED") {
+            lost = t;
+          }
+        }
+        return !lost.is_null();
+      },
+      20s, 100ms))
+      << a().log();
+  const double stopped = seconds_since(killed);
+  EXPECT_NE(lost.value("stoppedReason", "").find("Host EC2 (instance"), std::string::npos)
+      << lost.dump(2);
+  ASSERT_TRUE(eventually(
+      [&] {
+        seen = running_by_instance(b(), "web");
+        return total(seen) == 3 && !seen.contains(arn_[2]);
+      },
+      60s, 100ms))
+      << json(seen).dump() << "\n"
+      << a().log();
+  const double replaced = seconds_since(killed);
+  std::printf(
+      "figures: kill -9 -> agentConnected false %.2f s (TTL 2 s); -> task STOPPED %.2f s "
+      "(lost after 6 s); -> 3 RUNNING elsewhere %.2f s (%.2f s after the stop)\n",
+      disconnected, stopped, replaced, replaced - stopped);
+  const json svc = describe_service(a(), "web");
+  EXPECT_EQ(svc.value("runningCount", -1), 3) << svc.dump(2);
+}
+
+TEST_F(ClusterFailureTest, AKilledLeaderLeavesItsRolloutToAnother) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  int lead = -1;
+  ASSERT_TRUE(eventually([&] { return (lead = leader()) >= 0; }, 20s, 100ms));
+  const auto l = static_cast<std::size_t>(lead);
+  const std::size_t other = (l + 1) % 3;
+  // The service stays off the leader's instance: killing the leader loses none of its tasks.
+  const json off_leader =
+      json::array({{{"type", "memberOf"},
+                    {"expression", std::string("attribute:agent != ") + agent_names[l]}}});
+  ASSERT_NO_FATAL_FAILURE(register_td(via(other), "roll"));
+  ASSERT_NO_FATAL_FAILURE(create_service(via(other), "roll", "roll", 2, off_leader));
+  ASSERT_TRUE(
+      eventually([&] { return total(running_by_instance(via(other), "roll")) == 2; }, 60s, 200ms))
+      << via(l).log();
+
+  // A second revision, and the leader killed as the rollout starts.
+  json c = container("roll", {"sleep", "301"});
+  const json td = {{"family", "roll"}, {"containerDefinitions", json::array({c})}};
+  const json v2 = call(via(other), "RegisterTaskDefinition", td);
+  const std::string v2_arn = field(v2, "taskDefinition").value("taskDefinitionArn", "");
+  ASSERT_FALSE(v2_arn.empty());
+  json update = cluster_body();
+  update["service"] = "roll";
+  update["taskDefinition"] = v2_arn;
+  ASSERT_TRUE(call(via(other), "UpdateService", update).contains("service"));
+  const auto killed = clock_type::now();
+  via(l).stop(SIGKILL);
+
+  int next = -1;
+  ASSERT_TRUE(eventually([&] { return (next = leader()) >= 0; }, heartbeat_ttl + 10s, 50ms));
+  const double failover = seconds_since(killed);
+  EXPECT_NE(next, lead);
+  // The new leader finishes the rollout: two tasks of v2 RUNNING, those of v1 STOPPED, and
+  // exactly two started of each revision (none twice).
+  json tasks;
+  const bool done = eventually(
+      [&] {
+        tasks = service_tasks(via(other), "roll");
+        int v2_running = 0, v1_live = 0;
+        for (const auto& t : tasks) {
+          const bool live = t.value("lastStatus", "") != "STOPPED";
+          if (t.value("taskDefinitionArn", "") == v2_arn) {
+            v2_running += t.value("lastStatus", "") == "RUNNING";
+          } else {
+            v1_live += live;
+          }
+        }
+        return v2_running == 2 && v1_live == 0;
+      },
+      90s, 200ms);
+  const double finished = seconds_since(killed);
+  ASSERT_TRUE(done) << tasks.dump(2) << "\n" << via(next < 0 ? other : next).log();
+  int of_v1 = 0, of_v2 = 0;
+  for (const auto& t : tasks) ++(t.value("taskDefinitionArn", "") == v2_arn ? of_v2 : of_v1);
+  EXPECT_EQ(of_v1, 2) << tasks.dump(2);
+  EXPECT_EQ(of_v2, 2) << "a task started twice: " << tasks.dump(2);
+  std::printf("figures: leader kill -9 -> next leader %.2f s (TTL 2 s); rollout finished %.2f s\n",
+              failover, finished);
+}
+
+TEST_F(ClusterFailureTest, AHungAgentThatComesBackKillsWhatTheClusterReplaced) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "hang"));
+  ASSERT_NO_FATAL_FAILURE(create_service(a(), "hang", "hang", 3));
+  ASSERT_TRUE(eventually([&] { return running_by_instance(a(), "hang").size() == 3; }, 60s, 200ms));
+  const std::string c_dir = state_dir(2);
+  ASSERT_EQ(running_containers()[c_dir], 1);
+
+  ::kill(c().pid(), SIGSTOP);
+  // Lost, its task replaced on a or b, while c's container still runs (c cannot stop it).
+  std::map<std::string, int> seen;
+  const bool replaced = eventually(
+      [&] {
+        seen = running_by_instance(a(), "hang");
+        return total(seen) == 3 && !seen.contains(arn_[2]);
+      },
+      60s, 200ms);
+  ::kill(c().pid(), SIGCONT);
+  ASSERT_TRUE(replaced) << json(seen).dump() << "\n" << a().log();
+
+  // Back, c kills the container of the task the cluster stopped: three run, none on c.
+  std::map<std::string, int> containers;
+  EXPECT_TRUE(eventually(
+      [&] {
+        containers = running_containers();
+        return total(containers) == 3 && !containers.contains(c_dir);
+      },
+      30s, 200ms))
+      << json(containers).dump() << "\n"
+      << c().log();
+  EXPECT_TRUE(eventually(
+      [&] { return describe_instance(a(), arn_[2]).value("agentConnected", false); }, 10s, 100ms))
+      << "c did not connect again: " << c().log();
+  EXPECT_EQ(total(running_by_instance(c(), "hang")), 3);
+}
+
+TEST_F(ClusterFailureTest, EtcdStoppedAndStartedLosesNoTaskAndStartsNoneTwice) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "keep"));
+  ASSERT_NO_FATAL_FAILURE(create_service(a(), "keep", "keep", 3));
+  ASSERT_TRUE(eventually([&] { return total(running_by_instance(a(), "keep")) == 3; }, 60s, 200ms));
+  const std::size_t before = service_tasks(a(), "keep").size();
+
+  etcd_->stop();
+  // Changes are refused with a 5xx naming etcd; the containers keep running.
+  const auto [status, out] = a().raw("RunTask", run_task_body("keep", 1).dump());
+  EXPECT_GE(status, 500) << out.dump();
+  EXPECT_NE(out.dump().find("etcd"), std::string::npos) << out.dump();
+  EXPECT_EQ(total(running_containers()), 3);
+
+  etcd_->start();
+  // Back: the same three tasks RUNNING, every agent connected, none started twice.
+  std::map<std::string, int> seen;
+  EXPECT_TRUE(eventually(
+      [&] {
+        seen = running_by_instance(b(), "keep");
+        return total(seen) == 3;
+      },
+      30s, 200ms))
+      << json(seen).dump();
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(eventually(
+        [&] { return describe_instance(a(), arn_[i]).value("agentConnected", false); }, 20s, 100ms))
+        << agent_names[i] << " not connected again:\n"
+        << via(i).log();
+  }
+  EXPECT_EQ(service_tasks(a(), "keep").size(), before) << service_tasks(a(), "keep").dump(2);
+  EXPECT_EQ(total(running_containers()), 3);
+}
+
+}  // namespace
+}  // namespace berth_agent_testing

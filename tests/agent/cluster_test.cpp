@@ -1,0 +1,269 @@
+// Three berthd of one cluster sharing its state in etcd: registration, placement across the
+// instances (spread, binpack, races for the last capacity), StartTask and StopTask through any
+// agent, and a killed agent seen disconnected. Failures of agents and of etcd are in
+// cluster_failure_test.cpp.
+#include <latch>
+
+#include "cluster_fixture.hpp"
+
+namespace berth_agent_testing {
+namespace {
+
+TEST_F(ClusterTest, EveryAgentSeesEveryInstanceAndTaskDefinition) {
+  const std::array<offer, 3> offers = {offer{1024, 512}, offer{2048, 768}, offer{3072, 1024}};
+  ASSERT_NO_FATAL_FAILURE(start_agents(offers));
+  std::vector<std::string> all(arn_.begin(), arn_.end());
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(std::set<std::string>(all.begin(), all.end()).size(), 3u) << "three distinct ARNs";
+
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(eventually([&] { return list_instances(via(i)) == all; }, 10s, 100ms))
+        << "ListContainerInstances through " << agent_names[i] << ": "
+        << json(list_instances(via(i))).dump();
+  }
+
+  const json described = describe_instances(a(), all);
+  ASSERT_EQ(described.size(), 3u) << described.dump(2);
+  for (const auto& ci : described) {
+    const int i = owner_of(ci.value("containerInstanceArn", ""));
+    ASSERT_GE(i, 0) << ci.dump(2);
+    const auto n = static_cast<std::size_t>(i);
+    SCOPED_TRACE(std::string("agent ") + agent_names[n]);
+    EXPECT_EQ(ci.value("agentConnected", false), true) << ci.dump(2);
+    EXPECT_EQ(ci.value("status", ""), "ACTIVE");
+    EXPECT_EQ(resource_of(ci, "registeredResources", "CPU"), offers[n].cpu);
+    EXPECT_EQ(resource_of(ci, "registeredResources", "MEMORY"), offers[n].mib);
+    EXPECT_EQ(attribute_of(ci, "ecs.availability-zone"), zones[n]);
+    EXPECT_EQ(attribute_of(ci, "agent"), agent_names[n]);
+  }
+
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "shared"));
+  const json mine = call(a(), "DescribeTaskDefinition", {{"taskDefinition", "shared"}});
+  const std::string td_arn = field(mine, "taskDefinition").value("taskDefinitionArn", "");
+  ASSERT_FALSE(td_arn.empty()) << mine.dump();
+  for (const agent* g : {&b(), &c()}) {
+    json seen;
+    EXPECT_TRUE(eventually(
+        [&] {
+          const auto [status, out] =
+              g->raw("DescribeTaskDefinition", json{{"taskDefinition", "shared"}}.dump());
+          seen = out;
+          const json td = field(out, "taskDefinition");
+          const json defs = field(td, "containerDefinitions");
+          return status == 200 && td.value("taskDefinitionArn", "") == td_arn && defs.is_array() &&
+                 defs.size() == 1 && defs[0].value("name", "") == "shared";
+        },
+        10s, 100ms))
+        << g->socket() << ": " << seen.dump(2);
+  }
+}
+
+TEST_F(ClusterTest, RunTaskSpreadsOverTheZonesOfEveryAgent) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{1024, 512}, offer{1024, 512}, offer{1024, 512}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "spread"));
+  const json run = call(a(), "RunTask", run_task_body("spread", 6, spread_by_zone()));
+  ASSERT_EQ(run.value("tasks", json::array()).size(), 6u) << run.dump(2);
+  EXPECT_TRUE(run.value("failures", json::array()).empty()) << run.dump(2);
+
+  std::map<std::string, int> per_instance;
+  std::vector<std::pair<std::string, int>> tasks;  // ARN, owner
+  for (const auto& t : run["tasks"]) {
+    const std::string on = t.value("containerInstanceArn", "");
+    ++per_instance[on];
+    tasks.emplace_back(t.value("taskArn", ""), owner_of(on));
+  }
+  EXPECT_EQ(per_instance, (std::map<std::string, int>{{arn_[0], 2}, {arn_[1], 2}, {arn_[2], 2}}));
+
+  for (std::size_t k = 0; k < tasks.size(); ++k) {
+    const auto& [arn, owner] = tasks[k];
+    ASSERT_GE(owner, 0) << arn << " is on no agent's instance";
+    // Through two agents, a different pair for each task: any agent describes any task.
+    EXPECT_TRUE(wait_status(via(k), arn, "RUNNING")) << describe_task(via(k), arn).dump(2);
+    EXPECT_TRUE(wait_status(via(k + 1), arn, "RUNNING", 10s));
+    EXPECT_EQ(describe_task(via(k + 1), arn).value("containerInstanceArn", ""), arn_[owner]);
+    expect_started_by(arn, static_cast<std::size_t>(owner));
+  }
+}
+
+TEST_F(ClusterTest, BinpackFillsTheFullestInstanceFirst) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{1024, 1024}, offer{2048, 1024}, offer{4096, 1024}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "pack", 512, 32));
+  const json binpack = json::array({{{"type", "binpack"}, {"field", "cpu"}}});
+  // One at a time: each placement sees the capacity the one before claimed. The third goes
+  // through b: b sees what a claimed.
+  const std::array<std::size_t, 3> expected = {0, 0, 1};
+  const std::array<agent*, 3> through = {&a(), &a(), &b()};
+  for (std::size_t k = 0; k < expected.size(); ++k) {
+    const json run = call(*through[k], "RunTask", run_task_body("pack", 1, binpack));
+    ASSERT_EQ(run.value("tasks", json::array()).size(), 1u) << "task " << k << ": " << run.dump(2);
+    EXPECT_EQ(run["tasks"][0].value("containerInstanceArn", ""), arn_[expected[k]])
+        << "task " << k << " should be on agent " << agent_names[expected[k]] << "'s instance";
+  }
+}
+
+TEST_F(ClusterTest, ConcurrentRunTasksNeverOverfillAnInstance) {
+  // Memory for exactly two 32 MiB tasks on each instance: six in all; nine asked for.
+  constexpr int fit_per_instance = 2, asked_per_agent = 3;
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{4096, 64}, offer{4096, 64}, offer{4096, 64}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "race", 64, 32));
+  // Each agent must know the task definition before the race starts.
+  for (std::size_t i = 1; i < 3; ++i) {
+    ASSERT_TRUE(eventually(
+        [&] {
+          return via(i)
+                     .raw("DescribeTaskDefinition", json{{"taskDefinition", "race"}}.dump())
+                     .first == 200;
+        },
+        10s, 100ms));
+  }
+
+  std::array<std::pair<int, json>, 3> got;
+  std::latch go(3);
+  std::vector<std::thread> threads;
+  const std::string body = run_task_body("race", asked_per_agent).dump();
+  for (std::size_t i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();  // all three send together
+      got[i] = via(i).raw("RunTask", body);
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  std::size_t placed = 0;
+  std::map<std::string, int> per_instance;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto& [status, out] = got[i];
+    SCOPED_TRACE(std::string("RunTask through ") + agent_names[i]);
+    ASSERT_EQ(status, 200) << out.dump(2);
+    ASSERT_TRUE(out.is_object()) << out.dump(2);
+    const json tasks = out.value("tasks", json::array());
+    const json failures = out.value("failures", json::array());
+    placed += tasks.size();
+    for (const auto& t : tasks) ++per_instance[t.value("containerInstanceArn", "")];
+    if (tasks.size() < static_cast<std::size_t>(asked_per_agent)) {
+      EXPECT_FALSE(failures.empty()) << "fewer tasks than asked, and no failure: " << out.dump(2);
+    }
+    for (const auto& f : failures) {
+      EXPECT_TRUE(f.value("reason", "").starts_with("RESOURCE")) << f.dump();
+    }
+  }
+  EXPECT_EQ(placed, 3u * fit_per_instance);
+  for (const auto& [arn, n] : per_instance) {
+    EXPECT_GE(owner_of(arn), 0) << arn;
+    EXPECT_LE(n, fit_per_instance) << arn << " was given more tasks than it has memory for";
+  }
+
+  // The cluster's own account, through each agent, agrees (once each has seen every commit).
+  for (std::size_t i = 0; i < 3; ++i) {
+    std::map<std::string, int> live;
+    const auto total = [&] {
+      int n = 0;
+      for (const auto& [arn, count] : live) n += count;
+      return n;
+    };
+    EXPECT_TRUE(eventually(
+        [&] {
+          live = live_tasks_per_instance(via(i));
+          return total() == 3 * fit_per_instance;
+        },
+        10s, 100ms))
+        << "through " << agent_names[i] << ": " << json(live).dump();
+    for (const auto& [arn, n] : live) {
+      EXPECT_GE(owner_of(arn), 0) << arn << " through " << agent_names[i];
+      EXPECT_LE(n, fit_per_instance) << arn << " through " << agent_names[i];
+    }
+  }
+}
+
+TEST_F(ClusterTest, StartTaskOnAPeersInstanceIsStartedByThatPeer) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "there"));
+  json body = cluster_body();
+  body["taskDefinition"] = "there";
+  body["containerInstances"] = json::array({arn_[1]});
+  const json started = call(a(), "StartTask", body);
+  ASSERT_EQ(started.value("tasks", json::array()).size(), 1u) << started.dump(2);
+  EXPECT_TRUE(started.value("failures", json::array()).empty()) << started.dump(2);
+  const std::string task = started["tasks"][0].value("taskArn", "");
+  EXPECT_EQ(started["tasks"][0].value("containerInstanceArn", ""), arn_[1]);
+
+  ASSERT_TRUE(wait_status(a(), task, "RUNNING")) << describe_task(a(), task).dump(2) << "\n"
+                                                 << b().log();
+  EXPECT_TRUE(wait_status(b(), task, "RUNNING", 10s));
+  EXPECT_EQ(describe_task(b(), task).value("containerInstanceArn", ""), arn_[1]);
+  expect_started_by(task, 1);
+}
+
+TEST_F(ClusterTest, StopTaskThroughAnyAgentStopsItWhereItRuns) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "stopme"));
+  json body = cluster_body();
+  body["taskDefinition"] = "stopme";
+  body["containerInstances"] = json::array({arn_[0]});
+  const json started = call(a(), "StartTask", body);
+  ASSERT_EQ(started.value("tasks", json::array()).size(), 1u) << started.dump(2);
+  const std::string task = started["tasks"][0].value("taskArn", "");
+  ASSERT_TRUE(wait_status(a(), task, "RUNNING")) << describe_task(a(), task).dump(2);
+  ASSERT_NO_FATAL_FAILURE(expect_started_by(task, 0));
+
+  json stop = cluster_body();
+  stop["task"] = task;
+  stop["reason"] = "stopped through c";
+  const json stopped = call(c(), "StopTask", stop);
+  EXPECT_EQ(field(stopped, "task").value("desiredStatus", ""), "STOPPED") << stopped.dump(2);
+
+  EXPECT_TRUE(wait_status(c(), task, "STOPPED")) << describe_task(c(), task).dump(2) << "\n"
+                                                 << a().log();
+  EXPECT_TRUE(wait_status(a(), task, "STOPPED", 10s));
+  json seen;
+  EXPECT_TRUE(eventually(
+      [&] {
+        seen = describe_task(b(), task);
+        return seen.value("lastStatus", "") == "STOPPED";
+      },
+      10s, 100ms));
+  EXPECT_EQ(seen.value("stoppedReason", ""), "stopped through c") << seen.dump(2);
+  // Its container no longer runs (removed, or exited and kept until the task's cleanup).
+  EXPECT_TRUE(eventually(
+      [&] {
+        const auto found = task_containers(task);
+        return std::none_of(found.begin(), found.end(),
+                            [](const auto& s) { return s.state == "running"; });
+      },
+      30s, 100ms))
+      << "a container of " << task << " still runs";
+}
+
+TEST_F(ClusterTest, AKilledAgentIsDisconnectedAndNotPlacedOn) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "after"));
+  ASSERT_EQ(describe_instance(a(), arn_[2]).value("agentConnected", false), true);
+
+  const auto killed_at = std::chrono::steady_clock::now();
+  c().stop(SIGKILL);  // by its PID, reaped
+  json seen;
+  const bool gone = eventually(
+      [&] {
+        seen = describe_instance(a(), arn_[2]);
+        return seen.value("agentConnected", true) == false;
+      },
+      heartbeat_ttl + 3s, 100ms);
+  EXPECT_TRUE(gone) << "c still connected "
+                    << std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::steady_clock::now() - killed_at)
+                           .count()
+                    << " ms after kill -9: " << seen.dump(2);
+  EXPECT_EQ(describe_instance(a(), arn_[0]).value("agentConnected", false), true);
+  EXPECT_EQ(describe_instance(b(), arn_[1]).value("agentConnected", false), true);
+
+  const json run = call(a(), "RunTask", run_task_body("after", 4, spread_by_zone()));
+  const json tasks = run.value("tasks", json::array());
+  EXPECT_EQ(tasks.size(), 4u) << run.dump(2);
+  std::map<std::string, int> per_instance;
+  for (const auto& t : tasks) ++per_instance[t.value("containerInstanceArn", "")];
+  EXPECT_EQ(per_instance.count(arn_[2]), 0u) << "placed on the killed agent's instance";
+  EXPECT_EQ(per_instance, (std::map<std::string, int>{{arn_[0], 2}, {arn_[1], 2}}));
+}
+
+}  // namespace
+}  // namespace berth_agent_testing
