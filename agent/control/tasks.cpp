@@ -360,8 +360,11 @@ struct task_actions::impl {
         for (const std::uint32_t slot : placed->slots) {
           auto m = fleet_.at_slot(slot);
           if (!m) {  // gone from state since the row was read
+            spdlog::warn("placement chose ledger slot {}, which no instance of the cluster has",
+                         slot);
             (void)ledger_.release(slot, dm);
             groups_.remove(group, slot, attributes_of(slot));
+            fail(cluster.cluster_arn, "MISSING");
             continue;
           }
           made.emplace_back(state::task{}, std::move(*m));
@@ -459,6 +462,8 @@ struct task_actions::impl {
         unplace("");
         return tl::unexpected(server("The task could not be stored: " + w.error().message));
       }
+      spdlog::info("claim on instance {} refused ({}): placed again", refused->id,
+                   refused->reason);
       refusals.emplace_back(per_instance[refused->id].second, refused->reason);
       unplace(refused->id);
       if (refused->seen) fleet_.saw_capacity(refused->id, *refused->seen);

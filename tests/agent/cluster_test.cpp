@@ -61,7 +61,12 @@ TEST_F(ClusterTest, EveryAgentSeesEveryInstanceAndTaskDefinition) {
 TEST_F(ClusterTest, RunTaskSpreadsOverTheZonesOfEveryAgent) {
   ASSERT_NO_FATAL_FAILURE(start_agents({offer{1024, 512}, offer{1024, 512}, offer{1024, 512}}));
   ASSERT_NO_FATAL_FAILURE(register_td(a(), "spread"));
-  const json run = call(a(), "RunTask", run_task_body("spread", 6, spread_by_zone()));
+  // Through the AWS CLI (SigV4 over a's TCP listener), as an ECS user would.
+  const auto cli =
+      a().aws({"run-task", "--cluster", cluster_, "--task-definition", "spread", "--count", "6",
+               "--placement-strategy", "type=spread,field=attribute:ecs.availability-zone"});
+  ASSERT_EQ(cli.status, 0) << cli.err;
+  const json run = cli.body;
   ASSERT_EQ(run.value("tasks", json::array()).size(), 6u) << run.dump(2);
   EXPECT_TRUE(run.value("failures", json::array()).empty()) << run.dump(2);
 
