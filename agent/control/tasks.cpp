@@ -462,8 +462,7 @@ struct task_actions::impl {
         unplace("");
         return tl::unexpected(server("The task could not be stored: " + w.error().message));
       }
-      spdlog::info("claim on instance {} refused ({}): placed again", refused->id,
-                   refused->reason);
+      spdlog::info("claim on instance {} refused ({}): placed again", refused->id, refused->reason);
       refusals.emplace_back(per_instance[refused->id].second, refused->reason);
       unplace(refused->id);
       if (refused->seen) fleet_.saw_capacity(refused->id, *refused->seen);

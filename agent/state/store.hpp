@@ -28,6 +28,15 @@ class store {
                                                  const std::string& key) = 0;
   virtual result<void> put(const std::string& kind, const std::string& key,
                            const std::string& value) = 0;
+  // Writes a new document: an error when one is stored under `key` already. In a transaction the
+  // commit checks that it is still absent, without reading it first (no round trip).
+  virtual result<void> create(const std::string& kind, const std::string& key,
+                              const std::string& value) {
+    auto cur = get(kind, key);
+    if (!cur) return tl::unexpected(cur.error());
+    if (*cur) return tl::unexpected(error{kind + " " + key + " exists already"});
+    return put(kind, key, value);
+  }
   virtual result<void> erase(const std::string& kind, const std::string& key) = 0;
   // Keys starting with `prefix`, in key order, with their values.
   virtual result<std::vector<std::pair<std::string, std::string>>> list(

@@ -60,6 +60,21 @@ class buffered final : public store {
     return {};
   }
 
+  result<void> create(const std::string& kind, const std::string& key,
+                      const std::string& value) override {
+    const std::string k = doc_key(kind, key);
+    const auto w = writes_.find(k);
+    const auto r = reads_.find(k);
+    if ((w != writes_.end() && w->second) ||
+        (w == writes_.end() && r != reads_.end() && r->second != 0)) {
+      return tl::unexpected(error{kind + " " + key + " exists already"});
+    }
+    // Absent at the commit: a missing key's mod_revision compares as 0.
+    if (r == reads_.end()) reads_.emplace(k, 0);
+    writes_[k] = value;
+    return {};
+  }
+
   result<void> erase(const std::string& kind, const std::string& key) override {
     writes_[doc_key(kind, key)] = std::nullopt;
     return {};
@@ -231,6 +246,10 @@ class shared_store final : public store {
   result<void> put(const std::string& kind, const std::string& key,
                    const std::string& value) override {
     return s_->put(kind, key, value);
+  }
+  result<void> create(const std::string& kind, const std::string& key,
+                      const std::string& value) override {
+    return s_->create(kind, key, value);
   }
   result<void> erase(const std::string& kind, const std::string& key) override {
     return s_->erase(kind, key);

@@ -264,12 +264,8 @@ agent::result<void> task_table::commit_all(
       if (auto a = also(st); !a) return a;
     }
     for (const task& t : tasks) {
-      const std::string k = task_key(t);
-      // Read, so that the commit checks it is still absent.
-      auto cur = st.get("task", k);
-      if (!cur) return tl::unexpected(cur.error());
-      if (*cur) return tl::unexpected(agent::error{"task " + k + " exists already"});
-      if (auto p = st.put("task", k, text_of(t)); !p) return p;
+      // The commit checks it is still absent.
+      if (auto p = st.create("task", task_key(t), text_of(t)); !p) return p;
     }
     return {};
   });
