@@ -1,7 +1,8 @@
 // A cluster of three berthd on etcd when parts of it fail: an agent killed (its instance lost,
 // its service task replaced elsewhere), the scheduler's leader killed mid-rollout (another
 // finishes it, starting nothing twice), an agent hung past its lease and resumed (it kills what
-// the cluster replaced), and etcd stopped and started again (nothing lost, nothing doubled).
+// the cluster replaced), etcd stopped and started again (nothing lost, nothing doubled), and one
+// member of three lost (nothing noticed).
 // Each prints the figures it measured (failure detection, replacement, failover).
 #include <cstdio>
 
@@ -290,6 +291,37 @@ TEST_F(ClusterFailureTest, EtcdStoppedAndStartedLosesNoTaskAndStartsNoneTwice) {
   }
   EXPECT_EQ(service_tasks(a(), "keep").size(), before) << service_tasks(a(), "keep").dump(2);
   EXPECT_EQ(total(running_containers()), 3);
+}
+
+TEST_F(ClusterFailureTest, OneOfThreeEtcdMembersKilledIsNotNoticed) {
+  // Three members instead of the fixture's one: every agent lists all of them.
+  etcd_.reset();
+  etcd_ = std::make_unique<berth::testing::etcd_server>(etcd_dir_, 3);
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "quorum"));
+  ASSERT_NO_FATAL_FAILURE(create_service(a(), "quorum", "quorum", 3));
+  ASSERT_TRUE(
+      eventually([&] { return total(running_by_instance(a(), "quorum")) == 3; }, 60s, 200ms));
+
+  // The member every agent talks to first, killed: the others keep the quorum.
+  etcd_->stop_member(0, SIGKILL);
+  for (std::size_t i = 0; i < 3; ++i) {
+    const json run = call(via(i), "RunTask", run_task_body("quorum", 1));
+    EXPECT_EQ(run.value("tasks", json::array()).size(), 1u)
+        << "through " << agent_names[i] << ": " << run.dump(2);
+  }
+  // Every instance stays connected past a heartbeat TTL, and the service keeps its three.
+  const auto until = std::chrono::steady_clock::now() + 2 * heartbeat_ttl;
+  while (std::chrono::steady_clock::now() < until) {
+    for (std::size_t i = 0; i < 3; ++i) {
+      ASSERT_TRUE(describe_instance(b(), arn_[i]).value("agentConnected", false))
+          << agent_names[i] << " seen disconnected after one etcd member of three was lost";
+    }
+    ASSERT_EQ(total(running_by_instance(c(), "quorum")), 3);
+  }
+  // The three RunTasks' tasks and the service's run: six containers.
+  EXPECT_TRUE(eventually([&] { return total(running_containers()) == 6; }, 30s, 200ms))
+      << json(running_containers()).dump();
 }
 
 }  // namespace

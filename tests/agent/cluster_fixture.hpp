@@ -95,7 +95,7 @@ class ClusterTest : public ::testing::Test {
 
   std::vector<std::string> flags(std::size_t i, const offer& o) const {
     return {"--ledger-name=" + ledger_name(agent_names[i]),
-            "--etcd-endpoints=" + etcd_->endpoint(),
+            "--etcd-endpoints=" + etcd_->endpoints(),
             "--etcd-prefix=/" + cluster_,
             "--cpu-units=" + std::to_string(o.cpu),
             "--memory-mib=" + std::to_string(o.mib),

@@ -42,79 +42,89 @@ inline int free_port() {
 
 class etcd_server {
  public:
-  // Starts etcd with its data in `dir` (created); the same dir again is the same data.
-  explicit etcd_server(const std::filesystem::path& dir) : dir_(dir) {
+  // Starts etcd with its data in `dir` (created); the same dir again is the same data. With
+  // `members` > 1, a cluster of that many members on loopback ports (etcd's own failure).
+  explicit etcd_server(const std::filesystem::path& dir, std::size_t members = 1) : dir_(dir) {
     std::filesystem::create_directories(dir);
-    client_ = free_port();
-    peer_ = free_port();
-    endpoint_ = "http://127.0.0.1:" + std::to_string(client_);
+    for (std::size_t i = 0; i < members; ++i) {
+      member m;
+      m.name = members == 1 ? "berth-test" : "berth-test-" + std::to_string(i);
+      m.client = free_port();
+      m.peer = free_port();
+      m.data = members == 1 ? dir / "data" : dir / m.name;
+      members_.push_back(std::move(m));
+    }
+    endpoint_ = url(members_.front().client);
     start();
   }
   ~etcd_server() { stop(); }
 
-  // Stops etcd (SIGTERM, then waits for it); start() brings it back on the same ports and data.
+  // Stops every member (SIGTERM, then waits for it); start() brings them back on the same ports
+  // and data.
   void stop() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
+    for (std::size_t i = 0; i < members_.size(); ++i) stop_member(i, SIGTERM);
+  }
+  // Stops member i with `sig` (SIGKILL: a member lost), reaped.
+  void stop_member(std::size_t i, int sig) {
+    member& m = members_.at(i);
+    if (m.pid > 0) {
+      ::kill(m.pid, sig);
       int status = 0;
-      ::waitpid(pid_, &status, 0);
-      pid_ = -1;
+      ::waitpid(m.pid, &status, 0);
+      m.pid = -1;
     }
   }
   void start() {
-    const std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_);
-    const std::string data = (dir_ / "data").string(), log = (dir_ / "etcd.log").string();
-    std::vector<std::string> args = {"/usr/bin/etcd",
-                                     "--name=berth-test",
-                                     "--data-dir=" + data,
-                                     "--listen-client-urls=" + endpoint_,
-                                     "--advertise-client-urls=" + endpoint_,
-                                     "--listen-peer-urls=" + peer_url,
-                                     "--initial-advertise-peer-urls=" + peer_url,
-                                     "--initial-cluster=berth-test=" + peer_url,
-                                     "--logger=zap",
-                                     "--log-level=error"};
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      std::FILE* out = std::fopen(log.c_str(), "a");
-      if (out != nullptr) {
-        ::dup2(::fileno(out), 1);
-        ::dup2(::fileno(out), 2);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
+    std::string cluster;
+    for (const member& m : members_) {
+      // Appended, not concatenated from a literal: GCC 12's -Wrestrict misfires on the latter.
+      if (!cluster.empty()) cluster += ',';
+      cluster += m.name;
+      cluster += '=';
+      cluster += url(m.peer);
     }
-    // Until it answers, or exits (reaped at once, not waited for).
+    for (member& m : members_) launch(m, cluster);
+    // Until it answers (a linearizable read needs the quorum), or a member exits.
     bool exited = false;
     const bool done = docker::testing::eventually(
         [&] {
-          int status = 0;
-          if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-            exited = true;
-            pid_ = -1;
-            return true;
+          for (member& m : members_) {
+            int status = 0;
+            if (m.pid > 0 && ::waitpid(m.pid, &status, WNOHANG) == m.pid) {
+              exited = true;
+              m.pid = -1;
+              return true;
+            }
           }
-          return state::make_etcd_store(options()).has_value();
+          auto st = state::make_etcd_store(options());
+          return st && (*st)->current_revision().has_value();
         },
-        std::chrono::seconds(20));
+        std::chrono::seconds(30));
+    const std::string log = (dir_ / "etcd.log").string();
     if (exited) ADD_FAILURE() << "etcd exited at start; see " << log;
     if (!done)
-      ADD_FAILURE() << "etcd did not answer at " << endpoint_ << " within 20 s; see " << log;
+      ADD_FAILURE() << "etcd did not answer at " << endpoints() << " within 30 s; see " << log;
   }
   etcd_server(const etcd_server&) = delete;
   etcd_server& operator=(const etcd_server&) = delete;
 
+  // The first member's client URL, and every member's, comma-separated (--etcd-endpoints).
   const std::string& endpoint() const { return endpoint_; }
+  std::string endpoints() const {
+    std::string out;
+    for (const member& m : members_) {
+      if (!out.empty()) out += ',';
+      out += url(m.client);
+    }
+    return out;
+  }
   state::etcd_options options() const {
     state::etcd_options o;
-    o.endpoints = {endpoint_};
+    for (const member& m : members_) o.endpoints.push_back(url(m.client));
     return o;
   }
 
-  // The ids of etcd's live leases (POST /v3/lease/leases).
+  // The ids of etcd's live leases (POST /v3/lease/leases to the first member).
   std::vector<state::lease_id> leases() const {
     std::vector<state::lease_id> out;
     CURL* h = curl_easy_init();
@@ -139,9 +149,43 @@ class etcd_server {
   }
 
  private:
+  struct member {
+    std::string name;
+    int client = 0, peer = 0;
+    std::filesystem::path data;
+    pid_t pid = -1;
+  };
+  static std::string url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+  void launch(member& m, const std::string& cluster) {
+    const std::string log = (dir_ / "etcd.log").string();
+    std::vector<std::string> args = {"/usr/bin/etcd",
+                                     "--name=" + m.name,
+                                     "--data-dir=" + m.data.string(),
+                                     "--listen-client-urls=" + url(m.client),
+                                     "--advertise-client-urls=" + url(m.client),
+                                     "--listen-peer-urls=" + url(m.peer),
+                                     "--initial-advertise-peer-urls=" + url(m.peer),
+                                     "--initial-cluster=" + cluster,
+                                     "--initial-cluster-token=" + dir_.filename().string(),
+                                     "--logger=zap",
+                                     "--log-level=error"};
+    m.pid = ::fork();
+    if (m.pid == 0) {
+      std::FILE* out = std::fopen(log.c_str(), "a");
+      if (out != nullptr) {
+        ::dup2(::fileno(out), 1);
+        ::dup2(::fileno(out), 2);
+      }
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+
   std::filesystem::path dir_;
-  int client_ = 0, peer_ = 0;
-  pid_t pid_ = -1;
+  std::vector<member> members_;
   std::string endpoint_;
 };
 
