@@ -19,62 +19,6 @@ double seconds_since(clock_type::time_point t) {
 
 class ClusterFailureTest : public ClusterTest {
  protected:
-  // CreateService through `g`: `count` tasks of `family`, spread over the zones, with
-  // `constraints` (ECS's placementConstraints).
-  void create_service(const agent& g, const std::string& name, const std::string& family, int count,
-                      const json& constraints = json::array()) const {
-    json body = cluster_body();
-    body["serviceName"] = name;
-    body["taskDefinition"] = family;
-    body["desiredCount"] = count;
-    body["placementStrategy"] = spread_by_zone();
-    if (!constraints.empty()) body["placementConstraints"] = constraints;
-    body["deploymentConfiguration"] = {{"minimumHealthyPercent", 100}, {"maximumPercent", 200}};
-    const json out = call(g, "CreateService", body);
-    ASSERT_TRUE(out.contains("service")) << out.dump(2);
-  }
-
-  json describe_service(const agent& g, const std::string& name) const {
-    json body = cluster_body();
-    body["services"] = {name};
-    const auto [status, out] = g.raw("DescribeServices", body.dump());
-    if (status != 200 || !out.is_object()) return json::object();
-    const json list = out.value("services", json::array());
-    return list.size() == 1 ? list[0] : json::object();
-  }
-
-  // The service's tasks, every status, as `g` describes them.
-  json service_tasks(const agent& g, const std::string& name) const {
-    std::vector<std::string> arns;
-    for (const char* desired : {"RUNNING", "STOPPED"}) {
-      json body = cluster_body();
-      body["serviceName"] = name;
-      body["desiredStatus"] = desired;
-      body["maxResults"] = 100;
-      const auto [status, out] = g.raw("ListTasks", body.dump());
-      if (status != 200 || !out.is_object()) continue;
-      for (const auto& a : out.value("taskArns", json::array())) arns.push_back(a);
-    }
-    return arns.empty() ? json::array() : describe_tasks(g, arns);
-  }
-
-  // The service's tasks RUNNING (as `g` sees them), counted by instance.
-  std::map<std::string, int> running_by_instance(const agent& g, const std::string& name) const {
-    std::map<std::string, int> out;
-    for (const auto& t : service_tasks(g, name)) {
-      if (t.value("lastStatus", "") == "RUNNING" && t.value("desiredStatus", "") == "RUNNING") {
-        ++out[t.value("containerInstanceArn", "")];
-      }
-    }
-    return out;
-  }
-
-  static int total(const std::map<std::string, int>& m) {
-    int n = 0;
-    for (const auto& [k, v] : m) n += v;
-    return n;
-  }
-
   // The index of the agent whose scheduler leads (its gauge berth_scheduler_leader is 1); -1
   // when none does, or more than one says so.
   int leader() const {
@@ -112,15 +56,8 @@ TEST_F(ClusterFailureTest, AServiceOnALostInstanceIsReplacedElsewhere) {
   ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
   ASSERT_NO_FATAL_FAILURE(register_td(a(), "web"));
   ASSERT_NO_FATAL_FAILURE(create_service(a(), "web", "web", 3));
+  ASSERT_NO_FATAL_FAILURE(wait_one_per_instance("web"));
   std::map<std::string, int> seen;
-  ASSERT_TRUE(eventually(
-      [&] {
-        seen = running_by_instance(a(), "web");
-        return seen == std::map<std::string, int>{{arn_[0], 1}, {arn_[1], 1}, {arn_[2], 1}};
-      },
-      60s, 200ms))
-      << json(seen).dump() << "\n"
-      << a().log();
 
   const auto killed = clock_type::now();
   c().stop(SIGKILL);

@@ -64,6 +64,10 @@ inline std::int64_t resource_of(const json& ci, const std::string& list, const s
   return -1;
 }
 
+inline json spread_by_zone() {
+  return json::array({{{"type", "spread"}, {"field", "attribute:ecs.availability-zone"}}});
+}
+
 class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { need_docker(); }
@@ -248,15 +252,81 @@ class ClusterTest : public ::testing::Test {
     EXPECT_EQ(labels.count("com.berth.cluster") ? labels.at("com.berth.cluster") : "", cluster_);
   }
 
+  // CreateService through `g`: `count` tasks of `family`, spread over the zones, with
+  // `constraints` (ECS's placementConstraints).
+  void create_service(const agent& g, const std::string& name, const std::string& family, int count,
+                      const json& constraints = json::array()) const {
+    json body = cluster_body();
+    body["serviceName"] = name;
+    body["taskDefinition"] = family;
+    body["desiredCount"] = count;
+    body["placementStrategy"] = spread_by_zone();
+    if (!constraints.empty()) body["placementConstraints"] = constraints;
+    body["deploymentConfiguration"] = {{"minimumHealthyPercent", 100}, {"maximumPercent", 200}};
+    const json out = call(g, "CreateService", body);
+    ASSERT_TRUE(out.contains("service")) << out.dump(2);
+  }
+
+  json describe_service(const agent& g, const std::string& name) const {
+    json body = cluster_body();
+    body["services"] = {name};
+    const auto [status, out] = g.raw("DescribeServices", body.dump());
+    if (status != 200 || !out.is_object()) return json::object();
+    const json list = out.value("services", json::array());
+    return list.size() == 1 ? list[0] : json::object();
+  }
+
+  // The service's tasks, every status, as `g` describes them.
+  json service_tasks(const agent& g, const std::string& name) const {
+    std::vector<std::string> arns;
+    for (const char* desired : {"RUNNING", "STOPPED"}) {
+      json body = cluster_body();
+      body["serviceName"] = name;
+      body["desiredStatus"] = desired;
+      body["maxResults"] = 100;
+      const auto [status, out] = g.raw("ListTasks", body.dump());
+      if (status != 200 || !out.is_object()) continue;
+      for (const auto& a : out.value("taskArns", json::array())) arns.push_back(a);
+    }
+    return arns.empty() ? json::array() : describe_tasks(g, arns);
+  }
+
+  // The service's tasks RUNNING (as `g` sees them), counted by instance.
+  std::map<std::string, int> running_by_instance(const agent& g, const std::string& name) const {
+    std::map<std::string, int> out;
+    for (const auto& t : service_tasks(g, name)) {
+      if (t.value("lastStatus", "") == "RUNNING" && t.value("desiredStatus", "") == "RUNNING") {
+        ++out[t.value("containerInstanceArn", "")];
+      }
+    }
+    return out;
+  }
+
+  // Waits until the service `name` runs one task on each agent's instance, as a sees it. Call
+  // under ASSERT_NO_FATAL_FAILURE.
+  void wait_one_per_instance(const std::string& name) {
+    std::map<std::string, int> seen;
+    ASSERT_TRUE(eventually(
+        [&] {
+          seen = running_by_instance(a(), name);
+          return seen == std::map<std::string, int>{{arn_[0], 1}, {arn_[1], 1}, {arn_[2], 1}};
+        },
+        60s, 200ms))
+        << json(seen).dump() << "\n"
+        << a().log();
+  }
+
+  static int total(const std::map<std::string, int>& m) {
+    int n = 0;
+    for (const auto& [k, v] : m) n += v;
+    return n;
+  }
+
   std::string cluster_;
   fs::path etcd_dir_;
   std::unique_ptr<berth::testing::etcd_server> etcd_;
   std::array<std::unique_ptr<agent>, 3> agents_;
   std::array<std::string, 3> arn_;  // agent i's container instance
 };
-
-inline json spread_by_zone() {
-  return json::array({{{"type", "spread"}, {"field", "attribute:ecs.availability-zone"}}});
-}
 
 }  // namespace berth_agent_testing

@@ -161,15 +161,10 @@ TEST_F(ClusterTest, ConcurrentRunTasksNeverOverfillAnInstance) {
   // The cluster's own account, through each agent, agrees (once each has seen every commit).
   for (std::size_t i = 0; i < 3; ++i) {
     std::map<std::string, int> live;
-    const auto total = [&] {
-      int n = 0;
-      for (const auto& [arn, count] : live) n += count;
-      return n;
-    };
     EXPECT_TRUE(eventually(
         [&] {
           live = live_tasks_per_instance(via(i));
-          return total() == 3 * fit_per_instance;
+          return total(live) == 3 * fit_per_instance;
         },
         10s, 100ms))
         << "through " << agent_names[i] << ": " << json(live).dump();

@@ -166,6 +166,9 @@ std::optional<rc::snapshot> loop::gather(const state::service& s) {
   snap.deployments = to_deployments(s);
   auto live = tasks_of(s, false);
   if (!live) return std::nullopt;
+  auto draining = draining_instances(s);
+  if (!draining) return std::nullopt;
+  snap.draining_instances = std::move(*draining);
   for (const auto& t : *live) {
     snap.tasks.push_back(to_task(t, checked_containers(t.task_definition_arn.value_or(""))));
   }
@@ -242,6 +245,23 @@ std::optional<std::vector<ecs::task>> loop::tasks_of(const state::service& s, bo
     if (!d) return std::nullopt;
     if (d->tasks) std::move(d->tasks->begin(), d->tasks->end(), std::back_inserter(out));
   }
+  return out;
+}
+
+// The service's cluster's DRAINING container instances. Nothing when the lookup failed: an
+// instance missing from the list would look ACTIVE, and its tasks would stay.
+std::optional<std::set<std::string>> loop::draining_instances(const state::service& s) {
+  ecs::list_container_instances_request list;
+  list.cluster = name_of(s.cluster_arn);
+  list.status = "DRAINING";
+  list.max_results = 100;
+  std::set<std::string> out;
+  do {
+    auto l = ask<ecs::list_container_instances_response>(tasks_, "ListContainerInstances", list);
+    if (!l) return std::nullopt;
+    out.insert(items(l->container_instance_arns).begin(), items(l->container_instance_arns).end());
+    list.next_token = std::move(l->next_token);
+  } while (list.next_token);
   return out;
 }
 

@@ -1,10 +1,10 @@
 // The loop that runs reconcile, while this agent leads its cluster (leadership.hpp): for each
 // service, read from the store whatever agent's API wrote it, a snapshot (the record, its tasks
-// through the task API, HAProxy's targets, and the loop's own memory: drains, said events,
-// placement failures), then reconcile, then the plan applied through the task API and HAProxy, then
-// the record written by compare-and-swap. Leadership is checked again right before each plan is
-// applied; the loop's memory is dropped when it ends, so that leading again resumes from the
-// records and the tasks as a restart does.
+// and the cluster's DRAINING instances through the task API, HAProxy's targets, and the loop's own
+// memory: drains, said events, placement failures), then reconcile, then the plan applied through
+// the task API and HAProxy, then the record written by compare-and-swap. Leadership is checked
+// again right before each plan is applied; the loop's memory is dropped when it ends, so that
+// leading again resumes from the records and the tasks as a restart does.
 //
 // Its mutex guards only that memory and is never held across I/O (the store, HAProxy, the task
 // API): an API call or a wake never waits for a pass's I/O.
@@ -69,6 +69,7 @@ class loop {
   bool pass_one(state::service s);
   std::optional<rc::snapshot> gather(const state::service& s);
   std::optional<std::vector<ecs::task>> tasks_of(const state::service& s, bool stopped);
+  std::optional<std::set<std::string>> draining_instances(const state::service& s);
   const std::set<std::string>& checked_containers(const std::string& task_definition);
   applied apply(const state::service& s, const rc::snapshot& snap, const rc::plan& p);
   void apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out);

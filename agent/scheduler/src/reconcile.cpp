@@ -1,11 +1,13 @@
 // One pass over one service, in the order the decisions depend on each other: drains that are
 // over, registration (which tells who is UP), health, the circuit breaker, then the primary's
-// starts and stops within maximumPercent, then the old deployments' stops within
-// minimumHealthyPercent, and last the record (counts, rollout, steady state).
+// starts and stops within maximumPercent, then the stops of old deployments' tasks and of tasks on
+// DRAINING instances within minimumHealthyPercent, and last the record (counts, rollout, steady
+// state).
 #include "berth/scheduler/reconcile.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <set>
 
 namespace berth::scheduler {
@@ -20,6 +22,9 @@ std::string name_of(const std::string& s) {
 }
 
 bool running(const task& t) { return t.last_status == "RUNNING" && t.desired_status == "RUNNING"; }
+
+// The stoppedReason of a service task moved off a DRAINING instance.
+const std::string draining_reason = "Container instance is being drained";
 
 // Every container with a health check says HEALTHY.
 bool checks_pass(const task& t) {
@@ -66,6 +71,11 @@ class pass {
  private:
   bool gone(const task& t) const {
     return draining_.contains(t.arn) || stopped_now_.contains(t.arn);
+  }
+
+  // On a DRAINING instance: replaced elsewhere, then stopped, as an old deployment's task is.
+  bool moving(const task& t) const {
+    return s_.draining_instances.contains(t.container_instance_arn);
   }
 
   // A task is healthy when RUNNING, its health checks (if any) say so, and every load balancer
@@ -281,17 +291,17 @@ class pass {
     const bool tripped = prim != nullptr && prim->rollout == rollout_state::failed;
 
     if (prim != nullptr && !tripped && !svc_.deleting) {
-      const auto& mine = by_dep_[prim->id];
-      const std::int64_t want = desired - static_cast<std::int64_t>(mine.size());
+      const std::int64_t want = desired - staying(*prim);
       const std::int64_t room = std::max<std::int64_t>(most, desired > 0 ? 1 : 0) - total;
       const std::int64_t n = std::min<std::int64_t>({want, room, start_batch});
       if (n > 0) start(*prim, n);
       if (want < 0 && lb_ok_) scale_down(*prim, -want, healthy_total);
     }
 
-    // Old deployments, and tasks of no deployment still known: stopped while
-    // minimumHealthyPercent holds, unhealthy ones at once. Deleting: everything. Not while the
-    // load balancer cannot say who is healthy, nor when a tripped deployment halts the rollout.
+    // Old deployments, tasks of no deployment still known and tasks on DRAINING instances:
+    // stopped while minimumHealthyPercent holds, unhealthy (or PENDING) ones at once. Deleting:
+    // everything. Not while the load balancer cannot say who is healthy, nor when a tripped
+    // deployment halts the rollout.
     const bool hold = !svc_.deleting && (!lb_ok_ || tripped);
     if (hold) return false;
     std::int64_t spare = healthy_total - fewest;
@@ -300,16 +310,22 @@ class pass {
                                    : "Scaling activity initiated by (deployment " +
                                          (prim != nullptr ? prim->id : std::string()) + ")";
     for (const auto& [id, list] : by_dep_) {
-      if (prim != nullptr && id == prim->id && !svc_.deleting) continue;
+      const bool current = prim != nullptr && id == prim->id && !svc_.deleting;
       for (const task* t : list) {
-        if (gone(*t)) continue;
+        if (gone(*t) || (current && !moving(*t))) continue;
         const bool counts = healthy(*t);
         if (counts && spare <= 0 && !svc_.deleting) continue;
         if (counts) --spare;
-        retire(*t, reason);
+        retire(*t, moving(*t) && !svc_.deleting ? draining_reason : reason);
       }
     }
     return false;
+  }
+
+  // The primary's tasks that stay where they are (not on a DRAINING instance).
+  std::int64_t staying(const deployment& prim) {
+    const auto& mine = by_dep_[prim.id];
+    return std::count_if(mine.begin(), mine.end(), [&](const task* t) { return !moving(*t); });
   }
 
   // The circuit breaker: tasks of the primary deployment that failed. True when it rolled back.
@@ -356,9 +372,12 @@ class pass {
   }
 
   // Too many: pending ones first, then unhealthy ones, then the newest (this agent's instance
-  // holds them all, so none balances placement better than another).
+  // holds them all, so none balances placement better than another). Not those on DRAINING
+  // instances: they go with the old deployments', within minimumHealthyPercent.
   void scale_down(const deployment& prim, std::int64_t n, std::int64_t& healthy_total) {
-    std::vector<const task*> extra = by_dep_[prim.id];
+    std::vector<const task*> extra;
+    std::copy_if(by_dep_[prim.id].begin(), by_dep_[prim.id].end(), std::back_inserter(extra),
+                 [&](const task* t) { return !moving(*t); });
     std::sort(extra.begin(), extra.end(), [&](const task* a, const task* b) {
       const bool ap = a->last_status != "RUNNING", bp = b->last_status != "RUNNING";
       if (ap != bp) return ap;
@@ -403,14 +422,15 @@ class pass {
       p_.busy = !p_.deleted;
       return;
     }
-    // Steady: the primary alone, all its tasks healthy.
+    // Steady: the primary alone, all its tasks healthy, none on a DRAINING instance.
     if (deployment* prim = primary(); prim != nullptr) {
       const auto& mine = by_dep_[prim->id];
       const auto good =
           std::count_if(mine.begin(), mine.end(), [&](const task* t) { return healthy(*t); });
       const std::int64_t desired = svc_.desired_count;
-      const bool steady =
-          deps_.size() == 1 && good == desired && static_cast<std::int64_t>(mine.size()) == desired;
+      const bool steady = deps_.size() == 1 && good == desired &&
+                          static_cast<std::int64_t>(mine.size()) == desired &&
+                          staying(*prim) == desired;
       if (steady && prim->rollout == rollout_state::in_progress) {
         prim->rollout = rollout_state::completed;
         prim->rollout_reason = "ECS deployment " + prim->id + " completed.";

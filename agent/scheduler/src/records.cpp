@@ -227,6 +227,7 @@ rc::task to_task(const ecs::task& t, const std::set<std::string>& checked) {
   out.task_definition = t.task_definition_arn.value_or("");
   out.last_status = t.last_status.value_or("");
   out.desired_status = t.desired_status.value_or("");
+  out.container_instance_arn = t.container_instance_arn.value_or("");
   out.health_status = health_of(t.health_status);
   out.created_at = t.created_at.value_or(0.0);
   out.started_at = t.started_at.value_or(0.0);

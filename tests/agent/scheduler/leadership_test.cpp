@@ -66,6 +66,9 @@ class fake_tasks final : public berth::agent::task_api {
       }
       return json{{"taskArns", arns}};
     }
+    if (action == "ListContainerInstances") {
+      return json{{"containerInstanceArns", json::array()}};  // none is DRAINING
+    }
     if (action == "DescribeTasks") {
       json out = json::array();
       for (const auto& arn : q.value("tasks", json::array())) {

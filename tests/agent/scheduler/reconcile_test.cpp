@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <ostream>
@@ -152,6 +153,30 @@ rc::snapshot draining(rc::target_state st, long sessions, std::optional<rc::seco
 // No task placed: RunTask refused d2's at `failed_at`; the event last said at `said_at`.
 rc::snapshot no_capacity(rc::seconds failed_at, std::optional<rc::seconds> said_at);
 
+const std::string instance_a = "arn:aws:ecs:us-east-1:000000000000:container-instance/default/a";
+const std::string instance_c = "arn:aws:ecs:us-east-1:000000000000:container-instance/default/c";
+
+// `s` with the tasks `ids` on instance c, the others on a; c DRAINING when `draining`.
+rc::snapshot on_c(rc::snapshot s, const std::vector<std::string>& ids, bool draining = true) {
+  for (auto& t : s.tasks) {
+    const bool there = std::any_of(ids.begin(), ids.end(),
+                                   [&](const std::string& id) { return arn(id) == t.arn; });
+    t.container_instance_arn = there ? instance_c : instance_a;
+  }
+  if (draining) s.draining_instances = {instance_c};
+  return s;
+}
+
+// Three tasks serving, t3 on c; `replaced`: t4 (started after c began draining) UP on a.
+rc::snapshot with_replacement(bool replaced) {
+  rc::snapshot s = serving(3, 3);
+  if (replaced) {
+    s.tasks.push_back(task("t4", d2, 10));
+    s.backends[0].targets.push_back(target("t4"));
+  }
+  return s;
+}
+
 // ---- the plan, as lines ----
 
 std::string id_of(const std::string& task_arn) { return task_arn.substr(task_arn.rfind('/') + 1); }
@@ -212,6 +237,8 @@ rc::snapshot no_capacity(rc::seconds failed_at, std::optional<rc::seconds> said_
     s.said[no_room.substr(0, no_room.size() - std::string(" [again]").size())] = *said_at;
   return s;
 }
+
+const std::string drained = "Container instance is being drained";
 
 const std::vector<row>& rows() {
   static const std::vector<row> all = {
@@ -357,6 +384,63 @@ const std::vector<row>& rows() {
        },
        {.events = {"is unable to register targets with (load balancer web): cannot reach "
                    "HAProxy [again]"}}},
+      {"ADrainingInstanceFirstGetsReplacementsWithin200Percent",
+       [] { return on_c(with_replacement(false), {"t3"}); },
+       {.starts = {d2 + " web:2 x1"}}},
+      {"ADrainingInstancesTaskStopsOnceItsReplacementIsUp",
+       [] { return on_c(with_replacement(true), {"t3"}); },
+       {.drains = {"t3 on web: " + drained}}},
+      {"ADrainingInstancesTaskWaitsForItsReplacementToComeUp",
+       [] {
+         auto s = on_c(with_replacement(true), {"t3"});
+         s.backends[0].targets.back().state = rc::target_state::down;
+         return s;
+       },
+       {}},
+      {"ADrainingInstance50To100StopsHalfFirst",
+       [] {
+         auto s = on_c(serving(4, 4), {"t1", "t2", "t3", "t4"});
+         s.service.minimum_healthy_percent = 50;
+         s.service.maximum_percent = 100;
+         return s;
+       },
+       {.drains = {"t1 on web: " + drained, "t2 on web: " + drained}}},
+      {"ADrainingInstance50To100StartsOnceHalfIsGone",
+       [] {
+         auto s = on_c(serving(4, 4), {"t3", "t4"});
+         s.tasks.erase(s.tasks.begin(), s.tasks.begin() + 2);  // t1 and t2 stopped
+         s.backends[0].targets.erase(s.backends[0].targets.begin(),
+                                     s.backends[0].targets.begin() + 2);
+         s.service.minimum_healthy_percent = 50;
+         s.service.maximum_percent = 100;
+         return s;
+       },
+       {.starts = {d2 + " web:2 x2"}}},
+      {"APendingTaskOnADrainingInstanceStopsAtOnce",
+       [] {
+         auto s = serving(3, 2);
+         s.tasks.push_back(pending("t3", d2));
+         return on_c(s, {"t3"});
+       },
+       {.starts = {d2 + " web:2 x1"}, .stops = {"t3: " + drained}}},
+      {"AnOldDeploymentsTaskOnADrainingInstanceGoesAsAnOldOne",
+       [] {
+         auto s = rolling(3, 3, 100, 200);
+         for (const std::string id : {"t1", "t2", "t3"}) {
+           s.tasks.push_back(task(id, d2, 50));
+           s.backends[0].targets.push_back(target(id));
+         }
+         return on_c(s, {"o3"});
+       },
+       {.drains = {"o1 on web: " + scaling(d2), "o2 on web: " + scaling(d2),
+                   "o3 on web: " + drained}}},
+      {"ActiveAgainStopsNothingMore",
+       [] { return on_c(with_replacement(false), {"t3"}, false); },
+       {},
+       true},
+      {"ActiveAgainMidDrainKeepsTheInstancesTask",
+       [] { return on_c(with_replacement(true), {"t3"}, false); },
+       {.drains = {"t4 on web: " + scaling(d2)}}},
       {"DeletingStopsEverything",
        [] {
          auto s = serving(0, 2);

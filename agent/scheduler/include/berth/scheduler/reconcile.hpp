@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,7 @@ struct task {
   std::string deployment_id;  // startedBy
   std::string task_definition;
   std::string last_status, desired_status;  // ECS's words: PENDING, RUNNING, STOPPED, ...
+  std::string container_instance_arn;       // where it runs
   health health_status = health::unknown;
   seconds created_at = 0, started_at = 0;
   std::string stop_code, stopped_reason;  // stopped tasks only
@@ -134,6 +136,10 @@ struct snapshot {
   bool has_load_balancer = false;  // berthd has an HAProxy (--haproxy-socket)
   std::vector<backend> backends;   // one per service load balancer, when it has one
   std::vector<drain> drains;
+  // The cluster's DRAINING container instances (ARNs). A service's tasks there move, as an old
+  // deployment's do: replacements start elsewhere within maximumPercent, and the tasks there stop
+  // within minimumHealthyPercent (PENDING ones at once).
+  std::set<std::string> draining_instances;
   std::optional<placement_failure> last_placement_failure;
   std::map<std::string, seconds> said;  // throttled events' messages, when last said
   // The id a deployment created by this pass takes (a rollback's): the loop draws it, so that

@@ -30,8 +30,9 @@
 namespace berth::agent {
 
 // What the scheduler runs services' tasks through: berthd's own ECS API (RunTask, StopTask,
-// ListTasks, DescribeTasks, DescribeClusters, DescribeTaskDefinition) and its placement query
-// (BerthV1.Place, with dryRun). berthd's service is one; the scheduler never sees the rest of it.
+// ListTasks, DescribeTasks, DescribeClusters, DescribeTaskDefinition, ListContainerInstances) and
+// its placement query (BerthV1.Place, with dryRun). berthd's service is one; the scheduler never
+// sees the rest of it.
 class task_api {
  public:
   virtual ~task_api() = default;
