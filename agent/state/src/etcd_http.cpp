@@ -3,6 +3,7 @@
 
 #include <array>
 #include <charconv>
+#include <thread>
 
 namespace berth::state::detail {
 
@@ -134,7 +135,26 @@ result<void> etcd_http::authenticate() {
 }
 
 result<json> etcd_http::call(std::string_view path, const json& body, int* grpc_code) {
+  // Retried while etcd cannot take it yet, within its timeout: no endpoint accepted the
+  // connection (a member restarting), or the cluster has no leader (gRPC 14, Unavailable: a
+  // member was lost and the others elect one). Neither applied anything.
+  const auto deadline = std::chrono::steady_clock::now() + o_.timeout;
+  auto backoff = std::chrono::milliseconds(50);
+  for (;;) {
+    bool retryable = false;
+    int code = -1;
+    auto r = call_once(path, body, &code, retryable);
+    if (grpc_code != nullptr) *grpc_code = code;
+    if (r || !retryable || std::chrono::steady_clock::now() + backoff >= deadline) return r;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(800));
+  }
+}
+
+result<json> etcd_http::call_once(std::string_view path, const json& body, int* grpc_code,
+                                  bool& retryable) {
   if (grpc_code != nullptr) *grpc_code = -1;
+  bool all_refused = true;
   if (o_.endpoints.empty()) return tl::unexpected(io("etcd: no endpoints"));
   const bool auth_call = path == "/v3/auth/authenticate";
   if (!o_.user.empty() && !auth_call) {
@@ -171,6 +191,7 @@ result<json> etcd_http::call(std::string_view path, const json& body, int* grpc_
       if (rc != CURLE_OK) {
         failures +=
             (failures.empty() ? "" : "; ") + o_.endpoints[e] + ": " + curl_easy_strerror(rc);
+        all_refused &= rc == CURLE_COULDNT_CONNECT;
         continue;
       }
       {
@@ -198,10 +219,12 @@ result<json> etcd_http::call(std::string_view path, const json& body, int* grpc_
       }
       release(std::move(h));
       if (grpc_code != nullptr) *grpc_code = code;
+      retryable = code == 14;
       return tl::unexpected(io("etcd " + std::string(path) + ": " + message));
     }
     if (!failures.empty()) break;  // every endpoint failed, or a new token was fetched
   }
+  retryable = all_refused;
   return tl::unexpected(io("etcd unreachable: " + failures));
 }
 

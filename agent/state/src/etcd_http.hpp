@@ -64,6 +64,9 @@ class etcd_http {
                       const std::function<bool(const json&)>& on_message, stopper& stop);
 
  private:
+  // One round over the endpoints; `retryable` when nothing was applied and trying again may
+  // work (no endpoint accepted the connection, or etcd had no leader).
+  result<json> call_once(std::string_view path, const json& body, int* grpc_code, bool& retryable);
   struct handle_deleter {
     void operator()(CURL* h) const noexcept { curl_easy_cleanup(h); }
   };

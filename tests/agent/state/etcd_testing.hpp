@@ -127,12 +127,32 @@ class etcd_server {
   // The ids of etcd's live leases (POST /v3/lease/leases to the first member).
   std::vector<state::lease_id> leases() const {
     std::vector<state::lease_id> out;
+    const auto j = post(endpoint_ + "/v3/lease/leases");
+    if (!j.is_object() || !j.contains("leases")) return out;
+    for (const auto& l : j["leases"]) out.push_back(std::stoll(l.value("ID", "0")));
+    return out;
+  }
+
+  // The member that leads the cluster now (etcd's maintenance status), or -1.
+  int leader() const {
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      if (members_[i].pid <= 0) continue;
+      const auto j = post(url(members_[i].client) + "/v3/maintenance/status");
+      if (!j.is_object() || !j.contains("header")) continue;
+      if (j.value("leader", "") == j["header"].value("member_id", "-")) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+ private:
+  // POSTs an empty JSON object to `url`: the reply, or null.
+  static nlohmann::json post(const std::string& url) {
     CURL* h = curl_easy_init();
-    if (h == nullptr) return out;
+    if (h == nullptr) return nullptr;
     std::string reply;
-    const std::string url = endpoint_ + "/v3/lease/leases";
     curl_easy_setopt(h, CURLOPT_URL, url.c_str());
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{}");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
     curl_easy_setopt(
         h, CURLOPT_WRITEFUNCTION, +[](char* d, std::size_t s, std::size_t n, void* o) {
           static_cast<std::string*>(o)->append(d, s * n);
@@ -141,14 +161,10 @@ class etcd_server {
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
     const bool ok = curl_easy_perform(h) == CURLE_OK;
     curl_easy_cleanup(h);
-    if (!ok) return out;
-    const auto j = nlohmann::json::parse(reply, nullptr, false);
-    if (!j.is_object() || !j.contains("leases")) return out;
-    for (const auto& l : j["leases"]) out.push_back(std::stoll(l.value("ID", "0")));
-    return out;
+    if (!ok) return nullptr;
+    return nlohmann::json::parse(reply, nullptr, false);
   }
 
- private:
   struct member {
     std::string name;
     int client = 0, peer = 0;
