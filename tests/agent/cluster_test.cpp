@@ -2,7 +2,10 @@
 // instances (spread, binpack, races for the last capacity), StartTask and StopTask through any
 // agent, and a killed agent seen disconnected. Failures of agents and of etcd are in
 // cluster_failure_test.cpp.
+#include <sys/wait.h>
+
 #include <latch>
+#include <sstream>
 
 #include "cluster_fixture.hpp"
 
@@ -263,6 +266,58 @@ TEST_F(ClusterTest, AKilledAgentIsDisconnectedAndNotPlacedOn) {
   for (const auto& t : tasks) ++per_instance[t.value("containerInstanceArn", "")];
   EXPECT_EQ(per_instance.count(arn_[2]), 0u) << "placed on the killed agent's instance";
   EXPECT_EQ(per_instance, (std::map<std::string, int>{{arn_[0], 2}, {arn_[1], 2}}));
+}
+
+TEST_F(ClusterTest, EveryAgentsEventStreamShowsTheWholeCluster) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  // `berthctl watch` on c, subscribed (c counts it) before anything happens.
+  const fs::path out = c().dir() / "events.ndjson";
+  const int watch =
+      dk::testing::spawn_logged({BERTHCTL, "--socket", c().socket(), "watch"}, out.string());
+  ASSERT_GT(watch, 0);
+  struct reap {
+    int pid;
+    ~reap() {
+      ::kill(pid, SIGTERM);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reaped{watch};
+  ASSERT_TRUE(eventually(
+      [&] {
+        return c().get("/metrics").body.find("berth_event_subscribers 1") != std::string::npos;
+      },
+      10s, 50ms));
+
+  // A task through a, placed on b's instance; a service through b.
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "seen"));
+  json body = cluster_body();
+  body["taskDefinition"] = "seen";
+  body["containerInstances"] = json::array({arn_[1]});
+  const json started = call(a(), "StartTask", body);
+  ASSERT_EQ(started.value("tasks", json::array()).size(), 1u) << started.dump(2);
+  const std::string task = started["tasks"][0].value("taskArn", "");
+  ASSERT_NO_FATAL_FAILURE(create_service(b(), "seen", "seen", 2));
+
+  // c's stream has the task's changes up to RUNNING and the service's events, though c wrote
+  // none of them.
+  std::string text;
+  const bool all = eventually(
+      [&] {
+        text = read_all(out);
+        bool task_running = false, service_started = false;
+        std::istringstream lines(text);
+        for (std::string line; std::getline(lines, line);) {
+          const json e = json::parse(line, nullptr, false);
+          if (!e.is_object()) continue;
+          const json d = e.value("detail", json::object());
+          task_running |= d.value("taskArn", "") == task && d.value("lastStatus", "") == "RUNNING";
+          service_started |=
+              d.value("message", "").find("(service seen) has started") != std::string::npos;
+        }
+        return task_running && service_started;
+      },
+      60s, 200ms);
+  EXPECT_TRUE(all) << "c's event stream:\n" << text;
 }
 
 }  // namespace

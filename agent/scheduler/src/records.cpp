@@ -130,23 +130,9 @@ result<bool> records::commit(state::service& s) {
   }
   if (!won) return false;
   s.berth.revision = expected + 1;
-  // Oldest first, as they happened.
-  for (auto e = fresh.rbegin(); e != fresh.rend(); ++e) {
-    spdlog::info("{}", (*e)->message);
-    bus_.publish(json{{"version", "0"},
-                      {"id", uuid()},
-                      {"detail-type", "ECS Service Action"},
-                      {"source", "aws.ecs"},
-                      {"account", cfg_.account_id},
-                      {"region", cfg_.region},
-                      {"resources", {s.service_arn}},
-                      {"detail",
-                       {{"eventType", "INFO"},
-                        {"clusterArn", s.cluster_arn},
-                        {"serviceArn", s.service_arn},
-                        {"message", (*e)->message}}}}
-                     .dump());
-  }
+  // Logged here, oldest first; the event follower (event_follower.hpp) publishes them, as it
+  // does the events every writer of the cluster adds.
+  for (auto e = fresh.rbegin(); e != fresh.rend(); ++e) spdlog::info("{}", (*e)->message);
   return true;
 }
 

@@ -38,11 +38,12 @@ class records {
 
   // Writes `s` if the stored record is still at the revision `s` was read at, and bumps it.
   // True when written; false when another writer came first (read again and redo); an error
-  // when the store failed. Once written, the events `s` gained are published and logged.
+  // when the store failed. Once written, the events `s` gained are logged (event_follower
+  // publishes them from the store).
   result<bool> commit(state::service& s);
 
   // Adds an event to the record (ECS keeps the newest 100, newest first); it is published
-  // when the record is committed.
+  // once the record is committed (event_follower).
   static void event(state::service& s, const std::string& message);
 
  private:

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <set>
 
+#include "event_follower.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -32,8 +34,11 @@ class RecordsTest : public testing::Test {
     store_ = std::move(*st);
     recs_.emplace(cfg_, *store_, bus_);
     events_ = bus_.subscribe();
+    follower_.emplace(cfg_, store_->state(), bus_);
+    ASSERT_TRUE(follower_->start());
   }
   void TearDown() override {
+    follower_.reset();
     recs_.reset();
     store_.reset();
     fs::remove_all(dir_);
@@ -54,6 +59,7 @@ class RecordsTest : public testing::Test {
   berth::agent::event_bus bus_;
   std::optional<sched::records> recs_;
   std::shared_ptr<berth::agent::event_bus::subscriber> events_;
+  std::optional<sched::event_follower> follower_;
 };
 
 TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
@@ -79,6 +85,7 @@ TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
   EXPECT_EQ(recs_->load("default", "web")->desired_count, 5);
 }
 
+// Published from the store's watch (event_follower), as any writer's would be.
 TEST_F(RecordsTest, EventsArePublishedOnceTheRecordIsWritten) {
   state::service s = web();
   sched::records::event(s, "has started 1 tasks: (task a).");
