@@ -108,19 +108,35 @@ result<void> fleet::open() {
       (void)ledger_.release_slot(e.slot);
     }
   }
-  follower_ = std::thread([this, next = *from + 1] { follow(next); });
+  state::prefix_follower::callbacks cb;
+  cb.on_events = [this](const std::vector<state::event>& events) {
+    std::lock_guard lock(mu_);
+    for (const state::event& e : events) {
+      if (e.type == state::event_type::put) {
+        on_key(e.kv.key, e.kv);
+      } else {
+        on_key(e.kv.key, std::nullopt);
+      }
+    }
+  };
+  cb.relist = [this]() -> state::result<state::revision> {
+    std::lock_guard lock(mu_);
+    auto r = relist();
+    if (!r) return tl::unexpected(state::error{state::errc::io, r.error().message});
+    return *r;
+  };
+  // Every row heartbeaten at least each second while the store is followed.
+  cb.on_idle = [this] {
+    std::lock_guard lock(mu_);
+    const std::uint64_t now = now_ns();
+    for (const auto& [id, m] : members_) (void)ledger_.heartbeat(m.slot, now);
+  };
+  follower_.emplace(state_, prefix_, "instances", std::move(cb), std::chrono::seconds(1));
+  follower_->start(*from + 1);
   return {};
 }
 
-void fleet::close() {
-  {
-    std::lock_guard lock(follow_mu_);
-    closing_ = true;
-    if (watcher_) watcher_->cancel();
-  }
-  follow_cv_.notify_all();
-  if (follower_.joinable()) follower_.join();
-}
+void fleet::close() { follower_.reset(); }
 
 result<state::revision> fleet::relist() {
   auto listed = state_->range(state::key_range::with_prefix(prefix_));
@@ -354,74 +370,6 @@ json fleet::describe(const member& m) const {
   ci["runningTasksCount"] = running;
   ci["pendingTasksCount"] = pending;
   return ci;
-}
-
-void fleet::follow(state::revision next) {
-  // After a failure: a pause, cut short by close(). False once closing.
-  auto pause = [&] {
-    std::unique_lock lock(follow_mu_);
-    return !follow_cv_.wait_for(lock, 1s, [&] { return closing_; });
-  };
-  auto drop = [&] {
-    std::lock_guard lock(follow_mu_);
-    watcher_.reset();
-  };
-  auto heartbeat = [&] {
-    std::lock_guard lock(mu_);
-    const std::uint64_t now = now_ns();
-    for (const auto& [id, m] : members_) (void)ledger_.heartbeat(m.slot, now);
-  };
-  for (;;) {
-    state::watcher* w = nullptr;
-    {
-      std::lock_guard lock(follow_mu_);
-      if (closing_) return;
-      w = watcher_.get();
-    }
-    if (w == nullptr) {
-      auto made = state_->watch({state::key_range::with_prefix(prefix_), next});
-      if (!made) {
-        if (made.error().code == state::errc::compacted) {
-          std::lock_guard lock(mu_);
-          if (auto r = relist(); r) next = *r + 1;
-        } else {
-          spdlog::error("instances: watch failed: {}", made.error().detail);
-        }
-        if (!pause()) return;
-        continue;
-      }
-      std::lock_guard lock(follow_mu_);
-      if (closing_) return;
-      watcher_ = std::move(*made);
-      continue;
-    }
-    auto events = w->next(std::chrono::steady_clock::now() + 1s);
-    if (!events) {
-      const state::errc code = events.error().code;
-      drop();
-      if (code == state::errc::canceled) return;
-      if (code == state::errc::compacted) {
-        std::lock_guard lock(mu_);
-        if (auto r = relist(); r) next = *r + 1;
-      } else {
-        spdlog::error("instances: watch failed: {}", events.error().detail);
-        if (!pause()) return;
-      }
-      continue;
-    }
-    next = w->next_revision();
-    {
-      std::lock_guard lock(mu_);
-      for (const state::event& e : *events) {
-        if (e.type == state::event_type::put) {
-          on_key(e.kv.key, e.kv);
-        } else {
-          on_key(e.kv.key, std::nullopt);
-        }
-      }
-    }
-    heartbeat();
-  }
 }
 
 }  // namespace berth::agent::control

@@ -13,7 +13,6 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -21,7 +20,6 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "berth/agent/common.hpp"
@@ -85,7 +83,6 @@ class fleet {
   // An instance's documents changed: its member, then its row. Under mu_.
   void on_key(const std::string& key, const std::optional<state::key_value>& kv);
   void publish(member& m);
-  void follow(state::revision from);
   result<state::revision> relist();
 
   const config& cfg_;
@@ -101,11 +98,7 @@ class fleet {
   // Running tasks per instance ARN, and each task's contribution.
   std::map<std::string, std::uint32_t> running_;
   std::map<std::string, std::string> running_on_;  // task ARN -> instance ARN, while RUNNING
-  std::thread follower_;
-  std::mutex follow_mu_;
-  std::condition_variable follow_cv_;
-  std::unique_ptr<state::watcher> watcher_;
-  bool closing_ = false;
+  std::optional<state::prefix_follower> follower_;
 };
 
 }  // namespace berth::agent::control

@@ -137,6 +137,21 @@ class ClusterTest : public ::testing::Test {
         30s, 100ms);
     ASSERT_TRUE(all) << "a does not see one instance per zone: " << described.dump(2) << "\n"
                      << a().log();
+    // Every agent sees every instance connected before the test places anything.
+    const std::vector<std::string> arns(arn_.begin(), arn_.end());
+    for (std::size_t i = 0; i < agents_.size(); ++i) {
+      json seen;
+      const bool connected = eventually(
+          [&] {
+            seen = describe_instances(via(i), arns);
+            return seen.size() == 3 && std::all_of(seen.begin(), seen.end(), [](const json& ci) {
+                     return ci.value("agentConnected", false);
+                   });
+          },
+          30s, 50ms);
+      ASSERT_TRUE(connected) << agent_names[i]
+                             << " does not see every instance connected: " << seen.dump(2);
+    }
   }
 
   agent& a() { return *agents_[0]; }

@@ -1,15 +1,11 @@
 // Service events onto the event stream from the store's watch: see event_follower.hpp.
 #include "event_follower.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include "berth/agent/util.hpp"
 #include "service_record.hpp"
 #include "store.hpp"
 
 namespace berth::agent::sched {
-
-using namespace std::chrono_literals;
 
 event_follower::event_follower(const config& c, std::shared_ptr<state::store> st, event_bus& bus)
     : cfg_(c),
@@ -20,19 +16,27 @@ event_follower::event_follower(const config& c, std::shared_ptr<state::store> st
 result<void> event_follower::start() {
   auto from = relist(false);
   if (!from) return tl::unexpected(from.error());
-  thread_ = std::thread([this, next = *from + 1] { follow(next); });
+  state::prefix_follower::callbacks cb;
+  cb.on_events = [this](const std::vector<state::event>& events) {
+    for (const state::event& e : events) {
+      if (e.type == state::event_type::put) {
+        seen(e.kv.key, e.kv.value, true);
+      } else {
+        seen(e.kv.key, std::nullopt, true);
+      }
+    }
+  };
+  cb.relist = [this]() -> state::result<state::revision> {
+    auto r = relist(true);
+    if (!r) return tl::unexpected(state::error{state::errc::io, r.error().message});
+    return *r;
+  };
+  follower_.emplace(store_, prefix_, "service events", std::move(cb));
+  follower_->start(*from + 1);
   return {};
 }
 
-void event_follower::stop() {
-  {
-    std::lock_guard lock(mu_);
-    closing_ = true;
-    if (watcher_) watcher_->cancel();
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void event_follower::stop() { follower_.reset(); }
 
 void event_follower::seen(const std::string& key, const std::optional<std::string>& text,
                           bool publish) {
@@ -75,61 +79,6 @@ result<state::revision> event_follower::relist(bool publish) {
   }
   std::erase_if(ids_, [&](const auto& e) { return !present.contains(e.first); });
   return listed->header_revision;
-}
-
-void event_follower::follow(state::revision next) {
-  const auto pause = [&] {
-    std::unique_lock lock(mu_);
-    return !cv_.wait_for(lock, 1s, [&] { return closing_; });
-  };
-  for (;;) {
-    state::watcher* w = nullptr;
-    {
-      std::lock_guard lock(mu_);
-      if (closing_) return;
-      w = watcher_.get();
-    }
-    if (w == nullptr) {
-      auto made = store_->watch({state::key_range::with_prefix(prefix_), next});
-      if (!made) {
-        if (made.error().code == state::errc::compacted) {
-          if (auto r = relist(true)) next = *r + 1;
-        } else {
-          spdlog::warn("service events: watch failed: {}", made.error().detail);
-        }
-        if (!pause()) return;
-        continue;
-      }
-      std::lock_guard lock(mu_);
-      if (closing_) return;
-      watcher_ = std::move(*made);
-      continue;
-    }
-    auto events = w->next(std::chrono::steady_clock::now() + 60s);
-    if (!events) {
-      const state::errc code = events.error().code;
-      {
-        std::lock_guard lock(mu_);
-        watcher_.reset();
-      }
-      if (code == state::errc::canceled) return;
-      if (code == state::errc::compacted) {
-        if (auto r = relist(true)) next = *r + 1;
-      } else {
-        spdlog::warn("service events: watch failed: {}", events.error().detail);
-        if (!pause()) return;
-      }
-      continue;
-    }
-    next = w->next_revision();
-    for (const state::event& e : *events) {
-      if (e.type == state::event_type::put) {
-        seen(e.kv.key, e.kv.value, true);
-      } else {
-        seen(e.kv.key, std::nullopt, true);
-      }
-    }
-  }
 }
 
 }  // namespace berth::agent::sched

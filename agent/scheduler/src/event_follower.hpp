@@ -8,13 +8,11 @@
 // Thread safety: start() and stop() from one thread; the follower runs on its own.
 #pragma once
 
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
-#include <thread>
 
 #include "berth/agent/common.hpp"
 #include "berth/state.hpp"
@@ -39,18 +37,13 @@ class event_follower {
   // One record's text as the store has it now (nullopt: deleted): its new events published.
   void seen(const std::string& key, const std::optional<std::string>& text, bool publish);
   result<state::revision> relist(bool publish);
-  void follow(state::revision next);
 
   config cfg_;
   std::shared_ptr<state::store> store_;
   event_bus& bus_;
   std::string prefix_;                                // /berth/service/<cluster>/
   std::map<std::string, std::set<std::string>> ids_;  // key -> the event ids seen; follower's
-  std::thread thread_;
-  std::mutex mu_;  // over watcher_ and closing_
-  std::condition_variable cv_;
-  std::unique_ptr<state::watcher> watcher_;
-  bool closing_ = false;
+  std::optional<state::prefix_follower> follower_;
 };
 
 }  // namespace berth::agent::sched

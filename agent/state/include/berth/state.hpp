@@ -23,12 +23,15 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tl/expected.hpp>
 #include <vector>
 
@@ -294,6 +297,44 @@ result<std::unique_ptr<store>> make_etcd_store(const etcd_options& options);
 // back. A key outside `from` is errc::invalid_argument; a prefix range wider than `from` (the
 // empty prefix) covers `to` only. berthd's --etcd-prefix.
 std::shared_ptr<store> rebased(std::shared_ptr<store> s, std::string from, std::string to);
+
+// Follows every key under a prefix on a thread of its own, from a revision on: each batch of
+// events (one or more revisions, in order) goes to `on_events`. When the watch fell behind a
+// compaction, `relist` reads the keys as they are now and returns the revision to resume after;
+// other failures are logged and the watch made again a second later. `on_idle` (optional) runs
+// at least every `idle` while nothing comes. The callbacks run on the follower's thread.
+//
+// Thread safety: start() once; stop() from any thread (idempotent; the destructor does it).
+class prefix_follower {
+ public:
+  struct callbacks {
+    std::function<void(const std::vector<event>&)> on_events;
+    std::function<result<revision>()> relist;
+    std::function<void()> on_idle;
+  };
+  prefix_follower(std::shared_ptr<store> s, std::string prefix, std::string what, callbacks cb,
+                  std::chrono::milliseconds idle = std::chrono::seconds(60));
+  ~prefix_follower() { stop(); }
+  prefix_follower(const prefix_follower&) = delete;
+  prefix_follower& operator=(const prefix_follower&) = delete;
+
+  // Follows from `from` (the revision after the last one read).
+  void start(revision from);
+  void stop();
+
+ private:
+  void run(revision next);
+
+  std::shared_ptr<store> store_;
+  std::string prefix_, what_;
+  callbacks cb_;
+  std::chrono::milliseconds idle_;
+  std::thread thread_;
+  std::mutex mu_;  // over watcher_ and closing_
+  std::condition_variable cv_;
+  std::unique_ptr<watcher> watcher_;
+  bool closing_ = false;
+};
 
 // Leader election over any store (etcd's concurrency.Election): candidates put
 // <name>/<lease hex> with their lease; the leader is the key with the lowest create_revision; a
