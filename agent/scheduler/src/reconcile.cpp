@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <map>
 #include <set>
 
 namespace berth::scheduler {
@@ -371,24 +372,35 @@ class pass {
     p_.starts.push_back({prim.id, prim.task_definition, n});
   }
 
-  // Too many: pending ones first, then unhealthy ones, then the newest (this agent's instance
-  // holds them all, so none balances placement better than another). Not those on DRAINING
-  // instances: they go with the old deployments', within minimumHealthyPercent.
+  // Too many: pending ones first, then unhealthy ones, then, as ECS does, those whose loss keeps
+  // the service balanced: from the instance holding most of its tasks, the newest there. Not
+  // those on DRAINING instances: they go with the old deployments', within
+  // minimumHealthyPercent.
   void scale_down(const deployment& prim, std::int64_t n, std::int64_t& healthy_total) {
     std::vector<const task*> extra;
     std::copy_if(by_dep_[prim.id].begin(), by_dep_[prim.id].end(), std::back_inserter(extra),
                  [&](const task* t) { return !moving(*t); });
-    std::sort(extra.begin(), extra.end(), [&](const task* a, const task* b) {
+    // The service's tasks that stay, by instance: each stop below takes one away.
+    std::map<std::string, std::int64_t> on;
+    for (const auto& t : s_.tasks) {
+      if (t.desired_status == "RUNNING") ++on[t.container_instance_arn];
+    }
+    const auto first = [&](const task* a, const task* b) {
       const bool ap = a->last_status != "RUNNING", bp = b->last_status != "RUNNING";
       if (ap != bp) return ap;
       const bool ah = healthy(*a), bh = healthy(*b);
       if (ah != bh) return !ah;
+      const std::int64_t an = on[a->container_instance_arn], bn = on[b->container_instance_arn];
+      if (an != bn) return an > bn;
       return a->created_at > b->created_at;
-    });
-    for (const task* t : extra) {
-      if (n-- <= 0) break;
-      if (healthy(*t)) --healthy_total;
-      retire(*t, "Scaling activity initiated by (deployment " + prim.id + ")");
+    };
+    for (; n > 0 && !extra.empty(); --n) {
+      const auto it = std::min_element(extra.begin(), extra.end(), first);
+      const task& t = **it;
+      extra.erase(it);
+      --on[t.container_instance_arn];
+      if (healthy(t)) --healthy_total;
+      retire(t, "Scaling activity initiated by (deployment " + prim.id + ")");
     }
   }
 

@@ -265,6 +265,10 @@ const std::vector<row>& rows() {
       {"ScaleDownDrainsTheNewest",
        [] { return serving(2, 3); },
        {.drains = {"t3 on web: " + scaling(d2)}}},
+      // t1 and t2 on a, t3 on c: the newest on a goes, leaving one on each.
+      {"ScaleDownKeepsTheServiceBalancedOverInstances",
+       [] { return on_c(serving(2, 3), {"t3"}, false); },
+       {.drains = {"t2 on web: " + scaling(d2)}}},
       {"AStoppedTaskIsReplacedAndDeregistered",
        [] {
          auto s = serving(3, 3);
