@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <regex>
 
 #include "berth/agent/util.hpp"
 
@@ -74,6 +75,27 @@ std::optional<std::uint32_t> units_of(const std::string& v, bool cpu) {
   if (!cpu && unit == "gb") return static_cast<std::uint32_t>(x * 1024);
   if (!cpu && unit == "mb") return static_cast<std::uint32_t>(x);
   return std::nullopt;
+}
+
+tl::expected<std::vector<attribute_change>, api_error> attribute_list(
+    std::vector<ecs::attribute> list) {
+  if (list.size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
+  std::vector<attribute_change> out;
+  static const std::regex name_re("^[a-zA-Z0-9_.\\-/]{1,128}$");
+  static const std::regex value_re("^[a-zA-Z0-9_.\\-/ :@]{1,128}$");
+  for (auto& a : list) {
+    if (!std::regex_match(a.name, name_re)) {
+      return tl::unexpected(invalid("attribute name '" + a.name + "' is not valid"));
+    }
+    if (a.value && !std::regex_match(*a.value, value_re)) {
+      return tl::unexpected(invalid("attribute value for '" + a.name + "' is not valid"));
+    }
+    if (a.target_type && *a.target_type != "container-instance") {
+      return tl::unexpected(invalid("targetType must be container-instance"));
+    }
+    out.push_back({std::move(a.name), std::move(a.value), a.target_id.value_or("")});
+  }
+  return out;
 }
 
 }  // namespace berth::agent::control

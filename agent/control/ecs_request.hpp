@@ -159,4 +159,15 @@ std::optional<std::uint32_t> units_of(const std::string& v, bool cpu);
 // The same from a JSON string, or a whole number of units.
 std::optional<std::uint32_t> units_of(const json& v, bool cpu);
 
+// An attribute PutAttributes or DeleteAttributes names, and the instance it is on.
+struct attribute_change {
+  std::string name;
+  std::optional<std::string> value;
+  std::string target_id;
+};
+// Their attributes checked as ECS checks them (at most 10; names and values of its characters;
+// container instances the only target type).
+tl::expected<std::vector<attribute_change>, api_error> attribute_list(
+    std::vector<ecs::attribute> list);
+
 }  // namespace berth::agent::control

@@ -209,12 +209,27 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
   publish(it->second);
 }
 
-void fleet::apply(const std::string& id, const state::container_instance& record) {
+result<state::container_instance> fleet::change(
+    const std::string& id, const std::function<void(state::container_instance&)>& change) {
+  const std::string key = record_key(cfg_.cluster, id);
+  state::container_instance out;
+  auto w = store_.transaction([&](store& tx) -> result<void> {
+    auto doc = tx.get("instance", key);
+    if (!doc) return tl::unexpected(doc.error());
+    if (!*doc) return tl::unexpected(error{"container instance record '" + key + "' is gone"});
+    auto ci = state::parse<state::container_instance>(**doc, key);
+    if (!ci) return tl::unexpected(error{ci.error().detail});
+    change(*ci);
+    out = *ci;
+    return tx.put("instance", key, state::to_json(*ci).dump());
+  });
+  if (!w) return tl::unexpected(w.error());
   std::lock_guard lock(mu_);
-  const auto it = members_.find(id);
-  if (it == members_.end()) return;  // the watch brings it
-  it->second.record = record;
-  publish(it->second);
+  if (const auto it = members_.find(id); it != members_.end()) {
+    it->second.record = out;
+    publish(it->second);
+  }
+  return out;
 }
 
 void fleet::saw_capacity(const std::string& id, const capacity& c) {
@@ -333,6 +348,32 @@ std::vector<member> fleet::lost_for(std::chrono::steady_clock::duration d) const
     if (!m.connected && now - m.disconnected_since > d) out.push_back(m);
   }
   return out;
+}
+
+void fleet::report(metrics& m) {
+  m.gauge("berth_ledger_free_cpu_units", "Free CPU units per instance in the ledger");
+  m.gauge("berth_ledger_free_memory_mib", "Free memory per instance in the ledger");
+  m.gauge("berth_ledger_registered_cpu_units", "Registered CPU units per instance");
+  m.gauge("berth_ledger_registered_memory_mib", "Registered memory per instance");
+  m.on_collect([this](metrics& c) {
+    // Instances gone from the ledger leave no series behind.
+    for (const char* f :
+         {"berth_ledger_free_cpu_units", "berth_ledger_free_memory_mib",
+          "berth_ledger_registered_cpu_units", "berth_ledger_registered_memory_mib"}) {
+      c.clear(f);
+    }
+    const ipc::columns cols = ledger_.view();
+    for (std::uint32_t slot = 0; slot < cols.count; ++slot) {
+      if (cols.state[slot] == 0) continue;
+      auto row = ledger_.read(slot);
+      if (!row) continue;
+      const metrics::labels l = {{"instance", std::string(row->published.id())}};
+      c.set("berth_ledger_free_cpu_units", l, row->free.cpu);
+      c.set("berth_ledger_free_memory_mib", l, row->free.mib);
+      c.set("berth_ledger_registered_cpu_units", l, row->published.registered_cpu);
+      c.set("berth_ledger_registered_memory_mib", l, row->published.registered_mib);
+    }
+  });
 }
 
 json fleet::describe(const member& m) const {

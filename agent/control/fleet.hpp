@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -26,6 +27,7 @@
 #include "berth/ipc.hpp"
 #include "berth/state.hpp"
 #include "capacity.hpp"
+#include "metrics.hpp"
 #include "records.hpp"
 #include "store.hpp"
 #include "task_table.hpp"
@@ -59,9 +61,11 @@ class fleet {
   // Stops following (idempotent; the destructor does it).
   void close();
 
-  // A record just written by this agent, applied at once rather than when the watch brings it
-  // (the watch's copy is then a no-op): a DRAINING instance is not placed on one call later.
-  void apply(const std::string& id, const state::container_instance& record);
+  // The record of instance `id` read, changed by `change` and written back in one transaction
+  // (a peer's write in between makes it run again), then applied to its row at once rather
+  // than when the watch brings it: a DRAINING instance is not placed on one call later.
+  result<state::container_instance> change(
+      const std::string& id, const std::function<void(state::container_instance&)>& change);
   // The capacity a claim just read from state (newer than the watch has brought, or the same):
   // the row shows it at once, so that a placement retried after a refused claim sees it.
   void saw_capacity(const std::string& id, const capacity& c);
@@ -74,6 +78,10 @@ class fleet {
   std::optional<member> at_slot(std::uint32_t slot) const;
   // The instances disconnected for longer than `d`.
   std::vector<member> lost_for(std::chrono::steady_clock::duration d) const;
+
+  // Declares the ledger's gauges (free and registered CPU and memory per instance) in `m` and
+  // sets them from the ledger at each collection. `m` outlives the fleet.
+  void report(metrics& m);
 
   // DescribeContainerInstances' view: the record's ECS members, registered and remaining
   // resources, agentConnected, and its running and pending task counts.

@@ -19,7 +19,6 @@
 #include <limits>
 #include <list>
 #include <mutex>
-#include <regex>
 #include <set>
 #include <shared_mutex>
 #include <thread>
@@ -33,6 +32,7 @@
 #include "ecs_request.hpp"
 #include "imds.hpp"
 #include "instance.hpp"
+#include "lost_instances.hpp"
 #include "task_definitions.hpp"
 #include "task_table.hpp"
 #include "task_views.hpp"
@@ -246,41 +246,8 @@ class service_impl final : public service {
       lock.unlock();
       inst_.keep_alive();
       lock.lock();
-      stop_lost_tasks();
+      control::stop_lost_tasks(cfg_, fleet_, table_);
       cv_.wait_for(lock, 1s, [&] { return stopping_; });
-    }
-  }
-
-  // Under mu_: the tasks of instances whose agent has been gone past --instance-lost-after are
-  // STOPPED, as ECS stops those of a terminated host; services replace them. Any agent may do
-  // it: the writes are compared and swapped, and the same whoever makes them.
-  void stop_lost_tasks() {
-    for (const control::member& m : fleet_.lost_for(cfg_.instance_lost_after)) {
-      const std::string& on = m.record.container_instance_arn;
-      for (auto& [arn, row] : tasks_) {
-        if (row.ecs.container_instance_arn != on || row.ecs.last_status == "STOPPED") continue;
-        state::task t = row;
-        const double now = now_seconds();
-        t.ecs.desired_status = "STOPPED";
-        t.ecs.last_status = "STOPPED";
-        t.ecs.stop_code = "TerminationNotice";
-        t.ecs.stopped_reason = "Host EC2 (instance " + m.record.ec2_instance_id +
-                               ") stopped/terminated: its agent has been disconnected for more "
-                               "than " +
-                               std::to_string(cfg_.instance_lost_after.count()) + " s.";
-        t.ecs.stopping_at = t.ecs.stopping_at.value_or(now);
-        t.ecs.stopped_at = now;
-        t.ecs.execution_stopped_at = now;
-        t.ecs.version = t.ecs.version.value_or(0) + 1;
-        for (auto& c : t.containers()) {
-          if (c.last_status != "STOPPED") c.last_status = "STOPPED";
-        }
-        if (auto w = table_.commit(t); !w) {
-          spdlog::warn("task {} of lost instance {} not stopped: {}", arn, on, w.error().message);
-        } else {
-          spdlog::warn("task {} stopped: its instance {} is lost", arn, on);
-        }
-      }
     }
   }
 
@@ -423,25 +390,12 @@ class service_impl final : public service {
     return fleet_.find(ref);
   }
 
-  // An instance's record, read, changed by `change` and written back in one transaction (a
-  // peer's write in between makes it run again), then applied to the ledger at once.
+  // An instance's record changed (fleet::change), or ServerException.
   tl::expected<state::container_instance, api_error> change_instance(
       const control::member& m, const std::function<void(state::container_instance&)>& change) {
-    const std::string key = control::record_key(cfg_.cluster, m.id);
-    state::container_instance out;
-    auto w = store_->transaction([&](store& tx) -> result<void> {
-      auto doc = tx.get("instance", key);
-      if (!doc) return tl::unexpected(doc.error());
-      if (!*doc) return tl::unexpected(error{"container instance record '" + key + "' is gone"});
-      auto ci = state::parse<state::container_instance>(**doc, key);
-      if (!ci) return tl::unexpected(error{ci.error().detail});
-      change(*ci);
-      out = *ci;
-      return tx.put("instance", key, state::to_json(*ci).dump());
-    });
-    if (!w) return tl::unexpected(server(w.error().message));
-    fleet_.apply(m.id, out);
-    return out;
+    auto ci = fleet_.change(m.id, change);
+    if (!ci) return tl::unexpected(server(ci.error().message));
+    return std::move(*ci);
   }
 
   outcome describe_container_instances(const json& req) {
@@ -488,34 +442,6 @@ class service_impl final : public service {
     return out;
   }
 
-  // An attribute PutAttributes or DeleteAttributes names, and the instance it is on.
-  struct attribute_change {
-    state::attribute attr;
-    std::string target_id;
-  };
-
-  // Attributes on container instances (the only target type ECS has).
-  tl::expected<std::vector<attribute_change>, api_error> attribute_list(
-      std::vector<ecs::attribute> list) {
-    if (list.size() > 10) return tl::unexpected(invalid("at most 10 attributes per call"));
-    std::vector<attribute_change> out;
-    static const std::regex name_re("^[a-zA-Z0-9_.\\-/]{1,128}$");
-    static const std::regex value_re("^[a-zA-Z0-9_.\\-/ :@]{1,128}$");
-    for (auto& a : list) {
-      if (!std::regex_match(a.name, name_re)) {
-        return tl::unexpected(invalid("attribute name '" + a.name + "' is not valid"));
-      }
-      if (a.value && !std::regex_match(*a.value, value_re)) {
-        return tl::unexpected(invalid("attribute value for '" + a.name + "' is not valid"));
-      }
-      if (a.target_type && *a.target_type != "container-instance") {
-        return tl::unexpected(invalid("targetType must be container-instance"));
-      }
-      out.push_back({{std::move(a.name), std::move(a.value)}, a.target_id.value_or("")});
-    }
-    return out;
-  }
-
   // PutAttributes' and DeleteAttributes' requests, which are the same.
   template <class Request>
   outcome change_attributes(const json& req, bool put) {
@@ -532,7 +458,7 @@ class service_impl final : public service {
         return tl::unexpected(api_error{"TargetNotFoundException",
                                         "Could not find the target '" + a.target_id + "'"});
       }
-      if (a.attr.name.starts_with("ecs.")) {
+      if (a.name.starts_with("ecs.")) {
         return tl::unexpected(invalid("attribute names starting with 'ecs.' are reserved"));
       }
       auto& [member, list] =
@@ -544,14 +470,14 @@ class service_impl final : public service {
       const auto& [m, list] = m_list;
       BERTH_TRY(ci, change_instance(m, [&](state::container_instance& ci) {
                   for (const attribute_change* a : list) {
-                    std::erase_if(ci.attributes, [&](const state::attribute& e) {
-                      return e.name == a->attr.name;
-                    });
-                    if (put) ci.attributes.push_back(a->attr);
+                    std::erase_if(ci.attributes,
+                                  [&](const state::attribute& e) { return e.name == a->name; });
+                    if (put) ci.attributes.push_back({a->name, a->value});
                   }
                 }));
       for (const attribute_change* a : list) {
-        out["attributes"].push_back(state::response(a->attr, ci.container_instance_arn));
+        out["attributes"].push_back(
+            state::response(state::attribute{a->name, a->value}, ci.container_instance_arn));
       }
     }
     return out;
@@ -766,13 +692,10 @@ class service_impl final : public service {
     metrics_.counter("berth_placement_failures_total",
                      "Tasks not placed, by the first reason of each rejected instance");
     metrics_.gauge("berth_tasks", "Tasks known to this agent, by lastStatus");
-    metrics_.gauge("berth_ledger_free_cpu_units", "Free CPU units per instance in the ledger");
-    metrics_.gauge("berth_ledger_free_memory_mib", "Free memory per instance in the ledger");
-    metrics_.gauge("berth_ledger_registered_cpu_units", "Registered CPU units per instance");
-    metrics_.gauge("berth_ledger_registered_memory_mib", "Registered memory per instance");
     metrics_.counter("berth_tasks_cleaned_up_total", "Stopped tasks whose containers were removed");
     metrics_.counter("berth_images_removed_total", "Unused images removed by housekeeping");
     metrics_.counter("berth_image_cleanups_total", "Image cleanup cycles run");
+    fleet_.report(metrics_);
     metrics_.on_collect([this](metrics& m) {
       std::map<std::string, int> by_state;
       for (const char* st : {"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING", "DEACTIVATING",
@@ -784,23 +707,6 @@ class service_impl final : public service {
         for (const auto& [a, t] : tasks_) ++by_state[t.ecs.last_status.value_or("UNKNOWN")];
       }
       for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
-      // Instances gone from the ledger leave no series behind.
-      for (const char* f :
-           {"berth_ledger_free_cpu_units", "berth_ledger_free_memory_mib",
-            "berth_ledger_registered_cpu_units", "berth_ledger_registered_memory_mib"}) {
-        m.clear(f);
-      }
-      const ipc::columns c = ledger_.view();
-      for (std::uint32_t slot = 0; slot < c.count; ++slot) {
-        if (c.state[slot] == 0) continue;
-        auto row = ledger_.read(slot);
-        if (!row) continue;
-        const metrics::labels l = {{"instance", std::string(row->published.id())}};
-        m.set("berth_ledger_free_cpu_units", l, row->free.cpu);
-        m.set("berth_ledger_free_memory_mib", l, row->free.mib);
-        m.set("berth_ledger_registered_cpu_units", l, row->published.registered_cpu);
-        m.set("berth_ledger_registered_memory_mib", l, row->published.registered_mib);
-      }
     });
   }
 
