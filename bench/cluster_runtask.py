@@ -164,6 +164,21 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def dockerd_pids():
+    """The running dockerd processes (read from /proc; none when Docker is not running)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() == "dockerd":
+                    out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
 # ---- processes this script owns ----
 
 def free_port():
@@ -395,7 +410,11 @@ def drive(st, sockets, clients, count, tasks, seconds, keep_alive):
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    cpu0 = {n: cpu_seconds(p) for n, p in st.pids.items()}
+    # dockerd answers the engines' failing launches: not this script's, but its CPU counts.
+    pids = dict(st.pids)
+    for d in dockerd_pids():
+        pids[f"dockerd (pid {d})"] = d
+    cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
     client_cpu0 = time.process_time()
     t0 = time.perf_counter()
     if seconds:
@@ -405,7 +424,7 @@ def drive(st, sockets, clients, count, tasks, seconds, keep_alive):
         t.join()
     wall = time.perf_counter() - t0
     client_cpu = time.process_time() - client_cpu0
-    cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in st.pids.items()}
+    cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
 
     lat = sorted(x for r in results for x in r[0])
     per_ci = {}

@@ -1,9 +1,11 @@
 // berthctl: the ECS API of the local berthd over its Unix socket, as the AWS CLI names it
 // (`berthctl run-task --task-definition web --count 3`), plus Berth's own verbs: `place` (the
 // placement query, `--dry-run` to reserve nothing) and `watch` (task state changes as they
-// happen, one JSON line each).
+// happen, one JSON line each), and `execute-command` (a command, or a terminal, in a running
+// task's container: exec_command.hpp).
 //
 // Exit codes: 0 done; 1 the API refused (its error on stderr); 2 usage; 3 berthd unreachable.
+// execute-command exits with the command's code once it ran, 255 when the session broke.
 #include <curl/curl.h>
 
 #include <CLI/CLI.hpp>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "berth/version.hpp"
+#include "exec_command.hpp"
 
 using nlohmann::json;
 
@@ -494,6 +497,20 @@ int main(int argc, char** argv) {
   long limit = 0;
   watch_cmd->add_option("--count", limit, "stop after this many events (0: never)");
 
+  // execute-command: ECS's verb, served by berthd itself (BerthV1.ExecuteCommand).
+  CLI::App* exec_cmd = app.add_subcommand(
+      "execute-command",
+      "run a command in a running task's container (--interactive: with this stdin, and a "
+      "terminal when this is one); exits with the command's code");
+  std::string exec_cluster, exec_task, exec_container, exec_command;
+  bool exec_interactive = false;
+  exec_cmd->add_option("--cluster", exec_cluster, "cluster name or ARN");
+  exec_cmd->add_option("--task", exec_task, "task ID or ARN")->required();
+  exec_cmd->add_option("--container", exec_container, "container name (when the task has several)");
+  exec_cmd->add_option("--command", exec_command, "the command, split as a shell would")
+      ->required();
+  exec_cmd->add_flag("--interactive", exec_interactive, "send stdin; a terminal on a terminal");
+
   std::vector<std::string> args;
   for (int i = argc - 1; i > 0; --i) {  // CLI11 wants them in reverse
     args.emplace_back(argv[i]);
@@ -512,6 +529,20 @@ int main(int argc, char** argv) {
 
   try {
     if (watch_cmd->parsed()) return watch(socket, output, limit);
+    if (exec_cmd->parsed()) {
+      if (exec_command.starts_with(bracket_mark)) exec_command.erase(0, 1);
+      json req = {{"task", value_of(exec_task)}, {"command", exec_command}};
+      if (!exec_cluster.empty()) req["cluster"] = value_of(exec_cluster);
+      if (!exec_container.empty()) req["container"] = value_of(exec_container);
+      const auto r = berthctl::execute_command(socket, req, exec_interactive);
+      if (!r.reached) throw unreachable{r.error};
+      if (!r.started) return answer({r.status, r.body}, "ExecuteCommand", output);
+      if (!r.error.empty()) {
+        std::cerr << "berthctl: " << r.error << "\n";
+        return 255;
+      }
+      return r.exit_code;
+    }
     if (place->parsed()) {
       json req = {{"taskDefinition", value_of(td)}, {"count", count}, {"dryRun", dry_run}};
       if (!cluster.empty()) req["cluster"] = value_of(cluster);

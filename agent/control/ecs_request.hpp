@@ -40,6 +40,15 @@ using nlohmann::json;
 using outcome = tl::expected<json, api_error>;
 
 inline api_error invalid(std::string m) { return {"InvalidParameterException", std::move(m)}; }
+// ECS's words for placing in a cluster without container instances: RunTask refuses with them
+// (no_instances_found), and a service's scheduler, telling that refusal from others
+// (is_no_instances), names them in its placement failure.
+inline constexpr std::string_view no_instances =
+    "No Container Instances were found in your cluster";
+inline api_error no_instances_found() { return invalid(std::string(no_instances) + "."); }
+inline bool is_no_instances(const api_error& e) {
+  return e.type == "InvalidParameterException" && e.message.starts_with(no_instances);
+}
 inline api_error client(std::string m) { return {"ClientException", std::move(m)}; }
 inline api_error serialization(std::string m) { return {"SerializationException", std::move(m)}; }
 inline api_error cluster_not_found() { return {"ClusterNotFoundException", "Cluster not found."}; }

@@ -244,9 +244,10 @@ void fleet::publish(member& m) {
   const state::container_instance& ci = m.record;
   ipc::row row;
   (void)row.set_id(ci.ec2_instance_id);
-  row.state = !m.connected || !m.free ? ipc::instance_state::inactive
-              : ci.status == "ACTIVE" ? ipc::instance_state::active
-                                      : ipc::instance_state::draining;
+  row.state = !m.connected || !m.free   ? ipc::instance_state::inactive
+              : ci.status == "ACTIVE"   ? ipc::instance_state::active
+              : ci.status == "DRAINING" ? ipc::instance_state::draining
+                                        : ipc::instance_state::inactive;  // deregistered
   row.registered_at_ns = static_cast<std::uint64_t>(ci.registered_at * 1e9);
   row.registered_cpu = ci.registered_cpu;
   row.registered_mib = ci.registered_mib;

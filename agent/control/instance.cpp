@@ -27,6 +27,15 @@ instance::instance(config& c, store& s, dk::engine& d)
       docker_(&d),
       arn_prefix_("arn:aws:ecs:" + c.region + ":" + c.account_id + ":") {}
 
+instance::~instance() {
+  {
+    std::lock_guard lock(owed_mu_);
+    stop_giving_ = true;
+  }
+  owed_cv_.notify_all();
+  if (giver_.joinable()) giver_.join();
+}
+
 // The instance's id survives restarts, kept in the state directory: the cluster's store is
 // shared by every agent of the cluster. An id an older berthd kept in its store is moved there.
 result<std::string> instance::own_instance_id() {
@@ -87,6 +96,11 @@ result<void> instance::register_instance(const std::optional<instance_metadata>&
     auto kept = state::parse<state::container_instance>(**doc, key);
     if (!kept) return tl::unexpected(error{kept.error().detail});
     ci = std::move(*kept);
+    // Deregistered (INACTIVE) while its agent was away: registered again, as a new instance.
+    if (ci.status == "INACTIVE") {
+      ci.status = "ACTIVE";
+      ci.registered_at = now_seconds();
+    }
   } else {
     ci.status = "ACTIVE";
     ci.registered_at = now_seconds();
@@ -115,25 +129,79 @@ result<void> instance::register_instance(const std::optional<instance_metadata>&
   return store_->put("instance", key, state::to_json(ci).dump());
 }
 
-result<void> instance::give_back(const state::task_need& need) {
+void instance::give_back(const state::task_need& need) {
+  std::lock_guard lock(owed_mu_);
+  owed_.push_back(need);
+  if (!giver_.joinable() && !stop_giving_) giver_ = std::thread([this] { give_back_behind(); });
+  owed_cv_.notify_one();
+}
+
+void instance::give_back_behind() {
+  int failures = 0;
+  std::unique_lock lock(owed_mu_);
+  for (;;) {
+    owed_cv_.wait(lock, [&] { return stop_giving_ || !owed_.empty(); });
+    if (owed_.empty()) return;  // stopping, and nothing owed
+    lock.unlock();
+    auto r = [&] {
+      std::lock_guard give(give_mu_);
+      return give_back_owed();
+    }();
+    lock.lock();
+    if (r) {
+      if (failures > 0) spdlog::info("capacity given back in state again");
+      failures = 0;
+      continue;
+    }
+    if (failures++ == 0) spdlog::error("capacity not given back in state: {}", r.error().message);
+    if (stop_giving_) {
+      spdlog::error(
+          "capacity of {} task(s) not given back at exit: counted again at the next start",
+          owed_.size());
+      return;
+    }
+    const auto pause = retry_pause(failures);
+    owed_cv_.wait_for(lock, pause, [&] { return stop_giving_; });
+  }
+}
+
+result<void> instance::settle() {
+  std::lock_guard give(give_mu_);
+  return give_back_owed();
+}
+
+result<void> instance::give_back_owed() {
+  std::vector<state::task_need> needs;
+  {
+    std::lock_guard lock(owed_mu_);
+    needs.swap(owed_);
+  }
+  if (needs.empty()) return {};
   const std::string key = capacity_key(cfg_.cluster, instance_id_);
   auto r = store_->transaction([&](store& tx) -> result<void> {
     auto cur = tx.get("instance", key);
     if (!cur) return tl::unexpected(cur.error());
     if (!*cur) return {};  // nothing claimed here to give back
     capacity c = capacity::parse(**cur);
-    c.add(need, 1);
+    for (const state::task_need& need : needs) c.add(need, 1);
     c.cpu = std::min<std::int64_t>(c.cpu, registered_cpu_);
     c.mib = std::min<std::int64_t>(c.mib, registered_mib_);
     c.dynamic = std::min<std::int64_t>(c.dynamic, dynamic_port_count);
     for (const auto p : cfg_.reserved_ports) c.ports.insert(p);
     return tx.put("instance", key, c.dump());
   });
-  if (!r) return tl::unexpected(r.error());
-  return {};
+  if (r) return {};
+  std::lock_guard lock(owed_mu_);
+  owed_.insert(owed_.end(), needs.begin(), needs.end());
+  return tl::unexpected(r.error());
 }
 
 result<void> instance::reset_capacity(const std::vector<state::task_need>& needs) {
+  std::lock_guard give(give_mu_);
+  {
+    std::lock_guard lock(owed_mu_);
+    owed_.clear();
+  }
   capacity c{registered_cpu_, registered_mib_, dynamic_port_count, {}};
   for (const auto p : cfg_.reserved_ports) c.ports.insert(p);
   for (const state::task_need& n : needs) c.add(n, -1);

@@ -11,11 +11,13 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -40,6 +42,10 @@ class instance {
  public:
   // `c` may be changed by registration (type and zone from EC2's metadata). All outlive this.
   instance(config& c, store& s, docker::engine& d);
+  // Gives back what is owed (one try), then stops the writer.
+  ~instance();
+  instance(const instance&) = delete;
+  instance& operator=(const instance&) = delete;
 
   // Registers (or re-registers, keeping its id) this instance: its record in the store. `ec2`:
   // EC2's metadata, when berthd read it; it overrides the configured instance type and zone.
@@ -61,9 +67,14 @@ class instance {
   result<void> save(const state::container_instance& ci);
 
   // ---- capacity in state (capacity.hpp) ----
-  // Gives a stopped task's need back (a transaction of its own, retried on a race).
-  result<void> give_back(const state::task_need& need);
-  // The capacity is the registered one less what `needs` take (at start, from the records).
+  // Gives a stopped task's need back, behind: a writer thread gives back everything owed in
+  // one transaction (retried on a race, and after a pause when the store fails). Never waits
+  // for the store; callable under any lock.
+  void give_back(const state::task_need& need);
+  // Everything owed so far given back in state (a claim on this instance reads it next).
+  result<void> settle();
+  // The capacity is the registered one less what `needs` take (at start, from the records;
+  // anything still owed is forgotten: the records count it).
   result<void> reset_capacity(const std::vector<state::task_need>& needs);
 
   // ---- presence ----
@@ -79,6 +90,9 @@ class instance {
  private:
   // This agent's instance id: from <state dir>/instance-id, made there at the first start.
   result<std::string> own_instance_id();
+  // One transaction giving back what is owed (under give_mu_); what fails is owed again.
+  result<void> give_back_owed();
+  void give_back_behind();
 
   config& cfg_;
   store* store_;
@@ -88,6 +102,13 @@ class instance {
   std::uint32_t registered_cpu_ = 0, registered_mib_ = 0;
   std::string instance_id_, instance_arn_, ec2_id_;
   state::lease_id lease_ = 0;
+  // Owed capacity (owed_mu_, a leaf lock) and its writer thread; give_mu_ serializes the
+  // transactions that give it back.
+  std::mutex owed_mu_, give_mu_;
+  std::condition_variable owed_cv_;
+  std::vector<state::task_need> owed_;
+  std::thread giver_;
+  bool stop_giving_ = false;
   std::chrono::steady_clock::time_point last_keep_alive_{};
 };
 

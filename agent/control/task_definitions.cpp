@@ -230,15 +230,16 @@ tl::expected<void, api_error> check_linux_parameters(const ecs::linux_parameters
 // One container definition, as ECS checks it; `task_memory`: the task has a memory of its own.
 tl::expected<void, api_error> check_container(const ecs::container_definition& c,
                                               bool task_memory) {
+  // ECS's words for a container without a name or an image.
   const std::string name = c.name.value_or("");
-  if (auto ok = not_empty(name, "name"); !ok) return ok;
+  if (name.empty()) return tl::unexpected(client("Container.name should not be null or empty."));
   static const std::regex name_re("^[a-zA-Z0-9_-]{1,255}$");
   if (!std::regex_match(name, name_re)) {
     return tl::unexpected(invalid("Container name '" + name +
                                   "' may hold only letters, numbers, hyphens and underscores"));
   }
   const std::string image = c.image.value_or("");
-  if (auto ok = not_empty(image, "image"); !ok) return ok;
+  if (image.empty()) return tl::unexpected(client("Container.image should not be null or empty."));
   // ECS: up to 255 letters, digits, hyphens, underscores, colons, periods, slashes and number
   // signs (and '@' for a digest).
   if (image.size() > 255 || !std::all_of(image.begin(), image.end(), [](char ch) {
@@ -476,6 +477,12 @@ tl::expected<state::task_definition, api_error> checked(ecs::register_task_defin
     d.container_definitions->push_back(with_defaults(std::move(c), network));
   d.network_mode = network;
   d.volumes = r.volumes.value_or(std::vector<ecs::volume>{});
+  // ECS's default for an EFS volume's root.
+  for (auto& v : *d.volumes) {
+    if (v.efs_volume_configuration && !v.efs_volume_configuration->root_directory) {
+      v.efs_volume_configuration->root_directory = "/";
+    }
+  }
   d.status = "ACTIVE";
   d.requires_attributes.emplace();
   d.placement_constraints =
@@ -491,8 +498,20 @@ tl::expected<state::task_definition, api_error> checked(ecs::register_task_defin
   if (r.requires_compatibilities && !r.requires_compatibilities->empty()) {
     d.requires_compatibilities = std::move(r.requires_compatibilities);
   }
+  // Kept as the request set them, as ECS answers (Berth's tasks do not act on them).
+  d.proxy_configuration = std::move(r.proxy_configuration);
+  d.inference_accelerators = std::move(r.inference_accelerators);
+  d.ephemeral_storage = std::move(r.ephemeral_storage);
+  d.runtime_platform = std::move(r.runtime_platform);
   td.tags = std::move(tags);
   return td;
+}
+
+// Whether `ref` ("family:3", or an ARN ending so) names a revision, not a family alone.
+bool names_revision(const std::string& ref) {
+  const auto colon = ref.rfind(':');
+  return colon != std::string::npos &&
+         !(ref.starts_with("arn:") && colon < ref.find("task-definition/"));
 }
 
 }  // namespace
@@ -575,7 +594,7 @@ outcome task_definitions::describe_task_definition(const json& req) {
 }
 
 tl::expected<std::vector<state::task_definition>, api_error> task_definitions::stored(
-    const std::optional<std::string>& family_prefix) {
+    const std::optional<std::string>& family_prefix, bool exact) {
   auto all = store_->list("taskdef", family_prefix.value_or(""));
   if (!all) return tl::unexpected(server(all.error().message));
   std::vector<state::task_definition> out;
@@ -585,6 +604,7 @@ tl::expected<std::vector<state::task_definition>, api_error> task_definitions::s
     if (!td) return tl::unexpected(server(td.error().detail));
     // The store's prefix is the key's: "web" also lists "webby:...".
     if (family_prefix && !td->def.family->starts_with(*family_prefix)) continue;
+    if (family_prefix && exact && *td->def.family != *family_prefix) continue;
     out.push_back(std::move(*td));
   }
   return out;
@@ -592,10 +612,13 @@ tl::expected<std::vector<state::task_definition>, api_error> task_definitions::s
 
 outcome task_definitions::list_task_definitions(const json& req) {
   BERTH_TRY(r, decode_request<ecs::list_task_definitions_request>(req));
-  if (r.status && *r.status != "ACTIVE" && *r.status != "INACTIVE") {
-    return tl::unexpected(invalid("status must be ACTIVE or INACTIVE"));
+  if (r.status && *r.status != "ACTIVE" && *r.status != "INACTIVE" &&
+      *r.status != "DELETE_IN_PROGRESS") {
+    return tl::unexpected(invalid("status must be ACTIVE, INACTIVE or DELETE_IN_PROGRESS"));
   }
-  BERTH_TRY(all, stored(r.family_prefix));
+  // ListTaskDefinitions' familyPrefix is a whole family, as ECS reads it ("web" does not list
+  // "webby"); ListTaskDefinitionFamilies' is a prefix.
+  BERTH_TRY(all, stored(r.family_prefix, true));
   std::vector<std::string> arns;
   for (auto& td : all) {
     if (td.def.status == r.status.value_or("ACTIVE")) {
@@ -617,7 +640,7 @@ outcome task_definitions::list_task_definition_families(const json& req) {
   if (want != "ACTIVE" && want != "INACTIVE" && want != "ALL") {
     return tl::unexpected(invalid("status must be ACTIVE, INACTIVE or ALL"));
   }
-  BERTH_TRY(all, stored(r.family_prefix));
+  BERTH_TRY(all, stored(r.family_prefix, false));
   std::map<std::string, bool> families;  // family -> has an ACTIVE revision
   for (const auto& td : all) families[*td.def.family] |= td.def.status == "ACTIVE";
   std::vector<std::string> names;
@@ -635,11 +658,8 @@ outcome task_definitions::deregister_task_definition(const json& req) {
   BERTH_TRY(r, decode_request<ecs::deregister_task_definition_request>(req));
   const std::string& ref = r.task_definition;
   if (auto ok = not_empty(ref, "taskDefinition"); !ok) return tl::unexpected(ok.error());
-  if (ref.find(':') == std::string::npos ||
-      (ref.starts_with("arn:") && ref.rfind(':') < ref.find("task-definition/"))) {
-    return tl::unexpected(
-        client("The specified task definition does not exist or is not a revision: give "
-               "family:revision or an ARN."));
+  if (!names_revision(ref)) {
+    return tl::unexpected(client("Revision is missing."));  // ECS's words: a family alone
   }
   BERTH_TRY(td, find_task_definition(ref, false));
   td.def.status = "INACTIVE";
@@ -649,6 +669,105 @@ outcome task_definitions::deregister_task_definition(const json& req) {
     return tl::unexpected(server(w.error().message));
   }
   return json{{"taskDefinition", state::response(td)}};
+}
+
+outcome task_definitions::delete_task_definitions(const json& req) {
+  BERTH_TRY(r, decode_request<ecs::delete_task_definitions_request>(req));
+  if (r.task_definitions.empty()) {
+    return tl::unexpected(invalid("taskDefinitions must name at least one task definition"));
+  }
+  if (r.task_definitions.size() > 10) {
+    return tl::unexpected(invalid("taskDefinitions may name at most 10 task definitions"));
+  }
+  json out = {{"taskDefinitions", json::array()}, {"failures", json::array()}};
+  for (const auto& ref : r.task_definitions) {
+    if (!names_revision(ref)) {
+      out["failures"].push_back(
+          {{"arn", ref}, {"reason", "INVALID_PARAMETER"}, {"detail", "Revision is missing."}});
+      continue;
+    }
+    auto td = find_task_definition(ref, false);
+    if (!td) {
+      if (td.error().type != "ClientException") return tl::unexpected(td.error());
+      out["failures"].push_back(
+          {{"arn", ref}, {"reason", "MISSING"}, {"detail", "The task definition does not exist."}});
+      continue;
+    }
+    if (td->def.status == "ACTIVE") {
+      out["failures"].push_back(
+          {{"arn", *td->def.task_definition_arn},
+           {"reason", "TASK_DEFINITION_ACTIVE"},
+           {"detail", "The task definition is ACTIVE: deregister it before you delete it."}});
+      continue;
+    }
+    if (td->def.status != "DELETE_IN_PROGRESS") {
+      td->def.status = "DELETE_IN_PROGRESS";
+      const auto key = td_key(*td->def.family, static_cast<std::uint64_t>(*td->def.revision));
+      if (auto w = store_->put("taskdef", key, state::to_json(*td).dump()); !w) {
+        return tl::unexpected(server(w.error().message));
+      }
+    }
+    out["taskDefinitions"].push_back(state::response(*td));
+  }
+  // Those nothing uses go now; the rest when their tasks and services are gone.
+  if (auto p = purge_deleted(); !p) return tl::unexpected(p.error());
+  return out;
+}
+
+namespace {
+
+// Whether a stored task or service document (JSON text) still uses task definition `arn`.
+bool uses(const std::string& doc, const std::string& arn, bool is_task) {
+  if (doc.find(arn) == std::string::npos) return false;  // most documents: no parse
+  const json j = json::parse(doc, nullptr, false);
+  if (!j.is_object()) return false;
+  const auto str = [&](const json& o, const char* k) {
+    const auto it = o.find(k);
+    return it != o.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (is_task) return str(j, "taskDefinitionArn") == arn && str(j, "lastStatus") != "STOPPED";
+  if (str(j, "status") == "INACTIVE") return false;
+  if (str(j, "taskDefinition") == arn) return true;
+  const auto d = j.find("deployments");
+  if (d == j.end() || !d->is_array()) return false;
+  for (const auto& dep : *d) {
+    if (dep.is_object() && str(dep, "taskDefinition") == arn) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+tl::expected<std::size_t, api_error> task_definitions::purge_deleted() {
+  auto all = store_->list("taskdef", "");
+  if (!all) return tl::unexpected(server(all.error().message));
+  std::vector<std::pair<std::string, std::string>> doomed;  // key, ARN
+  for (const auto& [k, v] : *all) {
+    if (v.find("DELETE_IN_PROGRESS") == std::string::npos) continue;
+    auto td = state::parse<state::task_definition>(v, k);
+    if (!td) return tl::unexpected(server(td.error().detail));
+    if (td->def.status == "DELETE_IN_PROGRESS") {
+      doomed.emplace_back(k, *td->def.task_definition_arn);
+    }
+  }
+  if (doomed.empty()) return 0;
+  auto tasks = store_->list("task", "");
+  if (!tasks) return tl::unexpected(server(tasks.error().message));
+  auto services = store_->list("service", "");
+  if (!services) return tl::unexpected(server(services.error().message));
+  std::size_t erased = 0;
+  for (const auto& [key, arn] : doomed) {
+    const auto used_by = [&](const auto& docs, bool is_task) {
+      return std::any_of(docs.begin(), docs.end(),
+                         [&](const auto& d) { return uses(d.second, arn, is_task); });
+    };
+    if (used_by(*tasks, true) || used_by(*services, false)) continue;
+    if (auto e = store_->erase("taskdef", key); !e) {
+      return tl::unexpected(server(e.error().message));
+    }
+    ++erased;
+  }
+  return erased;
 }
 
 }  // namespace berth::agent::control

@@ -1,7 +1,7 @@
 // Task definitions: RegisterTaskDefinition's checks, as ECS words their errors; revisions per
 // family in the store; DescribeTaskDefinition, ListTaskDefinitions, ListTaskDefinitionFamilies
-// and DeregisterTaskDefinition. Also the checks the task engine relies on (overrides, the
-// containers' start order).
+// DeregisterTaskDefinition and DeleteTaskDefinitions. Also the checks the task engine relies on
+// (overrides, the containers' start order).
 //
 // Thread-safe as far as the store is: it keeps no state of its own.
 #pragma once
@@ -52,15 +52,23 @@ class task_definitions {
   outcome list_task_definitions(const json& req);
   outcome list_task_definition_families(const json& req);
   outcome deregister_task_definition(const json& req);
+  // Up to 10 INACTIVE revisions to DELETE_IN_PROGRESS (an ACTIVE one is a failure: deregister it
+  // first); each is erased by purge_deleted once no task or service uses it.
+  outcome delete_task_definitions(const json& req);
+  // Erases the DELETE_IN_PROGRESS revisions that no task short of STOPPED and no service that is
+  // not INACTIVE names, as ECS does "periodically". Returns how many it erased. The revision
+  // counter stays: the family's next revision does not reuse their numbers.
+  tl::expected<std::size_t, api_error> purge_deleted();
   // "family", "family:3" or an ARN; the family's latest ACTIVE revision when none is given.
   // ClientException when there is none (or, with active_only, it is INACTIVE).
   tl::expected<state::task_definition, api_error> find_task_definition(const std::string& ref,
                                                                        bool active_only);
 
  private:
-  // Every revision of the families starting with `family_prefix` (of all, without one).
+  // Every revision of the families starting with `family_prefix` (of all, without one), or
+  // when `exact`, of that family alone.
   tl::expected<std::vector<state::task_definition>, api_error> stored(
-      const std::optional<std::string>& family_prefix);
+      const std::optional<std::string>& family_prefix, bool exact);
   std::string arn(const std::string& rest) const { return arn_prefix_ + rest; }
 
   store* store_;

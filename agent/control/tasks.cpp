@@ -82,12 +82,9 @@ struct task_actions::impl {
       return;
     }
     ungroup(t);
-    // This instance's capacity in state, given back once; a failure here is mended at the next
-    // start, which counts the capacity again from the records.
+    // This instance's capacity in state, given back once (behind: instance.hpp).
     if (holding_.erase(a) == 0) return;
-    if (auto r = inst_.give_back(t.berth.need); !r) {
-      spdlog::error("task {}: capacity not given back in state: {}", a, r.error().message);
-    }
+    inst_.give_back(t.berth.need);
   }
 
   // A task leaves its group's count.
@@ -131,6 +128,7 @@ struct task_actions::impl {
     run.overrides = std::move(req.overrides);
     run.started_by = std::move(req.started_by);
     run.tags = std::move(req.tags);
+    run.enable_execute_command = req.enable_execute_command;
     return launch(run, &req.container_instances);
   }
 
@@ -142,18 +140,20 @@ struct task_actions::impl {
     std::int64_t count = 1;
     std::string group;
     task_need need;
+    bool execute_command = false;  // enableExecuteCommand: berthctl execute-command may enter
     std::vector<pl::constraint> constraints;
     std::vector<pl::strategy> strategies;
   };
 
   tl::expected<launch_request, api_error> read_launch(const ecs::run_task_request& req) {
     launch_request l;
-    BERTH_TRY(cluster, find_cluster(req.cluster));
+    // The launch type before the cluster, as ECS checks them.
     const bool providers =
         req.capacity_provider_strategy && !req.capacity_provider_strategy->empty();
     if (auto ok = check_launch_type(req.launch_type, providers); !ok) {
       return tl::unexpected(ok.error());
     }
+    BERTH_TRY(cluster, find_cluster(req.cluster));
     if (req.task_definition.empty()) {
       return tl::unexpected(invalid("'taskDefinition' is required and must not be empty"));
     }
@@ -162,8 +162,13 @@ struct task_actions::impl {
     if (l.count < 1 || l.count > 10) {
       return tl::unexpected(invalid("count must be between 1 and 10"));
     }
-    BERTH_TRY(td, find_task_definition(req.task_definition, true));
+    // A service's own tasks may use a revision deregistered since (ECS: existing services scale
+    // on an INACTIVE or DELETE_IN_PROGRESS one); everything else needs an ACTIVE one.
+    const bool for_service = req.started_by && req.started_by->starts_with("ecs-svc/") &&
+                             req.group && req.group->starts_with("service:");
+    BERTH_TRY(td, find_task_definition(req.task_definition, !for_service));
     l.overrides = req.overrides.value_or(ecs::task_override{});
+    l.execute_command = req.enable_execute_command.value_or(false);
     // What the model's types cannot say: amounts, sizes and limits.
     if (auto ok = check_overrides(l.overrides); !ok) {
       return tl::unexpected(ok.error());
@@ -226,7 +231,8 @@ struct task_actions::impl {
     std::vector<member> targets;
     if (explicit_instances) {
       const std::vector<std::string>& refs = *instances;
-      if (refs.empty() || refs.size() > 10) {
+      if (refs.empty()) return tl::unexpected(client("Container Instances cannot be empty."));
+      if (refs.size() > 10) {
         return tl::unexpected(invalid("containerInstances must name 1 to 10 instances"));
       }
       for (const auto& ci : refs) {
@@ -239,7 +245,7 @@ struct task_actions::impl {
       }
       if (!out["failures"].empty()) return out;
     } else if (!mine) {
-      return tl::unexpected(invalid("No Container Instances were found in your cluster."));
+      return tl::unexpected(no_instances_found());
     }
     pl::request preq{need.req, group,
                      explicit_instances ? std::vector<pl::constraint>{} : l.constraints,
@@ -335,6 +341,7 @@ struct task_actions::impl {
       const ipc::demand& dm) {
     for (auto& [t, m] : made) {
       t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
+      t.ecs.enable_execute_command = l.execute_command;
       grouped_[t.arn()] = m.slot;
     }
     // Gives back what placement took for the tasks on `on` (every instance when empty).
@@ -363,6 +370,13 @@ struct task_actions::impl {
         std::optional<capacity> seen;
       };
       std::optional<refusal> refused;
+      // What this instance's stopped tasks gave back is in state before a claim on it reads it.
+      if (per_instance.contains(inst_.id())) {
+        if (auto s = inst_.settle(); !s) {
+          unplace("");
+          return tl::unexpected(server("The task could not be stored: " + s.error().message));
+        }
+      }
       auto claim_all = [&](store& tx) -> result<void> {
         refused.reset();
         for (const auto& [id, n_arn] : per_instance) {
@@ -689,13 +703,14 @@ struct task_actions::impl {
 
   outcome place_dry_run(const ecs::run_task_request& req) {
     BERTH_TRY(l, read_launch(req));
-    if (l.cluster.cluster_name != cfg_.cluster) {
-      return tl::unexpected(invalid("No Container Instances were found in your cluster."));
-    }
     const task_need& need = l.need;
     const std::int64_t count = l.count;
+    // The rules first: a malformed one is refused in any cluster.
     auto q = pl::compile({need.req, l.group, l.constraints, l.strategies});
     if (!q) return tl::unexpected(invalid(q.error().message));
+    if (l.cluster.cluster_name != cfg_.cluster) {
+      return tl::unexpected(no_instances_found());
+    }
     std::lock_guard lock(mu_);
     pl::place_options o;
     o.count = static_cast<std::uint32_t>(count);

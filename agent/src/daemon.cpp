@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "account_settings.hpp"
 #include "berth/agent.hpp"
 #include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
@@ -24,6 +25,7 @@
 #include "berth/scheduler/scheduler.hpp"
 #include "berth/state.hpp"
 #include "console_route.hpp"
+#include "exec.hpp"
 #include "service.hpp"
 
 namespace berth::agent {
@@ -33,6 +35,7 @@ namespace {
 constexpr std::string_view target_prefix = "AmazonEC2ContainerServiceV20141113.";
 // Berth's own actions (the placement query) on the same endpoint.
 constexpr std::string_view berth_prefix = "BerthV1.";
+constexpr std::string_view exec_protocol = "berth-exec";
 
 http_response error_response(const api_error& e) {
   http_response r;
@@ -44,7 +47,7 @@ http_response error_response(const api_error& e) {
 
 // The actions anyone may call: they change nothing.
 bool read_only_action(const std::string& action) {
-  return action.starts_with("Describe") || action.starts_with("List");
+  return action.starts_with("Describe") || action.starts_with("List") || action.starts_with("Get");
 }
 
 // "a%20b" -> "a b" in a query value; a '%' not followed by two hex digits stays as it is.
@@ -261,7 +264,8 @@ class daemon_impl final : public daemon {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     std::string code = "200";
     std::string error_type, error_message;
-    if (out.status != 200) {
+    // 101: BerthV1.ExecuteCommand's session began.
+    if (out.status != 200 && out.status != 101) {
       const json e = json::parse(out.body, nullptr, false);
       if (e.is_object()) {
         error_type = e.value("__type", "");
@@ -290,7 +294,7 @@ class daemon_impl final : public daemon {
     // Members in json's (alphabetical) order, as when the record was built as a json object.
     json_writer w;
     w.string("awsRegion", cfg_.region);
-    if (!error_type.empty() || out.status != 200) {
+    if (!error_type.empty() || (out.status != 200 && out.status != 101)) {
       w.string("errorCode", error_type.empty() ? std::to_string(out.status) : error_type);
       w.string("errorMessage", error_message);
     }
@@ -527,6 +531,7 @@ class daemon_impl final : public daemon {
     if (auto bad = check_request(rec.action, req); !bad.type.empty()) {
       return error_response({bad.type, bad.message, 400});
     }
+    if (berth && rec.action == "ExecuteCommand") return execute_command(r, req);
     // Callers who may not change anything see environment values and secret-looking members
     // hidden, by the audit log's rule: reading a task definition is not reading its secrets.
     const bool admin = r.tcp ? !read_only_key : r.privileged;
@@ -538,7 +543,14 @@ class daemon_impl final : public daemon {
         return ok;
       }
     }
+    // Account settings are the caller's: an IAM user's ARN, or the account's root for the Unix
+    // socket's administrators.
+    const std::string caller = rec.identity.contains("arn") && rec.identity["arn"].is_string()
+                                   ? rec.identity["arn"].get<std::string>()
+                                   : "arn:aws:iam::" + cfg_.account_id + ":root";
     tl::expected<json, api_error> result = berth ? berth_call(rec.action, req)
+                                           : control::account_settings::serves(rec.action)
+                                               ? service_->account_call(rec.action, req, caller)
                                            : scheduler_->serves(rec.action)
                                                ? scheduler_->call(rec.action, req)
                                                : service_->call(rec.action, req);
@@ -547,6 +559,27 @@ class daemon_impl final : public daemon {
     ok.body = (admin ? *result : redact(*result, std::numeric_limits<std::size_t>::max()))
                   .dump(-1, ' ', false, json::error_handler_t::replace);
     return ok;
+  }
+
+  // BerthV1.ExecuteCommand (exec.hpp): 101, and the session on this connection.
+  http_response execute_command(const http_request& r, const json& req) {
+    const auto up = r.headers.find("upgrade");
+    if (up == r.headers.end() || up->second != exec_protocol) {
+      return error_response(
+          {"InvalidParameterException",
+           "BerthV1.ExecuteCommand carries its session on the request's connection: send it with "
+           "Connection: Upgrade and Upgrade: " +
+               std::string(exec_protocol) + " (berthctl execute-command does)",
+           400});
+    }
+    auto session = exec::open(*service_, req);
+    if (!session) return error_response(session.error());
+    http_response out;
+    out.status = 101;
+    out.content_type = "application/vnd.berth.exec-stream";
+    out.headers["Upgrade"] = std::string(exec_protocol);
+    out.upgrade = std::move(*session);
+    return out;
   }
 
   // Berth's own actions (X-Amz-Target: BerthV1.<Action>).
@@ -597,7 +630,8 @@ result<std::unique_ptr<store>> open_state(const config& c) {
   if (c.etcd_prefix != "/berth")
     shared = state::rebased(std::move(shared), "/berth", c.etcd_prefix);
   spdlog::info("cluster state in etcd at {} under {}", c.etcd_endpoints.front(), c.etcd_prefix);
-  return over_state(std::move(shared));
+  // While etcd is unreachable, reads are answered from what was read last (stale, logged).
+  return remembering(over_state(std::move(shared)));
 }
 
 }  // namespace

@@ -23,16 +23,21 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "account_settings.hpp"
 #include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
 #include "berth/engine/task_engine.hpp"
 #include "berth/ipc.hpp"
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
+#include "clusters.hpp"
 #include "ecs_request.hpp"
 #include "imds.hpp"
 #include "instance.hpp"
 #include "lost_instances.hpp"
+#include "not_served.hpp"
+#include "registration.hpp"
+#include "service_record.hpp"
 #include "task_definitions.hpp"
 #include "task_table.hpp"
 #include "task_views.hpp"
@@ -63,7 +68,7 @@ class service_impl final : public service {
   ~service_impl() override { shutdown(); }
 
   result<void> start() {
-    if (auto r = ensure_cluster(cfg_.cluster); !r) return r;
+    if (auto r = clusters_.ensure(cfg_.cluster); !r) return r;
     // EC2's metadata, only when asked for.
     std::optional<instance_metadata> ec2;
     if (!cfg_.imds_endpoint.empty()) {
@@ -127,9 +132,14 @@ class service_impl final : public service {
         {"ListClusters", &service_impl::list_clusters},
         {"DescribeClusters", &service_impl::describe_clusters},
         {"DeleteCluster", &service_impl::delete_cluster},
+        {"UpdateCluster", &service_impl::update_cluster},
+        {"UpdateClusterSettings", &service_impl::update_cluster_settings},
+        {"PutClusterCapacityProviders", &service_impl::put_cluster_capacity_providers},
         {"ListContainerInstances", &service_impl::list_container_instances},
         {"DescribeContainerInstances", &service_impl::describe_container_instances},
         {"UpdateContainerInstancesState", &service_impl::update_container_instances_state},
+        {"RegisterContainerInstance", &service_impl::register_container_instance},
+        {"DeregisterContainerInstance", &service_impl::deregister_container_instance},
         {"PutAttributes", &service_impl::put_attributes},
         {"DeleteAttributes", &service_impl::delete_attributes},
         {"ListAttributes", &service_impl::list_attributes},
@@ -138,6 +148,7 @@ class service_impl final : public service {
         {"ListTaskDefinitions", &service_impl::list_task_definitions},
         {"ListTaskDefinitionFamilies", &service_impl::list_task_definition_families},
         {"DeregisterTaskDefinition", &service_impl::deregister_task_definition},
+        {"DeleteTaskDefinitions", &service_impl::delete_task_definitions},
         {"RunTask", &service_impl::run_task},
         {"StartTask", &service_impl::start_task},
         {"StopTask", &service_impl::stop_task},
@@ -149,6 +160,8 @@ class service_impl final : public service {
     };
     const auto it = actions.find(action);
     if (it == actions.end()) {
+      if (action == "DescribeCapacityProviders") return control::describe_capacity_providers(req);
+      if (auto answer = control::not_served(action)) return tl::unexpected(*answer);
       return tl::unexpected(
           api_error{"UnknownOperationException", "Unknown operation: '" + action + "'"});
     }
@@ -175,6 +188,13 @@ class service_impl final : public service {
     return guarded("DescribeTaskUsage", req, [&] { return task_actions_.task_usage(req); });
   }
   outcome place(const json& req) override { return task_actions_.place(req); }
+  outcome account_call(const std::string& action, const json& req,
+                       const std::string& caller) override {
+    if (!req.is_object()) {
+      return tl::unexpected(serialization("The request body must be a JSON object"));
+    }
+    return account_.call(action, req, caller);
+  }
 
   std::optional<tl::expected<std::string, api_error>> call_serialized(const std::string& action,
                                                                       const json& req) override {
@@ -205,35 +225,9 @@ class service_impl final : public service {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
-  std::string cluster_arn(const std::string& name) const { return arn("cluster/" + name); }
 
-  // The cluster record stored under `name`, if any.
-  tl::expected<std::optional<state::cluster>, api_error> stored_cluster(const std::string& name) {
-    auto doc = store_->get("cluster", name);
-    if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc) return std::optional<state::cluster>();
-    auto c = state::parse<state::cluster>(**doc, name);
-    if (!c) return tl::unexpected(server(c.error().detail));
-    return std::optional<state::cluster>(std::move(*c));
-  }
-
-  // The ACTIVE cluster a request names or ARNs (`ref`; "default" without one).
   tl::expected<state::cluster, api_error> find_cluster(const std::optional<std::string>& ref) {
-    BERTH_TRY(found, stored_cluster(name_of(ref.value_or("default"))));
-    if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
-    return std::move(*found);
-  }
-
-  // A new cluster's record.
-  state::cluster new_cluster(const std::string& name, std::vector<state::tag> tags) const {
-    return {cluster_arn(name), name, "ACTIVE", std::move(tags), {}};
-  }
-
-  result<void> ensure_cluster(const std::string& name) {
-    auto found = stored_cluster(name);
-    if (!found) return tl::unexpected(error{found.error().message});
-    if (*found && (*found)->status == "ACTIVE") return {};
-    return store_->put("cluster", name, state::to_json(new_cluster(name, {})).dump());
+    return clusters_.find(ref);
   }
 
   // ---- the instance ----
@@ -242,9 +236,15 @@ class service_impl final : public service {
   // --instance-lost-after have their tasks stopped.
   void heartbeat_loop() {
     std::unique_lock lock(mu_);
-    while (!stopping_) {
+    for (unsigned beat = 1; !stopping_; ++beat) {
       lock.unlock();
       inst_.keep_alive();
+      // Deleted task definitions nothing uses any more go, as ECS's periodic check does.
+      if (beat % 10 == 0) {
+        if (auto p = tds_.purge_deleted(); !p) {
+          spdlog::warn("purging deleted task definitions: {}", p.error().message);
+        }
+      }
       lock.lock();
       control::stop_lost_tasks(cfg_, fleet_, table_);
       cv_.wait_for(lock, 1s, [&] { return stopping_; });
@@ -262,96 +262,16 @@ class service_impl final : public service {
     return {running, pending};
   }
 
-  // ---- clusters ----
+  // ---- clusters (control/clusters) ----
 
-  outcome create_cluster(const json& req) {
-    BERTH_TRY(r, decode_request<ecs::create_cluster_request>(req));
-    const std::string n = r.cluster_name.value_or("default");
-    if (n.empty() || n.size() > 255 || !std::all_of(n.begin(), n.end(), [](char c) {
-          return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
-        })) {
-      return tl::unexpected(invalid(
-          "Cluster name must be 1-255 letters, numbers, hyphens and underscores: '" + n + "'"));
-    }
-    BERTH_TRY(tags, tags_of(r.tags));
-    BERTH_TRY(found, stored_cluster(n));
-    if (found && found->status == "ACTIVE") {
-      return json{{"cluster", cluster_view(*found)}};  // idempotent, as ECS
-    }
-    const state::cluster c = new_cluster(n, std::move(tags));
-    if (auto w = store_->put("cluster", n, state::to_json(c).dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    return json{{"cluster", cluster_view(c)}};
-  }
-
-  json cluster_view(const state::cluster& cluster) {
-    json c = state::response(cluster);
-    std::int64_t running = 0, pending = 0, instances = 0;
-    if (cluster.cluster_name == cfg_.cluster) {
-      instances = static_cast<std::int64_t>(fleet_.all().size());
-      std::tie(running, pending) = count_tasks();
-    }
-    c["registeredContainerInstancesCount"] = instances;
-    c["runningTasksCount"] = running;
-    c["pendingTasksCount"] = pending;
-    c["activeServicesCount"] = 0;
-    c["statistics"] = json::array();
-    return c;
-  }
-
-  outcome list_clusters(const json& req) {
-    BERTH_TRY(r, decode_request<ecs::list_clusters_request>(req));
-    auto all = store_->list("cluster", "");
-    if (!all) return tl::unexpected(server(all.error().message));
-    std::vector<std::string> arns;
-    for (const auto& [k, v] : *all) {
-      auto c = state::parse<state::cluster>(v, k);
-      if (!c) return tl::unexpected(server(c.error().detail));
-      if (c->status == "ACTIVE") arns.push_back(std::move(c->cluster_arn));
-    }
-    BERTH_TRY(range, page(r.next_token, r.max_results, arns.size(), 100));
-    json out = {{"clusterArns", json::array()}};
-    for (std::size_t i = range.first; i < range.second; ++i) out["clusterArns"].push_back(arns[i]);
-    add_token(out, range.second, arns.size());
-    return out;
-  }
-
-  outcome describe_clusters(const json& req) {
-    BERTH_TRY(r, decode_request<ecs::describe_clusters_request>(req));
-    std::vector<std::string> names = r.clusters.value_or(std::vector<std::string>{});
-    if (names.empty()) names.push_back("default");
-    if (names.size() > 100) return tl::unexpected(invalid("clusters can list at most 100"));
-    json out = {{"clusters", json::array()}, {"failures", json::array()}};
-    for (const auto& n : names) {
-      BERTH_TRY(found, stored_cluster(name_of(n)));
-      if (!found) {
-        out["failures"].push_back(
-            {{"arn", n.starts_with("arn:") ? n : cluster_arn(n)}, {"reason", "MISSING"}});
-        continue;
-      }
-      out["clusters"].push_back(cluster_view(*found));
-    }
-    return out;
-  }
-
-  outcome delete_cluster(const json& req) {
-    BERTH_TRY(r, decode_request<ecs::delete_cluster_request>(req));
-    if (auto ok = not_empty(r.cluster, "cluster"); !ok) return tl::unexpected(ok.error());
-    const std::string name = name_of(r.cluster);
-    BERTH_TRY(found, stored_cluster(name));
-    if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
-    if (name == cfg_.cluster) {
-      return tl::unexpected(api_error{
-          "ClusterContainsContainerInstancesException",
-          "The Cluster cannot be deleted while Container Instances are active or draining."});
-    }
-    state::cluster c = std::move(*found);
-    c.status = "INACTIVE";
-    if (auto w = store_->put("cluster", name, state::to_json(c).dump()); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    return json{{"cluster", cluster_view(c)}};
+  outcome create_cluster(const json& req) { return clusters_.create(req); }
+  outcome list_clusters(const json& req) { return clusters_.list(req); }
+  outcome describe_clusters(const json& req) { return clusters_.describe(req); }
+  outcome delete_cluster(const json& req) { return clusters_.remove(req); }
+  outcome update_cluster(const json& req) { return clusters_.update(req); }
+  outcome update_cluster_settings(const json& req) { return clusters_.update_settings(req); }
+  outcome put_cluster_capacity_providers(const json& req) {
+    return clusters_.put_capacity_providers(req);
   }
 
   // ---- container instances and attributes ----
@@ -370,7 +290,8 @@ class service_impl final : public service {
       }
       for (const control::member& m : fleet_.all()) {
         const std::string& a = m.record.container_instance_arn;
-        if (status && m.record.status != *status) continue;
+        // Deregistered ones only when asked for by status, as ECS lists them.
+        if (status ? m.record.status != *status : m.record.status == "INACTIVE") continue;
         if (matching && !matching->contains(a)) continue;
         arns.push_back(a);
       }
@@ -399,7 +320,7 @@ class service_impl final : public service {
   }
 
   outcome describe_container_instances(const json& req) {
-    const api_error none = invalid("containerInstances must not be empty");
+    const api_error none = client("Container Instances cannot be empty.");  // ECS's words
     BERTH_TRY(r, decode_request<ecs::describe_container_instances_request>(
                      req, "containerInstances", none));
     BERTH_TRY(c, find_cluster(r.cluster));
@@ -440,6 +361,24 @@ class service_impl final : public service {
       out["containerInstances"].push_back(fleet_.describe(*m));
     }
     return out;
+  }
+
+  outcome register_container_instance(const json& req) {
+    BERTH_TRY(r, decode_request<ecs::register_container_instance_request>(req));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    (void)c;
+    return control::register_container_instance(fleet_, *store_, cfg_.cluster, arn(""), r);
+  }
+  outcome deregister_container_instance(const json& req) {
+    BERTH_TRY(r, decode_request<ecs::deregister_container_instance_request>(req));
+    BERTH_TRY(c, find_cluster(r.cluster));
+    auto m = instance_in(c, r.container_instance);
+    if (!m) {
+      return tl::unexpected(invalid("The referenced container instance " + r.container_instance +
+                                    " is not an instance of cluster " + c.cluster_name + "."));
+    }
+    std::lock_guard lock(mu_);
+    return control::deregister_container_instance(fleet_, table_, *m, r.force.value_or(false));
   }
 
   // PutAttributes' and DeleteAttributes' requests, which are the same.
@@ -536,6 +475,7 @@ class service_impl final : public service {
       }
     }
     if (rest.starts_with("task/")) return std::pair{std::string("task"), rest.substr(5)};
+    if (rest.starts_with("service/")) return std::pair{std::string("service"), rest.substr(8)};
     if (rest.starts_with("container-instance/")) {
       // "<cluster>/<id>": the record, never the documents beside it.
       std::string key = rest.substr(19);
@@ -582,6 +522,33 @@ class service_impl final : public service {
     return json::object();
   }
 
+  // A service's tags changed. Its record's revision goes up with them, so that the scheduler's
+  // next compare-and-swap of the record (which checks the revision) reads it again rather than
+  // write the old tags back.
+  outcome retag_service(const std::string& key, const std::string& a, const tag_change& change) {
+    std::optional<api_error> refused;
+    auto w = store_->transaction([&](store& tx) -> result<void> {
+      auto doc = tx.get("service", key);
+      if (!doc) return tl::unexpected(doc.error());
+      if (!*doc) {
+        refused =
+            api_error{"ResourceNotFoundException", "The specified resource was not found: " + a};
+        return tl::unexpected(error{refused->message});
+      }
+      auto s = state::parse<state::service>(**doc, key);
+      if (!s) return tl::unexpected(error{s.error().detail});
+      if (auto c = apply_tag_change(change, s->tags); !c) {
+        refused = c.error();
+        return tl::unexpected(error{refused->message});
+      }
+      ++s->berth.revision;
+      return tx.put("service", key, state::to_json(*s).dump());
+    });
+    if (refused) return tl::unexpected(*refused);
+    if (!w) return tl::unexpected(server(w.error().message));
+    return json::object();
+  }
+
   // The kind and store key of the resource an ARN names (resource_of), or why there is none.
   tl::expected<std::pair<std::string, std::string>, api_error> resource_named(
       const std::string& a) {
@@ -597,6 +564,7 @@ class service_impl final : public service {
     auto doc = store_->get(kind, key);
     if (!doc) return tl::unexpected(server(doc.error().message));
     if (!*doc) {
+      if (kind == "cluster") return tl::unexpected(cluster_not_found());
       return tl::unexpected(
           api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
     }
@@ -610,6 +578,7 @@ class service_impl final : public service {
     std::unique_lock instance_lock(inst_.mutex(), std::defer_lock);
     if (kind == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
+    if (kind == "service") return retag_service(key, a, change);
     BERTH_TRY(doc, resource_doc(kind, key, a));
     if (kind == "task") return retag_task(a, key, doc, change);
     tl::expected<std::string, api_error> text =
@@ -654,6 +623,7 @@ class service_impl final : public service {
                     : kind == "instance"
                         ? tags_in(state::parse<state::container_instance>(doc, key))
                     : kind == "taskdef" ? tags_in(state::parse<state::task_definition>(doc, key))
+                    : kind == "service" ? tags_in(state::parse<state::service>(doc, key))
                                         : task_tags_in(doc, key));
     return json{{"tags", state::to_json(tags)}};
   }
@@ -666,6 +636,7 @@ class service_impl final : public service {
   outcome list_task_definition_families(const json& req) {
     return tds_.list_task_definition_families(req);
   }
+  outcome delete_task_definitions(const json& req) { return tds_.delete_task_definitions(req); }
   outcome deregister_task_definition(const json& req) {
     return tds_.deregister_task_definition(req);
   }
@@ -718,6 +689,9 @@ class service_impl final : public service {
             {"Version", "Amazon ECS Agent - v" BERTH_VERSION " (berth)"}};
   }
 
+  dk::engine& docker() override { return *docker_; }
+  std::string instance_arn() const override { return inst_.arn(); }
+
   tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
                                                  const std::string& task_arn) override {
     if (!task_arn.empty()) {
@@ -746,6 +720,16 @@ class service_impl final : public service {
       std::filesystem::weakly_canonical(std::filesystem::absolute(cfg_.state_dir)).string();
   std::unique_ptr<store> store_;
   task_definitions tds_{store_.get(), "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":"};
+  control::account_settings account_{cfg_, *store_};
+  control::clusters clusters_{
+      cfg_, *store_,
+      [this] {
+        control::clusters::counts n;
+        n.instances = static_cast<std::int64_t>(fleet_.all().size());
+        std::tie(n.running, n.pending) = count_tasks();
+        return n;
+      },
+      [this] { return account_.effective("containerInsights", account_.root()); }};
   std::unique_ptr<dk::engine> docker_;
   ipc::ledger ledger_;
   // The tasks, shared with the engine. Its lock (mu_) also guards the placer's groups_,

@@ -39,6 +39,9 @@ class service : public task_api {
   // (from its cgroup) beside its allocation, and Berth's events about the task. ECS's
   // DescribeTasks holds only ECS's members; this is where Berth's extras are.
   virtual tl::expected<json, api_error> task_usage(const json& request) = 0;
+  // ECS's account settings (control/account_settings.hpp), for the principal `caller` (an ARN).
+  virtual tl::expected<json, api_error> account_call(const std::string& action, const json& request,
+                                                     const std::string& caller) = 0;
   // The ECS agent's introspection API: GET /v1/metadata and /v1/tasks[?dockerid=|taskarn=].
   virtual json metadata() = 0;
   virtual tl::expected<json, api_error> introspect_tasks(const std::string& docker_id,
@@ -50,6 +53,9 @@ class service : public task_api {
   virtual void on_task_change(std::function<void(const state::task& task)> fn) = 0;
   // Stops the task engine's threads; containers keep running.
   virtual void shutdown() = 0;
+  // Docker, and this instance's ARN: what BerthV1.ExecuteCommand (exec.hpp) runs on.
+  virtual docker::engine& docker() = 0;
+  virtual std::string instance_arn() const = 0;
 };
 
 // Creates the cluster if needed, registers this instance, recovers tasks from the store and

@@ -55,8 +55,19 @@ result<cluster> read_cluster(const json& j, const std::string& who) {
   if (!m->status) return tl::unexpected(missing(who, "status"));
   auto tags = tags_of(m->tags, who, "tags");
   if (!tags) return tl::unexpected(tags.error());
-  return cluster{std::move(*m->cluster_arn), std::move(*m->cluster_name), std::move(*m->status),
-                 std::move(*tags), m->settings.value_or(std::vector<ecs::cluster_setting>{})};
+  cluster c;
+  c.cluster_arn = std::move(*m->cluster_arn);
+  c.cluster_name = std::move(*m->cluster_name);
+  c.status = std::move(*m->status);
+  c.tags = std::move(*tags);
+  c.settings = m->settings.value_or(std::vector<ecs::cluster_setting>{});
+  c.configuration = std::move(m->configuration);
+  c.capacity_providers = m->capacity_providers.value_or(std::vector<std::string>{});
+  c.default_strategy = m->default_capacity_provider_strategy.value_or(
+      std::vector<ecs::capacity_provider_strategy_item>{});
+  if (m->service_connect_defaults)
+    c.service_connect_namespace = m->service_connect_defaults->namespace_;
+  return c;
 }
 
 result<container_instance> read_instance(const json& j, const std::string& who) {
@@ -134,6 +145,13 @@ ecs::cluster model_of(const cluster& c) {
   m.status = c.status;
   m.tags = model_tags(c.tags);
   m.settings = c.settings;
+  m.configuration = c.configuration;
+  m.capacity_providers = c.capacity_providers;
+  m.default_capacity_provider_strategy = c.default_strategy;
+  if (c.service_connect_namespace) {
+    m.service_connect_defaults.emplace();
+    m.service_connect_defaults->namespace_ = c.service_connect_namespace;
+  }
   return m;
 }
 

@@ -53,6 +53,12 @@ struct cluster {
   std::string status;  // ACTIVE, or INACTIVE once deleted
   std::vector<tag> tags;
   std::vector<ecs::cluster_setting> settings;
+  // As a client set them (CreateCluster, UpdateCluster, PutClusterCapacityProviders): shown,
+  // without effect on placement, which is over the container instances.
+  std::optional<ecs::cluster_configuration> configuration;
+  std::vector<std::string> capacity_providers;
+  std::vector<ecs::capacity_provider_strategy_item> default_strategy;
+  std::optional<std::string> service_connect_namespace;
   bool operator==(const cluster&) const = default;
 };
 

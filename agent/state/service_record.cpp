@@ -77,6 +77,16 @@ result<service_bookkeeping> bookkeeping_of(const json& j, const std::string& who
     if (!g->is_string()) return wrong("_berth.lastGood", "a string", *g);
     b.last_good = g->get<std::string>();
   }
+  if (const auto h = it->find("history"); h != it->end() && !h->is_null()) {
+    if (!h->is_array()) return wrong("_berth.history", "a list", *h);
+    for (const auto& d : *h) {
+      auto m = ecs::decode<ecs::deployment>(d);
+      if (!m) return refuse(who, "_berth.history: " + m.error().message);
+      auto x = deployment_of(std::move(*m), who, "_berth.history[]");
+      if (!x) return tl::unexpected(x.error());
+      b.history.push_back(std::move(*x));
+    }
+  }
   return b;
 }
 
@@ -140,6 +150,7 @@ result<service> read_service(const json& j, const std::string& who) {
       .deployment_configuration =
           m->deployment_configuration.value_or(ecs::deployment_configuration{}),
       .deployments = std::move(*deployments),
+      .task_sets = or_empty(std::move(m->task_sets)),
       .events = std::move(*events),
       .created_at = m->created_at.value_or(0.0),
       .placement_constraints = or_empty(std::move(m->placement_constraints)),
@@ -149,6 +160,7 @@ result<service> read_service(const json& j, const std::string& who) {
       .tags = std::move(*tags),
       .enable_ecs_managed_tags = m->enable_ecs_managed_tags.value_or(false),
       .propagate_tags = m->propagate_tags.value_or("NONE"),
+      .enable_execute_command = m->enable_execute_command.value_or(false),
       .created_by = m->created_by.value_or(""),
       .berth = std::move(*berth)};
 }
@@ -188,6 +200,7 @@ ecs::service model_of(const service& s) {
           .launch_type = s.launch_type,
           .task_definition = s.task_definition,
           .deployment_configuration = s.deployment_configuration,
+          .task_sets = s.task_sets.empty() ? std::nullopt : std::optional(s.task_sets),
           .deployments = std::move(deployments),
           .events = std::move(events),
           .created_at = s.created_at,
@@ -199,7 +212,8 @@ ecs::service model_of(const service& s) {
           .tags = std::move(tags),
           .created_by = s.created_by,
           .enable_ecs_managed_tags = s.enable_ecs_managed_tags,
-          .propagate_tags = s.propagate_tags};
+          .propagate_tags = s.propagate_tags,
+          .enable_execute_command = s.enable_execute_command};
 }
 
 }  // namespace
@@ -208,6 +222,10 @@ json to_json(const service& s) {
   json out = ecs::to_json(model_of(s));
   json& b = out["_berth"] = {{"revision", s.berth.revision}, {"steady", s.berth.steady}};
   if (s.berth.last_good) b["lastGood"] = *s.berth.last_good;
+  if (!s.berth.history.empty()) {
+    json& h = b["history"] = json::array();
+    for (const auto& d : s.berth.history) h.push_back(to_json(d));
+  }
   return out;
 }
 

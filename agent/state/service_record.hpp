@@ -57,8 +57,13 @@ struct service_bookkeeping {
   bool steady = false;
   // The task definition of the last deployment that completed: where a rollback goes.
   std::optional<std::string> last_good;
+  // Deployments no longer in the record's list, as they last were (newest first, at most
+  // max_history): ListServiceDeployments' history.
+  std::vector<deployment> history;
   bool operator==(const service_bookkeeping&) const = default;
 };
+
+inline constexpr std::size_t max_history = 50;
 
 struct service {
   std::string service_arn;
@@ -73,7 +78,10 @@ struct service {
   std::vector<ecs::service_registry> service_registries;
   ecs::deployment_configuration deployment_configuration;
   std::vector<deployment> deployments;  // newest first
-  std::vector<service_event> events;    // newest first, at most 100
+  // The EXTERNAL deployment controller's task sets (ECS's TaskSet): each has the deployment of
+  // the same id in `deployments`, which the scheduler keeps at its computedDesiredCount.
+  std::vector<ecs::task_set> task_sets;
+  std::vector<service_event> events;  // newest first, at most 100
   double created_at = 0;
   std::vector<ecs::placement_constraint> placement_constraints;
   std::vector<ecs::placement_strategy> placement_strategy;
@@ -82,6 +90,7 @@ struct service {
   std::vector<tag> tags;
   bool enable_ecs_managed_tags = false;
   std::string propagate_tags = "NONE";
+  bool enable_execute_command = false;  // its tasks start with it
   std::string created_by;
   service_bookkeeping berth;
   bool operator==(const service&) const = default;

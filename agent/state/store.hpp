@@ -65,6 +65,12 @@ result<std::unique_ptr<store>> open_sqlite_store(const std::string& dir);
 // Documents and counters over an existing cluster-state store (any backend).
 std::unique_ptr<store> over_state(std::shared_ptr<state::store> s);
 
+// `s`, whose reads (get, list) are answered from the last successful read of the same key or
+// prefix when `s` fails (etcd unreachable), marked stale in the log when that starts and every
+// 10 s while it lasts; a read never made before fails as `s` did. Writes, counters and
+// transactions go to `s` alone: they fail while it does.
+std::unique_ptr<store> remembering(std::unique_ptr<store> s);
+
 // A handle on a store others use too: every call goes to `s`.
 std::unique_ptr<store> share(std::shared_ptr<store> s);
 

@@ -41,11 +41,16 @@ st::revision mod_revision(const std::vector<st::key_value>& kvs) {
   return kvs.empty() ? 0 : kvs.front().mod_revision;
 }
 
+// What a transaction's commit that lost a race found under the keys it had read: the next run
+// reads them from here, without a round trip.
+using seen_keys = std::map<std::string, std::vector<st::key_value>>;
+
 // A transaction's view: writes are buffered (and seen by its own reads), reads are remembered
 // with the revision they saw, so that the commit can check nothing read has changed since.
 class buffered final : public store {
  public:
-  explicit buffered(std::shared_ptr<st::store> s) : s_(std::move(s)) {}
+  buffered(std::shared_ptr<st::store> s, seen_keys seen)
+      : s_(std::move(s)), seen_(std::move(seen)) {}
 
   result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
     auto kvs = read(doc_key(kind, key));
@@ -125,11 +130,13 @@ class buffered final : public store {
 
   std::shared_ptr<st::store> state() override { return s_; }
 
-  // One txn: every read still at the revision it saw, then every write.
+  // One txn: every read still at the revision it saw, then every write; else every key read,
+  // as it is now (seen_after() below).
   st::txn_request commit() const {
     st::txn_request t;
     for (const auto& [k, rev] : reads_) {
       t.compares.push_back(st::compare::mod_revision_is(k, st::compare_op::equal, rev));
+      t.failure.push_back(st::txn_op::get(st::key_range::one(k)));
     }
     for (const auto& [k, v] : writes_) {
       t.success.push_back(v ? st::txn_op::put(k, *v) : st::txn_op::del(st::key_range::one(k)));
@@ -137,6 +144,16 @@ class buffered final : public store {
     return t;
   }
   bool wrote() const { return !writes_.empty(); }
+  // The keys read, as the failed commit `r` found them.
+  seen_keys seen_after(st::txn_result& r) const {
+    seen_keys out;
+    std::size_t i = 0;
+    for (const auto& [k, rev] : reads_) {
+      if (i >= r.results.size()) break;
+      out.emplace(k, std::move(r.results[i++].kvs));
+    }
+    return out;
+  }
 
  private:
   // The key as this transaction sees it: its own write, else the store's (remembered).
@@ -146,6 +163,10 @@ class buffered final : public store {
       if (w->second) kvs.push_back(st::key_value{k, *w->second, 0, 0, 0, 0});
       return kvs;
     }
+    if (auto s = seen_.find(k); s != seen_.end()) {
+      reads_.emplace(k, mod_revision(s->second));
+      return s->second;
+    }
     auto r = s_->get(k);
     if (!r) return tl::unexpected(from(r.error()));
     // The first read of a key is the one the commit checks: later ones would mask a change.
@@ -154,6 +175,7 @@ class buffered final : public store {
   }
 
   std::shared_ptr<st::store> s_;
+  seen_keys seen_;
   std::map<std::string, std::optional<std::string>> writes_;
   std::map<std::string, st::revision> reads_;
 };
@@ -215,8 +237,12 @@ class state_store final : public store {
   result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     // Optimistic, as etcd's STM: fn runs on a buffered view; the commit checks that what it
     // read is unchanged, else fn runs again on fresh reads.
+    // A run that lost the race reads what the failed commit found: one round trip per run
+    // again, as long as it reads the same keys.
+    seen_keys seen;
     for (int attempt = 0; attempt < max_attempts; ++attempt) {
-      buffered view(s_);
+      buffered view(s_, std::move(seen));
+      seen = {};
       if (auto r = fn(view); !r) return tl::unexpected(r.error());
       if (!view.wrote()) {
         auto rev = s_->current_revision();
@@ -226,6 +252,7 @@ class state_store final : public store {
       auto c = s_->txn(view.commit());
       if (!c) return tl::unexpected(from(c.error()));
       if (c->succeeded) return c->header_revision;
+      seen = view.seen_after(*c);
     }
     return tl::unexpected(error{"store transaction: what it read kept changing; gave up"});
   }

@@ -27,6 +27,13 @@ void copy_desired(task& to, const task& from) {
   to.ecs.stopping_at = from.ecs.stopping_at;
 }
 
+// A stop `from` holds and `to` lacks, copied: a stop is never undone. Whether it copied one.
+bool take_stop(task& to, const task& from) {
+  if (from.ecs.desired_status != "STOPPED" || to.ecs.desired_status == "STOPPED") return false;
+  copy_desired(to, from);
+  return true;
+}
+
 // A record of the store that the table can hold (task_record.hpp's strict reading).
 std::optional<task> parse_record(const key_value& kv) {
   auto t = parse<task>(kv.value, kv.key);
@@ -63,10 +70,21 @@ agent::result<std::vector<task>> task_table::open(const std::string& cluster) {
     }
   }
   follower_ = std::thread([this, from = listed->header_revision + 1] { follow(from); });
+  {
+    std::lock_guard lock(mu_);
+    writing_ = true;
+  }
+  writer_ = std::thread([this] { write_behind(); });
   return out;
 }
 
 void task_table::close() {
+  {
+    std::lock_guard lock(mu_);
+    stop_writing_ = true;
+  }
+  pending_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
   {
     std::lock_guard lock(follow_mu_);
     closing_ = true;
@@ -156,6 +174,7 @@ void task_table::apply(const event& e) {
       return;
     }
     const auto row = rows_.find(k->second.arn);
+    dirty_.erase(k->second.arn);
     keys_.erase(k);
     if (row == rows_.end()) return;
     const task last = std::move(row->second);
@@ -165,6 +184,15 @@ void task_table::apply(const event& e) {
   }
   auto t = parse_record(e.kv);
   if (!t) return;
+  const std::string arn = t->arn();
+  if (const auto row = rows_.find(arn); row != rows_.end() && pending(arn)) {
+    // The engine's newer observation is not in the store yet: it stays, with what was stored.
+    // Often it is the table's own write coming back before the writer saw it land.
+    const bool changed = merge_into_pending(row->second, std::move(*t));
+    keys_[e.kv.key] = known{arn, e.kv.mod_revision, false};
+    if (changed) announce(row->second, false);
+    return;
+  }
   announce(upsert(*t, e.kv.mod_revision), false);
 }
 
@@ -219,15 +247,15 @@ agent::result<revision> task_table::write(task& t, writer who) {
     if (!stored) return tl::unexpected(agent::error{"task " + arn + ": stored record unreadable"});
     const std::int64_t version =
         std::max(t.ecs.version.value_or(0), stored->ecs.version.value_or(0));
-    if (who == writer::control) {
+    if (who == writer::control && !pending(arn)) {
       copy_desired(*stored, t);
       stored->ecs.tags = std::move(t.ecs.tags);
       t = std::move(*stored);
+    } else if (who == writer::control) {
+      // The row `t` came from holds the engine's latest observation, which the store lacks.
+      take_stop(t, *stored);
     } else {
-      if (stored->ecs.desired_status == "STOPPED" && t.ecs.desired_status != "STOPPED") {
-        copy_desired(t, *stored);
-      }
-      t.ecs.tags = std::move(stored->ecs.tags);
+      merge_into_pending(t, std::move(*stored));
     }
     t.ecs.version = version;
     keys_[key] = known{arn, now.front().mod_revision, false};
@@ -242,6 +270,8 @@ agent::result<void> task_table::commit(const task& t) {
     spdlog::error("store: task {}: {}", t.arn(), w.error().message);
     return tl::unexpected(w.error());
   }
+  // The whole row is in the store now, the engine's pending observation with it.
+  dirty_.erase(rec.arn());
   announce(upsert(rec, *w), false);
   return {};
 }
@@ -281,12 +311,132 @@ agent::result<void> task_table::commit_all(
 
 void task_table::save(const task& t) {
   task& row = upsert(t, 0);
+  if (writing_) {
+    dirty_.insert(row.arn());
+    announce(row, false);
+    pending_cv_.notify_one();
+    return;
+  }
   if (auto w = write(row, writer::engine); w) {
     keys_[key_of(row)] = known{row.arn(), *w, false};
   } else {
     spdlog::error("store: task {}: {}", row.arn(), w.error().message);
   }
   announce(row, false);
+}
+
+// ---- writing behind ----
+
+bool task_table::merge_into_pending(task& local, task stored) {
+  bool changed = take_stop(local, stored);
+  if (local.ecs.tags != stored.ecs.tags) {
+    local.ecs.tags = std::move(stored.ecs.tags);
+    changed = true;
+  }
+  local.ecs.version = std::max(local.ecs.version.value_or(0), stored.ecs.version.value_or(0));
+  return changed;
+}
+
+void task_table::write_behind() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    pending_cv_.wait(lock, [&] { return stop_writing_ || !dirty_.empty(); });
+    if (dirty_.empty()) break;  // closing, and all written
+    write_pending(lock);
+    if (failed_writes_ == 0) continue;
+    if (stop_writing_) {
+      spdlog::error(
+          "store: {} task record(s) not written at close; the engine writes them again "
+          "at the next start",
+          dirty_.size());
+      break;
+    }
+    // The store is failing: again after a pause (50 ms, doubling to 800 ms), or at close.
+    const auto pause = agent::retry_pause(failed_writes_);
+    pending_cv_.wait_for(lock, pause, [&] { return stop_writing_; });
+  }
+  writing_ = false;
+  changed_.notify_all();
+}
+
+void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
+  // etcd takes at most 128 operations per transaction by default; records are a few KiB.
+  constexpr std::size_t most = 64;
+  struct item {
+    std::string key, arn;
+    revision rev;
+  };
+  std::vector<item> items;
+  txn_request tx;
+  for (auto it = dirty_.begin(); it != dirty_.end() && items.size() < most;) {
+    const std::string arn = *it;
+    it = dirty_.erase(it);
+    const auto row = rows_.find(arn);
+    if (row == rows_.end()) continue;
+    std::string key = key_of(row->second);
+    const auto k = keys_.find(key);
+    if (k != keys_.end() && k->second.erased) continue;
+    const revision rev = k == keys_.end() ? 0 : k->second.rev;
+    tx.compares.push_back(compare::mod_revision_is(key, compare_op::equal, rev));
+    tx.success.push_back(txn_op::put(key, text_of(row->second)));
+    tx.failure.push_back(txn_op::get(key_range::one(key)));
+    inflight_.insert(arn);
+    items.push_back(item{std::move(key), arn, rev});
+  }
+  if (items.empty()) return;
+  lock.unlock();
+  auto r = state_->txn(tx);
+  lock.lock();
+  for (const item& i : items) inflight_.erase(i.arn);
+  if (!r) {
+    if (failed_writes_++ == 0) {
+      spdlog::error("store: {} task record(s) not written ({}); trying again", items.size(),
+                    r.error().detail);
+    }
+    for (const item& i : items) {
+      if (rows_.contains(i.arn)) dirty_.insert(i.arn);
+    }
+    changed_.notify_all();
+    return;
+  }
+  if (failed_writes_ > 0) spdlog::info("store: task records written again");
+  failed_writes_ = 0;
+  for (std::size_t n = 0; n < items.size(); ++n) {
+    const item& i = items[n];
+    if (!rows_.contains(i.arn)) continue;
+    auto k = keys_.find(i.key);
+    if (k != keys_.end() && k->second.erased) continue;
+    if (r->succeeded) {
+      // Unless a write made meanwhile (a control commit) is newer.
+      if (k == keys_.end()) {
+        keys_.emplace(i.key, known{i.arn, r->header_revision, false});
+      } else if (k->second.rev < r->header_revision) {
+        k->second.rev = r->header_revision;
+      }
+      continue;
+    }
+    // One record or more lost a race: those are merged with what the store has, and all are
+    // made again.
+    const auto& now = r->results.at(n).kvs;
+    if (now.empty() && i.rev != 0) continue;  // deleted: the follower forgets it
+    if (!now.empty() && (k == keys_.end() || k->second.rev < now.front().mod_revision)) {
+      auto stored = parse_record(now.front());
+      if (!stored) continue;
+      task& row = rows_.at(i.arn);
+      const bool changed = merge_into_pending(row, std::move(*stored));
+      keys_[i.key] = known{i.arn, now.front().mod_revision, false};
+      if (changed) announce(row, false);
+    }
+    dirty_.insert(i.arn);
+  }
+  changed_.notify_all();
+}
+
+bool task_table::flush(std::chrono::steady_clock::duration timeout) {
+  std::unique_lock lock(mu_);
+  changed_.wait_for(lock, timeout,
+                    [&] { return (dirty_.empty() && inflight_.empty()) || failed_writes_ > 0; });
+  return dirty_.empty() && inflight_.empty() && failed_writes_ == 0;
 }
 
 agent::result<void> task_table::erase(const std::string& task_arn) {
@@ -299,6 +449,7 @@ agent::result<void> task_table::erase(const std::string& task_arn) {
     return tl::unexpected(from(d.error()));
   }
   keys_[key] = known{task_arn, d->header_revision, true};
+  dirty_.erase(task_arn);
   const task last = std::move(it->second);
   rows_.erase(it);
   announce(last, true);

@@ -11,6 +11,14 @@
 // owns what a task should be (desiredStatus, the stop's code, reason and time, tags), the engine
 // owns the rest (what it observed).
 //
+// The engine's writes are written behind: save() changes the row and announces it at once, and
+// the table's writer thread puts every row saved since its last write in one store transaction
+// (compared per record, merged by ownership as above when one lost). Under load that is one
+// transaction for many tasks' changes instead of one each, and no engine thread waits for the
+// store under mutex(). A record the engine has changed and the store does not have yet is
+// pending: changes the table follows from the store are merged into it, never over it. The
+// control side's writes (commit, commit_all, erase) stay durable before they return.
+//
 // Thread safety: writers hold mutex() for a read-modify-write of rows() and call commit() or
 // save() with it held; every change, the table's own and those it follows, is announced in
 // order and under mutex() to each watcher, and changed() is notified. Readers (get, all) never
@@ -18,12 +26,14 @@
 // a writer's store I/O or Docker.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -47,8 +57,12 @@ class task_table {
   // unreadable one is logged and skipped) and from then on follows the store's changes to
   // them. Returns the records read. Once, before any write.
   agent::result<std::vector<task>> open(const std::string& cluster);
-  // Stops following the store (idempotent; the destructor does it).
+  // Writes what is pending, then stops following the store (idempotent; the destructor does
+  // it). Saves after it are written at once.
   void close();
+  // Waits until every save() made before the call is in the store (or the deadline passed, or
+  // a write failed: it is retried, and flush() says false). Without mutex() held.
+  bool flush(std::chrono::steady_clock::duration timeout = std::chrono::seconds(10));
 
   // ---- writers: each call below needs mutex() held ----
   std::mutex& mutex() { return mu_; }
@@ -67,9 +81,9 @@ class task_table {
   agent::result<void> commit_all(
       const std::vector<task>& tasks,
       const std::function<agent::result<void>(agent::store&)>& also = nullptr);
-  // The engine's write of what it observed: the table follows Docker whatever the store says;
-  // a failed store write is logged, and the next change writes the whole record again. One
-  // that lost a race keeps the stored record's desired fields.
+  // The engine's write of what it observed: the table follows Docker whatever the store says.
+  // Written behind (above) once open(), at once before; a failed store write is logged and made
+  // again. One that lost a race keeps the stored record's desired fields.
   void save(const task& t);
   // Forgets a record: from the store first, then from the table.
   agent::result<void> erase(const std::string& task_arn);
@@ -95,6 +109,20 @@ class task_table {
   // Who writes: control's desired fields win over the stored record's, or the stored record's
   // desired fields win over the engine's observation.
   enum class writer { control, engine };
+  // Whether the engine's latest observation of `arn` is in the table only (saved, not yet
+  // written, or being written).
+  bool pending(const std::string& arn) const {
+    return dirty_.contains(arn) || inflight_.contains(arn);
+  }
+  // `stored` (a record another writer made) into `local`, the engine's newer observation (a
+  // pending row, or an engine write that lost its race): the engine's fields stay, a stop stored
+  // is taken, and the control side's tags are the stored ones. Whether that changed `local`
+  // (more than its version).
+  static bool merge_into_pending(task& local, task stored);
+  // The writer thread's loop, and one transaction of it (under mu_, which it releases for the
+  // store's round trip).
+  void write_behind();
+  void write_pending(std::unique_lock<std::mutex>& lock);
   // Writes `task` over the stored record with a compare on the revision the table knows; on a
   // lost race merges the stored record into `task` and tries again. Returns the revision.
   agent::result<revision> write(task& t, writer who);
@@ -131,6 +159,13 @@ class task_table {
   std::thread follower_;
   watcher* watcher_ = nullptr;
   bool closing_ = false;
+  // Written behind (under mu_): the rows saved and not yet written, those being written, how many
+  // writes failed in a row, and the writer thread (running_ while it takes saves).
+  std::set<std::string> dirty_, inflight_;
+  int failed_writes_ = 0;
+  std::condition_variable pending_cv_;
+  std::thread writer_;
+  bool writing_ = false, stop_writing_ = false;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
   struct published {
     std::shared_ptr<const task> record;

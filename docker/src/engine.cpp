@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "berth/docker.hpp"
 #include "http.hpp"
@@ -349,6 +350,58 @@ class engine_impl final : public engine {
 
   detail::transport& http() { return http_; }
   const std::string& prefix() const { return prefix_; }
+
+  result<std::string> create_exec(std::string_view container, const exec_spec& e) override {
+    json body = {{"AttachStdin", e.attach_stdin},
+                 {"AttachStdout", true},
+                 {"AttachStderr", true},
+                 {"Tty", e.tty},
+                 {"Cmd", e.cmd}};
+    if (!e.user.empty()) body["User"] = e.user;
+    auto r = call({"POST", prefix_ + "/containers/" + escape(container) + "/exec", dump(body)});
+    if (!r) return tl::unexpected(r.error());
+    if (r->status != 201) return tl::unexpected(detail::status_error(*r));
+    auto j = parse(*r);
+    if (!j) return tl::unexpected(j.error());
+    std::string id = str(*j, "Id");
+    if (id.empty()) return tl::unexpected(error{errc::bad_response, "exec create returned no Id"});
+    return id;
+  }
+
+  result<std::unique_ptr<exec_stream>> start_exec(std::string_view exec_id, bool tty) override {
+    class stream final : public exec_stream {
+     public:
+      explicit stream(detail::transport::hijacked h) : h_(std::move(h)) {}
+      int fd() const noexcept override { return h_.fd; }
+      std::string take_early() override { return std::exchange(h_.early, {}); }
+
+     private:
+      detail::transport::hijacked h_;
+    };
+    const std::string body = dump(json{{"Detach", false}, {"Tty", tty}});
+    auto h = http_.hijack({"POST", prefix_ + "/exec/" + escape(exec_id) + "/start", body});
+    if (!h) return tl::unexpected(h.error());
+    return std::make_unique<stream>(std::move(*h));
+  }
+
+  result<void> resize_exec(std::string_view exec_id, int rows, int cols) override {
+    return expect({"POST", prefix_ + "/exec/" + escape(exec_id) +
+                               "/resize?h=" + std::to_string(rows) + "&w=" + std::to_string(cols)},
+                  {200, 201});
+  }
+
+  result<exec_state> inspect_exec(std::string_view exec_id) override {
+    auto j = get_json(prefix_ + "/exec/" + escape(exec_id) + "/json");
+    if (!j) return tl::unexpected(j.error());
+    exec_state out;
+    out.running = j->value("Running", false);
+    if (!out.running) {
+      if (const auto c = j->find("ExitCode"); c != j->end() && c->is_number_integer()) {
+        out.exit_code = c->get<int>();
+      }
+    }
+    return out;
+  }
 
  private:
   result<response> call(const request& r) { return http_.send(r); }

@@ -1,6 +1,13 @@
 #include "http.hpp"
 
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -30,6 +37,19 @@ error transfer_error(CURLcode c, const char* errbuf, const std::string& socket) 
   if (c == CURLE_OPERATION_TIMEDOUT)
     return {errc::timeout, "Docker did not answer in time: " + detail};
   return {errc::unavailable, "Docker at " + socket + " is unavailable: " + detail};
+}
+
+// Waits for `fd` to be ready for `events` until `deadline`; false when it passed first.
+bool ready(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return true;  // the next send or recv says what is wrong
+  }
 }
 
 }  // namespace
@@ -239,6 +259,82 @@ result<long> transport::stream(const request& r,
   long status = 0;
   curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);
   return status;
+}
+
+result<transport::hijacked> transport::hijack(const request& r) {
+  hijacked out;
+  out.handle.reset(curl_easy_init());
+  if (!out.handle) return tl::unexpected(error{errc::unavailable, "curl_easy_init failed"});
+  CURL* h = out.handle.get();
+  char errbuf[CURL_ERROR_SIZE] = {};
+  curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, opts_.socket_path.c_str());
+  curl_easy_setopt(h, CURLOPT_URL, "http://docker/");
+  curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);  // the request is ours to write
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.connect_timeout.count()));
+  if (const CURLcode c = curl_easy_perform(h); c != CURLE_OK) {
+    return tl::unexpected(transfer_error(c, errbuf, opts_.socket_path));
+  }
+  curl_socket_t sock = CURL_SOCKET_BAD;
+  curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock);
+  if (sock == CURL_SOCKET_BAD) {
+    return tl::unexpected(error{errc::unavailable, "no socket to Docker after connecting"});
+  }
+  out.fd = static_cast<int>(sock);
+  const auto deadline =
+      std::chrono::steady_clock::now() + (r.timeout.count() > 0 ? r.timeout : opts_.timeout);
+  const auto timed_out = [&] {
+    return tl::unexpected(error{errc::timeout, "Docker did not answer in time: " + r.target});
+  };
+  const auto lost = [&] {
+    return tl::unexpected(error{
+        errc::unavailable,
+        "Docker at " + opts_.socket_path + " closed the connection: " + std::strerror(errno)});
+  };
+  std::string text = std::string(r.method) + " " + r.target +
+                     " HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                     "Content-Type: " +
+                     std::string(r.content_type) +
+                     "\r\nContent-Length: " + std::to_string(r.body.size()) + "\r\n\r\n";
+  text += r.body;
+  for (std::size_t sent = 0; sent < text.size();) {
+    if (!ready(out.fd, POLLOUT, deadline)) return timed_out();
+    const ssize_t n = ::send(out.fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return lost();
+    if (n > 0) sent += static_cast<std::size_t>(n);
+  }
+  // The header, and on a refusal the body its Content-Length gives (Docker's message).
+  std::string in;
+  std::size_t end = std::string::npos, want = std::string::npos;
+  long status = 0;
+  for (;;) {
+    if (end == std::string::npos && (end = in.find("\r\n\r\n")) != std::string::npos) {
+      std::sscanf(in.c_str(), "HTTP/1.%*d %ld", &status);
+      if (status == 101) {
+        out.early = in.substr(end + 4);
+        return out;
+      }
+      std::string lower = in.substr(0, end);
+      for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      const auto cl = lower.find("\r\ncontent-length:");
+      want = cl == std::string::npos ? 0 : std::strtoul(lower.c_str() + cl + 17, nullptr, 10);
+    }
+    if (end != std::string::npos && in.size() >= end + 4 + want) break;
+    if (in.size() > (1 << 20)) break;
+    if (!ready(out.fd, POLLIN, deadline)) return timed_out();
+    char buf[4096];
+    const ssize_t n = ::recv(out.fd, buf, sizeof buf, 0);
+    if (n == 0) break;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return lost();
+    if (n > 0) in.append(buf, static_cast<std::size_t>(n));
+  }
+  if (end == std::string::npos) {
+    return tl::unexpected(error{errc::bad_response,
+                                "Docker's answer to " + r.target + " ended before its header did"});
+  }
+  response refused{status, in.substr(end + 4)};
+  return tl::unexpected(status_error(refused));
 }
 
 std::string docker_message(const response& r) {

@@ -59,6 +59,16 @@ class transport {
                       const std::function<void(long)>& on_open, const std::atomic<bool>& stop,
                       std::chrono::milliseconds poll);
 
+  // A connection taken over once the response's header is in (Connection: Upgrade, as
+  // Docker's attach and exec start answer): the handle that owns the socket, the socket (non-
+  // blocking), and what came after the header. A status other than 101 is an error.
+  struct hijacked {
+    curl_handle handle;
+    int fd = -1;
+    std::string early;
+  };
+  result<hijacked> hijack(const request& r);
+
   const options& opts() const noexcept { return opts_; }
 
  private:

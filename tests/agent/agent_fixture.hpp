@@ -47,6 +47,19 @@ inline std::string read_all(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// `s` as one word for sh: in single quotes, each of its own as '\''.
+inline std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (const char c : s) {
+    if (c == '\'') {
+      out.append("'\\''");
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out + "'";
+}
+
 struct cli_result {
   int status = -1;
   std::string out, err;
@@ -186,14 +199,14 @@ class agent {
                       " AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_DEFAULT_REGION=us-east-1"
                       " AWS_PAGER= /usr/bin/aws ecs --endpoint-url " +
                       endpoint_;
-    for (const auto& a : args) cmd += " '" + a + "'";
+    for (const auto& a : args) cmd.append(1, ' ').append(quoted(a));
     return run_shell(cmd, dir_ / "aws.err");
   }
 
   // berthctl against this berthd's socket; `as` prefixes the command (e.g. setpriv ...).
   cli_result berthctl(const std::vector<std::string>& args, const std::string& as = "") const {
     std::string cmd = as + (as.empty() ? "" : " ") + BERTHCTL + " --socket " + socket();
-    for (const auto& a : args) cmd += " '" + a + "'";
+    for (const auto& a : args) cmd.append(1, ' ').append(quoted(a));
     return run_shell(cmd, dir_ / "berthctl.err");
   }
 

@@ -2,6 +2,10 @@
 // (/usr/bin/aws, Debian's awscli) over SigV4-signed TCP, and with raw requests on its Unix
 // socket for what the CLI would refuse to send. Every test gets its own cluster; its containers
 // carry com.berth.cluster=<cluster> and are removed by that label at the end.
+#include <algorithm>
+#include <fstream>
+#include <set>
+
 #include "agent_fixture.hpp"
 #include "berth/state.hpp"
 #include "store.hpp"
@@ -184,6 +188,12 @@ TEST_F(AgentTest, TaskDefinitionRevisionsAndDeregistration) {
   EXPECT_EQ(families.body["families"], json::array({"api", "web"}));
   auto listed = a().aws({"list-task-definitions", "--family-prefix", "web"});
   EXPECT_EQ(listed.body["taskDefinitionArns"].size(), 2u);
+  // familyPrefix is a whole family to ListTaskDefinitions, a prefix to the families' list.
+  a().register_td("webby", container("webby", {"sleep", "300"}));
+  EXPECT_EQ(a().aws({"list-task-definitions", "--family-prefix", "web"}).body["taskDefinitionArns"],
+            json::array({r1, r2}));
+  EXPECT_EQ(a().aws({"list-task-definition-families", "--family-prefix", "web"}).body["families"],
+            json::array({"web", "webby"}));
 
   auto dereg = a().aws({"deregister-task-definition", "--task-definition", "web:1"});
   ASSERT_EQ(dereg.status, 0) << dereg.err;
@@ -517,7 +527,7 @@ TEST_F(AgentTest, BadInputGetsEcsErrorsAndChangesNothing) {
                "InvalidParameterException", "family");
   expect_error(a().raw("RegisterTaskDefinition",
                        R"({"family": "bad", "containerDefinitions": [{"name": "x"}]})"),
-               "InvalidParameterException", "image");
+               "ClientException", "Container.image should not be null or empty.");
   expect_error(
       a().raw("RegisterTaskDefinition",
               R"({"family": "bad", "containerDefinitions": [{"name": "x", "image": "i"}]})"),

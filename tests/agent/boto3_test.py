@@ -15,9 +15,13 @@ import unittest
 
 import boto3
 import botocore.exceptions
+import botocore.session
 
 BERTHD = sys.argv.pop(1)
 IMAGE = "berth-test/busybox:v2"  # imported by the C++ tests' setup (docker_testing)
+# botocore's current ECS model, which Berth is built from (Debian's botocore has 55 of its 77
+# actions): a folder botocore loads models from.
+MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../agent/model/botocore")
 
 
 def eventually(pred, within=30.0):
@@ -73,6 +77,12 @@ class Boto3Test(unittest.TestCase):
         assert eventually(served), "berthd did not start"
         cls.ecs = boto3.client("ecs", endpoint_url=f"http://{endpoint[0]}", region_name="us-east-1",
                                aws_access_key_id="AKIDBOTO", aws_secret_access_key="boto-secret")
+        # The same SDK with the current model: the actions Debian's botocore does not know yet.
+        session = botocore.session.get_session()
+        session.get_component("data_loader").search_paths.insert(0, MODELS)
+        cls.current = boto3.Session(botocore_session=session).client(
+            "ecs", endpoint_url=f"http://{endpoint[0]}", region_name="us-east-1",
+            aws_access_key_id="AKIDBOTO", aws_secret_access_key="boto-secret")
 
     @classmethod
     def cleanup(cls):
@@ -136,6 +146,32 @@ class Boto3Test(unittest.TestCase):
         self.assertGreater(cpu["integerValue"], 0)
         clusters = self.ecs.describe_clusters(clusters=[self.cluster])["clusters"]
         self.assertEqual(clusters[0]["registeredContainerInstancesCount"], 1)
+
+    def test_the_current_models_actions(self):
+        ecs = self.current
+        self.assertEqual(len(ecs.meta.service_model.operation_names), 77)
+        ecs.register_task_definition(family="boto-gone", containerDefinitions=[{
+            "name": "app", "image": IMAGE, "memory": 32, "command": ["sleep", "300"]}])
+        ecs.deregister_task_definition(taskDefinition="boto-gone:1")
+        gone = ecs.delete_task_definitions(taskDefinitions=["boto-gone:1"])
+        self.assertEqual(gone["taskDefinitions"][0]["status"], "DELETE_IN_PROGRESS")
+        self.assertEqual(gone["failures"], [])
+        with self.assertRaises(ecs.exceptions.ClientException):
+            ecs.describe_task_definition(taskDefinition="boto-gone:1")
+        # What Berth does not serve raises the SDK's typed exception, saying what to do instead.
+        with self.assertRaises(ecs.exceptions.UnsupportedFeatureException) as e:
+            ecs.list_daemons(clusterArn=self.cluster)
+        self.assertIn("schedulingStrategy DAEMON", str(e.exception))
+        with self.assertRaises(ecs.exceptions.ServiceNotFoundException):
+            ecs.list_service_deployments(cluster=self.cluster, service="none")
+        with self.assertRaises(ecs.exceptions.UnsupportedFeatureException):
+            ecs.continue_service_deployment(
+                serviceDeploymentArn="arn:aws:ecs:us-east-1:000000000000:service-deployment/x/y/1",
+                hookId="h")
+        with self.assertRaises(ecs.exceptions.UnsupportedFeatureException):
+            ecs.create_express_gateway_service(
+                infrastructureRoleArn="arn:aws:iam::000000000000:role/x",
+                primaryContainer={"image": IMAGE})
 
 
 if __name__ == "__main__":

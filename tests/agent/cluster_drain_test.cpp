@@ -1,4 +1,5 @@
-// Draining a container instance of a three-agent cluster, as ECS does: its service tasks are
+// Draining a container instance of a three-agent cluster, as ECS does (and a DAEMON service, which
+// leaves a DRAINING instance at once): its service tasks are
 // replaced on the other instances first (maximumPercent 200) and stopped once the replacements
 // run, so that the service never has fewer than its desiredCount RUNNING (minimumHealthyPercent
 // 100); a task of no service stays; ACTIVE again moves nothing back. It prints what it measured.
@@ -117,6 +118,69 @@ TEST_F(ClusterDrainTest, DrainingAnInstanceMovesItsServiceTasksElsewhere) {
   const json svc = describe_service(a(), "web");
   EXPECT_EQ(svc.value("runningCount", -1), 3) << svc.dump(2);
   EXPECT_EQ(svc.value("deployments", json::array()).size(), 1u) << svc.dump(2);
+}
+
+// A DAEMON service (schedulingStrategy DAEMON, created through b): one task on each of the three
+// instances; none on a DRAINING one (its task stops at once), and one again once it is ACTIVE;
+// its desiredCount is the number of instances it runs on.
+TEST_F(ClusterDrainTest, ADaemonRunsOnEveryInstanceButADrainingOne) {
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
+  json mon = container("mon", {"sleep", "300"});
+  mon["stopTimeout"] = 2;
+  const json td = {{"family", "mon"}, {"containerDefinitions", json::array({mon})}};
+  ASSERT_TRUE(call(a(), "RegisterTaskDefinition", td).contains("taskDefinition"));
+  json body = cluster_body();
+  body["serviceName"] = "mon";
+  body["taskDefinition"] = "mon";
+  body["schedulingStrategy"] = "DAEMON";
+  const json made = call(b(), "CreateService", body);
+  ASSERT_TRUE(made.contains("service")) << made.dump(2);
+  EXPECT_EQ(made["service"].value("schedulingStrategy", ""), "DAEMON");
+  body["serviceName"] = "counted";
+  body["desiredCount"] = 2;
+  EXPECT_EQ(b().raw("CreateService", body.dump()).second.value("__type", ""),
+            "InvalidParameterException");
+
+  const auto one_each = [&](const std::vector<std::string>& where) {
+    const auto seen = running_by_instance(a(), "mon");
+    if (seen.size() != where.size()) return false;
+    for (const auto& arn : where) {
+      const auto it = seen.find(arn);
+      if (it == seen.end() || it->second != 1) return false;
+    }
+    return describe_service(a(), "mon").value("desiredCount", -1) == static_cast<int>(where.size());
+  };
+  ASSERT_TRUE(eventually(
+      [&] {
+        return one_each({arn_[0], arn_[1], arn_[2]});
+      },
+      90s, 100ms))
+      << json(running_by_instance(a(), "mon")).dump() << describe_service(a(), "mon").dump(2);
+
+  ASSERT_EQ(set_state(c(), arn_[2], "DRAINING"), "DRAINING");
+  ASSERT_TRUE(eventually(
+      [&] {
+        return one_each({arn_[0], arn_[1]});
+      },
+      60s, 100ms))
+      << json(task_states(a(), "mon")).dump(2);
+  ASSERT_EQ(set_state(c(), arn_[2], "ACTIVE"), "ACTIVE");
+  ASSERT_TRUE(eventually(
+      [&] {
+        return one_each({arn_[0], arn_[1], arn_[2]});
+      },
+      60s, 100ms))
+      << json(task_states(a(), "mon")).dump(2);
+  json update = cluster_body();
+  update["service"] = "mon";
+  update["desiredCount"] = 5;
+  EXPECT_EQ(a().raw("UpdateService", update.dump()).second.value("__type", ""),
+            "InvalidParameterException");
+  // Deleted without force: a daemon has no count to bring to 0 first.
+  json del = cluster_body();
+  del["service"] = "mon";
+  EXPECT_TRUE(call(a(), "DeleteService", del).contains("service"));
+  EXPECT_TRUE(eventually([&] { return running_by_instance(a(), "mon").empty(); }, 60s, 100ms));
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Services end to end: berthd's scheduler with a real HAProxy (Debian's haproxy, started by the
 // test: a frontend on 127.0.0.1, an empty backend, an admin socket) and real containers serving
 // HTTP on 127.0.0.1 ports. Traffic goes only through the frontend on 127.0.0.1.
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -561,6 +563,39 @@ TEST_F(ServiceTest, HAProxyGoneDelaysRegistrationAndItsRestartIsReconciled) {
   EXPECT_EQ(http_get(lb().port()).second, "rev1\n");
 }
 
+// A cluster without container instances takes a service, as ECS's does: it is created, and its
+// events say, in ECS's words, that no instance could take its tasks.
+TEST_F(ServiceTest, AServiceInAClusterWithoutInstancesIsCreatedAndSaysWhy) {
+  a().register_td("web", web("rev1"));
+  ASSERT_EQ(a().aws({"create-cluster", "--cluster-name", "bare"}).status, 0);
+  auto made = a().aws({"create-service", "--cluster", "bare", "--service-name", "lonely",
+                       "--task-definition", "web", "--desired-count", "1"});
+  ASSERT_EQ(made.status, 0) << made.err;
+  EXPECT_EQ(made.body["service"]["status"], "ACTIVE");
+  std::string said;
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto d = a().aws({"describe-services", "--cluster", "bare", "--services", "lonely"});
+        said = d.body.dump();
+        for (const auto& e : d.body["services"][0].value("events", json::array())) {
+          const std::string m = e.value("message", "");
+          if (m.find("was unable to place a task because no container instance met all of its "
+                     "requirements") != std::string::npos &&
+              m.find("No Container Instances were found in your cluster") != std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s))
+      << said;
+  // A malformed placement rule is still refused there.
+  auto bad = a().aws({"create-service", "--cluster", "bare", "--service-name", "odd",
+                      "--task-definition", "web", "--desired-count", "1", "--placement-constraints",
+                      "type=memberOf,expression=\"attribute:x ==\""});
+  EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
+}
+
 TEST_F(ServiceTest, BadServiceRequestsGetEcsErrors) {
   a().register_td("web", web("rev1"));
   const auto refuse = [&](std::vector<std::string> args, const std::string& type) {
@@ -591,3 +626,76 @@ TEST_F(ServiceTest, BadServiceRequestsGetEcsErrors) {
 }
 
 }  // namespace
+
+// Task scale-in protection (UpdateTaskProtection, GetTaskProtection) through the AWS CLI: a
+// service's protected tasks outlive a scale-in until their protection ends; a standalone task
+// cannot be protected.
+TEST_F(ServiceTest, ProtectedTasksSurviveAScaleIn) {
+  a().register_td("web", web("rev1"));
+  create(3);
+  ASSERT_TRUE(steady(3));
+  const std::vector<std::string> tasks = task_arns();
+  ASSERT_EQ(tasks.size(), 3u);
+  auto on = a().aws({"update-task-protection", "--cluster", a().cluster(), "--tasks", tasks[0],
+                     tasks[1], "--protection-enabled", "--expires-in-minutes", "30"});
+  ASSERT_EQ(on.status, 0) << on.err;
+  ASSERT_EQ(on.body["protectedTasks"].size(), 2u) << on.out;
+  EXPECT_EQ(on.body["protectedTasks"][0]["protectionEnabled"], true);
+  // The CLI shows the time as text: the API's number, through the socket.
+  const auto [gs, raw] =
+      a().raw("GetTaskProtection", json{{"cluster", a().cluster()}, {"tasks", {tasks[0]}}}.dump());
+  ASSERT_EQ(gs, 200) << raw.dump();
+  const double expires = raw["protectedTasks"][0].value("expirationDate", 0.0);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_NEAR(expires, now + 30 * 60, 120);
+
+  auto got =
+      a().aws({"get-task-protection", "--cluster", a().cluster(), "--tasks", tasks[0], tasks[2]});
+  ASSERT_EQ(got.status, 0) << got.err;
+  ASSERT_EQ(got.body["protectedTasks"].size(), 2u) << got.out;
+  EXPECT_EQ(got.body["protectedTasks"][0]["protectionEnabled"], true);
+  EXPECT_EQ(got.body["protectedTasks"][1]["protectionEnabled"], false);
+  EXPECT_FALSE(got.body["protectedTasks"][1].contains("expirationDate"));
+
+  // Out of range, and a task no service started.
+  auto bad = a().aws({"update-task-protection", "--cluster", a().cluster(), "--tasks", tasks[0],
+                      "--protection-enabled", "--expires-in-minutes", "2881"});
+  EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
+  auto lone = a().aws({"run-task", "--cluster", a().cluster(), "--task-definition", "web"});
+  ASSERT_EQ(lone.status, 0) << lone.err;
+  const std::string lone_arn = lone.body["tasks"][0]["taskArn"];
+  auto refused = a().aws({"update-task-protection", "--cluster", a().cluster(), "--tasks", lone_arn,
+                          "--protection-enabled"});
+  ASSERT_EQ(refused.status, 0) << refused.err;
+  EXPECT_EQ(refused.body["failures"][0]["reason"], "TASK_NOT_VALID") << refused.out;
+  EXPECT_TRUE(refused.body["protectedTasks"].empty());
+  a().aws({"stop-task", "--cluster", a().cluster(), "--task", lone_arn});
+
+  // Scale to 1: the unprotected task goes, the two protected ones stay, and the service says so.
+  auto down = a().aws(
+      {"update-service", "--cluster", a().cluster(), "--service", "web", "--desired-count", "1"});
+  ASSERT_EQ(down.status, 0) << down.err;
+  const auto events_say = [&](const std::string& words) {
+    for (const auto& e : describe().value("events", json::array())) {
+      if (e.value("message", "").find(words) != std::string::npos) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(eventually([&] { return events_say("tasks under protection"); }, 60s))
+      << describe().dump(1);
+  ASSERT_TRUE(eventually([&] { return task_arns().size() == 2; }, 30s));
+  auto left = task_arns();
+  std::sort(left.begin(), left.end());
+  std::vector<std::string> kept = {tasks[0], tasks[1]};
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(left, kept);
+
+  // Protection off for one: it goes, the other stays.
+  auto off = a().aws({"update-task-protection", "--cluster", a().cluster(), "--tasks", tasks[1],
+                      "--no-protection-enabled"});
+  ASSERT_EQ(off.status, 0) << off.err;
+  EXPECT_EQ(off.body["protectedTasks"][0]["protectionEnabled"], false);
+  ASSERT_TRUE(steady(1)) << describe().dump(1);
+  EXPECT_EQ(task_arns(), std::vector<std::string>{tasks[0]});
+}

@@ -33,6 +33,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fd_send.hpp"
 #include "http_reader.hpp"
 
 namespace berth::agent {
@@ -68,26 +69,6 @@ unsigned pool_size(unsigned asked) {
   // Two at the least even when asked for fewer: one for I/O, one for handlers.
   if (asked > 0) return std::max(asked, 2u);
   return std::max(std::thread::hardware_concurrency(), min_server_threads);
-}
-
-// Sends all of `data` on a non-blocking descriptor, waiting at most `timeout` for the peer to make
-// room each time its buffer is full. False once the peer is gone or too slow.
-bool send_all(int fd, std::string_view data, std::chrono::milliseconds timeout) {
-  while (!data.empty()) {
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      data.remove_prefix(static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return false;
-    pollfd p{fd, POLLOUT, 0};
-    int rc;
-    while ((rc = ::poll(&p, 1, static_cast<int>(timeout.count()))) < 0 && errno == EINTR) {
-    }
-    if (rc <= 0 || (p.revents & (POLLERR | POLLHUP)) != 0) return false;
-  }
-  return true;
 }
 
 // Lets at most `limit` handlers run at once; the others wait in arrival order, each to run on its
@@ -215,38 +196,6 @@ void refuse(int fd, const std::string& why) {
   (void)::send(fd, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
-// A streamed body on a descriptor the stream's thread owns: chunked on HTTP/1.1, raw on 1.0.
-class fd_sink final : public stream_sink {
- public:
-  fd_sink(int fd, bool chunked, std::chrono::milliseconds timeout)
-      : fd_(fd), chunked_(chunked), timeout_(timeout) {}
-  bool write(std::string_view data) override {
-    if (!ok_ || data.empty()) return ok_;
-    if (chunked_) {
-      char size[24];
-      const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-      ok_ = send_all(fd_, std::string_view(size, static_cast<std::size_t>(n)), timeout_) &&
-            send_all(fd_, data, timeout_) && send_all(fd_, "\r\n", timeout_);
-    } else {
-      ok_ = send_all(fd_, data, timeout_);
-    }
-    return ok_;
-  }
-  bool alive() override {
-    if (!ok_) return false;
-    pollfd p{fd_, POLLIN | POLLRDHUP, 0};
-    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) ok_ = false;
-    return ok_;
-  }
-  bool ok() const { return ok_; }
-
- private:
-  int fd_;
-  bool chunked_;
-  std::chrono::milliseconds timeout_;
-  bool ok_ = true;
-};
-
 class server final : public http_server {
  public:
   server(const server_options& o, http_handler h)
@@ -331,10 +280,15 @@ class server final : public http_server {
         return live_ == 0 && (!serving || ((!unix_ || unix_->closed) && (!tcp_ || tcp_->closed)));
       });
     }
-    // Nothing is served any more; what is still queued (timers' cancellations) is dropped.
+    // Nothing is served any more.
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    // What was still queued runs once more, here: an accept that completed just as its listener
+    // closed would otherwise hold its connection open until the server is destroyed (admit()
+    // closes it now), and timers' cancellations find their connections done.
+    io_.restart();
+    io_.poll();
     if (!opts_.socket_path.empty()) {
       std::error_code fec;
       std::filesystem::remove(opts_.socket_path, fec);
@@ -459,7 +413,12 @@ class server final : public http_server {
   http_response call(const http_request& r) {
     try {
       return handler_(r);
+    } catch (const std::exception& e) {
+      spdlog::error("http server: a handler failed on {}: {}", r.target, e.what());
     } catch (...) {
+      spdlog::error("http server: a handler failed on {}", r.target);
+    }
+    {
       // A bug in a handler costs this request, never the process.
       http_response out;
       out.status = 500;
@@ -483,6 +442,14 @@ class server final : public http_server {
   // A stream's thread: the header, then the handler's body, on a descriptor it owns.
   void run_stream(int fd, http_response& out, const std::string& head, bool chunked) {
     if (!send_all(fd, head, opts_.send_timeout)) return;
+    if (out.upgrade) {
+      try {
+        out.upgrade(fd);
+      } catch (...) {
+        spdlog::error("http server: an upgraded connection failed");
+      }
+      return;
+    }
     fd_sink sink(fd, chunked, opts_.send_timeout);
     try {
       out.stream(sink);
@@ -643,7 +610,7 @@ class server::connection : public std::enable_shared_from_this<connection> {
   // Writes what the socket takes now; the rest waits in the reactor. True once the whole
   // response is written and the connection is kept alive.
   bool send(http_response out, bool keep_alive, unsigned version) {
-    if (out.stream) {
+    if (out.stream || out.upgrade) {
       stream(std::move(out), version);
       return false;
     }
@@ -678,16 +645,17 @@ class server::connection : public std::enable_shared_from_this<connection> {
     return true;
   }
 
-  // A chunked response whose body the handler writes as it goes, on a thread of its own that
-  // takes the descriptor over; the connection ends with it.
+  // A chunked response whose body the handler writes as it goes (or an upgraded connection),
+  // on a thread of its own that takes the descriptor over; the connection ends with it.
   void stream(http_response out, unsigned version) {
     http::response<http::empty_body> res{static_cast<http::status>(out.status), version};
     res.set(http::field::server, "berthd");
     res.set(http::field::content_type, out.content_type);
     for (const auto& [k, v] : out.headers) res.set(k, v);
     res.keep_alive(false);
+    if (out.upgrade) res.set(http::field::connection, "Upgrade");
     // HTTP/1.0 knows no chunks: the body then simply runs until the connection closes.
-    const bool chunked = version >= 11;
+    const bool chunked = version >= 11 && !out.upgrade;
     res.chunked(chunked);
     std::ostringstream head;
     head << res.base();

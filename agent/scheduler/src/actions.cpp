@@ -12,6 +12,9 @@
 #include <tuple>
 
 #include "berth/agent/util.hpp"
+#include "deployments.hpp"
+#include "protection.hpp"
+#include "task_sets.hpp"
 
 namespace berth::agent::sched {
 
@@ -21,6 +24,7 @@ using outcome = tl::expected<json, api_error>;
 using control::client;
 using control::decode_request;
 using control::invalid;
+using control::is_no_instances;
 
 api_error not_found() { return {"ServiceNotFoundException", "Service not found."}; }
 // A write that lost to another writer: the action runs again on what that one wrote.
@@ -53,6 +57,23 @@ tl::expected<std::int32_t, api_error> check_desired_count(std::int32_t n) {
   return n;
 }
 
+// What a DAEMON service refuses, in CreateService and UpdateService alike: a count (its
+// instances make it) and placement strategies (it is placed by instance).
+template <class Request>
+tl::expected<void, api_error> check_daemon(bool daemon, const Request& req) {
+  if (!daemon) return {};
+  if (req.desired_count) {
+    return tl::unexpected(
+        invalid("desiredCount is not supported with the DAEMON scheduling strategy: the "
+                "service runs one task on every instance that meets its constraints"));
+  }
+  if (req.placement_strategy && !req.placement_strategy->empty()) {
+    return tl::unexpected(
+        invalid("Placement strategies are not supported with the DAEMON scheduling strategy"));
+  }
+  return {};
+}
+
 class actions_impl final : public actions {
  public:
   actions_impl(records& recs, task_api& tasks, bool has_lb,
@@ -61,7 +82,12 @@ class actions_impl final : public actions {
 
   bool serves(const std::string& action) const override {
     return action == "CreateService" || action == "UpdateService" || action == "DeleteService" ||
-           action == "DescribeServices" || action == "ListServices";
+           action == "DescribeServices" || action == "ListServices" ||
+           action == "GetTaskProtection" || action == "UpdateTaskProtection" ||
+           action == "ListServiceDeployments" || action == "DescribeServiceDeployments" ||
+           action == "DescribeServiceRevisions" || action == "StopServiceDeployment" ||
+           action == "CreateTaskSet" || action == "UpdateTaskSet" || action == "DeleteTaskSet" ||
+           action == "DescribeTaskSets" || action == "UpdateServicePrimaryTaskSet";
   }
 
   outcome call(const std::string& action, const json& body) override {
@@ -89,6 +115,35 @@ class actions_impl final : public actions {
       if (action == "DeleteService") return delete_service(body);
       if (action == "DescribeServices") return describe_services(body);
       if (action == "ListServices") return list_services(body);
+      if (action == "ListServiceDeployments") {
+        BERTH_TRY(r, decode_request<ecs::list_service_deployments_request>(body));
+        BERTH_TRY(cluster, cluster_of(r.cluster));
+        BERTH_TRY(s, find(cluster, r.service));
+        return list_service_deployments(s, r);
+      }
+      if (action == "DescribeServiceDeployments") {
+        BERTH_TRY(r, decode_request<ecs::describe_service_deployments_request>(body));
+        return describe_service_deployments(recs_, r.service_deployment_arns, false);
+      }
+      if (action == "DescribeServiceRevisions") {
+        BERTH_TRY(r, decode_request<ecs::describe_service_revisions_request>(body));
+        return describe_service_deployments(recs_, r.service_revision_arns, true);
+      }
+      if (action == "StopServiceDeployment") return stop_service_deployment(body);
+      if (action == "CreateTaskSet" || action == "UpdateTaskSet" || action == "DeleteTaskSet" ||
+          action == "DescribeTaskSets" || action == "UpdateServicePrimaryTaskSet") {
+        return task_set_call(action, body);
+      }
+      if (action == "GetTaskProtection") {
+        BERTH_TRY(r, decode_request<ecs::get_task_protection_request>(body));
+        BERTH_TRY(cluster, cluster_of(r.cluster));
+        return get_task_protection(recs_, tasks_, cluster, r);
+      }
+      if (action == "UpdateTaskProtection") {
+        BERTH_TRY(r, decode_request<ecs::update_task_protection_request>(body));
+        BERTH_TRY(cluster, cluster_of(r.cluster));
+        return update_task_protection(recs_, tasks_, cluster, r);
+      }
       return tl::unexpected(api_error{"UnknownOperationException", "Unknown operation"});
     } catch (const std::exception& e) {
       spdlog::error("{} failed: {}", action, e.what());
@@ -227,7 +282,11 @@ class actions_impl final : public actions {
     q.placement_strategy = strategy;
     json dry = ecs::to_json(q);
     dry["dryRun"] = true;  // BerthV1.Place's own member
-    if (auto r = tasks_.place(dry); !r) return tl::unexpected(r.error());
+    // A cluster without instances yet is no reason to refuse: the service waits for some, and
+    // its events say why it has no tasks, as ECS's.
+    if (auto r = tasks_.place(dry); !r && !is_no_instances(r.error())) {
+      return tl::unexpected(r.error());
+    }
     return {};
   }
 
@@ -235,15 +294,35 @@ class actions_impl final : public actions {
 
   outcome create_service(const json& body) {
     BERTH_TRY(req, decode_request<ecs::create_service_request>(body));
-    BERTH_TRY(cluster, cluster_of(req.cluster));
-    if (req.service_name.empty()) return tl::unexpected(invalid("'serviceName' is required"));
-    if (!req.task_definition || req.task_definition->empty()) {
-      return tl::unexpected(invalid("'taskDefinition' is required"));
-    }
+    // The launch type before the cluster, as ECS checks them.
     const bool providers =
         req.capacity_provider_strategy && !req.capacity_provider_strategy->empty();
     if (auto ok = check_launch_type(req.launch_type, providers); !ok) {
       return tl::unexpected(ok.error());
+    }
+    BERTH_TRY(cluster, cluster_of(req.cluster));
+    if (req.service_name.empty()) return tl::unexpected(invalid("'serviceName' is required"));
+    // EXTERNAL: a deployment tool's task sets (CreateTaskSet) run the tasks; the service needs
+    // no task definition of its own.
+    const std::string controller =
+        req.deployment_controller ? req.deployment_controller->type : "ECS";
+    if (controller != "ECS" && controller != "EXTERNAL") {
+      return tl::unexpected(api_error{
+          "UnsupportedFeatureException",
+          "Berth's deployment controllers are ECS (rolling updates) and EXTERNAL (task sets); "
+          "CODE_DEPLOY needs AWS CodeDeploy."});
+    }
+    const bool external = controller == "EXTERNAL";
+    if (!external && (!req.task_definition || req.task_definition->empty())) {
+      return tl::unexpected(invalid("'taskDefinition' is required"));
+    }
+    if (external && req.scheduling_strategy == "DAEMON") {
+      return tl::unexpected(
+          invalid("The DAEMON scheduling strategy needs the ECS deployment controller"));
+    }
+    if (external && !req.task_definition && req.load_balancers && !req.load_balancers->empty()) {
+      return tl::unexpected(
+          invalid("loadBalancers need the taskDefinition they are checked against"));
     }
     if (auto g = check_grace_period(req.health_check_grace_period_seconds); !g) {
       return tl::unexpected(g.error());
@@ -255,25 +334,36 @@ class actions_impl final : public actions {
                   "underscores"));
     }
     BERTH_TRY(desired, check_desired_count(req.desired_count.value_or(0)));
-    if (req.scheduling_strategy.value_or("REPLICA") != "REPLICA") {
-      return tl::unexpected(invalid("only the REPLICA scheduling strategy is supported"));
-    }
+    // DAEMON: one task on every instance that meets the constraints; its count is theirs.
+    const bool daemon = req.scheduling_strategy == "DAEMON";
+    if (auto ok = check_daemon(daemon, req); !ok) return tl::unexpected(ok.error());
     const auto old = recs_.load(cluster, name);
     if (old && old->status != "INACTIVE") {
       return tl::unexpected(invalid("Creation of service was not idempotent."));
     }
-    BERTH_TRY(td, task_definition(*req.task_definition));
+    ecs::task_definition td;
+    if (req.task_definition) {
+      BERTH_TRY(found, task_definition(*req.task_definition));
+      td = std::move(found);
+    }
     const std::string td_arn = td.task_definition_arn.value_or("");
     BERTH_TRY(lbs, load_balancers(items(req.load_balancers), td));
     if (auto free = backends_free(lbs); !free) return tl::unexpected(free.error());
-    BERTH_TRY(dc,
-              deployment_configuration(req.deployment_configuration,
-                                       {ecs::deployment_circuit_breaker{false, false}, 200, 100}));
-    // Placement as ECS's service default: spread over zones, then instances.
-    const auto strategy = req.placement_strategy.value_or(std::vector<ecs::placement_strategy>{
-        {"spread", "attribute:ecs.availability-zone"}, {"spread", "instanceId"}});
+    // ECS's defaults: 200/100 for a replica service; 100/0 for a daemon (its task stops before
+    // its replacement starts on the instance).
+    BERTH_TRY(dc, deployment_configuration(req.deployment_configuration,
+                                           {ecs::deployment_circuit_breaker{false, false},
+                                            daemon ? 100 : 200, daemon ? 0 : 100}));
+    // Placement as ECS's service default: spread over zones, then instances (a daemon's tasks
+    // are placed by instance).
+    const auto strategy =
+        daemon ? std::vector<ecs::placement_strategy>{}
+               : req.placement_strategy.value_or(std::vector<ecs::placement_strategy>{
+                     {"spread", "attribute:ecs.availability-zone"}, {"spread", "instanceId"}});
     const auto& constraints = items(req.placement_constraints);
-    if (auto ok = check_placement(cluster, td_arn, constraints, strategy); !ok) {
+    if (auto ok = td_arn.empty() ? tl::expected<void, api_error>{}
+                                 : check_placement(cluster, td_arn, constraints, strategy);
+        !ok) {
       return tl::unexpected(ok.error());
     }
     state::service s;
@@ -286,19 +376,98 @@ class actions_impl final : public actions {
     s.cluster_arn = recs_.arn("cluster/" + cluster);
     s.load_balancers = std::move(lbs);
     s.status = "ACTIVE";
+    s.scheduling_strategy = daemon ? "DAEMON" : "REPLICA";
     s.desired_count = desired;
     s.task_definition = td_arn;
     s.deployment_configuration = std::move(dc);
-    s.deployments = {
-        deployment_of(rc::new_deployment(deployment_id(), td_arn, desired, now_seconds()))};
+    s.deployment_controller = {controller};
+    if (!external) {
+      s.deployments = {
+          deployment_of(rc::new_deployment(deployment_id(), td_arn, desired, now_seconds()))};
+    }
     s.created_at = now_seconds();
     s.placement_constraints = constraints;
     s.placement_strategy = strategy;
     s.health_check_grace_period_seconds = req.health_check_grace_period_seconds.value_or(0);
+    s.enable_execute_command = req.enable_execute_command.value_or(false);
     s.created_by = recs_.arn("user/berth");
     // Over an INACTIVE record of the same name: written at its revision.
     s.berth.revision = old ? old->berth.revision : 0;
     return save(s);
+  }
+
+  // The task set actions: the service found and ACTIVE, the set changed, the record saved.
+  outcome task_set_call(const std::string& action, const json& body) {
+    const auto service_named =
+        [&](const std::string& c,
+            const std::string& svc) -> tl::expected<state::service, api_error> {
+      BERTH_TRY(cluster, cluster_of(c));
+      BERTH_TRY(s, find(cluster, svc));
+      if (s.status != "ACTIVE") {
+        return tl::unexpected(api_error{"ServiceNotActiveException", "Service was not ACTIVE."});
+      }
+      return s;
+    };
+    const auto saved = [&](state::service& s,
+                           const tl::expected<ecs::task_set, api_error>& t) -> outcome {
+      if (!t) return tl::unexpected(t.error());
+      BERTH_TRY(written, save(s));
+      (void)written;
+      return json{{"taskSet", ecs::to_json(*t)}};
+    };
+    const double now = now_seconds();
+    if (action == "CreateTaskSet") {
+      BERTH_TRY(r, decode_request<ecs::create_task_set_request>(body));
+      BERTH_TRY(s, service_named(r.cluster, r.service));
+      BERTH_TRY(td, task_definition(r.task_definition));
+      auto t = create_task_set(s, r, td.task_definition_arn.value_or(""), deployment_id(), now);
+      return saved(s, t);
+    }
+    if (action == "UpdateTaskSet") {
+      BERTH_TRY(r, decode_request<ecs::update_task_set_request>(body));
+      BERTH_TRY(s, service_named(r.cluster, r.service));
+      auto t = update_task_set(s, r.task_set, r.scale, now);
+      return saved(s, t);
+    }
+    if (action == "DeleteTaskSet") {
+      BERTH_TRY(r, decode_request<ecs::delete_task_set_request>(body));
+      BERTH_TRY(s, service_named(r.cluster, r.service));
+      auto t = delete_task_set(s, r.task_set, r.force.value_or(false), now);
+      return saved(s, t);
+    }
+    if (action == "UpdateServicePrimaryTaskSet") {
+      BERTH_TRY(r, decode_request<ecs::update_service_primary_task_set_request>(body));
+      BERTH_TRY(s, service_named(r.cluster, r.service));
+      auto t = make_primary(s, r.primary_task_set, now);
+      return saved(s, t);
+    }
+    BERTH_TRY(r, decode_request<ecs::describe_task_sets_request>(body));
+    BERTH_TRY(s, service_named(r.cluster, r.service));
+    const auto& include = items(r.include);
+    return describe_task_sets(s, items(r.task_sets),
+                              std::find(include.begin(), include.end(), "TAGS") != include.end());
+  }
+
+  outcome stop_service_deployment(const json& body) {
+    BERTH_TRY(req, decode_request<ecs::stop_service_deployment_request>(body));
+    const std::string& arn = req.service_deployment_arn;
+    if (req.stop_type.value_or("ROLLBACK") != "ROLLBACK") {
+      return tl::unexpected(
+          api_error{"UnsupportedFeatureException",
+                    "Berth stops a service deployment by rolling it back (stopType ROLLBACK)."});
+    }
+    const auto of = service_of_deployment(arn);
+    auto s = of ? recs_.load(of->first, of->second) : std::nullopt;
+    if (!s || s->status != "ACTIVE") {
+      return tl::unexpected(api_error{"ServiceDeploymentNotFoundException",
+                                      "The service deployment does not exist: " + arn});
+    }
+    if (auto ok = stop_deployment(*s, arn, deployment_id()); !ok) {
+      return tl::unexpected(ok.error());
+    }
+    BERTH_TRY(saved, save(*s));
+    (void)saved;
+    return json{{"serviceDeploymentArn", arn}};
   }
 
   // The service a request names, unless it is gone.
@@ -322,17 +491,29 @@ class actions_impl final : public actions {
     BERTH_TRY(dc,
               deployment_configuration(req.deployment_configuration, s.deployment_configuration));
     s.deployment_configuration = std::move(dc);
+    const bool daemon = s.scheduling_strategy == "DAEMON";
+    if (auto ok = check_daemon(daemon, req); !ok) return tl::unexpected(ok.error());
+    const bool external = s.deployment_controller.type == "EXTERNAL";
+    if (external && (req.task_definition || req.force_new_deployment.value_or(false))) {
+      return tl::unexpected(
+          invalid("The service's deployment controller is EXTERNAL: deploy a task definition with "
+                  "CreateTaskSet and UpdateServicePrimaryTaskSet"));
+    }
     if (req.desired_count) {
       BERTH_TRY(d, check_desired_count(*req.desired_count));
       s.desired_count = d;
       for (auto& dep : s.deployments) {
         if (dep.status == "PRIMARY") dep.desired_count = d;
       }
+      // Each task set's share of the new count.
+      if (external) rescale_task_sets(s);
       s.berth.steady = false;
     }
     if (req.health_check_grace_period_seconds) {
       s.health_check_grace_period_seconds = *req.health_check_grace_period_seconds;
     }
+    // Its tasks started from now on follow (ECS: with a new deployment to replace the others).
+    if (req.enable_execute_command) s.enable_execute_command = *req.enable_execute_command;
     bool redeploy = req.force_new_deployment.value_or(false);
     if (req.task_definition) {
       BERTH_TRY(td, task_definition(*req.task_definition));
@@ -378,7 +559,8 @@ class actions_impl final : public actions {
     BERTH_TRY(req, decode_request<ecs::delete_service_request>(body));
     BERTH_TRY(cluster, cluster_of(req.cluster));
     BERTH_TRY(s, find(cluster, req.service));
-    if (s.desired_count > 0 && !req.force.value_or(false)) {
+    // A daemon is not scaled: it goes without force.
+    if (s.scheduling_strategy != "DAEMON" && s.desired_count > 0 && !req.force.value_or(false)) {
       return tl::unexpected(invalid(
           "The service cannot be stopped while it is scaled above 0. Set desiredCount to 0 or "
           "use force."));

@@ -12,7 +12,8 @@ namespace berth::agent::sched {
 class actions {
  public:
   virtual ~actions() = default;
-  // CreateService, UpdateService, DeleteService, DescribeServices, ListServices.
+  // CreateService, UpdateService, DeleteService, DescribeServices, ListServices,
+  // GetTaskProtection, UpdateTaskProtection.
   virtual bool serves(const std::string& action) const = 0;
   // Thread-safe: actions run one at a time. Holds no lock the loop takes.
   virtual tl::expected<json, api_error> call(const std::string& action, const json& request) = 0;

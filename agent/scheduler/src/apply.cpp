@@ -10,6 +10,9 @@
 
 namespace berth::agent::sched {
 
+using control::is_no_instances;
+using control::no_instances;
+
 namespace {
 
 std::string task_list(const std::vector<std::string>& arns) {
@@ -100,15 +103,13 @@ void loop::apply_tasks(const state::service& s, const rc::plan& p, const rc::sna
   }
 
   for (const auto& st : p.starts) {
-    ecs::run_task_request run;
-    run.cluster = cluster;
-    run.task_definition = st.task_definition;
-    run.count = static_cast<std::int32_t>(st.count);
-    run.started_by = st.deployment_id;
-    run.group = "service:" + snap.service.name;
-    run.placement_constraints = s.placement_constraints;
-    run.placement_strategy = s.placement_strategy;
-    auto r = ask<ecs::run_task_response>(tasks_, "RunTask", run);
+    auto r = start_tasks(s, st, snap);
+    if (!r && is_no_instances(r.error())) {
+      // Said by the next pass's reconcile, in ECS's words, as a placement failure.
+      out.placement_failure =
+          rc::placement_failure{st.deployment_id, snap.now, " " + std::string(no_instances)};
+      continue;
+    }
     if (!r) {
       warn(snap, out.events, out.said, "was unable to start tasks: " + r.error().message);
       continue;
@@ -129,6 +130,40 @@ void loop::apply_tasks(const state::service& s, const rc::plan& p, const rc::sna
       out.placed = true;
     }
   }
+}
+
+// A start: `count` tasks placed (RunTask), or a DAEMON service's one on each instance named
+// (StartTask); either answer as RunTask's.
+tl::expected<ecs::run_task_response, api_error> loop::start_tasks(const state::service& s,
+                                                                  const rc::task_start& st,
+                                                                  const rc::snapshot& snap) {
+  const std::string cluster = name_of(s.cluster_arn);
+  const std::string group = "service:" + snap.service.name;
+  if (st.instances.empty()) {
+    ecs::run_task_request run;
+    run.cluster = cluster;
+    run.task_definition = st.task_definition;
+    run.count = static_cast<std::int32_t>(st.count);
+    run.started_by = st.deployment_id;
+    run.group = group;
+    run.placement_constraints = s.placement_constraints;
+    run.placement_strategy = s.placement_strategy;
+    run.enable_execute_command = s.enable_execute_command;
+    return ask<ecs::run_task_response>(tasks_, "RunTask", run);
+  }
+  ecs::start_task_request run;
+  run.cluster = cluster;
+  run.task_definition = st.task_definition;
+  run.container_instances = st.instances;
+  run.started_by = st.deployment_id;
+  run.group = group;
+  run.enable_execute_command = s.enable_execute_command;
+  const auto r = ask<ecs::start_task_response>(tasks_, "StartTask", run);
+  if (!r) return tl::unexpected(r.error());
+  ecs::run_task_response out;
+  out.tasks = r->tasks;
+  out.failures = r->failures;
+  return out;
 }
 
 }  // namespace berth::agent::sched

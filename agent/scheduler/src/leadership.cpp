@@ -35,7 +35,7 @@ std::string identity(const config& c) {
 leadership::leadership(const config& c, std::shared_ptr<state::store> st, metrics& m)
     : cluster_(c.cluster),
       state_dir_(c.state_dir),
-      name_("/berth/leader/" + c.cluster + "/scheduler"),
+      name_(leader_election(c.cluster)),
       value_(identity(c)),
       ttl_(std::max(c.heartbeat_ttl, std::chrono::seconds(1))),
       interval_(std::chrono::duration_cast<std::chrono::milliseconds>(ttl_) / 3),

@@ -23,6 +23,12 @@
 
 namespace berth::agent::sched {
 
+// The election a cluster's scheduler leader is chosen by (its candidates' keys are under it,
+// followed by "/").
+inline std::string leader_election(const std::string& cluster) {
+  return "/berth/leader/" + cluster + "/scheduler";
+}
+
 class leadership {
  public:
   using clock = std::chrono::steady_clock;

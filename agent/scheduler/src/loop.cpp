@@ -9,6 +9,7 @@
 #include <iterator>
 
 #include "berth/agent/util.hpp"
+#include "task_sets.hpp"
 
 namespace berth::agent::sched {
 
@@ -35,7 +36,7 @@ rc::target to_target(const lb::haproxy::server& sv) {
 
 loop::loop(const config& c, records& recs, std::shared_ptr<state::store> st, task_api& tasks,
            metrics& m)
-    : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m), lead_(c, std::move(st), m) {
+    : cfg_(c), recs_(recs), tasks_(tasks), metrics_(m), st_(st), lead_(c, std::move(st), m) {
   if (!c.haproxy_socket.empty()) lb_.emplace(c.haproxy_socket);
   metrics_.gauge("berth_services", "Services by status");
   metrics_.counter("berth_service_tasks_started_total", "Tasks services started");
@@ -127,8 +128,16 @@ void loop::pass_all() {
   if (!all) return;
   std::map<std::string, int> by_status = {{"ACTIVE", 0}, {"DRAINING", 0}};
   bool busy = false;
+  // This cluster's services, and those of clusters without agents (whose events then say why
+  // nothing runs); another cluster's leader reconciles its own.
+  std::map<std::string, bool> led;  // cluster -> by its own agents
   for (auto& s : *all) {
     if (s.status == "INACTIVE") continue;
+    if (const std::string c = name_of(s.cluster_arn); c != cfg_.cluster) {
+      auto [it, fresh] = led.try_emplace(c, false);
+      if (fresh) it->second = led_by_its_own(c);
+      if (it->second) continue;
+    }
     // Leadership lost in this pass (checked before each plan is applied): no more plans.
     if (!lead_.leading()) return;
     ++by_status[s.status];
@@ -145,6 +154,11 @@ void loop::pass_all() {
   }
   busy_ = busy;
   for (const auto& [st, n] : by_status) metrics_.set("berth_services", {{"status", st}}, n);
+}
+
+bool loop::led_by_its_own(const std::string& cluster) {
+  auto r = st_->range(state::key_range::with_prefix(leader_election(cluster) + "/"), 1);
+  return !r || !r->kvs.empty();
 }
 
 bool loop::pass_one(state::service s) {
@@ -169,8 +183,23 @@ std::optional<rc::snapshot> loop::gather(const state::service& s) {
   auto draining = draining_instances(s);
   if (!draining) return std::nullopt;
   snap.draining_instances = std::move(*draining);
+  if (snap.service.daemon && !snap.service.deleting) {
+    auto where = daemon_instances(s);
+    if (!where) return std::nullopt;
+    snap.daemon_instances = std::move(*where);
+    // A daemon's desired count is its instances'.
+    snap.service.desired_count = static_cast<std::int64_t>(snap.daemon_instances.size());
+    for (auto& d : snap.deployments) {
+      if (d.status == rc::deployment_status::primary) d.desired_count = snap.service.desired_count;
+    }
+  }
+  const auto shields = recs_.protections(name_of(s.cluster_arn));
+  if (!shields) return std::nullopt;
   for (const auto& t : *live) {
     snap.tasks.push_back(to_task(t, checked_containers(t.task_definition_arn.value_or(""))));
+    if (const auto it = shields->find(snap.tasks.back().arn); it != shields->end()) {
+      snap.tasks.back().protected_until = it->second;
+    }
   }
   // The circuit breaker counts the primary's failed tasks, while it rolls out.
   bool rolling = false;
@@ -254,6 +283,11 @@ std::optional<std::set<std::string>> loop::draining_instances(const state::servi
   ecs::list_container_instances_request list;
   list.cluster = name_of(s.cluster_arn);
   list.status = "DRAINING";
+  return instances(std::move(list));
+}
+
+// Every instance ListContainerInstances answers `list` with, page by page.
+std::optional<std::set<std::string>> loop::instances(ecs::list_container_instances_request list) {
   list.max_results = 100;
   std::set<std::string> out;
   do {
@@ -263,6 +297,22 @@ std::optional<std::set<std::string>> loop::draining_instances(const state::servi
     list.next_token = std::move(l->next_token);
   } while (list.next_token);
   return out;
+}
+
+// The instances a DAEMON service runs on: those ListContainerInstances' filter matches, which
+// are the ones placement would use (ACTIVE, their agent connected), meeting its memberOf
+// constraints.
+std::optional<std::set<std::string>> loop::daemon_instances(const state::service& s) {
+  std::string filter;
+  for (const auto& c : s.placement_constraints) {
+    if (c.type != "memberOf" || !c.expression) continue;
+    filter += (filter.empty() ? "(" : " and (") + *c.expression + ")";
+  }
+  ecs::list_container_instances_request list;
+  list.cluster = name_of(s.cluster_arn);
+  list.status = "ACTIVE";
+  list.filter = filter.empty() ? "attribute:ecs.os-type exists" : filter;
+  return instances(std::move(list));
 }
 
 // The containers of a task definition that have a Docker health check (cached by ARN).
@@ -310,8 +360,10 @@ void loop::record(state::service s, const rc::plan& p, const applied& a) {
   for (const auto& m : a.events) records::event(s, m);
   for (const auto& e : p.events) records::event(s, e.message);
   write_deployments(s, p.deployments);
+  sync_task_sets(s, now_seconds());
   s.running_count = static_cast<std::int32_t>(p.running_count);
   s.pending_count = static_cast<std::int32_t>(p.pending_count);
+  if (p.desired_count) s.desired_count = static_cast<std::int32_t>(*p.desired_count);
   if (p.task_definition) s.task_definition = *p.task_definition;
   if (p.last_good) s.berth.last_good = *p.last_good;
   s.berth.steady = p.steady;

@@ -51,6 +51,9 @@ class loop {
   void changed(const std::string& service_arn);
 
  private:
+  // Whether the agents of `cluster` (not this agent's) elect a scheduler of their own, which
+  // reconciles its services; true too when the store cannot say (none is reconciled twice).
+  bool led_by_its_own(const std::string& cluster);
   // What applying a plan did, for the loop's memory and the record.
   struct applied {
     std::vector<std::string> events;  // the loop's own, in order
@@ -69,12 +72,17 @@ class loop {
   bool pass_one(state::service s);
   std::optional<rc::snapshot> gather(const state::service& s);
   std::optional<std::vector<ecs::task>> tasks_of(const state::service& s, bool stopped);
+  std::optional<std::set<std::string>> daemon_instances(const state::service& s);
+  std::optional<std::set<std::string>> instances(ecs::list_container_instances_request list);
   std::optional<std::set<std::string>> draining_instances(const state::service& s);
   const std::set<std::string>& checked_containers(const std::string& task_definition);
   applied apply(const state::service& s, const rc::snapshot& snap, const rc::plan& p);
   void apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out);
   void apply_tasks(const state::service& s, const rc::plan& p, const rc::snapshot& snap,
                    applied& out);
+  tl::expected<ecs::run_task_response, api_error> start_tasks(const state::service& s,
+                                                              const rc::task_start& st,
+                                                              const rc::snapshot& snap);
   void remember(const rc::snapshot& snap, const rc::plan& p, const applied& a);
   void record(state::service s, const rc::plan& p, const applied& a);
 
@@ -88,7 +96,8 @@ class loop {
   task_api& tasks_;
   metrics& metrics_;
   std::optional<lb::haproxy> lb_;
-  leadership lead_;  // the loop's thread's own, but for interrupt()
+  std::shared_ptr<state::store> st_;  // where the clusters' leaders are elected
+  leadership lead_;                   // the loop's thread's own, but for interrupt()
   std::thread thread_;
 
   std::mutex wake_mu_;  // a leaf lock, held only to read or set the two flags below

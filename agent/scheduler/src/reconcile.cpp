@@ -147,6 +147,16 @@ class pass {
     p_.drains_ended.push_back(arn);
   }
 
+  // Under scale-in protection: kept by a scale-in and by a deployment.
+  bool shielded(const task& t) const { return !svc_.deleting && t.protected_until > s_.now; }
+  // A scale-in or deployment that protected tasks held back, in ECS's words (once a while).
+  void held_back(std::int64_t n) {
+    if (n > 0) {
+      warn("was unable to scale in due to (reason " + std::to_string(n) +
+           " tasks under protection).");
+    }
+  }
+
   void stop(const std::string& arn, const std::string& reason) {
     p_.stops.push_back({arn, reason});
     stopped_now_.insert(arn);
@@ -270,6 +280,8 @@ class pass {
   // Starts and stops for the deployments. True when a rollback began: the next pass works on
   // the new primary.
   bool deploy() {
+    if (svc_.daemon) return deploy_daemon();
+    if (svc_.external) return deploy_task_sets();
     deps_ = s_.deployments;
     const std::int64_t desired = svc_.desired_count;
     const std::int64_t most = desired * svc_.maximum_percent / 100;
@@ -310,16 +322,22 @@ class pass {
                                    ? "Service is being deleted"
                                    : "Scaling activity initiated by (deployment " +
                                          (prim != nullptr ? prim->id : std::string()) + ")";
+    std::int64_t kept = 0;
     for (const auto& [id, list] : by_dep_) {
       const bool current = prim != nullptr && id == prim->id && !svc_.deleting;
       for (const task* t : list) {
         if (gone(*t) || (current && !moving(*t))) continue;
+        if (shielded(*t) && !moving(*t)) {
+          ++kept;
+          continue;
+        }
         const bool counts = healthy(*t);
         if (counts && spare <= 0 && !svc_.deleting) continue;
         if (counts) --spare;
         retire(*t, moving(*t) && !svc_.deleting ? draining_reason : reason);
       }
     }
+    held_back(kept);
     return false;
   }
 
@@ -359,8 +377,115 @@ class pass {
     return true;
   }
 
+  // EXTERNAL: each task set at its own count (started, or scaled in as a replica service is),
+  // a deleted one's tasks and those of no task set stopped. Deleting: everything.
+  bool deploy_task_sets() {
+    deps_ = s_.deployments;
+    std::int64_t healthy_total = 0;
+    for (const auto& t : s_.tasks) {
+      if (t.desired_status != "RUNNING" || gone(t)) continue;
+      by_dep_[t.deployment_id].push_back(&t);
+      if (healthy(t)) ++healthy_total;
+    }
+    counts();
+    std::set<std::string> known;
+    for (const auto& d : deps_) {
+      known.insert(d.id);
+      const bool stopping = svc_.deleting || d.status == deployment_status::inactive;
+      const std::int64_t want =
+          (stopping ? 0 : d.desired_count) - static_cast<std::int64_t>(by_dep_[d.id].size());
+      if (want > 0) start(d, std::min<std::int64_t>(want, start_batch));
+      if (want < 0 && lb_ok_) scale_down(d, -want, healthy_total);
+    }
+    for (const auto& [id, list] : by_dep_) {
+      if (known.contains(id)) continue;
+      for (const task* t : list) {
+        retire(*t, svc_.deleting ? "Service is being deleted" : "Its task set was deleted");
+      }
+    }
+    return false;
+  }
+
   // Start what the primary lacks, unless RunTask could not place its tasks a moment ago.
-  void start(const deployment& prim, std::int64_t n) {
+  // DAEMON: one task of the primary on each of the daemon's instances, none elsewhere (a
+  // DRAINING instance's goes at once, as do a second one's). An old deployment's task on an
+  // instance goes once the primary's there is healthy; or first, within minimumHealthyPercent,
+  // when maximumPercent leaves no room for both (100, the default: the same ports, say).
+  bool deploy_daemon() {
+    deps_ = s_.deployments;
+    const std::int64_t desired = svc_.desired_count;
+    const auto fewest = static_cast<std::int64_t>(std::ceil(
+        static_cast<double>(desired) * static_cast<double>(svc_.minimum_healthy_percent) / 100.0));
+    std::map<std::string, std::vector<const task*>> on;  // by instance, draining ones too
+    std::int64_t healthy_total = 0;
+    for (const auto& t : s_.tasks) {
+      if (t.desired_status != "RUNNING") continue;
+      on[t.container_instance_arn].push_back(&t);
+      if (gone(t)) continue;
+      by_dep_[t.deployment_id].push_back(&t);
+      if (healthy(t)) ++healthy_total;
+    }
+    counts();
+    p_.desired_count = desired;
+    deployment* prim = primary();
+    if (prim != nullptr && prim->rollout == rollout_state::in_progress && !svc_.deleting) {
+      if (breaker(*prim, desired)) return true;
+    }
+    const bool tripped = prim != nullptr && prim->rollout == rollout_state::failed;
+    const bool room_for_two = svc_.maximum_percent > 100;
+    std::int64_t spare = healthy_total - fewest;
+    const std::string scaling = "Scaling activity initiated by (deployment " +
+                                (prim != nullptr ? prim->id : std::string()) + ")";
+    const auto of_primary = [&](const task* t) {
+      return prim != nullptr && t->deployment_id == prim->id;
+    };
+    std::vector<std::string> wanting;  // instances to start one on
+    for (const auto& [instance, list] : on) {
+      if (svc_.deleting || !s_.daemon_instances.contains(instance)) {
+        const std::string& why = svc_.deleting           ? std::string("Service is being deleted")
+                                 : moving(*list.front()) ? draining_reason
+                                                         : scaling;
+        for (const task* t : list) retire(*t, why);
+        continue;
+      }
+      // The primary's task that stays here: a running one before a pending one.
+      const task* keep = nullptr;
+      for (const task* t : list) {
+        if (!gone(*t) && of_primary(t) && (keep == nullptr || (running(*t) && !running(*keep)))) {
+          keep = t;
+        }
+      }
+      for (const task* t : list) {
+        if (t == keep || gone(*t)) continue;
+        if (of_primary(t)) {
+          retire(*t, scaling);  // a second one
+          continue;
+        }
+        if (tripped) continue;
+        if (keep != nullptr ? !healthy(*keep) : room_for_two) continue;
+        const bool counts = healthy(*t);
+        if (keep == nullptr && counts && spare <= 0) continue;
+        if (keep == nullptr && counts) --spare;
+        retire(*t, scaling);
+      }
+      // Started here once nothing else holds the place (or there is room for two).
+      const bool others =
+          std::any_of(list.begin(), list.end(), [&](const task* t) { return !of_primary(t); });
+      if (keep == nullptr && (room_for_two || !others)) wanting.push_back(instance);
+    }
+    for (const auto& instance : s_.daemon_instances) {
+      if (!on.contains(instance)) wanting.push_back(instance);
+    }
+    if (prim != nullptr && !tripped && !svc_.deleting && !wanting.empty()) {
+      std::sort(wanting.begin(), wanting.end());
+      if (wanting.size() > static_cast<std::size_t>(start_batch)) wanting.resize(start_batch);
+      const auto n = static_cast<std::int64_t>(wanting.size());
+      start(*prim, n, std::move(wanting));
+    }
+    return false;
+  }
+
+  void start(const deployment& prim, std::int64_t n, std::vector<std::string> instances = {}) {
     const auto& f = s_.last_placement_failure;
     if (f && f->deployment_id == prim.id) {
       warn(
@@ -369,17 +494,26 @@ class pass {
           f->reasons + ".");
       if (s_.now - f->at < placement_retry) return;
     }
-    p_.starts.push_back({prim.id, prim.task_definition, n});
+    p_.starts.push_back({prim.id, prim.task_definition, n, std::move(instances)});
   }
 
   // Too many: pending ones first, then unhealthy ones, then, as ECS does, those whose loss keeps
   // the service balanced: from the instance holding most of its tasks, the newest there. Not
   // those on DRAINING instances: they go with the old deployments', within
-  // minimumHealthyPercent.
+  // minimumHealthyPercent. Not those under scale-in protection: the service stays above its
+  // desired count until their protection ends.
   void scale_down(const deployment& prim, std::int64_t n, std::int64_t& healthy_total) {
     std::vector<const task*> extra;
-    std::copy_if(by_dep_[prim.id].begin(), by_dep_[prim.id].end(), std::back_inserter(extra),
-                 [&](const task* t) { return !moving(*t); });
+    std::int64_t kept = 0;
+    for (const task* t : by_dep_[prim.id]) {
+      if (moving(*t)) continue;
+      if (shielded(*t)) {
+        ++kept;
+        continue;
+      }
+      extra.push_back(t);
+    }
+    held_back(std::min<std::int64_t>(kept, n - static_cast<std::int64_t>(extra.size())));
     // The service's tasks that stay, by instance: each stop below takes one away.
     std::map<std::string, std::int64_t> on;
     for (const auto& t : s_.tasks) {
@@ -420,9 +554,11 @@ class pass {
   }
 
   void record() {
-    // Old deployments without tasks are done with.
-    std::erase_if(deps_, [](const deployment& d) {
-      return d.status != deployment_status::primary && d.running_count == 0 && d.pending_count == 0;
+    // Old deployments without tasks are done with (of task sets, the deleted ones only).
+    std::erase_if(deps_, [&](const deployment& d) {
+      const bool done = svc_.external ? d.status == deployment_status::inactive
+                                      : d.status != deployment_status::primary;
+      return done && d.running_count == 0 && d.pending_count == 0;
     });
     p_.steady = svc_.steady;
     if (svc_.deleting) {
@@ -432,6 +568,35 @@ class pass {
       }
       p_.deployments = deps_;
       p_.busy = !p_.deleted;
+      return;
+    }
+    // Task sets: steady when each has its count, all healthy, and no deleted one is left.
+    if (svc_.external) {
+      bool steady = true;
+      for (auto& d : deps_) {
+        const auto& mine = by_dep_[d.id];
+        const auto good =
+            std::count_if(mine.begin(), mine.end(), [&](const task* t) { return healthy(*t); });
+        const bool there = d.status != deployment_status::inactive && good == d.desired_count &&
+                           static_cast<std::int64_t>(mine.size()) == d.desired_count;
+        steady &= there;
+        if (there && d.rollout == rollout_state::in_progress) {
+          d.rollout = rollout_state::completed;
+          d.rollout_reason = "ECS deployment " + d.id + " completed.";
+          d.updated_at = s_.now;
+          p_.transitions.push_back({d.id, rollout_state::completed, d.rollout_reason});
+        }
+      }
+      // Nor while a task of no task set is left.
+      for (const auto& [id, list] : by_dep_) {
+        const bool known = std::any_of(deps_.begin(), deps_.end(),
+                                       [&](const deployment& d) { return d.id == id; });
+        steady &= known || list.empty();
+      }
+      if (steady && !svc_.steady) p_.events.push_back({"has reached a steady state."});
+      p_.steady = steady;
+      p_.deployments = deps_;
+      p_.busy = !steady || !draining_.empty();
       return;
     }
     // Steady: the primary alone, all its tasks healthy, none on a DRAINING instance.

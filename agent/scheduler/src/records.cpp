@@ -95,6 +95,30 @@ std::optional<std::vector<state::service>> records::all(const std::string& clust
   return out;
 }
 
+// A protection's document: "protection" <cluster>/<task id> -> {"taskArn", "until"}.
+std::optional<std::map<std::string, rc::seconds>> records::protections(const std::string& cluster) {
+  auto list = store_.list("protection", cluster + "/");
+  if (!list) return std::nullopt;
+  std::map<std::string, rc::seconds> out;
+  for (const auto& [k, v] : *list) {
+    const json j = json::parse(v, nullptr, false);
+    if (!j.is_object() || !j.value("taskArn", json()).is_string() ||
+        !j.value("until", json()).is_number()) {
+      damaged("protection " + k, "a task protection that does not parse");
+      continue;
+    }
+    out[j["taskArn"].get<std::string>()] = j["until"].get<rc::seconds>();
+  }
+  return out;
+}
+
+result<void> records::protect(const std::string& cluster, const std::string& task_arn,
+                              std::optional<rc::seconds> until) {
+  const std::string key = cluster + "/" + task_arn.substr(task_arn.rfind('/') + 1);
+  if (!until) return store_.erase("protection", key);
+  return store_.put("protection", key, json{{"taskArn", task_arn}, {"until", *until}}.dump());
+}
+
 result<bool> records::commit(state::service& s) {
   const std::string key = name_of(s.cluster_arn) + "/" + s.service_name;
   const std::uint64_t expected = s.berth.revision;
@@ -160,6 +184,8 @@ rc::service to_service(const state::service& s, std::chrono::milliseconds deregi
   out.arn = s.service_arn;
   out.name = s.service_name;
   out.deleting = s.status == "DRAINING";
+  out.daemon = s.scheduling_strategy == "DAEMON";
+  out.external = s.deployment_controller.type == "EXTERNAL";
   out.desired_count = s.desired_count;
   const ecs::deployment_configuration& dc = s.deployment_configuration;
   out.maximum_percent = dc.maximum_percent.value_or(200);
@@ -250,6 +276,13 @@ void write_deployments(state::service& s, const std::vector<rc::deployment>& dep
     assign(x, d);
     out.push_back(std::move(x));
   }
+  // The deployments that are done with go to the history, newest first.
+  for (auto it = s.deployments.rbegin(); it != s.deployments.rend(); ++it) {
+    const bool kept = std::any_of(deps.begin(), deps.end(),
+                                  [&](const rc::deployment& d) { return d.id == it->id; });
+    if (!kept) s.berth.history.insert(s.berth.history.begin(), *it);
+  }
+  if (s.berth.history.size() > state::max_history) s.berth.history.resize(state::max_history);
   s.deployments = std::move(out);
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -41,6 +42,14 @@ class records {
   // when the store failed. Once written, the events `s` gained are logged (event_follower
   // publishes them from the store).
   result<bool> commit(state::service& s);
+
+  // Scale-in protection (UpdateTaskProtection): the cluster's protected tasks, task ARN ->
+  // when protection ends (seconds since the epoch), ended ones too; nothing when the store could
+  // not list them.
+  std::optional<std::map<std::string, rc::seconds>> protections(const std::string& cluster);
+  // Protects the task until `until`, or (nothing) ends its protection.
+  result<void> protect(const std::string& cluster, const std::string& task_arn,
+                       std::optional<rc::seconds> until);
 
   // Adds an event to the record (ECS keeps the newest 100, newest first); it is published
   // once the record is committed (event_follower).

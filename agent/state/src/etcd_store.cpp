@@ -1,9 +1,9 @@
-// The store contract on etcd v3, through its JSON gateway (etcd_http.hpp). etcd has the data,
-// the history and the leases; this is a translation: requests into the gateway's JSON, replies
-// and errors into the contract's types and errc. A watcher is a streamed POST /v3/watch read by
-// its own thread; when the stream breaks it is opened again from the next revision the watcher
-// has not delivered, so a reconnect misses nothing (or reports errc::compacted if etcd
-// compacted past it meanwhile).
+// The store contract on etcd v3, through its gRPC API (etcd_rpc.hpp). etcd has the data, the
+// history and the leases; this is a translation: requests into etcd's messages, replies and
+// errors into the contract's types and errc. A watcher is a Watch stream read by its own
+// thread; when the stream breaks it is opened again from the next revision the watcher has not
+// delivered, so a reconnect misses nothing (or reports errc::compacted if etcd compacted past it
+// meanwhile).
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -11,17 +11,14 @@
 #include <thread>
 
 #include "berth/state.hpp"
-#include "etcd_http.hpp"
+#include "etcd_rpc.hpp"
 
 namespace berth::state {
 
 namespace {
 
-using detail::base64;
-using detail::etcd_http;
-using detail::json;
-using detail::num;
-using detail::unbase64;
+using detail::etcd_rpc;
+namespace pb = detail::pb;
 using steady = std::chrono::steady_clock;
 
 error fail(errc c, std::string d) { return {c, std::move(d)}; }
@@ -32,128 +29,117 @@ error translate(const error& e, int code) {
   if (m.find("lease not found") != std::string::npos) return fail(errc::lease_not_found, m);
   if (m.find("has been compacted") != std::string::npos) return fail(errc::compacted, m);
   if (m.find("future revision") != std::string::npos) return fail(errc::future_revision, m);
-  if (code == 3) return fail(errc::invalid_argument, m);
+  if (code == grpc::StatusCode::INVALID_ARGUMENT) return fail(errc::invalid_argument, m);
   return fail(errc::io, m);
 }
 
-key_value kv_of(const json& j) {
+key_value kv_of(pb::KeyValue& p) {
   key_value kv;
-  kv.key = unbase64(j.value("key", ""));
-  kv.value = unbase64(j.value("value", ""));
-  kv.create_revision = num(j, "create_revision");
-  kv.mod_revision = num(j, "mod_revision");
-  kv.version = num(j, "version");
-  kv.lease = num(j, "lease");
+  kv.key = std::move(*p.mutable_key());
+  kv.value = std::move(*p.mutable_value());
+  kv.create_revision = p.create_revision();
+  kv.mod_revision = p.mod_revision();
+  kv.version = p.version();
+  kv.lease = p.lease();
   return kv;
 }
 
-std::vector<key_value> kvs_of(const json& j, const char* member) {
+std::vector<key_value> kvs_of(google::protobuf::RepeatedPtrField<pb::KeyValue>& from) {
   std::vector<key_value> out;
-  const auto it = j.find(member);
-  if (it == j.end() || !it->is_array()) return out;
-  out.reserve(it->size());
-  for (const auto& kv : *it) out.push_back(kv_of(kv));
+  out.reserve(static_cast<std::size_t>(from.size()));
+  for (auto& kv : from) out.push_back(kv_of(kv));
   return out;
-}
-
-revision header_revision(const json& j) {
-  const auto it = j.find("header");
-  return it == j.end() ? 0 : num(*it, "revision");
 }
 
 // A range's key and range_end: a prefix covers [prefix, prefix_end(prefix)); no end ("\0" to
 // etcd) when the prefix has none.
-void set_range(json& body, const key_range& r) {
-  body["key"] = base64(r.prefix && r.key.empty() ? std::string(1, '\0') : r.key);
+template <class Request>
+void set_range(Request& req, const key_range& r) {
+  req.set_key(r.prefix && r.key.empty() ? std::string(1, '\0') : r.key);
   if (r.prefix) {
     const std::string end = prefix_end(r.key);
-    body["range_end"] = base64(end.empty() ? std::string(1, '\0') : end);
+    req.set_range_end(end.empty() ? std::string(1, '\0') : end);
   }
 }
 
 bool valid(const key_range& r) { return r.prefix || !r.key.empty(); }
 
-const char* target_name(compare_target t) {
-  switch (t) {
-    case compare_target::value:
-      return "VALUE";
-    case compare_target::version:
-      return "VERSION";
-    case compare_target::create_revision:
-      return "CREATE";
-    case compare_target::mod_revision:
-      return "MOD";
-    case compare_target::lease:
-      return "LEASE";
-  }
-  return "MOD";
-}
-
-const char* op_name(compare_op o) {
-  switch (o) {
+void set_compare(pb::Compare& p, const compare& c) {
+  p.set_key(c.key);
+  switch (c.op) {
     case compare_op::equal:
-      return "EQUAL";
+      p.set_result(pb::Compare::EQUAL);
+      break;
     case compare_op::not_equal:
-      return "NOT_EQUAL";
+      p.set_result(pb::Compare::NOT_EQUAL);
+      break;
     case compare_op::less:
-      return "LESS";
+      p.set_result(pb::Compare::LESS);
+      break;
     case compare_op::greater:
-      return "GREATER";
+      p.set_result(pb::Compare::GREATER);
+      break;
   }
-  return "EQUAL";
-}
-
-json compare_json(const compare& c) {
-  json j = {{"key", base64(c.key)}, {"target", target_name(c.target)}, {"result", op_name(c.op)}};
   switch (c.target) {
     case compare_target::value:
-      j["value"] = base64(c.value);
+      p.set_target(pb::Compare::VALUE);
+      p.set_value(c.value);
       break;
     case compare_target::version:
-      j["version"] = std::to_string(c.number);
+      p.set_target(pb::Compare::VERSION);
+      p.set_version(c.number);
       break;
     case compare_target::create_revision:
-      j["create_revision"] = std::to_string(c.number);
+      p.set_target(pb::Compare::CREATE);
+      p.set_create_revision(c.number);
       break;
     case compare_target::mod_revision:
-      j["mod_revision"] = std::to_string(c.number);
+      p.set_target(pb::Compare::MOD);
+      p.set_mod_revision(c.number);
       break;
     case compare_target::lease:
-      j["lease"] = std::to_string(c.number);
+      p.set_target(pb::Compare::LEASE);
+      p.set_lease(c.number);
       break;
   }
-  return j;
 }
 
-json op_json(const txn_op& op) {
-  json body;
+void set_op(pb::RequestOp& p, const txn_op& op) {
   switch (op.type) {
-    case txn_op::kind::get:
-      set_range(body, op.range);
-      if (op.limit > 0) body["limit"] = std::to_string(op.limit);
-      return {{"request_range", body}};
-    case txn_op::kind::put:
-      body = {{"key", base64(op.range.key)}, {"value", base64(op.value)}, {"prev_kv", true}};
-      if (op.lease != 0) body["lease"] = std::to_string(op.lease);
-      return {{"request_put", body}};
-    case txn_op::kind::del:
-      set_range(body, op.range);
-      body["prev_kv"] = true;
-      return {{"request_delete_range", body}};
+    case txn_op::kind::get: {
+      auto* r = p.mutable_request_range();
+      set_range(*r, op.range);
+      if (op.limit > 0) r->set_limit(op.limit);
+      return;
+    }
+    case txn_op::kind::put: {
+      auto* r = p.mutable_request_put();
+      r->set_key(op.range.key);
+      r->set_value(op.value);
+      r->set_prev_kv(true);
+      if (op.lease != 0) r->set_lease(op.lease);
+      return;
+    }
+    case txn_op::kind::del: {
+      auto* r = p.mutable_request_delete_range();
+      set_range(*r, op.range);
+      r->set_prev_kv(true);
+      return;
+    }
   }
-  return {};
 }
 
-op_result result_of(const json& r) {
+op_result result_of(pb::ResponseOp& r) {
   op_result out;
-  if (const auto it = r.find("response_range"); it != r.end()) {
-    out.kvs = kvs_of(*it, "kvs");
-    out.more = it->value("more", false);
-  } else if (const auto p = r.find("response_put"); p != r.end()) {
-    if (const auto prev = p->find("prev_kv"); prev != p->end())
-      out.prev_kvs.push_back(kv_of(*prev));
-  } else if (const auto d = r.find("response_delete_range"); d != r.end()) {
-    out.prev_kvs = kvs_of(*d, "prev_kvs");
+  if (r.has_response_range()) {
+    out.kvs = kvs_of(*r.mutable_response_range()->mutable_kvs());
+    out.more = r.response_range().more();
+  } else if (r.has_response_put()) {
+    if (r.response_put().has_prev_kv()) {
+      out.prev_kvs.push_back(kv_of(*r.mutable_response_put()->mutable_prev_kv()));
+    }
+  } else if (r.has_response_delete_range()) {
+    out.prev_kvs = kvs_of(*r.mutable_response_delete_range()->mutable_prev_kvs());
   }
   return out;
 }
@@ -162,8 +148,8 @@ op_result result_of(const json& r) {
 
 class etcd_watcher final : public watcher {
  public:
-  etcd_watcher(etcd_http& http, key_range range, revision start)
-      : http_(http), range_(std::move(range)), next_(start), delivered_(start) {}
+  etcd_watcher(etcd_rpc& rpc, key_range range, revision start)
+      : rpc_(rpc), range_(std::move(range)), next_(start), delivered_(start) {}
   ~etcd_watcher() override {
     cancel();
     if (thread_.joinable()) thread_.join();
@@ -201,11 +187,9 @@ class etcd_watcher final : public watcher {
   }
 
   void cancel() override {
-    {
-      std::lock_guard lock(mu_);
-      canceled_ = true;
-    }
-    stop_.stop();
+    std::lock_guard lock(mu_);
+    canceled_ = true;
+    if (ctx_ != nullptr) ctx_->TryCancel();
     cv_.notify_all();
   }
 
@@ -213,64 +197,87 @@ class etcd_watcher final : public watcher {
   // One stream after another, each from the first revision not yet received, until canceled.
   void run() {
     auto backoff = std::chrono::milliseconds(50);
-    while (!stop_.stopped()) {
-      json create;
-      set_range(create, range_);
-      revision from = 0;
+    std::string failures;
+    for (std::size_t attempt = 0;; ++attempt) {
+      pb::WatchRequest req;
+      auto* create = req.mutable_create_request();
+      set_range(*create, range_);
+      create->set_prev_kv(true);
+      etcd_rpc::endpoint& e = rpc_.endpoint_after(attempt % rpc_.endpoint_count());
+      grpc::ClientContext ctx;
+      rpc_.prepare_stream(ctx);
       {
         std::lock_guard lock(mu_);
-        from = next_;
+        if (canceled_) return;
+        if (next_ > 0) create->set_start_revision(next_);
+        ctx_ = &ctx;
       }
-      if (from > 0) create["start_revision"] = std::to_string(from);
-      create["prev_kv"] = true;
-      bool got = false;
-      auto r = http_.stream(
-          "/v3/watch", {{"create_request", create}},
-          [&](const json& msg) { return on_message(msg, got); }, stop_);
-      if (stop_.stopped()) return;
+      bool got = false, stopped = false;
+      auto stream = e.watch->Watch(&ctx);
+      if (stream->Write(req)) {
+        pb::WatchResponse resp;
+        while (stream->Read(&resp)) {
+          if (!on_message(resp, got)) {
+            stopped = true;
+            break;
+          }
+        }
+      }
+      if (stopped) ctx.TryCancel();
+      const grpc::Status status = stream->Finish();
       {
         std::lock_guard lock(mu_);
+        ctx_ = nullptr;
+        if (canceled_) return;
         if (failure_ && failure_->code == errc::compacted) return;
-        // Not even created: the first answer is an error (no etcd to ask).
-        if (!created_ && !r) {
-          failure_ = r.error();
+        if (got || created_) failures.clear();
+        if (!status.ok()) {
+          failures += (failures.empty() ? "" : "; ") + e.url + ": " + status.error_message();
+        }
+        // Not even created, on any endpoint: the first answer is an error (no etcd to ask).
+        if (!created_ && (attempt + 1) % rpc_.endpoint_count() == 0) {
+          failure_ = fail(errc::io, "etcd unreachable: " + failures);
           cv_.notify_all();
           return;
         }
       }
       if (got) backoff = std::chrono::milliseconds(50);
+      if (created_ && (attempt + 1) % rpc_.endpoint_count() != 0) continue;  // the next endpoint
       // A cheap call before the next stream: it fetches a new token if etcd dropped ours.
-      if (!r)
-        (void)http_.call("/v3/kv/range",
-                         {{"key", base64(std::string(1, '\0'))}, {"count_only", true}});
+      if (!status.ok()) {
+        pb::RangeRequest r;
+        r.set_key(std::string(1, '\0'));
+        r.set_count_only(true);
+        pb::RangeResponse rr;
+        (void)rpc_.call("range", [&](etcd_rpc::endpoint& ep, grpc::ClientContext& c) {
+          return ep.kv->Range(&c, r, &rr);
+        });
+      }
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, backoff, [&] { return canceled_; });
       backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
     }
   }
 
-  bool on_message(const json& msg, bool& got) {
-    const auto res = msg.find("result");
-    if (res == msg.end()) return true;
+  bool on_message(pb::WatchResponse& res, bool& got) {
     std::vector<event> batch;
-    if (const auto evs = res->find("events"); evs != res->end() && evs->is_array()) {
-      for (const auto& e : *evs) {
-        event ev;
-        ev.type = e.value("type", "PUT") == "DELETE" ? event_type::del : event_type::put;
-        if (const auto kv = e.find("kv"); kv != e.end()) ev.kv = kv_of(*kv);
-        if (const auto p = e.find("prev_kv"); p != e.end()) ev.prev_kv = kv_of(*p);
-        batch.push_back(std::move(ev));
-      }
+    batch.reserve(static_cast<std::size_t>(res.events_size()));
+    for (auto& e : *res.mutable_events()) {
+      event ev;
+      ev.type = e.type() == pb::Event::DELETE ? event_type::del : event_type::put;
+      if (e.has_kv()) ev.kv = kv_of(*e.mutable_kv());
+      if (e.has_prev_kv()) ev.prev_kv = kv_of(*e.mutable_prev_kv());
+      batch.push_back(std::move(ev));
     }
     std::unique_lock lock(mu_);
-    if (res->value("created", false)) {
-      if (next_ == 0) next_ = delivered_ = header_revision(*res) + 1;
+    if (res.created()) {
+      if (next_ == 0) next_ = delivered_ = res.header().revision() + 1;
       created_ = true;
     }
-    if (num(*res, "compact_revision") > 0 || res->value("canceled", false)) {
+    if (res.compact_revision() > 0 || res.canceled()) {
       failure_ = fail(errc::compacted, "watch from revision " + std::to_string(next_) +
                                            ": etcd compacted up to " +
-                                           std::to_string(num(*res, "compact_revision")));
+                                           std::to_string(res.compact_revision()));
       cv_.notify_all();
       return false;
     }
@@ -297,13 +304,13 @@ class etcd_watcher final : public watcher {
 
   static constexpr std::size_t max_queued = 1024;
 
-  etcd_http& http_;
+  etcd_rpc& rpc_;
   const key_range range_;
-  etcd_http::stopper stop_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  revision next_;       // the stream's: the next revision to ask etcd for
-  revision delivered_;  // next(): one past the last revision handed out
+  grpc::ClientContext* ctx_ = nullptr;  // the stream's, while it runs (mu_)
+  revision next_;                       // the stream's: the next revision to ask etcd for
+  revision delivered_;                  // next(): one past the last revision handed out
   std::deque<std::vector<event>> queue_;
   std::optional<error> failure_;
   bool created_ = false;
@@ -315,7 +322,7 @@ class etcd_watcher final : public watcher {
 
 class etcd_store final : public store {
  public:
-  explicit etcd_store(const etcd_options& o) : o_(o), http_(o) {}
+  etcd_store(const etcd_options& o, std::unique_ptr<etcd_rpc> rpc) : o_(o), rpc_(std::move(rpc)) {}
 
   result<range_result> get(std::string_view key) override {
     return range(key_range::one(std::string(key)), 0);
@@ -323,54 +330,66 @@ class etcd_store final : public store {
 
   result<range_result> range(const key_range& r, std::int64_t limit) override {
     if (!valid(r)) return tl::unexpected(fail(errc::invalid_argument, "range: empty key"));
-    json body;
-    set_range(body, r);
-    if (limit > 0) body["limit"] = std::to_string(limit);
-    auto j = call("/v3/kv/range", body);
-    if (!j) return tl::unexpected(j.error());
-    return range_result{kvs_of(*j, "kvs"), header_revision(*j), j->value("more", false)};
+    pb::RangeRequest req;
+    set_range(req, r);
+    if (limit > 0) req.set_limit(limit);
+    pb::RangeResponse resp;
+    auto c = call("range", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->Range(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    return range_result{kvs_of(*resp.mutable_kvs()), resp.header().revision(), resp.more()};
   }
 
   result<revision> put(std::string_view key, std::string_view value, lease_id lease) override {
     if (key.empty()) return tl::unexpected(fail(errc::invalid_argument, "put: empty key"));
-    json body = {{"key", base64(key)}, {"value", base64(value)}};
-    if (lease != 0) body["lease"] = std::to_string(lease);
-    auto j = call("/v3/kv/put", body);
-    if (!j) return tl::unexpected(j.error());
-    return header_revision(*j);
+    pb::PutRequest req;
+    req.set_key(std::string(key));
+    req.set_value(std::string(value));
+    if (lease != 0) req.set_lease(lease);
+    pb::PutResponse resp;
+    auto c = call("put", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->Put(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    return resp.header().revision();
   }
 
   result<delete_result> del(const key_range& r) override {
     if (!valid(r)) return tl::unexpected(fail(errc::invalid_argument, "delete: empty key"));
-    json body;
-    set_range(body, r);
-    body["prev_kv"] = true;
-    auto j = call("/v3/kv/deleterange", body);
-    if (!j) return tl::unexpected(j.error());
-    return delete_result{kvs_of(*j, "prev_kvs"), header_revision(*j)};
+    pb::DeleteRangeRequest req;
+    set_range(req, r);
+    req.set_prev_kv(true);
+    pb::DeleteRangeResponse resp;
+    auto c = call("delete", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->DeleteRange(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    return delete_result{kvs_of(*resp.mutable_prev_kvs()), resp.header().revision()};
   }
 
   result<txn_result> txn(const txn_request& t) override {
-    json body = {
-        {"compare", json::array()}, {"success", json::array()}, {"failure", json::array()}};
+    pb::TxnRequest req;
     for (const auto& c : t.compares) {
       if (c.key.empty()) return tl::unexpected(fail(errc::invalid_argument, "txn: empty key"));
-      body["compare"].push_back(compare_json(c));
+      set_compare(*req.add_compare(), c);
     }
     for (const auto* ops : {&t.success, &t.failure}) {
       for (const auto& op : *ops) {
         if (!valid(op.range)) return tl::unexpected(fail(errc::invalid_argument, "txn: empty key"));
-        body[ops == &t.success ? "success" : "failure"].push_back(op_json(op));
+        set_op(ops == &t.success ? *req.add_success() : *req.add_failure(), op);
       }
     }
-    auto j = call("/v3/kv/txn", body);
-    if (!j) return tl::unexpected(j.error());
+    pb::TxnResponse resp;
+    auto c = call("txn", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->Txn(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
     txn_result out;
-    out.succeeded = j->value("succeeded", false);
-    out.header_revision = header_revision(*j);
-    if (const auto rs = j->find("responses"); rs != j->end() && rs->is_array()) {
-      for (const auto& r : *rs) out.results.push_back(result_of(r));
-    }
+    out.succeeded = resp.succeeded();
+    out.header_revision = resp.header().revision();
+    out.results.reserve(static_cast<std::size_t>(resp.responses_size()));
+    for (auto& r : *resp.mutable_responses()) out.results.push_back(result_of(r));
     return out;
   }
 
@@ -382,23 +401,25 @@ class etcd_store final : public store {
       auto j = read_at(w.start_revision);
       if (!j && j.error().code != errc::future_revision) return tl::unexpected(j.error());
     }
-    auto out = std::make_unique<etcd_watcher>(http_, w.range, w.start_revision);
+    auto out = std::make_unique<etcd_watcher>(*rpc_, w.range, w.start_revision);
     if (auto s = out->start(o_.timeout); !s) return tl::unexpected(s.error());
     return std::unique_ptr<watcher>(std::move(out));
   }
 
   result<revision> compact(revision rev) override {
-    auto j = call("/v3/kv/compaction", {{"revision", std::to_string(rev)}, {"physical", true}});
-    if (j) return rev;
-    if (j.error().code == errc::compacted) return compacted_revision();
-    return tl::unexpected(j.error());
+    pb::CompactionRequest req;
+    req.set_revision(rev);
+    req.set_physical(true);
+    pb::CompactionResponse resp;
+    auto c = call("compact", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->Compact(&ctx, req, &resp);
+    });
+    if (c) return rev;
+    if (c.error().code == errc::compacted) return compacted_revision();
+    return tl::unexpected(c.error());
   }
 
-  result<revision> current_revision() override {
-    auto j = read_at(0);
-    if (!j) return tl::unexpected(j.error());
-    return header_revision(*j);
-  }
+  result<revision> current_revision() override { return read_at(0); }
 
   // etcd does not say directly, but refuses a read at a revision below it: the lowest revision
   // a range may read at is the compacted one (1 when nothing was compacted), found by bisection
@@ -423,39 +444,60 @@ class etcd_store final : public store {
 
   result<lease_grant> grant(std::chrono::seconds ttl) override {
     if (ttl.count() <= 0) return tl::unexpected(fail(errc::invalid_argument, "grant: TTL <= 0"));
-    auto j = call("/v3/lease/grant", {{"TTL", std::to_string(ttl.count())}});
-    if (!j) return tl::unexpected(j.error());
-    if (!j->value("error", "").empty()) return tl::unexpected(fail(errc::io, (*j)["error"]));
-    return lease_grant{num(*j, "ID"), std::chrono::seconds(num(*j, "TTL"))};
+    pb::LeaseGrantRequest req;
+    req.set_ttl(ttl.count());
+    pb::LeaseGrantResponse resp;
+    auto c = call("lease grant", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.lease->LeaseGrant(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    if (!resp.error().empty()) return tl::unexpected(fail(errc::io, resp.error()));
+    return lease_grant{resp.id(), std::chrono::seconds(resp.ttl())};
   }
 
   result<std::chrono::seconds> keep_alive(lease_id id) override {
-    auto j = call("/v3/lease/keepalive", {{"ID", std::to_string(id)}});
-    if (!j) return tl::unexpected(j.error());
-    const json& r = j->contains("result") ? (*j)["result"] : *j;
-    const std::int64_t ttl = num(r, "TTL");
-    if (ttl <= 0) return tl::unexpected(not_found(id));
-    return std::chrono::seconds(ttl);
+    // One request on a stream of its own: berthd keeps a lease alive every few seconds.
+    pb::LeaseKeepAliveRequest req;
+    req.set_id(id);
+    pb::LeaseKeepAliveResponse resp;
+    auto c = call("lease keep-alive", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      auto stream = e.lease->LeaseKeepAlive(&ctx);
+      const bool sent = stream->Write(req) && stream->WritesDone();
+      const bool read = sent && stream->Read(&resp);
+      if (read) ctx.TryCancel();  // the one answer is all this asks for
+      grpc::Status s = stream->Finish();
+      if (read) return grpc::Status::OK;
+      return s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "keep-alive stream ended") : s;
+    });
+    if (!c) return tl::unexpected(c.error());
+    if (resp.ttl() <= 0) return tl::unexpected(not_found(id));
+    return std::chrono::seconds(resp.ttl());
   }
 
   result<void> revoke(lease_id id) override {
-    auto j = call("/v3/lease/revoke", {{"ID", std::to_string(id)}});
-    if (!j) return tl::unexpected(j.error());
-    return {};
+    pb::LeaseRevokeRequest req;
+    req.set_id(id);
+    pb::LeaseRevokeResponse resp;
+    return call("lease revoke", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.lease->LeaseRevoke(&ctx, req, &resp);
+    });
   }
 
   result<lease_status> time_to_live(lease_id id) override {
-    auto j = call("/v3/lease/timetolive", {{"ID", std::to_string(id)}, {"keys", true}});
-    if (!j) return tl::unexpected(j.error());
-    const std::int64_t ttl = num(*j, "TTL");
-    if (ttl < 0) return tl::unexpected(not_found(id));
+    pb::LeaseTimeToLiveRequest req;
+    req.set_id(id);
+    req.set_keys(true);
+    pb::LeaseTimeToLiveResponse resp;
+    auto c = call("lease time-to-live", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.lease->LeaseTimeToLive(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    if (resp.ttl() < 0) return tl::unexpected(not_found(id));
     lease_status out;
     out.id = id;
-    out.granted_ttl = std::chrono::seconds(num(*j, "grantedTTL"));
-    out.remaining = std::chrono::seconds(ttl);
-    if (const auto ks = j->find("keys"); ks != j->end() && ks->is_array()) {
-      for (const auto& k : *ks) out.keys.push_back(unbase64(k.get<std::string>()));
-    }
+    out.granted_ttl = std::chrono::seconds(resp.grantedttl());
+    out.remaining = std::chrono::seconds(resp.ttl());
+    for (const auto& k : resp.keys()) out.keys.push_back(k);
     std::sort(out.keys.begin(), out.keys.end());
     return out;
   }
@@ -464,32 +506,41 @@ class etcd_store final : public store {
   result<std::size_t> expire_leases() override { return std::size_t{0}; }
 
  private:
-  result<json> call(std::string_view path, const json& body) {
+  result<void> call(const char* what, const etcd_rpc::attempt& fn) {
     int code = 0;
-    auto j = http_.call(path, body, &code);
-    if (!j) return tl::unexpected(translate(j.error(), code));
-    return j;
+    auto r = rpc_->call(what, fn, &code);
+    if (!r) return tl::unexpected(translate(r.error(), code));
+    return r;
   }
-  // A read of nothing (count only) at `rev` (0: the current revision): its header has the
-  // revision; below the compacted revision it fails with errc::compacted, above the current one
-  // with errc::future_revision.
-  result<json> read_at(revision rev) {
-    json body = {{"key", base64(std::string(1, '\0'))}, {"count_only", true}};
-    if (rev > 0) body["revision"] = std::to_string(rev);
-    return call("/v3/kv/range", body);
+  // A read of nothing (count only) at `rev` (0: the current revision): the revision it read
+  // at; below the compacted revision it fails with errc::compacted, above the current one with
+  // errc::future_revision.
+  result<revision> read_at(revision rev) {
+    pb::RangeRequest req;
+    req.set_key(std::string(1, '\0'));
+    req.set_count_only(true);
+    if (rev > 0) req.set_revision(rev);
+    pb::RangeResponse resp;
+    auto c = call("range", [&](etcd_rpc::endpoint& e, grpc::ClientContext& ctx) {
+      return e.kv->Range(&ctx, req, &resp);
+    });
+    if (!c) return tl::unexpected(c.error());
+    return resp.header().revision();
   }
   static error not_found(lease_id id) {
     return fail(errc::lease_not_found, "lease " + std::to_string(id) + " not found");
   }
 
   etcd_options o_;
-  etcd_http http_;
+  std::unique_ptr<etcd_rpc> rpc_;
 };
 
 }  // namespace
 
 result<std::unique_ptr<store>> make_etcd_store(const etcd_options& options) {
-  auto s = std::make_unique<etcd_store>(options);
+  auto rpc = etcd_rpc::make(options);
+  if (!rpc) return tl::unexpected(rpc.error());
+  auto s = std::make_unique<etcd_store>(options, std::move(*rpc));
   // Reach etcd once, so that a wrong endpoint fails here rather than at the first write.
   if (auto r = s->current_revision(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<store>(std::move(s));

@@ -209,6 +209,32 @@ class subscription {
   virtual std::uint64_t connections() const noexcept = 0;  // 1 after the first connect
 };
 
+// ---- exec ----
+
+struct exec_spec {
+  std::vector<std::string> cmd;
+  bool attach_stdin = false;  // the command reads what is written to the stream
+  bool tty = false;           // on a terminal: one raw stream; else stdout and stderr framed
+  std::string user;           // empty: the container's
+};
+
+// An exec's connection, taken over from HTTP (Docker's hijacked stream). What is written to
+// fd() is the command's stdin, and shutdown(fd(), SHUT_WR) closes it; what is read is its
+// output: raw on a tty, else in Docker's frames (1 for stdout or 2 for stderr, three zero
+// bytes, the length as 32 bits big-endian, the data). Destroying it closes the connection.
+class exec_stream {
+ public:
+  virtual ~exec_stream() = default;
+  virtual int fd() const noexcept = 0;
+  // Output that came in with the response's header: it precedes what fd() gives.
+  virtual std::string take_early() = 0;
+};
+
+struct exec_state {
+  bool running = false;
+  std::optional<int> exit_code;  // once it has ended
+};
+
 // The engine: an interface, so that a fault-injecting stand-in can replace it in tests.
 class engine {
  public:
@@ -244,6 +270,15 @@ class engine {
   // Fails with Docker's message (server_error or not_found) when no registry answers, or with
   // timeout when the deadline passes first.
   virtual result<void> pull_image(std::string_view ref, std::chrono::milliseconds timeout) = 0;
+
+  // A command to run in a running container (its id); the exec's id. not_found: no such
+  // container; conflict: it is not running.
+  virtual result<std::string> create_exec(std::string_view container, const exec_spec& s) = 0;
+  // Starts it, attached: the stream stays open until the command ends or it is destroyed.
+  virtual result<std::unique_ptr<exec_stream>> start_exec(std::string_view exec_id, bool tty) = 0;
+  // A tty exec's terminal size.
+  virtual result<void> resize_exec(std::string_view exec_id, int rows, int cols) = 0;
+  virtual result<exec_state> inspect_exec(std::string_view exec_id) = 0;
 
   // Fails at once when Docker refuses the filter.
   virtual result<std::unique_ptr<subscription>> subscribe(const event_filter& f,

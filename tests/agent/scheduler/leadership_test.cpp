@@ -126,9 +126,10 @@ class fake_tasks final : public berth::agent::task_api {
 // One berthd's scheduler: its own state directory, metrics and task API; the cluster's store.
 struct agent {
   agent(const fs::path& dir, std::shared_ptr<berth::agent::store> shared, cluster_tasks& c,
-        std::chrono::seconds ttl)
+        std::chrono::seconds ttl, const std::string& cluster = "default")
       : tasks(c) {
     fs::create_directories(dir);
+    cfg.cluster = cluster;
     cfg.state_dir = dir.string();
     cfg.heartbeat_ttl = ttl;
     auto s = berth::agent::make_scheduler(cfg, berth::agent::share(std::move(shared)), tasks, bus,
@@ -179,8 +180,9 @@ class LeadershipTest : public testing::Test {
     fs::remove_all(dir_);
   }
 
-  std::unique_ptr<agent> start(const std::string& name, std::chrono::seconds ttl = 3s) {
-    return std::make_unique<agent>(dir_ / name, store_, tasks_, ttl);
+  std::unique_ptr<agent> start(const std::string& name, std::chrono::seconds ttl = 3s,
+                               const std::string& cluster = "default") {
+    return std::make_unique<agent>(dir_ / name, store_, tasks_, ttl, cluster);
   }
 
   // Who leads per the store: the value the leader campaigned with, or "" when nobody does.
@@ -214,6 +216,22 @@ TEST_F(LeadershipTest, OnlyOneOfTwoSchedulersLeads) {
   }
   EXPECT_EQ(b_->leader_gauge(), 0);
   EXPECT_NE(leader_value().find(a_->cfg.state_dir), std::string::npos) << leader_value();
+}
+
+// Two clusters' agents sharing one store: each cluster's leader reconciles its own services
+// only, whichever agent's API the service came through.
+TEST_F(LeadershipTest, EachClustersLeaderReconcilesOnlyItsOwnServices) {
+  a_ = start("a");
+  b_ = start("b", 3s, "other");
+  ASSERT_TRUE(eventually([&] { return a_->leads() && b_->leads(); }, 5s))
+      << "each agent leads its own cluster";
+  auto made = b_->scheduler->call("CreateService", create_web(1));
+  ASSERT_TRUE(made) << made.error().message;
+  ASSERT_TRUE(eventually([&] { return a_->tasks.started() == 1; }, 10s))
+      << "default's leader did not start the task";
+  EXPECT_FALSE(eventually([&] { return b_->tasks.started() > 0; }, 1500ms))
+      << "the other cluster's leader started default's task too";
+  EXPECT_EQ(a_->tasks.started(), 1);
 }
 
 TEST_F(LeadershipTest, AnotherLeadsAtOnceWhenTheLeaderShutsDown) {

@@ -97,7 +97,9 @@ rc::snapshot service(std::int64_t desired) {
 rc::snapshot serving(std::int64_t desired, int n, const std::string& dep = d2) {
   rc::snapshot s = service(desired);
   for (int i = 1; i <= n; ++i) {
-    const std::string id = (dep == d2 ? "t" : "o") + std::to_string(i);
+    // Appended, not "t" + to_string(i): GCC 12's -Wrestrict misreads that inlined here.
+    std::string id = dep == d2 ? "t" : "o";
+    id += std::to_string(i);
     s.tasks.push_back(task(id, dep, 100 + n - i));  // t1 the oldest
     s.backends[0].targets.push_back(target(id));
   }
@@ -177,6 +179,52 @@ rc::snapshot with_replacement(bool replaced) {
   return s;
 }
 
+const std::string instance_b = "arn:aws:ecs:us-east-1:000000000000:container-instance/default/b";
+
+// A DAEMON service (100/0, as ECS's default) on instances a, b and c; the tasks `where` says
+// (task id -> instance), of d2 ("t…") or of an older d1 ("o…"); without a load balancer.
+rc::snapshot daemon(const std::map<std::string, std::string>& where, bool rolling = false) {
+  rc::snapshot s = service(3);
+  s.service.daemon = true;
+  s.service.maximum_percent = 100;
+  s.service.minimum_healthy_percent = 0;
+  s.service.load_balancers.clear();
+  s.backends.clear();
+  s.has_load_balancer = false;
+  s.daemon_instances = {instance_a, instance_b, instance_c};
+  for (const auto& [id, instance] : where) {
+    rc::task t = task(id, id[0] == 'o' ? d1 : d2);
+    t.container_instance_arn = instance;
+    s.tasks.push_back(t);
+  }
+  if (rolling) {
+    s.service.steady = false;
+    s.deployments = {
+        deployment(d2, td2, rc::deployment_status::primary, rc::rollout_state::in_progress),
+        deployment(d1, td1, rc::deployment_status::active, rc::rollout_state::completed)};
+  }
+  return s;
+}
+
+// An EXTERNAL service's task sets: d2 (PRIMARY, `primary` tasks wanted) and d1 (ACTIVE,
+// `other` wanted); `tasks` of each UP behind "web" ("t…" of d2, "o…" of d1).
+rc::snapshot task_sets(std::int64_t primary, std::int64_t other, int t, int o) {
+  rc::snapshot s = serving(primary + other, t);
+  s.service.external = true;
+  for (int i = 1; i <= o; ++i) {
+    std::string id = "o";
+    id += std::to_string(i);
+    s.tasks.push_back(task(id, d1, 200 - i));
+    s.backends[0].targets.push_back(target(id));
+  }
+  s.deployments = {
+      deployment(d2, td2, rc::deployment_status::primary, rc::rollout_state::completed),
+      deployment(d1, td1, rc::deployment_status::active, rc::rollout_state::completed)};
+  s.deployments[0].desired_count = primary;
+  s.deployments[1].desired_count = other;
+  return s;
+}
+
 // ---- the plan, as lines ----
 
 std::string id_of(const std::string& task_arn) { return task_arn.substr(task_arn.rfind('/') + 1); }
@@ -189,8 +237,11 @@ struct rendered {
 rendered render(const rc::plan& p) {
   rendered r;
   for (const auto& s : p.starts) {
-    r.starts.push_back(s.deployment_id + " " + id_of(s.task_definition) + " x" +
-                       std::to_string(s.count));
+    std::string line = s.deployment_id + " " + id_of(s.task_definition) + " x";
+    line += std::to_string(s.count);
+    if (!s.instances.empty()) line += " on";
+    for (const auto& i : s.instances) line.append(" ").append(id_of(i));
+    r.starts.push_back(std::move(line));
   }
   for (const auto& s : p.stops) r.stops.push_back(id_of(s.task_arn) + ": " + s.reason);
   for (const auto& d : p.drains) {
@@ -269,6 +320,96 @@ const std::vector<row>& rows() {
       {"ScaleDownKeepsTheServiceBalancedOverInstances",
        [] { return on_c(serving(2, 3), {"t3"}, false); },
        {.drains = {"t2 on web: " + scaling(d2)}}},
+      // t3 (the newest) and t2 protected: t1 goes; the second stop waits for their protection.
+      {"ScaleDownSparesProtectedTasks",
+       [] {
+         auto s = serving(1, 3);
+         s.tasks[1].protected_until = s.tasks[2].protected_until = t0 + 60;
+         return s;
+       },
+       {.drains = {"t1 on web: " + scaling(d2)},
+        .events = {"was unable to scale in due to (reason 1 tasks under protection). [again]"}}},
+      {"ProtectionThatEndedProtectsNothing",
+       [] {
+         auto s = serving(2, 3);
+         s.tasks[2].protected_until = t0 - 1;
+         return s;
+       },
+       {.drains = {"t3 on web: " + scaling(d2)}}},
+      // The new deployment is up; the old one's protected task stays until its protection ends.
+      {"ADeploymentKeepsAnOldProtectedTask",
+       [] {
+         auto s = rolling(2, 2, 100, 200);
+         s.tasks[0].protected_until = t0 + 60;
+         for (const std::string id : {"t1", "t2"}) {
+           s.tasks.push_back(task(id, d2, 50));
+           s.backends[0].targets.push_back(target(id));
+         }
+         return s;
+       },
+       {.drains = {"o2 on web: " + scaling(d2)},
+        .events = {"was unable to scale in due to (reason 1 tasks under protection). [again]"}}},
+      {"DeleteStopsProtectedTasksToo",
+       [] {
+         auto s = serving(0, 1);
+         s.service.deleting = true;
+         s.tasks[0].protected_until = t0 + 60;
+         return s;
+       },
+       {.drains = {"t1 on web: Service is being deleted"}},
+       true},
+      {"ADaemonStartsOneOnEachInstance",
+       [] { return daemon({}); },
+       {.starts = {d2 + " web:2 x3 on a b c"}}},
+      {"ADaemonOnEveryInstanceIsSteady",
+       [] {
+         return daemon({{"t1", instance_a}, {"t2", instance_b}, {"t3", instance_c}});
+       },
+       {},
+       true},
+      {"ADaemonStartsOnAnInstanceThatJoined",
+       [] {
+         return daemon({{"t1", instance_a}, {"t2", instance_b}});
+       },
+       {.starts = {d2 + " web:2 x1 on c"}}},
+      {"ADaemonLeavesADrainingInstanceAndKeepsOneAnInstance",
+       [] {
+         auto s = daemon(
+             {{"t1", instance_a}, {"t2", instance_b}, {"t3", instance_c}, {"t4", instance_a}});
+         s.daemon_instances.erase(instance_c);
+         s.draining_instances = {instance_c};
+         return s;
+       },
+       {.stops = {"t4: " + scaling(d2), "t3: Container instance is being drained"}}},
+      // 100/0: an instance's old task stops first; its new one starts once it is gone.
+      {"ADaemonUpdateStopsTheOldTaskFirst",
+       [] {
+         return daemon({{"o1", instance_a}, {"o2", instance_b}, {"t3", instance_c}}, true);
+       },
+       {.stops = {"o1: " + scaling(d2), "o2: " + scaling(d2)}}},
+      {"ADaemonUpdateStartsWhereTheOldTaskIsGone",
+       [] {
+         return daemon({{"o2", instance_b}, {"t3", instance_c}}, true);
+       },
+       {.starts = {d2 + " web:2 x1 on a"}, .stops = {"o2: " + scaling(d2)}}},
+      {"TaskSetsAreEachKeptAtTheirOwnCount",
+       [] { return task_sets(2, 1, 1, 2); },
+       {.starts = {d2 + " web:2 x1"}, .drains = {"o2 on web: " + scaling(d1)}}},
+      {"TaskSetsAtTheirCountsAreSteady", [] { return task_sets(2, 1, 2, 1); }, {}, true},
+      {"ADeletedTaskSetsTasksStop",
+       [] {
+         auto s = task_sets(2, 0, 2, 1);
+         s.deployments[1].status = rc::deployment_status::inactive;
+         return s;
+       },
+       {.drains = {"o1 on web: " + scaling(d1)}}},
+      {"ATaskOfNoTaskSetStops",
+       [] {
+         auto s = task_sets(2, 1, 2, 1);
+         s.deployments.pop_back();
+         return s;
+       },
+       {.drains = {"o1 on web: Its task set was deleted"}}},
       {"AStoppedTaskIsReplacedAndDeregistered",
        [] {
          auto s = serving(3, 3);

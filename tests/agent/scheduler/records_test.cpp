@@ -157,9 +157,11 @@ TEST_F(RecordsTest, ARecordAsEarlierBerthdsWroteItIsReadAndWrittenOn) {
   EXPECT_FALSE(s->berth.last_good);
   ASSERT_EQ(s->deployments.size(), 1u);
   EXPECT_EQ(s->deployments[0].rollout_state, "IN_PROGRESS");
-  // Its ECS members answer as they did.
+  // Its ECS members answer as they did, with what later berthds answer too (ECS always says
+  // enableExecuteCommand, false when not asked for).
   json answer = old;
   answer.erase("_berth");
+  answer["enableExecuteCommand"] = false;
   EXPECT_EQ(state::response(*s), answer);
   s->desired_count = 3;
   ASSERT_TRUE(*recs_->commit(*s));

@@ -1,15 +1,24 @@
 // What the etcd backend does beyond the store contract (store_contract_test runs that against
 // it): several endpoints tried in turn, a watch that misses nothing across etcd's restart, and
-// etcd's user/password authentication. Each test starts its own etcd.
+// etcd's user/password authentication, TLS with client certificates. Each test starts its own
+// etcd.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "berth/state.hpp"
 #include "etcd_testing.hpp"
 #include "temp_dir.hpp"
+
+// LeakSanitizer (the ASan build) leaves libcrypto's allocations alone in this binary. A client
+// etcd refuses (TlsWithAClientCertificate) has its handshakes torn down on gRPC's own threads
+// after the store is gone; a process that exits within that time leaves their certificates and
+// error strings behind (1 run in 8 here; none when the test lives 3 s longer). It is gRPC's
+// teardown at exit, not a leak of a running berthd; gRPC offers nothing to wait for it.
+extern "C" const char* __lsan_default_suppressions() { return "leak:libcrypto.so\n"; }
 
 namespace st = berth::state;
 using namespace std::chrono_literals;
@@ -104,6 +113,63 @@ TEST(EtcdStoreTest, UserAndPasswordWhenEtcdAuthenticates) {
   auto evs = (*w)->next(steady::now() + 10s);
   ASSERT_TRUE(evs && evs->size() == 1) << "an authenticated watch saw nothing";
   EXPECT_EQ(evs->at(0).kv.value, "v2");
+}
+
+// A CA, and a certificate it signed for 127.0.0.1 (IP SAN) with `usage`, made with openssl.
+void make_ca(const std::filesystem::path& d) {
+  const std::string cmd = "cd " + d.string() +
+                          " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem"
+                          " -days 1 -subj /CN=berth-test-ca >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+}
+void make_cert(const std::filesystem::path& d, const std::string& name, const std::string& usage) {
+  const std::string cmd =
+      "cd " + d.string() + " && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=" + usage +
+      "\\n' > " + name + ".ext && openssl req -newkey rsa:2048 -nodes -keyout " + name +
+      ".key -out " + name + ".csr -subj /CN=" + name +
+      " >/dev/null 2>&1 && openssl x509 -req -in " + name +
+      ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile " + name + ".ext -out " +
+      name + ".pem >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+}
+
+TEST(EtcdStoreTest, TlsWithAClientCertificate) {
+  berth::testing::temp_dir dir;
+  const std::filesystem::path pki = dir.path / "pki";
+  std::filesystem::create_directories(pki);
+  ASSERT_NO_FATAL_FAILURE(make_ca(pki));
+  ASSERT_NO_FATAL_FAILURE(make_cert(pki, "server", "serverAuth"));
+  ASSERT_NO_FATAL_FAILURE(make_cert(pki, "client", "clientAuth"));
+  berth::testing::etcd_tls tls{pki / "ca.pem", pki / "server.pem", pki / "server.key",
+                               pki / "client.pem", pki / "client.key"};
+  berth::testing::etcd_server etcd(dir.path / "etcd", 1, tls);
+  ASSERT_EQ(etcd.endpoint().rfind("https://", 0), 0u) << etcd.endpoint();
+
+  auto s = st::make_etcd_store(etcd.options());
+  ASSERT_TRUE(s) << s.error().detail;
+  ASSERT_TRUE((*s)->put("/t", "v"));
+  EXPECT_EQ((*s)->get("/t")->kvs.at(0).value, "v");
+  auto w = (*s)->watch({st::key_range::with_prefix("/t"), 0});
+  ASSERT_TRUE(w) << w.error().detail;
+  ASSERT_TRUE((*s)->put("/t", "v2"));
+  auto evs = (*w)->next(steady::now() + 10s);
+  ASSERT_TRUE(evs && evs->size() == 1) << "a watch over TLS saw nothing";
+
+  // Without the client certificate, or trusting another CA, etcd is not reached.
+  st::etcd_options anonymous = etcd.options();
+  anonymous.cert.clear();
+  anonymous.key.clear();
+  anonymous.timeout = 2s;
+  EXPECT_FALSE(st::make_etcd_store(anonymous)) << "etcd took a client without a certificate";
+  st::etcd_options untrusted = etcd.options();
+  untrusted.cacert = (pki / "client.pem").string();
+  untrusted.timeout = 2s;
+  EXPECT_FALSE(st::make_etcd_store(untrusted)) << "etcd's certificate was trusted without its CA";
+  st::etcd_options missing = etcd.options();
+  missing.cacert = (pki / "nothing.pem").string();
+  auto m = st::make_etcd_store(missing);
+  ASSERT_FALSE(m);
+  EXPECT_NE(m.error().detail.find("nothing.pem"), std::string::npos) << m.error().detail;
 }
 
 }  // namespace

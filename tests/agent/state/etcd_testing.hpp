@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,11 +41,20 @@ inline int free_port() {
   return port;
 }
 
+// TLS for etcd's client URLs (PEM files): its certificate and key, and the CA it trusts for
+// client certificates (required when set); the client's files, for options().
+struct etcd_tls {
+  std::filesystem::path ca, server_cert, server_key, client_cert, client_key;
+};
+
 class etcd_server {
  public:
   // Starts etcd with its data in `dir` (created); the same dir again is the same data. With
-  // `members` > 1, a cluster of that many members on loopback ports (etcd's own failure).
-  explicit etcd_server(const std::filesystem::path& dir, std::size_t members = 1) : dir_(dir) {
+  // `members` > 1, a cluster of that many members on loopback ports (etcd's own failure). With
+  // `tls`, clients speak https and show a certificate.
+  explicit etcd_server(const std::filesystem::path& dir, std::size_t members = 1,
+                       std::optional<etcd_tls> tls = std::nullopt)
+      : dir_(dir), tls_(std::move(tls)) {
     std::filesystem::create_directories(dir);
     for (std::size_t i = 0; i < members; ++i) {
       member m;
@@ -54,7 +64,7 @@ class etcd_server {
       m.data = members == 1 ? dir / "data" : dir / m.name;
       members_.push_back(std::move(m));
     }
-    endpoint_ = url(members_.front().client);
+    endpoint_ = client_url(members_.front().client);
     start();
   }
   ~etcd_server() { stop(); }
@@ -114,13 +124,18 @@ class etcd_server {
     std::string out;
     for (const member& m : members_) {
       if (!out.empty()) out += ',';
-      out += url(m.client);
+      out += client_url(m.client);
     }
     return out;
   }
   state::etcd_options options() const {
     state::etcd_options o;
-    for (const member& m : members_) o.endpoints.push_back(url(m.client));
+    for (const member& m : members_) o.endpoints.push_back(client_url(m.client));
+    if (tls_) {
+      o.cacert = tls_->ca.string();
+      o.cert = tls_->client_cert.string();
+      o.key = tls_->client_key.string();
+    }
     return o;
   }
 
@@ -137,7 +152,7 @@ class etcd_server {
   int leader() const {
     for (std::size_t i = 0; i < members_.size(); ++i) {
       if (members_[i].pid <= 0) continue;
-      const auto j = post(url(members_[i].client) + "/v3/maintenance/status");
+      const auto j = post(client_url(members_[i].client) + "/v3/maintenance/status");
       if (!j.is_object() || !j.contains("header")) continue;
       if (j.value("leader", "") == j["header"].value("member_id", "-")) return static_cast<int>(i);
     }
@@ -172,19 +187,28 @@ class etcd_server {
     pid_t pid = -1;
   };
   static std::string url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+  std::string client_url(int port) const {
+    return (tls_ ? "https://127.0.0.1:" : "http://127.0.0.1:") + std::to_string(port);
+  }
   void launch(member& m, const std::string& cluster) {
     const std::string log = (dir_ / "etcd.log").string();
     std::vector<std::string> args = {"/usr/bin/etcd",
                                      "--name=" + m.name,
                                      "--data-dir=" + m.data.string(),
-                                     "--listen-client-urls=" + url(m.client),
-                                     "--advertise-client-urls=" + url(m.client),
+                                     "--listen-client-urls=" + client_url(m.client),
+                                     "--advertise-client-urls=" + client_url(m.client),
                                      "--listen-peer-urls=" + url(m.peer),
                                      "--initial-advertise-peer-urls=" + url(m.peer),
                                      "--initial-cluster=" + cluster,
                                      "--initial-cluster-token=" + dir_.filename().string(),
                                      "--logger=zap",
                                      "--log-level=error"};
+    if (tls_) {
+      args.push_back("--cert-file=" + tls_->server_cert.string());
+      args.push_back("--key-file=" + tls_->server_key.string());
+      args.push_back("--trusted-ca-file=" + tls_->ca.string());
+      args.push_back("--client-cert-auth");
+    }
     m.pid = ::fork();
     if (m.pid == 0) {
       std::FILE* out = std::fopen(log.c_str(), "a");
@@ -201,6 +225,7 @@ class etcd_server {
   }
 
   std::filesystem::path dir_;
+  std::optional<etcd_tls> tls_;
   std::vector<member> members_;
   std::string endpoint_;
 };

@@ -11,11 +11,16 @@ namespace berth::state {
 namespace {
 
 cluster sample_cluster() {
-  return {"arn:aws:ecs:us-east-1:000000000000:cluster/prod",
-          "prod",
-          "ACTIVE",
-          {{"team", "core"}, {"empty", ""}, {"no-value", std::nullopt}},
-          {{"containerInsights", "disabled"}}};
+  cluster c;
+  c.cluster_arn = "arn:aws:ecs:us-east-1:000000000000:cluster/prod";
+  c.cluster_name = "prod";
+  c.status = "ACTIVE";
+  c.tags = {{"team", "core"}, {"empty", ""}, {"no-value", std::nullopt}};
+  c.settings = {{"containerInsights", "disabled"}};
+  c.capacity_providers = {"FARGATE"};
+  c.default_strategy = {{"FARGATE", 1, 0}};
+  c.service_connect_namespace = "prod-ns";
+  return c;
 }
 
 container_instance sample_instance() {
@@ -85,14 +90,20 @@ TEST(RecordsTest, ClusterRoundTripsInEcsShape) {
     "status": "ACTIVE",
     "tags": [{"key": "team", "value": "core"}, {"key": "empty", "value": ""},
              {"key": "no-value"}],
-    "settings": [{"name": "containerInsights", "value": "disabled"}]
+    "settings": [{"name": "containerInsights", "value": "disabled"}],
+    "capacityProviders": ["FARGATE"],
+    "defaultCapacityProviderStrategy": [{"capacityProvider": "FARGATE", "weight": 1, "base": 0}],
+    "serviceConnectDefaults": {"namespace": "prod-ns"}
   })"));
   EXPECT_EQ(from_json<cluster>(j), c);
   EXPECT_EQ(parse<cluster>(j.dump(), "prod"), c);
   EXPECT_EQ(response(c), j);  // no bookkeeping to leave out
 
   // A new cluster's empty lists are written, as ECS does.
-  const cluster bare{"arn:c", "c", "INACTIVE", {}, {}};
+  cluster bare;
+  bare.cluster_arn = "arn:c";
+  bare.cluster_name = "c";
+  bare.status = "INACTIVE";
   EXPECT_EQ(to_json(bare)["tags"], json::array());
   EXPECT_EQ(to_json(bare)["settings"], json::array());
   EXPECT_EQ(from_json<cluster>(to_json(bare)), bare);

@@ -48,7 +48,10 @@ service sample_service() {
   s.health_check_grace_period_seconds = 30;
   s.tags = {{"berth:deregistration-delay", "5"}, {"flag", std::nullopt}};
   s.created_by = "arn:aws:ecs:us-east-1:000000000000:user/berth";
-  s.berth = {7, true, "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1"};
+  deployment gone = old;
+  gone.id = "ecs-svc/1111111111111111111";
+  gone.status = "INACTIVE";
+  s.berth = {7, true, "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1", {gone}};
   return s;
 }
 
@@ -84,8 +87,13 @@ TEST(ServiceRecordTest, RoundTripsInEcsShapeWithItsBookkeeping) {
                                             "message": "(service web) has reached a steady state."})"));
   EXPECT_EQ(j["tags"], json::parse(R"([{"key": "berth:deregistration-delay", "value": "5"},
                                         {"key": "flag"}])"));
-  EXPECT_EQ(j["_berth"], json::parse(R"({"revision": 7, "steady": true,
-    "lastGood": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1"})"));
+  EXPECT_EQ(j["_berth"]["revision"], 7);
+  EXPECT_EQ(j["_berth"]["steady"], true);
+  EXPECT_EQ(j["_berth"]["lastGood"], "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1");
+  // The history in ECS's Deployment shape, as the record's own deployments.
+  EXPECT_EQ(j["_berth"]["history"][0]["id"], "ecs-svc/1111111111111111111");
+  EXPECT_EQ(j["_berth"]["history"][0]["status"], "INACTIVE");
+  EXPECT_EQ(j["_berth"].size(), 4u);
   EXPECT_EQ(from_json<service>(j), s);
   EXPECT_EQ(parse<service>(j.dump(), "prod/web"), s);
 

@@ -164,5 +164,64 @@ TEST_F(TaskTableTest, ALostRaceKeepsBothWritersFields) {
   EXPECT_EQ(stored()["lastStatus"], "STOPPED");
 }
 
+// Once open, the engine's saves are written behind: announced at once, in the store after
+// flush(), many saves of one record in few writes; a stop another writer stores meanwhile is
+// merged into the pending row, never lost under it, and the engine's observation is not lost
+// under the stop.
+TEST_F(TaskTableTest, SavesAreWrittenBehindAndMergedWithStopsStoredMeanwhile) {
+  ASSERT_TRUE(table_->open("c"));
+  auto st = store_->state();
+  auto stored = [&](const std::string& id) {
+    auto r = st->get(agent::document_key("task", "c/" + id));
+    return r && r->kvs.size() == 1 ? json::parse(r->kvs[0].value) : json();
+  };
+  {
+    std::lock_guard lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all({record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
+  }
+  auto first = st->get(agent::document_key("task", "c/a"));
+  ASSERT_TRUE(first);
+  const revision before = first->header_revision;
+  {
+    std::lock_guard lock(table_->mutex());
+    for (const char* status : {"PENDING", "ACTIVATING", "RUNNING"}) {
+      for (const char* id : {"a", "b"}) {
+        task& row = table_->rows().at(arn_of(id));
+        row.ecs.last_status = status;
+        table_->save(row);
+        EXPECT_EQ(table_->get(arn_of(id))->ecs.last_status, status);  // announced at once
+      }
+    }
+  }
+  ASSERT_TRUE(table_->flush());
+  EXPECT_EQ(stored("a")["lastStatus"], "RUNNING");
+  EXPECT_EQ(stored("b")["lastStatus"], "RUNNING");
+  auto after = st->get(agent::document_key("task", "c/a"));
+  ASSERT_TRUE(after);
+  // Six saves: fewer store writes than that (one, unless the writer woke between saves).
+  EXPECT_LT(after->header_revision - before, 6);
+
+  // A peer stops "a" in the store while the engine's STOPPED of it is still pending.
+  json other = stored("a");
+  other["desiredStatus"] = "STOPPED";
+  other["stoppedReason"] = "stopped elsewhere";
+  {
+    std::lock_guard lock(table_->mutex());
+    ASSERT_TRUE(st->put(agent::document_key("task", "c/a"), other.dump()));
+    task& row = table_->rows().at(arn_of("a"));
+    row.ecs.last_status = "STOPPED";
+    table_->save(row);
+  }
+  ASSERT_TRUE(table_->flush());
+  std::unique_lock lock(table_->mutex());
+  ASSERT_TRUE(table_->changed().wait_for(lock, std::chrono::seconds(10), [&] {
+    const json s = stored("a");
+    return s["lastStatus"] == "STOPPED" && s["desiredStatus"] == "STOPPED" &&
+           table_->get(arn_of("a"))->ecs.desired_status == "STOPPED";
+  }));
+  EXPECT_EQ(stored("a")["stoppedReason"], "stopped elsewhere");
+  EXPECT_EQ(table_->rows().at(arn_of("a")).ecs.last_status, "STOPPED");
+}
+
 }  // namespace
 }  // namespace berth::state

@@ -286,7 +286,7 @@ struct etcd_options {
   std::chrono::milliseconds timeout{5000};
 };
 
-// A client of an etcd v3 cluster (3.4 or later) through its JSON gateway. Nothing is kept
+// A client of an etcd v3 cluster (3.4 or later) through its gRPC API. Nothing is kept
 // locally: every call goes to etcd, which holds the data, history and leases (expire_leases()
 // returns 0: etcd expires leases itself). Fails with errc::io when no endpoint answers (the
 // detail names each endpoint and why). etcd's first revision is 1, not 0.

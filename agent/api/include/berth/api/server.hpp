@@ -56,6 +56,10 @@ struct http_response {
   // soon after the sink reports the peer gone (the server's stop() shuts every peer down). It
   // runs on a thread of its own, not a pool thread: a follower may hold it for hours.
   std::function<void(stream_sink&)> stream;
+  // Set (with status 101 and an Upgrade header): once the header is sent, the connection is
+  // this function's, both ways, on a thread of its own, until it returns; stop() shuts it down
+  // like a stream's. What the peer sent after its request is not kept: it waits for the 101.
+  std::function<void(int fd)> upgrade;
 };
 
 // Called on a pool thread; may block (a store write, RunTask). Exceptions become a 500.

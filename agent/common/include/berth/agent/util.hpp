@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -54,6 +55,12 @@ inline std::uint64_t now_ns() {
 }
 
 // n random lowercase hex digits (not for secrets: a per-thread Mersenne twister).
+// The pause before trying a failing write again, after `failures` (1 or more) in a row: 50 ms,
+// doubling to 800 ms.
+inline std::chrono::milliseconds retry_pause(int failures) {
+  return std::chrono::milliseconds(50 << std::clamp(failures - 1, 0, 4));
+}
+
 inline std::string random_hex(std::size_t n) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char hex[] = "0123456789abcdef";

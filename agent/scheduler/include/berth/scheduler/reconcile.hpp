@@ -46,6 +46,13 @@ struct load_balancer {
 struct service {
   std::string arn, name;
   bool deleting = false;  // status DRAINING: DeleteService was called
+  // schedulingStrategy DAEMON: one task on each of snapshot::daemon_instances, whose number the
+  // loop makes desired_count (and the primary deployment's).
+  bool daemon = false;
+  // The EXTERNAL deployment controller: each deployment is a task set, kept at its own
+  // desired_count (its computedDesiredCount); none replaces another. An INACTIVE one is a
+  // deleted task set: its tasks stop, and it goes once they have.
+  bool external = false;
   std::int64_t desired_count = 0;
   std::int64_t maximum_percent = 200;
   std::int64_t minimum_healthy_percent = 100;
@@ -94,6 +101,9 @@ struct task {
   seconds created_at = 0, started_at = 0;
   std::string stop_code, stopped_reason;  // stopped tasks only
   std::vector<container> containers;
+  // Scale-in protection (UpdateTaskProtection) until then: neither a scale-in nor a deployment
+  // stops the task before, as ECS; DeleteService and a DRAINING instance still do.
+  seconds protected_until = 0;
 };
 
 struct target {
@@ -140,6 +150,8 @@ struct snapshot {
   // deployment's do: replacements start elsewhere within maximumPercent, and the tasks there stop
   // within minimumHealthyPercent (PENDING ones at once).
   std::set<std::string> draining_instances;
+  // A DAEMON service's instances (ARNs): ACTIVE, their agent connected, meeting its constraints.
+  std::set<std::string> daemon_instances;
   std::optional<placement_failure> last_placement_failure;
   std::map<std::string, seconds> said;  // throttled events' messages, when last said
   // The id a deployment created by this pass takes (a rollback's): the loop draws it, so that
@@ -154,6 +166,8 @@ struct task_start {
   std::string deployment_id;
   std::string task_definition;
   std::int64_t count = 0;
+  // A DAEMON service's: one task on each of these (StartTask), not `count` placed (RunTask).
+  std::vector<std::string> instances = {};
   bool operator==(const task_start&) const = default;
 };
 
@@ -215,6 +229,7 @@ struct plan {
   std::optional<std::string> task_definition;  // the service's new one (a rollback)
   std::optional<std::string> last_good;        // set when the primary completes
   std::int64_t running_count = 0, pending_count = 0;
+  std::optional<std::int64_t> desired_count;  // a DAEMON service's, as its instances make it
   bool steady = false;
   bool deleted = false;  // DRAINING with nothing left: INACTIVE now
   // Something is in motion (a rollout, a scale, a drain): the loop passes more often.
