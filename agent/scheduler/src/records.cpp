@@ -128,6 +128,9 @@ result<bool> records::commit(state::service& s) {
   std::vector<const state::service_event*> fresh;  // events the stored record does not have yet
   bool won = false;
   auto r = store_.transaction([&](store& tx) -> result<void> {
+    // The transaction runs this again when what it read changed before its commit: nothing
+    // from an earlier run may count (a run that finds another revision writes nothing).
+    won = false;
     auto cur = tx.get("service", key);
     if (!cur) return tl::unexpected(cur.error());
     // A record that does not parse is at revision 0: CreateService may write over it.

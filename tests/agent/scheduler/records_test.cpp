@@ -9,7 +9,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <set>
+#include <utility>
 
 #include "event_follower.hpp"
 
@@ -83,6 +85,72 @@ TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
   auto third = recs_->commit(*fresh);
   ASSERT_TRUE(third && *third);
   EXPECT_EQ(recs_->load("default", "web")->desired_count, 5);
+}
+
+// Fault injection beside the real race above: a store whose transactions are interfered with
+// once, between the first run of their body and its commit, by a write the real store sees (what
+// another thread's commit does at that instant, which a test cannot time). The commit then fails
+// and the transaction runs its body again.
+class interfered_store final : public berth::agent::store {
+ public:
+  interfered_store(berth::agent::store& s, std::function<void()> meanwhile)
+      : s_(s), meanwhile_(std::move(meanwhile)) {}
+  using result_doc = berth::agent::result<std::optional<std::string>>;
+  result_doc get(const std::string& kind, const std::string& key) override {
+    return s_.get(kind, key);
+  }
+  berth::agent::result<void> put(const std::string& kind, const std::string& key,
+                                 const std::string& value) override {
+    return s_.put(kind, key, value);
+  }
+  berth::agent::result<void> create(const std::string& kind, const std::string& key,
+                                    const std::string& value) override {
+    return s_.create(kind, key, value);
+  }
+  berth::agent::result<void> erase(const std::string& kind, const std::string& key) override {
+    return s_.erase(kind, key);
+  }
+  berth::agent::result<std::vector<std::pair<std::string, std::string>>> list(
+      const std::string& kind, const std::string& prefix) override {
+    return s_.list(kind, prefix);
+  }
+  berth::agent::result<std::uint64_t> next(const std::string& counter) override {
+    return s_.next(counter);
+  }
+  berth::agent::result<std::int64_t> transaction(
+      const std::function<berth::agent::result<void>(berth::agent::store&)>& fn) override {
+    return s_.transaction([&](berth::agent::store& tx) {
+      auto r = fn(tx);
+      if (meanwhile_) std::exchange(meanwhile_, nullptr)();
+      return r;
+    });
+  }
+  std::shared_ptr<state::store> state() override { return s_.state(); }
+
+ private:
+  berth::agent::store& s_;
+  std::function<void()> meanwhile_;
+};
+
+// The writer whose commit lost to a write made while it committed must hear that it lost (it
+// once answered "written" for a record it had not written: StopServiceDeployment's 200 for a
+// rollback that never happened).
+TEST_F(RecordsTest, AWriterOvertakenDuringItsCommitHearsItLost) {
+  state::service s = web();
+  ASSERT_TRUE(*recs_->commit(s));
+  auto mine = recs_->load("default", "web");
+  ASSERT_TRUE(mine);
+  interfered_store racing(*store_, [&] {
+    auto other = *recs_->load("default", "web");
+    other.desired_count = 7;
+    ASSERT_TRUE(*recs_->commit(other));
+  });
+  sched::records through(cfg_, racing, bus_);
+  mine->desired_count = 2;
+  auto w = through.commit(*mine);
+  ASSERT_TRUE(w);
+  EXPECT_FALSE(*w) << "a commit overtaken by another writer said it had written";
+  EXPECT_EQ(recs_->load("default", "web")->desired_count, 7);
 }
 
 // Published from the store's watch (event_follower), as any writer's would be.
