@@ -110,10 +110,22 @@ class etcd_server {
           return st && (*st)->current_revision().has_value();
         },
         std::chrono::seconds(30));
-    const std::string log = (dir_ / "etcd.log").string();
-    if (exited) ADD_FAILURE() << "etcd exited at start; see " << log;
+    if (exited) ADD_FAILURE() << "etcd exited at start; its log ends:\n" << log_tail();
     if (!done)
-      ADD_FAILURE() << "etcd did not answer at " << endpoints() << " within 30 s; see " << log;
+      ADD_FAILURE() << "etcd did not answer at " << endpoints() << " within 30 s; its log ends:\n"
+                    << log_tail();
+  }
+  // The last lines etcd wrote (its log is the test's only clue when it does not come up).
+  std::string log_tail(std::size_t lines = 20) const {
+    std::ifstream in(dir_ / "etcd.log");
+    std::vector<std::string> last;
+    for (std::string line; std::getline(in, line);) {
+      last.push_back(std::move(line));
+      if (last.size() > lines) last.erase(last.begin());
+    }
+    std::string out;
+    for (const auto& l : last) out += l + '\n';
+    return out.empty() ? "(empty)\n" : out;
   }
   etcd_server(const etcd_server&) = delete;
   etcd_server& operator=(const etcd_server&) = delete;
@@ -202,7 +214,7 @@ class etcd_server {
                                      "--initial-cluster=" + cluster,
                                      "--initial-cluster-token=" + dir_.filename().string(),
                                      "--logger=zap",
-                                     "--log-level=error"};
+                                     "--log-level=warn"};
     if (tls_) {
       args.push_back("--cert-file=" + tls_->server_cert.string());
       args.push_back("--key-file=" + tls_->server_key.string());
