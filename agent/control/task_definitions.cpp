@@ -507,14 +507,18 @@ tl::expected<state::task_definition, api_error> checked(ecs::register_task_defin
   return td;
 }
 
-// Whether `ref` ("family:3", or an ARN ending so) names a revision, not a family alone.
+}  // namespace
+
+tl::expected<state::task_definition, api_error> checked_task_definition(
+    ecs::register_task_definition_request r) {
+  return checked(std::move(r));
+}
+
 bool names_revision(const std::string& ref) {
   const auto colon = ref.rfind(':');
   return colon != std::string::npos &&
          !(ref.starts_with("arn:") && colon < ref.find("task-definition/"));
 }
-
-}  // namespace
 
 task_definitions::task_definitions(store* s, std::string arn_prefix)
     : store_(s), arn_prefix_(std::move(arn_prefix)) {}

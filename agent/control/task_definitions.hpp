@@ -42,6 +42,13 @@ struct tag_change {
 tl::expected<void, api_error> apply_tag_change(const tag_change& change,
                                                std::vector<state::tag>& tags);
 
+// The record RegisterTaskDefinition stores for `r`, checked and with ECS's defaults: all but its
+// ARN, revision and registration time. RegisterDaemonTaskDefinition checks its containers so.
+tl::expected<state::task_definition, api_error> checked_task_definition(
+    ecs::register_task_definition_request r);
+// Whether `ref` ("family:3", or an ARN ending so) names a revision, not a family alone.
+bool names_revision(const std::string& ref);
+
 class task_definitions {
  public:
   // `arn_prefix`: "arn:aws:ecs:<region>:<account>:". `s` outlives this.

@@ -31,6 +31,7 @@
 #include "berth/placement.hpp"
 #include "berth/version.hpp"
 #include "clusters.hpp"
+#include "daemon_task_definitions.hpp"
 #include "ecs_request.hpp"
 #include "imds.hpp"
 #include "instance.hpp"
@@ -149,6 +150,10 @@ class service_impl final : public service {
         {"ListTaskDefinitionFamilies", &service_impl::list_task_definition_families},
         {"DeregisterTaskDefinition", &service_impl::deregister_task_definition},
         {"DeleteTaskDefinitions", &service_impl::delete_task_definitions},
+        {"RegisterDaemonTaskDefinition", &service_impl::register_daemon_task_definition},
+        {"DescribeDaemonTaskDefinition", &service_impl::describe_daemon_task_definition},
+        {"ListDaemonTaskDefinitions", &service_impl::list_daemon_task_definitions},
+        {"DeleteDaemonTaskDefinition", &service_impl::delete_daemon_task_definition},
         {"RunTask", &service_impl::run_task},
         {"StartTask", &service_impl::start_task},
         {"StopTask", &service_impl::stop_task},
@@ -637,6 +642,18 @@ class service_impl final : public service {
     return tds_.list_task_definition_families(req);
   }
   outcome delete_task_definitions(const json& req) { return tds_.delete_task_definitions(req); }
+  outcome register_daemon_task_definition(const json& req) {
+    return daemon_tds_.register_daemon_task_definition(req);
+  }
+  outcome describe_daemon_task_definition(const json& req) {
+    return daemon_tds_.describe_daemon_task_definition(req);
+  }
+  outcome list_daemon_task_definitions(const json& req) {
+    return daemon_tds_.list_daemon_task_definitions(req);
+  }
+  outcome delete_daemon_task_definition(const json& req) {
+    return daemon_tds_.delete_daemon_task_definition(req);
+  }
   outcome deregister_task_definition(const json& req) {
     return tds_.deregister_task_definition(req);
   }
@@ -720,6 +737,8 @@ class service_impl final : public service {
       std::filesystem::weakly_canonical(std::filesystem::absolute(cfg_.state_dir)).string();
   std::unique_ptr<store> store_;
   task_definitions tds_{store_.get(), "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":"};
+  daemon_task_definitions daemon_tds_{store_.get(),
+                                      "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":"};
   control::account_settings account_{cfg_, *store_};
   control::clusters clusters_{
       cfg_, *store_,

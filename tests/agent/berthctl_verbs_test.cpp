@@ -260,6 +260,23 @@ TEST_F(AgentTest, BerthctlRunsEveryVerb) {
        [] {
          return std::vector<std::string>{"--task-definitions", "web:1"};
        }},
+      {"register-daemon-task-definition",
+       [&] {
+         return std::vector<std::string>{"--family", "agent", "--container-definitions",
+                                         json::array({container("a", {"sleep", "300"})}).dump()};
+       }},
+      {"describe-daemon-task-definition",
+       [] {
+         return std::vector<std::string>{"--daemon-task-definition", "agent"};
+       }},
+      {"list-daemon-task-definitions",
+       [] {
+         return std::vector<std::string>{"--family", "agent"};
+       }},
+      {"delete-daemon-task-definition",
+       [] {
+         return std::vector<std::string>{"--daemon-task-definition", "agent:1"};
+       }},
       {"delete-cluster",
        [] {
          return std::vector<std::string>{"--cluster", "spare"};
@@ -292,6 +309,14 @@ TEST_F(AgentTest, BerthctlRunsEveryVerb) {
     }
   }
   EXPECT_EQ(listed, static_cast<int>(verbs.size())) << help.out;
+  const json& daemon_td = answered["describe-daemon-task-definition"]["daemonTaskDefinition"];
+  EXPECT_EQ(daemon_td.value("daemonTaskDefinitionArn", ""),
+            answered["register-daemon-task-definition"].value("daemonTaskDefinitionArn", "-"));
+  EXPECT_EQ(daemon_td.value("status", ""), "ACTIVE");
+  EXPECT_EQ(answered["list-daemon-task-definitions"]["daemonTaskDefinitions"].size(), 1u);
+  EXPECT_TRUE(answered["delete-daemon-task-definition"]
+                  .value("daemonTaskDefinitionArn", "")
+                  .ends_with(":daemon-task-definition/agent:1"));
   ASSERT_FALSE(task2.empty());
   EXPECT_EQ(a().berthctl({"stop-task", "--cluster", c, "--task", task2}).status, 0);
 }
