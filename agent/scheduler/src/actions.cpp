@@ -337,7 +337,7 @@ class actions_impl final : public actions {
     // DAEMON: one task on every instance that meets the constraints; its count is theirs.
     const bool daemon = req.scheduling_strategy == "DAEMON";
     if (auto ok = check_daemon(daemon, req); !ok) return tl::unexpected(ok.error());
-    const auto old = recs_.load(cluster, name);
+    BERTH_TRY(old, loaded(cluster, name));
     if (old && old->status != "INACTIVE") {
       return tl::unexpected(invalid("Creation of service was not idempotent."));
     }
@@ -457,7 +457,11 @@ class actions_impl final : public actions {
                     "Berth stops a service deployment by rolling it back (stopType ROLLBACK)."});
     }
     const auto of = service_of_deployment(arn);
-    auto s = of ? recs_.load(of->first, of->second) : std::nullopt;
+    std::optional<state::service> s;
+    if (of) {
+      BERTH_TRY(read, loaded(of->first, of->second));
+      s = std::move(read);
+    }
     if (!s || s->status != "ACTIVE") {
       return tl::unexpected(api_error{"ServiceDeploymentNotFoundException",
                                       "The service deployment does not exist: " + arn});
@@ -470,10 +474,22 @@ class actions_impl final : public actions {
     return json{{"serviceDeploymentArn", arn}};
   }
 
+  // The service's record (none when there is none), or ServerException when the store could
+  // not be read: a service is not "not found" because etcd is away.
+  tl::expected<std::optional<state::service>, api_error> loaded(const std::string& cluster,
+                                                                const std::string& name) {
+    auto s = recs_.load(cluster, name);
+    if (!s) {
+      return tl::unexpected(
+          api_error{"ServerException", "The service could not be read: " + s.error().message, 500});
+    }
+    return std::move(*s);
+  }
+
   // The service a request names, unless it is gone.
   tl::expected<state::service, api_error> find(const std::string& cluster,
                                                const std::string& service) {
-    auto s = recs_.load(cluster, name_of(service));
+    BERTH_TRY(s, loaded(cluster, name_of(service)));
     if (!s || s->status == "INACTIVE") return tl::unexpected(not_found());
     return std::move(*s);
   }
@@ -582,7 +598,7 @@ class actions_impl final : public actions {
     const bool tags = std::find(include.begin(), include.end(), "TAGS") != include.end();
     json out = {{"services", json::array()}, {"failures", json::array()}};
     for (const auto& ref : req.services) {
-      auto s = recs_.load(cluster, name_of(ref));
+      BERTH_TRY(s, loaded(cluster, name_of(ref)));
       if (!s) {
         out["failures"].push_back(ecs::to_json(ecs::failure{ref, "MISSING", std::nullopt}));
         continue;

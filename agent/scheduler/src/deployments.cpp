@@ -159,7 +159,15 @@ tl::expected<json, api_error> describe_service_deployments(records& recs,
   json& list = out[revisions ? "serviceRevisions" : "serviceDeployments"];
   for (const auto& arn : arns) {
     const auto of = service_of_deployment(arn);
-    const auto s = of ? recs.load(of->first, of->second) : std::nullopt;
+    std::optional<state::service> s;
+    if (of) {
+      auto read = recs.load(of->first, of->second);
+      if (!read) {
+        return tl::unexpected(api_error{
+            "ServerException", "The service could not be read: " + read.error().message, 500});
+      }
+      s = std::move(*read);
+    }
     const auto all = s ? all_of(*s) : std::vector<const state::deployment*>{};
     const auto i = find(all, arn.substr(arn.rfind('/') + 1));
     if (!i) {

@@ -391,8 +391,8 @@ void loop::record(state::service s, const rc::plan& p, const applied& a) {
     }
     leave(0);
     auto fresh = recs_.load(name_of(s.cluster_arn), s.service_name);
-    if (!fresh) return;
-    s = std::move(*fresh);
+    if (!fresh || !*fresh) return;  // the next pass reads it again
+    s = std::move(**fresh);
     if (a.events.empty()) return;
     for (const auto& m : a.events) records::event(s, m);
   }

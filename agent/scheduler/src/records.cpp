@@ -68,16 +68,18 @@ void records::damaged(const std::string& key, const std::string& why) {
   if (damaged_.insert(key).second) spdlog::error("store: {}", why);
 }
 
-std::optional<state::service> records::load(const std::string& cluster, const std::string& name) {
+result<std::optional<state::service>> records::load(const std::string& cluster,
+                                                    const std::string& name) {
   const std::string key = cluster + "/" + name;
   auto doc = store_.get("service", key);
-  if (!doc || !*doc) return std::nullopt;
+  if (!doc) return tl::unexpected(doc.error());
+  if (!*doc) return std::nullopt;
   auto s = state::parse<state::service>(**doc, key);
   if (!s) {
     damaged(key, s.error().detail);
     return std::nullopt;
   }
-  return std::move(*s);
+  return std::optional<state::service>(std::move(*s));
 }
 
 std::optional<std::vector<state::service>> records::all(const std::string& cluster_prefix) {

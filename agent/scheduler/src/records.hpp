@@ -31,9 +31,10 @@ class records {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
-  // The service's record; nothing when there is none, or when it cannot be read (a damaged
-  // record is logged once and otherwise treated as absent: CreateService may replace it).
-  std::optional<state::service> load(const std::string& cluster, const std::string& name);
+  // The service's record; nothing when there is none or it is damaged (logged once and
+  // otherwise treated as absent: CreateService may replace it); the store's error when the
+  // store could not be read, which is not the service's absence.
+  result<std::optional<state::service>> load(const std::string& cluster, const std::string& name);
   // Every readable record, INACTIVE ones too; nothing when the store could not list them.
   std::optional<std::vector<state::service>> all(const std::string& cluster_prefix);
 

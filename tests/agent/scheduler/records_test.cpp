@@ -46,6 +46,13 @@ class RecordsTest : public testing::Test {
     fs::remove_all(dir_);
   }
 
+  // The record of service web, read without a store error.
+  std::optional<state::service> load_web() {
+    auto r = recs_->load("default", "web");
+    EXPECT_TRUE(r) << r.error().message;
+    return r ? *r : std::nullopt;
+  }
+
   static state::service web() {
     state::service s;
     s.service_arn = "arn:aws:ecs:us-east-1:000000000000:service/default/web";
@@ -68,8 +75,8 @@ TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
   state::service s = web();
   auto w = recs_->commit(s);
   ASSERT_TRUE(w && *w);
-  auto a = recs_->load("default", "web");
-  auto b = recs_->load("default", "web");
+  auto a = load_web();
+  auto b = load_web();
   ASSERT_TRUE(a && b);
   a->desired_count = 2;
   auto first = recs_->commit(*a);
@@ -78,13 +85,13 @@ TEST_F(RecordsTest, AWriterThatReadAnOlderRevisionLoses) {
   auto second = recs_->commit(*b);
   ASSERT_TRUE(second);
   EXPECT_FALSE(*second) << "a stale copy overwrote a newer record";
-  EXPECT_EQ(recs_->load("default", "web")->desired_count, 2);
+  EXPECT_EQ(load_web()->desired_count, 2);
   // Read again, it wins.
-  auto fresh = recs_->load("default", "web");
+  auto fresh = load_web();
   fresh->desired_count = 5;
   auto third = recs_->commit(*fresh);
   ASSERT_TRUE(third && *third);
-  EXPECT_EQ(recs_->load("default", "web")->desired_count, 5);
+  EXPECT_EQ(load_web()->desired_count, 5);
 }
 
 // Fault injection beside the real race above: a store whose transactions are interfered with
@@ -97,8 +104,10 @@ class interfered_store final : public berth::agent::store {
       : s_(s), meanwhile_(std::move(meanwhile)) {}
   using result_doc = berth::agent::result<std::optional<std::string>>;
   result_doc get(const std::string& kind, const std::string& key) override {
+    if (unreadable) return tl::unexpected(berth::agent::error{"the store is away"});
     return s_.get(kind, key);
   }
+  bool unreadable = false;  // every get fails, as when etcd cannot be reached
   berth::agent::result<void> put(const std::string& kind, const std::string& key,
                                  const std::string& value) override {
     return s_.put(kind, key, value);
@@ -138,10 +147,10 @@ class interfered_store final : public berth::agent::store {
 TEST_F(RecordsTest, AWriterOvertakenDuringItsCommitHearsItLost) {
   state::service s = web();
   ASSERT_TRUE(*recs_->commit(s));
-  auto mine = recs_->load("default", "web");
+  auto mine = load_web();
   ASSERT_TRUE(mine);
   interfered_store racing(*store_, [&] {
-    auto other = *recs_->load("default", "web");
+    auto other = *load_web();
     other.desired_count = 7;
     ASSERT_TRUE(*recs_->commit(other));
   });
@@ -150,7 +159,25 @@ TEST_F(RecordsTest, AWriterOvertakenDuringItsCommitHearsItLost) {
   auto w = through.commit(*mine);
   ASSERT_TRUE(w);
   EXPECT_FALSE(*w) << "a commit overtaken by another writer said it had written";
-  EXPECT_EQ(recs_->load("default", "web")->desired_count, 7);
+  EXPECT_EQ(load_web()->desired_count, 7);
+}
+
+// A store that cannot be read is not a service that does not exist: DescribeServices,
+// UpdateService and the others answer ServerException then, not ServiceNotFoundException.
+TEST_F(RecordsTest, AStoreThatCannotBeReadIsAnErrorNotAnAbsentService) {
+  state::service s = web();
+  ASSERT_TRUE(*recs_->commit(s));
+  interfered_store away(*store_, nullptr);
+  away.unreadable = true;
+  sched::records through(cfg_, away, bus_);
+  auto r = through.load("default", "web");
+  EXPECT_FALSE(r) << "a failed read answered as a record or as its absence";
+  away.unreadable = false;
+  auto back = through.load("default", "web");
+  ASSERT_TRUE(back && *back);
+  auto none = through.load("default", "nothing");
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
 }
 
 // Published from the store's watch (event_follower), as any writer's would be.
@@ -173,7 +200,7 @@ TEST_F(RecordsTest, EventsArePublishedOnceTheRecordIsWritten) {
   ASSERT_TRUE(next);
   EXPECT_NE(next->find("has reached a steady state."), std::string::npos) << *next;
   EXPECT_FALSE(events_->next(0ms)) << "an event was published twice";
-  EXPECT_EQ(recs_->load("default", "web")->events.size(), 2u);
+  EXPECT_EQ(load_web()->events.size(), 2u);
 }
 
 // A record the store holds damaged is logged and read as absent: CreateService may write over
@@ -183,14 +210,14 @@ TEST_F(RecordsTest, ADamagedRecordReadsAsAbsentAndMayBeReplaced) {
   state::service other = web();
   other.service_name = "api";
   ASSERT_TRUE(*recs_->commit(other));
-  EXPECT_FALSE(recs_->load("default", "web"));
+  EXPECT_FALSE(load_web());
   auto all = recs_->all("default/");
   ASSERT_TRUE(all);
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ(all->front().service_name, "api");
   state::service s = web();
   ASSERT_TRUE(*recs_->commit(s));
-  EXPECT_EQ(recs_->load("default", "web")->berth.revision, 1u);
+  EXPECT_EQ(load_web()->berth.revision, 1u);
 }
 
 // A record as the scheduler wrote it when it kept raw JSON (CreateService's members, reconcile's
@@ -219,7 +246,7 @@ TEST_F(RecordsTest, ARecordAsEarlierBerthdsWroteItIsReadAndWrittenOn) {
     "propagateTags": "NONE", "createdBy": "arn:aws:ecs:us-east-1:000000000000:user/berth",
     "_berth": {"lastGood": null, "steady": false, "revision": 4}})");
   ASSERT_TRUE(store_->put("service", "default/web", old.dump()));
-  auto s = recs_->load("default", "web");
+  auto s = load_web();
   ASSERT_TRUE(s);
   EXPECT_EQ(s->berth.revision, 4u);
   EXPECT_FALSE(s->berth.last_good);
@@ -233,8 +260,8 @@ TEST_F(RecordsTest, ARecordAsEarlierBerthdsWroteItIsReadAndWrittenOn) {
   EXPECT_EQ(state::response(*s), answer);
   s->desired_count = 3;
   ASSERT_TRUE(*recs_->commit(*s));
-  EXPECT_EQ(recs_->load("default", "web")->berth.revision, 5u);
-  EXPECT_EQ(recs_->load("default", "web")->desired_count, 3);
+  EXPECT_EQ(load_web()->berth.revision, 5u);
+  EXPECT_EQ(load_web()->desired_count, 3);
 }
 
 // ---- the record as reconcile sees it, and back ----
