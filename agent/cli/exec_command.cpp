@@ -2,6 +2,7 @@
 #include "exec_command.hpp"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <string_view>
 
+#include "berth/agent/exec_frames.hpp"
 #include "berth/version.hpp"
 
 namespace berthctl {
@@ -42,6 +44,39 @@ class raw_terminal {
   termios saved_{};
   bool active_ = false;
 };
+
+namespace ex = berth::agent::exec;
+
+// SIGWINCH noted for the session's loop (poll returns EINTR: the handler does not restart it),
+// for as long as this lives.
+volatile sig_atomic_t resized = 0;
+class resize_watch {
+ public:
+  resize_watch() {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { resized = 1; };
+    sigemptyset(&sa.sa_mask);
+    active_ = ::sigaction(SIGWINCH, &sa, &saved_) == 0;
+  }
+  ~resize_watch() {
+    if (active_) (void)::sigaction(SIGWINCH, &saved_, nullptr);
+  }
+  resize_watch(const resize_watch&) = delete;
+  resize_watch& operator=(const resize_watch&) = delete;
+
+ private:
+  struct sigaction saved_ {};
+  bool active_ = false;
+};
+
+// The local terminal's size as a resize frame's data ("rows cols"), or nothing.
+std::optional<std::string> terminal_size() {
+  winsize ws{};
+  if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0 || ws.ws_col == 0) {
+    return std::nullopt;
+  }
+  return std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col);
+}
 
 bool write_all(int fd, std::string_view data) {
   while (!data.empty()) {
@@ -147,35 +182,39 @@ exec_outcome execute_command(const std::string& socket, nlohmann::json request, 
   }
   out.started = true;
   std::optional<raw_terminal> raw;
-  if (tty) raw.emplace(STDIN_FILENO);
+  std::optional<resize_watch> watch;
+  if (tty) {
+    raw.emplace(STDIN_FILENO);
+    watch.emplace();
+  }
   bool stdin_open = interactive;
   if (!stdin_open) (void)::shutdown(fd, SHUT_WR);
   char buf[16 * 1024];
   for (;;) {
     // Every whole frame received so far.
-    while (in.size() >= 8) {
-      const auto* b = reinterpret_cast<const unsigned char*>(in.data());
-      const std::size_t len = (std::size_t{b[4]} << 24) | (std::size_t{b[5]} << 16) |
-                              (std::size_t{b[6]} << 8) | std::size_t{b[7]};
-      if (in.size() < 8 + len) break;
-      const std::string_view data(in.data() + 8, len);
-      switch (b[0]) {
-        case 1:
-          (void)write_all(STDOUT_FILENO, data);
-          break;
-        case 2:
-          (void)write_all(STDERR_FILENO, data);
-          break;
-        case 3:
-          out.exit_code = std::atoi(std::string(data).c_str());
-          ::close(fd);
-          return out;
-        default:
-          out.error = std::string(data);
-          ::close(fd);
-          return out;
+    while (auto f = ex::take_frame(in)) {
+      const auto& [type, data] = *f;
+      if (type == ex::frame_stdout) {
+        (void)write_all(STDOUT_FILENO, data);
+      } else if (type == ex::frame_stderr) {
+        (void)write_all(STDERR_FILENO, data);
+      } else {
+        if (type == ex::frame_exit) {
+          out.exit_code = std::atoi(data.c_str());
+        } else {
+          out.error = data;
+        }
+        ::close(fd);
+        return out;
       }
-      in.erase(0, 8 + len);
+    }
+    // The local terminal's new size, for the remote one (a session whose stdin ended has no
+    // terminal left to resize).
+    if (resized != 0) {
+      resized = 0;
+      if (auto size = terminal_size(); size && stdin_open) {
+        (void)send_all(fd, ex::frame(ex::frame_resize, *size));
+      }
     }
     pollfd p[2] = {{fd, POLLIN, 0}, {STDIN_FILENO, static_cast<short>(stdin_open ? POLLIN : 0), 0}};
     if (::poll(p, stdin_open ? 2 : 1, -1) < 0) {
@@ -191,7 +230,8 @@ exec_outcome execute_command(const std::string& socket, nlohmann::json request, 
     if (stdin_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
       const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0 || !send_all(fd, std::string_view(buf, static_cast<std::size_t>(n)))) {
+      if (n <= 0 || !send_all(fd, ex::frame(ex::frame_stdin,
+                                            std::string_view(buf, static_cast<std::size_t>(n))))) {
         stdin_open = false;
         (void)::shutdown(fd, SHUT_WR);  // the command's stdin ends
       }

@@ -9,6 +9,8 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <functional>
 #include <memory>
 #include <thread>
 
@@ -55,10 +57,36 @@ bool send_within(int fd, std::string data, std::chrono::milliseconds timeout) {
   return true;
 }
 
+constexpr std::size_t max_client_frame = 1 << 20;
+
+// The client's whole frames taken off `from_client`: stdin onto `to_docker`, sizes to `resize`.
+// False for what the protocol does not have (an unknown type, a frame over 1 MiB).
+bool client_frames(std::string& from_client, std::string& to_docker,
+                   const std::function<void(int rows, int cols)>& resize) {
+  while (auto f = take_frame(from_client)) {
+    if (f->first == frame_stdin) {
+      to_docker += f->second;
+    } else if (f->first == frame_resize) {
+      int rows = 0, cols = 0;
+      if (std::sscanf(f->second.c_str(), "%d %d", &rows, &cols) == 2 && rows > 0 && cols > 0 &&
+          rows <= 10000 && cols <= 10000) {
+        resize(rows, cols);
+      }
+    } else {
+      spdlog::info("execute command: the client sent a frame of unknown type {}", f->first);
+      return false;
+    }
+  }
+  const auto* b = reinterpret_cast<const unsigned char*>(from_client.data());
+  return from_client.size() < 8 || ((std::size_t{b[4]} << 24) | (std::size_t{b[5]} << 16) |
+                                    (std::size_t{b[6]} << 8) | b[7]) <= max_client_frame;
+}
+
 // Moves bytes both ways until Docker ends the output (true) or the client goes (false).
-bool relay(int client, dk::exec_stream& s, bool tty) {
+bool relay(int client, dk::exec_stream& s, bool tty,
+           const std::function<void(int rows, int cols)>& resize) {
   const int docker = s.fd();
-  std::string to_client, to_docker;
+  std::string from_client, to_client, to_docker;
   if (std::string early = s.take_early(); !early.empty()) {
     to_client = tty ? frame(frame_stdout, early) : std::move(early);
   }
@@ -81,7 +109,10 @@ bool relay(int client, dk::exec_stream& s, bool tty) {
       const ssize_t n = ::recv(client, buf, sizeof buf, 0);
       if (n == 0) stdin_open = false;
       if (n < 0 && !would_block()) return false;
-      if (n > 0) to_docker.append(buf, static_cast<std::size_t>(n));
+      if (n > 0) {
+        from_client.append(buf, static_cast<std::size_t>(n));
+        if (!client_frames(from_client, to_docker, resize)) return false;
+      }
     }
     if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
       const ssize_t n = ::recv(docker, buf, sizeof buf, 0);
@@ -125,12 +156,15 @@ void session(dk::engine& d, const std::string& id, bool tty, int rows, int cols,
   };
   auto s = d.start_exec(id, tty);
   if (!s) return fail("Docker did not start the command: " + s.error().message);
-  if (tty && rows > 0 && cols > 0) {
-    if (auto r = d.resize_exec(id, rows, cols); !r) {
-      spdlog::debug("execute command {}: resize: {}", id, r.error().message);
+  // The terminal's size, at the start and whenever the client's changes.
+  const auto resize = [&](int r, int c) {
+    if (!tty) return;
+    if (auto done = d.resize_exec(id, r, c); !done) {
+      spdlog::debug("execute command {}: resize: {}", id, done.error().message);
     }
-  }
-  if (!relay(client, **s, tty)) {
+  };
+  if (rows > 0 && cols > 0) resize(rows, cols);
+  if (!relay(client, **s, tty, resize)) {
     spdlog::info("execute command {}: the client went before the command ended", id);
     return;
   }
@@ -154,18 +188,6 @@ tl::expected<std::string, api_error> string_member(const json& r, const char* na
 }
 
 }  // namespace
-
-std::string frame(std::uint8_t type, std::string_view data) {
-  std::string out(8, '\0');
-  out[0] = static_cast<char>(type);
-  const auto n = static_cast<std::uint32_t>(data.size());
-  out[4] = static_cast<char>(n >> 24);
-  out[5] = static_cast<char>(n >> 16);
-  out[6] = static_cast<char>(n >> 8);
-  out[7] = static_cast<char>(n);
-  out.append(data);
-  return out;
-}
 
 tl::expected<std::vector<std::string>, std::string> split_command(std::string_view text) {
   std::vector<std::string> words;

@@ -9,11 +9,11 @@
 // instance. The command is split into words as a shell would (quotes, backslashes) but no shell
 // runs it: "sh -c '...'" for pipes and variables.
 //
-// After the 101 the client's bytes are the command's stdin (interactive only); closing its
-// sending side (shutdown SHUT_WR) ends the stdin. berthd's bytes are frames as Docker frames an
-// exec's output: a type byte, three zero bytes, the length as 32 bits big-endian, the data.
-// Types: 1 stdout, 2 stderr (a tty has only 1), then one last frame: 3 the command's exit code
-// (decimal text), or 4 why berthd could not carry the session to its end (text).
+// After the 101 both sides send frames (berth/agent/exec_frames.hpp, Docker's framing of an
+// exec's output): berthctl the command's stdin (interactive only) and, on a terminal, its new
+// size whenever the local one changes; closing its sending side (shutdown SHUT_WR) ends the
+// stdin. berthd sends the output (stdout and stderr apart; a tty has only stdout), then one last
+// frame: the command's exit code, or why berthd could not carry the session to its end.
 #pragma once
 
 #include <cstdint>
@@ -23,15 +23,11 @@
 #include <string_view>
 #include <vector>
 
+#include "berth/agent/exec_frames.hpp"
 #include "ecs_request.hpp"
 #include "service.hpp"
 
 namespace berth::agent::exec {
-
-inline constexpr std::uint8_t frame_stdout = 1;
-inline constexpr std::uint8_t frame_stderr = 2;
-inline constexpr std::uint8_t frame_exit = 3;
-inline constexpr std::uint8_t frame_error = 4;
 
 // Finds the container, checks it may be entered and creates the exec in it (not yet started).
 // The function carries the session on the upgraded connection `fd` until the command ends or
@@ -41,8 +37,5 @@ tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const js
 // The command's words, as a shell splits them: blanks separate, '...' keeps everything, "..."
 // and a backslash escape. An error names an unterminated quote.
 tl::expected<std::vector<std::string>, std::string> split_command(std::string_view text);
-
-// One frame's bytes.
-std::string frame(std::uint8_t type, std::string_view data);
 
 }  // namespace berth::agent::exec

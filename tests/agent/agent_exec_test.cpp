@@ -1,6 +1,14 @@
 // berthctl execute-command against a real berthd and Docker: a command's output, exit code and
 // stdin, a terminal, and the refusals (execute command not enabled, a stopped task, a
-// non-administrator, a request that does not upgrade), each in the audit log.
+// non-administrator, a request that does not upgrade), each in the audit log; a terminal resized
+// under berthctl.
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -106,6 +114,69 @@ TEST_F(AgentTest, ExecuteCommandRunsInATasksContainer) {
   }
   EXPECT_EQ(sessions, 5);
   EXPECT_GE(refusals, 5);
+}
+
+// berthctl on a terminal of its own, a pseudo-terminal whose other end the test holds: the
+// command's terminal has the local one's size, and follows it when it changes (SIGWINCH).
+TEST_F(AgentTest, ExecuteCommandFollowsTheTerminalsSize) {
+  a().register_td("shell", container("sh", {"sleep", "300"}));
+  const std::string task = running_task(a(), true);
+  ASSERT_FALSE(task.empty());
+  int term = -1, side = -1;
+  winsize ws{24, 80, 0, 0};
+  ASSERT_EQ(::openpty(&term, &side, nullptr, nullptr, &ws), 0);
+  const std::string socket = a().socket(), cluster = a().cluster();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // Its own session, with the pseudo-terminal as its controlling terminal: a resize signals it.
+    ::setsid();
+    ::ioctl(side, TIOCSCTTY, 0);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(side, fd);
+    ::close(side);
+    ::close(term);
+    ::execl(BERTHCTL, "berthctl", "--socket", socket.c_str(), "execute-command", "--cluster",
+            cluster.c_str(), "--task", task.c_str(), "--interactive", "--command", "sh",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(side);
+  std::string seen;
+  // Types `line` until the terminal shows `want` (the shell may not read it at once), for 30 s.
+  const auto type_until = [&](const std::string& line, const std::string& want) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    auto next_type = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (seen.find(want) != std::string::npos) return true;
+      if (std::chrono::steady_clock::now() >= next_type) {
+        EXPECT_EQ(::write(term, line.data(), line.size()), static_cast<ssize_t>(line.size()));
+        next_type = std::chrono::steady_clock::now() + 2s;
+      }
+      pollfd p{term, POLLIN, 0};
+      if (::poll(&p, 1, 200) > 0) {
+        char buf[4096];
+        const ssize_t n = ::read(term, buf, sizeof buf);
+        if (n <= 0) return false;  // berthctl is gone
+        seen.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+    return seen.find(want) != std::string::npos;
+  };
+  EXPECT_TRUE(type_until("stty size\n", "24 80")) << seen;
+  seen.clear();
+  ws = {40, 120, 0, 0};
+  ASSERT_EQ(::ioctl(term, TIOCSWINSZ, &ws), 0);  // the kernel sends berthctl SIGWINCH
+  EXPECT_TRUE(type_until("stty size\n", "40 120")) << seen;
+  const std::string bye = "exit 7\n";
+  EXPECT_EQ(::write(term, bye.data(), bye.size()), static_cast<ssize_t>(bye.size()));
+  int status = 0;
+  const bool ended = eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 30s);
+  if (!ended) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  EXPECT_TRUE(ended) << "berthctl did not end with the shell";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << status << ": " << seen;
+  ::close(term);
 }
 
 }  // namespace
