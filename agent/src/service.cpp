@@ -16,12 +16,14 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <list>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
 #include <thread>
+#include <type_traits>
 
 #include "account_settings.hpp"
 #include "berth/agent/util.hpp"
@@ -490,13 +492,16 @@ class service_impl final : public service {
     return std::nullopt;
   }
 
-  // A record stored as `text` under `key`, with its tags changed: the text to store.
+  // A record stored as `text` under `key`, with its tags changed: the text to store. A service's
+  // revision goes up with them, so that the scheduler's next compare-and-swap of the record
+  // (which checks the revision) reads it again rather than write the old tags back.
   template <class Record>
   static tl::expected<std::string, api_error> retag(const std::string& text, const std::string& key,
                                                     const tag_change& change) {
     auto r = state::parse<Record>(text, key);
     if (!r) return tl::unexpected(server(r.error().detail));
     if (auto c = apply_tag_change(change, r->tags); !c) return tl::unexpected(c.error());
+    if constexpr (std::is_same_v<Record, state::service>) ++r->berth.revision;
     return state::to_json(*r).dump();
   }
 
@@ -509,45 +514,54 @@ class service_impl final : public service {
     return out;
   }
 
-  // A task's tags changed: through the task table, whose control write (tags are control's)
-  // is one compare-and-swap on the record, merged with the engine's if it raced one. A task of
-  // another cluster than this agent's table is written to the store as it is. Under mu_.
-  outcome retag_task(const std::string& arn, const std::string& key, const std::string& text,
-                     const tag_change& change) {
-    auto parsed = state::parse<state::task>(text, key);
-    if (!parsed) return tl::unexpected(server(parsed.error().detail));
-    const bool ours = tasks_.contains(arn);
-    state::task t = ours ? tasks_.at(arn) : std::move(*parsed);
+  // A task of this agent's table: its tags changed through the table, whose control write is one
+  // compare-and-swap on the record, merged with the engine's if it raced one. Under mu_.
+  outcome retag_own_task(const std::string& arn, const tag_change& change) {
+    state::task t = tasks_.at(arn);
     std::vector<state::tag> tags = task_tags(t);
     if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
     t.ecs.tags.emplace();
     for (const state::tag& tag : tags) t.ecs.tags->push_back({tag.key, tag.value});
-    auto w = ours ? table_.commit(t) : store_->put("task", key, state::to_json(t).dump());
-    if (!w) return tl::unexpected(server(w.error().message));
+    if (auto w = table_.commit(t); !w) return tl::unexpected(server(w.error().message));
     return json::object();
   }
+  // Any other task's record (stored as `text`) with its tags changed.
+  static tl::expected<std::string, api_error> retag_task(const std::string& text,
+                                                         const std::string& key,
+                                                         const tag_change& change) {
+    auto t = state::parse<state::task>(text, key);
+    if (!t) return tl::unexpected(server(t.error().detail));
+    std::vector<state::tag> tags = task_tags(*t);
+    if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
+    t->ecs.tags.emplace();
+    for (const state::tag& tag : tags) t->ecs.tags->push_back({tag.key, tag.value});
+    return state::to_json(*t).dump();
+  }
 
-  // A service's tags changed. Its record's revision goes up with them, so that the scheduler's
-  // next compare-and-swap of the record (which checks the revision) reads it again rather than
-  // write the old tags back.
-  outcome retag_service(const std::string& key, const std::string& a, const tag_change& change) {
+  // What a tag call on a resource that does not exist answers.
+  static api_error not_found_for(const std::string& kind, const std::string& a) {
+    if (kind == "cluster") return cluster_not_found();
+    return {"ResourceNotFoundException", "The specified resource was not found: " + a};
+  }
+
+  // The record of `kind` under `key` changed by `fn` (its text to the text to store, or a
+  // refusal), in one transaction: a writer that changed it meanwhile (DeleteCluster, the
+  // scheduler, another agent) makes `fn` run again on that record rather than be undone.
+  outcome rewrite(
+      const std::string& kind, const std::string& key, const std::string& a,
+      const std::function<tl::expected<std::string, api_error>(const std::string&)>& fn) {
     std::optional<api_error> refused;
     auto w = store_->transaction([&](store& tx) -> result<void> {
-      auto doc = tx.get("service", key);
+      refused.reset();
+      auto doc = tx.get(kind, key);
       if (!doc) return tl::unexpected(doc.error());
-      if (!*doc) {
-        refused =
-            api_error{"ResourceNotFoundException", "The specified resource was not found: " + a};
+      auto text = *doc ? fn(**doc)
+                       : tl::expected<std::string, api_error>(tl::unexpect, not_found_for(kind, a));
+      if (!text) {
+        refused = text.error();
         return tl::unexpected(error{refused->message});
       }
-      auto s = state::parse<state::service>(**doc, key);
-      if (!s) return tl::unexpected(error{s.error().detail});
-      if (auto c = apply_tag_change(change, s->tags); !c) {
-        refused = c.error();
-        return tl::unexpected(error{refused->message});
-      }
-      ++s->berth.revision;
-      return tx.put("service", key, state::to_json(*s).dump());
+      return tx.put(kind, key, *text);
     });
     if (refused) return tl::unexpected(*refused);
     if (!w) return tl::unexpected(server(w.error().message));
@@ -568,11 +582,7 @@ class service_impl final : public service {
                                                     const std::string& a) {
     auto doc = store_->get(kind, key);
     if (!doc) return tl::unexpected(server(doc.error().message));
-    if (!*doc) {
-      if (kind == "cluster") return tl::unexpected(cluster_not_found());
-      return tl::unexpected(
-          api_error{"ResourceNotFoundException", "The specified resource was not found: " + a});
-    }
+    if (!*doc) return tl::unexpected(not_found_for(kind, a));
     return std::move(**doc);
   }
 
@@ -583,18 +593,14 @@ class service_impl final : public service {
     std::unique_lock instance_lock(inst_.mutex(), std::defer_lock);
     if (kind == "instance") instance_lock.lock();
     std::lock_guard lock(mu_);
-    if (kind == "service") return retag_service(key, a, change);
-    BERTH_TRY(doc, resource_doc(kind, key, a));
-    if (kind == "task") return retag_task(a, key, doc, change);
-    tl::expected<std::string, api_error> text =
-        kind == "cluster"    ? retag<state::cluster>(doc, key, change)
-        : kind == "instance" ? retag<state::container_instance>(doc, key, change)
-                             : retag<state::task_definition>(doc, key, change);
-    if (!text) return tl::unexpected(text.error());
-    if (auto w = store_->put(kind, key, *text); !w) {
-      return tl::unexpected(server(w.error().message));
-    }
-    return json::object();
+    if (kind == "task" && tasks_.contains(a)) return retag_own_task(a, change);
+    return rewrite(kind, key, a, [&](const std::string& text) {
+      return kind == "cluster"    ? retag<state::cluster>(text, key, change)
+             : kind == "instance" ? retag<state::container_instance>(text, key, change)
+             : kind == "taskdef"  ? retag<state::task_definition>(text, key, change)
+             : kind == "service"  ? retag<state::service>(text, key, change)
+                                  : retag_task(text, key, change);
+    });
   }
   outcome tag_resource(const json& req) {
     BERTH_TRY(r, decode_request<ecs::tag_resource_request>(req, "tags",

@@ -507,6 +507,16 @@ TEST_F(AgentTest, TagsOnClustersTaskDefinitionsAndTasks) {
   auto missing = a().aws({"list-tags-for-resource", "--resource-arn",
                           "arn:aws:ecs:us-east-1:000000000000:task/" + a().cluster() + "/nope"});
   EXPECT_NE(missing.err.find("ResourceNotFoundException"), std::string::npos) << missing.err;
+  // Tagged, what does not exist is not created.
+  auto untaggable = a().aws({"tag-resource", "--resource-arn",
+                             "arn:aws:ecs:us-east-1:000000000000:task/" + a().cluster() + "/nope",
+                             "--tags", "key=k,value=v"});
+  EXPECT_NE(untaggable.err.find("ResourceNotFoundException"), std::string::npos) << untaggable.err;
+  untaggable =
+      a().aws({"tag-resource", "--resource-arn",
+               "arn:aws:ecs:us-east-1:000000000000:cluster/nowhere", "--tags", "key=k,value=v"});
+  EXPECT_NE(untaggable.err.find("ClusterNotFoundException"), std::string::npos) << untaggable.err;
+  EXPECT_EQ(a().aws({"describe-clusters", "--clusters", "nowhere"}).body["clusters"].size(), 0u);
 }
 
 TEST_F(AgentTest, BadInputGetsEcsErrorsAndChangesNothing) {
