@@ -70,8 +70,12 @@ class buffered final : public store {
     const std::string k = doc_key(kind, key);
     const auto w = writes_.find(k);
     const auto r = reads_.find(k);
+    // A key a failed commit found (seen_) is known without reading it.
+    const auto seen = seen_.find(k);
+    const bool found = seen != seen_.end() && !seen->second.empty();
     if ((w != writes_.end() && w->second) ||
-        (w == writes_.end() && r != reads_.end() && r->second != 0)) {
+        (w == writes_.end() && r != reads_.end() && r->second != 0) ||
+        (w == writes_.end() && r == reads_.end() && found)) {
       return tl::unexpected(error{kind + " " + key + " exists already"});
     }
     // Absent at the commit: a missing key's mod_revision compares as 0.

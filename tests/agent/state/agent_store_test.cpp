@@ -72,6 +72,24 @@ TEST(AgentStoreTest, TransactionRerunsWhenWhatItReadChanged) {
   EXPECT_EQ(*(*s)->get("n", "x"), std::optional<std::string>("11"));
 }
 
+// create() of a key that exists, unread by the transaction: refused as existing, after the one
+// failed commit that finds it there (not 64 runs and "kept changing").
+TEST(AgentStoreTest, CreatingAKeyThatExistsIsRefusedAsExisting) {
+  temp_dir t;
+  auto s = ag::open_sqlite_store(t.path.string());
+  ASSERT_TRUE(s) << s.error().message;
+  ASSERT_TRUE((*s)->put("task", "c/1", "first"));
+  int runs = 0;
+  auto r = (*s)->transaction([&](ag::store& tx) -> ag::result<void> {
+    ++runs;
+    return tx.create("task", "c/1", "second");
+  });
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("exists already"), std::string::npos) << r.error().message;
+  EXPECT_LE(runs, 2);
+  EXPECT_EQ(*(*s)->get("task", "c/1"), std::optional<std::string>("first"));
+}
+
 TEST(AgentStoreTest, ConcurrentCountersNeverRepeat) {
   temp_dir t;
   auto s = ag::open_sqlite_store(t.path.string());
