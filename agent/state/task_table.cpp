@@ -420,10 +420,11 @@ void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
     const auto& now = r->results.at(n).kvs;
     if (now.empty() && i.rev != 0) continue;  // deleted: the follower forgets it
     if (!now.empty() && (k == keys_.end() || k->second.rev < now.front().mod_revision)) {
+      // A stored record that does not parse (logged by parse_record) is written over with the
+      // engine's row, which follows Docker whatever the store holds.
       auto stored = parse_record(now.front());
-      if (!stored) continue;
       task& row = rows_.at(i.arn);
-      const bool changed = merge_into_pending(row, std::move(*stored));
+      const bool changed = stored && merge_into_pending(row, std::move(*stored));
       keys_[i.key] = known{i.arn, now.front().mod_revision, false};
       if (changed) announce(row, false);
     }

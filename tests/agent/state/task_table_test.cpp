@@ -224,4 +224,25 @@ TEST_F(TaskTableTest, SavesAreWrittenBehindAndMergedWithStopsStoredMeanwhile) {
 }
 
 }  // namespace
+// A record damaged in the store under a row whose write is pending is written over with the row
+// (the engine's observation follows Docker), not dropped because it cannot be merged.
+TEST_F(TaskTableTest, ADamagedRecordUnderAPendingWriteIsWrittenOver) {
+  ASSERT_TRUE(table_->open("c"));
+  auto st = store_->state();
+  {
+    std::lock_guard lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all({record("a", "PENDING")}));
+    ASSERT_TRUE(st->put(agent::document_key("task", "c/a"), "{not json"));
+    task& row = table_->rows().at(arn_of("a"));
+    row.ecs.last_status = "RUNNING";
+    table_->save(row);
+  }
+  ASSERT_TRUE(table_->flush());
+  auto r = st->get(agent::document_key("task", "c/a"));
+  ASSERT_TRUE(r && r->kvs.size() == 1);
+  const json stored = json::parse(r->kvs[0].value, nullptr, false);
+  ASSERT_FALSE(stored.is_discarded()) << r->kvs[0].value;
+  EXPECT_EQ(stored["lastStatus"], "RUNNING");
+}
+
 }  // namespace berth::state
