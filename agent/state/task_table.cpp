@@ -248,6 +248,9 @@ agent::result<revision> task_table::write(task& t, writer who) {
     const std::int64_t version =
         std::max(t.ecs.version.value_or(0), stored->ecs.version.value_or(0));
     if (who == writer::control && !pending(arn)) {
+      // Control's desired fields and tags over the stored record, but a stop stored meanwhile
+      // (another agent's StopTask under this one's TagResource) is not undone.
+      take_stop(t, *stored);
       copy_desired(*stored, t);
       stored->ecs.tags = std::move(t.ecs.tags);
       t = std::move(*stored);

@@ -224,6 +224,32 @@ TEST_F(TaskTableTest, SavesAreWrittenBehindAndMergedWithStopsStoredMeanwhile) {
 }
 
 }  // namespace
+// A control write from a row older than a stop stored meanwhile (this agent's TagResource racing
+// another agent's StopTask) keeps the stop, and its tags.
+TEST_F(TaskTableTest, AStaleControlWriteDoesNotUndoAStop) {
+  auto st = store_->state();
+  const std::string key = agent::document_key("task", "c/a");
+  const std::string arn = arn_of("a");
+  auto stored = [&] {
+    auto r = st->get(key);
+    return r && r->kvs.size() == 1 ? json::parse(r->kvs[0].value) : json();
+  };
+  std::lock_guard lock(table_->mutex());
+  ASSERT_TRUE(table_->commit(record("a", "RUNNING")));
+  json other = stored();
+  other["desiredStatus"] = "STOPPED";
+  other["stoppedReason"] = "stopped elsewhere";
+  ASSERT_TRUE(st->put(key, other.dump()));
+  task tagged = table_->rows().at(arn);
+  ASSERT_EQ(tagged.ecs.desired_status, "RUNNING");
+  tagged.ecs.tags = std::vector<ecs::tag>{{"team", "web"}};
+  ASSERT_TRUE(table_->commit(tagged));
+  EXPECT_EQ(stored()["desiredStatus"], "STOPPED");
+  EXPECT_EQ(stored()["stoppedReason"], "stopped elsewhere");
+  EXPECT_EQ(stored()["tags"], json::parse(R"([{"key": "team", "value": "web"}])"));
+  EXPECT_EQ(table_->get(arn)->ecs.desired_status, "STOPPED");
+}
+
 // A record damaged in the store under a row whose write is pending is written over with the row
 // (the engine's observation follows Docker), not dropped because it cannot be merged.
 TEST_F(TaskTableTest, ADamagedRecordUnderAPendingWriteIsWrittenOver) {
