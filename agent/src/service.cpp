@@ -514,14 +514,18 @@ class service_impl final : public service {
     return out;
   }
 
-  // A task of this agent's table: its tags changed through the table, whose control write is one
-  // compare-and-swap on the record, merged with the engine's if it raced one. Under mu_.
-  outcome retag_own_task(const std::string& arn, const tag_change& change) {
-    state::task t = tasks_.at(arn);
+  // `change` made to a task record's tags (ECS's list of key and value).
+  static tl::expected<void, api_error> retag(state::task& t, const tag_change& change) {
     std::vector<state::tag> tags = task_tags(t);
     if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
     t.ecs.tags.emplace();
     for (const state::tag& tag : tags) t.ecs.tags->push_back({tag.key, tag.value});
+    return {};
+  }
+  // A task of this agent's table, retagged through the table's compare-and-swap. Under mu_.
+  outcome retag_own_task(const std::string& arn, const tag_change& change) {
+    state::task t = tasks_.at(arn);
+    if (auto c = retag(t, change); !c) return tl::unexpected(c.error());
     if (auto w = table_.commit(t); !w) return tl::unexpected(server(w.error().message));
     return json::object();
   }
@@ -531,10 +535,7 @@ class service_impl final : public service {
                                                          const tag_change& change) {
     auto t = state::parse<state::task>(text, key);
     if (!t) return tl::unexpected(server(t.error().detail));
-    std::vector<state::tag> tags = task_tags(*t);
-    if (auto c = apply_tag_change(change, tags); !c) return tl::unexpected(c.error());
-    t->ecs.tags.emplace();
-    for (const state::tag& tag : tags) t->ecs.tags->push_back({tag.key, tag.value});
+    if (auto c = retag(*t, change); !c) return tl::unexpected(c.error());
     return state::to_json(*t).dump();
   }
 
@@ -544,9 +545,8 @@ class service_impl final : public service {
     return {"ResourceNotFoundException", "The specified resource was not found: " + a};
   }
 
-  // The record of `kind` under `key` changed by `fn` (its text to the text to store, or a
-  // refusal), in one transaction: a writer that changed it meanwhile (DeleteCluster, the
-  // scheduler, another agent) makes `fn` run again on that record rather than be undone.
+  // The record of `kind` under `key` changed by `fn` (text to text, or a refusal) in one
+  // transaction: a writer that got there first makes `fn` run again on its record, not undone.
   outcome rewrite(
       const std::string& kind, const std::string& key, const std::string& a,
       const std::function<tl::expected<std::string, api_error>(const std::string&)>& fn) {
