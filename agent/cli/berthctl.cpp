@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -45,26 +46,38 @@ const std::vector<action>& actions() {
   return all;
 }
 
-// Members the model types as integers or booleans wherever they appear.
+// Members the model types as integers, numbers or booleans wherever they appear.
 #define BERTHCTL_SHORTHAND_TYPES
 #include "berthctl_model.inc"
 #undef BERTHCTL_SHORTHAND_TYPES
 
+// `value` as a number when `read` (std::stoll, std::stod) takes all of it; else as it is
+// (berthd names the member in its refusal).
+template <class Read>
+json number_or_text(const std::string& value, Read read) {
+  try {
+    std::size_t used = 0;
+    const auto x = read(value, &used);
+    if (used == value.size()) return x;
+  } catch (const std::exception&) {
+  }
+  return value;
+}
+
 // A shorthand value as its member's type in the model: "8080" for containerPort is 8080.
 json typed(const std::string& key, const std::string& value) {
-  for (const char* k : shorthand_integers) {
-    if (key != k) continue;
-    try {
-      std::size_t used = 0;
-      const long long x = std::stoll(value, &used);
-      if (used == value.size()) return x;
-    } catch (const std::exception&) {
-    }
-    return value;  // berthd names the member in its refusal
+  const auto among = [&](const auto& names) {
+    return std::any_of(std::begin(names), std::end(names), [&](const char* k) { return key == k; });
+  };
+  if (among(shorthand_integers)) {
+    return number_or_text(
+        value, [](const std::string& v, std::size_t* used) { return std::stoll(v, used); });
   }
-  for (const char* k : shorthand_booleans) {
-    if (key == k && (value == "true" || value == "false")) return value == "true";
+  if (among(shorthand_numbers)) {
+    return number_or_text(
+        value, [](const std::string& v, std::size_t* used) { return std::stod(v, used); });
   }
+  if (among(shorthand_booleans) && (value == "true" || value == "false")) return value == "true";
   return value;
 }
 

@@ -140,6 +140,27 @@ tl::expected<ecs::daemon_task_definition, api_error> daemon_task_definitions::fi
   return tl::unexpected(unable());
 }
 
+tl::expected<ecs::task_definition, api_error> daemon_task_definitions::as_task_definition(
+    const std::string& ref) {
+  BERTH_TRY(d, find(ref));
+  json j = ecs::to_json(d);
+  j["taskDefinitionArn"] = j["daemonTaskDefinitionArn"];
+  j.erase("daemonTaskDefinitionArn");
+  j.erase("deleteRequestedAt");
+  j["networkMode"] = "host";
+  j["requiresCompatibilities"] = j["compatibilities"] = {"EC2"};
+  for (const char* member : {"pidMode", "ipcMode"}) {
+    const std::string mode = j.value(member, "");
+    j.erase(member);
+    if (mode == "shared") j[member] = "host";
+    if (mode == "none" && std::string_view(member) == "ipcMode") j[member] = "none";
+  }
+  auto td = ecs::decode<ecs::task_definition>(j);
+  if (!td)
+    return tl::unexpected(server("a daemon task definition lost its shape: " + td.error().message));
+  return std::move(*td);
+}
+
 outcome daemon_task_definitions::describe_daemon_task_definition(const json& req) {
   BERTH_TRY(r, decode_request<ecs::describe_daemon_task_definition_request>(req));
   if (auto ok = not_empty(r.daemon_task_definition, "daemonTaskDefinition"); !ok) {
@@ -208,8 +229,8 @@ outcome daemon_task_definitions::delete_daemon_task_definition(const json& req) 
       refused = client("The daemon task definition is not ACTIVE: " + arn);
       return tl::unexpected(error{refused->message});
     }
-    // No daemon can name it (Berth runs no ECS daemons), so nothing keeps it in
-    // DELETE_IN_PROGRESS: it is deleted at once.
+    // Deleted at once: a daemon running it keeps its tasks (as_task_definition reads any
+    // status), and CreateDaemon or UpdateDaemon refuse it from now on.
     j["status"] = "DELETED";
     j["deleteRequestedAt"] = now_seconds();
     return tx.put(kind, key_of(found), j.dump());

@@ -6,9 +6,9 @@
 // port mappings and sees the instance's network, as a monitoring or logging agent needs.
 // pidMode and ipcMode "shared" are the host's namespaces, "none" the task's own.
 //
-// DeleteDaemonTaskDefinition makes an ACTIVE revision DELETED (ECS keeps one DELETE_IN_PROGRESS
-// while daemons use it; Berth runs no ECS daemons yet); it stays readable and listed with
-// status ALL.
+// DeleteDaemonTaskDefinition makes an ACTIVE revision DELETED at once (ECS keeps one
+// DELETE_IN_PROGRESS while daemons use it; in Berth a daemon keeps running the revision it
+// has); it stays readable and listed with status ALL.
 //
 // Thread-safe as far as the store is: it keeps no state of its own.
 #pragma once
@@ -32,6 +32,10 @@ class daemon_task_definitions {
   // "family", "family:3" or an ARN: the revision (the family's latest ACTIVE one when none is
   // given), as ECS's DaemonTaskDefinition. ClientException when there is none.
   tl::expected<ecs::daemon_task_definition, api_error> find(const std::string& ref);
+  // The revision `ref` names as the task definition its tasks run (StartTask of a daemon's
+  // task): its ARN is the daemon task definition's, its network mode host, its namespaces the
+  // host's where it shares them. Any status: a daemon's running revision may be deleted since.
+  tl::expected<ecs::task_definition, api_error> as_task_definition(const std::string& ref);
 
  private:
   tl::expected<void, api_error> write(const ecs::daemon_task_definition& d, const json& tags);

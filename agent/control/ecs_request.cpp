@@ -45,6 +45,19 @@ void add_token(json& out, std::size_t end, std::size_t total) {
   if (end < total) out["nextToken"] = "berth1." + std::to_string(end);
 }
 
+tl::expected<json, api_error> paged(std::vector<json> items,
+                                    const std::optional<std::string>& token,
+                                    std::optional<std::int64_t> max, std::int64_t max_limit,
+                                    const char* list_name) {
+  BERTH_TRY(range, page(token, max, items.size(), max_limit));
+  json out = {{list_name, json::array()}};
+  for (std::size_t i = range.first; i < range.second; ++i) {
+    out[list_name].push_back(std::move(items[i]));
+  }
+  add_token(out, range.second, items.size());
+  return out;
+}
+
 std::optional<std::uint32_t> units_of(const json& v, bool cpu) {
   constexpr double most = 1 << 24;
   if (v.is_number_unsigned()) {

@@ -161,6 +161,12 @@ tl::expected<std::pair<std::size_t, std::size_t>, api_error> page(
     std::int64_t max_limit);
 // Sets nextToken when items are left after `end`.
 void add_token(json& out, std::size_t end, std::size_t total);
+// `items`, this page of them (page() of `token` and `max`), as `out[list_name]`, with nextToken
+// when items are left after it.
+tl::expected<json, api_error> paged(std::vector<json> items,
+                                    const std::optional<std::string>& token,
+                                    std::optional<std::int64_t> max, std::int64_t max_limit,
+                                    const char* list_name);
 
 // "512", "0.5 vCPU", "1 vcpu" -> CPU units; "1024", "1 GB", "2GB" -> MiB.
 // Values beyond 2^24 (16 M units or MiB) or not finite are refused.

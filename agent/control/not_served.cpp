@@ -11,10 +11,6 @@ namespace {
 constexpr std::string_view capacity_providers =
     "Berth has no capacity providers (they scale Auto Scaling groups): a cluster's capacity is "
     "the container instances its agents register. Start berthd on another machine to add one.";
-constexpr std::string_view daemons =
-    "Berth does not run ECS daemons yet (one task on every instance of a capacity provider; "
-    "their daemon task definitions it keeps): create a service with schedulingStrategy DAEMON, "
-    "which runs one task on every instance that meets its placement constraints.";
 constexpr std::string_view express =
     "Express Gateway services provision Application Load Balancers and auto scaling in AWS; "
     "Berth has neither: create a service (CreateService) with a load balancer (HAProxy) instead.";
@@ -48,9 +44,6 @@ std::optional<api_error> not_served(std::string_view action) {
        {"NamespaceNotFoundException",
         "Berth has no Service Connect namespaces (AWS Cloud Map): services are reached through "
         "their load balancer (HAProxy)."}},
-      {{"CreateDaemon", "UpdateDaemon", "DeleteDaemon", "DescribeDaemon", "ListDaemons",
-        "DescribeDaemonDeployments", "DescribeDaemonRevisions", "ListDaemonDeployments"},
-       unsupported(daemons)},
       {{"CreateExpressGatewayService", "UpdateExpressGatewayService", "DeleteExpressGatewayService",
         "DescribeExpressGatewayService"},
        unsupported(express)},

@@ -26,6 +26,7 @@ struct task_actions::impl {
         fleet_(d.instances),
         ledger_(d.ledger),
         tds_(d.tds),
+        daemon_tds_(d.daemon_tds),
         metrics_(d.m),
         find_cluster(std::move(d.find_cluster)),
         placer_(ledger_) {}
@@ -33,8 +34,16 @@ struct task_actions::impl {
   std::string arn(const std::string& rest) const {
     return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":" + rest;
   }
+  // `daemon`: the task is a daemon's, which runs a daemon task definition (and only it does).
   tl::expected<ecs::task_definition, api_error> find_task_definition(const std::string& ref,
-                                                                     bool active_only) {
+                                                                     bool active_only,
+                                                                     bool daemon) {
+    const bool daemon_td = ref.find(":daemon-task-definition/") != std::string::npos;
+    if (daemon_td && !daemon) {
+      return tl::unexpected(
+          invalid("A daemon task definition runs only in a daemon (CreateDaemon): " + ref));
+    }
+    if (daemon_td) return daemon_tds_.as_task_definition(ref);
     auto td = tds_.find_task_definition(ref, active_only);
     if (!td) return tl::unexpected(td.error());
     return std::move(td->def);
@@ -163,10 +172,12 @@ struct task_actions::impl {
       return tl::unexpected(invalid("count must be between 1 and 10"));
     }
     // A service's own tasks may use a revision deregistered since (ECS: existing services scale
-    // on an INACTIVE or DELETE_IN_PROGRESS one); everything else needs an ACTIVE one.
+    // on an INACTIVE or DELETE_IN_PROGRESS one); everything else needs an ACTIVE one. A
+    // daemon's (group "daemon:<name>") run its daemon task definition.
+    const bool daemon = req.group && req.group->starts_with("daemon:");
     const bool for_service = req.started_by && req.started_by->starts_with("ecs-svc/") &&
-                             req.group && req.group->starts_with("service:");
-    BERTH_TRY(td, find_task_definition(req.task_definition, !for_service));
+                             req.group && (req.group->starts_with("service:") || daemon);
+    BERTH_TRY(td, find_task_definition(req.task_definition, !for_service, daemon && for_service));
     l.overrides = req.overrides.value_or(ecs::task_override{});
     l.execute_command = req.enable_execute_command.value_or(false);
     // What the model's types cannot say: amounts, sizes and limits.
@@ -539,8 +550,8 @@ struct task_actions::impl {
       on = m->record.container_instance_arn;
     }
     const std::string want = desired.value_or("RUNNING");
-    const std::string service_group =
-        req.service_name ? "service:" + *req.service_name : std::string();
+    const std::string group_wanted =
+        req.service_name ? service_group(*req.service_name) : std::string();
     std::vector<std::pair<double, const std::string*>> found;
     const auto all = table_.all();
     for (const auto& tp : all) {
@@ -550,7 +561,7 @@ struct task_actions::impl {
       if (want == "STOPPED" ? !stopped : stopped) continue;
       if (req.family && tp->berth.task_definition.family != *req.family) continue;
       if (req.started_by && t.started_by.value_or("") != *req.started_by) continue;
-      if (req.service_name && t.group.value_or("") != service_group) continue;
+      if (req.service_name && t.group.value_or("") != group_wanted) continue;
       if (launch_type && *launch_type != "EC2") continue;
       if (on && t.container_instance_arn != on) continue;
       found.emplace_back(t.created_at.value_or(0.0), &tp->arn());
@@ -757,6 +768,7 @@ struct task_actions::impl {
   fleet& fleet_;
   ipc::ledger& ledger_;
   task_definitions& tds_;
+  daemon_task_definitions& daemon_tds_;
   metrics& metrics_;
   std::function<tl::expected<state::cluster, api_error>(const std::optional<std::string>&)>
       find_cluster;

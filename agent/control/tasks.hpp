@@ -16,6 +16,7 @@
 
 #include "berth/agent/common.hpp"
 #include "berth/ipc.hpp"
+#include "daemon_task_definitions.hpp"
 #include "ecs_request.hpp"
 #include "fleet.hpp"
 #include "instance.hpp"
@@ -36,6 +37,7 @@ class task_actions {
     control::fleet& instances;
     ipc::ledger& ledger;
     task_definitions& tds;
+    daemon_task_definitions& daemon_tds;  // a daemon's tasks run its daemon task definition
     metrics& m;
     // The cluster a request names (default "default"), or ClusterNotFoundException.
     std::function<tl::expected<state::cluster, api_error>(const std::optional<std::string>&)>

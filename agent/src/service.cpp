@@ -40,6 +40,7 @@
 #include "lost_instances.hpp"
 #include "not_served.hpp"
 #include "registration.hpp"
+#include "resource_arn.hpp"
 #include "service_record.hpp"
 #include "task_definitions.hpp"
 #include "task_table.hpp"
@@ -464,34 +465,6 @@ class service_impl final : public service {
 
   // ---- tags ----
 
-  // The store document an ARN names: its kind and key.
-  std::optional<std::pair<std::string, std::string>> resource_of(const std::string& a) {
-    const std::string prefix = arn("");
-    if (!a.starts_with(prefix)) return std::nullopt;
-    const std::string rest = a.substr(prefix.size());
-    if (rest.starts_with("cluster/")) return std::pair{std::string("cluster"), rest.substr(8)};
-    if (rest.starts_with("task-definition/")) {
-      const std::string fr = rest.substr(16);
-      const auto colon = fr.rfind(':');
-      if (colon == std::string::npos) return std::nullopt;
-      try {
-        return std::pair{std::string("taskdef"),
-                         td_key(fr.substr(0, colon), std::stoul(fr.substr(colon + 1)))};
-      } catch (...) {
-        return std::nullopt;
-      }
-    }
-    if (rest.starts_with("task/")) return std::pair{std::string("task"), rest.substr(5)};
-    if (rest.starts_with("service/")) return std::pair{std::string("service"), rest.substr(8)};
-    if (rest.starts_with("container-instance/")) {
-      // "<cluster>/<id>": the record, never the documents beside it.
-      std::string key = rest.substr(19);
-      if (std::count(key.begin(), key.end(), '/') != 1) return std::nullopt;
-      return std::pair{std::string("instance"), std::move(key)};
-    }
-    return std::nullopt;
-  }
-
   // A record stored as `text` under `key`, with its tags changed: the text to store. A service's
   // revision goes up with them, so that the scheduler's next compare-and-swap of the record
   // (which checks the revision) reads it again rather than write the old tags back.
@@ -572,7 +545,7 @@ class service_impl final : public service {
   tl::expected<std::pair<std::string, std::string>, api_error> resource_named(
       const std::string& a) {
     if (auto ok = not_empty(a, "resourceArn"); !ok) return tl::unexpected(ok.error());
-    auto res = resource_of(a);
+    auto res = control::resource_of(a, arn(""));
     if (!res) return tl::unexpected(invalid("resourceArn '" + a + "' is not a Berth resource"));
     return std::move(*res);
   }
@@ -775,7 +748,7 @@ class service_impl final : public service {
   std::map<std::string, std::string> published_;       // task ARN -> the state last announced
   std::function<void(const state::task&)> on_change_;  // under mu_
   control::task_actions task_actions_{
-      {cfg_, *store_, table_, inst_, fleet_, ledger_, tds_, metrics_,
+      {cfg_, *store_, table_, inst_, fleet_, ledger_, tds_, daemon_tds_, metrics_,
        [this](const std::optional<std::string>& c) { return find_cluster(c); }}};
 };
 

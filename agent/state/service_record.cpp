@@ -87,6 +87,24 @@ result<service_bookkeeping> bookkeeping_of(const json& j, const std::string& who
       b.history.push_back(std::move(*x));
     }
   }
+  if (const auto d = it->find("daemon"); d != it->end() && !d->is_null()) {
+    if (!d->is_object()) return wrong("_berth.daemon", "an object", *d);
+    daemon_settings ds;
+    const json providers = d->value("capacityProviders", json::array());
+    if (!providers.is_array()) return wrong("_berth.daemon.capacityProviders", "a list", providers);
+    for (const auto& p : providers) {
+      if (!p.is_string()) return wrong("_berth.daemon.capacityProviders[]", "a string", p);
+      ds.capacity_providers.push_back(p.get<std::string>());
+    }
+    auto c = ecs::decode<ecs::daemon_deployment_configuration>(
+        d->value("deploymentConfiguration", json::object()));
+    if (!c) return refuse(who, "_berth.daemon.deploymentConfiguration: " + c.error().message);
+    ds.configuration = std::move(*c);
+    const json at = d->value("updatedAt", json(0));
+    if (!at.is_number()) return wrong("_berth.daemon.updatedAt", "a number", at);
+    ds.updated_at = at.get<double>();
+    b.daemon = std::move(ds);
+  }
   return b;
 }
 
@@ -225,6 +243,11 @@ json to_json(const service& s) {
   if (!s.berth.history.empty()) {
     json& h = b["history"] = json::array();
     for (const auto& d : s.berth.history) h.push_back(to_json(d));
+  }
+  if (const auto& d = s.berth.daemon) {
+    b["daemon"] = {{"capacityProviders", d->capacity_providers},
+                   {"deploymentConfiguration", ecs::to_json(d->configuration)},
+                   {"updatedAt", d->updated_at}};
   }
   return out;
 }

@@ -49,6 +49,15 @@ struct service_event {
   bool operator==(const service_event&) const = default;
 };
 
+// A daemon's own settings (CreateDaemon, UpdateDaemon): a daemon is kept as a DAEMON service
+// record (see agent/scheduler/src/daemons.hpp).
+struct daemon_settings {
+  std::vector<std::string> capacity_providers;  // names, each associated with the cluster
+  ecs::daemon_deployment_configuration configuration;
+  double updated_at = 0;  // epoch seconds
+  bool operator==(const daemon_settings&) const = default;
+};
+
 // What Berth keeps beside ECS's members: "_berth" in the store, never in a response.
 struct service_bookkeeping {
   // The record's revision, which every write compares and bumps (0: never written).
@@ -60,6 +69,8 @@ struct service_bookkeeping {
   // Deployments no longer in the record's list, as they last were (newest first, at most
   // max_history): ListServiceDeployments' history.
   std::vector<deployment> history;
+  // Set on a daemon's record only.
+  std::optional<daemon_settings> daemon;
   bool operator==(const service_bookkeeping&) const = default;
 };
 

@@ -265,6 +265,67 @@ TEST_F(AgentTest, BerthctlRunsEveryVerb) {
          return std::vector<std::string>{"--family", "agent", "--container-definitions",
                                          json::array({container("a", {"sleep", "300"})}).dump()};
        }},
+      // A daemon of it, on this cluster's capacity provider "local" (its instance).
+      {"put-cluster-capacity-providers",
+       [&] {
+         return std::vector<std::string>{"--cluster",
+                                         c,
+                                         "--capacity-providers",
+                                         "local",
+                                         "--default-capacity-provider-strategy",
+                                         "[]"};
+       }},
+      {"create-daemon",
+       [&] {
+         return std::vector<std::string>{
+             "--daemon-name",
+             "agent",
+             "--cluster-arn",
+             c,
+             "--daemon-task-definition-arn",
+             answered["register-daemon-task-definition"]["daemonTaskDefinitionArn"],
+             "--capacity-provider-arns",
+             "local"};
+       }},
+      {"describe-daemon",
+       [&] {
+         return std::vector<std::string>{"--daemon-arn", answered["create-daemon"]["daemonArn"]};
+       }},
+      {"list-daemons",
+       [&] {
+         return std::vector<std::string>{"--cluster-arn", c};
+       }},
+      {"update-daemon",
+       [&] {
+         return std::vector<std::string>{
+             "--daemon-arn",
+             answered["create-daemon"]["daemonArn"],
+             "--daemon-task-definition-arn",
+             answered["register-daemon-task-definition"]["daemonTaskDefinitionArn"],
+             "--capacity-provider-arns",
+             "local",
+             "--deployment-configuration",
+             "drainPercent=50"};
+       }},
+      {"list-daemon-deployments",
+       [&] {
+         return std::vector<std::string>{"--daemon-arn", answered["create-daemon"]["daemonArn"]};
+       }},
+      {"describe-daemon-deployments",
+       [&] {
+         return std::vector<std::string>{"--daemon-deployment-arns",
+                                         answered["update-daemon"]["deploymentArn"]};
+       }},
+      {"describe-daemon-revisions",
+       [&] {
+         return std::vector<std::string>{"--daemon-revision-arns",
+                                         answered["list-daemon-deployments"]["daemonDeployments"][0]
+                                                 ["targetDaemonRevisionArn"]};
+       }},
+      {"delete-daemon",
+       [&] {
+         return std::vector<std::string>{"--daemon-arn", answered["create-daemon"]["daemonArn"]};
+       }},
       {"describe-daemon-task-definition",
        [] {
          return std::vector<std::string>{"--daemon-task-definition", "agent"};
@@ -317,6 +378,12 @@ TEST_F(AgentTest, BerthctlRunsEveryVerb) {
   EXPECT_TRUE(answered["delete-daemon-task-definition"]
                   .value("daemonTaskDefinitionArn", "")
                   .ends_with(":daemon-task-definition/agent:1"));
+  EXPECT_EQ(answered["list-daemons"]["daemonSummariesList"].size(), 1u);
+  EXPECT_EQ(answered["describe-daemon-deployments"]["daemonDeployments"].size(), 1u);
+  EXPECT_EQ(answered["describe-daemon-revisions"]["daemonRevisions"][0].value(
+                "daemonTaskDefinitionArn", ""),
+            answered["register-daemon-task-definition"].value("daemonTaskDefinitionArn", "-"));
+  EXPECT_EQ(answered["delete-daemon"].value("status", ""), "DELETE_IN_PROGRESS");
   ASSERT_FALSE(task2.empty());
   EXPECT_EQ(a().berthctl({"stop-task", "--cluster", c, "--task", task2}).status, 0);
 }

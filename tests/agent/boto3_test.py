@@ -158,10 +158,24 @@ class Boto3Test(unittest.TestCase):
         self.assertEqual(gone["failures"], [])
         with self.assertRaises(ecs.exceptions.ClientException):
             ecs.describe_task_definition(taskDefinition="boto-gone:1")
+        # A daemon, on a capacity provider of the cluster.
+        td = ecs.register_daemon_task_definition(family="boto-mon", containerDefinitions=[{
+            "name": "mon", "image": IMAGE, "memory": 32, "command": ["sleep", "300"]}])
+        ecs.put_cluster_capacity_providers(cluster=self.cluster, capacityProviders=["local"],
+                                           defaultCapacityProviderStrategy=[])
+        made = ecs.create_daemon(daemonName="boto-mon", clusterArn=self.cluster,
+                                 daemonTaskDefinitionArn=td["daemonTaskDefinitionArn"],
+                                 capacityProviderArns=["local"])
+        self.assertEqual(made["status"], "ACTIVE")
+        detail = ecs.describe_daemon(daemonArn=made["daemonArn"])["daemon"]
+        self.assertEqual(detail["deploymentArn"], made["deploymentArn"])
+        listed = ecs.list_daemons(clusterArn=self.cluster)["daemonSummariesList"]
+        self.assertEqual([d["daemonArn"] for d in listed], [made["daemonArn"]])
+        self.assertEqual(ecs.delete_daemon(daemonArn=made["daemonArn"])["status"],
+                         "DELETE_IN_PROGRESS")
+        with self.assertRaises(ecs.exceptions.DaemonNotFoundException):
+            ecs.describe_daemon(daemonArn=made["daemonArn"].replace("boto-mon", "none"))
         # What Berth does not serve raises the SDK's typed exception, saying what to do instead.
-        with self.assertRaises(ecs.exceptions.UnsupportedFeatureException) as e:
-            ecs.list_daemons(clusterArn=self.cluster)
-        self.assertIn("schedulingStrategy DAEMON", str(e.exception))
         with self.assertRaises(ecs.exceptions.ServiceNotFoundException):
             ecs.list_service_deployments(cluster=self.cluster, service="none")
         with self.assertRaises(ecs.exceptions.UnsupportedFeatureException):

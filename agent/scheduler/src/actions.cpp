@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "berth/agent/util.hpp"
+#include "daemons.hpp"
 #include "deployments.hpp"
 #include "protection.hpp"
 #include "task_sets.hpp"
@@ -87,7 +88,8 @@ class actions_impl final : public actions {
            action == "ListServiceDeployments" || action == "DescribeServiceDeployments" ||
            action == "DescribeServiceRevisions" || action == "StopServiceDeployment" ||
            action == "CreateTaskSet" || action == "UpdateTaskSet" || action == "DeleteTaskSet" ||
-           action == "DescribeTaskSets" || action == "UpdateServicePrimaryTaskSet";
+           action == "DescribeTaskSets" || action == "UpdateServicePrimaryTaskSet" ||
+           daemons::serves(action);
   }
 
   outcome call(const std::string& action, const json& body) override {
@@ -110,6 +112,7 @@ class actions_impl final : public actions {
  private:
   outcome dispatch(const std::string& action, const json& body) {
     try {
+      if (daemons::serves(action)) return daemons_.call(action, body);
       if (action == "CreateService") return create_service(body);
       if (action == "UpdateService") return update_service(body);
       if (action == "DeleteService") return delete_service(body);
@@ -478,6 +481,8 @@ class actions_impl final : public actions {
   // not be read: a service is not "not found" because etcd is away.
   tl::expected<std::optional<state::service>, api_error> loaded(const std::string& cluster,
                                                                 const std::string& name) {
+    // A daemon's record is no service (a service's name has no colon).
+    if (name.starts_with("daemon:")) return std::nullopt;
     auto s = recs_.load(cluster, name);
     if (!s) {
       return tl::unexpected(
@@ -630,7 +635,7 @@ class actions_impl final : public actions {
     }
     std::vector<std::string> arns;
     for (const auto& s : *all) {
-      if (s.status == "INACTIVE") continue;
+      if (s.status == "INACTIVE" || is_daemon(s)) continue;
       if (req.launch_type && s.launch_type != *req.launch_type) continue;
       if (req.scheduling_strategy && s.scheduling_strategy != *req.scheduling_strategy) continue;
       arns.push_back(s.service_arn);
@@ -650,6 +655,10 @@ class actions_impl final : public actions {
   bool has_lb_;
   std::function<void(const state::service&)> changed_;
   std::mutex mu_;
+  daemons daemons_{recs_, tasks_, [this](state::service& s) -> tl::expected<void, api_error> {
+                     if (auto w = save(s); !w) return tl::unexpected(w.error());
+                     return {};
+                   }};
 };
 
 }  // namespace

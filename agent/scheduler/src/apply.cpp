@@ -138,7 +138,7 @@ tl::expected<ecs::run_task_response, api_error> loop::start_tasks(const state::s
                                                                   const rc::task_start& st,
                                                                   const rc::snapshot& snap) {
   const std::string cluster = name_of(s.cluster_arn);
-  const std::string group = "service:" + snap.service.name;
+  const std::string group = service_group(snap.service.name);
   if (st.instances.empty()) {
     ecs::run_task_request run;
     run.cluster = cluster;

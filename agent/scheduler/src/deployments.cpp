@@ -18,32 +18,6 @@ std::string arn_of(const state::service& s, const std::string& kind, const std::
          id.substr(id.rfind('/') + 1);
 }
 
-// The record's deployments and its history, newest first (by creation: the history has them
-// in the order they ended).
-std::vector<const state::deployment*> all_of(const state::service& s) {
-  std::vector<const state::deployment*> out;
-  for (const auto& d : s.deployments) out.push_back(&d);
-  for (const auto& d : s.berth.history) out.push_back(&d);
-  std::stable_sort(out.begin(), out.end(),
-                   [](const auto* a, const auto* b) { return a->created_at > b->created_at; });
-  return out;
-}
-
-// ECS's status of deployment `d`, `newer` the one that followed it (nullptr: none yet).
-std::string status_of(const state::deployment& d, const state::deployment* newer) {
-  if (d.rollout_state == "COMPLETED") return "SUCCESSFUL";
-  if (d.rollout_state == "FAILED") {
-    if (newer == nullptr) return "STOPPED";
-    if (newer->rollout_state == "COMPLETED") return "ROLLBACK_SUCCESSFUL";
-    return newer->rollout_state == "FAILED" ? "ROLLBACK_FAILED" : "ROLLBACK_IN_PROGRESS";
-  }
-  return newer == nullptr ? "IN_PROGRESS" : "STOPPED";
-}
-
-bool finished(const std::string& status) {
-  return status != "IN_PROGRESS" && status != "ROLLBACK_IN_PROGRESS" && status != "PENDING";
-}
-
 json revision_summary(const state::service& s, const state::deployment& d) {
   return {{"arn", arn_of(s, "service-revision", d.id)},
           {"requestedTaskCount", d.desired_count},
@@ -110,6 +84,29 @@ std::optional<std::size_t> find(const std::vector<const state::deployment*>& all
 
 }  // namespace
 
+std::vector<const state::deployment*> all_of(const state::service& s) {
+  std::vector<const state::deployment*> out;
+  for (const auto& d : s.deployments) out.push_back(&d);
+  for (const auto& d : s.berth.history) out.push_back(&d);
+  std::stable_sort(out.begin(), out.end(),
+                   [](const auto* a, const auto* b) { return a->created_at > b->created_at; });
+  return out;
+}
+
+std::string status_of(const state::deployment& d, const state::deployment* newer) {
+  if (d.rollout_state == "COMPLETED") return "SUCCESSFUL";
+  if (d.rollout_state == "FAILED") {
+    if (newer == nullptr) return "STOPPED";
+    if (newer->rollout_state == "COMPLETED") return "ROLLBACK_SUCCESSFUL";
+    return newer->rollout_state == "FAILED" ? "ROLLBACK_FAILED" : "ROLLBACK_IN_PROGRESS";
+  }
+  return newer == nullptr ? "IN_PROGRESS" : "STOPPED";
+}
+
+bool finished(const std::string& status) {
+  return status != "IN_PROGRESS" && status != "ROLLBACK_IN_PROGRESS" && status != "PENDING";
+}
+
 std::optional<std::pair<std::string, std::string>> service_of_deployment(const std::string& arn) {
   for (const char* kind : {":service-deployment/", ":service-revision/"}) {
     const auto at = arn.find(kind);
@@ -125,26 +122,23 @@ std::optional<std::pair<std::string, std::string>> service_of_deployment(const s
 tl::expected<json, api_error> list_service_deployments(
     const state::service& s, const ecs::list_service_deployments_request& r) {
   const auto all = all_of(s);
-  const auto& wanted = r.status.value_or(std::vector<std::string>{});
   std::vector<json> found;
   for (std::size_t i = 0; i < all.size(); ++i) {
     json d = deployment_json(s, all, i, true);
-    if (!wanted.empty() &&
-        std::find(wanted.begin(), wanted.end(), d["status"].get<std::string>()) == wanted.end()) {
-      continue;
-    }
-    const double at = all[i]->created_at;
-    if (r.created_at && r.created_at->before && at >= *r.created_at->before) continue;
-    if (r.created_at && r.created_at->after && at <= *r.created_at->after) continue;
-    found.push_back(std::move(d));
+    if (listed(d, all[i]->created_at, items(r.status), r.created_at)) found.push_back(std::move(d));
   }
-  BERTH_TRY(range, control::page(r.next_token, r.max_results.value_or(20), found.size(), 100));
-  json out = {{"serviceDeployments", json::array()}};
-  for (std::size_t i = range.first; i < range.second; ++i) {
-    out["serviceDeployments"].push_back(std::move(found[i]));
+  return control::paged(std::move(found), r.next_token, r.max_results.value_or(20), 100,
+                        "serviceDeployments");
+}
+
+bool listed(const json& d, double at, const std::vector<std::string>& statuses,
+            const std::optional<ecs::created_at>& created) {
+  if (!statuses.empty() && std::find(statuses.begin(), statuses.end(),
+                                     d["status"].get<std::string>()) == statuses.end()) {
+    return false;
   }
-  control::add_token(out, range.second, found.size());
-  return out;
+  if (created && created->before && at >= *created->before) return false;
+  return !(created && created->after && at <= *created->after);
 }
 
 tl::expected<json, api_error> describe_service_deployments(records& recs,
@@ -168,6 +162,7 @@ tl::expected<json, api_error> describe_service_deployments(records& recs,
       }
       s = std::move(*read);
     }
+    if (s && is_daemon(*s)) s.reset();  // a daemon's: DescribeDaemonDeployments has it
     const auto all = s ? all_of(*s) : std::vector<const state::deployment*>{};
     const auto i = find(all, arn.substr(arn.rfind('/') + 1));
     if (!i) {

@@ -14,6 +14,20 @@
 
 namespace berth::agent::sched {
 
+// The record's deployments and its history, newest first (by creation: the history has them
+// in the order they ended).
+std::vector<const state::deployment*> all_of(const state::service& s);
+// ECS's status of deployment `d` (IN_PROGRESS, SUCCESSFUL, STOPPED, ROLLBACK_…), `newer` the one
+// that followed it (nullptr: none yet).
+std::string status_of(const state::deployment& d, const state::deployment* newer);
+// Whether a deployment of that status has finished.
+bool finished(const std::string& status);
+
+// Whether a deployment as a list has it (`d`, created at `at`) passes the list's filters: its
+// status among `statuses` (any, when there are none) and its creation within `created`.
+bool listed(const json& d, double at, const std::vector<std::string>& statuses,
+            const std::optional<ecs::created_at>& created);
+
 tl::expected<json, api_error> list_service_deployments(
     const state::service& s, const ecs::list_service_deployments_request& r);
 // Each ARN's service is read through `recs`; an ARN that names none is a MISSING failure.

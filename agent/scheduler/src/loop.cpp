@@ -319,14 +319,27 @@ std::optional<std::set<std::string>> loop::daemon_instances(const state::service
 const std::set<std::string>& loop::checked_containers(const std::string& td) {
   if (const auto it = checked_.find(td); it != checked_.end()) return it->second;
   static const std::set<std::string> unknown;
+  std::set<std::string> names;
+  const auto add = [&](const auto& containers) {
+    for (const auto& c : items(containers)) {
+      if (c.health_check && c.name) names.insert(*c.name);
+    }
+  };
+  // A daemon's tasks run a daemon task definition.
+  if (td.find(":daemon-task-definition/") != std::string::npos) {
+    ecs::describe_daemon_task_definition_request q;
+    q.daemon_task_definition = td;
+    auto d = ask<ecs::describe_daemon_task_definition_response>(tasks_,
+                                                                "DescribeDaemonTaskDefinition", q);
+    if (!d || !d->daemon_task_definition) return unknown;  // asked again next time
+    add(d->daemon_task_definition->container_definitions);
+    return checked_[td] = names;
+  }
   ecs::describe_task_definition_request q;
   q.task_definition = td;
   auto d = ask<ecs::describe_task_definition_response>(tasks_, "DescribeTaskDefinition", q);
   if (!d || !d->task_definition) return unknown;  // asked again next time
-  std::set<std::string> names;
-  for (const auto& c : items(d->task_definition->container_definitions)) {
-    if (c.health_check && c.name) names.insert(*c.name);
-  }
+  add(d->task_definition->container_definitions);
   return checked_[td] = names;
 }
 

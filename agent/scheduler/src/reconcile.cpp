@@ -414,8 +414,14 @@ class pass {
   bool deploy_daemon() {
     deps_ = s_.deployments;
     const std::int64_t desired = svc_.desired_count;
-    const auto fewest = static_cast<std::int64_t>(std::ceil(
-        static_cast<double>(desired) * static_cast<double>(svc_.minimum_healthy_percent) / 100.0));
+    const bool room_for_two = svc_.maximum_percent > 100;
+    // Without room for two on an instance, one instance's task at least is replaced at a time
+    // (else a minimumHealthyPercent above 0 could hold the old tasks forever: 75 of 1 or 3).
+    const auto fewest = std::min<std::int64_t>(
+        static_cast<std::int64_t>(std::ceil(static_cast<double>(desired) *
+                                            static_cast<double>(svc_.minimum_healthy_percent) /
+                                            100.0)),
+        room_for_two ? desired : desired - 1);
     std::map<std::string, std::vector<const task*>> on;  // by instance, draining ones too
     std::int64_t healthy_total = 0;
     for (const auto& t : s_.tasks) {
@@ -432,7 +438,6 @@ class pass {
       if (breaker(*prim, desired)) return true;
     }
     const bool tripped = prim != nullptr && prim->rollout == rollout_state::failed;
-    const bool room_for_two = svc_.maximum_percent > 100;
     std::int64_t spare = healthy_total - fewest;
     const std::string scaling = "Scaling activity initiated by (deployment " +
                                 (prim != nullptr ? prim->id : std::string()) + ")";

@@ -67,6 +67,10 @@ class records {
   std::set<std::string> damaged_;
 };
 
+// A daemon's record (CreateDaemon, daemons.hpp), named "daemon:<name>": no service action
+// sees it.
+inline bool is_daemon(const state::service& s) { return s.service_name.starts_with("daemon:"); }
+
 // A new deployment's id: "ecs-svc/" and 19 random digits, as ECS's.
 std::string deployment_id();
 

@@ -387,6 +387,15 @@ const std::vector<row>& rows() {
          return daemon({{"o1", instance_a}, {"o2", instance_b}, {"t3", instance_c}}, true);
        },
        {.stops = {"o1: " + scaling(d2), "o2: " + scaling(d2)}}},
+      // 100/75 (a daemon's drainPercent 25) on three instances: one instance at a time, not
+      // none (75% of 3 rounds up to all of them).
+      {"ADaemonUpdateReplacesOneInstanceAtATimeAtLeast",
+       [] {
+         auto s = daemon({{"o1", instance_a}, {"o2", instance_b}, {"o3", instance_c}}, true);
+         s.service.minimum_healthy_percent = 75;
+         return s;
+       },
+       {.stops = {"o1: " + scaling(d2)}}},
       {"ADaemonUpdateStartsWhereTheOldTaskIsGone",
        [] {
          return daemon({{"o2", instance_b}, {"t3", instance_c}}, true);

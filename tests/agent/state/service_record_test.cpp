@@ -51,7 +51,8 @@ service sample_service() {
   deployment gone = old;
   gone.id = "ecs-svc/1111111111111111111";
   gone.status = "INACTIVE";
-  s.berth = {7, true, "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1", {gone}};
+  s.berth = {
+      7, true, "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1", {gone}, std::nullopt};
   return s;
 }
 
@@ -96,6 +97,17 @@ TEST(ServiceRecordTest, RoundTripsInEcsShapeWithItsBookkeeping) {
   EXPECT_EQ(j["_berth"].size(), 4u);
   EXPECT_EQ(from_json<service>(j), s);
   EXPECT_EQ(parse<service>(j.dump(), "prod/web"), s);
+
+  // A daemon's settings (CreateDaemon) round-trip too.
+  service daemon = s;
+  daemon.berth.daemon = daemon_settings{{"local", "spot"}, {}, 1764079800.5};
+  daemon.berth.daemon->configuration.drain_percent = 12.5;
+  daemon.berth.daemon->configuration.bake_time_in_minutes = 3;
+  const json dj = to_json(daemon);
+  EXPECT_EQ(dj["_berth"]["daemon"], json::parse(R"({"capacityProviders": ["local", "spot"],
+      "deploymentConfiguration": {"drainPercent": 12.5, "bakeTimeInMinutes": 3},
+      "updatedAt": 1764079800.5})"));
+  EXPECT_EQ(from_json<service>(dj), daemon);
 
   // Without a last good deployment, none is written or read.
   service fresh = s;
@@ -195,6 +207,13 @@ TEST(ServiceRecordTest, DamagedRecordsAreRefusedNamingTheMember) {
             "service record: Expected '_berth.steady' to be a boolean, got a number");
   EXPECT_EQ(damaged("/_berth/lastGood", true),
             "service record: Expected '_berth.lastGood' to be a string, got a boolean");
+  EXPECT_EQ(damaged("/_berth/daemon", json::object({{"capacityProviders", {1}}})),
+            "service record: Expected '_berth.daemon.capacityProviders[]' to be a string, got a "
+            "number");
+  EXPECT_NE(damaged("/_berth/daemon",
+                    json::object({{"deploymentConfiguration", {{"drainPercent", "all"}}}}))
+                .find("drainPercent"),
+            std::string::npos);
   EXPECT_EQ(refusal(from_json<service>(json::array())),
             "service record: Expected the document to be an object, got a list");
 }

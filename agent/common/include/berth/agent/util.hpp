@@ -85,6 +85,12 @@ inline std::string name_of(const std::string& s) {
   return slash == std::string::npos ? s : s.substr(slash + 1);
 }
 
+// The task group of a service record's tasks: "service:<name>", as ECS's; a daemon's record
+// (named "daemon:<name>", agent/scheduler/src/daemons.hpp) is its own group.
+inline std::string service_group(const std::string& record_name) {
+  return record_name.starts_with("daemon:") ? record_name : "service:" + record_name;
+}
+
 // j[k], or null when j is not an object or has no k.
 inline const json& member(const json& j, const char* k) {
   static const json null;
