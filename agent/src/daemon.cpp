@@ -532,6 +532,13 @@ class daemon_impl final : public daemon {
       return error_response({bad.type, bad.message, 400});
     }
     if (berth && rec.action == "ExecuteCommand") return execute_command(r, req);
+    // Who the caller is and whether it may change anything (the console greys out what it
+    // may not press); the audit log's identity, as AWS STS's GetCallerIdentity tells it.
+    if (berth && rec.action == "GetCallerIdentity") {
+      json who = rec.identity;
+      who["readOnly"] = r.tcp ? read_only_key : !r.privileged;
+      return json_response(200, who, "application/x-amz-json-1.1");
+    }
     // Callers who may not change anything see environment values and secret-looking members
     // hidden, by the audit log's rule: reading a task definition is not reading its secrets.
     const bool admin = r.tcp ? !read_only_key : r.privileged;

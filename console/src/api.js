@@ -1,16 +1,50 @@
 // Every call the console makes: ordinary ECS API calls to the origin that served it, signed with
 // SigV4 in the browser by the AWS SDK, so berthd authorizes and audits them as it does the CLI's.
 // The secret lives only in this module's memory: a reload signs the user out.
+import { SignatureV4 } from '@smithy/signature-v4';
 import {
+  CreateServiceCommand,
+  DeleteServiceCommand,
+  DeregisterTaskDefinitionCommand,
   DescribeContainerInstancesCommand,
   DescribeServicesCommand,
+  DescribeTaskDefinitionCommand,
   DescribeTasksCommand,
   ECSClient,
   ListClustersCommand,
   ListContainerInstancesCommand,
   ListServicesCommand,
+  ListTaskDefinitionFamiliesCommand,
+  ListTaskDefinitionsCommand,
   ListTasksCommand,
+  RegisterTaskDefinitionCommand,
+  RunTaskCommand,
+  StopTaskCommand,
+  UpdateContainerInstancesStateCommand,
+  UpdateServiceCommand,
 } from '@aws-sdk/client-ecs';
+
+// The ECS actions the console calls (named, so that the bundle holds only these).
+const commands = {
+  CreateService: CreateServiceCommand,
+  DeleteService: DeleteServiceCommand,
+  DeregisterTaskDefinition: DeregisterTaskDefinitionCommand,
+  DescribeContainerInstances: DescribeContainerInstancesCommand,
+  DescribeServices: DescribeServicesCommand,
+  DescribeTaskDefinition: DescribeTaskDefinitionCommand,
+  DescribeTasks: DescribeTasksCommand,
+  ListClusters: ListClustersCommand,
+  ListContainerInstances: ListContainerInstancesCommand,
+  ListServices: ListServicesCommand,
+  ListTaskDefinitionFamilies: ListTaskDefinitionFamiliesCommand,
+  ListTaskDefinitions: ListTaskDefinitionsCommand,
+  ListTasks: ListTasksCommand,
+  RegisterTaskDefinition: RegisterTaskDefinitionCommand,
+  RunTask: RunTaskCommand,
+  StopTask: StopTaskCommand,
+  UpdateContainerInstancesState: UpdateContainerInstancesStateCommand,
+  UpdateService: UpdateServiceCommand,
+};
 
 // The region berthd signs for (its --region): served unsigned beside the assets.
 export async function fetchRegion() {
@@ -30,6 +64,57 @@ export function makeClient({ accessKeyId, secretAccessKey, region }) {
   });
 }
 
+// An ECS action by name ("StopTask"), its answer without the SDK's $metadata.
+export async function call(client, action, input = {}) {
+  const Command = commands[action];
+  if (!Command) throw new Error(`no such ECS action: ${action}`);
+  const { $metadata, ...out } = await client.send(new Command(input));
+  return out;
+}
+
+// A Berth action (X-Amz-Target: BerthV1.<action>), which the ECS SDK does not know: signed with
+// the same credentials and SigV4 signer the SDK uses, sent with fetch.
+export async function berthCall(session, action, input = {}) {
+  const { client, region } = session;
+  const signer = new SignatureV4({
+    credentials: client.config.credentials,
+    region,
+    service: 'ecs',
+    sha256: client.config.sha256,
+  });
+  const origin = new URL(window.location.origin);
+  const body = JSON.stringify(input);
+  const signed = await signer.sign({
+    method: 'POST',
+    protocol: origin.protocol,
+    hostname: origin.hostname,
+    port: origin.port ? Number(origin.port) : undefined,
+    path: '/',
+    query: {},
+    headers: {
+      host: origin.host,
+      'content-type': 'application/x-amz-json-1.1',
+      'x-amz-target': `BerthV1.${action}`,
+    },
+    body,
+  });
+  const { host, ...headers } = signed.headers; // the browser sends Host itself
+  const r = await fetch(`${origin.origin}/`, { method: 'POST', headers, body });
+  const text = await r.text();
+  let out = {};
+  try {
+    out = text ? JSON.parse(text) : {};
+  } catch {
+    out = { message: text };
+  }
+  if (!r.ok) {
+    const e = new Error(out.message || `HTTP ${r.status}`);
+    e.name = String(out.__type || 'Error').split('#').pop();
+    throw e;
+  }
+  return out;
+}
+
 // "UnrecognizedClientException: The security token included in the request is invalid."
 export function describeError(e) {
   if (!e) return '';
@@ -38,8 +123,9 @@ export function describeError(e) {
   return name ? `${name}: ${message}` : message;
 }
 
-// Every page of a List* call.
-async function listAll(client, Command, input, key) {
+// Every page of a List* call (its command, or the action's name).
+export async function listAll(client, command, input, key) {
+  const Command = typeof command === 'string' ? commands[command] : command;
   const out = [];
   let nextToken;
   do {

@@ -41,3 +41,62 @@ export function tasksByStatus(tasks) {
   }
   return [...counts.entries()];
 }
+
+// "arn:…:task-definition/web:3" -> "web"
+export function familyOf(arn) {
+  const name = taskDefinitionName(arn);
+  const colon = name.lastIndexOf(':');
+  return colon >= 0 ? name.slice(0, colon) : name;
+}
+
+// A task's service ("service:web" -> "web"), or '' for a task of no service.
+export function serviceOf(task) {
+  const g = task.group || '';
+  return g.startsWith('service:') ? g.slice('service:'.length) : '';
+}
+
+// The distinct, sorted values f(x) gives for `items` (empty ones left out).
+export function distinct(items, f) {
+  return [...new Set(items.map(f).filter(Boolean))].sort();
+}
+
+// A timestamp (Date, ISO text or epoch seconds) as local time, or '' without one.
+export function when(t) {
+  if (t === undefined || t === null || t === '') return '';
+  const d = t instanceof Date ? t : new Date(typeof t === 'number' ? t * 1000 : t);
+  return Number.isNaN(d.getTime()) ? '' : d.toLocaleString();
+}
+
+// A task's lifecycle as [label, time] pairs, in order, those it has reached.
+export function timeline(task) {
+  return [
+    ['Created', task.createdAt], ['Pull started', task.pullStartedAt],
+    ['Pull stopped', task.pullStoppedAt], ['Started', task.startedAt],
+    ['Stopping', task.stoppingAt], ['Execution stopped', task.executionStoppedAt],
+    ['Stopped', task.stoppedAt],
+  ].filter(([, t]) => t);
+}
+
+// A network binding as a link's address: the host the console was served from when the
+// container listens on every address.
+export function bindingUrl(b, host = window.location.hostname) {
+  const ip = !b.bindIP || b.bindIP === '0.0.0.0' || b.bindIP === '::' ? host : b.bindIP;
+  const h = ip.includes(':') && !ip.startsWith('[') ? `[${ip}]` : ip;
+  return `http://${h}:${b.hostPort}`;
+}
+
+// Usage samples ({ at: ms, cpuNs, memBytes }) as chart points: CPU in percent of one core
+// between samples, memory in MiB.
+export function usageSeries(samples) {
+  const cpu = [];
+  const mem = [];
+  for (let i = 0; i < samples.length; ++i) {
+    const s = samples[i];
+    mem.push([s.at, s.memBytes / (1024 * 1024)]);
+    if (i === 0) continue;
+    const p = samples[i - 1];
+    const dt = (s.at - p.at) * 1e6; // ms -> ns
+    if (dt > 0 && s.cpuNs >= p.cpuNs) cpu.push([s.at, (100 * (s.cpuNs - p.cpuNs)) / dt]);
+  }
+  return { cpu, mem };
+}

@@ -1,44 +1,8 @@
-import { useEffect, useState } from 'preact/hooks';
-
-import { clusterSnapshot, describeError } from './api.js';
+import { clusterSnapshot } from './api.js';
+import { pollMs, usePoll } from './hooks.js';
 import { attribute, resource, shortArn, taskDefinitionName, tasksByStatus } from './model.js';
 
-// How often the overview asks again. TODO(#18): follow the event stream instead of polling.
-const pollMs = 2000;
-
-// Calls load() now and again pollMs after each answer (never two at once), while the tab is
-// visible; returns the latest { data, error }.
-function usePoll(load, deps) {
-  const [state, setState] = useState({ data: null, error: '' });
-  useEffect(() => {
-    let stopped = false;
-    let timer = 0;
-    const tick = async () => {
-      timer = 0;
-      if (document.hidden) return;
-      try {
-        const data = await load();
-        if (!stopped) setState({ data, error: '' });
-      } catch (e) {
-        if (!stopped) setState((s) => ({ data: s.data, error: describeError(e) }));
-      }
-      if (!stopped) timer = setTimeout(tick, pollMs);
-    };
-    const onVisible = () => {
-      if (!document.hidden && timer === 0) tick();
-    };
-    document.addEventListener('visibilitychange', onVisible);
-    tick();
-    return () => {
-      stopped = true;
-      clearTimeout(timer);
-      document.removeEventListener('visibilitychange', onVisible);
-    };
-  }, deps);
-  return state;
-}
-
-function Usage({ label, r, unit }) {
+export function Usage({ label, r, unit }) {
   return (
     <div class="usage">
       <meter min="0" max={Math.max(r.registered, 1)} value={r.used}
@@ -49,7 +13,7 @@ function Usage({ label, r, unit }) {
 }
 
 // A titled section holding a table of `items` (one row() each), or `empty` when there are none.
-function TableSection({ id, title, items, empty, head, row }) {
+export function TableSection({ id, title, items, empty, head, row }) {
   return (
     <section aria-labelledby={`${id}-h`}>
       <h2 id={`${id}-h`}>{title} <span class="count">{items.length}</span></h2>
@@ -65,31 +29,41 @@ function TableSection({ id, title, items, empty, head, row }) {
   );
 }
 
-function Instances({ instances }) {
+// The columns of an instance's row after its name, as the overview and the Instances view show
+// them.
+export const instanceHead = ['Status', 'Agent', 'Zone', 'Type', 'CPU used / registered',
+  'Memory used / registered', 'Running', 'Pending'];
+export function InstanceCells({ i }) {
+  return (
+    <>
+      <td class="status">{i.status}</td>
+      <td class={i.agentConnected ? 'ok' : 'bad'}>
+        {i.agentConnected ? 'connected' : 'disconnected'}
+      </td>
+      <td>{attribute(i, 'ecs.availability-zone')}</td>
+      <td>{attribute(i, 'ecs.instance-type')}</td>
+      <td><Usage label="CPU" r={resource(i, 'CPU')} unit="units" /></td>
+      <td><Usage label="Memory" r={resource(i, 'MEMORY')} unit="MiB" /></td>
+      <td class="num">{i.runningTasksCount ?? 0}</td>
+      <td class="num">{i.pendingTasksCount ?? 0}</td>
+    </>
+  );
+}
+
+function InstanceTable({ instances }) {
   return (
     <TableSection id="instances" title="Instances" items={instances}
-      empty="No container instances registered."
-      head={['Instance', 'Status', 'Agent', 'Zone', 'Type', 'CPU used / registered',
-        'Memory used / registered', 'Running', 'Pending']}
+      empty="No container instances registered." head={['Instance', ...instanceHead]}
       row={(i) => (
         <tr key={i.containerInstanceArn} data-arn={i.containerInstanceArn}>
           <td title={i.containerInstanceArn}>{i.ec2InstanceId || shortArn(i.containerInstanceArn)}</td>
-          <td>{i.status}</td>
-          <td class={i.agentConnected ? 'ok' : 'bad'}>
-            {i.agentConnected ? 'connected' : 'disconnected'}
-          </td>
-          <td>{attribute(i, 'ecs.availability-zone')}</td>
-          <td>{attribute(i, 'ecs.instance-type')}</td>
-          <td><Usage label="CPU" r={resource(i, 'CPU')} unit="units" /></td>
-          <td><Usage label="Memory" r={resource(i, 'MEMORY')} unit="MiB" /></td>
-          <td class="num">{i.runningTasksCount ?? 0}</td>
-          <td class="num">{i.pendingTasksCount ?? 0}</td>
+          <InstanceCells i={i} />
         </tr>
       )} />
   );
 }
 
-function Tasks({ tasks }) {
+function TaskStatuses({ tasks }) {
   return (
     <section aria-labelledby="tasks-h">
       <h2 id="tasks-h">Tasks by status <span class="count">{tasks.length}</span></h2>
@@ -104,7 +78,7 @@ function Tasks({ tasks }) {
   );
 }
 
-function Services({ services }) {
+function ServiceTable({ services }) {
   return (
     <TableSection id="services" title="Services" items={services} empty="No services."
       head={['Service', 'Status', 'Task definition', 'Desired', 'Running', 'Pending']}
@@ -120,36 +94,22 @@ function Services({ services }) {
   );
 }
 
-export function Overview({ session, onSignOut }) {
-  const { client, accessKeyId, clusters } = session;
-  const [cluster, setCluster] = useState(clusters[0] || 'default');
-  const { data, error } = usePoll(() => clusterSnapshot(client, cluster), [client, cluster]);
+// The cluster at a glance: its instances with what they hold, its tasks by status, its services.
+export function Overview({ session, cluster }) {
+  const { data, error } = usePoll(() => clusterSnapshot(session.client, cluster), [cluster]);
   return (
-    <>
-      <header class="bar">
-        <h1>Berth</h1>
-        <label for="cluster">Cluster</label>
-        <select id="cluster" value={cluster} onChange={(e) => setCluster(e.currentTarget.value)}>
-          {(clusters.length ? clusters : [cluster]).map((c) => (
-            <option key={c} value={c}>{shortArn(c)}</option>
-          ))}
-        </select>
-        <span class="who">Signed in as <code id="who">{accessKeyId}</code> ({session.region})</span>
-        <button type="button" onClick={onSignOut}>Sign out</button>
-      </header>
-      <main id="overview" aria-busy={data ? 'false' : 'true'}>
-        {error && <p class="error" role="alert">{error}</p>}
-        {data && (
-          <>
-            <p class="updated">Updated <time id="updated">{data.at.toLocaleTimeString()}</time>,
-              every {pollMs / 1000} s</p>
-            <Instances instances={data.instances} />
-            <Tasks tasks={data.tasks} />
-            <Services services={data.services} />
-          </>
-        )}
-        {!data && !error && <p>Loading…</p>}
-      </main>
-    </>
+    <div id="overview" aria-busy={data ? 'false' : 'true'}>
+      {error && <p class="error" role="alert">{error}</p>}
+      {data && (
+        <>
+          <p class="updated">Updated <time id="updated">{data.at.toLocaleTimeString()}</time>,
+            every {pollMs / 1000} s</p>
+          <InstanceTable instances={data.instances} />
+          <TaskStatuses tasks={data.tasks} />
+          <ServiceTable services={data.services} />
+        </>
+      )}
+      {!data && !error && <p>Loading…</p>}
+    </div>
   );
 }

@@ -1,9 +1,10 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 
-import { describeError, fetchRegion, listClusters, makeClient } from './api.js';
+import { berthCall, describeError, fetchRegion, listClusters, makeClient } from './api.js';
 
 // Access key id and secret from berthd's credentials file. Signing in is one signed
-// ListClusters: a key berthd does not know is refused there, with ECS's own error.
+// ListClusters (a key berthd does not know is refused there, with ECS's own error), then
+// BerthV1.GetCallerIdentity: whether the key may change anything.
 export function SignIn({ onSignedIn }) {
   const [accessKeyId, setAccessKeyId] = useState('');
   const [secretAccessKey, setSecret] = useState('');
@@ -20,7 +21,10 @@ export function SignIn({ onSignedIn }) {
       const region = await fetchRegion();
       const client = makeClient({ accessKeyId: accessKeyId.trim(), secretAccessKey, region });
       const clusters = await listClusters(client);
-      onSignedIn({ client, accessKeyId: accessKeyId.trim(), region, clusters });
+      // A read-only key sees every button that would change something disabled.
+      const who = await berthCall({ client, region }, 'GetCallerIdentity');
+      onSignedIn({ client, accessKeyId: accessKeyId.trim(), region, clusters,
+        readOnly: !!who.readOnly, user: who.userName || who.arn || '' });
     } catch (err) {
       setError(describeError(err));
       setBusy(false);

@@ -30,6 +30,8 @@ assert.ok(berthd, '--berthd PATH is required');
 const IMAGE = 'berth-test/busybox:v2'; // the C++ tests' image, imported here when missing
 const KEY = 'AKIDCONSOLE';
 const SECRET = 'console-secret';
+const RO_KEY = 'AKIDCONSOLERO';
+const RO_SECRET = 'console-reader';
 const began = Date.now();
 const step = (what) => console.log(`[${((Date.now() - began) / 1000).toFixed(1)} s] ${what}`);
 
@@ -78,6 +80,129 @@ const dir = mkdtempSync(join(tmpdir(), 'berth-console-'));
 const cluster = `console-${process.pid}`;
 let daemon, browser, page;
 
+// The view `v` ("tasks", "services/web"), reached as a user would: through the address.
+async function go(v) {
+  await page.evaluate((h) => { window.location.hash = h; }, `#/${v}`);
+  await page.waitForFunction((h) => window.location.hash === h, {}, `#/${v}`);
+}
+
+// The text of the first element `selector` matches, or '' when none does.
+const text = (selector) => page.evaluate(
+  (s) => document.querySelector(s)?.textContent.trim() ?? '', selector);
+
+// Each view but the overview, driven as a user would: tasks (stopping one), task definitions
+// (the editor's errors, a new revision and its diff), run task (the placement preview), services
+// (create, scale 1 -> 3) and instances (drain, activate).
+async function views(aws) {
+  // Tasks: the running one, its detail, stopped from here.
+  await go('tasks');
+  await page.waitForSelector('#task-list tbody tr');
+  await page.select('#filter-status', 'RUNNING');
+  const rows = await page.$$eval('#task-list tbody tr', (trs) => trs.length);
+  assert.equal(rows, 1);
+  await page.click('#task-list tbody tr a');
+  await page.waitForSelector('#task-containers tbody tr');
+  const container = await page.$$eval('#task-containers tbody tr td',
+    (tds) => tds.map((td) => td.textContent.trim()));
+  assert.equal(container[0], 'app');
+  assert.equal(container[2], 'RUNNING');
+  await page.waitForFunction(() => document.querySelector('#memory-chart path'), { timeout: 15000 });
+  await page.screenshot({ path: join(artifacts, 'task.png'), fullPage: true });
+  await page.click('#stop-task');
+  await page.waitForFunction(() => /Stopped from the Berth console/.test(
+    document.querySelector('#stopped-reason')?.textContent || ''), { timeout: 30000 });
+  step('tasks: detail shown, stopped from the console');
+
+  // Task definitions: the editor shows where JSON breaks and what berthd refuses.
+  await go('taskdefs/console');
+  await page.waitForSelector('#td-json');
+  assert.match(await text('#td-json'), /"family": "console"/);
+  const editor = await page.$eval('#td-editor', (t) => t.value);
+  await page.locator('#td-editor').fill(editor.replace('"essential": true', '"essential": true,,'));
+  await page.click('#register');
+  await page.waitForSelector('#td-problem');
+  assert.match(await text('#td-problem'), /^\d+:\d+: Not JSON: line \d+, column \d+$/);
+  await page.locator('#td-editor').fill(editor.replace('"memory": 32', '"memory": -5'));
+  await page.click('#register');
+  await page.waitForFunction(() => /memory/i.test(document.querySelector('#td-problem')?.textContent || ''),
+    { timeout: 15000 });
+  const refusal = await text('#td-problem');
+  const selected = await page.$eval('#td-editor',
+    (t) => t.value.slice(t.selectionStart, t.selectionEnd));
+  assert.equal(selected, '"memory"', `the editor points at ${selected} for ${refusal}`);
+  await page.screenshot({ path: join(artifacts, 'taskdef-refused.png'), fullPage: true });
+  await page.locator('#td-editor').fill(editor.replace('"300"', '"301"'));
+  await page.click('#register');
+  await page.waitForFunction(() => window.location.hash === '#/taskdefs/console/2', { timeout: 15000 });
+  await page.waitForSelector('#tab-diff:not([disabled])');
+  await page.click('#tab-diff');
+  await page.waitForSelector('#td-diff');
+  const lines = (selector) => page.$$eval(selector,
+    (l) => l.map((x) => x.textContent.replace(/\s+/g, ' ').trim()));
+  const added = await lines('#td-diff .add');
+  const removed = await lines('#td-diff .del');
+  assert.deepEqual(added, ['+ "301"'], added.join('|'));
+  assert.deepEqual(removed, ['- "300"'], removed.join('|'));
+  await page.screenshot({ path: join(artifacts, 'taskdef-diff.png'), fullPage: true });
+  step(`task definitions: editor errors shown where they are ("${refusal}"), revision 2 diffed`);
+
+  // Run task: the preview names the instance a constraint passes over, and why.
+  await go('run');
+  await page.waitForSelector('#run-family option');
+  await page.click('#constraints-add');
+  await page.locator('#constraints-value-0').fill('attribute:ecs.instance-type == other');
+  await page.waitForSelector('#rejected tbody tr', { timeout: 15000 });
+  const rejected = await page.$$eval('#rejected tbody tr td', (tds) => tds.map((t) => t.textContent.trim()));
+  assert.ok(rejected[0].length > 0, rejected.join(' | '));
+  assert.match(rejected[1], /^ATTRIBUTE does not meet a memberOf constraint$/, rejected.join(' | '));
+  assert.ok(await page.$('#no-placement'), 'the preview places a task nowhere allowed');
+  await page.screenshot({ path: join(artifacts, 'run-preview.png'), fullPage: true });
+  await page.click('#constraints button');
+  await page.waitForSelector('#placements li', { timeout: 15000 });
+  await page.click('#run');
+  await page.waitForSelector('#run-result .task-link', { timeout: 15000 });
+  await page.click('#run-result .task-link');
+  await page.waitForFunction(() => /^RUNNING/.test(document.querySelector('#task-status')?.textContent || ''),
+    { timeout: 30000 });
+  step(`run task: preview passed over ${rejected[0]} (${rejected[1]}); the task ran`);
+
+  // Services: created, scaled 1 -> 3, its counts and events moving without a reload.
+  await go('services');
+  await page.waitForSelector('#create-service');
+  await page.waitForSelector('#new-service-family option');
+  await page.locator('#new-service-name').fill('web');
+  await page.locator('#new-service-count').fill('1');
+  await page.click('#create');
+  await page.waitForFunction(() => window.location.hash === '#/services/web', { timeout: 15000 });
+  const running = (n) => page.waitForFunction((k) =>
+    document.querySelector('#service-list tr[data-service=web] td.running')?.textContent === String(k),
+  { timeout: 60000 }, n);
+  await running(1);
+  await page.locator('#scale-count').fill('3');
+  await page.click('#scale');
+  await running(3);
+  await page.waitForFunction(() => document.querySelectorAll('#service-events li').length >= 2,
+    { timeout: 30000 });
+  await page.screenshot({ path: join(artifacts, 'service.png'), fullPage: true });
+  step('services: web created, scaled 1 -> 3 on screen');
+
+  // Instances: drained and activated again.
+  await go('instances');
+  await page.waitForSelector('#instance-list a');
+  await page.click('#instance-list a');
+  await page.waitForSelector('#drain');
+  await page.click('#drain');
+  await page.waitForFunction(() => document.querySelector('#instance-list td.status')?.textContent === 'DRAINING',
+    { timeout: 15000 });
+  await page.waitForSelector('#activate:not([disabled])');
+  await page.click('#activate');
+  await page.waitForFunction(() => document.querySelector('#instance-list td.status')?.textContent === 'ACTIVE',
+    { timeout: 15000 });
+  await page.screenshot({ path: join(artifacts, 'instance.png'), fullPage: true });
+  step('instances: drained and activated');
+  void aws;
+}
+
 async function main() {
   rmSync(artifacts, { recursive: true, force: true }); // this run's only
   mkdirSync(artifacts, { recursive: true });
@@ -87,7 +212,9 @@ async function main() {
   // berthd's log goes to a file, as the C++ fixture's does: its TCP port is read from it.
   const log = join(dir, 'berthd.log');
   writeFileSync(join(dir, 'credentials'),
-    `[default]\naws_access_key_id = ${KEY}\naws_secret_access_key = ${SECRET}\n`);
+    `[default]\naws_access_key_id = ${KEY}\naws_secret_access_key = ${SECRET}\n` +
+    `[reader]\naws_access_key_id = ${RO_KEY}\naws_secret_access_key = ${RO_SECRET}\n` +
+    'berth_access = read-only\n');
   const fd = openSync(log, 'w');
   daemon = spawn(berthd, [
     `--cluster=${cluster}`, `--state-dir=${dir}/state`, `--socket=${dir}/berth.sock`,
@@ -206,11 +333,50 @@ async function main() {
   await page.screenshot({ path: join(artifacts, 'overview-task-running.png'), fullPage: true });
   step(`task RUNNING on screen ${Date.now() - ran} ms after run-task (polling every 2 s)`);
 
+  await views(aws);
+
   // A phone's width: still usable (the tables scroll inside their box, the page does not).
   await page.setViewport({ width: 390, height: 844 });
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
-  assert.ok(overflow <= 0, `the page is ${overflow} px wider than a 390-px screen`);
-  await page.screenshot({ path: join(artifacts, 'overview-390px.png'), fullPage: true });
+  for (const v of ['overview', 'tasks', 'taskdefs/console', 'run', 'services/web', 'instances']) {
+    await go(v);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+    assert.ok(overflow <= 0, `#/${v} is ${overflow} px wider than a 390-px screen`);
+    await page.screenshot({ path: join(artifacts, `${v.split('/')[0]}-390px.png`), fullPage: true });
+  }
+  await page.setViewport({ width: 1280, height: 800 });
+
+  // A read-only key: every button that would change something is disabled.
+  await page.click('header button');
+  await page.waitForSelector('#access-key-id');
+  await fill('#access-key-id', RO_KEY);
+  await fill('#secret-access-key', RO_SECRET);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#read-only');
+  const disabled = async (selector) => page.$eval(selector, (b) => b.disabled);
+  await go('tasks');
+  await page.waitForSelector('#task-list a');
+  await page.click('#task-list a');
+  await page.waitForSelector('#stop-task');
+  assert.ok(await disabled('#stop-task'), 'a read-only key may press Stop task');
+  await go('taskdefs/console');
+  await page.waitForSelector('#deregister');
+  assert.ok(await disabled('#register'), 'a read-only key may press Register');
+  assert.ok(await disabled('#deregister'), 'a read-only key may press Deregister');
+  await go('run');
+  await page.waitForSelector('#run');
+  assert.ok(await disabled('#run'), 'a read-only key may press Run');
+  await go('services/web');
+  await page.waitForSelector('#scale');
+  assert.ok(await disabled('#scale'), 'a read-only key may press Scale');
+  assert.ok(await disabled('#delete-service'), 'a read-only key may press Delete');
+  assert.equal(await page.$('#create-service'), null, 'a read-only key sees the create form');
+  await go('instances');
+  await page.waitForSelector('#instance-list a');
+  await page.click('#instance-list a');
+  await page.waitForSelector('#drain');
+  assert.ok(await disabled('#drain'), 'a read-only key may press Drain');
+  await page.screenshot({ path: join(artifacts, 'read-only.png'), fullPage: true });
+  step('a read-only key sees every changing button disabled');
 
   const violations = await page.evaluate(() => window.cspViolations);
   assert.deepEqual(violations, [], 'Content-Security-Policy violations');
