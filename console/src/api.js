@@ -75,31 +75,12 @@ export async function call(client, action, input = {}) {
 // A Berth action (X-Amz-Target: BerthV1.<action>), which the ECS SDK does not know: signed with
 // the same credentials and SigV4 signer the SDK uses, sent with fetch.
 export async function berthCall(session, action, input = {}) {
-  const { client, region } = session;
-  const signer = new SignatureV4({
-    credentials: client.config.credentials,
-    region,
-    service: 'ecs',
-    sha256: client.config.sha256,
-  });
-  const origin = new URL(window.location.origin);
   const body = JSON.stringify(input);
-  const signed = await signer.sign({
-    method: 'POST',
-    protocol: origin.protocol,
-    hostname: origin.hostname,
-    port: origin.port ? Number(origin.port) : undefined,
-    path: '/',
-    query: {},
-    headers: {
-      host: origin.host,
-      'content-type': 'application/x-amz-json-1.1',
-      'x-amz-target': `BerthV1.${action}`,
-    },
-    body,
-  });
-  const { host, ...headers } = signed.headers; // the browser sends Host itself
-  const r = await fetch(`${origin.origin}/`, { method: 'POST', headers, body });
+  const { url, headers } = await signedRequest(session, 'POST', '/', {
+    'content-type': 'application/x-amz-json-1.1',
+    'x-amz-target': `BerthV1.${action}`,
+  }, body);
+  const r = await fetch(url, { method: 'POST', headers, body });
   const text = await r.text();
   let out = {};
   try {
@@ -113,6 +94,77 @@ export async function berthCall(session, action, input = {}) {
     throw e;
   }
   return out;
+}
+
+// A request to berthd signed as the SDK signs its own: `path` with `query`, and `headers`.
+async function signedRequest(session, method, path, headers, body) {
+  const { client, region } = session;
+  const signer = new SignatureV4({
+    credentials: client.config.credentials,
+    region,
+    service: 'ecs',
+    sha256: client.config.sha256,
+  });
+  const origin = new URL(window.location.origin);
+  const signed = await signer.sign({
+    method,
+    protocol: origin.protocol,
+    hostname: origin.hostname,
+    port: origin.port ? Number(origin.port) : undefined,
+    path,
+    query: {},
+    headers: { host: origin.host, ...headers },
+    body,
+  });
+  const { host, ...sent } = signed.headers; // the browser sends Host itself
+  return { url: `${origin.origin}${path}`, headers: sent };
+}
+
+// berthd's event stream (GET /v1/events: one JSON event a line, EventBridge's shape), signed, for
+// as long as the page wants it: onEvent(event) for each, onState(true|false) as it connects and
+// drops. Reconnects a second after it drops. Returns the function that ends it.
+export function followEvents(session, onEvent, onState = () => {}) {
+  let stopped = false;
+  let controller = null;
+  const connect = async () => {
+    while (!stopped) {
+      controller = new AbortController();
+      try {
+        const { url, headers } = await signedRequest(session, 'GET', '/v1/events', {});
+        const r = await fetch(url, { headers, signal: controller.signal, cache: 'no-store' });
+        if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+        onState(true);
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffered = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffered += value;
+          let nl;
+          while ((nl = buffered.indexOf('\n')) >= 0) {
+            const line = buffered.slice(0, nl);
+            buffered = buffered.slice(nl + 1);
+            if (!line.trim()) continue;
+            try {
+              onEvent(JSON.parse(line));
+            } catch {
+              // a line that is not an event is skipped
+            }
+          }
+        }
+      } catch {
+        // dropped: said below, and tried again
+      }
+      if (stopped) return;
+      onState(false);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  };
+  connect();
+  return () => {
+    stopped = true;
+    controller?.abort();
+  };
 }
 
 // "UnrecognizedClientException: The security token included in the request is invalid."

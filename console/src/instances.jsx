@@ -16,7 +16,8 @@ async function instances(client, cluster) {
 }
 
 export function Instances({ session, cluster, route }) {
-  const { data, error, reload } = usePoll(() => instances(session.client, cluster), [cluster]);
+  const { data, error, reload } = usePoll(() => instances(session.client, cluster), [cluster],
+    (_, event) => event['detail-type'] === 'ECS Task State Change');
   const selected = route.rest[0] && (data || []).find((i) => shortArn(i.containerInstanceArn) === route.rest[0]);
   return (
     <div id="instances-view">

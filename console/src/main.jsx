@@ -1,10 +1,12 @@
 import './app.css';
 
 import { render } from 'preact';
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
+
+import { followEvents } from './api.js';
 
 import { shortArn } from './model.js';
-import { useRoute } from './hooks.js';
+import { publishEvent, useRoute } from './hooks.js';
 import { Instances } from './instances.jsx';
 import { Overview } from './overview.jsx';
 import { RunTask } from './run.jsx';
@@ -27,6 +29,9 @@ function Shell({ session, onSignOut }) {
   const route = useRoute();
   const { accessKeyId, clusters, readOnly } = session;
   const [cluster, setCluster] = useState(clusters[0] || 'default');
+  const [live, setLive] = useState(false);
+  // berthd's event stream, followed while signed in: the views update as events arrive.
+  useEffect(() => followEvents(session, publishEvent, setLive), [session]);
   const [id, title, View] = views.find(([v]) => v === route.view) || views[0];
   return (
     <>
@@ -39,6 +44,8 @@ function Shell({ session, onSignOut }) {
             <option key={c} value={c}>{shortArn(c)}</option>
           ))}
         </select>
+        <span id="live" class={live ? 'ok' : 'muted'} role="status">
+          {live ? '● live' : '○ connecting to events…'}</span>
         <span class="who">Signed in as <code id="who">{accessKeyId}</code> ({session.region})
           {readOnly && <span id="read-only" class="badge">read-only</span>}</span>
         <button type="button" onClick={onSignOut}>Sign out</button>
@@ -55,7 +62,8 @@ function Shell({ session, onSignOut }) {
         </ul>
       </nav>
       <main id="main" class={`view-${id}`} tabIndex={-1} aria-label={title}>
-        <View key={`${id}/${cluster}`} session={session} cluster={cluster} route={route} />
+        <View key={`${id}/${cluster}`} session={{ ...session, live }} cluster={cluster}
+          route={route} />
       </main>
     </>
   );

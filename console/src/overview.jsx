@@ -1,5 +1,5 @@
 import { clusterSnapshot } from './api.js';
-import { pollMs, usePoll } from './hooks.js';
+import { pollMs, usePoll, withTaskEvent } from './hooks.js';
 import { attribute, resource, shortArn, taskDefinitionName, tasksByStatus } from './model.js';
 
 export function Usage({ label, r, unit }) {
@@ -96,14 +96,16 @@ function ServiceTable({ services }) {
 
 // The cluster at a glance: its instances with what they hold, its tasks by status, its services.
 export function Overview({ session, cluster }) {
-  const { data, error } = usePoll(() => clusterSnapshot(session.client, cluster), [cluster]);
+  const { data, error } = usePoll(() => clusterSnapshot(session.client, cluster), [cluster],
+    (snapshot, event) => withTaskEvent(snapshot, event, cluster) ||
+      event['detail-type'] === 'ECS Service Action');
   return (
     <div id="overview" aria-busy={data ? 'false' : 'true'}>
       {error && <p class="error" role="alert">{error}</p>}
       {data && (
         <>
-          <p class="updated">Updated <time id="updated">{data.at.toLocaleTimeString()}</time>,
-            every {pollMs / 1000} s</p>
+          <p class="updated">Updated <time id="updated">{data.at.toLocaleTimeString()}</time>
+            {session.live ? ' as events arrive' : `, every ${pollMs / 1000} s`}</p>
           <InstanceTable instances={data.instances} />
           <TaskStatuses tasks={data.tasks} />
           <ServiceTable services={data.services} />

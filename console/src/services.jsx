@@ -26,7 +26,9 @@ function useFamilies(client) {
 }
 
 export function Services({ session, cluster, route }) {
-  const { data, error, reload } = usePoll(() => services(session.client, cluster), [cluster]);
+  const { data, error, reload } = usePoll(() => services(session.client, cluster), [cluster],
+    (_, event) => event['detail-type'] === 'ECS Service Action' ||
+      event['detail-type'] === 'ECS Task State Change');
   const families = useFamilies(session.client);
   const selected = route.rest[0] && (data || []).find((s) => s.serviceName === route.rest[0]);
   return (

@@ -5,7 +5,7 @@ import { useEffect, useState } from 'preact/hooks';
 
 import { berthCall, call, clusterSnapshot } from './api.js';
 import { Sparkline } from './chart.jsx';
-import { useAction, usePoll } from './hooks.js';
+import { useAction, usePoll, withTaskEvent } from './hooks.js';
 import {
   bindingUrl, distinct, familyOf, serviceOf, shortArn, taskDefinitionName, taskStatuses,
   timeline, usageSeries, when,
@@ -32,7 +32,8 @@ function setQuery(route, change) {
 }
 
 export function Tasks({ session, cluster, route }) {
-  const { data, error, reload } = usePoll(() => clusterSnapshot(session.client, cluster), [cluster]);
+  const { data, error, reload } = usePoll(() => clusterSnapshot(session.client, cluster),
+    [cluster], (snapshot, event) => withTaskEvent(snapshot, event, cluster));
   const tasks = data?.tasks || [];
   const shown = tasks
     .filter((t) => filters.every(([k]) => !route.query[k] || valueOf(t, k) === route.query[k]))
