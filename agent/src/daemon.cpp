@@ -593,6 +593,13 @@ class daemon_impl final : public daemon {
   tl::expected<json, api_error> berth_call(const std::string& action, const json& req) {
     if (action == "Place") return service_->place(req);
     if (action == "DescribeTaskUsage") return service_->task_usage(req);
+    // CloudTrail's LookupEvents over this agent's audit log (admin only: it is not a Describe).
+    if (action == "LookupEvents") {
+      auto found = lookup_events(audit_.path(), cfg_.audit_keep, req);
+      if (!found)
+        return tl::unexpected(api_error{"InvalidParameterException", found.error().message});
+      return std::move(*found);
+    }
     return tl::unexpected(
         api_error{"UnknownOperationException", "Unknown operation: '" + action + "'"});
   }

@@ -7,6 +7,7 @@ import { followEvents } from './api.js';
 
 import { shortArn } from './model.js';
 import { publishEvent, useRoute } from './hooks.js';
+import { Audit } from './audit.jsx';
 import { Instances } from './instances.jsx';
 import { Overview } from './overview.jsx';
 import { RunTask } from './run.jsx';
@@ -23,6 +24,7 @@ const views = [
   ['run', 'Run task', RunTask],
   ['services', 'Services', Services],
   ['instances', 'Instances', Instances],
+  ['audit', 'Audit', Audit],
 ];
 
 function Shell({ session, onSignOut }) {

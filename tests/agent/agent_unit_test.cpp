@@ -202,6 +202,103 @@ TEST(AuditTest, AppendsWholeLinesCutsATornOneAndRotates) {
   EXPECT_EQ(nlohmann::json::parse(last)["n"], 19);
 }
 
+// CloudTrail's LookupEvents over a rotated audit log: every kept record once, newest first, page
+// by page (records of 1 KiB: a page crosses the 64-KiB blocks it reads and the files' ends);
+// filters by name, user, error and time; bad requests named.
+TEST(AuditTest, LookupEventsPagesNewestFirstAcrossRotatedFiles) {
+  temp t;
+  const fs::path file = t.dir / "audit.log";
+  const double base = 1764633600;  // 2025-12-02T00:00:00Z
+  const auto time_of = [&](int n) {
+    const auto at = static_cast<std::time_t>(base + n);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&at));
+    return std::string(buf);
+  };
+  {
+    ag::audit_log log;
+    ASSERT_TRUE(log.open(file.string(), 120 * 1024, 2));
+    for (int n = 0; n < 400; ++n) {
+      nlohmann::json r = {
+          {"eventID", "id-" + std::to_string(n)},
+          {"eventName", n % 3 == 0 ? "RunTask" : "ListTasks"},
+          {"eventTime", time_of(n)},
+          {"eventSource", "ecs.amazonaws.com"},
+          {"readOnly", n % 3 != 0},
+          {"userIdentity",
+           {{"userName", n % 2 ? "ops" : "dev"}, {"accessKeyId", "AKID" + std::to_string(n % 2)}}},
+          {"pad", std::string(1000, 'p')}};
+      if (n % 7 == 0) r["errorCode"] = "InvalidParameterException";
+      log.append(r);
+    }
+  }
+  ASSERT_TRUE(fs::exists(file.string() + ".2"));
+  const auto ids = [](const nlohmann::json& page) {
+    std::vector<int> out;
+    for (const auto& e : page["Events"])
+      out.push_back(std::stoi(e["EventId"].get<std::string>().substr(3)));
+    return out;
+  };
+
+  // Every page, newest first, until no NextToken: the kept records, each once.
+  std::vector<int> all;
+  nlohmann::json req = nlohmann::json::object();
+  for (int pages = 0;; ++pages) {
+    ASSERT_LT(pages, 20);
+    auto page = ag::lookup_events(file.string(), 2, req);
+    ASSERT_TRUE(page) << page.error().message;
+    const auto got = ids(*page);
+    EXPECT_LE(got.size(), 50u);
+    all.insert(all.end(), got.begin(), got.end());
+    if (!page->contains("NextToken")) break;
+    req["NextToken"] = (*page)["NextToken"];
+  }
+  ASSERT_GT(all.size(), 150u);
+  EXPECT_EQ(all.front(), 399);
+  for (std::size_t i = 1; i < all.size(); ++i) EXPECT_EQ(all[i], all[i - 1] - 1) << i;
+  // Each line's text is the record, and the members CloudTrail lifts out of it.
+  auto one = ag::lookup_events(file.string(), 2, {{"MaxResults", 1}});
+  ASSERT_TRUE(one);
+  const auto& e = (*one)["Events"][0];
+  EXPECT_EQ(e["EventName"], "RunTask");
+  EXPECT_EQ(e["ReadOnly"], "false");
+  EXPECT_EQ(e["Username"], "ops");
+  EXPECT_EQ(e["AccessKeyId"], "AKID1");
+  EXPECT_EQ(e["EventTime"], base + 399);
+  EXPECT_EQ(nlohmann::json::parse(e["CloudTrailEvent"].get<std::string>())["eventID"], "id-399");
+
+  // Filters, all of them matched.
+  const auto only = [&](nlohmann::json attributes,
+                        nlohmann::json extra = nlohmann::json::object()) {
+    extra["LookupAttributes"] = std::move(attributes);
+    auto page = ag::lookup_events(file.string(), 2, extra);
+    EXPECT_TRUE(page) << page.error().message;
+    return page ? ids(*page) : std::vector<int>{};
+  };
+  const auto attr = [](const char* k, const char* v) {
+    return nlohmann::json{{"AttributeKey", k}, {"AttributeValue", v}};
+  };
+  for (int n : only({attr("EventName", "RunTask")})) EXPECT_EQ(n % 3, 0) << n;
+  for (int n : only({attr("ErrorCode", "*"), attr("Username", "dev")})) {
+    EXPECT_EQ(n % 7, 0) << n;
+    EXPECT_EQ(n % 2, 0) << n;
+  }
+  EXPECT_EQ(only({attr("ReadOnly", "false"), attr("AccessKeyId", "AKID0")}).front(), 396);
+  EXPECT_EQ(only(nlohmann::json::array(), {{"StartTime", base + 390}, {"EndTime", base + 392}}),
+            (std::vector<int>{392, 391, 390}));
+
+  // Bad requests: refused, naming the member.
+  for (const auto& [bad, names] : std::vector<std::pair<nlohmann::json, std::string>>{
+           {{{"MaxResults", 0}}, "MaxResults"},
+           {{{"LookupAttributes", {attr("Colour", "red")}}}, "AttributeKey"},
+           {{{"NextToken", "x"}}, "NextToken"},
+           {{{"StartTime", "today"}}, "StartTime"}}) {
+    auto r = ag::lookup_events(file.string(), 2, bad);
+    ASSERT_FALSE(r) << bad.dump();
+    EXPECT_NE(r.error().message.find(names), std::string::npos) << r.error().message;
+  }
+}
+
 TEST(MetricsTest, RendersPrometheusText) {
   ag::metrics m;
   m.counter("x_total", "Things");

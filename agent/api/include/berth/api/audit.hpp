@@ -64,6 +64,16 @@ class audit_log {
   bool failing_ = false;
 };
 
+// CloudTrail's LookupEvents over the audit log `path` and its rotated files (path.1 … path.keep),
+// newest first: `request` is LookupEvents' (LookupAttributes, each one of EventName, Username,
+// AccessKeyId, ReadOnly, EventId, EventSource and Berth's ErrorCode ("*": any error), all of them
+// matched; StartTime, EndTime in epoch seconds; MaxResults 1 to 50, 50 by default; NextToken),
+// the answer its response (Events: EventId, EventName, ReadOnly, AccessKeyId, EventTime,
+// EventSource, Username, Resources, CloudTrailEvent as text; NextToken). Reads each file from its
+// end, a block at a time, and stops once the page is full. An error names a bad request member.
+result<nlohmann::json> lookup_events(const std::string& path, unsigned keep,
+                                     const nlohmann::json& request);
+
 // What CloudTrail hides: environment values, anything named like a secret or a password.
 // The request is copied, then trimmed to at most `limit` bytes (replaced by a note if longer).
 nlohmann::json redact(const nlohmann::json& request, std::size_t limit = 64 * 1024);
