@@ -120,6 +120,14 @@ async function signedRequest(session, method, path, headers, body) {
   return { url: `${origin.origin}${path}`, headers: sent };
 }
 
+// berthd's Prometheus metrics (GET /metrics), as text.
+export async function fetchMetrics(session) {
+  const { url, headers } = await signedRequest(session, 'GET', '/metrics', {});
+  const r = await fetch(url, { headers, cache: 'no-store' });
+  if (!r.ok) throw new Error(`/metrics: HTTP ${r.status}`);
+  return r.text();
+}
+
 // berthd's event stream (GET /v1/events: one JSON event a line, EventBridge's shape), signed, for
 // as long as the page wants it: onEvent(event) for each, onState(true|false) as it connects and
 // drops. Reconnects a second after it drops. Returns the function that ends it.

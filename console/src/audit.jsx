@@ -69,7 +69,7 @@ export function Audit({ session, route }) {
       </form>
       {data && events.length === 0 && <p>No calls match.</p>}
       {events.length > 0 && (
-        <div class="scroll">
+        <div class="scroll" tabIndex={0} role="region" aria-label="audit events">
           <table id="audit-events">
             <thead><tr>{['Time', 'Action', 'User', 'Access key', 'Source', 'Error', 'Request']
               .map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>

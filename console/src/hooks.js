@@ -109,6 +109,7 @@ export function useRoute() {
   useEffect(() => {
     const on = () => setHash(window.location.hash);
     window.addEventListener('hashchange', on);
+    on(); // a change between the first render and this effect would be missed otherwise
     return () => window.removeEventListener('hashchange', on);
   }, []);
   return parseHash(hash);

@@ -24,7 +24,7 @@ export function Instances({ session, cluster, route }) {
       <h2>Instances <span class="count">{data ? data.length : ''}</span></h2>
       {error && <p class="error" role="alert">{error}</p>}
       {data && (
-        <div class="scroll">
+        <div class="scroll" tabIndex={0} role="region" aria-label="instance list">
           <table id="instance-list">
             <thead><tr>{['Instance', ...instanceHead].map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>
             <tbody>

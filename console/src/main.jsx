@@ -9,6 +9,7 @@ import { shortArn } from './model.js';
 import { publishEvent, useRoute } from './hooks.js';
 import { Audit } from './audit.jsx';
 import { Instances } from './instances.jsx';
+import { Metrics } from './metrics.jsx';
 import { Overview } from './overview.jsx';
 import { RunTask } from './run.jsx';
 import { Services } from './services.jsx';
@@ -25,6 +26,7 @@ const views = [
   ['services', 'Services', Services],
   ['instances', 'Instances', Instances],
   ['audit', 'Audit', Audit],
+  ['metrics', 'Metrics', Metrics],
 ];
 
 function Shell({ session, onSignOut }) {

@@ -100,3 +100,36 @@ export function usageSeries(samples) {
   }
   return { cpu, mem };
 }
+
+// Prometheus text as [{ name, labels: {…}, value }] (comments and malformed lines left out).
+export function parseMetrics(text) {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const labels = {};
+    for (const [, k, v] of (m[2] || '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[k] = v.replace(/\\(.)/g, '$1');
+    }
+    const value = Number(m[3]);
+    if (!Number.isNaN(value)) out.push({ name: m[1], labels, value });
+  }
+  return out;
+}
+
+// The sum of a metric's samples whose labels pass `keep`.
+export function metricSum(samples, name, keep = () => true) {
+  return samples.filter((s) => s.name === name && keep(s.labels)).reduce((n, s) => n + s.value, 0);
+}
+
+// Per-second rates between consecutive readings ([{ at: ms, value }]) as chart points.
+export function rates(readings) {
+  const out = [];
+  for (let i = 1; i < readings.length; ++i) {
+    const dt = (readings[i].at - readings[i - 1].at) / 1000;
+    const dv = readings[i].value - readings[i - 1].value;
+    if (dt > 0 && dv >= 0) out.push([readings[i].at, dv / dt]);
+  }
+  return out;
+}

@@ -18,7 +18,7 @@ export function TableSection({ id, title, items, empty, head, row }) {
     <section aria-labelledby={`${id}-h`}>
       <h2 id={`${id}-h`}>{title} <span class="count">{items.length}</span></h2>
       {items.length === 0 ? <p>{empty}</p> : (
-        <div class="scroll">
+        <div class="scroll" tabIndex={0} role="region" aria-label={title}>
           <table id={id}>
             <thead><tr>{head.map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>
             <tbody>{items.map(row)}</tbody>

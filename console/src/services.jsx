@@ -37,7 +37,7 @@ export function Services({ session, cluster, route }) {
       {error && <p class="error" role="alert">{error}</p>}
       {data && data.length === 0 && <p>No services yet.</p>}
       {data && data.length > 0 && (
-        <div class="scroll">
+        <div class="scroll" tabIndex={0} role="region" aria-label="service list">
           <table id="service-list">
             <thead><tr>{['Service', 'Status', 'Task definition', 'Desired', 'Running', 'Pending',
               'Deployments'].map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>
@@ -68,7 +68,7 @@ export function Services({ session, cluster, route }) {
 
 function Deployments({ s }) {
   return (
-    <div class="scroll">
+    <div class="scroll" tabIndex={0} role="region" aria-label="deployments">
       <table id="deployments">
         <thead><tr>{['Deployment', 'Status', 'Task definition', 'Rollout', 'Progress', 'Failed',
           'Updated'].map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>

@@ -64,7 +64,7 @@ export function Tasks({ session, cluster, route }) {
       {!data && !error && <p>Loading…</p>}
       {data && shown.length === 0 && <p>No tasks match.</p>}
       {shown.length > 0 && (
-        <div class="scroll">
+        <div class="scroll" tabIndex={0} role="region" aria-label="task list">
           <table id="task-list">
             <thead><tr>{['Task', 'Status', 'Desired', 'Task definition', 'Group', 'Instance',
               'Created', 'Stopped reason'].map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>
@@ -147,7 +147,7 @@ function TaskDetail({ session, cluster, task, onChanged }) {
         {timeline(task).map(([label, t]) => <li key={label}><span>{label}</span> {when(t)}</li>)}
       </ol>
       <h4>Containers</h4>
-      <div class="scroll">
+      <div class="scroll" tabIndex={0} role="region" aria-label="task containers">
         <table id="task-containers">
           <thead><tr>{['Container', 'Image', 'Status', 'Exit code', 'Health', 'Reason',
             'Network bindings'].map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>

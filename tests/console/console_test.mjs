@@ -90,6 +90,27 @@ async function go(v) {
 const text = (selector) => page.evaluate(
   (s) => document.querySelector(s)?.textContent.trim() ?? '', selector);
 
+// axe-core's check of the page as it is: the serious and critical violations, as
+// "rule: target" lines (axe is evaluated through DevTools, which the page's CSP does not govern).
+async function accessibility() {
+  if (!(await page.evaluate(() => !!window.axe))) {
+    await page.evaluate(readFileSync(join(modules, 'axe-core/axe.min.js'), 'utf8'));
+  }
+  const found = await page.evaluate(async () => {
+    const r = await window.axe.run(document);
+    return { passed: r.passes.length, violations: r.violations.map((v) => ({ id: v.id,
+      impact: v.impact, targets: v.nodes.map((n) => n.target.join(' ')) })) };
+  }).then((r) => {
+    assert.ok(r.passed > 10, `axe checked only ${r.passed} rules`);
+    return r.violations;
+  });
+  return {
+    bad: found.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}): ${v.targets.slice(0, 3).join(', ')}`),
+    minor: found.filter((v) => v.impact !== 'serious' && v.impact !== 'critical').map((v) => v.id),
+  };
+}
+
 // Each view but the overview, driven as a user would: tasks (stopping one), task definitions
 // (the editor's errors, a new revision and its diff), run task (the placement preview), services
 // (create, scale 1 -> 3) and instances (drain, activate).
@@ -223,6 +244,15 @@ async function views(aws) {
   assert.match(refusedCall, /^InvalidParameterException: memory/, refusedCall);
   await page.screenshot({ path: join(artifacts, 'audit.png'), fullPage: true });
   step(`audit: ${actions.length} calls listed; filtered by action and by error`);
+
+  // Metrics: this berthd's placements and calls by action, from /metrics.
+  await go('metrics');
+  await page.waitForFunction(() => Number(document.querySelector('#placements-total')?.textContent) >= 2,
+    { timeout: 15000 });
+  await page.waitForSelector('#calls-by-action tr[data-action=RunTask]');
+  await page.waitForSelector('#calls-chart path', { timeout: 15000 });
+  await page.screenshot({ path: join(artifacts, 'metrics.png'), fullPage: true });
+  step(`metrics: ${await text('#placements-total')} placements so far, calls by action`);
   void aws;
 }
 
@@ -372,13 +402,27 @@ async function main() {
   // A phone's width: still usable (the tables scroll inside their box, the page does not).
   await page.setViewport({ width: 390, height: 844 });
   for (const v of ['overview', 'tasks', 'taskdefs/console', 'run', 'services/web', 'instances',
-    'audit']) {
+    'audit', 'metrics']) {
     await go(v);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
     assert.ok(overflow <= 0, `#/${v} is ${overflow} px wider than a 390-px screen`);
+    // Narrow, the tables scroll: each scrolling region must be reachable by keyboard.
+    assert.deepEqual((await accessibility()).bad, [], `#/${v} at 390 px: accessibility violations`);
     await page.screenshot({ path: join(artifacts, `${v.split('/')[0]}-390px.png`), fullPage: true });
   }
   await page.setViewport({ width: 1280, height: 800 });
+
+  // Each main view passes axe-core without a serious or critical violation.
+  const minor = new Set();
+  for (const v of ['overview', 'tasks', 'taskdefs/console', 'run', 'services/web', 'instances',
+    'audit', 'metrics']) {
+    await go(v);
+    await page.waitForFunction(() => !document.querySelector('[aria-busy=true]'), { timeout: 15000 });
+    const { bad, minor: m } = await accessibility();
+    assert.deepEqual(bad, [], `#/${v}: accessibility violations`);
+    m.forEach((x) => minor.add(x));
+  }
+  step(`accessibility: no serious or critical violation on 8 views (minor: ${[...minor].join(', ') || 'none'})`);
 
   // A read-only key: every button that would change something is disabled.
   await page.click('header button');
