@@ -593,6 +593,7 @@ class daemon_impl final : public daemon {
   tl::expected<json, api_error> berth_call(const std::string& action, const json& req) {
     if (action == "Place") return service_->place(req);
     if (action == "DescribeTaskUsage") return service_->task_usage(req);
+    if (action == "TailContainerLogs") return exec::tail_logs(*service_, req);
     // CloudTrail's LookupEvents over this agent's audit log (admin only: it is not a Describe).
     if (action == "LookupEvents") {
       auto found = lookup_events(audit_.path(), cfg_.audit_keep, req);

@@ -227,6 +227,42 @@ tl::expected<std::vector<std::string>, std::string> split_command(std::string_vi
   return words;
 }
 
+tl::expected<located, api_error> locate(service& svc, const std::string& cluster,
+                                        const std::string& task, const std::string& container,
+                                        const std::string& elsewhere) {
+  json describe = {{"tasks", json::array({task})}};
+  if (!cluster.empty()) describe["cluster"] = cluster;
+  BERTH_TRY(found, svc.call("DescribeTasks", describe));
+  const json& tasks = found["tasks"];
+  if (!tasks.is_array() || tasks.empty()) {
+    return tl::unexpected(invalid("The task " + task + " was not found in the cluster"));
+  }
+  const json& t = tasks[0];
+  const std::string arn = t.value("taskArn", task);
+  if (t.value("containerInstanceArn", "") != svc.instance_arn()) {
+    return tl::unexpected(api_error{"TargetNotConnectedException",
+                                    "The task " + arn + " runs on container instance " +
+                                        t.value("containerInstanceArn", "") + ", not this one (" +
+                                        svc.instance_arn() + "): " + elsewhere +
+                                        " that instance's berthd"});
+  }
+  const json* c = nullptr;
+  std::string names;
+  const json containers = t.value("containers", json::array());
+  for (const json& each : containers) {
+    const std::string name = each.value("name", "");
+    names += (names.empty() ? "" : ", ") + name;
+    if (container.empty() ? containers.size() == 1 : name == container) c = &each;
+  }
+  if (c == nullptr) {
+    return tl::unexpected(
+        invalid(container.empty()
+                    ? "The task has several containers (" + names + "): name one with container"
+                    : "The task has no container named " + container + " (it has " + names + ")"));
+  }
+  return located{t, *c};
+}
+
 tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const json& request) {
   if (!request.is_object()) {
     return tl::unexpected(
@@ -263,14 +299,8 @@ tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const js
   if (!words) return tl::unexpected(invalid("command: " + words.error()));
   if (words->empty()) return tl::unexpected(invalid("command is empty"));
 
-  json describe = {{"tasks", json::array({task})}};
-  if (!cluster.empty()) describe["cluster"] = cluster;
-  BERTH_TRY(found, svc.call("DescribeTasks", describe));
-  const json& tasks = found["tasks"];
-  if (!tasks.is_array() || tasks.empty()) {
-    return tl::unexpected(invalid("The task " + task + " was not found in the cluster"));
-  }
-  const json& t = tasks[0];
+  BERTH_TRY(where, locate(svc, cluster, task, container, "run berthctl execute-command against"));
+  const json& t = where.task;
   const std::string arn = t.value("taskArn", task);
   if (t.value("lastStatus", "") != "RUNNING") {
     return tl::unexpected(invalid("The task " + arn + " is " + t.value("lastStatus", "unknown") +
@@ -283,27 +313,7 @@ tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const js
                 "task was run. Run a new task with execute command enabled "
                 "(--enable-execute-command) and try again."));
   }
-  if (t.value("containerInstanceArn", "") != svc.instance_arn()) {
-    return tl::unexpected(api_error{
-        "TargetNotConnectedException",
-        "The task " + arn + " runs on container instance " + t.value("containerInstanceArn", "") +
-            ", not this one (" + svc.instance_arn() +
-            "): run berthctl execute-command against that instance's berthd"});
-  }
-  const json* c = nullptr;
-  std::string names;
-  const json containers = t.value("containers", json::array());
-  for (const json& each : containers) {
-    const std::string name = each.value("name", "");
-    names += (names.empty() ? "" : ", ") + name;
-    if (container.empty() ? containers.size() == 1 : name == container) c = &each;
-  }
-  if (c == nullptr) {
-    return tl::unexpected(
-        invalid(container.empty()
-                    ? "The task has several containers (" + names + "): name one with container"
-                    : "The task has no container named " + container + " (it has " + names + ")"));
-  }
+  const json* c = &where.container;
   const std::string runtime = c->value("runtimeId", "");
   if (c->value("lastStatus", "") != "RUNNING" || runtime.empty()) {
     return tl::unexpected(invalid("The container " + c->value("name", "") + " is " +
@@ -325,6 +335,53 @@ tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const js
   }
   spdlog::info("execute command in {} container {}: exec {}", arn, c->value("name", ""), *id);
   return [&d, exec_id = *id, tty, rows, cols](int fd) { session(d, exec_id, tty, rows, cols, fd); };
+}
+
+tl::expected<json, api_error> tail_logs(service& svc, const json& request) {
+  if (!request.is_object()) {
+    return tl::unexpected(
+        api_error{"SerializationException", "The request body must be a JSON object"});
+  }
+  BERTH_TRY(task, string_member(request, "task", true));
+  BERTH_TRY(cluster, string_member(request, "cluster", false));
+  BERTH_TRY(container, string_member(request, "container", false));
+  std::uint32_t lines = 100;
+  if (const auto it = request.find("lines"); it != request.end()) {
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+        it->get<std::int64_t>() > 10000) {
+      return tl::unexpected(invalid("lines must be an integer from 1 to 10000"));
+    }
+    lines = it->get<std::uint32_t>();
+  }
+  if (task.empty()) return tl::unexpected(invalid("task is required"));
+  BERTH_TRY(where, locate(svc, cluster, task, container, "ask"));
+  const std::string name = where.container.value("name", "");
+  const std::string runtime = where.container.value("runtimeId", "");
+  if (runtime.empty()) {
+    return tl::unexpected(invalid("The container " + name + " has not been created (it is " +
+                                  where.container.value("lastStatus", "unknown") + ")"));
+  }
+  auto text = svc.docker().logs(runtime, lines);
+  if (!text) {
+    if (text.error().code == dk::errc::not_found) {
+      return tl::unexpected(invalid("The container " + name +
+                                    " is gone (removed after its task stopped): its logs went "
+                                    "with it"));
+    }
+    return tl::unexpected(
+        api_error{"ServerException", "Docker did not give the logs: " + text.error().message, 500});
+  }
+  json out = {{"taskArn", where.task.value("taskArn", task)},
+              {"container", name},
+              {"lines", json::array()}};
+  std::size_t from = 0;
+  while (from < text->size()) {
+    const auto nl = text->find('\n', from);
+    const auto end = nl == std::string::npos ? text->size() : nl;
+    out["lines"].push_back(text->substr(from, end - from));
+    from = end + 1;
+  }
+  return out;
 }
 
 }  // namespace berth::agent::exec

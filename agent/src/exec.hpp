@@ -29,10 +29,26 @@
 
 namespace berth::agent::exec {
 
+// A task of this instance (DescribeTasks') and one of its containers: `container` names it, or
+// is empty for a task's only one. TargetNotConnectedException when the task runs on another
+// instance (its message: "…: <elsewhere> that instance's berthd"); InvalidParameterException
+// when there is no such task or container.
+struct located {
+  json task, container;
+};
+tl::expected<located, api_error> locate(service& svc, const std::string& cluster,
+                                        const std::string& task, const std::string& container,
+                                        const std::string& elsewhere);
+
 // Finds the container, checks it may be entered and creates the exec in it (not yet started).
 // The function carries the session on the upgraded connection `fd` until the command ends or
 // the client goes; it owns nothing of the service but Docker, which must outlive it.
 tl::expected<std::function<void(int fd)>, api_error> open(service& svc, const json& request);
+
+// BerthV1.TailContainerLogs: the last `lines` (1 to 10,000; 100) lines a container of a task on
+// this instance wrote, stdout and stderr interleaved as Docker keeps them: {taskArn, container,
+// lines}. An administrator's call (berthd refuses it to read-only keys: logs may hold secrets).
+tl::expected<json, api_error> tail_logs(service& svc, const json& request);
 
 // The command's words, as a shell splits them: blanks separate, '...' keeps everything, "..."
 // and a backslash escape. An error names an unterminated quote.

@@ -3,7 +3,7 @@
 // stopping it.
 import { useEffect, useState } from 'preact/hooks';
 
-import { berthCall, call, clusterSnapshot } from './api.js';
+import { berthCall, call, clusterSnapshot, describeError } from './api.js';
 import { Sparkline } from './chart.jsx';
 import { useAction, usePoll, withTaskEvent } from './hooks.js';
 import {
@@ -172,6 +172,7 @@ function TaskDetail({ session, cluster, task, onChanged }) {
           <Sparkline id="memory-chart" label="Memory" unit="MiB" points={mem} />
         </div>
       )}
+      {!session.readOnly && <Logs session={session} cluster={cluster} task={task} />}
       <p class="actions">
         <button type="button" id="stop-task" disabled={session.readOnly || !stoppable || stop.busy}
           title={session.readOnly ? 'This key may not change anything' : undefined}
@@ -183,6 +184,52 @@ function TaskDetail({ session, cluster, task, onChanged }) {
         {stop.error && <span class="error" role="alert">{stop.error}</span>}
         {stop.done && <span role="status">{stop.done}</span>}
       </p>
+    </section>
+  );
+}
+
+// The tail of a container's logs (BerthV1.TailContainerLogs: an administrator's call), read
+// again every 2 s while the task runs.
+function Logs({ session, cluster, task }) {
+  const containers = (task.containers || []).map((c) => c.name);
+  const [container, setContainer] = useState(containers[0] || '');
+  const [lines, setLines] = useState(null);
+  const [error, setError] = useState('');
+  useEffect(() => {
+    if (!container) return undefined;
+    let stopped = false;
+    const read = async () => {
+      try {
+        const out = await berthCall(session, 'TailContainerLogs',
+          { cluster, task: task.taskArn, container, lines: 200 });
+        if (!stopped) {
+          setLines(out.lines || []);
+          setError('');
+        }
+      } catch (e) {
+        if (!stopped) setError(describeError(e));
+      }
+    };
+    read();
+    const timer = task.lastStatus === 'RUNNING' ? setInterval(read, 2000) : 0;
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }, [task.taskArn, task.lastStatus, container]);
+  return (
+    <section aria-labelledby="logs-h">
+      <h4 id="logs-h">Logs</h4>
+      {containers.length > 1 && (
+        <p><label for="logs-container">Container</label>{' '}
+          <select id="logs-container" value={container}
+            onChange={(e) => setContainer(e.currentTarget.value)}>
+            {containers.map((c) => <option key={c} value={c}>{c}</option>)}
+          </select></p>
+      )}
+      {error && <p class="error" id="logs-error">{error}</p>}
+      {lines && (lines.length === 0 ? <p class="muted">Nothing written yet.</p>
+        : <pre id="task-logs" tabIndex={0}>{lines.join('\n')}</pre>)}
     </section>
   );
 }

@@ -113,12 +113,26 @@ async function accessibility() {
 
 // Each view but the overview, driven as a user would: tasks (stopping one), task definitions
 // (the editor's errors, a new revision and its diff), run task (the placement preview), services
-// (create, scale 1 -> 3) and instances (drain, activate).
+// (create, scale 1 -> 3), instances (drain, activate), audit and metrics; `aws` runs the AWS CLI
+// against this berthd.
 async function views(aws) {
+  // A task that writes: its logs' tail in its detail.
+  aws('register-task-definition', '--family', 'talker', '--container-definitions',
+    JSON.stringify([{ name: 'talk', image: IMAGE, cpu: 64, memory: 32, essential: true,
+      command: ['sh', '-c', 'echo hello from berth; sleep 300'] }]));
+  const talker = aws('run-task', '--cluster', cluster, '--task-definition', 'talker').tasks[0];
+  const talkerId = talker.taskArn.split('/').pop();
+  await go(`tasks/${talkerId}`);
+  await page.waitForFunction(() => /hello from berth/.test(
+    document.querySelector('#task-logs')?.textContent || ''), { timeout: 30000 });
+  aws('stop-task', '--cluster', cluster, '--task', talker.taskArn);
+  step('tasks: a container\'s logs shown in its task\'s detail');
+
   // Tasks: the running one, its detail, stopped from here.
   await go('tasks');
   await page.waitForSelector('#task-list tbody tr');
   await page.select('#filter-status', 'RUNNING');
+  await page.select('#filter-family', 'console');
   const rows = await page.$$eval('#task-list tbody tr', (trs) => trs.length);
   assert.equal(rows, 1);
   await page.click('#task-list tbody tr a');
@@ -253,7 +267,6 @@ async function views(aws) {
   await page.waitForSelector('#calls-chart path', { timeout: 15000 });
   await page.screenshot({ path: join(artifacts, 'metrics.png'), fullPage: true });
   step(`metrics: ${await text('#placements-total')} placements so far, calls by action`);
-  void aws;
 }
 
 async function main() {
