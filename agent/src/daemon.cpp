@@ -22,6 +22,7 @@
 #include "berth/api/request_check.hpp"
 #include "berth/api/server.hpp"
 #include "berth/api/sigv4.hpp"
+#include "berth/lb.hpp"
 #include "berth/scheduler/scheduler.hpp"
 #include "berth/state.hpp"
 #include "console_route.hpp"
@@ -594,6 +595,7 @@ class daemon_impl final : public daemon {
     if (action == "Place") return service_->place(req);
     if (action == "DescribeTaskUsage") return service_->task_usage(req);
     if (action == "TailContainerLogs") return exec::tail_logs(*service_, req);
+    if (action == "DescribeLoadBalancerTargets") return load_balancer_targets(req);
     // CloudTrail's LookupEvents over this agent's audit log (admin only: it is not a Describe).
     if (action == "LookupEvents") {
       auto found = lookup_events(audit_.path(), cfg_.audit_keep, req);
@@ -603,6 +605,42 @@ class daemon_impl final : public daemon {
     }
     return tl::unexpected(
         api_error{"UnknownOperationException", "Unknown operation: '" + action + "'"});
+  }
+
+  // BerthV1.DescribeLoadBalancerTargets: each named HAProxy backend's servers (one a task,
+  // "berth-<task id>") as this berthd's HAProxy has them: address, status (UP, DOWN, DRAIN, MAINT,
+  // …), the last health check, sessions. A backend HAProxy does not answer for is a failure.
+  tl::expected<json, api_error> load_balancer_targets(const json& req) {
+    const json names = req.is_object() ? req.value("loadBalancerNames", json()) : json();
+    if (!names.is_array() || names.empty() || names.size() > 10 ||
+        !std::all_of(names.begin(), names.end(), [](const json& n) { return n.is_string(); })) {
+      return tl::unexpected(
+          api_error{"InvalidParameterException", "loadBalancerNames must name 1 to 10 backends"});
+    }
+    if (cfg_.haproxy_socket.empty()) {
+      return tl::unexpected(
+          api_error{"InvalidParameterException",
+                    "This berthd has no load balancer: start it with --haproxy-socket"});
+    }
+    const lb::haproxy h(cfg_.haproxy_socket);
+    json out = {{"loadBalancers", json::array()}, {"failures", json::array()}};
+    for (const auto& n : names) {
+      auto servers = h.servers(n.get<std::string>());
+      if (!servers) {
+        out["failures"].push_back({{"arn", n}, {"reason", servers.error().message}});
+        continue;
+      }
+      json targets = json::array();
+      for (const auto& sv : *servers) {
+        targets.push_back({{"name", sv.name},
+                           {"address", sv.address},
+                           {"status", sv.status},
+                           {"check", sv.check},
+                           {"sessions", sv.sessions}});
+      }
+      out["loadBalancers"].push_back({{"loadBalancerName", n}, {"targets", std::move(targets)}});
+    }
+    return out;
   }
 
   config cfg_;

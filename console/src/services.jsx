@@ -2,7 +2,7 @@
 // one, scaling it, moving it to another task definition, forcing a new deployment, deleting it.
 import { useEffect, useState } from 'preact/hooks';
 
-import { call, listAll } from './api.js';
+import { berthCall, call, listAll } from './api.js';
 import { useAction, usePoll } from './hooks.js';
 import { taskDefinitionName, when } from './model.js';
 
@@ -58,7 +58,8 @@ export function Services({ session, cluster, route }) {
           </table>
         </div>
       )}
-      {selected && <ServiceDetail session={session} cluster={cluster} s={selected}
+      {selected && <ServiceDetail key={selected.serviceArn} session={session} cluster={cluster}
+        s={selected}
         families={families} onChanged={reload} />}
       {!session.readOnly && <CreateService session={session} cluster={cluster}
         families={families} onCreated={reload} />}
@@ -106,16 +107,7 @@ function ServiceDetail({ session, cluster, s, families, onChanged }) {
       <p>{s.schedulingStrategy} · {s.launchType} · created {when(s.createdAt)}</p>
       <h4>Deployments</h4>
       <Deployments s={s} />
-      {(s.loadBalancers || []).length > 0 && (
-        <>
-          <h4>Load balancers</h4>
-          <ul id="load-balancers">
-            {s.loadBalancers.map((lb) => (
-              <li key={lb.loadBalancerName}>{lb.loadBalancerName}: {lb.containerName}:{lb.containerPort}</li>
-            ))}
-          </ul>
-        </>
-      )}
+      {(s.loadBalancers || []).length > 0 && <Targets session={session} s={s} />}
       <h4>Change</h4>
       <form class="inline" id="scale-form" onSubmit={(e) => {
         e.preventDefault();
@@ -196,3 +188,47 @@ function CreateService({ session, cluster, families, onCreated }) {
   );
 }
 
+
+// The service's load balancers and their targets as this berthd's HAProxy has them
+// (BerthV1.DescribeLoadBalancerTargets): one server a task, its state and last health check.
+function Targets({ session, s }) {
+  const names = s.loadBalancers.map((lb) => lb.loadBalancerName);
+  const { data, error } = usePoll(() => berthCall(session, 'DescribeLoadBalancerTargets',
+    { loadBalancerNames: names }), [names.join(',')]);
+  return (
+    <>
+      <h4>Load balancers</h4>
+      <ul id="load-balancers">
+        {s.loadBalancers.map((lb) => (
+          <li key={lb.loadBalancerName}>{lb.loadBalancerName} → {lb.containerName}:{lb.containerPort}</li>
+        ))}
+      </ul>
+      {error && <p class="error">{error}</p>}
+      {(data?.failures || []).map((f) => <p key={f.arn} class="error">{f.arn}: {f.reason}</p>)}
+      {(data?.loadBalancers || []).map((lb) => (
+        <div class="scroll" tabIndex={0} role="region" aria-label={`${lb.loadBalancerName} targets`}
+          key={lb.loadBalancerName}>
+          <table class="targets" data-backend={lb.loadBalancerName}>
+            <caption>{lb.loadBalancerName}: {lb.targets.length}
+              {lb.targets.length === 1 ? ' target' : ' targets'}</caption>
+            <thead><tr>{['Target', 'Address', 'State', 'Last check', 'Sessions']
+              .map((h) => <th key={h} scope="col">{h}</th>)}</tr></thead>
+            <tbody>
+              {lb.targets.map((t) => (
+                <tr key={t.name}>
+                  <td>{t.name.startsWith('berth-')
+                    ? <a href={`#/tasks/${t.name.slice(6)}`}>{t.name.slice(6, 18)}</a> : t.name}</td>
+                  <td>{t.address}</td>
+                  <td class={`state ${t.status.startsWith('UP') ? 'ok' : t.status.startsWith('DOWN') ? 'bad' : ''}`}>
+                    {t.status}</td>
+                  <td>{t.check}</td>
+                  <td class="num">{t.sessions}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ))}
+    </>
+  );
+}

@@ -7,7 +7,9 @@
 // node console_test.mjs --berthd PATH --chromium PATH --artifacts DIR [--modules DIR]
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import { request } from 'node:http';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -78,7 +80,7 @@ function rawGet(endpoint, path, headers = {}) {
 
 const dir = mkdtempSync(join(tmpdir(), 'berth-console-'));
 const cluster = `console-${process.pid}`;
-let daemon, browser, page;
+let daemon, haproxy, browser, page;
 
 // The view `v` ("tasks", "services/web"), reached as a user would: through the address.
 async function go(v) {
@@ -221,6 +223,22 @@ async function views(aws) {
   await page.screenshot({ path: join(artifacts, 'service.png'), fullPage: true });
   step('services: web created, scaled 1 -> 3 on screen');
 
+  // A service behind HAProxy: its target, one a task, with its state and last check.
+  aws('register-task-definition', '--family', 'lbweb', '--container-definitions',
+    JSON.stringify([{ name: 'app', image: IMAGE, cpu: 64, memory: 32, essential: true,
+      command: ['sleep', '300'], portMappings: [{ containerPort: 8080, hostPort: 0 }] }]));
+  aws('create-service', '--cluster', cluster, '--service-name', 'lb', '--task-definition',
+    'lbweb', '--desired-count', '1', '--load-balancers',
+    'loadBalancerName=lb,containerName=app,containerPort=8080');
+  await go('services/lb');
+  await page.waitForSelector('table.targets[data-backend=lb] tbody tr a', { timeout: 30000 });
+  const target = await page.$$eval('table.targets[data-backend=lb] tbody tr td',
+    (tds) => tds.map((t) => t.textContent.trim()));
+  assert.match(target[1], /^127\.0\.0\.1:\d+$/, target.join(' | '));
+  assert.ok(target[2].length > 0, target.join(' | '));
+  await page.screenshot({ path: join(artifacts, 'service-targets.png'), fullPage: true });
+  step(`services: lb's target on screen: ${target.join(' | ')}`);
+
   // Instances: drained and activated again.
   await go('instances');
   await page.waitForSelector('#instance-list a');
@@ -281,12 +299,28 @@ async function main() {
     `[default]\naws_access_key_id = ${KEY}\naws_secret_access_key = ${SECRET}\n` +
     `[reader]\naws_access_key_id = ${RO_KEY}\naws_secret_access_key = ${RO_SECRET}\n` +
     'berth_access = read-only\n');
+  // HAProxy of the test's own (backend "lb"), for a service's load balancer targets.
+  writeFileSync(join(dir, 'haproxy.cfg'),
+    `global\n    stats socket ${dir}/haproxy.sock mode 600 level admin\n` +
+    'defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n' +
+    '    timeout server 10s\n' +
+    'backend lb\n    balance roundrobin\n    default-server inter 500ms fall 2 rise 1\n');
+  haproxy = spawn('/usr/sbin/haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')],
+    { stdio: ['ignore', openSync(join(dir, 'haproxy.log'), 'w'), openSync(join(dir, 'haproxy.log'), 'a')] });
+  await eventually(() => {
+    if (haproxy.exitCode !== null) throw new Error(`haproxy exited:\n${readFileSync(join(dir, 'haproxy.log'), 'utf8')}`);
+    try {
+      return statSync(join(dir, 'haproxy.sock')).isSocket();
+    } catch {
+      return false;
+    }
+  }, 10000, 'haproxy serving');
   const fd = openSync(log, 'w');
   daemon = spawn(berthd, [
     `--cluster=${cluster}`, `--state-dir=${dir}/state`, `--socket=${dir}/berth.sock`,
     '--listen-tcp=127.0.0.1:0', `--credentials=${dir}/credentials`, '--host-ip=127.0.0.1',
     '--instance-address=127.0.0.1', '--config=/dev/null', '--stop-timeout=1s',
-    '--instance-type=berth.console',
+    '--instance-type=berth.console', `--haproxy-socket=${dir}/haproxy.sock`,
   ], { stdio: ['ignore', fd, fd] });
   const endpoint = await eventually(() => {
     if (daemon.exitCode !== null) throw new Error(`berthd exited:\n${readFileSync(log, 'utf8')}`);
@@ -483,6 +517,12 @@ async function cleanup() {
   if (daemon && daemon.exitCode === null) {
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');
+    await exited;
+  }
+  // After berthd, which may still deregister its targets on the way out.
+  if (haproxy && haproxy.exitCode === null) {
+    const exited = new Promise((r) => haproxy.once('exit', r));
+    haproxy.kill('SIGTERM');
     await exited;
   }
   try {
