@@ -55,6 +55,7 @@ export function RunTask({ session, cluster }) {
   const [count, setCount] = useState(1);
   const [constraints, setConstraints] = useState([]);
   const [strategies, setStrategies] = useState([]);
+  const [overrides, setOverrides] = useState('');
   const [preview, setPreview] = useState(null);
   const [previewError, setPreviewError] = useState('');
   const run = useAction();
@@ -67,7 +68,21 @@ export function RunTask({ session, cluster }) {
     }, (e) => setPreviewError(describeError(e)));
   }, []);
 
+  // The overrides as typed: RunTask's TaskOverride (JSON), or nothing when the field is empty.
+  let parsedOverrides;
+  let overridesError = '';
+  if (overrides.trim()) {
+    try {
+      parsedOverrides = JSON.parse(overrides);
+      if (!parsedOverrides || typeof parsedOverrides !== 'object' || Array.isArray(parsedOverrides)) {
+        overridesError = 'Overrides must be a JSON object (ECS\'s TaskOverride)';
+      }
+    } catch (e) {
+      overridesError = `Overrides are not JSON: ${e.message}`;
+    }
+  }
   const request = () => ({
+    ...(parsedOverrides && !overridesError ? { overrides: parsedOverrides } : {}),
     cluster,
     taskDefinition: family,
     count: Number(count),
@@ -99,7 +114,8 @@ export function RunTask({ session, cluster }) {
       stale = true;
       clearTimeout(timer);
     };
-  }, [family, count, JSON.stringify(constraints), JSON.stringify(strategies), cluster]);
+  }, [family, count, JSON.stringify(constraints), JSON.stringify(strategies), cluster,
+    overridesError ? 'bad' : overrides]);
 
   const submit = async (e) => {
     e.preventDefault();
@@ -123,8 +139,16 @@ export function RunTask({ session, cluster }) {
             placeholder="attribute:ecs.availability-zone in [us-east-1a]" />
           <Rules id="strategies" legend="Strategies" rows={strategies} setRows={setStrategies}
             types={strategyTypes} valueKey="field" placeholder="memory, cpu, instanceId or attribute:…" />
+          <label for="run-overrides">Overrides (optional, ECS's TaskOverride as JSON)</label>
+          <textarea id="run-overrides" rows={4} spellcheck={false} value={overrides}
+            placeholder={'{"containerOverrides": [{"name": "app", "command": ["sleep", "60"]}]}'}
+            aria-invalid={overridesError ? 'true' : 'false'}
+            aria-describedby={overridesError ? 'overrides-error' : undefined}
+            onInput={(e) => setOverrides(e.currentTarget.value)} />
+          {overridesError && <p id="overrides-error" class="error">{overridesError}</p>}
           <p class="actions">
-            <button type="submit" id="run" disabled={session.readOnly || !family || run.busy}>
+            <button type="submit" id="run"
+              disabled={session.readOnly || !family || run.busy || !!overridesError}>
               Run</button>
             {run.error && <span class="error" role="alert">{run.error}</span>}
           </p>

@@ -25,6 +25,16 @@ function useFamilies(client) {
   return families;
 }
 
+// The ACTIVE revisions a service may move to, newest first ("web:3"), at most 100.
+function useRevisions(client) {
+  const [revisions, setRevisions] = useState([]);
+  useEffect(() => {
+    call(client, 'ListTaskDefinitions', { status: 'ACTIVE', sort: 'DESC', maxResults: 100 })
+      .then((r) => setRevisions((r.taskDefinitionArns || []).map(taskDefinitionName)), () => {});
+  }, []);
+  return revisions;
+}
+
 export function Services({ session, cluster, route }) {
   const { data, error, reload } = usePoll(() => services(session.client, cluster), [cluster],
     (_, event) => event['detail-type'] === 'ECS Service Action' ||
@@ -59,8 +69,7 @@ export function Services({ session, cluster, route }) {
         </div>
       )}
       {selected && <ServiceDetail key={selected.serviceArn} session={session} cluster={cluster}
-        s={selected}
-        families={families} onChanged={reload} />}
+        s={selected} onChanged={reload} />}
       {!session.readOnly && <CreateService session={session} cluster={cluster}
         families={families} onCreated={reload} />}
     </div>
@@ -92,9 +101,10 @@ function Deployments({ s }) {
   );
 }
 
-function ServiceDetail({ session, cluster, s, families, onChanged }) {
+function ServiceDetail({ session, cluster, s, onChanged }) {
   const [count, setCount] = useState(s.desiredCount ?? 0);
   const [family, setFamily] = useState('');
+  const revisions = useRevisions(session.client);
   const act = useAction();
   const update = (input, done) => act.run(async () => {
     await call(session.client, 'UpdateService', { cluster, service: s.serviceName, ...input });
@@ -121,12 +131,12 @@ function ServiceDetail({ session, cluster, s, families, onChanged }) {
       </form>
       <form class="inline" id="revision-form" onSubmit={(e) => {
         e.preventDefault();
-        if (family) update({ taskDefinition: family }, `Deploying the latest ${family}.`);
+        if (family) update({ taskDefinition: family }, `Deploying ${family}.`);
       }}>
         <label for="service-family">Deploy</label>
         <select id="service-family" value={family} onChange={(e) => setFamily(e.currentTarget.value)}>
           <option value="">a task definition…</option>
-          {families.map((f) => <option key={f} value={f}>{f} (latest)</option>)}
+          {revisions.map((r) => <option key={r} value={r}>{r}</option>)}
         </select>
         <button type="submit" id="deploy" disabled={ro || !family}>Update</button>
         <button type="button" id="force-deploy" class="secondary" disabled={ro}

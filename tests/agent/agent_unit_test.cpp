@@ -4,11 +4,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "berth/agent.hpp"
+#include "berth/agent/util.hpp"
 #include "berth/api/audit.hpp"
 #include "berth/api/sigv4.hpp"
 #include "config.hpp"
@@ -297,6 +301,24 @@ TEST(AuditTest, LookupEventsPagesNewestFirstAcrossRotatedFiles) {
     ASSERT_FALSE(r) << bad.dump();
     EXPECT_NE(r.error().message.find(names), std::string::npos) << r.error().message;
   }
+}
+
+// A timestamp's JSON text is the shortest one for its value (what JavaScript's String(number)
+// gives, ignoring a trailing ".0"): the AWS SDK for JavaScript reads any other text as a big
+// decimal, and refuses it as a timestamp. Microsecond values fail this about once in a thousand.
+TEST(TimeTest, TimestampsPrintAsTheirShortestText) {
+  std::mt19937_64 r(7);
+  int differing = 0;
+  for (int i = 0; i < 200000; ++i) {
+    double v = ag::now_seconds();
+    if (i % 2) v = std::floor(v) + static_cast<double>(r() % 1000) / 1000.0;  // any millisecond
+    char shortest[64];
+    *std::to_chars(shortest, shortest + sizeof shortest - 1, v).ptr = '\0';
+    std::string text = nlohmann::json(v).dump();
+    if (text.ends_with(".0")) text.resize(text.size() - 2);
+    if (text != shortest && ++differing < 5) ADD_FAILURE() << text << " is not " << shortest;
+  }
+  EXPECT_EQ(differing, 0);
 }
 
 TEST(MetricsTest, RendersPrometheusText) {

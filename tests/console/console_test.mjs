@@ -81,6 +81,7 @@ function rawGet(endpoint, path, headers = {}) {
 const dir = mkdtempSync(join(tmpdir(), 'berth-console-'));
 const cluster = `console-${process.pid}`;
 let daemon, haproxy, browser, page;
+const problems = []; // page errors and requests to other origins, failed on at the end
 
 // The view `v` ("tasks", "services/web"), reached as a user would: through the address.
 async function go(v) {
@@ -196,8 +197,18 @@ async function views(aws) {
   await page.screenshot({ path: join(artifacts, 'run-preview.png'), fullPage: true });
   await page.click('#constraints button');
   await page.waitForSelector('#placements li', { timeout: 15000 });
+  // Overrides: refused at once when not JSON; applied when they are.
+  await page.locator('#run-overrides').fill('{"containerOverrides": [');
+  await page.waitForSelector('#overrides-error');
+  assert.ok(await page.$eval('#run', (b) => b.disabled), 'Run with overrides that are not JSON');
+  await page.locator('#run-overrides').fill(
+    '{"containerOverrides": [{"name": "app", "command": ["sleep", "77"]}]}');
+  await page.waitForSelector('#run:not([disabled])');
   await page.click('#run');
   await page.waitForSelector('#run-result .task-link', { timeout: 15000 });
+  const ranArn = await page.$eval('#run-result .task-link', (a) => a.getAttribute('href'));
+  const described = aws('describe-tasks', '--cluster', cluster, '--tasks', ranArn.split('/').pop());
+  assert.deepEqual(described.tasks[0].overrides.containerOverrides[0].command, ['sleep', '77']);
   await page.click('#run-result .task-link');
   await page.waitForFunction(() => /^RUNNING/.test(document.querySelector('#task-status')?.textContent || ''),
     { timeout: 30000 });
@@ -218,6 +229,14 @@ async function views(aws) {
   await page.locator('#scale-count').fill('3');
   await page.click('#scale');
   await running(3);
+  // To a given revision: revision 1, where web was made at 2.
+  await page.waitForFunction(() => [...document.querySelectorAll('#service-family option')]
+    .some((o) => o.value === 'console:1'), { timeout: 15000 });
+  await page.select('#service-family', 'console:1');
+  await page.click('#deploy');
+  await page.waitForFunction(() => document.querySelector(
+    '#service-list tr[data-service=web] td:nth-child(3)')?.textContent === 'console:1',
+  { timeout: 15000 });
   await page.waitForFunction(() => document.querySelectorAll('#service-events li').length >= 2,
     { timeout: 30000 });
   await page.screenshot({ path: join(artifacts, 'service.png'), fullPage: true });
@@ -360,7 +379,12 @@ async function main() {
   });
   page = await browser.newPage();
   await page.setViewport({ width: 1280, height: 800 });
-  const problems = [];
+  // (Signing out aborts the event stream's request: not a failure.)
+  page.on('requestfailed', (r) => {
+    if (r.failure()?.errorText !== 'net::ERR_ABORTED') {
+      problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+    }
+  });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('request', (r) => {
     if (!r.url().startsWith(endpoint + '/') && !r.url().startsWith('data:')) {
@@ -547,6 +571,7 @@ try {
   if (page) {
     await page.screenshot({ path: join(artifacts, 'failure.png'), fullPage: true }).catch(() => {});
     console.error('page text:', await page.evaluate(() => document.body.innerText).catch(() => ''));
+    console.error('page problems:', problems);
   }
 } finally {
   await cleanup();

@@ -26,9 +26,14 @@ namespace berth::agent {
 
 using nlohmann::json;
 
-// Seconds since the epoch, as ECS's timestamps (JSON numbers) carry them.
+// Seconds since the epoch, as ECS's timestamps (JSON numbers) carry them: to the millisecond, as
+// AWS's. Finer, a timestamp's JSON text (nlohmann's Grisu2) is not always the shortest one for
+// its value, and the AWS SDK for JavaScript then reads it as a big decimal and refuses it as a
+// timestamp; a whole number of milliseconds prints as its shortest form.
 inline double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch());
+  return static_cast<double>(ms.count()) / 1000.0;
 }
 
 // "2026-11-25T14:07:46.123Z" (with milliseconds) or without the fraction.
