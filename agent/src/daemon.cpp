@@ -12,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -612,10 +613,17 @@ class daemon_impl final : public daemon {
   // …), the last health check, sessions. A backend HAProxy does not answer for is a failure.
   tl::expected<json, api_error> load_balancer_targets(const json& req) {
     const json names = req.is_object() ? req.value("loadBalancerNames", json()) : json();
+    // A backend name as CreateService allows one: it goes into an HAProxy command line, where
+    // ';' would start another command (this is a read: read-only keys may call it).
+    static const std::regex backend("[A-Za-z0-9_.:-]{1,32}");
     if (!names.is_array() || names.empty() || names.size() > 10 ||
-        !std::all_of(names.begin(), names.end(), [](const json& n) { return n.is_string(); })) {
-      return tl::unexpected(
-          api_error{"InvalidParameterException", "loadBalancerNames must name 1 to 10 backends"});
+        !std::all_of(names.begin(), names.end(), [](const json& n) {
+          return n.is_string() && std::regex_match(n.get<std::string>(), backend);
+        })) {
+      return tl::unexpected(api_error{
+          "InvalidParameterException",
+          "loadBalancerNames must name 1 to 10 backends, each 1 to 32 letters, digits, '_', '.', "
+          "':' or '-'"});
     }
     if (cfg_.haproxy_socket.empty()) {
       return tl::unexpected(

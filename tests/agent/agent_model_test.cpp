@@ -403,4 +403,16 @@ TEST_F(AgentTest, TaskSetsCarryABlueGreenDeployment) {
   EXPECT_NE(missing.err.find("TaskSetNotFoundException"), std::string::npos) << missing.err;
 }
 
+// BerthV1.DescribeLoadBalancerTargets is a read any key may call: a backend name that could
+// carry an HAProxy command (';') is refused, naming the member, before HAProxy is asked.
+TEST_F(AgentTest, LoadBalancerTargetNamesAreCheckedBeforeHAProxySeesThem) {
+  const auto [status, out] =
+      a().raw("DescribeLoadBalancerTargets",
+              R"({"loadBalancerNames": ["web; disable server web/berth-x"]})",
+              "BerthV1.DescribeLoadBalancerTargets");
+  EXPECT_EQ(status, 400) << out.dump();
+  EXPECT_EQ(out.value("__type", ""), "InvalidParameterException") << out.dump();
+  EXPECT_NE(out.value("message", "").find("loadBalancerNames"), std::string::npos) << out.dump();
+}
+
 }  // namespace

@@ -184,6 +184,10 @@ result<void> haproxy::check_address(const std::string& address) {
 }
 
 result<std::string> haproxy::command(const std::string& line) const {
+  // One command a line: ';' or a line break would let a name carry another command.
+  if (line.find_first_of(";\n\r") != std::string::npos) {
+    return tl::unexpected(error{"refused an HAProxy command holding ';' or a line break"});
+  }
   auto conn = connect_to(socket_, timeout_);
   if (!conn) return tl::unexpected(conn.error());
   const int fd = conn->get();

@@ -181,7 +181,7 @@ tl::expected<void, api_error> daemons::configure(
   c.drain_percent = drain;
   settings.configuration = c;
   s.deployment_configuration = {ecs::deployment_circuit_breaker{true, true}, 100,
-                                100 - static_cast<std::int32_t>(std::ceil(drain))};
+                                100 - static_cast<std::int32_t>(std::floor(drain))};
   return {};
 }
 
@@ -340,11 +340,9 @@ outcome daemons::describe(const json& body) {
 
 outcome daemons::list(const json& body) {
   BERTH_TRY(r, decode_request<ecs::list_daemons_request>(body));
-  std::string prefix;
-  if (r.cluster_arn) {
-    BERTH_TRY(c, cluster(r.cluster_arn));
-    prefix = c.first + "/";
-  }
+  // Without clusterArn, the default cluster's, as ECS.
+  BERTH_TRY(c, cluster(r.cluster_arn));
+  const std::string prefix = c.first + "/";
   std::set<std::string> wanted;
   for (const auto& p : items(r.capacity_provider_arns)) wanted.insert(provider_name(p));
   auto all = recs_.all(prefix);

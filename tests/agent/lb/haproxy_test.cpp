@@ -161,6 +161,10 @@ TEST_P(HaproxyTransportTest, RegistersDrainsAndRemovesAServer) {
       << " after 10s: " << h.servers("web").error().message << "\n"
       << lb.log();
   EXPECT_TRUE(h.servers("web")->empty());
+  // A name carrying a second command is refused before anything reaches HAProxy.
+  const auto smuggled = h.servers("web; show info");
+  ASSERT_FALSE(smuggled);
+  EXPECT_NE(smuggled.error().message.find("';'"), std::string::npos) << smuggled.error().message;
 
   // The task: a port on 127.0.0.1 that accepts, enough for HAProxy's TCP check.
   const int task = listen_loopback(AF_INET, 128);
