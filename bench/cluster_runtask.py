@@ -236,7 +236,7 @@ class stack:
         self.pids[name] = p.pid
         return p, log
 
-    def start_etcd(self):
+    def start_etcd(self, extra=()):
         client_port, peer_port = free_port(), free_port()
         endpoint = f"http://127.0.0.1:{client_port}"
         peer = f"http://127.0.0.1:{peer_port}"
@@ -246,7 +246,8 @@ class stack:
             "--data-dir=" + os.path.join(self.dir, "etcd-data"),
             "--listen-client-urls=" + endpoint, "--advertise-client-urls=" + endpoint,
             "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-            "--initial-cluster=berth-bench=" + peer, "--logger=zap", "--log-level=error"])
+            "--initial-cluster=berth-bench=" + peer, "--logger=zap", "--log-level=error",
+            *extra])
 
         def healthy():
             with urllib.request.urlopen(endpoint + "/health", timeout=1) as r:
@@ -256,13 +257,13 @@ class stack:
         self.etcd_endpoint = endpoint
         return endpoint
 
-    def start_berthd(self, name, zone, etcd_prefix=None):
+    def start_berthd(self, name, zone, etcd_prefix=None, cpu_units=1000000, memory_mib=1000000):
         sock = os.path.join(self.dir, name + ".sock")
         ledger = f"{self.cluster}-{name}"
         args = [self.berthd, "--cluster=" + self.cluster,
                 "--state-dir=" + os.path.join(self.dir, name + "-state"),
                 "--socket=" + sock, "--ledger-name=" + ledger,
-                "--cpu-units=1000000", "--memory-mib=1000000",
+                f"--cpu-units={cpu_units}", f"--memory-mib={memory_mib}",
                 "--availability-zone=" + zone, "--config=/dev/null",
                 "--host-ip=127.0.0.1", "--instance-address=127.0.0.1",
                 "--stop-timeout=2s", "--image-cleanup=false", "--log-level=warn"]

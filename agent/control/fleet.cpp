@@ -92,11 +92,18 @@ fleet::fleet(const config& c, store& s, ipc::ledger& l, const state::task_table&
       prefix_(document_key("instance", c.cluster + "/")) {}
 
 result<void> fleet::open() {
+  const auto began = std::chrono::steady_clock::now();
   auto from = [&]() -> result<state::revision> {
     std::lock_guard lock(mu_);
     return relist();
   }();
   if (!from) return tl::unexpected(from.error());
+  {
+    std::lock_guard lock(mu_);
+    opened_in_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    spdlog::info("{} instances of cluster {} mirrored into the ledger in {:.3f} s", members_.size(),
+                 cfg_.cluster, opened_in_);
+  }
   // Rows an earlier run of this agent left for instances no longer in state.
   std::set<std::string> known;
   {
@@ -169,6 +176,7 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
       if (it == members_.end()) return;
       (void)ledger_.release_slot(it->second.slot);
       ports_.erase(it->second.slot);
+      by_slot_.erase(it->second.slot);
       members_.erase(it);
       return;
     }
@@ -187,6 +195,7 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
       m.id = id;
       m.slot = *slot;
       m.disconnected_since = std::chrono::steady_clock::now();
+      by_slot_[m.slot] = id;
       it = members_.emplace(id, std::move(m)).first;
     }
     it->second.record = std::move(*record);
@@ -307,8 +316,9 @@ void fleet::count(const state::task& t, bool erased) {
     if (--running_[instance] == 0) running_.erase(instance);
     running_on_.erase(it);
   }
-  for (auto& [id, m] : members_) {
-    if (m.record.container_instance_arn == instance) publish(m);
+  const auto m = members_.find(instance.substr(instance.rfind('/') + 1));
+  if (m != members_.end() && m->second.record.container_instance_arn == instance) {
+    publish(m->second);
   }
 }
 
@@ -335,10 +345,11 @@ std::optional<member> fleet::find(const std::string& ref) const {
 
 std::optional<member> fleet::at_slot(std::uint32_t slot) const {
   std::lock_guard lock(mu_);
-  for (const auto& [id, m] : members_) {
-    if (m.slot == slot) return m;
-  }
-  return std::nullopt;
+  const auto id = by_slot_.find(slot);
+  if (id == by_slot_.end()) return std::nullopt;
+  const auto it = members_.find(id->second);
+  if (it == members_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::vector<member> fleet::lost_for(std::chrono::steady_clock::duration d) const {
@@ -356,7 +367,15 @@ void fleet::report(metrics& m) {
   m.gauge("berth_ledger_free_memory_mib", "Free memory per instance in the ledger");
   m.gauge("berth_ledger_registered_cpu_units", "Registered CPU units per instance");
   m.gauge("berth_ledger_registered_memory_mib", "Registered memory per instance");
+  m.gauge("berth_fleet_instances", "Container instances of the cluster in the ledger");
+  m.gauge("berth_fleet_open_seconds",
+          "How long reading every instance into the ledger took at start");
   m.on_collect([this](metrics& c) {
+    {
+      std::lock_guard lock(mu_);
+      c.set("berth_fleet_instances", {}, static_cast<double>(members_.size()));
+      c.set("berth_fleet_open_seconds", {}, opened_in_);
+    }
     // Instances gone from the ledger leave no series behind.
     for (const char* f :
          {"berth_ledger_free_cpu_units", "berth_ledger_free_memory_mib",

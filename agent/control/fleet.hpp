@@ -21,6 +21,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "berth/agent/common.hpp"
@@ -80,7 +81,8 @@ class fleet {
   std::vector<member> lost_for(std::chrono::steady_clock::duration d) const;
 
   // Declares the ledger's gauges (free and registered CPU and memory per instance) in `m` and
-  // sets them from the ledger at each collection. `m` outlives the fleet.
+  // sets them from the ledger at each collection, with the instances mirrored and how long
+  // open() took to mirror the cluster. `m` outlives the fleet.
   void report(metrics& m);
 
   // DescribeContainerInstances' view: the record's ECS members, registered and remaining
@@ -100,13 +102,15 @@ class fleet {
   const state::task_table& tasks_;
   std::string prefix_;  // the cluster's instance documents: /berth/instance/<cluster>/
   mutable std::mutex mu_;
-  std::map<std::string, member> members_;  // by instance id
+  std::map<std::string, member> members_;                   // by instance id
+  std::unordered_map<std::uint32_t, std::string> by_slot_;  // ledger slot -> instance id
   // The static ports this fleet holds in the ledger for each slot.
   std::map<std::uint32_t, std::set<std::uint16_t>> ports_;
   // Running tasks per instance ARN, and each task's contribution.
   std::map<std::string, std::uint32_t> running_;
   std::map<std::string, std::string> running_on_;  // task ARN -> instance ARN, while RUNNING
   std::optional<state::prefix_follower> follower_;
+  double opened_in_ = 0;  // seconds open() took to read and mirror every instance
 };
 
 }  // namespace berth::agent::control

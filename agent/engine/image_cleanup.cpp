@@ -18,6 +18,16 @@ image_cleanup::image_cleanup(const config& c, docker::engine& d, store& s, metri
     : cfg_(c), docker_(&d), store_(&s), metrics_(m), in_use_(std::move(in_use)) {}
 
 void image_cleanup::track(const std::string& image_id, const std::string& ref) {
+  {
+    // Written lately under this name: its lastUsedAt is within track_interval of now. Without
+    // this, every container made cost two store round trips on the launch path.
+    std::lock_guard lock(mu_);
+    auto& w = written_[image_id];
+    const auto now = std::chrono::steady_clock::now();
+    if (w.names.contains(ref) && now - w.at < track_interval) return;
+    w.names.insert(ref);
+    w.at = now;
+  }
   auto doc = store_->get("image", image_id);
   json im = doc && *doc ? json::parse(**doc, nullptr, false) : json::object();
   if (!im.is_object()) im = json::object();

@@ -4,7 +4,10 @@
 // --image-cleanup-exclude. Called from the engine's housekeeping thread only.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -20,8 +23,11 @@ class image_cleanup {
   // `in_use`: the image ids known tasks use now; asked again before each removal.
   image_cleanup(const config& c, docker::engine& d, store& s, metrics& m,
                 std::function<std::set<std::string>()> in_use);
-  // A task used the image `image_id` under the name `ref`, now.
+  // A task used the image `image_id` under the name `ref`, now: written to the store when the
+  // name is new to this process or its last write is older than track_interval (a minute, to
+  // an image's minimum age of an hour by default). Thread-safe.
   void track(const std::string& image_id, const std::string& ref);
+  static constexpr std::chrono::seconds track_interval{60};
   // One cycle.
   void clean_up();
 
@@ -31,6 +37,12 @@ class image_cleanup {
   store* store_;
   metrics& metrics_;
   std::function<std::set<std::string>()> in_use_;
+  struct written {
+    std::set<std::string> names;
+    std::chrono::steady_clock::time_point at{};
+  };
+  std::mutex mu_;                           // a leaf: guards written_
+  std::map<std::string, written> written_;  // image id -> what track() last wrote, and when
 };
 
 }  // namespace berth::agent::engine

@@ -13,6 +13,8 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
+#include <vector>
 
 #include "berth/agent/util.hpp"
 #include "container_spec.hpp"
@@ -31,10 +33,10 @@ using state::task_table;
 
 class task_engine_impl final : public task_engine {
  public:
-  task_engine_impl(const config& c, std::string instance_arn, std::string state_dir,
+  task_engine_impl(const config& c, std::vector<std::string> instance_arns, std::string state_dir,
                    task_table& table, dk::engine& d, store& s, metrics& m)
       : cfg_(c),
-        instance_arn_(std::move(instance_arn)),
+        instances_(instance_arns.begin(), instance_arns.end()),
         state_dir_(std::move(state_dir)),
         table_(table),
         docker_(&d),
@@ -51,13 +53,15 @@ class task_engine_impl final : public task_engine {
       }
     }
     // Containers no record knows are refused, removed or left, never passed over in silence.
-    if (auto r = check_unknown_containers(*docker_, cfg_, instance_arn_, state_dir_,
-                                          [this](const std::string& task_arn) {
-                                            std::lock_guard lock(mu_);
-                                            return tasks_.contains(task_arn);
-                                          });
-        !r) {
-      return r;
+    for (const std::string& instance_arn : instances_) {
+      if (auto r = check_unknown_containers(*docker_, cfg_, instance_arn, state_dir_,
+                                            [this](const std::string& task_arn) {
+                                              std::lock_guard lock(mu_);
+                                              return tasks_.contains(task_arn);
+                                            });
+          !r) {
+        return r;
+      }
     }
     // Subscribed before any recovered task is acted on: no die event falls between the two.
     dk::event_filter f;
@@ -121,7 +125,9 @@ class task_engine_impl final : public task_engine {
   }
 
  private:
-  bool mine(const task& t) const { return t.ecs.container_instance_arn == instance_arn_; }
+  bool mine(const task& t) const {
+    return t.ecs.container_instance_arn && instances_.contains(*t.ecs.container_instance_arn);
+  }
 
   // The task's state machine, run on every change of its record (under mu_): desired RUNNING
   // and not yet running starts (or resumes) its launch; desired STOPPED and not yet STOPPED
@@ -187,8 +193,9 @@ class task_engine_impl final : public task_engine {
 
   dk::container_spec spec_of(const task& t, const ecs::container_definition& c,
                              const ecs::task_definition& td, const std::string& ns_owner) const {
-    return container_spec(t, c, td, ns_owner,
-                          {cfg_.cluster, instance_arn_, state_dir_, cfg_.host_ip});
+    return container_spec(
+        t, c, td, ns_owner,
+        {cfg_.cluster, t.ecs.container_instance_arn.value_or(""), state_dir_, cfg_.host_ip});
   }
 
   // Marks the task STOPPED (under mu_); control, watching, gives its resources back.
@@ -729,7 +736,8 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t.ecs.last_status != "STOPPED" || workers_.busy(a)) continue;
+        // Another instance's task is its own agent's to clean up: its containers are not here.
+        if (!mine(t) || t.ecs.last_status != "STOPPED" || workers_.busy(a)) continue;
         if (t.ecs.stopped_at.value_or(now) + wait > now) continue;
         due.push_back({a, t.berth.docker, task_volumes(t)});
       }
@@ -761,7 +769,7 @@ class task_engine_impl final : public task_engine {
   }
 
   config cfg_;
-  std::string instance_arn_;
+  std::unordered_set<std::string> instances_;  // the instances whose tasks this engine runs
   std::string state_dir_;
   task_table& table_;
   dk::engine* docker_;
@@ -787,8 +795,16 @@ class task_engine_impl final : public task_engine {
 std::unique_ptr<task_engine> make_task_engine(const config& c, std::string instance_arn,
                                               std::string state_dir, state::task_table& table,
                                               docker::engine& d, store& s, metrics& m) {
-  return std::make_unique<task_engine_impl>(c, std::move(instance_arn), std::move(state_dir), table,
-                                            d, s, m);
+  return make_task_engine(c, std::vector<std::string>{std::move(instance_arn)},
+                          std::move(state_dir), table, d, s, m);
+}
+
+std::unique_ptr<task_engine> make_task_engine(const config& c,
+                                              std::vector<std::string> instance_arns,
+                                              std::string state_dir, state::task_table& table,
+                                              docker::engine& d, store& s, metrics& m) {
+  return std::make_unique<task_engine_impl>(c, std::move(instance_arns), std::move(state_dir),
+                                            table, d, s, m);
 }
 
 }  // namespace berth::agent::engine

@@ -53,6 +53,17 @@ void event_bus::publish(const std::string& event) {
   }
 }
 
+void event_bus::publish(const std::function<std::string()>& make) {
+  {
+    std::lock_guard lock(mu_);
+    if (subscribers_.empty()) {
+      ++published_;
+      return;
+    }
+  }
+  publish(make());
+}
+
 void event_bus::close() {
   std::lock_guard lock(mu_);
   closed_ = true;

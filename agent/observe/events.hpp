@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -39,6 +40,9 @@ class event_bus {
   std::shared_ptr<subscriber> subscribe();
   void unsubscribe(const std::shared_ptr<subscriber>& s);
   void publish(const std::string& event);
+  // The same, with the event made only when someone subscribes: every agent follows every
+  // task's changes, and an event no one reads was most of what a change cost it.
+  void publish(const std::function<std::string()>& make);
   // Ends every subscription (at shutdown).
   void close();
   std::uint64_t published() const;

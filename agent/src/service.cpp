@@ -647,8 +647,10 @@ class service_impl final : public service {
     std::string& last = published_[t.arn()];
     if (last == state) return;
     last = state;
-    bus_.publish(observe::task_event(t, cfg_.account_id, cfg_.region)
-                     .dump(-1, ' ', false, json::error_handler_t::replace));
+    bus_.publish([&] {
+      return observe::task_event(t, cfg_.account_id, cfg_.region)
+          .dump(-1, ' ', false, json::error_handler_t::replace);
+    });
     if (on_change_) on_change_(t);
   }
 

@@ -489,20 +489,7 @@ void task_table::announce(const task& t, bool erased) {
 // ---- reading ----
 
 void task_table::publish(const task& t) {
-  published p;
-  p.record = std::make_shared<const task>(t);
-  json view = response(t, true);
-  if (const auto tags = view.find("tags"); tags != view.end()) {
-    p.view_with_tags = std::make_shared<const std::string>(
-        view.dump(-1, ' ', false, json::error_handler_t::replace));
-    view.erase(tags);
-    p.view = std::make_shared<const std::string>(
-        view.dump(-1, ' ', false, json::error_handler_t::replace));
-  } else {
-    p.view = std::make_shared<const std::string>(
-        view.dump(-1, ' ', false, json::error_handler_t::replace));
-    p.view_with_tags = p.view;
-  }
+  published p{std::make_shared<const task>(t), std::make_shared<views>()};
   std::unique_lock lock(pub_mu_);
   pub_[t.arn()] = std::move(p);
 }
@@ -515,10 +502,27 @@ std::shared_ptr<const task> task_table::get(const std::string& task_arn) const {
 
 std::shared_ptr<const std::string> task_table::serialized(const std::string& task_arn,
                                                           bool with_tags) const {
-  std::shared_lock lock(pub_mu_);
-  const auto it = pub_.find(task_arn);
-  if (it == pub_.end()) return nullptr;
-  return with_tags ? it->second.view_with_tags : it->second.view;
+  published p;
+  {
+    std::shared_lock lock(pub_mu_);
+    const auto it = pub_.find(task_arn);
+    if (it == pub_.end()) return nullptr;
+    p = it->second;
+  }
+  std::call_once(p.text->made, [&] {
+    json view = response(*p.record, true);
+    const auto dump = [](const json& j) {
+      return j.dump(-1, ' ', false, json::error_handler_t::replace);
+    };
+    p.text->view_with_tags = dump(view);
+    if (const auto tags = view.find("tags"); tags != view.end()) {
+      view.erase(tags);
+      p.text->view = dump(view);
+      p.text->tagged = true;
+    }
+  });
+  // Aliasing pointers: the text lives as long as its views do.
+  return {p.text, with_tags || !p.text->tagged ? &p.text->view_with_tags : &p.text->view};
 }
 
 std::vector<std::shared_ptr<const task>> task_table::all() const {

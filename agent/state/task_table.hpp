@@ -102,7 +102,7 @@ class task_table {
   std::shared_ptr<const task> get(const std::string& task_arn) const;
   std::vector<std::shared_ptr<const task>> all() const;
   // The task as DescribeTasks shows it (the record without Berth's bookkeeping, with or
-  // without its tags), serialized once per write: reads copy text instead of building JSON.
+  // without its tags), serialized at most once per write (at its first read): reads copy text.
   std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
 
  private:
@@ -167,9 +167,17 @@ class task_table {
   std::thread writer_;
   bool writing_ = false, stop_writing_ = false;
   mutable std::shared_mutex pub_mu_;  // a leaf lock: guards pub_ only
+  // DescribeTasks' text of one published record, made at its first read (a record changes
+  // several times before anyone reads it, and every agent follows every record: made at each
+  // write, it was most of what following the store cost).
+  struct views {
+    std::once_flag made;
+    std::string view_with_tags, view;  // view: only when the record has tags
+    bool tagged = false;
+  };
   struct published {
     std::shared_ptr<const task> record;
-    std::shared_ptr<const std::string> view, view_with_tags;
+    std::shared_ptr<views> text;
   };
   std::map<std::string, published> pub_;
 };

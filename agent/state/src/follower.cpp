@@ -43,6 +43,9 @@ void prefix_follower::run(revision next) {
       spdlog::error("{}: relist failed: {}", what_, r.error().detail);
     }
   };
+  // on_idle's next run: every idle_, however many events come meanwhile (run after each batch,
+  // the fleet's heartbeat of every row cost O(instances) per capacity change).
+  auto idle_due = std::chrono::steady_clock::now() + idle_;
   for (;;) {
     watcher* w = nullptr;
     {
@@ -67,7 +70,7 @@ void prefix_follower::run(revision next) {
       continue;
     }
     // The watcher is only ever reset on this thread: `w` stays valid while it is used here.
-    auto events = w->next(std::chrono::steady_clock::now() + idle_);
+    auto events = w->next(idle_due);
     if (!events) {
       const errc code = events.error().code;
       {
@@ -85,7 +88,10 @@ void prefix_follower::run(revision next) {
     }
     next = w->next_revision();
     if (!events->empty()) cb_.on_events(*events);
-    if (cb_.on_idle) cb_.on_idle();
+    if (const auto now = std::chrono::steady_clock::now(); now >= idle_due) {
+      if (cb_.on_idle) cb_.on_idle();
+      idle_due = now + idle_;
+    }
   }
 }
 

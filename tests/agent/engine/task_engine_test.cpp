@@ -236,5 +236,48 @@ TEST_F(TaskEngineTest, RecordsWrittenToTheStoreByAnotherWriterAreRunAndStopped) 
   EXPECT_EQ(final_record["stoppedReason"], "stopped by another agent");
 }
 
+TEST_F(TaskEngineTest, HousekeepingCleansUpOnlyThisInstancesStoppedTasks) {
+  // Agents of one cluster share its task records; another instance's stopped task, and its
+  // container, are its own agent's to clean up (the container is on that agent's host).
+  cfg_.task_cleanup_wait = 200ms;
+  const double long_ago = now_seconds() - 60;
+  auto stopped = [&](json t) {
+    t["lastStatus"] = "STOPPED";
+    t["desiredStatus"] = "STOPPED";
+    t["stopCode"] = "UserInitiated";
+    t["stoppedAt"] = long_ago;
+    t["containers"][0]["lastStatus"] = "STOPPED";
+    return t;
+  };
+  const json own = stopped(record(random_hex(32), {"true"}));
+  json other = stopped(record(random_hex(32), {"true"}));
+  other["containerInstanceArn"] =
+      "arn:aws:ecs:us-east-1:000000000000:container-instance/" + cfg_.cluster + "/i2";
+  docker::container_spec spec;
+  spec.image = dt::test_image;
+  spec.command = {"true"};
+  spec.labels = {{engine::label_cluster, cfg_.cluster}};
+  auto made = docker_->create_container(spec);
+  ASSERT_TRUE(made) << made.error().message;
+  other["_berth"]["docker"] = {{"main", *made}};
+  other["containers"][0]["runtimeId"] = *made;
+  write_to_state(own);
+  write_to_state(other);
+  ASSERT_TRUE(dt::eventually([&] { return table_->get(other["taskArn"]) != nullptr; }, 10s));
+
+  start_engine();
+  ASSERT_TRUE(dt::eventually([&] { return table_->get(own["taskArn"]) == nullptr; }, 30s))
+      << "this instance's stopped task was not cleaned up";
+  // Later passes clean up two more, one after the other: every pass that could have taken the
+  // other instance's task has ended.
+  for (int pass = 0; pass < 2; ++pass) {
+    const json next = stopped(record(random_hex(32), {"true"}));
+    write_to_state(next);
+    ASSERT_TRUE(dt::eventually([&] { return table_->get(next["taskArn"]) == nullptr; }, 30s));
+  }
+  EXPECT_NE(table_->get(other["taskArn"]), nullptr);
+  EXPECT_TRUE(docker_->inspect_container(*made)) << "another instance's container was removed";
+}
+
 }  // namespace
 }  // namespace berth::agent

@@ -302,7 +302,7 @@ std::shared_ptr<store> rebased(std::shared_ptr<store> s, std::string from, std::
 // events (one or more revisions, in order) goes to `on_events`. When the watch fell behind a
 // compaction, `relist` reads the keys as they are now and returns the revision to resume after;
 // other failures are logged and the watch made again a second later. `on_idle` (optional) runs
-// at least every `idle` while nothing comes. The callbacks run on the follower's thread.
+// every `idle`, whether events come or not. The callbacks run on the follower's thread.
 //
 // Thread safety: start() once; stop() from any thread (idempotent; the destructor does it).
 class prefix_follower {

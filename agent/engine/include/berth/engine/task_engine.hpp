@@ -15,6 +15,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "berth/agent/common.hpp"
 #include "berth/docker.hpp"
@@ -47,6 +48,13 @@ class task_engine {
 // `state_dir`: absolute, as label_state_dir carries it. `s` holds image bookkeeping. All
 // references outlive the engine.
 std::unique_ptr<task_engine> make_task_engine(const config& c, std::string instance_arn,
+                                              std::string state_dir, state::task_table& table,
+                                              docker::engine& d, store& s, metrics& m);
+// One engine for the tasks of several instances on one Docker: berth-hollow's many hollow
+// instances, whose Docker is in memory. Every instance's tasks are driven as above; only the
+// instance each container is labelled with differs.
+std::unique_ptr<task_engine> make_task_engine(const config& c,
+                                              std::vector<std::string> instance_arns,
                                               std::string state_dir, state::task_table& table,
                                               docker::engine& d, store& s, metrics& m);
 
