@@ -390,6 +390,13 @@ struct task_actions::impl {
       }
       auto claim_all = [&](store& tx) -> result<void> {
         refused.reset();
+        // Every instance's record and capacity in one round trip, not two per instance.
+        std::vector<std::pair<std::string, std::string>> docs;
+        for (const auto& [id, n_arn] : per_instance) {
+          docs.emplace_back("instance", record_key(cfg_.cluster, id));
+          docs.emplace_back("instance", capacity_key(cfg_.cluster, id));
+        }
+        if (auto p = tx.prefetch(docs); !p) return p;
         for (const auto& [id, n_arn] : per_instance) {
           auto c = claim(tx, cfg_.cluster, id, made.front().first.berth.need, n_arn.first);
           if (!c) return tl::unexpected(c.error());

@@ -41,6 +41,13 @@ class store {
   // Keys starting with `prefix`, in key order, with their values.
   virtual result<std::vector<std::pair<std::string, std::string>>> list(
       const std::string& kind, const std::string& prefix) = 0;
+  // Inside a transaction: reads these documents (kind, key) now, in one round trip, so that the
+  // get()s of them that follow cost none (a claim reads two documents per instance). Elsewhere,
+  // and for a backend that cannot, nothing.
+  virtual result<void> prefetch(const std::vector<std::pair<std::string, std::string>>& docs) {
+    (void)docs;
+    return {};
+  }
   // The counter's next value (1 the first time), durably.
   virtual result<std::uint64_t> next(const std::string& counter) = 0;
   // Runs fn with every write it makes landing together, or none when fn fails. Reads inside fn

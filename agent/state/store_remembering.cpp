@@ -43,6 +43,9 @@ class noting_store final : public store {
     return tx_.list(kind, prefix);
   }
   result<std::uint64_t> next(const std::string& counter) override { return tx_.next(counter); }
+  result<void> prefetch(const std::vector<std::pair<std::string, std::string>>& docs) override {
+    return tx_.prefetch(docs);
+  }
   result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     // Nested: its writes land with the outer one's, or are dropped with its failure.
     const std::size_t mark = w_.size();

@@ -121,6 +121,26 @@ class buffered final : public store {
     return *n + 1;
   }
 
+  result<void> prefetch(const std::vector<std::pair<std::string, std::string>>& docs) override {
+    // The keys neither written nor read yet, in one read-only txn (one revision), kept as a
+    // failed commit's findings are: the reads that follow take them from there.
+    st::txn_request t;
+    std::vector<std::string> keys;
+    for (const auto& [kind, key] : docs) {
+      std::string k = doc_key(kind, key);
+      if (writes_.contains(k) || reads_.contains(k) || seen_.contains(k)) continue;
+      t.success.push_back(st::txn_op::get(st::key_range::one(k)));
+      keys.push_back(std::move(k));
+    }
+    if (keys.size() < 2) return {};  // one key: its get() is the same round trip
+    auto r = s_->txn(t);
+    if (!r) return tl::unexpected(from(r.error()));
+    for (std::size_t i = 0; i < keys.size() && i < r->results.size(); ++i) {
+      seen_.emplace(std::move(keys[i]), std::move(r->results[i].kvs));
+    }
+    return {};
+  }
+
   result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     // Nested: its writes join this one's, or are dropped with its failure.
     auto saved = writes_;
@@ -290,6 +310,9 @@ class shared_store final : public store {
     return s_->list(kind, prefix);
   }
   result<std::uint64_t> next(const std::string& counter) override { return s_->next(counter); }
+  result<void> prefetch(const std::vector<std::pair<std::string, std::string>>& docs) override {
+    return s_->prefetch(docs);
+  }
   result<std::int64_t> transaction(const std::function<result<void>(store&)>& fn) override {
     return s_->transaction(fn);
   }

@@ -72,6 +72,32 @@ TEST(AgentStoreTest, TransactionRerunsWhenWhatItReadChanged) {
   EXPECT_EQ(*(*s)->get("n", "x"), std::optional<std::string>("11"));
 }
 
+// Prefetched documents are read as get() reads them (absent ones too), and a change to one
+// between the prefetch and the commit reruns the transaction as a change to a read one does.
+TEST(AgentStoreTest, PrefetchedDocumentsAreComparedAtTheCommit) {
+  temp_dir t;
+  auto s = ag::open_sqlite_store(t.path.string());
+  ASSERT_TRUE(s) << s.error().message;
+  ASSERT_TRUE((*s)->put("n", "x", "1"));
+  ASSERT_TRUE((*s)->put("n", "y", "2"));
+  int runs = 0;
+  auto r = (*s)->transaction([&](ag::store& tx) -> ag::result<void> {
+    if (auto p = tx.prefetch({{"n", "x"}, {"n", "y"}, {"n", "absent"}}); !p) return p;
+    if (++runs == 1) {
+      // Another writer changes a prefetched document before it is read.
+      if (auto p = (*s)->put("n", "y", "20"); !p) return p;
+    }
+    auto x = tx.get("n", "x");
+    auto y = tx.get("n", "y");
+    auto absent = tx.get("n", "absent");
+    if (!x || !*x || !y || !*y || !absent || *absent) return tl::unexpected(ag::error{"get"});
+    return tx.put("n", "sum", std::to_string(std::stoi(**x) + std::stoi(**y)));
+  });
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(*(*s)->get("n", "sum"), std::optional<std::string>("21"));
+}
+
 // create() of a key that exists, unread by the transaction: refused as existing, after the one
 // failed commit that finds it there (not 64 runs and "kept changing").
 TEST(AgentStoreTest, CreatingAKeyThatExistsIsRefusedAsExisting) {
