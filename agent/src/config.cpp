@@ -52,6 +52,8 @@ constexpr setting settings[] = {
      "memory this instance offers, MiB (default: the machine's, less --reserved-memory)"},
     {"--ledger-name", "BERTH_LEDGER_NAME", nullptr,
      "shared-memory ledger this agent mirrors the cluster into (default: the cluster's name)"},
+    {"--ledger-slots", "BERTH_LEDGER_SLOTS", nullptr,
+     "instances the ledger has rows for, 64 to 1048576, when it is made (default 65536)"},
     {"--heartbeat-ttl", "BERTH_HEARTBEAT_TTL", nullptr,
      "the agent's lease: peers see it disconnected this long after it stops (default 10s)"},
     {"--instance-lost-after", "BERTH_INSTANCE_LOST_AFTER", nullptr,
@@ -277,6 +279,13 @@ result<void> apply(config& c, const std::string& key, const std::string& v) {
     (key == "BERTH_CPU_UNITS" ? c.cpu_units : c.memory_mib) = static_cast<std::uint32_t>(*x);
   } else if (key == "BERTH_LEDGER_NAME") {
     c.ledger_name = v;
+  } else if (key == "BERTH_LEDGER_SLOTS") {
+    auto x = unsigned_of(key, v);
+    if (!x) return tl::unexpected(x.error());
+    if (*x < 64 || *x > 1048576) {
+      return tl::unexpected(error{key + ": '" + v + "' is not between 64 and 1048576"});
+    }
+    c.ledger_slots = static_cast<std::uint32_t>(*x);
   } else if (key == "BERTH_HEARTBEAT_TTL" || key == "BERTH_INSTANCE_LOST_AFTER") {
     auto d = duration_of(key, v);
     if (!d) return tl::unexpected(d.error());

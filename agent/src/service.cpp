@@ -761,7 +761,7 @@ result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<s
                                               event_bus& events) {
   ipc::options lo;
   lo.cluster = c.ledger_name.empty() ? c.cluster : c.ledger_name;
-  lo.slots = 4096;
+  lo.slots = c.ledger_slots;
   auto l = ipc::ledger::open_or_create(lo);
   if (!l)
     return tl::unexpected(

@@ -111,6 +111,21 @@ TEST(ConfigTest, ParsesTextWithoutAFile) {
   EXPECT_FALSE(ag::apply_settings(c, {{"BERTH_AUDIT_KEEP", "1001"}}));
 }
 
+// The ledger's rows bound the cluster's size on a host: 65,536 by default, 64 to 2^20.
+TEST(ConfigTest, LedgerSlotsAreConfigurableWithinTheLedgersLimits) {
+  auto d = load({});
+  ASSERT_TRUE(d) << d.error().message;
+  EXPECT_EQ(d->ledger_slots, 65536u);
+  auto c = load({"--ledger-slots=200000"});
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->ledger_slots, 200000u);
+  for (const char* bad : {"--ledger-slots=63", "--ledger-slots=1048577", "--ledger-slots=x"}) {
+    auto r = load({bad});
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().message.find("BERTH_LEDGER_SLOTS"), std::string::npos) << r.error().message;
+  }
+}
+
 TEST(ConfigTest, HousekeepingTakesTheEcsAgentsKeysAndGoDurations) {
   auto c = load({}, {{"ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION", "1h30m"},
                      {"ECS_IMAGE_MINIMUM_CLEANUP_AGE", "90s"},

@@ -42,6 +42,9 @@ struct config {
   // The shared-memory ledger's name; empty: the cluster's. Agents of one cluster on one host
   // each mirror into their own.
   std::string ledger_name;
+  // Rows the ledger has for instances (fixed when its segment is made): the cluster's size limit
+  // on this host.
+  std::uint32_t ledger_slots = 65536;
   // The agent's lease in cluster state; a disconnected instance is lost past the second.
   std::chrono::seconds heartbeat_ttl{10};
   std::chrono::seconds instance_lost_after{300};
