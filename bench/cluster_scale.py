@@ -423,6 +423,10 @@ def run(args):
         out["runtask_p50_ms"] = cr.percentile(d["lat"], 50) * 1000
         out["runtask_p99_ms"] = cr.percentile(d["lat"], 99) * 1000
         out["cpu_s"] = {k: round(v, 1) for k, v in d["cpu"].items()}
+        # The drive's figures at once: the services phase can take long at scale.
+        print("drive: " + json.dumps({k: out[k] for k in (
+            "accepted", "running", "placements_per_s", "accepted_per_s", "runtask_p50_ms",
+            "runtask_p99_ms", "drive_s", "cpu_s")}), flush=True)
         if d["errors"]:
             problems.append(f"RunTask errors: {d['errors']}")
         if d["running"] != d["accepted"]:
