@@ -176,7 +176,10 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
       if (it == members_.end()) return;
       (void)ledger_.release_slot(it->second.slot);
       ports_.erase(it->second.slot);
-      by_slot_.erase(it->second.slot);
+      // Two records with one EC2 id share a row: the slot stays the other's.
+      if (const auto b = by_slot_.find(it->second.slot); b != by_slot_.end() && b->second == id) {
+        by_slot_.erase(b);
+      }
       members_.erase(it);
       return;
     }

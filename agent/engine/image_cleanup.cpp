@@ -18,15 +18,18 @@ image_cleanup::image_cleanup(const config& c, docker::engine& d, store& s, metri
     : cfg_(c), docker_(&d), store_(&s), metrics_(m), in_use_(std::move(in_use)) {}
 
 void image_cleanup::track(const std::string& image_id, const std::string& ref) {
+  // Written lately under this name: its lastUsedAt is within the interval of now. Without this,
+  // every container made cost two store round trips on the launch path. The interval is at most
+  // half the minimum age, so that an image in use is never old enough to go.
+  const auto now = std::chrono::steady_clock::now();
+  const auto interval =
+      std::min<std::chrono::steady_clock::duration>(track_interval, cfg_.image_minimum_age / 2);
   {
-    // Written lately under this name: its lastUsedAt is within track_interval of now. Without
-    // this, every container made cost two store round trips on the launch path.
     std::lock_guard lock(mu_);
-    auto& w = written_[image_id];
-    const auto now = std::chrono::steady_clock::now();
-    if (w.names.contains(ref) && now - w.at < track_interval) return;
-    w.names.insert(ref);
-    w.at = now;
+    const auto w = written_.find(image_id);
+    if (w != written_.end() && w->second.names.contains(ref) && now - w->second.at < interval) {
+      return;
+    }
   }
   auto doc = store_->get("image", image_id);
   json im = doc && *doc ? json::parse(**doc, nullptr, false) : json::object();
@@ -38,7 +41,12 @@ void image_cleanup::track(const std::string& image_id, const std::string& ref) {
   im["lastUsedAt"] = now_seconds();
   if (auto w = store_->put("image", image_id, im.dump()); !w) {
     spdlog::error("store: image {}: {}", image_id, w.error().message);
+    return;  // tried again at the next container made
   }
+  std::lock_guard lock(mu_);
+  auto& w = written_[image_id];
+  w.names.insert(ref);
+  w.at = now;
 }
 
 void image_cleanup::clean_up() {
@@ -94,6 +102,10 @@ void image_cleanup::clean_up() {
       }
     }
     (void)store_->erase("image", id);
+    {
+      std::lock_guard lock(mu_);
+      written_.erase(id);
+    }
     ++removed;
     metrics_.add("berth_images_removed_total", {});
     spdlog::info("image {} removed: unused since {}", id, iso8601(last, false));

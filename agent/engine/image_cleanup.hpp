@@ -24,8 +24,8 @@ class image_cleanup {
   image_cleanup(const config& c, docker::engine& d, store& s, metrics& m,
                 std::function<std::set<std::string>()> in_use);
   // A task used the image `image_id` under the name `ref`, now: written to the store when the
-  // name is new to this process or its last write is older than track_interval (a minute, to
-  // an image's minimum age of an hour by default). Thread-safe.
+  // name is new to this process or its last write is older than track_interval (a minute), or
+  // half the image minimum age when that is shorter. Thread-safe.
   void track(const std::string& image_id, const std::string& ref);
   static constexpr std::chrono::seconds track_interval{60};
   // One cycle.

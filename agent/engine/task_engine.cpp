@@ -49,6 +49,7 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
+        if (!mine(t)) continue;
         for (const auto& [name, id] : t.berth.docker) container_to_task_[id] = a;
       }
     }
@@ -563,7 +564,9 @@ class task_engine_impl final : public task_engine {
     if (it == container_to_task_.end()) {
       // A container of ours not yet recorded (its create raced the event): find it by label.
       const auto a = e.attributes.find(label_task);
-      if (a == e.attributes.end() || !tasks_.contains(a->second)) return;
+      if (a == e.attributes.end()) return;
+      const auto known = tasks_.find(a->second);
+      if (known == tasks_.end() || !mine(known->second)) return;
       it = container_to_task_.emplace(e.id, a->second).first;
     }
     const std::string task_arn = it->second;
@@ -663,7 +666,10 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       for (const auto& [a, t] : tasks_) {
-        if (t.ecs.last_status != "STOPPED" && !t.berth.docker.empty()) active.push_back(a);
+        // Another instance's containers are on its host: not finding them here says nothing.
+        if (mine(t) && t.ecs.last_status != "STOPPED" && !t.berth.docker.empty()) {
+          active.push_back(a);
+        }
       }
     }
     for (const auto& a : active) reconcile(a);
@@ -676,7 +682,7 @@ class task_engine_impl final : public task_engine {
     {
       std::lock_guard lock(mu_);
       const auto it = tasks_.find(task_arn);
-      if (it == tasks_.end()) return;
+      if (it == tasks_.end() || !mine(it->second)) return;
       docker = it->second.berth.docker;
     }
     for (const auto& [name, id] : docker) {

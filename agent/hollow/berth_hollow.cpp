@@ -104,8 +104,14 @@ class hollow {
     if (auto r = register_all(*tasks); !r) return r;
     if (auto r = connect_all(); !r) return r;
     {
+      // From the table as it is now (it has followed the store since open()), then every change.
       std::lock_guard lock(table_.mutex());
-      for (const auto& t : *tasks) count(t, false);
+      holding_.clear();
+      for (const auto& [arn, t] : table_.rows()) {
+        count(t, false);
+        const auto on = t.ecs.container_instance_arn;
+        if (on && by_arn_.contains(*on) && t.ecs.last_status != "STOPPED") holding_.insert(arn);
+      }
       table_.watch([this](const st::task_table::change& c) { on_record(c); });
     }
     std::vector<std::string> arns;
@@ -157,7 +163,6 @@ class hollow {
       if (t.ecs.last_status == "STOPPED" || !t.ecs.container_instance_arn) continue;
       if (!by_arn_.contains(*t.ecs.container_instance_arn)) continue;
       needs[*t.ecs.container_instance_arn].push_back(t.berth.need);
-      holding_.insert(t.arn());
     }
     static const char* zones[] = {"a", "b", "c"};
     for (std::size_t from = 0; from < instances_.size(); from += batch) {

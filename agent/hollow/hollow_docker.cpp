@@ -87,16 +87,27 @@ void hollow_docker::emit(const container& c, const std::string& action) {
 }
 
 void hollow_docker::deliver() {
-  std::unique_lock lock(mu_);
   for (;;) {
-    events_cv_.wait(lock, [&] { return stopping_ || !events_.empty(); });
+    std::unique_lock lock(mu_);
+    events_cv_.wait(lock, [&] { return stopping_ || !events_.empty() || resync_pending_; });
     if (stopping_) return;
+    resync_pending_ = false;
     std::deque<dk::event> batch;
     batch.swap(events_);
     std::vector<std::shared_ptr<subscriber>> subs;
     for (const auto& [id, s] : subscribers_) subs.push_back(s);
-    std::lock_guard delivering(deliver_mu_);
     lock.unlock();
+    std::lock_guard delivering(deliver_mu_);
+    // A new subscriber's resync first, as a real stream's comes before its events.
+    for (const auto& s : subs) {
+      if (!s->resync || !s->handlers.on_resync) continue;
+      auto now = std::move(*s->resync);
+      s->resync.reset();
+      try {
+        s->handlers.on_resync(now);
+      } catch (...) {  // dropped, as a real subscription's handler exceptions are
+      }
+    }
     for (const dk::event& e : batch) {
       for (const auto& s : subs) {
         const auto& f = s->filter;
@@ -111,7 +122,6 @@ void hollow_docker::deliver() {
         }
       }
     }
-    lock.lock();
   }
 }
 
@@ -306,21 +316,23 @@ dk::result<dk::exec_state> hollow_docker::inspect_exec(std::string_view) {
 
 dk::result<std::unique_ptr<dk::subscription>> hollow_docker::subscribe(const dk::event_filter& f,
                                                                        dk::event_handlers h) {
-  auto s = std::make_shared<subscriber>(subscriber{f, std::move(h)});
+  auto s = std::make_shared<subscriber>(subscriber{f, std::move(h), std::nullopt});
   std::uint64_t id = 0;
-  std::vector<dk::container_summary> now;
   {
     std::lock_guard lock(mu_);
     id = ++next_subscriber_;
-    subscribers_[id] = s;
+    // The first connection's resync, delivered on the events' thread before any event.
+    std::vector<dk::container_summary> now;
     for (const auto& [cid, c] : containers_) {
       if (labels_match(f.labels, c.info.labels)) {
         now.push_back({cid, c.info.name, c.info.image, c.info.status, c.info.labels});
       }
     }
+    s->resync = std::move(now);
+    subscribers_[id] = s;
+    resync_pending_ = true;
   }
-  // The first connection's resync, as a real stream's: from the caller's thread.
-  if (s->handlers.on_resync) s->handlers.on_resync(now);
+  events_cv_.notify_all();
   return std::unique_ptr<dk::subscription>(std::make_unique<subscription_impl>(*this, id));
 }
 

@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -81,6 +82,8 @@ class hollow_docker final : public docker::engine {
   struct subscriber {
     docker::event_filter filter;
     docker::event_handlers handlers;
+    // The resync its first delivery starts with (set under mu_, taken on the events' thread).
+    std::optional<std::vector<docker::container_summary>> resync;
   };
   class subscription_impl;
 
@@ -106,6 +109,7 @@ class hollow_docker final : public docker::engine {
   std::map<std::uint64_t, std::shared_ptr<subscriber>> subscribers_;
   std::uint64_t next_subscriber_ = 0;
   bool stopping_ = false;
+  bool resync_pending_ = false;
   std::mutex deliver_mu_;  // held while handlers run: unsubscribe waits for them
   std::thread deliverer_;
 };

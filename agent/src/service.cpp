@@ -766,6 +766,13 @@ result<std::unique_ptr<service>> make_service(const config& c, std::unique_ptr<s
   if (!l)
     return tl::unexpected(
         error{"ledger for cluster " + c.cluster + ": " + ipc::describe(l.error())});
+  if (l->slot_count() != c.ledger_slots) {
+    // Its size was fixed when an earlier berthd made it (/dev/shm/berth.<name>).
+    spdlog::warn(
+        "ledger {} has rows for {} instances, not the {} --ledger-slots asks for: it "
+        "was made before; remove /dev/shm/berth.{} while no berthd uses it to remake it",
+        lo.cluster, l->slot_count(), c.ledger_slots, lo.cluster);
+  }
   auto svc =
       std::make_unique<service_impl>(c, std::move(s), std::move(d), std::move(*l), m, events);
   if (auto r = svc->start(); !r) return tl::unexpected(r.error());

@@ -279,5 +279,57 @@ TEST_F(TaskEngineTest, HousekeepingCleansUpOnlyThisInstancesStoppedTasks) {
   EXPECT_TRUE(docker_->inspect_container(*made)) << "another instance's container was removed";
 }
 
+TEST_F(TaskEngineTest, AnotherInstancesTasksAreLeftToItsOwnAgent) {
+  // Agents of one cluster share its task records, each with its own Docker: neither a resync
+  // with this Docker nor an event from it says anything about another instance's tasks.
+  const auto run = [&](const std::string& task_arn, const std::vector<std::string>& command) {
+    docker::container_spec spec;
+    spec.image = dt::test_image;
+    spec.command = command;
+    spec.labels = {{engine::label_cluster, cfg_.cluster},
+                   {engine::label_task, task_arn},
+                   {engine::label_container, "main"}};
+    auto id = docker_->create_container(spec);
+    EXPECT_TRUE(id) << id.error().message;
+    EXPECT_TRUE(docker_->start_container(*id));
+    return id ? *id : std::string();
+  };
+  const auto running = [](json t, const std::string& container_id) {
+    t["lastStatus"] = "RUNNING";
+    t["containers"][0]["lastStatus"] = "RUNNING";
+    t["containers"][0]["runtimeId"] = container_id;
+    t["_berth"]["docker"] = {{"main", container_id}};
+    return t;
+  };
+  json own = record(random_hex(32), {"sleep", "300"});
+  const std::string own_id = run(own["taskArn"], {"sleep", "300"});
+  own = running(own, own_id);
+  // The other instance's container is on its host: this Docker has no such id.
+  json other = running(record(random_hex(32), {"sleep", "300"}), std::string(64, 'e'));
+  other["containerInstanceArn"] =
+      "arn:aws:ecs:us-east-1:000000000000:container-instance/" + cfg_.cluster + "/i2";
+  write_to_state(other);
+  write_to_state(own);
+  ASSERT_TRUE(dt::eventually([&] { return status_of(own["taskArn"]) == "RUNNING"; }, 10s));
+  ASSERT_EQ(status_of(other["taskArn"]), "RUNNING");
+
+  start_engine();
+  // A container here labelled as the other instance's task exits.
+  const std::string stray = run(other["taskArn"], {"true"});
+  ASSERT_TRUE(dt::eventually(
+      [&] {
+        auto i = docker_->inspect_container(stray);
+        return i && !i->running;
+      },
+      30s));
+  // Docker's events come in order, after the resync: once this instance's task has seen its
+  // container exit, the stray's exit and the resync have been seen too.
+  ASSERT_TRUE(docker_->kill_container(own_id, "SIGKILL"));
+  ASSERT_TRUE(dt::eventually([&] { return status_of(own["taskArn"]) == "STOPPED"; }, 30s))
+      << "task is " << status_of(own["taskArn"]);
+  EXPECT_EQ(status_of(other["taskArn"]), "RUNNING");
+  EXPECT_EQ(table_->get(other["taskArn"])->ecs.desired_status.value_or(""), "RUNNING");
+}
+
 }  // namespace
 }  // namespace berth::agent
