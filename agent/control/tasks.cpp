@@ -560,7 +560,8 @@ struct task_actions::impl {
     const std::string group_wanted =
         req.service_name ? service_group(*req.service_name) : std::string();
     std::vector<std::pair<double, const std::string*>> found;
-    const auto all = table_.all();
+    // A service's tasks from the group index: the scheduler asks for each service every pass.
+    const auto all = req.service_name ? table_.in_group(group_wanted) : table_.all();
     for (const auto& tp : all) {
       const ecs::task& t = tp->ecs;
       if (t.cluster_arn != cluster.cluster_arn) continue;

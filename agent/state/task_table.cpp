@@ -471,6 +471,7 @@ void task_table::announce(const task& t, bool erased) {
   if (erased) {
     std::unique_lock lock(pub_mu_);
     pub_.erase(t.arn());
+    ungroup(t.arn(), t.ecs.group.value_or(""));
   } else {
     publish(t);
   }
@@ -490,8 +491,21 @@ void task_table::announce(const task& t, bool erased) {
 
 void task_table::publish(const task& t) {
   published p{std::make_shared<const task>(t), std::make_shared<views>()};
+  const std::string& group = t.ecs.group.value_or("");
   std::unique_lock lock(pub_mu_);
-  pub_[t.arn()] = std::move(p);
+  auto [it, fresh] = pub_.try_emplace(t.arn());
+  if (!fresh && it->second.record->ecs.group != t.ecs.group) {
+    ungroup(t.arn(), it->second.record->ecs.group.value_or(""));
+  }
+  if (fresh || it->second.record->ecs.group != t.ecs.group) by_group_[group].insert(t.arn());
+  it->second = std::move(p);
+}
+
+void task_table::ungroup(const std::string& arn, const std::string& group) {
+  const auto g = by_group_.find(group);
+  if (g == by_group_.end()) return;
+  g->second.erase(arn);
+  if (g->second.empty()) by_group_.erase(g);
 }
 
 std::shared_ptr<const task> task_table::get(const std::string& task_arn) const {
@@ -523,6 +537,18 @@ std::shared_ptr<const std::string> task_table::serialized(const std::string& tas
   });
   // Aliasing pointers: the text lives as long as its views do.
   return {p.text, with_tags || !p.text->tagged ? &p.text->view_with_tags : &p.text->view};
+}
+
+std::vector<std::shared_ptr<const task>> task_table::in_group(const std::string& group) const {
+  std::vector<std::shared_ptr<const task>> out;
+  std::shared_lock lock(pub_mu_);
+  const auto g = by_group_.find(group);
+  if (g == by_group_.end()) return out;
+  out.reserve(g->second.size());
+  for (const std::string& a : g->second) {
+    if (const auto it = pub_.find(a); it != pub_.end()) out.push_back(it->second.record);
+  }
+  return out;
 }
 
 std::vector<std::shared_ptr<const task>> task_table::all() const {

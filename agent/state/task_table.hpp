@@ -101,6 +101,9 @@ class task_table {
   // ---- readers: never take mutex() ----
   std::shared_ptr<const task> get(const std::string& task_arn) const;
   std::vector<std::shared_ptr<const task>> all() const;
+  // The tasks of one group ("service:<name>", "family:<name>", ...): a service's tasks without
+  // a walk over every task of the cluster.
+  std::vector<std::shared_ptr<const task>> in_group(const std::string& group) const;
   // The task as DescribeTasks shows it (the record without Berth's bookkeeping, with or
   // without its tags), serialized at most once per write (at its first read): reads copy text.
   std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
@@ -180,6 +183,8 @@ class task_table {
     std::shared_ptr<views> text;
   };
   std::map<std::string, published> pub_;
+  std::map<std::string, std::set<std::string>> by_group_;  // group -> its tasks' ARNs in pub_
+  void ungroup(const std::string& arn, const std::string& group);  // under pub_mu_
 };
 
 }  // namespace berth::state

@@ -126,6 +126,7 @@ void loop::forget() {
 void loop::pass_all() {
   auto all = recs_.all("");
   if (!all) return;
+  pass_reads_.clear();
   std::map<std::string, int> by_status = {{"ACTIVE", 0}, {"DRAINING", 0}};
   bool busy = false;
   // This cluster's services, and those of clusters without agents (whose events then say why
@@ -180,9 +181,9 @@ std::optional<rc::snapshot> loop::gather(const state::service& s) {
   snap.deployments = to_deployments(s);
   auto live = tasks_of(s, false);
   if (!live) return std::nullopt;
-  auto draining = draining_instances(s);
-  if (!draining) return std::nullopt;
-  snap.draining_instances = std::move(*draining);
+  const cluster_reads* reads = reads_of(name_of(s.cluster_arn));
+  if (reads == nullptr) return std::nullopt;
+  snap.draining_instances = reads->draining;
   if (snap.service.daemon && !snap.service.deleting) {
     auto where = daemon_instances(s);
     if (!where) return std::nullopt;
@@ -193,11 +194,10 @@ std::optional<rc::snapshot> loop::gather(const state::service& s) {
       if (d.status == rc::deployment_status::primary) d.desired_count = snap.service.desired_count;
     }
   }
-  const auto shields = recs_.protections(name_of(s.cluster_arn));
-  if (!shields) return std::nullopt;
+  const auto& shields = reads->protections;
   for (const auto& t : *live) {
     snap.tasks.push_back(to_task(t, checked_containers(t.task_definition_arn.value_or(""))));
-    if (const auto it = shields->find(snap.tasks.back().arn); it != shields->end()) {
+    if (const auto it = shields.find(snap.tasks.back().arn); it != shields.end()) {
       snap.tasks.back().protected_until = it->second;
     }
   }
@@ -277,11 +277,23 @@ std::optional<std::vector<ecs::task>> loop::tasks_of(const state::service& s, bo
   return out;
 }
 
-// The service's cluster's DRAINING container instances. Nothing when the lookup failed: an
-// instance missing from the list would look ACTIVE, and its tasks would stay.
-std::optional<std::set<std::string>> loop::draining_instances(const state::service& s) {
+// What the services of `cluster` read alike, read at its first service of the pass. Null when a
+// lookup failed (tried again at the next service).
+const loop::cluster_reads* loop::reads_of(const std::string& cluster) {
+  if (const auto it = pass_reads_.find(cluster); it != pass_reads_.end()) return &it->second;
+  auto draining = draining_instances(cluster);
+  if (!draining) return nullptr;
+  auto shields = recs_.protections(cluster);
+  if (!shields) return nullptr;
+  return &pass_reads_.emplace(cluster, cluster_reads{std::move(*draining), std::move(*shields)})
+              .first->second;
+}
+
+// The cluster's DRAINING container instances. Nothing when the lookup failed: an instance
+// missing from the list would look ACTIVE, and its tasks would stay.
+std::optional<std::set<std::string>> loop::draining_instances(const std::string& cluster) {
   ecs::list_container_instances_request list;
-  list.cluster = name_of(s.cluster_arn);
+  list.cluster = cluster;
   list.status = "DRAINING";
   return instances(std::move(list));
 }

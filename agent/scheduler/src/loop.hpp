@@ -74,7 +74,7 @@ class loop {
   std::optional<std::vector<ecs::task>> tasks_of(const state::service& s, bool stopped);
   std::optional<std::set<std::string>> daemon_instances(const state::service& s);
   std::optional<std::set<std::string>> instances(ecs::list_container_instances_request list);
-  std::optional<std::set<std::string>> draining_instances(const state::service& s);
+  std::optional<std::set<std::string>> draining_instances(const std::string& cluster);
   const std::set<std::string>& checked_containers(const std::string& task_definition);
   applied apply(const state::service& s, const rc::snapshot& snap, const rc::plan& p);
   void apply_targets(const rc::plan& p, const rc::snapshot& snap, applied& out);
@@ -116,6 +116,15 @@ class loop {
 
   // Touched by the loop's thread only: task definition -> its health-checked containers.
   std::map<std::string, std::set<std::string>> checked_;
+  // Touched by the loop's thread only: what every service of a cluster reads alike, read once
+  // per pass (cluster name -> ...) instead of once per service: with 1,000 services a pass read
+  // every instance and every protection 1,000 times.
+  struct cluster_reads {
+    std::set<std::string> draining;                  // its DRAINING instances
+    std::map<std::string, rc::seconds> protections;  // task ARN -> protected until
+  };
+  std::map<std::string, cluster_reads> pass_reads_;
+  const cluster_reads* reads_of(const std::string& cluster);
 };
 
 }  // namespace berth::agent::sched

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <set>
 #include <stdexcept>
 
 #include "temp_dir.hpp"
@@ -73,6 +74,37 @@ TEST_F(TaskTableTest, AnUnwatchedWatcherSeesNothingMore) {
   ASSERT_TRUE(table_->erase(arn_of("a")));
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(table_->get(arn_of("a")), nullptr);
+}
+
+TEST_F(TaskTableTest, AGroupListsItsTasksUntilTheyAreErased) {
+  const auto arns = [&](const std::string& group) {
+    std::set<std::string> out;
+    for (const auto& t : table_->in_group(group)) out.insert(t->arn());
+    return out;
+  };
+  auto in = [](task t, const std::string& group) {
+    t.ecs.group = group;
+    return t;
+  };
+  {
+    std::lock_guard lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all({in(record("a", "PROVISIONING"), "service:web"),
+                                    in(record("b", "PROVISIONING"), "service:web"),
+                                    in(record("c", "PROVISIONING"), "family:batch")}));
+    table_->save(in(record("a", "RUNNING"), "service:web"));
+  }
+  EXPECT_EQ(arns("service:web"), (std::set<std::string>{arn_of("a"), arn_of("b")}));
+  EXPECT_EQ(arns("family:batch"), std::set<std::string>{arn_of("c")});
+  EXPECT_TRUE(arns("service:other").empty());
+  {
+    std::lock_guard lock(table_->mutex());
+    // A record written with another group moves; an erased one leaves its group.
+    table_->save(in(record("b", "RUNNING"), "service:api"));
+    ASSERT_TRUE(table_->erase(arn_of("a")));
+  }
+  EXPECT_TRUE(arns("service:web").empty());
+  EXPECT_EQ(arns("service:api"), std::set<std::string>{arn_of("b")});
+  EXPECT_EQ(table_->in_group("service:api").front()->ecs.last_status, "RUNNING");
 }
 
 TEST_F(TaskTableTest, SerializedViewsHoldNoBookkeepingAndTagsOnlyWhenAsked) {
