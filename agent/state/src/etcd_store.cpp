@@ -116,7 +116,6 @@ void set_op(pb::RequestOp& p, const txn_op& op) {
       auto* r = p.mutable_request_put();
       r->set_key(op.range.key);
       r->set_value(op.value);
-      r->set_prev_kv(true);
       if (op.lease != 0) r->set_lease(op.lease);
       return;
     }
@@ -148,8 +147,8 @@ op_result result_of(pb::ResponseOp& r) {
 
 class etcd_watcher final : public watcher {
  public:
-  etcd_watcher(etcd_rpc& rpc, key_range range, revision start)
-      : rpc_(rpc), range_(std::move(range)), next_(start), delivered_(start) {}
+  etcd_watcher(etcd_rpc& rpc, key_range range, revision start, bool prev_kv)
+      : rpc_(rpc), range_(std::move(range)), prev_kv_(prev_kv), next_(start), delivered_(start) {}
   ~etcd_watcher() override {
     cancel();
     if (thread_.joinable()) thread_.join();
@@ -202,7 +201,7 @@ class etcd_watcher final : public watcher {
       pb::WatchRequest req;
       auto* create = req.mutable_create_request();
       set_range(*create, range_);
-      create->set_prev_kv(true);
+      create->set_prev_kv(prev_kv_);
       etcd_rpc::endpoint& e = rpc_.endpoint_after(attempt % rpc_.endpoint_count());
       grpc::ClientContext ctx;
       rpc_.prepare_stream(ctx);
@@ -306,6 +305,7 @@ class etcd_watcher final : public watcher {
 
   etcd_rpc& rpc_;
   const key_range range_;
+  const bool prev_kv_;  // etcd sends each event's previous value too
   mutable std::mutex mu_;
   std::condition_variable cv_;
   grpc::ClientContext* ctx_ = nullptr;  // the stream's, while it runs (mu_)
@@ -401,7 +401,7 @@ class etcd_store final : public store {
       auto j = read_at(w.start_revision);
       if (!j && j.error().code != errc::future_revision) return tl::unexpected(j.error());
     }
-    auto out = std::make_unique<etcd_watcher>(*rpc_, w.range, w.start_revision);
+    auto out = std::make_unique<etcd_watcher>(*rpc_, w.range, w.start_revision, w.prev_kv);
     if (auto s = out->start(o_.timeout); !s) return tl::unexpected(s.error());
     return std::unique_ptr<watcher>(std::move(out));
   }

@@ -81,7 +81,7 @@ class rebased_store final : public store {
   result<std::unique_ptr<watcher>> watch(const watch_request& w) override {
     auto r = there(w.range);
     if (!r) return tl::unexpected(r.error());
-    auto inner = s_->watch({std::move(*r), w.start_revision});
+    auto inner = s_->watch({std::move(*r), w.start_revision, w.prev_kv});
     if (!inner) return tl::unexpected(inner.error());
     return std::unique_ptr<watcher>(std::make_unique<rebased_watcher>(
         std::move(*inner), [this](key_value& kv) { kv.key = here(kv.key); }));

@@ -97,6 +97,7 @@ struct watch_state {
   key_range range;
   std::string end;  // prefix_end(range.key) for a prefix
   std::size_t buffer = 0;
+  bool prev_kv = false;  // delivered with each event's previous value
 
   // Guarded by the store's mutex (and, where written, mu too):
   revision fetch_from = 0;  // the next revision not yet queued

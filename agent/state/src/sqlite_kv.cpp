@@ -323,7 +323,6 @@ result<op_result> sqlite_core::apply(const txn_op& op, std::vector<event>& event
       e.prev_kv = *prev;
       if (auto r = put_kv(e.kv); !r) return tl::unexpected(r.error());
       if (auto r = log_row(e, !*prev); !r) return tl::unexpected(r.error());
-      if (*prev) out.prev_kvs.push_back(**prev);
       events.push_back(std::move(e));
       return out;
     }

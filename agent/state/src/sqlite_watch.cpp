@@ -42,6 +42,9 @@ result<std::vector<event>> sqlite_watcher::next(steady::time_point deadline) {
                                std::make_move_iterator(w_->queue.end()));
         w_->queue.clear();
         w_->delivered_next = event_revision(out.back()) + 1;
+        if (!w_->prev_kv) {
+          for (event& e : out) e.prev_kv.reset();
+        }
         return out;
       }
       if (w_->failure) return tl::unexpected(*w_->failure);
@@ -71,6 +74,7 @@ result<std::unique_ptr<watcher>> sqlite_core::watch(const watch_request& req) {
   w->range = req.range;
   if (req.range.prefix) w->end = prefix_end(req.range.key);
   w->buffer = opt_.watcher_buffer;
+  w->prev_kv = req.prev_kv;
   std::lock_guard lock(mu_);
   if (auto c = check_open(); !c) return tl::unexpected(c.error());
   const revision start = req.start_revision > 0 ? req.start_revision : revision_ + 1;

@@ -171,8 +171,10 @@ class StoreContractTest : public ::testing::TestWithParam<backend> {
     EXPECT_TRUE(r) << r.error().detail;
     return r.value_or(-1);
   }
-  std::unique_ptr<st::watcher> watch(const std::string& prefix, st::revision from) {
-    auto w = s_->watch({st::key_range::with_prefix(prefix), from});
+  // `prev_kv`: each event's previous value too (only when asked).
+  std::unique_ptr<st::watcher> watch(const std::string& prefix, st::revision from,
+                                     bool prev_kv = false) {
+    auto w = s_->watch({st::key_range::with_prefix(prefix), from, prev_kv});
     EXPECT_TRUE(w) << w.error().detail;
     return w ? std::move(*w) : nullptr;
   }
@@ -392,8 +394,10 @@ TEST_P(StoreContractTest, CompareAndSwapIncrementsAddUpExactly) {
 
 TEST_P(StoreContractTest, WatchDeliversEveryEventInRevisionOrder) {
   put("/other", "not watched");
-  auto w = watch("/w/", 0);
+  auto w = watch("/w/", 0, true);
   ASSERT_TRUE(w);
+  auto plain = watch("/w/", 0);
+  ASSERT_TRUE(plain);
   const st::revision r0 = rev();
   put("/w/a", "1");
   put("/other", "not watched");
@@ -422,6 +426,13 @@ TEST_P(StoreContractTest, WatchDeliversEveryEventInRevisionOrder) {
   EXPECT_EQ(evs[4].prev_kv->value, "2");
   EXPECT_EQ(w->next_revision(), r0 + 6);
   expect_quiet(*w);
+  // Not asked for, no previous values: the same events without them.
+  auto bare = collect(*plain, 7);
+  ASSERT_EQ(bare.size(), 7u);
+  for (std::size_t i = 0; i < bare.size(); ++i) {
+    EXPECT_EQ(bare[i].kv.mod_revision, evs[i].kv.mod_revision) << i;
+    EXPECT_FALSE(bare[i].prev_kv) << i;
+  }
 }
 
 // A client that lost its watch resumes from last seen + 1 and gets exactly what it missed.
@@ -525,7 +536,7 @@ TEST_P(StoreContractTest, ExpiredLeaseDeletesItsKeysWithDeleteEvents) {
   ASSERT_TRUE(ttl) << ttl.error().detail;
   EXPECT_EQ(ttl->granted_ttl, 10s);
   EXPECT_EQ(ttl->keys, (std::vector<std::string>{"/l/a", "/l/b"}));
-  auto w = watch("/l/", 0);
+  auto w = watch("/l/", 0, true);
   ASSERT_TRUE(w);
   // Kept alive, it outlives its first TTL.
   pass_time(6s);
@@ -665,7 +676,7 @@ TEST_P(StoreContractTest, ReopenedStoreHasTheSameDataRevisionHistoryAndLeases) {
   EXPECT_EQ(*get("/d/a"), a);
   EXPECT_EQ(get("/d/b")->lease, l->id);
   // History survives too: a watch resumes across the restart.
-  auto w = watch("/d/", r - 2);
+  auto w = watch("/d/", r - 2, true);
   ASSERT_TRUE(w);
   auto evs = collect(*w, 3);
   ASSERT_EQ(evs.size(), 3u);

@@ -147,7 +147,8 @@ struct txn_request {
 };
 
 // One per op run, in order. get: the kvs it saw (later ops of the same txn see earlier writes);
-// put: prev_kvs holds the overwritten key, if any; del: prev_kvs holds what it deleted.
+// put: nothing in prev_kvs (etcd would read the overwritten value for it); del: prev_kvs holds
+// what it deleted.
 struct op_result {
   std::vector<key_value> kvs;
   std::vector<key_value> prev_kvs;
@@ -165,12 +166,15 @@ struct event {
   event_type type = event_type::put;
   // put: the key as written. del: key and mod_revision (the delete's revision) only.
   key_value kv;
-  std::optional<key_value> prev_kv;  // the key before this event, when it existed
+  std::optional<key_value> prev_kv;  // the key before this event, when it existed and was asked for
 };
 
 struct watch_request {
   key_range range;
   revision start_revision = 0;  // 0: from the next revision (only what happens from now on)
+  // Each event's prev_kv too. Off by default: etcd reads the previous value for every event
+  // and watcher, and sends it (twice the bytes of a put) -- most of a busy etcd's work.
+  bool prev_kv = false;
 };
 
 // A pull-queue of one watch. Events arrive in revision order; the events of one revision are
