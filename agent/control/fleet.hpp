@@ -107,8 +107,10 @@ class fleet {
   // The static ports this fleet holds in the ledger for each slot.
   std::map<std::uint32_t, std::set<std::uint16_t>> ports_;
   // Running tasks per instance ARN, and each task's contribution.
-  std::map<std::string, std::uint32_t> running_;
-  std::map<std::string, std::string> running_on_;  // task ARN -> instance ARN, while RUNNING
+  // Hashed: looked up at every task change, by ARNs that share their first 50 characters.
+  std::unordered_map<std::string, std::uint32_t> running_;
+  std::unordered_map<std::string, std::string>
+      running_on_;  // task ARN -> instance ARN, while RUNNING
   std::optional<state::prefix_follower> follower_;
   double opened_in_ = 0;  // seconds open() took to read and mirror every instance
 };

@@ -8,6 +8,8 @@
 #include <map>
 #include <set>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "berth/agent/util.hpp"
 #include "berth/placement.hpp"
@@ -786,8 +788,9 @@ struct task_actions::impl {
   pl::task_groups groups_;  // under mu_
   // Under mu_: this instance's tasks whose capacity is claimed, not yet STOPPED; and every task
   // counted in groups_, with the slot it is counted on.
-  std::set<std::string> holding_;
-  std::map<std::string, std::uint32_t> grouped_;
+  // Hashed: looked up at every task change, by ARNs that share their first 50 characters.
+  std::unordered_set<std::string> holding_;
+  std::unordered_map<std::string, std::uint32_t> grouped_;
   bool stopping_ = false;  // under mu_
 };
 

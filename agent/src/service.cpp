@@ -24,6 +24,7 @@
 #include <shared_mutex>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 
 #include "account_settings.hpp"
 #include "berth/agent/util.hpp"
@@ -747,8 +748,8 @@ class service_impl final : public service {
   std::thread heartbeat_;
   metrics& metrics_;
   event_bus& bus_;
-  std::map<std::string, std::string> published_;       // task ARN -> the state last announced
-  std::function<void(const state::task&)> on_change_;  // under mu_
+  std::unordered_map<std::string, std::string> published_;  // task ARN -> the state last announced
+  std::function<void(const state::task&)> on_change_;       // under mu_
   control::task_actions task_actions_{
       {cfg_, *store_, table_, inst_, fleet_, ledger_, tds_, daemon_tds_, metrics_,
        [this](const std::optional<std::string>& c) { return find_cluster(c); }}};

@@ -193,7 +193,7 @@ void task_table::apply(const event& e) {
     if (changed) announce(row->second, false);
     return;
   }
-  announce(upsert(*t, e.kv.mod_revision), false);
+  announce(upsert(std::move(*t), e.kv.mod_revision), false);
 }
 
 result<revision> task_table::relist() {
@@ -277,6 +277,14 @@ agent::result<void> task_table::commit(const task& t) {
   dirty_.erase(rec.arn());
   announce(upsert(rec, *w), false);
   return {};
+}
+
+task& task_table::upsert(task&& t, revision rev) {
+  std::string a = t.arn();
+  if (rev != 0) keys_[key_of(t)] = known{a, rev, false};
+  auto [it, fresh] = rows_.try_emplace(std::move(a));
+  it->second = std::move(t);
+  return it->second;
 }
 
 task& task_table::upsert(const task& t, revision rev) {

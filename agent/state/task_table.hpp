@@ -37,6 +37,7 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "berth/state.hpp"
@@ -131,6 +132,7 @@ class task_table {
   agent::result<revision> write(task& t, writer who);
   // The table's row for `task`, set to it (at revision `rev`, unless 0).
   task& upsert(const task& t, revision rev);
+  task& upsert(task&& t, revision rev);  // a record parsed from the store: moved in
   void announce(const task& t, bool erased);
   void publish(const task& t);
   // Following the store: the loop of the follower thread, one event, and a relist after the
@@ -153,7 +155,7 @@ class task_table {
     revision rev = 0;
     bool erased = false;
   };
-  std::map<std::string, known> keys_;
+  std::unordered_map<std::string, known> keys_;  // hashed: looked up at every change
   std::map<std::uint64_t, std::function<void(const change&)>> watchers_;
   std::uint64_t last_watch_ = 0;
   // The follower: its thread and the watch it reads (follow_mu_ guards watcher_ and closing_).
