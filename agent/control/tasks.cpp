@@ -783,7 +783,7 @@ struct task_actions::impl {
   std::function<tl::expected<state::cluster, api_error>(const std::optional<std::string>&)>
       find_cluster;
   std::mutex& mu_ = table_.mutex();
-  std::map<std::string, state::task>& tasks_ = table_.rows();
+  state::task_table::row_map& tasks_ = table_.rows();
   pl::placer placer_;
   pl::task_groups groups_;  // under mu_
   // Under mu_: this instance's tasks whose capacity is claimed, not yet STOPPED; and every task

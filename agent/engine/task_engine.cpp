@@ -784,7 +784,7 @@ class task_engine_impl final : public task_engine {
   // The table's lock and records: the engine's own state below is under the same lock.
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
-  std::map<std::string, task>& tasks_ = table_.rows();
+  state::task_table::row_map& tasks_ = table_.rows();
   bool stopping_ = false;
   std::map<std::string, std::string> container_to_task_;
   task_workers workers_;

@@ -742,7 +742,7 @@ class service_impl final : public service {
   control::fleet fleet_{cfg_, *store_, ledger_, table_};
   std::mutex& mu_ = table_.mutex();
   std::condition_variable& cv_ = table_.changed();
-  std::map<std::string, state::task>& tasks_ = table_.rows();
+  state::task_table::row_map& tasks_ = table_.rows();
   bool stopping_ = false;
   std::unique_ptr<engine::task_engine> engine_;
   std::thread heartbeat_;

@@ -38,6 +38,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "berth/state.hpp"
@@ -69,8 +70,10 @@ class task_table {
   std::mutex& mutex() { return mu_; }
   // Notified after every change (and by whoever else shares mutex() for its waits).
   std::condition_variable& changed() { return changed_; }
-  // The records by task ARN. Changes made in place are announced by the save() that follows.
-  std::map<std::string, task>& rows() { return rows_; }
+  // The records by task ARN (hashed, in no order: ARNs share their first 50 characters, and
+  // every change looks one up). Changes made in place are announced by the save() that follows.
+  using row_map = std::unordered_map<std::string, task>;
+  row_map& rows() { return rows_; }
 
   // The control side's write (a new record, or what a task should be): durable first, then in
   // the table. A failed write changes nothing; one that lost a race is made again on the
@@ -146,7 +149,7 @@ class task_table {
   std::string prefix_;  // the store keys of the cluster's task records
   std::mutex mu_;
   std::condition_variable changed_;
-  std::map<std::string, task> rows_;
+  row_map rows_;
   // Each record's store key: its task, the revision the table has, and whether the table erased
   // it (a tombstone until the store's delete event comes back). The follower skips any event
   // not newer than what the table has.
@@ -166,7 +169,7 @@ class task_table {
   bool closing_ = false;
   // Written behind (under mu_): the rows saved and not yet written, those being written, how many
   // writes failed in a row, and the writer thread (running_ while it takes saves).
-  std::set<std::string> dirty_, inflight_;
+  std::unordered_set<std::string> dirty_, inflight_;
   int failed_writes_ = 0;
   std::condition_variable pending_cv_;
   std::thread writer_;
