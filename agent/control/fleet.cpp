@@ -325,6 +325,11 @@ void fleet::count(const state::task& t, bool erased) {
   }
 }
 
+std::size_t fleet::size() const {
+  std::lock_guard lock(mu_);
+  return members_.size();
+}
+
 std::vector<member> fleet::all() const {
   std::lock_guard lock(mu_);
   std::vector<member> out;

@@ -74,6 +74,7 @@ class fleet {
   void count(const state::task& t, bool erased);
 
   std::vector<member> all() const;
+  std::size_t size() const;  // how many instances all() has, without copying them
   // The member an ARN, or an instance id, names.
   std::optional<member> find(const std::string& ref) const;
   std::optional<member> at_slot(std::uint32_t slot) const;

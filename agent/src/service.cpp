@@ -262,13 +262,12 @@ class service_impl final : public service {
 
   // The cluster's tasks RUNNING, and PENDING or PROVISIONING.
   std::pair<std::int64_t, std::int64_t> count_tasks() const {
-    std::int64_t running = 0, pending = 0;
-    for (const auto& t : table_.all()) {
-      const std::string& last = *t->ecs.last_status;
-      running += last == "RUNNING";
-      pending += last == "PENDING" || last == "PROVISIONING";
-    }
-    return {running, pending};
+    const auto n = table_.status_counts();
+    const auto of = [&](const char* s) {
+      const auto it = n.find(s);
+      return it == n.end() ? std::int64_t{0} : it->second;
+    };
+    return {of("RUNNING"), of("PENDING") + of("PROVISIONING")};
   }
 
   // ---- clusters (control/clusters) ----
@@ -672,9 +671,8 @@ class service_impl final : public service {
                              "STOPPING", "DEPROVISIONING", "STOPPED"}) {
         by_state[st] = 0;
       }
-      {
-        std::lock_guard lock(mu_);
-        for (const auto& [a, t] : tasks_) ++by_state[t.ecs.last_status.value_or("UNKNOWN")];
+      for (const auto& [st, n] : table_.status_counts()) {
+        by_state[st.empty() ? "UNKNOWN" : st] += static_cast<int>(n);
       }
       for (const auto& [st, n] : by_state) m.set("berth_tasks", {{"state", st}}, n);
     });
@@ -726,7 +724,7 @@ class service_impl final : public service {
       cfg_, *store_,
       [this] {
         control::clusters::counts n;
-        n.instances = static_cast<std::int64_t>(fleet_.all().size());
+        n.instances = static_cast<std::int64_t>(fleet_.size());
         std::tie(n.running, n.pending) = count_tasks();
         return n;
       },

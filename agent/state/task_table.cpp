@@ -478,8 +478,11 @@ void task_table::unwatch(std::uint64_t id) { watchers_.erase(id); }
 void task_table::announce(const task& t, bool erased) {
   if (erased) {
     std::unique_lock lock(pub_mu_);
-    pub_.erase(t.arn());
-    ungroup(t.arn(), t.ecs.group.value_or(""));
+    if (const auto it = pub_.find(t.arn()); it != pub_.end()) {
+      uncount(*it->second.record);
+      ungroup(t.arn(), it->second.record->ecs.group.value_or(""));
+      pub_.erase(it);
+    }
   } else {
     publish(t);
   }
@@ -506,7 +509,19 @@ void task_table::publish(const task& t) {
     ungroup(t.arn(), it->second.record->ecs.group.value_or(""));
   }
   if (fresh || it->second.record->ecs.group != t.ecs.group) by_group_[group].insert(t.arn());
+  if (!fresh) uncount(*it->second.record);
+  ++by_status_[t.ecs.last_status.value_or("")];
   it->second = std::move(p);
+}
+
+void task_table::uncount(const task& t) {
+  const auto s = by_status_.find(t.ecs.last_status.value_or(""));
+  if (s != by_status_.end() && --s->second == 0) by_status_.erase(s);
+}
+
+std::map<std::string, std::int64_t> task_table::status_counts() const {
+  std::shared_lock lock(pub_mu_);
+  return by_status_;
 }
 
 void task_table::ungroup(const std::string& arn, const std::string& group) {

@@ -108,6 +108,9 @@ class task_table {
   // The tasks of one group ("service:<name>", "family:<name>", ...): a service's tasks without
   // a walk over every task of the cluster.
   std::vector<std::shared_ptr<const task>> in_group(const std::string& group) const;
+  // How many tasks have each lastStatus, kept as records change: DescribeClusters' counts and
+  // the berth_tasks metric without a walk over every task.
+  std::map<std::string, std::int64_t> status_counts() const;
   // The task as DescribeTasks shows it (the record without Berth's bookkeeping, with or
   // without its tags), serialized at most once per write (at its first read): reads copy text.
   std::shared_ptr<const std::string> serialized(const std::string& task_arn, bool with_tags) const;
@@ -189,7 +192,9 @@ class task_table {
   };
   std::map<std::string, published> pub_;
   std::map<std::string, std::set<std::string>> by_group_;  // group -> its tasks' ARNs in pub_
+  std::map<std::string, std::int64_t> by_status_;          // lastStatus -> tasks in pub_
   void ungroup(const std::string& arn, const std::string& group);  // under pub_mu_
+  void uncount(const task& t);                                     // under pub_mu_
 };
 
 }  // namespace berth::state

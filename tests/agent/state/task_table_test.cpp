@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <set>
 #include <stdexcept>
 
@@ -76,7 +77,7 @@ TEST_F(TaskTableTest, AnUnwatchedWatcherSeesNothingMore) {
   EXPECT_EQ(table_->get(arn_of("a")), nullptr);
 }
 
-TEST_F(TaskTableTest, AGroupListsItsTasksUntilTheyAreErased) {
+TEST_F(TaskTableTest, GroupsAndStatusCountsFollowEveryChange) {
   const auto arns = [&](const std::string& group) {
     std::set<std::string> out;
     for (const auto& t : table_->in_group(group)) out.insert(t->arn());
@@ -105,6 +106,9 @@ TEST_F(TaskTableTest, AGroupListsItsTasksUntilTheyAreErased) {
   EXPECT_TRUE(arns("service:web").empty());
   EXPECT_EQ(arns("service:api"), std::set<std::string>{arn_of("b")});
   EXPECT_EQ(table_->in_group("service:api").front()->ecs.last_status, "RUNNING");
+  // The counts by lastStatus follow every change: b RUNNING, c PROVISIONING, a erased.
+  EXPECT_EQ(table_->status_counts(),
+            (std::map<std::string, std::int64_t>{{"PROVISIONING", 1}, {"RUNNING", 1}}));
 }
 
 TEST_F(TaskTableTest, SerializedViewsHoldNoBookkeepingAndTagsOnlyWhenAsked) {
