@@ -34,6 +34,7 @@ import base64
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -483,6 +484,8 @@ def report(o):
 
 
 def main():
+    # Stopped with SIGTERM, it still stops what it started (run()'s finally), as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--berthd", default=os.path.join(ROOT, "build/agent/berthd"))
     ap.add_argument("--hollow", default=os.path.join(ROOT, "build/agent/hollow/berth-hollow"))

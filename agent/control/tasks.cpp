@@ -64,9 +64,14 @@ struct task_actions::impl {
     auto out = placer_.place(*q, {}, g, o);
     std::set<std::string> arns;
     if (!out) return arns;
+    // Slot -> its members (two records with one EC2 id share a row): one pass, not one per
+    // slot placed (quadratic: ListContainerInstances with a filter timed out at 50,000).
+    std::unordered_map<std::uint32_t, std::vector<const member*>> at;
+    at.reserve(all.size());
+    for (const member& m : all) at[m.slot].push_back(&m);
     for (const std::uint32_t slot : out->slots) {
-      for (const member& m : all) {
-        if (m.slot == slot) arns.insert(m.record.container_instance_arn);
+      if (const auto it = at.find(slot); it != at.end()) {
+        for (const member* m : it->second) arns.insert(m->record.container_instance_arn);
       }
     }
     return arns;
