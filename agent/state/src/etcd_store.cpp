@@ -133,10 +133,6 @@ op_result result_of(pb::ResponseOp& r) {
   if (r.has_response_range()) {
     out.kvs = kvs_of(*r.mutable_response_range()->mutable_kvs());
     out.more = r.response_range().more();
-  } else if (r.has_response_put()) {
-    if (r.response_put().has_prev_kv()) {
-      out.prev_kvs.push_back(kv_of(*r.mutable_response_put()->mutable_prev_kv()));
-    }
   } else if (r.has_response_delete_range()) {
     out.prev_kvs = kvs_of(*r.mutable_response_delete_range()->mutable_prev_kvs());
   }
