@@ -96,6 +96,35 @@ placer::placer(placer&&) noexcept = default;
 placer& placer::operator=(placer&&) noexcept = default;
 placer::~placer() = default;
 
+std::vector<std::uint32_t> placer::matching(const query& qy, const place_options& opts) {
+  const query::impl& q = *qy.impl_;
+  impl& m = *impl_;
+  const std::uint64_t connected_after =
+      opts.heartbeat_timeout_ns == 0 || opts.now_ns < opts.heartbeat_timeout_ns
+          ? 0
+          : opts.now_ns - opts.heartbeat_timeout_ns;
+  const ipc::columns c = m.l.view();
+  const task_groups none;
+  resolution& r = m.resolution_for(q);
+  detail::resolve_query(q, r, m.l, c, none, connected_after);
+  const requirements nothing;
+  const std::vector<overlay_entry> no_overlay;
+  const decision d{c,
+                   q,
+                   r,
+                   nothing,
+                   nullptr,
+                   no_overlay,
+                   connected_after,
+                   permutation(c.count, opts.seed),
+                   permutation(c.count, detail::tie_seed)};
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t s = 0; s < c.count; ++s) {
+    if (!d.check(s)) out.push_back(s);
+  }
+  return out;
+}
+
 result<outcome> placer::place(const query& qy, const requirements& need, task_groups& groups,
                               const place_options& opts) {
   if (opts.count == 0) {

@@ -119,6 +119,20 @@ TEST_F(AgentTest, ContainerInstanceIsRegisteredWithResourcesAndAttributes) {
   EXPECT_EQ(inst["status"], "ACTIVE");
   EXPECT_TRUE(inst["agentConnected"].get<bool>());
 
+  // The cluster query language as a filter: matched, not matched, malformed.
+  const auto filtered = [&](const std::string& filter) {
+    return a().aws({"list-container-instances", "--cluster", a().cluster(), "--filter", filter});
+  };
+  auto hit = filtered("attribute:stack == test and attribute:ecs.os-type exists");
+  ASSERT_EQ(hit.status, 0) << hit.err;
+  EXPECT_EQ(hit.body["containerInstanceArns"], json::array({ci}));
+  auto miss = filtered("attribute:stack == prod");
+  ASSERT_EQ(miss.status, 0) << miss.err;
+  EXPECT_TRUE(miss.body["containerInstanceArns"].empty());
+  auto bad = filtered("attribute:stack ==");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("InvalidParameterException"), std::string::npos) << bad.err;
+
   // Draining: nothing more is placed on it.
   auto drain = a().aws({"update-container-instances-state", "--cluster", a().cluster(),
                         "--container-instances", ci, "--status", "DRAINING"});

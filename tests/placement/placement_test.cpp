@@ -268,6 +268,43 @@ TEST(ConstraintTest, MemberOfInstanceTypeAndZone) {
   EXPECT_EQ(g.find("family:web"), nullptr) << "a dry run records no task";
 }
 
+// matching(): every instance a zero-need task could use, checked once each; full hosts match
+// too (a filter is not a placement), draining and disconnected ones do not.
+TEST(ConstraintTest, MatchingListsEveryInstanceAFilterSelects) {
+  cluster c(unique("matching"), 4096);
+  std::vector<std::uint32_t> want;
+  for (std::uint32_t i = 0; i < 3000; ++i) {
+    host h = make(id("h", i), i % 7 == 0 ? 0 : 4096, 8192, i % 3 == 0 ? "m5.large" : "t2.micro",
+                  i % 2 == 0 ? "zone-a" : "zone-b");
+    if (i % 11 == 0) h.state = instance_state::draining;
+    const std::uint32_t slot = c.add(h);
+    if (i % 3 == 0 && i % 2 == 0 && i % 11 != 0) want.push_back(slot);
+  }
+  std::sort(want.begin(), want.end());
+  const std::uint32_t silent = want.back();
+  for (std::uint32_t s : want) {
+    if (s != silent) {
+      ASSERT_TRUE(c.ledger().heartbeat(s, 1'000'000));
+    }
+  }
+  auto q = compile(req(0, 0, {},
+                       {{"memberOf",
+                         "attribute:ecs.instance-type == m5.large and "
+                         "attribute:ecs.availability-zone == zone-a"}}));
+  ASSERT_TRUE(q);
+  for (const auto impl : {implementation::vector, implementation::reference}) {
+    placer p(c.ledger(), impl);
+    EXPECT_EQ(p.matching(*q, {}), want);
+    place_options o;
+    o.now_ns = 1'000'000;
+    o.heartbeat_timeout_ns = 500'000;
+    auto connected = want;
+    connected.pop_back();
+    EXPECT_EQ(p.matching(*q, o), connected) << "a disconnected agent matches nothing";
+  }
+  EXPECT_EQ(c.free(want.front()).cpu, 4096u) << "matching reserves nothing";
+}
+
 TEST(ConstraintTest, AttributeOperatorsOverTheDictionary) {
   cluster c(unique("attrops"));
   host h1 = make("h1", 4096, 8192);

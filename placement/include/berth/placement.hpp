@@ -184,6 +184,10 @@ class placer {
                                       const place_options& opts) {
     return place(q, q.source().need, groups, opts);
   }
+  // Every instance that could take a task needing nothing: ACTIVE, connected (opts.now_ns,
+  // heartbeat_timeout_ns) and meeting the query's memberOf constraints, in slot order. One
+  // check per instance (ListContainerInstances' filter, a daemon's instances); reserves nothing.
+  [[nodiscard]] std::vector<std::uint32_t> matching(const query& q, const place_options& opts);
 
   struct impl;
 
