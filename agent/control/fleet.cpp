@@ -341,6 +341,19 @@ std::vector<member> fleet::all() const {
   return out;
 }
 
+std::vector<std::string> fleet::arns(const std::function<bool(const member&)>& keep) const {
+  std::vector<std::string> out;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, m] : members_) {
+      if (keep(m)) out.push_back(m.record.container_instance_arn);
+    }
+  }
+  // By id already; ARNs share their prefix within a cluster, so this is a check.
+  if (!std::is_sorted(out.begin(), out.end())) std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::optional<member> fleet::find(const std::string& ref) const {
   std::lock_guard lock(mu_);
   const std::string id = ref.substr(ref.rfind('/') + 1);

@@ -75,6 +75,9 @@ class fleet {
 
   std::vector<member> all() const;
   std::size_t size() const;  // how many instances all() has, without copying them
+  // The ARNs of the members `keep` says yes to, in ARN order, without copying the members
+  // (ListContainerInstances over 50,000 instances).
+  std::vector<std::string> arns(const std::function<bool(const member&)>& keep) const;
   // The member an ARN, or an instance id, names.
   std::optional<member> find(const std::string& ref) const;
   std::optional<member> at_slot(std::uint32_t slot) const;

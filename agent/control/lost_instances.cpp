@@ -10,7 +10,10 @@ namespace berth::agent::control {
 std::size_t stop_tasks_on(state::task_table& table, const std::string& instance_arn,
                           const std::string& stop_code, const std::string& reason) {
   std::vector<state::task> doomed;
-  for (const auto& [arn, row] : table.rows()) {
+  for (const std::string& arn : table.on_instance(instance_arn)) {
+    const auto it = table.rows().find(arn);
+    if (it == table.rows().end()) continue;
+    const state::task& row = it->second;
     if (row.ecs.container_instance_arn == instance_arn && row.ecs.last_status != "STOPPED") {
       doomed.push_back(row);
     }

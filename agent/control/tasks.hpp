@@ -63,8 +63,9 @@ class task_actions {
   tl::expected<std::string, api_error> describe_tasks_text(const json& req);
   outcome task_usage(const json& req);
   outcome place(const json& req);
-  // The ARNs of the instances a cluster query matches (ListContainerInstances' filter).
-  tl::expected<std::set<std::string>, api_error> instances_matching(const std::string& filter);
+  // The ledger slots of the instances a cluster query matches (ListContainerInstances' filter),
+  // in slot order.
+  tl::expected<std::vector<std::uint32_t>, api_error> instances_matching(const std::string& filter);
 
  private:
   struct impl;

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -291,18 +292,16 @@ class service_impl final : public service {
     const auto& filter = r.filter;
     std::vector<std::string> arns;
     if (c.cluster_name == cfg_.cluster) {
-      std::optional<std::set<std::string>> matching;
+      std::optional<std::vector<std::uint32_t>> slots;  // sorted
       if (filter && !filter->empty()) {
         BERTH_TRY(m, task_actions_.instances_matching(*filter));
-        matching = std::move(m);
+        slots = std::move(m);
       }
-      for (const control::member& m : fleet_.all()) {
-        const std::string& a = m.record.container_instance_arn;
+      arns = fleet_.arns([&](const control::member& m) {
         // Deregistered ones only when asked for by status, as ECS lists them.
-        if (status ? m.record.status != *status : m.record.status == "INACTIVE") continue;
-        if (matching && !matching->contains(a)) continue;
-        arns.push_back(a);
-      }
+        if (status ? m.record.status != *status : m.record.status == "INACTIVE") return false;
+        return !slots || std::binary_search(slots->begin(), slots->end(), m.slot);
+      });
     }
     BERTH_TRY(range, page(r.next_token, r.max_results, arns.size(), 100));
     json out = {{"containerInstanceArns", json::array()}};

@@ -479,8 +479,7 @@ void task_table::announce(const task& t, bool erased) {
   if (erased) {
     std::unique_lock lock(pub_mu_);
     if (const auto it = pub_.find(t.arn()); it != pub_.end()) {
-      uncount(*it->second.record);
-      ungroup(t.arn(), it->second.record->ecs.group.value_or(""));
+      unindex_record(*it->second.record);
       pub_.erase(it);
     }
   } else {
@@ -502,19 +501,37 @@ void task_table::announce(const task& t, bool erased) {
 
 void task_table::publish(const task& t) {
   published p{std::make_shared<const task>(t), std::make_shared<views>()};
-  const std::string& group = t.ecs.group.value_or("");
   std::unique_lock lock(pub_mu_);
   auto [it, fresh] = pub_.try_emplace(t.arn());
-  if (!fresh && it->second.record->ecs.group != t.ecs.group) {
-    ungroup(t.arn(), it->second.record->ecs.group.value_or(""));
-  }
-  if (fresh || it->second.record->ecs.group != t.ecs.group) by_group_[group].insert(t.arn());
-  if (!fresh) uncount(*it->second.record);
-  ++by_status_[t.ecs.last_status.value_or("")];
+  if (!fresh) unindex_record(*it->second.record);
+  index_record(t);
   it->second = std::move(p);
 }
 
-void task_table::uncount(const task& t) {
+namespace {
+
+const std::string& instance_of(const task& t) {
+  static const std::string none;
+  return t.ecs.container_instance_arn ? *t.ecs.container_instance_arn : none;
+}
+
+}  // namespace
+
+void task_table::index_record(const task& t) {
+  by_group_[t.ecs.group.value_or("")].insert(t.arn());
+  if (const std::string& on = instance_of(t); !on.empty()) by_instance_[on].insert(t.arn());
+  ++by_status_[t.ecs.last_status.value_or("")];
+}
+
+void task_table::unindex_record(const task& t) {
+  const auto drop = [&](index& idx, const std::string& key) {
+    const auto k = idx.find(key);
+    if (k == idx.end()) return;
+    k->second.erase(t.arn());
+    if (k->second.empty()) idx.erase(k);
+  };
+  drop(by_group_, t.ecs.group.value_or(""));
+  drop(by_instance_, instance_of(t));
   const auto s = by_status_.find(t.ecs.last_status.value_or(""));
   if (s != by_status_.end() && --s->second == 0) by_status_.erase(s);
 }
@@ -524,11 +541,11 @@ std::map<std::string, std::int64_t> task_table::status_counts() const {
   return by_status_;
 }
 
-void task_table::ungroup(const std::string& arn, const std::string& group) {
-  const auto g = by_group_.find(group);
-  if (g == by_group_.end()) return;
-  g->second.erase(arn);
-  if (g->second.empty()) by_group_.erase(g);
+std::vector<std::string> task_table::on_instance(const std::string& container_instance_arn) const {
+  std::shared_lock lock(pub_mu_);
+  const auto it = by_instance_.find(container_instance_arn);
+  if (it == by_instance_.end()) return {};
+  return {it->second.begin(), it->second.end()};
 }
 
 std::shared_ptr<const task> task_table::get(const std::string& task_arn) const {

@@ -108,6 +108,9 @@ class task_table {
   // The tasks of one group ("service:<name>", "family:<name>", ...): a service's tasks without
   // a walk over every task of the cluster.
   std::vector<std::shared_ptr<const task>> in_group(const std::string& group) const;
+  // The ARNs of the tasks placed on one container instance (any status): a lost or deregistered
+  // instance's tasks without a walk over every task.
+  std::vector<std::string> on_instance(const std::string& container_instance_arn) const;
   // How many tasks have each lastStatus, kept as records change: DescribeClusters' counts and
   // the berth_tasks metric without a walk over every task.
   std::map<std::string, std::int64_t> status_counts() const;
@@ -191,10 +194,13 @@ class task_table {
     std::shared_ptr<views> text;
   };
   std::map<std::string, published> pub_;
-  std::map<std::string, std::set<std::string>> by_group_;  // group -> its tasks' ARNs in pub_
-  std::map<std::string, std::int64_t> by_status_;          // lastStatus -> tasks in pub_
-  void ungroup(const std::string& arn, const std::string& group);  // under pub_mu_
-  void uncount(const task& t);                                     // under pub_mu_
+  // Indexes of pub_ (under pub_mu_): group -> its tasks' ARNs, container instance -> its
+  // tasks' ARNs, lastStatus -> how many tasks.
+  using index = std::unordered_map<std::string, std::set<std::string>>;
+  index by_group_, by_instance_;
+  std::map<std::string, std::int64_t> by_status_;
+  void index_record(const task& t);    // under pub_mu_
+  void unindex_record(const task& t);  // under pub_mu_
 };
 
 }  // namespace berth::state

@@ -77,14 +77,19 @@ TEST_F(TaskTableTest, AnUnwatchedWatcherSeesNothingMore) {
   EXPECT_EQ(table_->get(arn_of("a")), nullptr);
 }
 
-TEST_F(TaskTableTest, GroupsAndStatusCountsFollowEveryChange) {
+TEST_F(TaskTableTest, GroupsInstancesAndStatusCountsFollowEveryChange) {
   const auto arns = [&](const std::string& group) {
     std::set<std::string> out;
     for (const auto& t : table_->in_group(group)) out.insert(t->arn());
     return out;
   };
-  auto in = [](task t, const std::string& group) {
+  const auto on = [&](const std::string& instance) {
+    const auto v = table_->on_instance(instance);
+    return std::set<std::string>(v.begin(), v.end());
+  };
+  auto in = [](task t, const std::string& group, const std::string& instance = "ci/one") {
     t.ecs.group = group;
+    t.ecs.container_instance_arn = instance;
     return t;
   };
   {
@@ -97,15 +102,19 @@ TEST_F(TaskTableTest, GroupsAndStatusCountsFollowEveryChange) {
   EXPECT_EQ(arns("service:web"), (std::set<std::string>{arn_of("a"), arn_of("b")}));
   EXPECT_EQ(arns("family:batch"), std::set<std::string>{arn_of("c")});
   EXPECT_TRUE(arns("service:other").empty());
+  EXPECT_EQ(on("ci/one"), (std::set<std::string>{arn_of("a"), arn_of("b"), arn_of("c")}));
   {
     std::lock_guard lock(table_->mutex());
-    // A record written with another group moves; an erased one leaves its group.
-    table_->save(in(record("b", "RUNNING"), "service:api"));
+    // A record written with another group or instance moves; an erased one leaves both.
+    table_->save(in(record("b", "RUNNING"), "service:api", "ci/two"));
     ASSERT_TRUE(table_->erase(arn_of("a")));
   }
   EXPECT_TRUE(arns("service:web").empty());
   EXPECT_EQ(arns("service:api"), std::set<std::string>{arn_of("b")});
   EXPECT_EQ(table_->in_group("service:api").front()->ecs.last_status, "RUNNING");
+  EXPECT_EQ(on("ci/one"), std::set<std::string>{arn_of("c")});
+  EXPECT_EQ(on("ci/two"), std::set<std::string>{arn_of("b")});
+  EXPECT_TRUE(on("ci/none").empty());
   // The counts by lastStatus follow every change: b RUNNING, c PROVISIONING, a erased.
   EXPECT_EQ(table_->status_counts(),
             (std::map<std::string, std::int64_t>{{"PROVISIONING", 1}, {"RUNNING", 1}}));
