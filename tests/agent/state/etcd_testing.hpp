@@ -59,13 +59,24 @@ class etcd_server {
     for (std::size_t i = 0; i < members; ++i) {
       member m;
       m.name = members == 1 ? "berth-test" : "berth-test-" + std::to_string(i);
-      m.client = free_port();
-      m.peer = free_port();
       m.data = members == 1 ? dir / "data" : dir / m.name;
       members_.push_back(std::move(m));
     }
-    endpoint_ = client_url(members_.front().client);
-    start();
+    bool fresh = true;
+    for (const member& m : members_) fresh = fresh && !std::filesystem::exists(m.data);
+    // A port free_port() found may be taken by a parallel test before etcd binds it: on fresh
+    // data, new ports and again.
+    for (int attempt = 1;; ++attempt) {
+      for (member& m : members_) {
+        m.client = free_port();
+        m.peer = free_port();
+      }
+      endpoint_ = client_url(members_.front().client);
+      if (start(fresh && attempt < 3)) break;
+      stop();
+      for (const member& m : members_) std::filesystem::remove_all(m.data);
+      std::filesystem::remove(dir_ / "etcd.log");
+    }
   }
   ~etcd_server() { stop(); }
 
@@ -84,7 +95,9 @@ class etcd_server {
       m.pid = -1;
     }
   }
-  void start() {
+  // False only when `retry_if_busy` and a member exited because its port was taken (nothing
+  // reported then); otherwise true, with any failure to come up reported to the test.
+  bool start(bool retry_if_busy = false) {
     std::string cluster;
     for (const member& m : members_) {
       // Appended, not concatenated from a literal: GCC 12's -Wrestrict misfires on the latter.
@@ -110,10 +123,15 @@ class etcd_server {
           return st && (*st)->current_revision().has_value();
         },
         std::chrono::seconds(30));
+    if (exited && retry_if_busy &&
+        log_tail(200).find("address already in use") != std::string::npos) {
+      return false;
+    }
     if (exited) ADD_FAILURE() << "etcd exited at start; its log ends:\n" << log_tail();
     if (!done)
       ADD_FAILURE() << "etcd did not answer at " << endpoints() << " within 30 s; its log ends:\n"
                     << log_tail();
+    return true;
   }
   // The last lines etcd wrote (its log is the test's only clue when it does not come up).
   std::string log_tail(std::size_t lines = 20) const {
