@@ -148,11 +148,21 @@ void fleet::close() { follower_.reset(); }
 result<state::revision> fleet::relist() {
   auto listed = state_->range(state::key_range::with_prefix(prefix_));
   if (!listed) return tl::unexpected(error{listed.error().detail});
+  // Where the ledger has each id now, in one pass: a claim then reads one row, not all of them
+  // (50,000 instances mirrored at start were quadratic). Only when every row could be read.
+  slot_hints hints;
+  bool complete = true;
+  for (const ipc::snapshot_entry& e : ledger_.snapshot()) {
+    complete = complete && e.status == ipc::row_status::ok;
+    if (e.status == ipc::row_status::ok) hints.emplace(e.view.published.id(), e.slot);
+  }
+  hints_ = complete ? &hints : nullptr;
   std::set<std::string> seen;
   for (const state::key_value& kv : listed->kvs) {
     seen.insert(kv.key);
     on_key(kv.key, kv);
   }
+  hints_ = nullptr;
   // What is gone since: every document of the members, as deletions.
   std::vector<std::string> gone;
   for (const auto& [id, m] : members_) {
@@ -189,7 +199,17 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
       return;
     }
     if (it == members_.end()) {
-      auto slot = ledger_.claim_slot(record->ec2_instance_id);
+      const std::string& ec2 = record->ec2_instance_id;
+      const auto claim = [&]() -> ipc::result<std::uint32_t> {
+        if (hints_ == nullptr) return ledger_.claim_slot(ec2);
+        if (const auto h = hints_->find(ec2); h != hints_->end()) {
+          return ledger_.claim_slot(ec2, h->second);
+        }
+        auto s = ledger_.claim_new_slot(ec2);
+        if (s) hints_->emplace(ec2, *s);  // a second record with this id shares its row
+        return s;
+      };
+      auto slot = claim();
       if (!slot) {
         spdlog::error("instance {}: no ledger slot: {}", id, ipc::describe(slot.error()));
         return;

@@ -108,6 +108,9 @@ class fleet {
   mutable std::mutex mu_;
   std::map<std::string, member> members_;                   // by instance id
   std::unordered_map<std::uint32_t, std::string> by_slot_;  // ledger slot -> instance id
+  // During relist(): where the ledger had each EC2 id, and each id claimed since.
+  using slot_hints = std::unordered_map<std::string, std::uint32_t>;
+  slot_hints* hints_ = nullptr;
   // The static ports this fleet holds in the ledger for each slot.
   std::map<std::uint32_t, std::set<std::uint16_t>> ports_;
   // Running tasks per instance ARN, and each task's contribution.

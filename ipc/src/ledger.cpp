@@ -182,30 +182,46 @@ result<std::uint32_t> ledger::intern(std::string_view name_value) {
 
 // ---- writer side ----
 
+// The slot `s` when it carries the id: taken over from a dead owner, or slot_in_use; nullopt
+// when it does not carry it.
+std::optional<result<std::uint32_t>> ledger::impl::take_if_carries(std::uint32_t s,
+                                                                   const row& wanted,
+                                                                   std::uint32_t me) {
+  std::uint32_t holder = load(owner[s], std::memory_order_acquire);
+  if (holder == 0 || !id_matches(s, wanted)) return std::nullopt;
+  if (holder == me) return s;
+  if (process_alive(holder)) return fail(errc::slot_in_use);
+  // Take over from the dead owner; its row stays as it was until we publish.
+  if (std::atomic_ref<std::uint32_t>(owner[s]).compare_exchange_strong(holder, me,
+                                                                       std::memory_order_acq_rel)) {
+    return s;
+  }
+  return fail(errc::slot_in_use);
+}
+
 result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
   impl& m = *impl_;
   if (m.read_only) return fail(errc::read_only);
   row wanted;
   if (instance_id.empty() || !wanted.set_id(instance_id)) return fail(errc::invalid_argument);
   const std::uint32_t me = this_pid();
-
   // The slot that already carries this id, left by an earlier run of this agent.
   const std::uint32_t hw = high_water();
   for (std::uint32_t s = 0; s < hw; ++s) {
-    std::uint32_t holder = load(m.owner[s], std::memory_order_acquire);
-    if (holder == 0) continue;
-    if (!m.id_matches(s, wanted)) continue;
-    if (holder == me) return s;
-    if (process_alive(holder)) return fail(errc::slot_in_use);
-    // Take over from the dead owner; its row stays as it was until we publish.
-    if (std::atomic_ref<std::uint32_t>(m.owner[s])
-            .compare_exchange_strong(holder, me, std::memory_order_acq_rel)) {
-      return s;
-    }
-    return fail(errc::slot_in_use);
+    if (auto taken = m.take_if_carries(s, wanted, me)) return *taken;
   }
-
   return claim_new_slot(instance_id);
+}
+
+result<std::uint32_t> ledger::claim_slot(std::string_view instance_id, std::uint32_t hint) {
+  impl& m = *impl_;
+  if (m.read_only) return fail(errc::read_only);
+  row wanted;
+  if (instance_id.empty() || !wanted.set_id(instance_id)) return fail(errc::invalid_argument);
+  if (hint < high_water()) {
+    if (auto taken = m.take_if_carries(hint, wanted, this_pid())) return *taken;
+  }
+  return claim_slot(instance_id);
 }
 
 result<std::uint32_t> ledger::claim_new_slot(std::string_view instance_id) {

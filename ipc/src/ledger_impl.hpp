@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 #include "berth/ipc.hpp"
 #include "layout.hpp"
@@ -109,6 +110,9 @@ struct ledger::impl {
         .fetch_add(1, std::memory_order_release);
   }
 
+  // Slot s for claim_slot() when it carries `wanted`'s id (ledger.cpp).
+  std::optional<result<std::uint32_t>> take_if_carries(std::uint32_t s, const row& wanted,
+                                                       std::uint32_t me);
   // Does the slot carry r's instance id? Relaxed: ids change only when a slot is claimed.
   bool id_matches(std::uint32_t slot, const row& r) const noexcept {
     const std::uint64_t* id = id_words(slot);

@@ -226,13 +226,17 @@ TEST_F(LedgerTest, ClaimsAreExclusiveAndBounded) {
   char c;
   ASSERT_EQ(::read(ready[0], &c, 1), 1);
   EXPECT_EQ(code(small->claim_slot("b")), errc::slot_in_use);
+  EXPECT_EQ(code(small->claim_slot("b", 1)), errc::slot_in_use) << "the hint right";
+  EXPECT_EQ(code(small->claim_slot("b", 0)), errc::slot_in_use) << "the hint wrong: scanned";
   EXPECT_EQ(code(small->claim_slot("c")), errc::ledger_full);
+  EXPECT_EQ(code(small->claim_slot("c", 7)), errc::ledger_full) << "a hint past the rows";
   ::close(hold[1]);
   ASSERT_EQ(wait_exit(child), 0);
   // The owner is gone: its slot is taken over, not duplicated.
-  auto b = small->claim_slot("b");
+  auto b = small->claim_slot("b", 1);
   ASSERT_TRUE(b);
   EXPECT_EQ(*b, 1u);
+  EXPECT_EQ(small->claim_slot("a", 1), 0u) << "a wrong hint still finds the id's slot";
   // A released slot is reused.
   ASSERT_TRUE(small->release_slot(0));
   auto c2 = small->claim_slot("c");

@@ -198,6 +198,9 @@ class ledger {
   // Writer side. claim_slot() returns the slot already holding `instance_id` (taking it over if
   // its owner died) or a free one, owned by this process from then on.
   [[nodiscard]] result<std::uint32_t> claim_slot(std::string_view instance_id);
+  // The same, looking at slot `hint` first (where a snapshot() saw the id): one row read rather
+  // than a scan of every row, for a mirror claiming many ids at once.
+  [[nodiscard]] result<std::uint32_t> claim_slot(std::string_view instance_id, std::uint32_t hint);
   // Claims a free slot without looking for one that carries the id already (O(1) rather than a
   // scan): for callers that know the id is new, such as a mirror replaying another store.
   [[nodiscard]] result<std::uint32_t> claim_new_slot(std::string_view instance_id);
