@@ -157,12 +157,15 @@ result<state::revision> fleet::relist() {
     if (e.status == ipc::row_status::ok) hints.emplace(e.view.published.id(), e.slot);
   }
   hints_ = complete ? &hints : nullptr;
+  struct forget {
+    slot_hints*& p;
+    ~forget() { p = nullptr; }  // however the loop ends: `hints` goes with this scope
+  } forget_hints{hints_};
   std::set<std::string> seen;
   for (const state::key_value& kv : listed->kvs) {
     seen.insert(kv.key);
     on_key(kv.key, kv);
   }
-  hints_ = nullptr;
   // What is gone since: every document of the members, as deletions.
   std::vector<std::string> gone;
   for (const auto& [id, m] : members_) {
