@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <thread>
 
 #include "ledger_impl.hpp"
@@ -200,17 +201,7 @@ std::optional<result<std::uint32_t>> ledger::impl::take_if_carries(std::uint32_t
 }
 
 result<std::uint32_t> ledger::claim_slot(std::string_view instance_id) {
-  impl& m = *impl_;
-  if (m.read_only) return fail(errc::read_only);
-  row wanted;
-  if (instance_id.empty() || !wanted.set_id(instance_id)) return fail(errc::invalid_argument);
-  const std::uint32_t me = this_pid();
-  // The slot that already carries this id, left by an earlier run of this agent.
-  const std::uint32_t hw = high_water();
-  for (std::uint32_t s = 0; s < hw; ++s) {
-    if (auto taken = m.take_if_carries(s, wanted, me)) return *taken;
-  }
-  return claim_new_slot(instance_id);
+  return claim_slot(instance_id, std::numeric_limits<std::uint32_t>::max());  // no row hinted
 }
 
 result<std::uint32_t> ledger::claim_slot(std::string_view instance_id, std::uint32_t hint) {
@@ -218,10 +209,16 @@ result<std::uint32_t> ledger::claim_slot(std::string_view instance_id, std::uint
   if (m.read_only) return fail(errc::read_only);
   row wanted;
   if (instance_id.empty() || !wanted.set_id(instance_id)) return fail(errc::invalid_argument);
-  if (hint < high_water()) {
-    if (auto taken = m.take_if_carries(hint, wanted, this_pid())) return *taken;
+  const std::uint32_t me = this_pid();
+  const std::uint32_t hw = high_water();
+  if (hint < hw) {
+    if (auto taken = m.take_if_carries(hint, wanted, me)) return *taken;
   }
-  return claim_slot(instance_id);
+  // The slot that already carries this id, left by an earlier run of this agent.
+  for (std::uint32_t s = 0; s < hw; ++s) {
+    if (auto taken = m.take_if_carries(s, wanted, me)) return *taken;
+  }
+  return claim_new_slot(instance_id);
 }
 
 result<std::uint32_t> ledger::claim_new_slot(std::string_view instance_id) {

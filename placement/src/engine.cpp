@@ -96,13 +96,21 @@ placer::placer(placer&&) noexcept = default;
 placer& placer::operator=(placer&&) noexcept = default;
 placer::~placer() = default;
 
+namespace {
+
+// The heartbeat an agent must have sent since to count as connected; 0: every agent counts.
+std::uint64_t connected_after_of(const place_options& opts) {
+  return opts.heartbeat_timeout_ns == 0 || opts.now_ns < opts.heartbeat_timeout_ns
+             ? 0
+             : opts.now_ns - opts.heartbeat_timeout_ns;
+}
+
+}  // namespace
+
 std::vector<std::uint32_t> placer::matching(const query& qy, const place_options& opts) {
   const query::impl& q = *qy.impl_;
   impl& m = *impl_;
-  const std::uint64_t connected_after =
-      opts.heartbeat_timeout_ns == 0 || opts.now_ns < opts.heartbeat_timeout_ns
-          ? 0
-          : opts.now_ns - opts.heartbeat_timeout_ns;
+  const std::uint64_t connected_after = connected_after_of(opts);
   const ipc::columns c = m.l.view();
   const task_groups none;
   resolution& r = m.resolution_for(q);
@@ -144,10 +152,7 @@ result<outcome> placer::place(const query& qy, const requirements& need, task_gr
   const query::impl& q = *qy.impl_;
   impl& m = *impl_;
   const std::string& group_name = q.src.group;
-  const std::uint64_t connected_after =
-      opts.heartbeat_timeout_ns == 0 || opts.now_ns < opts.heartbeat_timeout_ns
-          ? 0
-          : opts.now_ns - opts.heartbeat_timeout_ns;
+  const std::uint64_t connected_after = connected_after_of(opts);
 
   outcome out;
   std::vector<overlay_entry> overlay;
