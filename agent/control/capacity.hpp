@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "berth/agent/common.hpp"
 #include "records.hpp"
@@ -45,11 +46,11 @@ struct capacity {
 };
 
 // Within the store transaction `tx` (whose commit compares what it read): reads the instance's
-// record and capacity, and takes `count` times `need` from it. Returns why it does not fit
+// record and capacity, and takes each of `needs` from it. Returns why they do not fit
 // (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written nothing, or nullopt
 // when claimed.
 result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
                                          const std::string& instance_id,
-                                         const state::task_need& need, std::size_t count);
+                                         const std::vector<const state::task_need*>& needs);
 
 }  // namespace berth::agent::control

@@ -54,7 +54,7 @@ void capacity::add(const state::task_need& need, int sign) {
 
 result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
                                          const std::string& instance_id,
-                                         const state::task_need& need, std::size_t count) {
+                                         const std::vector<const state::task_need*>& needs) {
   const std::string key = record_key(cluster, instance_id);
   auto doc = tx.get("instance", key);
   if (!doc) return tl::unexpected(doc.error());
@@ -66,11 +66,11 @@ result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
   if (!cur) return tl::unexpected(cur.error());
   if (!*cur) return std::optional<std::string>("INACTIVE");  // its agent has not started yet
   capacity c = capacity::parse(**cur);
-  for (std::size_t i = 0; i < count; ++i) {
-    for (const std::uint16_t p : need.ports) {
+  for (const state::task_need* need : needs) {
+    for (const std::uint16_t p : need->ports) {
       if (c.ports.contains(p)) return std::optional<std::string>("RESOURCE:PORTS");
     }
-    c.add(need, -1);
+    c.add(*need, -1);
   }
   if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
   if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");

@@ -14,6 +14,7 @@
 #include "berth/agent/util.hpp"
 #include "berth/placement.hpp"
 #include "ecs_request.hpp"
+#include "group_commit.hpp"
 #include "launch_rules.hpp"
 #include "task_views.hpp"
 
@@ -254,7 +255,7 @@ struct task_actions::impl {
                      explicit_instances ? std::vector<pl::strategy>{} : l.strategies};
     auto q = pl::compile(preq);
     if (!q) return tl::unexpected(invalid(q.error().message));
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     if (stopping_) return tl::unexpected(server("berthd is shutting down"));
     // Each new task and the instance it goes to.
     std::vector<std::pair<state::task, member>> made;
@@ -272,7 +273,7 @@ struct task_actions::impl {
         groups_.add(group, m.slot, attributes_of(m.slot));
         made.emplace_back(state::task{}, m);
       }
-      BERTH_TRY(refused, commit_claims(made, l, tags, req.started_by, dm));
+      BERTH_TRY(refused, commit_claims(lock, made, l, tags, req.started_by, dm));
       for (const auto& [id, why] : refused) fail(id, why);
     } else {
       // Placed, claimed; tasks whose instance was claimed first by a peer are placed again, on
@@ -316,7 +317,7 @@ struct task_actions::impl {
           }
           if (out["failures"].empty()) fail(cluster.cluster_arn, "RESOURCE:CPU");
         }
-        BERTH_TRY(refused, commit_claims(made, l, tags, req.started_by, dm));
+        BERTH_TRY(refused, commit_claims(lock, made, l, tags, req.started_by, dm));
         for (const auto& [t, m] : made) out["tasks"].push_back(state::response(t));
         left -= static_cast<std::int64_t>(made.size());
         if (refused.empty() || left == 0 || round == 3) {
@@ -331,42 +332,90 @@ struct task_actions::impl {
     return out;
   }
 
-  // Makes the records of `made` (each new task and its instance) and commits them in one
-  // transaction with the claims on the capacity in state of every instance they go to (compared
-  // and swapped: the ledger's reservation was a pre-check). An instance that no longer has
-  // room, because a peer claimed it first, loses its tasks (their placement undone, its ledger
-  // row set to the capacity the claim read) and the others are committed without them. Returns
-  // the refused instances' ARNs and reasons; `made` keeps what was committed. Under mu_.
+  // Makes the records of `made` (each new task and its instance) and commits them with the
+  // claims on the capacity in state of every instance they go to (compared and swapped: the
+  // ledger's reservation was a pre-check). An instance that no longer has room, because a peer
+  // claimed it first, loses its tasks (their placement undone, its ledger row set to the
+  // capacity the claim read) and the others are committed without them. Returns the refused
+  // instances' ARNs and reasons; `made` keeps what was committed. `lock` holds mu_; it is let
+  // go while the claims wait for the store (group commit, below).
   tl::expected<std::vector<std::pair<std::string, std::string>>, api_error> commit_claims(
-      std::vector<std::pair<state::task, member>>& made, const launch_request& l,
-      const std::vector<ecs::tag>& tags, const std::optional<std::string>& started_by,
-      const ipc::demand& dm) {
+      std::unique_lock<std::mutex>& lock, std::vector<std::pair<state::task, member>>& made,
+      const launch_request& l, const std::vector<ecs::tag>& tags,
+      const std::optional<std::string>& started_by, const ipc::demand& dm) {
     for (auto& [t, m] : made) {
       t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
       t.ecs.enable_execute_command = l.execute_command;
       grouped_[t.arn()] = m.slot;
     }
-    // Gives back what placement took for the tasks on `on` (every instance when empty).
-    const auto unplace = [&](const std::string& on) {
-      for (auto it = made.begin(); it != made.end();) {
-        if (!on.empty() && it->second.id != on) {
-          ++it;
-          continue;
+    if (made.empty()) return {};
+    // With the launches waiting beside it, in one store transaction (group_commit.hpp).
+    claims mine{&made, &l.group, dm, {}, std::nullopt};
+    claim_commits_.join(lock, mine, made.size(), [&](auto& held, std::vector<claims*>& batch) {
+      if (auto failed = commit_batch(held, batch)) {
+        // The transaction as a whole failed (too large, say): each launch on its own then, so
+        // that none fails for what it was committed with.
+        for (claims* c : batch) {
+          auto again = batch.size() > 1 ? commit_batch(held, {c}) : failed;
+          if (!again) continue;
+          unplace(*c, "");
+          c->failed = server("The task could not be stored: " + *again);
         }
-        (void)ledger_.release(it->second.slot, dm);
-        groups_.remove(l.group, it->second.slot, attributes_of(it->second.slot));
-        grouped_.erase(it->first.arn());
-        it = made.erase(it);
       }
-    };
-    std::vector<std::pair<std::string, std::string>> refusals;
-    while (!made.empty()) {
-      std::map<std::string, std::pair<std::size_t, std::string>> per_instance;  // id -> count, ARN
-      for (const auto& [t, m] : made) {
-        auto& [n, arn] = per_instance[m.id];
-        ++n;
-        arn = m.record.container_instance_arn;
+    });
+    if (mine.failed) return tl::unexpected(*mine.failed);
+    return std::move(mine.refusals);
+  }
+
+  // One launch round's new tasks in the group commit.
+  struct claims {
+    std::vector<std::pair<state::task, member>>* made;  // what is committed stays in it
+    const std::string* group;
+    ipc::demand dm;
+    std::vector<std::pair<std::string, std::string>> refusals;  // instance ARN, reason
+    std::optional<api_error> failed;
+  };
+
+  // Gives back what placement took for c's tasks on instance `on` (all of them when empty);
+  // true if it had any there. Under mu_.
+  bool unplace(claims& c, const std::string& on) {
+    bool any = false;
+    for (auto it = c.made->begin(); it != c.made->end();) {
+      if (!on.empty() && it->second.id != on) {
+        ++it;
+        continue;
       }
+      (void)ledger_.release(it->second.slot, c.dm);
+      groups_.remove(*c.group, it->second.slot, attributes_of(it->second.slot));
+      grouped_.erase(it->first.arn());
+      it = c.made->erase(it);
+      any = true;
+    }
+    return any;
+  }
+
+  // The records and claims of `batch` in one store transaction, each instance's claims taken
+  // together; an instance refused is left out (its tasks unplaced, a refusal for each launch
+  // that had tasks there) and the rest committed again. Returns why the transaction failed
+  // as a whole, with nothing more unplaced. Under mu_ (let go for the store).
+  std::optional<std::string> commit_batch(std::unique_lock<std::mutex>& lock,
+                                          const std::vector<claims*>& batch) {
+    for (;;) {
+      struct instance_claims {
+        std::vector<const state::task_need*> needs;
+        std::string arn;
+      };
+      std::map<std::string, instance_claims> per_instance;  // by instance id
+      std::vector<state::task> records;
+      for (const claims* c : batch) {
+        for (const auto& [t, m] : *c->made) {
+          auto& on = per_instance[m.id];
+          on.needs.push_back(&t.berth.need);
+          on.arn = m.record.container_instance_arn;
+          records.push_back(t);
+        }
+      }
+      if (records.empty()) return std::nullopt;
       struct refusal {
         std::string id, reason;
         std::optional<capacity> seen;
@@ -374,22 +423,22 @@ struct task_actions::impl {
       std::optional<refusal> refused;
       // What this instance's stopped tasks gave back is in state before a claim on it reads it.
       if (per_instance.contains(inst_.id())) {
-        if (auto s = inst_.settle(); !s) {
-          unplace("");
-          return tl::unexpected(server("The task could not be stored: " + s.error().message));
-        }
+        lock.unlock();
+        auto s = inst_.settle();
+        lock.lock();
+        if (!s) return s.error().message;
       }
       auto claim_all = [&](store& tx) -> result<void> {
         refused.reset();
         // Every instance's record and capacity in one round trip, not two per instance.
         std::vector<std::pair<std::string, std::string>> docs;
-        for (const auto& [id, n_arn] : per_instance) {
+        for (const auto& [id, on] : per_instance) {
           docs.emplace_back("instance", record_key(cfg_.cluster, id));
           docs.emplace_back("instance", capacity_key(cfg_.cluster, id));
         }
         if (auto p = tx.prefetch(docs); !p) return p;
-        for (const auto& [id, n_arn] : per_instance) {
-          auto c = claim(tx, cfg_.cluster, id, made.front().first.berth.need, n_arn.first);
+        for (const auto& [id, on] : per_instance) {
+          auto c = claim(tx, cfg_.cluster, id, on.needs);
           if (!c) return tl::unexpected(c.error());
           if (*c) {
             refused = refusal{id, **c, std::nullopt};
@@ -401,21 +450,20 @@ struct task_actions::impl {
         }
         return {};
       };
-      std::vector<state::task> records;
-      records.reserve(made.size());
-      for (const auto& [t, m] : made) records.push_back(t);
-      auto w = table_.commit_all(records, claim_all);
-      if (w) break;
-      if (!refused) {
-        unplace("");
-        return tl::unexpected(server("The task could not be stored: " + w.error().message));
+      auto w = table_.commit_all(lock, records, claim_all);
+      if (w) {
+        metrics_.add("berth_claim_commits_total", {});
+        metrics_.observe("berth_claim_commit_launches", {}, static_cast<double>(batch.size()));
+        return std::nullopt;
       }
+      if (!refused) return w.error().message;
       spdlog::info("claim on instance {} refused ({}): placed again", refused->id, refused->reason);
-      refusals.emplace_back(per_instance[refused->id].second, refused->reason);
-      unplace(refused->id);
+      const std::string arn = per_instance[refused->id].arn;
+      for (claims* c : batch) {
+        if (unplace(*c, refused->id)) c->refusals.emplace_back(arn, refused->reason);
+      }
       if (refused->seen) fleet_.saw_capacity(refused->id, *refused->seen);
     }
-    return refusals;
   }
 
   state::task new_task(const ecs::task_definition& td, const state::cluster& cluster,
@@ -781,6 +829,9 @@ struct task_actions::impl {
   std::unordered_set<std::string> holding_;
   std::unordered_map<std::string, std::uint32_t> grouped_;
   bool stopping_ = false;  // under mu_
+  // Under mu_. etcd takes at most 128 operations per transaction by default: a task costs a
+  // compare and a put, an instance two compares and a put; 40 tasks fit.
+  group_commit<claims> claim_commits_{40};
 };
 
 task_actions::task_actions(deps d) : impl_(std::make_unique<impl>(std::move(d))) {}

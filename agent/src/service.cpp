@@ -659,6 +659,11 @@ class service_impl final : public service {
     metrics_.counter("berth_placements_total", "Tasks placed on an instance");
     metrics_.counter("berth_placement_failures_total",
                      "Tasks not placed, by the first reason of each rejected instance");
+    metrics_.counter("berth_claim_commits_total",
+                     "Store transactions committing new tasks with their capacity claims");
+    metrics_.histogram("berth_claim_commit_launches",
+                       "RunTask and StartTask calls (placement rounds) per claim commit",
+                       {1, 2, 4, 8, 16});
     metrics_.gauge("berth_tasks", "Tasks known to this agent, by lastStatus");
     metrics_.counter("berth_tasks_cleaned_up_total", "Stopped tasks whose containers were removed");
     metrics_.counter("berth_images_removed_total", "Unused images removed by housekeeping");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <set>
 
 #include "berth/agent/util.hpp"
@@ -162,6 +163,12 @@ void task_table::follow(revision next) {
 }
 
 void task_table::apply(const event& e) {
+  if (!creating_.empty()) {
+    if (const auto c = creating_.find(e.kv.key); c != creating_.end()) {
+      c->second.push_back(e);  // commit_all's: it applies them once committed (or not)
+      return;
+    }
+  }
   const auto k = keys_.find(e.kv.key);
   // The table's own write (or one it has already seen) comes back: nothing new.
   if (k != keys_.end() && k->second.rev >= e.kv.mod_revision) {
@@ -299,24 +306,57 @@ task& task_table::upsert(const task& t, revision rev) {
 }
 
 agent::result<void> task_table::commit_all(
-    const std::vector<task>& tasks, const std::function<agent::result<void>(agent::store&)>& also) {
-  auto w = store_.transaction([&](agent::store& st) -> agent::result<void> {
-    if (also) {
-      if (auto a = also(st); !a) return a;
-    }
+    std::unique_lock<std::mutex>& lock, const std::vector<task>& tasks,
+    const std::function<agent::result<void>(agent::store&)>& also) {
+  // While the store works the follower may bring these records back: apply() holds their
+  // events until the outcome is known, rather than parse what the table is about to have.
+  for (const task& t : tasks) creating_.try_emplace(key_of(t));
+  const auto held = [&] {  // under mu_: what the follower held, in order
+    std::vector<event> out;
     for (const task& t : tasks) {
-      // The commit checks it is still absent.
-      if (auto p = st.create("task", task_key(t), text_of(t)); !p) return p;
+      const auto c = creating_.find(key_of(t));
+      if (c == creating_.end()) continue;
+      std::move(c->second.begin(), c->second.end(), std::back_inserter(out));
+      creating_.erase(c);
     }
-    return {};
-  });
+    std::sort(out.begin(), out.end(),
+              [](const event& a, const event& b) { return a.kv.mod_revision < b.kv.mod_revision; });
+    return out;
+  };
+  agent::result<std::int64_t> w = tl::unexpected(agent::error{"not committed"});
+  try {
+    struct relock {
+      std::unique_lock<std::mutex>& lock;
+      ~relock() { lock.lock(); }
+    } again{lock};
+    lock.unlock();
+    w = store_.transaction([&](agent::store& st) -> agent::result<void> {
+      if (also) {
+        if (auto a = also(st); !a) return a;
+      }
+      for (const task& t : tasks) {
+        // The commit checks it is still absent.
+        if (auto p = st.create("task", task_key(t), text_of(t)); !p) return p;
+      }
+      return {};
+    });
+  } catch (...) {
+    for (const event& e : held()) apply(e);
+    throw;
+  }
+  const std::vector<event> meanwhile = held();
   if (!w) {
     spdlog::error("store: new tasks not written: {}", w.error().message);
+    for (const event& e : meanwhile) apply(e);
     return tl::unexpected(w.error());
   }
-  // Every row in first: a watcher sees the whole batch in the table.
+  // Every row in first: a watcher sees the whole batch in the table. Then what changed since
+  // (the commit's own events are not newer than it: skipped).
   for (const task& t : tasks) upsert(t, *w);
-  for (const task& t : tasks) announce(rows_.at(t.arn()), false);
+  for (const task& t : tasks) {
+    if (const auto row = rows_.find(t.arn()); row != rows_.end()) announce(row->second, false);
+  }
+  for (const event& e : meanwhile) apply(e);
   return {};
 }
 

@@ -81,9 +81,11 @@ class task_table {
   agent::result<void> commit(const task& t);
   // New records in one store transaction with `also` (a claim's other writes; its reads are
   // compared at the commit, and it runs again on fresh reads when they changed): all of it or
-  // none. A record that exists already fails the commit.
+  // none. A record that exists already fails the commit. `lock` holds mutex(); it is let go for
+  // the store's round trip (the table follows the store meanwhile, and the caller's peers go
+  // on; changes to the new records that come back meanwhile are applied after them).
   agent::result<void> commit_all(
-      const std::vector<task>& tasks,
+      std::unique_lock<std::mutex>& lock, const std::vector<task>& tasks,
       const std::function<agent::result<void>(agent::store&)>& also = nullptr);
   // The engine's write of what it observed: the table follows Docker whatever the store says.
   // Written behind (above) once open(), at once before; a failed store write is logged and made
@@ -165,6 +167,8 @@ class task_table {
     bool erased = false;
   };
   std::unordered_map<std::string, known> keys_;  // hashed: looked up at every change
+  // The keys commit_all is creating, with the events the follower brought for them meanwhile.
+  std::unordered_map<std::string, std::vector<event>> creating_;
   std::map<std::uint64_t, std::function<void(const change&)>> watchers_;
   std::uint64_t last_watch_ = 0;
   // The follower: its thread and the watch it reads (follow_mu_ guards watcher_ and closing_).

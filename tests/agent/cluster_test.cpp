@@ -178,6 +178,70 @@ TEST_F(ClusterTest, ConcurrentRunTasksNeverOverfillAnInstance) {
   }
 }
 
+// A sample of the agent's /metrics (a counter, or a histogram's _count or _sum); -1 if absent.
+double metric(const agent& g, const std::string& name) {
+  const std::string body = "\n" + g.get("/metrics").body;
+  const auto at = body.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(body.substr(at + name.size() + 2));
+}
+
+TEST_F(ClusterTest, ConcurrentRunTasksThroughOneAgentAreEachCommittedOnce) {
+  // RunTasks waiting for the store together share a claim commit (group_commit_test.cpp shows
+  // how); each is in exactly one, with its own tasks and claims.
+  constexpr int launches = 12, count = 2;
+  ASSERT_NO_FATAL_FAILURE(start_agents({offer{4096, 1024}, offer{4096, 1024}, offer{4096, 1024}}));
+  ASSERT_NO_FATAL_FAILURE(register_td(a(), "group", 64, 32));
+  const double commits_before = std::max(0.0, metric(a(), "berth_claim_commits_total"));
+  const double launches_before = std::max(0.0, metric(a(), "berth_claim_commit_launches_sum"));
+
+  std::array<std::pair<int, json>, launches> got;
+  const std::string body = run_task_body("group", count).dump();
+  std::latch go(launches);
+  {
+    std::vector<std::jthread> threads;
+    for (int i = 0; i < launches; ++i) {
+      threads.emplace_back([&, i] {
+        go.arrive_and_wait();
+        got[i] = a().raw("RunTask", body);
+      });
+    }
+  }
+
+  std::set<std::string> tasks;
+  for (const auto& [status, out] : got) {
+    ASSERT_EQ(status, 200) << out.dump(2);
+    ASSERT_EQ(out.value("tasks", json::array()).size(), std::size_t{count}) << out.dump(2);
+    for (const auto& t : out["tasks"]) tasks.insert(t.value("taskArn", ""));
+  }
+  EXPECT_EQ(tasks.size(), std::size_t{launches * count});
+  const double commits = metric(a(), "berth_claim_commits_total") - commits_before;
+  EXPECT_GE(commits, 1);
+  EXPECT_LE(commits, launches);
+  EXPECT_EQ(metric(a(), "berth_claim_commit_launches_sum") - launches_before, launches);
+  // Each is in the store (seen through a peer), and each instance's claimed capacity is what
+  // its tasks take.
+  std::map<std::string, int> live;
+  EXPECT_TRUE(eventually(
+      [&] {
+        live = live_tasks_per_instance(b());
+        return total(live) == launches * count;
+      },
+      10s, 100ms))
+      << json(live).dump();
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto n = live.contains(arn_[i]) ? live.at(arn_[i]) : 0;
+    json ci;
+    EXPECT_TRUE(eventually(
+        [&] {
+          ci = describe_instance(a(), arn_[i]);
+          return resource_of(ci, "remainingResources", "MEMORY") == 1024 - 32 * n;
+        },
+        10s, 100ms))
+        << n << " tasks: " << ci.dump();
+  }
+}
+
 TEST_F(ClusterTest, StartTaskOnAPeersInstanceIsStartedByThatPeer) {
   ASSERT_NO_FATAL_FAILURE(start_agents({offer{}, offer{}, offer{}}));
   ASSERT_NO_FATAL_FAILURE(register_td(a(), "there"));

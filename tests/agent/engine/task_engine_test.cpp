@@ -214,11 +214,18 @@ TEST_F(TaskEngineTest, RecordsWrittenToTheStoreByAnotherWriterAreRunAndStopped) 
       << "task is " << status_of(arn);
   ASSERT_EQ(containers_of(arn).size(), 1u);
 
-  // The other writer says STOPPED, on the record as the store has it now.
-  auto now = store_->state()->get(document_key("task", state::task_key(typed(x))));
-  ASSERT_TRUE(now && now->kvs.size() == 1);
-  json t = json::parse(now->kvs[0].value);
-  ASSERT_EQ(t["lastStatus"], "RUNNING");
+  // The other writer says STOPPED, on the record as the store has it once RUNNING is in it
+  // (the engine's writes are written behind: the table has it first).
+  json t;
+  ASSERT_TRUE(dt::eventually(
+      [&] {
+        auto now = store_->state()->get(document_key("task", state::task_key(typed(x))));
+        if (!now || now->kvs.size() != 1) return false;
+        t = json::parse(now->kvs[0].value);
+        return t["lastStatus"] == "RUNNING";
+      },
+      10s))
+      << "stored: " << t.dump();
   t["desiredStatus"] = "STOPPED";
   t["stopCode"] = "UserInitiated";
   t["stoppedReason"] = "stopped by another agent";

@@ -46,12 +46,13 @@ class TaskTableTest : public ::testing::Test {
 TEST_F(TaskTableTest, AFailingWatcherCostsTheOthersAndTheWriteNothing) {
   std::vector<std::string> seen;
   {
-    std::lock_guard lock(table_->mutex());
+    std::unique_lock lock(table_->mutex());
     table_->watch([](const task_table::change&) { throw std::runtime_error("a bug"); });
     table_->watch([&](const task_table::change& c) {
       seen.push_back(c.task.arn() + " " + *c.task.ecs.last_status);
     });
-    ASSERT_TRUE(table_->commit_all({record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
+    ASSERT_TRUE(
+        table_->commit_all(lock, {record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
     ASSERT_TRUE(table_->commit(record("a", "RUNNING")));
   }
   ASSERT_EQ(seen.size(), 3u);
@@ -93,10 +94,10 @@ TEST_F(TaskTableTest, GroupsInstancesAndStatusCountsFollowEveryChange) {
     return t;
   };
   {
-    std::lock_guard lock(table_->mutex());
-    ASSERT_TRUE(table_->commit_all({in(record("a", "PROVISIONING"), "service:web"),
-                                    in(record("b", "PROVISIONING"), "service:web"),
-                                    in(record("c", "PROVISIONING"), "family:batch")}));
+    std::unique_lock lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all(lock, {in(record("a", "PROVISIONING"), "service:web"),
+                                          in(record("b", "PROVISIONING"), "service:web"),
+                                          in(record("c", "PROVISIONING"), "family:batch")}));
     table_->save(in(record("a", "RUNNING"), "service:web"));
   }
   EXPECT_EQ(arns("service:web"), (std::set<std::string>{arn_of("a"), arn_of("b")}));
@@ -176,7 +177,7 @@ TEST_F(TaskTableTest, ALostRaceKeepsBothWritersFields) {
     auto r = st->get(key);
     return r && r->kvs.size() == 1 ? json::parse(r->kvs[0].value) : json();
   };
-  std::lock_guard lock(table_->mutex());
+  std::unique_lock lock(table_->mutex());
   ASSERT_TRUE(table_->commit(record("a", "PENDING")));
 
   // Another agent stops the task behind the engine's back; the engine then reports RUNNING
@@ -205,7 +206,7 @@ TEST_F(TaskTableTest, ALostRaceKeepsBothWritersFields) {
   EXPECT_EQ(stored()["stoppedReason"], "stopped here");
 
   // A new record whose key exists already is refused, and changes nothing.
-  EXPECT_FALSE(table_->commit_all({record("a", "PROVISIONING")}));
+  EXPECT_FALSE(table_->commit_all(lock, {record("a", "PROVISIONING")}));
   EXPECT_EQ(stored()["lastStatus"], "STOPPED");
 }
 
@@ -221,8 +222,9 @@ TEST_F(TaskTableTest, SavesAreWrittenBehindAndMergedWithStopsStoredMeanwhile) {
     return r && r->kvs.size() == 1 ? json::parse(r->kvs[0].value) : json();
   };
   {
-    std::lock_guard lock(table_->mutex());
-    ASSERT_TRUE(table_->commit_all({record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
+    std::unique_lock lock(table_->mutex());
+    ASSERT_TRUE(
+        table_->commit_all(lock, {record("a", "PROVISIONING"), record("b", "PROVISIONING")}));
   }
   auto first = st->get(agent::document_key("task", "c/a"));
   ASSERT_TRUE(first);
@@ -301,8 +303,8 @@ TEST_F(TaskTableTest, ADamagedRecordUnderAPendingWriteIsWrittenOver) {
   ASSERT_TRUE(table_->open("c"));
   auto st = store_->state();
   {
-    std::lock_guard lock(table_->mutex());
-    ASSERT_TRUE(table_->commit_all({record("a", "PENDING")}));
+    std::unique_lock lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all(lock, {record("a", "PENDING")}));
     ASSERT_TRUE(st->put(agent::document_key("task", "c/a"), "{not json"));
     task& row = table_->rows().at(arn_of("a"));
     row.ecs.last_status = "RUNNING";

@@ -74,9 +74,10 @@ class http_server {
   virtual std::string tcp_endpoint() const = 0;  // host:port actually bound
 };
 
-// The pool never has fewer threads than this, however few cores: one thread is kept for I/O
-// (see server_options::threads), so a smaller pool would run one or two handlers at a time.
-inline constexpr unsigned min_server_threads = 4;
+// The pool never has fewer threads than this, however few cores: handlers mostly wait (for the
+// store's round trips, for Docker), and RunTasks waiting together share one claim commit: far
+// more of them than cores run at once. One thread is kept for I/O (server_options::threads).
+inline constexpr unsigned min_server_threads = 16;
 
 struct server_options {
   std::string socket_path;
