@@ -46,11 +46,12 @@ struct capacity {
 };
 
 // Within the store transaction `tx` (whose commit compares what it read): reads the instance's
-// record and capacity, and takes each of `needs` from it. Returns why they do not fit
-// (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written nothing, or nullopt
-// when claimed.
+// record and capacity, and takes each of `needs` from it, in order. Returns why they do not
+// fit (placement's reason: "INACTIVE", "RESOURCE:CPU", ...), having written nothing, with
+// `fitting` set to how many of the first needs do; or nullopt when claimed.
 result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
                                          const std::string& instance_id,
-                                         const std::vector<const state::task_need*>& needs);
+                                         const std::vector<const state::task_need*>& needs,
+                                         std::size_t& fitting);
 
 }  // namespace berth::agent::control

@@ -54,7 +54,9 @@ void capacity::add(const state::task_need& need, int sign) {
 
 result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
                                          const std::string& instance_id,
-                                         const std::vector<const state::task_need*>& needs) {
+                                         const std::vector<const state::task_need*>& needs,
+                                         std::size_t& fitting) {
+  fitting = 0;
   const std::string key = record_key(cluster, instance_id);
   auto doc = tx.get("instance", key);
   if (!doc) return tl::unexpected(doc.error());
@@ -71,10 +73,11 @@ result<std::optional<std::string>> claim(store& tx, const std::string& cluster,
       if (c.ports.contains(p)) return std::optional<std::string>("RESOURCE:PORTS");
     }
     c.add(*need, -1);
+    if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
+    if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");
+    if (c.dynamic < 0) return std::optional<std::string>("RESOURCE:PORTS");
+    ++fitting;
   }
-  if (c.cpu < 0) return std::optional<std::string>("RESOURCE:CPU");
-  if (c.mib < 0) return std::optional<std::string>("RESOURCE:MEMORY");
-  if (c.dynamic < 0) return std::optional<std::string>("RESOURCE:PORTS");
   if (auto w = tx.put("instance", capacity_key(cluster, instance_id), c.dump()); !w) {
     return tl::unexpected(w.error());
   }

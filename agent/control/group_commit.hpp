@@ -28,11 +28,25 @@ class group_commit {
   explicit group_commit(std::size_t most) : most_(most) {}
 
   // Queues `item` (of `size`) and returns once a commit has taken it: one this caller makes, of
-  // every item queued by then, or another caller's.
+  // every item queued by then, or another caller's. `commit` tells each item its outcome; one
+  // that throws has its batch taken all the same (the exception reaches its caller only).
   void join(std::unique_lock<std::mutex>& lock, Item& item, std::size_t size,
             const commit_fn& commit) {
     entry mine{&item, size, false};
     waiting_.push_back(&mine);
+    struct leave {  // a caller that throws before a commit took its item takes it back
+      std::deque<entry*>& waiting;
+      entry& mine;
+      ~leave() {
+        if (mine.done) return;
+        for (auto it = waiting.begin(); it != waiting.end(); ++it) {
+          if (*it == &mine) {
+            waiting.erase(it);
+            break;
+          }
+        }
+      }
+    } left{waiting_, mine};
     while (!mine.done) {
       if (committing_) {
         ended_.wait(lock);

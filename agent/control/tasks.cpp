@@ -352,15 +352,22 @@ struct task_actions::impl {
     // With the launches waiting beside it, in one store transaction (group_commit.hpp).
     claims mine{&made, &l.group, dm, {}, std::nullopt};
     claim_commits_.join(lock, mine, made.size(), [&](auto& held, std::vector<claims*>& batch) {
-      if (auto failed = commit_batch(held, batch)) {
-        // The transaction as a whole failed (too large, say): each launch on its own then, so
-        // that none fails for what it was committed with.
-        for (claims* c : batch) {
-          auto again = batch.size() > 1 ? commit_batch(held, {c}) : failed;
-          if (!again) continue;
-          unplace(*c, "");
-          c->failed = server("The task could not be stored: " + *again);
+      // Every launch of the batch learns its outcome, whatever happens here.
+      const auto fail = [&](claims& c, const std::string& why) {
+        unplace(c, "");
+        c.failed = server("The task could not be stored: " + why);
+      };
+      try {
+        if (auto failed = commit_batch(held, batch)) {
+          // The transaction as a whole failed (too large, say): each launch on its own then,
+          // so that none fails for what it was committed with.
+          for (claims* c : batch) {
+            auto again = batch.size() > 1 ? commit_batch(held, {c}) : failed;
+            if (again) fail(*c, *again);
+          }
         }
+      } catch (const std::exception& e) {
+        for (claims* c : batch) fail(*c, e.what());
       }
     });
     if (mine.failed) return tl::unexpected(*mine.failed);
@@ -376,12 +383,20 @@ struct task_actions::impl {
     std::optional<api_error> failed;
   };
 
-  // Gives back what placement took for c's tasks on instance `on` (all of them when empty);
-  // true if it had any there. Under mu_.
-  bool unplace(claims& c, const std::string& on) {
+  // Gives back what placement took for c's tasks on instance `on` (all of them when empty),
+  // past the first `keep` there (counted down); true if it gave any back. Under mu_.
+  bool unplace(claims& c, const std::string& on, std::size_t keep = 0) {
+    return unplace(c, on, &keep);
+  }
+  bool unplace(claims& c, const std::string& on, std::size_t* keep) {
     bool any = false;
     for (auto it = c.made->begin(); it != c.made->end();) {
       if (!on.empty() && it->second.id != on) {
+        ++it;
+        continue;
+      }
+      if (*keep > 0) {
+        --*keep;
         ++it;
         continue;
       }
@@ -418,14 +433,21 @@ struct task_actions::impl {
       if (records.empty()) return std::nullopt;
       struct refusal {
         std::string id, reason;
+        std::size_t fitting = 0;  // the first tasks on it that fit: kept
         std::optional<capacity> seen;
       };
       std::optional<refusal> refused;
       // What this instance's stopped tasks gave back is in state before a claim on it reads it.
       if (per_instance.contains(inst_.id())) {
-        lock.unlock();
-        auto s = inst_.settle();
-        lock.lock();
+        result<void> s;
+        {
+          struct relock {
+            std::unique_lock<std::mutex>& lock;
+            ~relock() { lock.lock(); }
+          } again{lock};
+          lock.unlock();
+          s = inst_.settle();
+        }
         if (!s) return s.error().message;
       }
       auto claim_all = [&](store& tx) -> result<void> {
@@ -438,10 +460,11 @@ struct task_actions::impl {
         }
         if (auto p = tx.prefetch(docs); !p) return p;
         for (const auto& [id, on] : per_instance) {
-          auto c = claim(tx, cfg_.cluster, id, on.needs);
+          std::size_t fitting = 0;
+          auto c = claim(tx, cfg_.cluster, id, on.needs, fitting);
           if (!c) return tl::unexpected(c.error());
           if (*c) {
-            refused = refusal{id, **c, std::nullopt};
+            refused = refusal{id, **c, fitting, std::nullopt};
             if (auto cur = tx.get("instance", capacity_key(cfg_.cluster, id)); cur && *cur) {
               refused->seen = capacity::parse(**cur);
             }
@@ -458,9 +481,12 @@ struct task_actions::impl {
       }
       if (!refused) return w.error().message;
       spdlog::info("claim on instance {} refused ({}): placed again", refused->id, refused->reason);
+      // The launches whose tasks there did not fit (in the batch's order, as claimed) lose
+      // them; those before keep theirs.
       const std::string arn = per_instance[refused->id].arn;
+      std::size_t keep = refused->fitting;
       for (claims* c : batch) {
-        if (unplace(*c, refused->id)) c->refusals.emplace_back(arn, refused->reason);
+        if (unplace(*c, refused->id, &keep)) c->refusals.emplace_back(arn, refused->reason);
       }
       if (refused->seen) fleet_.saw_capacity(refused->id, *refused->seen);
     }

@@ -20,6 +20,15 @@ struct item {
 
 class GroupCommitTest : public ::testing::Test {
  protected:
+  // A test that failed early leaves no caller waiting for the gate.
+  void TearDown() override {
+    {
+      std::lock_guard lock(mu_);
+      open_ = true;
+      changed_.notify_all();
+    }
+    callers_.clear();
+  }
   // Commits a batch: notes its items' ids; the first commit waits (the lock let go, as for the
   // store) until the test opens the gate.
   void commit(std::unique_lock<std::mutex>& lock, std::vector<item*>& batch) {
