@@ -384,18 +384,15 @@ struct task_actions::impl {
   };
 
   // Gives back what placement took for c's tasks on instance `on` (all of them when empty),
-  // past the first `keep` there (counted down); true if it gave any back. Under mu_.
-  bool unplace(claims& c, const std::string& on, std::size_t keep = 0) {
-    return unplace(c, on, &keep);
-  }
-  bool unplace(claims& c, const std::string& on, std::size_t* keep) {
+  // past the first `*keep` there (counted down) when given; true if it gave any back. Under mu_.
+  bool unplace(claims& c, const std::string& on, std::size_t* keep = nullptr) {
     bool any = false;
     for (auto it = c.made->begin(); it != c.made->end();) {
       if (!on.empty() && it->second.id != on) {
         ++it;
         continue;
       }
-      if (*keep > 0) {
+      if (keep != nullptr && *keep > 0) {
         --*keep;
         ++it;
         continue;
@@ -441,11 +438,7 @@ struct task_actions::impl {
       if (per_instance.contains(inst_.id())) {
         result<void> s;
         {
-          struct relock {
-            std::unique_lock<std::mutex>& lock;
-            ~relock() { lock.lock(); }
-          } again{lock};
-          lock.unlock();
+          const unlocked during(lock);
           s = inst_.settle();
         }
         if (!s) return s.error().message;

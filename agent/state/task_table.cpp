@@ -325,11 +325,7 @@ agent::result<void> task_table::commit_all(
   };
   agent::result<std::int64_t> w = tl::unexpected(agent::error{"not committed"});
   try {
-    struct relock {
-      std::unique_lock<std::mutex>& lock;
-      ~relock() { lock.lock(); }
-    } again{lock};
-    lock.unlock();
+    const agent::unlocked during(lock);
     w = store_.transaction([&](agent::store& st) -> agent::result<void> {
       if (also) {
         if (auto a = also(st); !a) return a;

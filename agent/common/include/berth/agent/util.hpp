@@ -14,6 +14,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -25,6 +26,19 @@
 namespace berth::agent {
 
 using nlohmann::json;
+
+// Lets `lock` go for a scope (a store round trip, say) and takes it again when the scope ends,
+// by return or by exception.
+class unlocked {
+ public:
+  explicit unlocked(std::unique_lock<std::mutex>& lock) : lock_(lock) { lock_.unlock(); }
+  ~unlocked() { lock_.lock(); }
+  unlocked(const unlocked&) = delete;
+  unlocked& operator=(const unlocked&) = delete;
+
+ private:
+  std::unique_lock<std::mutex>& lock_;
+};
 
 // Seconds since the epoch, as ECS's timestamps (JSON numbers) carry them: to the millisecond, as
 // AWS's. Finer, a timestamp's JSON text (nlohmann's Grisu2) is not always the shortest one for
