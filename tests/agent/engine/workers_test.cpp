@@ -1,0 +1,114 @@
+// task_workers: every step runs at once on a thread (never behind another step), threads are
+// reused and end after lingering idle, busy() counts a task's steps, and join_all() runs every
+// step given before it returns.
+#include "workers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <stdexcept>
+
+namespace berth::agent::engine {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Waits until `ready` holds, for at most 10 s.
+template <class F>
+bool eventually(F ready) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// A gate steps wait behind until the test opens it.
+struct gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  void wait() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return open; });
+  }
+  void let_go() {
+    std::lock_guard lock(mu);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+TEST(TaskWorkersTest, AStepNeverWaitsBehindAnother) {
+  task_workers w;
+  gate g;
+  std::atomic<int> ran{0};
+  // Ten steps block; an eleventh still runs while they do.
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(w.spawn(std::to_string(i), [&] {
+      g.wait();
+      ++ran;
+    }));
+  }
+  std::atomic<bool> free_ran{false};
+  ASSERT_TRUE(w.spawn("free", [&] { free_ran = true; }));
+  EXPECT_TRUE(eventually([&] { return free_ran.load(); }));
+  EXPECT_EQ(ran.load(), 0);
+  EXPECT_TRUE(w.busy("3"));
+  EXPECT_EQ(w.threads(), 11u);
+  g.let_go();
+  EXPECT_TRUE(eventually([&] { return ran.load() == 10; }));
+  EXPECT_TRUE(eventually([&] { return !w.busy("3"); }));
+}
+
+TEST(TaskWorkersTest, ThreadsAreReusedAndEndAfterLingering) {
+  task_workers w(200ms);
+  for (int i = 0; i < 50; ++i) {
+    std::atomic<bool> done{false};
+    ASSERT_TRUE(w.spawn("t", [&] { done = true; }));
+    ASSERT_TRUE(eventually([&] { return done.load() && !w.busy("t"); }));
+  }
+  // One step at a time: the one thread took them all.
+  EXPECT_EQ(w.threads(), 1u);
+  EXPECT_TRUE(eventually([&] { return w.threads() == 0; }));
+  // After the last thread ended, a step starts one again.
+  std::atomic<bool> again{false};
+  ASSERT_TRUE(w.spawn("t", [&] { again = true; }));
+  EXPECT_TRUE(eventually([&] { return again.load(); }));
+}
+
+TEST(TaskWorkersTest, BusyCountsEveryStepOfATaskAndAFailingStepIsContained) {
+  task_workers w;
+  gate g;
+  ASSERT_TRUE(w.spawn("t", [&] { g.wait(); }));
+  ASSERT_TRUE(w.spawn("t", [] { throw std::runtime_error("a bug in one step"); }));
+  EXPECT_TRUE(w.busy("t"));
+  EXPECT_FALSE(w.busy("other"));
+  g.let_go();
+  EXPECT_TRUE(eventually([&] { return !w.busy("t"); }));
+}
+
+TEST(TaskWorkersTest, JoinAllRunsEveryStepGivenThenStepsStartAgain) {
+  task_workers w;
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(w.spawn("t", [&] {
+      std::this_thread::sleep_for(1ms);
+      ++ran;
+    }));
+  }
+  w.join_all();
+  EXPECT_EQ(ran.load(), 20);
+  EXPECT_FALSE(w.busy("t"));
+  EXPECT_EQ(w.threads(), 0u);
+  ASSERT_TRUE(w.spawn("t", [&] { ++ran; }));
+  w.join_all();
+  EXPECT_EQ(ran.load(), 21);
+}
+
+}  // namespace
+}  // namespace berth::agent::engine
