@@ -417,6 +417,9 @@ def run(args):
         out["errors"] = d["errors"]
         out["reasons"] = d["reasons"]
         out["calls"] = d["calls"]
+        # Claims refused by etcd (a peer claimed the instance first) and placed again.
+        out["claim_refusals"] = int(sum(metric(sock, "berth_claim_refusals_total") or 0
+                                        for sock in sockets))
         out["running"] = d["running"]
         out["accepted_per_s"] = d["accepted"] / d["accepted_wall"]
         out["placements_per_s"] = d["running"] / d["running_wall"]
@@ -462,6 +465,8 @@ def report(o):
         ("mirror lag p50 / p99 (change -> other mirrors)",
          f"{fmt(o.get('mirror_lag_p50_ms'), ' ms')} / {fmt(o.get('mirror_lag_p99_ms'), ' ms')}"),
         ("tasks accepted / RUNNING", f"{fmt(o.get('accepted'))} / {fmt(o.get('running'))}"),
+        ("RunTask calls / tasks short / claims refused",
+         f"{fmt(o.get('calls'))} / {fmt(o.get('short'))} / {fmt(o.get('claim_refusals'))}"),
         ("placements/s end to end (sent -> RUNNING)", fmt(o.get("placements_per_s"))),
         ("placements/s accepted by the API", fmt(o.get("accepted_per_s"))),
         ("RunTask p50 / p99",

@@ -196,6 +196,7 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
       if (const auto b = by_slot_.find(it->second.slot); b != by_slot_.end() && b->second == id) {
         by_slot_.erase(b);
       }
+      holds_.erase(id);
       members_.erase(it);
       return;
     }
@@ -233,8 +234,10 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
     if (part == "capacity") {
       if (kv) {
         it->second.free = capacity::parse(kv->value);
+        it->second.free_at = kv->mod_revision;
       } else {
         it->second.free.reset();
+        it->second.free_at = 0;
       }
     } else if (part == "agent") {
       const bool was = it->second.connected;
@@ -275,7 +278,42 @@ void fleet::saw_capacity(const std::string& id, const capacity& c) {
   const auto it = members_.find(id);
   if (it == members_.end()) return;
   it->second.free = c;
+  it->second.free_at = std::max(it->second.free_at, committed_);
   publish(it->second);
+}
+
+void fleet::hold(const std::string& id, const std::string& task, const state::task_need& need) {
+  std::lock_guard lock(mu_);
+  holds_[id][task] = held{need, 0};
+}
+
+void fleet::committed(const std::string& id, const std::string& task, state::revision rev) {
+  std::lock_guard lock(mu_);
+  committed_ = std::max(committed_, rev);
+  const auto h = holds_.find(id);
+  if (h == holds_.end()) return;
+  const auto t = h->second.find(task);
+  if (t == h->second.end()) return;
+  const state::task_need& n = t->second.need;
+  if (rev <= 0 || (n.cpu == 0 && n.mib == 0 && n.dynamic == 0)) {
+    // No revision to wait for (a store that gives none), or nothing the document changes by.
+    h->second.erase(t);
+    if (h->second.empty()) holds_.erase(h);
+    return;
+  }
+  t->second.committed = rev;
+  // The watch may have brought the document with this claim before the commit's answer came.
+  if (const auto m = members_.find(id); m != members_.end() && m->second.free_at >= rev) {
+    publish(m->second);
+  }
+}
+
+void fleet::unhold(const std::string& id, const std::string& task) {
+  std::lock_guard lock(mu_);
+  const auto h = holds_.find(id);
+  if (h == holds_.end()) return;
+  h->second.erase(task);
+  if (h->second.empty()) holds_.erase(h);
 }
 
 void fleet::publish(member& m) {
@@ -302,7 +340,22 @@ void fleet::publish(member& m) {
     spdlog::warn("ledger: instance {} not published: {}", m.id, ipc::describe(r.error()));
     return;
   }
-  const capacity c = m.free.value_or(capacity{});
+  capacity c = m.free.value_or(capacity{});
+  // Less what this agent placed there that the document does not have yet.
+  if (const auto h = holds_.find(m.id); h != holds_.end()) {
+    for (auto t = h->second.begin(); t != h->second.end();) {
+      if (t->second.committed != 0 && t->second.committed <= m.free_at) {
+        t = h->second.erase(t);  // in the document now
+        continue;
+      }
+      // CPU, memory and dynamic ports: the row keeps placements' static ports as they are.
+      c.cpu -= t->second.need.cpu;
+      c.mib -= t->second.need.mib;
+      c.dynamic -= t->second.need.dynamic;
+      ++t;
+    }
+    if (h->second.empty()) holds_.erase(h);
+  }
   const auto clamp = [](std::int64_t v, std::uint32_t most) {
     return static_cast<std::uint32_t>(std::clamp<std::int64_t>(v, 0, most));
   };

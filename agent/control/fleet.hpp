@@ -45,7 +45,8 @@ struct member {
   bool connected = false;        // its agent's presence key exists
   // Since when it has been disconnected, by this agent's clock (the epoch when connected).
   std::chrono::steady_clock::time_point disconnected_since{};
-  std::uint32_t slot = 0;  // its row in the ledger
+  std::uint32_t slot = 0;       // its row in the ledger
+  state::revision free_at = 0;  // the capacity document's revision `free` is from (0: unknown)
 };
 
 class fleet {
@@ -68,8 +69,19 @@ class fleet {
   result<state::container_instance> change(
       const std::string& id, const std::function<void(state::container_instance&)>& change);
   // The capacity a claim just read from state (newer than the watch has brought, or the same):
-  // the row shows it at once, so that a placement retried after a refused claim sees it.
+  // the row shows it at once, so that a placement retried after a refused claim sees it. The
+  // read follows every claim this agent committed before it (they are committed one batch at
+  // a time): it holds them all.
   void saw_capacity(const std::string& id, const capacity& c);
+
+  // This agent's placements not yet in their instance's capacity document, which the row
+  // shows less by (the ledger's reservations are otherwise lost when the row is set from the
+  // document: a peer's claim or a task's change on the instance): held from placement (`task`
+  // names it), committed at `rev`, and let go when the fleet sees the document at `rev` or
+  // later, or at once when the placement is undone.
+  void hold(const std::string& id, const std::string& task, const state::task_need& need);
+  void committed(const std::string& id, const std::string& task, state::revision rev);
+  void unhold(const std::string& id, const std::string& task);
   // A task record changed (the table's watchers call this): runningTasksCount of its instance.
   void count(const state::task& t, bool erased);
 
@@ -111,6 +123,14 @@ class fleet {
   // During relist(): where the ledger had each EC2 id, and each id claimed since.
   using slot_hints = std::unordered_map<std::string, std::uint32_t>;
   slot_hints* hints_ = nullptr;
+  // Holds by instance id, then task ARN (hold()): a need and the revision it was committed at
+  // (0 while in flight).
+  struct held {
+    state::task_need need;
+    state::revision committed = 0;
+  };
+  std::unordered_map<std::string, std::map<std::string, held>> holds_;
+  state::revision committed_ = 0;  // the newest revision a hold was committed at
   // The static ports this fleet holds in the ledger for each slot.
   std::map<std::uint32_t, std::set<std::uint16_t>> ports_;
   // Running tasks per instance ARN, and each task's contribution.

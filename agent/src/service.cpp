@@ -661,6 +661,9 @@ class service_impl final : public service {
                      "Tasks not placed, by the first reason of each rejected instance");
     metrics_.counter("berth_claim_commits_total",
                      "Store transactions committing new tasks with their capacity claims");
+    metrics_.counter("berth_claim_refusals_total",
+                     "Capacity claims refused by the store (a peer claimed the instance first): "
+                     "their tasks were placed again");
     metrics_.histogram("berth_claim_commit_launches",
                        "RunTask and StartTask calls (placement rounds) per claim commit",
                        {1, 2, 4, 8, 16});

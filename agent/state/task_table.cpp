@@ -305,7 +305,7 @@ task& task_table::upsert(const task& t, revision rev) {
   return it->second;
 }
 
-agent::result<void> task_table::commit_all(
+agent::result<revision> task_table::commit_all(
     std::unique_lock<std::mutex>& lock, const std::vector<task>& tasks,
     const std::function<agent::result<void>(agent::store&)>& also) {
   // While the store works the follower may bring these records back: apply() holds their
@@ -341,8 +341,7 @@ agent::result<void> task_table::commit_all(
     throw;
   }
   const std::vector<event> meanwhile = held();
-  if (!w) {
-    spdlog::error("store: new tasks not written: {}", w.error().message);
+  if (!w) {  // the caller's to report: a claim `also` refused is no failure of the store
     for (const event& e : meanwhile) apply(e);
     return tl::unexpected(w.error());
   }
@@ -353,7 +352,7 @@ agent::result<void> task_table::commit_all(
     if (const auto row = rows_.find(t.arn()); row != rows_.end()) announce(row->second, false);
   }
   for (const event& e : meanwhile) apply(e);
-  return {};
+  return *w;
 }
 
 void task_table::save(const task& t) {

@@ -83,8 +83,9 @@ class task_table {
   // compared at the commit, and it runs again on fresh reads when they changed): all of it or
   // none. A record that exists already fails the commit. `lock` holds mutex(); it is let go for
   // the store's round trip (the table follows the store meanwhile, and the caller's peers go
-  // on; changes to the new records that come back meanwhile are applied after them).
-  agent::result<void> commit_all(
+  // on; changes to the new records that come back meanwhile are applied after them). Returns
+  // the store's revision of the commit.
+  agent::result<revision> commit_all(
       std::unique_lock<std::mutex>& lock, const std::vector<task>& tasks,
       const std::function<agent::result<void>(agent::store&)>& also = nullptr);
   // The engine's write of what it observed: the table follows Docker whatever the store says.
