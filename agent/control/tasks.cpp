@@ -59,7 +59,9 @@ struct task_actions::impl {
     auto q = pl::compile({{}, "", {{"memberOf", filter}}, {}});
     if (!q) return tl::unexpected(invalid(q.error().message));
     std::lock_guard lock(mu_);
-    return placer_.matching(*q, {});
+    // Every instance the expression holds for: DRAINING and disconnected ones too, as ECS lists
+    // them (the status parameter filters by status).
+    return placer_.matching(*q, {}, pl::placer::rows::registered);
   }
 
   // ---- the records ----

@@ -107,7 +107,8 @@ std::uint64_t connected_after_of(const place_options& opts) {
 
 }  // namespace
 
-std::vector<std::uint32_t> placer::matching(const query& qy, const place_options& opts) {
+std::vector<std::uint32_t> placer::matching(const query& qy, const place_options& opts,
+                                            rows which) {
   const query::impl& q = *qy.impl_;
   impl& m = *impl_;
   const std::uint64_t connected_after = connected_after_of(opts);
@@ -128,7 +129,15 @@ std::vector<std::uint32_t> placer::matching(const query& qy, const place_options
                    permutation(c.count, detail::tie_seed)};
   std::vector<std::uint32_t> out;
   for (std::uint32_t s = 0; s < c.count; ++s) {
-    if (!d.check(s)) out.push_back(s);
+    if (which == rows::placeable) {
+      if (!d.check(s)) out.push_back(s);
+      continue;
+    }
+    if (c.state[s] == static_cast<std::uint32_t>(ipc::instance_state::empty)) continue;
+    const bool member = std::all_of(r.roots.begin(), r.roots.end(), [&](std::uint32_t root) {
+      return detail::eval_host(r.prog, root, c, s);
+    });
+    if (member) out.push_back(s);
   }
   return out;
 }

@@ -143,6 +143,18 @@ TEST_F(AgentTest, ContainerInstanceIsRegisteredWithResourcesAndAttributes) {
   ASSERT_EQ(refused.status, 0) << refused.err;
   EXPECT_TRUE(refused.body["tasks"].empty());
   EXPECT_EQ(refused.body["failures"][0]["reason"], "INACTIVE");
+  // Still listed by a filter (its status is not the filter's), and by status DRAINING with it.
+  hit = filtered("attribute:stack == test");
+  ASSERT_EQ(hit.status, 0) << hit.err;
+  EXPECT_EQ(hit.body["containerInstanceArns"], json::array({ci}));
+  auto draining = a().aws({"list-container-instances", "--cluster", a().cluster(), "--filter",
+                           "attribute:stack == test", "--status", "DRAINING"});
+  ASSERT_EQ(draining.status, 0) << draining.err;
+  EXPECT_EQ(draining.body["containerInstanceArns"], json::array({ci}));
+  auto active = a().aws({"list-container-instances", "--cluster", a().cluster(), "--filter",
+                         "attribute:stack == test", "--status", "ACTIVE"});
+  ASSERT_EQ(active.status, 0) << active.err;
+  EXPECT_TRUE(active.body["containerInstanceArns"].empty());
   ASSERT_EQ(a().aws({"update-container-instances-state", "--cluster", a().cluster(),
                      "--container-instances", ci, "--status", "ACTIVE"})
                 .status,

@@ -269,17 +269,20 @@ TEST(ConstraintTest, MemberOfInstanceTypeAndZone) {
 }
 
 // matching(): every instance a zero-need task could use, checked once each; full hosts match
-// too (a filter is not a placement), draining and disconnected ones do not.
+// too (a filter is not a placement), draining and disconnected ones do not, unless every
+// registered row is asked for (ListContainerInstances' filter).
 TEST(ConstraintTest, MatchingListsEveryInstanceAFilterSelects) {
   cluster c(unique("matching"), 4096);
-  std::vector<std::uint32_t> want;
+  std::vector<std::uint32_t> want, registered;
   for (std::uint32_t i = 0; i < 3000; ++i) {
     host h = make(id("h", i), i % 7 == 0 ? 0 : 4096, 8192, i % 3 == 0 ? "m5.large" : "t2.micro",
                   i % 2 == 0 ? "zone-a" : "zone-b");
     if (i % 11 == 0) h.state = instance_state::draining;
     const std::uint32_t slot = c.add(h);
     if (i % 3 == 0 && i % 2 == 0 && i % 11 != 0) want.push_back(slot);
+    if (i % 3 == 0 && i % 2 == 0) registered.push_back(slot);
   }
+  std::sort(registered.begin(), registered.end());
   std::sort(want.begin(), want.end());
   const std::uint32_t silent = want.back();
   for (std::uint32_t s : want) {
@@ -301,6 +304,8 @@ TEST(ConstraintTest, MatchingListsEveryInstanceAFilterSelects) {
     auto connected = want;
     connected.pop_back();
     EXPECT_EQ(p.matching(*q, o), connected) << "a disconnected agent matches nothing";
+    EXPECT_EQ(p.matching(*q, o, placer::rows::registered), registered)
+        << "every registered row: draining and disconnected ones too";
   }
   EXPECT_EQ(c.free(want.front()).cpu, 4096u) << "matching reserves nothing";
 }

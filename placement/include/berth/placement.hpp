@@ -184,10 +184,14 @@ class placer {
                                       const place_options& opts) {
     return place(q, q.source().need, groups, opts);
   }
-  // Every instance that could take a task needing nothing: ACTIVE, connected (opts.now_ns,
-  // heartbeat_timeout_ns) and meeting the query's memberOf constraints, in slot order. One
-  // check per instance (ListContainerInstances' filter, a daemon's instances); reserves nothing.
-  [[nodiscard]] std::vector<std::uint32_t> matching(const query& q, const place_options& opts);
+  // Which rows matching() looks at: those that could take a task needing nothing (ACTIVE,
+  // connected: opts.now_ns, heartbeat_timeout_ns), or every row in use, whatever its state and
+  // connection (ListContainerInstances' filter: its status is a parameter of its own).
+  enum class rows { placeable, registered };
+  // The instances among `which` meeting the query's memberOf constraints, in slot order. One
+  // check per instance; reserves nothing.
+  [[nodiscard]] std::vector<std::uint32_t> matching(const query& q, const place_options& opts,
+                                                    rows which = rows::placeable);
 
   struct impl;
 
