@@ -135,11 +135,14 @@ result<void> fleet::open() {
     if (!r) return tl::unexpected(state::error{state::errc::io, r.error().message});
     return *r;
   };
-  // Every row heartbeaten at least each second while the store is followed.
+  // Every connected instance's row heartbeaten at least each second while the store is
+  // followed; a disconnected one's heartbeat is 0 (publish()).
   cb.on_idle = [this] {
     std::lock_guard lock(mu_);
     const std::uint64_t now = now_ns();
-    for (const auto& [id, m] : members_) (void)ledger_.heartbeat(m.slot, now);
+    for (const auto& [id, m] : members_) {
+      if (m.connected) (void)ledger_.heartbeat(m.slot, now);
+    }
   };
   follower_.emplace(state_, prefix_, "instances", std::move(cb), std::chrono::seconds(1));
   follower_->start(*from + 1);
@@ -233,6 +236,8 @@ void fleet::on_key(const std::string& key, const std::optional<state::key_value>
     if (it == members_.end()) return;  // its record comes first; a relist brings the rest
     if (part == "capacity") {
       if (kv) {
+        // Older than what a claim read (saw_capacity): the watch is behind; it will catch up.
+        if (kv->mod_revision < it->second.free_at) return;
         it->second.free = capacity::parse(kv->value);
         it->second.free_at = kv->mod_revision;
       } else {
@@ -379,7 +384,9 @@ void fleet::publish(member& m) {
     // In use already: a placement's pre-check holds it, and the claim made it the document's.
     if (r || r.error().code == ipc::errc::port_in_use) held.insert(p);
   }
-  (void)ledger_.heartbeat(m.slot, now_ns());
+  // A row's heartbeat is fresh while its agent is connected: ListContainerInstances' filter
+  // reads agentConnected from it (a disconnected row is not placed on either way: inactive).
+  (void)ledger_.heartbeat(m.slot, m.connected ? now_ns() : 0);
 }
 
 void fleet::count(const state::task& t, bool erased) {

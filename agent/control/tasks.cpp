@@ -61,7 +61,11 @@ struct task_actions::impl {
     std::lock_guard lock(mu_);
     // Every instance the expression holds for: DRAINING and disconnected ones too, as ECS lists
     // them (the status parameter filters by status).
-    return placer_.matching(*q, {}, pl::placer::rows::registered);
+    // agentConnected is read from each row's heartbeat, fresh only while its agent is connected.
+    pl::place_options o;
+    o.now_ns = now_ns();
+    o.heartbeat_timeout_ns = 10'000'000'000;
+    return placer_.matching(*q, o, pl::placer::rows::registered);
   }
 
   // ---- the records ----
@@ -350,34 +354,51 @@ struct task_actions::impl {
       std::unique_lock<std::mutex>& lock, std::vector<std::pair<state::task, member>>& made,
       const launch_request& l, const std::vector<ecs::tag>& tags,
       const std::optional<std::string>& started_by, const ipc::demand& dm) {
-    for (auto& [t, m] : made) {
-      t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
-      t.ecs.enable_execute_command = l.execute_command;
-      grouped_[t.arn()] = m.slot;
-      fleet_.hold(m.id, t.arn(), t.berth.need);
+    // A hold left behind by an exception would take its room off the row for good; one let go
+    // after its commit only shows the document a moment early.
+    const auto unhold_all = [&] {
+      for (const auto& [t, m] : made) {
+        if (t.ecs.task_arn) fleet_.unhold(m.id, *t.ecs.task_arn);
+      }
+    };
+    try {
+      for (auto& [t, m] : made) {
+        t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
+        t.ecs.enable_execute_command = l.execute_command;
+        grouped_[t.arn()] = m.slot;
+        fleet_.hold(m.id, t.arn(), t.berth.need);
+      }
+    } catch (...) {
+      unhold_all();
+      throw;
     }
     if (made.empty()) return {};
     // With the launches waiting beside it, in one store transaction (group_commit.hpp).
     claims mine{&made, &l.group, dm, {}, std::nullopt};
-    claim_commits_.join(lock, mine, made.size(), [&](auto& held, std::vector<claims*>& batch) {
-      // Every launch of the batch learns its outcome, whatever happens here.
-      const auto fail = [&](claims& c, const std::string& why) {
-        unplace(c, "");
-        c.failed = server("The task could not be stored: " + why);
-      };
-      try {
-        if (auto failed = commit_batch(held, batch)) {
-          // The transaction as a whole failed (too large, say): each launch on its own then,
-          // so that none fails for what it was committed with.
-          for (claims* c : batch) {
-            auto again = batch.size() > 1 ? commit_batch(held, {c}) : failed;
-            if (again) fail(*c, *again);
+    try {
+      claim_commits_.join(lock, mine, made.size(), [&](auto& held, std::vector<claims*>& batch) {
+        // Every launch of the batch learns its outcome, whatever happens here.
+        const auto fail = [&](claims& c, const std::string& why) {
+          unplace(c, "");
+          c.failed = server("The task could not be stored: " + why);
+        };
+        try {
+          if (auto failed = commit_batch(held, batch)) {
+            // The transaction as a whole failed (too large, say): each launch on its own then,
+            // so that none fails for what it was committed with.
+            for (claims* c : batch) {
+              auto again = batch.size() > 1 ? commit_batch(held, {c}) : failed;
+              if (again) fail(*c, *again);
+            }
           }
+        } catch (const std::exception& e) {
+          for (claims* c : batch) fail(*c, e.what());
         }
-      } catch (const std::exception& e) {
-        for (claims* c : batch) fail(*c, e.what());
-      }
-    });
+      });
+    } catch (...) {
+      unhold_all();
+      throw;
+    }
     if (mine.failed) return tl::unexpected(*mine.failed);
     return std::move(mine.refusals);
   }

@@ -4,6 +4,7 @@
 // cluster_failure_test.cpp.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <latch>
 #include <sstream>
 
@@ -322,6 +323,18 @@ TEST_F(ClusterTest, AKilledAgentIsDisconnectedAndNotPlacedOn) {
                     << " ms after kill -9: " << seen.dump(2);
   EXPECT_EQ(describe_instance(a(), arn_[0]).value("agentConnected", false), true);
   EXPECT_EQ(describe_instance(b(), arn_[1]).value("agentConnected", false), true);
+  // ListContainerInstances' filter sees it disconnected too, and still lists it.
+  const auto listed = [&](const std::string& filter) {
+    json body = cluster_body();
+    body["filter"] = filter;
+    auto arns = call(a(), "ListContainerInstances", body).value("containerInstanceArns", json());
+    std::sort(arns.begin(), arns.end());
+    return arns;
+  };
+  json up = json::array({arn_[0], arn_[1]});
+  std::sort(up.begin(), up.end());
+  EXPECT_EQ(listed("agentConnected == true"), up);
+  EXPECT_EQ(listed("agentConnected == false"), json::array({arn_[2]}));
 
   const json run = call(a(), "RunTask", run_task_body("after", 4, spread_by_zone()));
   const json tasks = run.value("tasks", json::array());
