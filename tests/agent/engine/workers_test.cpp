@@ -16,13 +16,13 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Waits until `ready` holds, for at most 10 s.
+// Waits until `ready` holds, for at most 10 s (as tests/ipc's wait_until: yielding, not sleeping).
 template <class F>
 bool eventually(F ready) {
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   while (!ready()) {
     if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
+    std::this_thread::yield();
   }
   return true;
 }
@@ -95,12 +95,15 @@ TEST(TaskWorkersTest, BusyCountsEveryStepOfATaskAndAFailingStepIsContained) {
 TEST(TaskWorkersTest, JoinAllRunsEveryStepGivenThenStepsStartAgain) {
   task_workers w;
   std::atomic<int> ran{0};
+  std::atomic<bool> go{false};
+  // Every step waits for `go`, let go just before join_all(): most are still running in it.
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(w.spawn("t", [&] {
-      std::this_thread::sleep_for(1ms);
+      while (!go.load()) std::this_thread::yield();
       ++ran;
     }));
   }
+  go = true;
   w.join_all();
   EXPECT_EQ(ran.load(), 20);
   EXPECT_FALSE(w.busy("t"));
