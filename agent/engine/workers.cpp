@@ -11,14 +11,13 @@ bool task_workers::spawn(const std::string& task_arn, std::function<void()> fn) 
   std::lock_guard lock(mu_);
   reap();
   ++in_flight_[task_arn];
-  if (idle_ > queue_.size()) {
-    queue_.push_back({task_arn, std::move(fn)});
+  queue_.push_back({task_arn, std::move(fn)});
+  if (idle_ >= queue_.size()) {
     cv_.notify_one();
     return true;
   }
   // No thread is free for it: one of its own, which stays for the steps after it.
   try {
-    queue_.push_back({task_arn, std::move(fn)});
     ++idle_;  // counted before it starts, so that no other step is given to it meanwhile
     worker& w = workers_.emplace_back();
     w.thread = std::thread([this, self = &w] { run(self); });
