@@ -538,37 +538,69 @@ void task_table::publish(const task& t) {
   published p{std::make_shared<const task>(t), std::make_shared<views>()};
   std::unique_lock lock(pub_mu_);
   auto [it, fresh] = pub_.try_emplace(t.arn());
-  if (!fresh) unindex_record(*it->second.record);
-  index_record(t);
+  if (fresh) {
+    index_record(t);
+  } else {
+    reindex_record(*it->second.record, t);
+  }
   it->second = std::move(p);
 }
 
 namespace {
 
-const std::string& instance_of(const task& t) {
+const std::string& or_empty(const std::optional<std::string>& s) {
   static const std::string none;
-  return t.ecs.container_instance_arn ? *t.ecs.container_instance_arn : none;
+  return s ? *s : none;
 }
+
+const std::string& group_of(const task& t) { return or_empty(t.ecs.group); }
+const std::string& instance_of(const task& t) { return or_empty(t.ecs.container_instance_arn); }
+const std::string& status_of(const task& t) { return or_empty(t.ecs.last_status); }
 
 }  // namespace
 
 void task_table::index_record(const task& t) {
-  by_group_[t.ecs.group.value_or("")].insert(t.arn());
+  by_group_[group_of(t)].insert(t.arn());
   if (const std::string& on = instance_of(t); !on.empty()) by_instance_[on].insert(t.arn());
-  ++by_status_[t.ecs.last_status.value_or("")];
+  ++by_status_[status_of(t)];
+}
+
+void task_table::drop(index& idx, const std::string& key, const std::string& arn) {
+  const auto k = idx.find(key);
+  if (k == idx.end()) return;
+  k->second.erase(arn);
+  if (k->second.empty()) idx.erase(k);
+}
+
+void task_table::uncount(const std::string& status) {
+  const auto s = by_status_.find(status);
+  if (s != by_status_.end() && --s->second == 0) by_status_.erase(s);
 }
 
 void task_table::unindex_record(const task& t) {
-  const auto drop = [&](index& idx, const std::string& key) {
-    const auto k = idx.find(key);
-    if (k == idx.end()) return;
-    k->second.erase(t.arn());
-    if (k->second.empty()) idx.erase(k);
-  };
-  drop(by_group_, t.ecs.group.value_or(""));
-  drop(by_instance_, instance_of(t));
-  const auto s = by_status_.find(t.ecs.last_status.value_or(""));
-  if (s != by_status_.end() && --s->second == 0) by_status_.erase(s);
+  drop(by_group_, group_of(t), t.arn());
+  drop(by_instance_, instance_of(t), t.arn());
+  uncount(status_of(t));
+}
+
+void task_table::reindex_record(const task& was, const task& t) {
+  // Most changes are a status moving on: the group and the instance stay, and their sets of
+  // long ARNs are left alone.
+  const std::string &group = group_of(t), &on = instance_of(t);
+  const std::string &was_group = group_of(was), &was_on = instance_of(was);
+  if (group != was_group) {
+    drop(by_group_, was_group, t.arn());
+    by_group_[group].insert(t.arn());
+  }
+  if (on != was_on) {
+    drop(by_instance_, was_on, t.arn());
+    if (!on.empty()) by_instance_[on].insert(t.arn());
+  }
+  const std::string &status = status_of(t), &was_status = status_of(was);
+  if (status != was_status) {
+    uncount(was_status);
+    ++by_status_[status];
+  }
 }
 
 std::map<std::string, std::int64_t> task_table::status_counts() const {

@@ -204,8 +204,12 @@ class task_table {
   using index = std::unordered_map<std::string, std::set<std::string>>;
   index by_group_, by_instance_;
   std::map<std::string, std::int64_t> by_status_;
-  void index_record(const task& t);    // under pub_mu_
-  void unindex_record(const task& t);  // under pub_mu_
+  // Under pub_mu_: a record into the indexes, out of them, or moved from `was` (its last).
+  void index_record(const task& t);
+  void unindex_record(const task& t);
+  void reindex_record(const task& was, const task& t);
+  static void drop(index& idx, const std::string& key, const std::string& arn);
+  void uncount(const std::string& status);
 };
 
 }  // namespace berth::state
