@@ -42,6 +42,8 @@ struct capacity {
   std::string dump() const;
   // Adds (sign 1) or takes (sign -1) a task's need.
   void add(const state::task_need& need, int sign);
+  // Takes a need's CPU, memory and dynamic ports, not its static ports.
+  void take_counts(const state::task_need& need);
   bool operator==(const capacity&) const = default;
 };
 

@@ -39,6 +39,12 @@ std::string capacity::dump() const {
       .dump();
 }
 
+void capacity::take_counts(const state::task_need& need) {
+  cpu -= need.cpu;
+  mib -= need.mib;
+  dynamic -= need.dynamic;
+}
+
 void capacity::add(const state::task_need& need, int sign) {
   cpu += sign * std::int64_t{need.cpu};
   mib += sign * std::int64_t{need.mib};
@@ -302,8 +308,7 @@ void fleet::committed(const std::string& id, const std::string& task, state::rev
   const state::task_need& n = t->second.need;
   if (rev <= 0 || (n.cpu == 0 && n.mib == 0 && n.dynamic == 0)) {
     // No revision to wait for (a store that gives none), or nothing the document changes by.
-    h->second.erase(t);
-    if (h->second.empty()) holds_.erase(h);
+    forget_hold(h, t);
     return;
   }
   t->second.committed = rev;
@@ -316,8 +321,11 @@ void fleet::committed(const std::string& id, const std::string& task, state::rev
 void fleet::unhold(const std::string& id, const std::string& task) {
   std::lock_guard lock(mu_);
   const auto h = holds_.find(id);
-  if (h == holds_.end()) return;
-  h->second.erase(task);
+  if (h != holds_.end()) forget_hold(h, h->second.find(task));
+}
+
+void fleet::forget_hold(hold_map::iterator h, instance_holds::iterator t) {
+  if (t != h->second.end()) h->second.erase(t);
   if (h->second.empty()) holds_.erase(h);
 }
 
@@ -353,13 +361,11 @@ void fleet::publish(member& m) {
         t = h->second.erase(t);  // in the document now
         continue;
       }
-      // CPU, memory and dynamic ports: the row keeps placements' static ports as they are.
-      c.cpu -= t->second.need.cpu;
-      c.mib -= t->second.need.mib;
-      c.dynamic -= t->second.need.dynamic;
+      // The row keeps placements' static ports as they are.
+      c.take_counts(t->second.need);
       ++t;
     }
-    if (h->second.empty()) holds_.erase(h);
+    forget_hold(h, h->second.end());
   }
   const auto clamp = [](std::int64_t v, std::uint32_t most) {
     return static_cast<std::uint32_t>(std::clamp<std::int64_t>(v, 0, most));

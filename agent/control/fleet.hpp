@@ -129,7 +129,11 @@ class fleet {
     state::task_need need;
     state::revision committed = 0;
   };
-  std::unordered_map<std::string, std::map<std::string, held>> holds_;
+  using instance_holds = std::map<std::string, held>;  // by task ARN
+  using hold_map = std::unordered_map<std::string, instance_holds>;
+  hold_map holds_;
+  // Forgets the hold at `t` (unless end), and the instance's holds when that was the last.
+  void forget_hold(hold_map::iterator h, instance_holds::iterator t);
   state::revision committed_ = 0;  // the newest revision a hold was committed at
   // The static ports this fleet holds in the ledger for each slot.
   std::map<std::uint32_t, std::set<std::uint16_t>> ports_;

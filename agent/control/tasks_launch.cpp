@@ -354,11 +354,21 @@ std::optional<std::string> task_actions::impl::commit_batch(std::unique_lock<std
     };
     auto w = table_.commit_all(lock, records, claim_all);
     if (w) {
-      for (const claims* c : batch) {
-        for (const auto& [t, m] : *c->made) fleet_.committed(m.id, t.arn(), *w);
+      // Stored: what follows only keeps books, and its failure must not report the launches
+      // failed (and undo their placement). A hold not marked committed is let go: the row shows
+      // the capacity document, which has the claim or soon will.
+      try {
+        for (const claims* c : batch) {
+          for (const auto& [t, m] : *c->made) fleet_.committed(m.id, t.arn(), *w);
+        }
+        metrics_.add("berth_claim_commits_total", {});
+        metrics_.observe("berth_claim_commit_launches", {}, static_cast<double>(batch.size()));
+      } catch (const std::exception& e) {
+        spdlog::error("claims stored; keeping their books failed: {}", e.what());
+        for (const claims* c : batch) {
+          for (const auto& [t, m] : *c->made) fleet_.unhold(m.id, t.arn());
+        }
       }
-      metrics_.add("berth_claim_commits_total", {});
-      metrics_.observe("berth_claim_commit_launches", {}, static_cast<double>(batch.size()));
       return std::nullopt;
     }
     if (!refused) {
