@@ -3,7 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include <system_error>
+#include <exception>
+#include <vector>
 
 namespace berth::agent::engine {
 
@@ -11,21 +12,25 @@ bool task_workers::spawn(const std::string& task_arn, std::function<void()> fn) 
   std::lock_guard lock(mu_);
   reap();
   ++in_flight_[task_arn];
-  queue_.push_back({task_arn, std::move(fn)});
-  if (idle_ >= queue_.size()) {
-    cv_.notify_one();
+  if (!idle_.empty()) {
+    worker* w = idle_.back();
+    idle_.pop_back();
+    w->next = job{task_arn, std::move(fn)};
+    w->cv.notify_one();
     return true;
   }
   // No thread is free for it: one of its own, which stays for the steps after it.
   try {
-    ++idle_;  // counted before it starts, so that no other step is given to it meanwhile
     worker& w = workers_.emplace_back();
-    w.thread = std::thread([this, self = &w] { run(self); });
-  } catch (const std::system_error& e) {
+    try {
+      w.next = job{task_arn, std::move(fn)};
+      w.thread = std::thread([this, self = &w] { run(self); });
+    } catch (...) {
+      workers_.pop_back();
+      throw;
+    }
+  } catch (const std::exception& e) {
     spdlog::error("task {}: worker not started: {}", task_arn, e.what());
-    workers_.pop_back();
-    --idle_;
-    queue_.pop_back();
     if (--in_flight_[task_arn] <= 0) in_flight_.erase(task_arn);
     return false;
   }
@@ -35,24 +40,27 @@ bool task_workers::spawn(const std::string& task_arn, std::function<void()> fn) 
 void task_workers::run(worker* self) {
   std::unique_lock lock(mu_);
   for (;;) {
-    // Counted idle from here (by spawn() for a new thread), until a step or the end.
-    const bool given = cv_.wait_for(lock, linger_, [&] { return !queue_.empty() || closing_; });
-    if (!given || queue_.empty()) break;  // idle for linger_, or closing with nothing to do
-    job j = std::move(queue_.front());
-    queue_.pop_front();
-    --idle_;
-    lock.unlock();
-    try {
-      j.fn();
-    } catch (const std::exception& e) {
-      spdlog::error("task {}: worker failed: {}", j.task_arn, e.what());
+    if (self->next) {
+      job j = std::move(*self->next);
+      self->next.reset();
+      lock.unlock();
+      try {
+        j.fn();
+      } catch (const std::exception& e) {
+        spdlog::error("task {}: worker failed: {}", j.task_arn, e.what());
+      }
+      j.fn = nullptr;  // what it captured goes before the count says the step is over
+      lock.lock();
+      if (--in_flight_[j.task_arn] <= 0) in_flight_.erase(j.task_arn);
     }
-    j.fn = nullptr;  // what it captured goes before the count says the step is over
-    lock.lock();
-    if (--in_flight_[j.task_arn] <= 0) in_flight_.erase(j.task_arn);
-    ++idle_;
+    if (closing_) break;
+    idle_.push_back(self);
+    self->cv.wait_for(lock, linger_, [&] { return self->next || closing_; });
+    if (!self->next) {  // idle for linger_, or closing with nothing given
+      std::erase(idle_, self);
+      break;
+    }
   }
-  --idle_;
   self->done = true;
 }
 
@@ -84,10 +92,10 @@ void task_workers::join_all() {
   {
     std::lock_guard lock(mu_);
     closing_ = true;
-    cv_.notify_all();
+    for (worker* w : idle_) w->cv.notify_one();
     all.swap(workers_);
   }
-  // Each drains what is queued before it ends (queued steps never outnumber idle threads).
+  // Each runs the step it was given, if any, before it ends.
   for (worker& w : all) w.thread.join();
   std::lock_guard lock(mu_);
   closing_ = false;

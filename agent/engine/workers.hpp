@@ -12,14 +12,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace berth::agent::engine {
 
@@ -51,16 +52,20 @@ class task_workers {
   };
   struct worker {
     std::thread thread;
-    bool done = false;  // its loop has ended: join it
+    std::condition_variable cv;  // wakes it for a step given or for the end
+    std::optional<job> next;     // the step given to it, not yet taken
+    bool done = false;           // its loop has ended: join it
   };
   void run(worker* self);
   void reap();  // joins ended threads; under mu_
 
   const std::chrono::milliseconds linger_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<job> queue_;  // given, not taken yet: never more than idle_ of them
-  std::size_t idle_ = 0;   // threads waiting for a step
+  // The threads waiting for a step, the one idle the shortest time last: it takes the next step.
+  // Under a trickle of steps the same few threads take them all and the rest of a burst's end
+  // after lingering; one condition variable woke its oldest waiter first, every idle thread in
+  // turn, and none ever lingered long enough to end.
+  std::vector<worker*> idle_;
   bool closing_ = false;
   std::list<worker> workers_;
   std::map<std::string, int> in_flight_;  // task ARN -> its steps given and not finished

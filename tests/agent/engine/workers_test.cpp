@@ -43,17 +43,25 @@ struct gate {
   }
 };
 
+// Gives `n` steps (tasks "0", "1", ...) that wait behind `g`, then count themselves in `ran`.
+bool spawn_gated(task_workers& w, gate& g, std::atomic<int>& ran, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (!w.spawn(std::to_string(i), [&] {
+          g.wait();
+          ++ran;
+        })) {
+      return false;
+    }
+  }
+  return true;
+}
+
 TEST(TaskWorkersTest, AStepNeverWaitsBehindAnother) {
   task_workers w;
   gate g;
   std::atomic<int> ran{0};
   // Ten steps block; an eleventh still runs while they do.
-  for (int i = 0; i < 10; ++i) {
-    ASSERT_TRUE(w.spawn(std::to_string(i), [&] {
-      g.wait();
-      ++ran;
-    }));
-  }
+  ASSERT_TRUE(spawn_gated(w, g, ran, 10));
   std::atomic<bool> free_ran{false};
   ASSERT_TRUE(w.spawn("free", [&] { free_ran = true; }));
   EXPECT_TRUE(eventually([&] { return free_ran.load(); }));
@@ -79,6 +87,25 @@ TEST(TaskWorkersTest, ThreadsAreReusedAndEndAfterLingering) {
   std::atomic<bool> again{false};
   ASSERT_TRUE(w.spawn("t", [&] { again = true; }));
   EXPECT_TRUE(eventually([&] { return again.load(); }));
+}
+
+TEST(TaskWorkersTest, UnderATrickleOfStepsABurstsThreadsEnd) {
+  task_workers w(100ms);
+  gate g;
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(spawn_gated(w, g, ran, 16));
+  EXPECT_EQ(w.threads(), 16u);
+  g.let_go();
+  ASSERT_TRUE(eventually([&] { return ran.load() == 16; }));
+  // Steps one at a time, back to back: the thread idle the shortest time takes each, and the
+  // other fifteen end after lingering. (Given to the longest idle, each thread took a step every
+  // sixteen and none was idle for 100 ms.)
+  EXPECT_TRUE(eventually([&] {
+    std::atomic<bool> done{false};
+    if (!w.spawn("t", [&] { done = true; })) return false;
+    while (!done.load() || w.busy("t")) std::this_thread::yield();
+    return w.threads() <= 2;
+  }));
 }
 
 TEST(TaskWorkersTest, BusyCountsEveryStepOfATaskAndAFailingStepIsContained) {
