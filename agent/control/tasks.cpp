@@ -170,7 +170,7 @@ outcome task_actions::impl::list_tasks(const json& json_req) {
     if (t.cluster_arn != cluster.cluster_arn) continue;
     const bool stopped = t.desired_status == "STOPPED";
     if (want == "STOPPED" ? !stopped : stopped) continue;
-    if (req.family && tp->berth.task_definition.family != *req.family) continue;
+    if (req.family && tp->berth.task_definition->family != *req.family) continue;
     if (req.started_by && t.started_by.value_or("") != *req.started_by) continue;
     if (req.service_name && t.group.value_or("") != group_wanted) continue;
     if (launch_type && *launch_type != "EC2") continue;

@@ -121,7 +121,7 @@ struct task_actions::impl {
   std::optional<std::string> commit_batch(std::unique_lock<std::mutex>& lock,
                                           const std::vector<claims*>& batch);
 
-  state::task new_task(const ecs::task_definition& td, const state::cluster& cluster,
+  state::task new_task(const state::placed_definition& td, const state::cluster& cluster,
                        const std::string& group, const std::optional<std::string>& started_by,
                        const ecs::task_override& overrides, const std::vector<ecs::tag>& tags,
                        const task_need& need, const member& on);

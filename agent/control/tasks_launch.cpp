@@ -233,8 +233,9 @@ task_actions::impl::commit_claims(std::unique_lock<std::mutex>& lock,
     }
   };
   try {
+    const state::placed_definition td(l.td);  // one copy for the launch's tasks
     for (auto& [t, m] : made) {
-      t = new_task(l.td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
+      t = new_task(td, l.cluster, l.group, started_by, l.overrides, tags, l.need, m);
       t.ecs.enable_execute_command = l.execute_command;
       grouped_[t.arn()] = m.slot;
       fleet_.hold(m.id, t.arn(), t.berth.need);
@@ -388,7 +389,7 @@ std::optional<std::string> task_actions::impl::commit_batch(std::unique_lock<std
   }
 }
 
-state::task task_actions::impl::new_task(const ecs::task_definition& td,
+state::task task_actions::impl::new_task(const state::placed_definition& td,
                                          const state::cluster& cluster, const std::string& group,
                                          const std::optional<std::string>& started_by,
                                          const ecs::task_override& overrides,
@@ -401,7 +402,7 @@ state::task task_actions::impl::new_task(const ecs::task_definition& td,
   ecs::task& e = t.ecs;
   e.task_arn = task_arn;
   e.cluster_arn = cluster.cluster_arn;
-  e.task_definition_arn = td.task_definition_arn;
+  e.task_definition_arn = td->task_definition_arn;
   e.container_instance_arn = on.record.container_instance_arn;
   e.overrides = overrides;
   if (!e.overrides->container_overrides) e.overrides->container_overrides.emplace();
@@ -421,7 +422,7 @@ state::task task_actions::impl::new_task(const ecs::task_definition& td,
   e.health_status = "UNKNOWN";
   e.started_by = started_by;
   for (const auto& c :
-       td.container_definitions.value_or(std::vector<ecs::container_definition>{})) {
+       td->container_definitions.value_or(std::vector<ecs::container_definition>{})) {
     ecs::container ct;
     ct.container_arn = arn("container/" + cname + "/" + id + "/" + random_hex(32));
     ct.task_arn = task_arn;

@@ -44,7 +44,7 @@ std::vector<std::string> unenforced_limits(const dk::container_spec& s,
 
 std::vector<std::string> task_volumes(const state::task& task) {
   std::vector<std::string> volumes;
-  const auto& td = task.berth.task_definition;
+  const ecs::task_definition& td = *task.berth.task_definition;
   if (!td.volumes) return volumes;
   for (const auto& v : *td.volumes) {
     if (v.name && !(v.host && v.host->source_path)) volumes.push_back(*v.name);

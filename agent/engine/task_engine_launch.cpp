@@ -43,7 +43,7 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
     t.ecs.pull_started_at = now_seconds();
     save(t);
   }
-  const ecs::task_definition& td = t.berth.task_definition;
+  const ecs::task_definition& td = *t.berth.task_definition;
   std::string ns_owner;
   for (const ecs::container_definition* cp : start_order(t.definitions())) {
     const ecs::container_definition& c = *cp;

@@ -61,7 +61,7 @@ json usage_of(const state::task& t) {
 }
 
 json introspect(const state::task& t) {
-  const ecs::task_definition& td = t.berth.task_definition;
+  const ecs::task_definition& td = *t.berth.task_definition;
   json out = {{"Arn", t.arn()},
               {"KnownStatus", backend_status(t.ecs.last_status.value_or(""))},
               {"Family", td.family.value_or("")},

@@ -3,7 +3,11 @@
 // name a member's path as the model's do ('_berth.need.ports[2]').
 #include "task_record.hpp"
 
+#include <algorithm>
 #include <limits>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 
 #include "berth/agent/util.hpp"
@@ -109,6 +113,47 @@ result<std::vector<task_event>> read_events(const json& j, const std::string& wh
   return out;
 }
 
+// The records placed with one task definition share one decoded copy of it, found by its ARN
+// and the JSON it was decoded from (equal JSON, equal definition): a record read again skips
+// decoding it. Entries whose copy no record holds any more are dropped as the cache grows.
+class definition_cache {
+ public:
+  tl::expected<placed_definition, ecs::decode_error> read(const json& j) {
+    const json* arn = member_of(j, "taskDefinitionArn");
+    const std::string key = arn != nullptr && arn->is_string() ? arn->get<std::string>() : "";
+    {
+      std::lock_guard lock(mu_);
+      if (const auto it = by_arn_.find(key); it != by_arn_.end() && it->second.source == j) {
+        if (auto shared = it->second.def.lock()) return placed_definition(std::move(shared));
+      }
+    }
+    auto def = ecs::decode<ecs::task_definition>(j);
+    if (!def) return tl::unexpected(def.error());
+    auto shared = std::make_shared<const ecs::task_definition>(std::move(*def));
+    std::lock_guard lock(mu_);
+    if (by_arn_.size() >= prune_at_) {
+      std::erase_if(by_arn_, [](const auto& e) { return e.second.def.expired(); });
+      prune_at_ = std::max<std::size_t>(64, 2 * by_arn_.size());
+    }
+    by_arn_[key] = entry{j, shared};
+    return placed_definition(std::move(shared));
+  }
+
+ private:
+  struct entry {
+    json source;
+    std::weak_ptr<const ecs::task_definition> def;
+  };
+  std::mutex mu_;
+  std::unordered_map<std::string, entry> by_arn_;
+  std::size_t prune_at_ = 64;
+};
+
+tl::expected<placed_definition, ecs::decode_error> read_definition(const json& j) {
+  static definition_cache cache;
+  return cache.read(j);
+}
+
 result<task_bookkeeping> read_bookkeeping(const json& j, const std::string& who) {
   if (!j.is_object()) return tl::unexpected(wrong_type(who, "_berth", "an object", j));
   task_bookkeeping b;
@@ -119,7 +164,7 @@ result<task_bookkeeping> read_bookkeeping(const json& j, const std::string& who)
   b.need = std::move(*n);
   const json* td = member_of(j, "taskDefinition");
   if (td == nullptr) return tl::unexpected(damaged(who, "'_berth.taskDefinition' is required"));
-  auto def = ecs::decode<ecs::task_definition>(*td);
+  auto def = read_definition(*td);
   if (!def) return tl::unexpected(damaged(who, "_berth.taskDefinition: " + def.error().message));
   b.task_definition = std::move(*def);
   if (const json* a = member_of(j, "attributes")) {
@@ -180,7 +225,7 @@ json bookkeeping_json(const task_bookkeeping& b) {
             {"mib", b.need.mib},
             {"dynamic", b.need.dynamic},
             {"ports", b.need.ports}}},
-          {"taskDefinition", ecs::to_json(b.task_definition)},
+          {"taskDefinition", ecs::to_json(*b.task_definition)},
           {"attributes", b.attributes},
           {"docker", b.docker},
           {"images", b.images},
@@ -197,8 +242,14 @@ std::vector<ecs::container>& task::containers() {
 
 const std::vector<ecs::container_definition>& task::definitions() const {
   static const std::vector<ecs::container_definition> none;
-  return berth.task_definition.container_definitions ? *berth.task_definition.container_definitions
-                                                     : none;
+  return berth.task_definition->container_definitions
+             ? *berth.task_definition->container_definitions
+             : none;
+}
+
+const ecs::task_definition& placed_definition::empty() {
+  static const ecs::task_definition none;
+  return none;
 }
 
 json to_json(const task& t) {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -44,10 +45,30 @@ struct task_event {
   bool operator==(const task_event&) const = default;
 };
 
+// The task definition a task was placed with, as it was then: immutable, and shared by every
+// record placed with the same one (records read from the store share one copy per definition:
+// a follower holds every task of the cluster, and the definition was half of each record's
+// memory and of each copy the table published). Compared by value; empty when default made.
+class placed_definition {
+ public:
+  placed_definition() = default;
+  explicit placed_definition(ecs::task_definition td)
+      : def_(std::make_shared<const ecs::task_definition>(std::move(td))) {}
+  explicit placed_definition(std::shared_ptr<const ecs::task_definition> td)
+      : def_(std::move(td)) {}
+  const ecs::task_definition& operator*() const { return def_ ? *def_ : empty(); }
+  const ecs::task_definition* operator->() const { return &**this; }
+  bool operator==(const placed_definition& o) const { return def_ == o.def_ || **this == *o; }
+
+ private:
+  static const ecs::task_definition& empty();
+  std::shared_ptr<const ecs::task_definition> def_;
+};
+
 // Berth's own bookkeeping of a task ("_berth" in the store, never in a response).
 struct task_bookkeeping {
   task_need need;
-  ecs::task_definition task_definition;  // as it was when the task was placed
+  placed_definition task_definition;
   // The instance's ledger attribute words when the task was placed: what the task groups
   // counted it under.
   std::vector<std::uint64_t> attributes;

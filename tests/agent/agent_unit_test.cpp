@@ -568,8 +568,10 @@ TEST(IntrospectionTest, KnownStatusIsTheEcsAgentsView) {
   berth::state::task t;
   t.ecs.task_arn = "arn:aws:ecs:us-east-1:000000000000:task/c/0123456789abcdef";
   t.ecs.containers.emplace();
-  t.berth.task_definition.family = "web";
-  t.berth.task_definition.revision = 3;
+  berth::ecs::task_definition td;
+  td.family = "web";
+  td.revision = 3;
+  t.berth.task_definition = berth::state::placed_definition(td);
   auto known = [&](const char* last, const char* desired) {
     t.ecs.last_status = last;
     t.ecs.desired_status = desired;

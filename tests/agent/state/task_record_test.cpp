@@ -38,14 +38,16 @@ task sample_task() {
   c.memory = "64";
   t.ecs.containers = std::vector<ecs::container>{c};
   t.berth.need = {256, 64, 1, {8080, 8443}};
-  t.berth.task_definition.family = "web";
-  t.berth.task_definition.revision = 3;
-  t.berth.task_definition.network_mode = "bridge";
+  ecs::task_definition td;
+  td.family = "web";
+  td.revision = 3;
+  td.network_mode = "bridge";
   ecs::container_definition def;
   def.name = "main";
   def.image = "busybox";
   def.memory = 64;
-  t.berth.task_definition.container_definitions = std::vector<ecs::container_definition>{def};
+  td.container_definitions = std::vector<ecs::container_definition>{def};
+  t.berth.task_definition = placed_definition(td);
   t.berth.attributes = {1, 0, 18446744073709551615u};
   t.berth.docker = {{"main", "d0cker1d"}};
   t.berth.images = {{"main", "sha256:abc"}};
@@ -89,6 +91,33 @@ TEST(TaskRecordTest, RoundTripsWithItsBookkeeping) {
   EXPECT_EQ(from_json<task>(j), t);
   EXPECT_EQ(parse<task>(j.dump(), "prod/0123456789abcdef"), t);
   EXPECT_EQ(task_key(t), "prod/0123456789abcdef");
+}
+
+// Records read with one task definition share one copy of it (a follower holds every task of the
+// cluster); a definition that differs under the same ARN is its own, and each reads as written.
+TEST(TaskRecordTest, RecordsReadWithOneTaskDefinitionShareIt) {
+  task t = sample_task();
+  t.berth.task_definition = placed_definition([] {
+    ecs::task_definition td;
+    td.task_definition_arn = "arn:aws:ecs:us-east-1:000000000000:task-definition/shared:1";
+    td.family = "shared";
+    return td;
+  }());
+  const json j = to_json(t);
+  auto a = from_json<task>(j);
+  auto b = parse<task>(j.dump(), "prod/0123456789abcdef");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(&*a->berth.task_definition, &*b->berth.task_definition);
+  EXPECT_NE(&*a->berth.task_definition, &*t.berth.task_definition);  // made, not read
+  json changed = j;
+  changed["_berth"]["taskDefinition"]["family"] = "other";
+  auto c = from_json<task>(changed);
+  ASSERT_TRUE(c);
+  EXPECT_NE(&*c->berth.task_definition, &*a->berth.task_definition);
+  EXPECT_EQ(c->berth.task_definition->family, "other");
+  EXPECT_EQ(a->berth.task_definition->family, "shared");
+  EXPECT_EQ(*a, t);  // compared by value
+  EXPECT_NE(*c, t);
 }
 
 TEST(TaskRecordTest, ResponsesHoldNoBookkeepingAndTagsOnlyWhenAsked) {
