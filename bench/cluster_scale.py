@@ -70,6 +70,12 @@ def etcd_count(endpoint, prefix):
     return int(r.get("count", 0))
 
 
+def etcd_revision(endpoint):
+    """etcd's current revision: each write (a put, a delete, a transaction) moves it by one."""
+    r = etcd_post(endpoint, "/v3/kv/range", {"key": b64("\0"), "count_only": True})
+    return int(r["header"]["revision"])
+
+
 def etcd_values(endpoint, prefix, page=2000):
     """Every value under `prefix`, paged, parsed as JSON (a snapshot: one revision)."""
     key, end, rev, out = prefix, prefix_end(prefix), 0, []
@@ -113,7 +119,7 @@ def running(status):
 
 
 def start(args, st):
-    # Room for 100,000 tasks' history (each record is written four or five times), and history
+    # Room for 100,000 tasks' history (each record is written two or three times), and history
     # older than five minutes compacted, as a production etcd is set up (Kubernetes' apiserver
     # compacts every five minutes).
     st.start_etcd(["--quota-backend-bytes=8589934592", "--auto-compaction-mode=periodic",
@@ -260,6 +266,8 @@ def drive(args, st, sockets, status_file):
             stats["lat"].extend(lat)
 
     cpu0 = {n: cr.cpu_seconds(p) for n, p in st.pids.items()}
+    rev0 = etcd_revision(st.etcd_endpoint)
+    puts0 = cr.metric_sum(cr.etcd_metrics(st.etcd_endpoint), "etcd_mvcc_put_total")
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(args.clients)]
     base = running(read_status(status_file))
     t0 = time.perf_counter()
@@ -278,6 +286,9 @@ def drive(args, st, sockets, status_file):
     stats["accepted_wall"] = accepted_wall
     stats["running"] = running(read_status(status_file)) - base
     stats["cpu"] = {n: cr.cpu_seconds(p) - cpu0[n] for n, p in st.pids.items()}
+    stats["etcd_txns"] = etcd_revision(st.etcd_endpoint) - rev0
+    stats["etcd_puts"] = cr.metric_sum(cr.etcd_metrics(st.etcd_endpoint),
+                                       "etcd_mvcc_put_total") - puts0
     stats["lat"].sort()
     return stats
 
@@ -427,10 +438,14 @@ def run(args):
         out["runtask_p50_ms"] = cr.percentile(d["lat"], 50) * 1000
         out["runtask_p99_ms"] = cr.percentile(d["lat"], 99) * 1000
         out["cpu_s"] = {k: round(v, 1) for k, v in d["cpu"].items()}
+        # etcd's writes in the drive per task placed: transactions (revisions) and keys put, by
+        # claims, status reports and all else the cluster wrote meanwhile (capacity documents).
+        out["etcd_txns_per_task"] = d["etcd_txns"] / max(1, d["running"])
+        out["etcd_puts_per_task"] = d["etcd_puts"] / max(1, d["running"])
         # The drive's figures at once: the services phase can take long at scale.
         print("drive: " + json.dumps({k: out[k] for k in (
             "accepted", "running", "placements_per_s", "accepted_per_s", "runtask_p50_ms",
-            "runtask_p99_ms", "drive_s", "cpu_s")}), flush=True)
+            "runtask_p99_ms", "drive_s", "cpu_s", "etcd_txns_per_task", "etcd_puts_per_task")}), flush=True)
         if d["errors"]:
             problems.append(f"RunTask errors: {d['errors']}")
         if d["running"] != d["accepted"]:
@@ -471,6 +486,8 @@ def report(o):
         ("placements/s accepted by the API", fmt(o.get("accepted_per_s"))),
         ("RunTask p50 / p99",
          f"{fmt(o.get('runtask_p50_ms'), ' ms')} / {fmt(o.get('runtask_p99_ms'), ' ms')}"),
+        ("etcd transactions / keys put per task placed",
+         f"{fmt(o.get('etcd_txns_per_task'))} / {fmt(o.get('etcd_puts_per_task'))}"),
         ("services created and steady", fmt(o.get("created"), " s")),
         ("rolling update of all services", fmt(o.get("updated"), " s")),
         ("tasks in etcd (not STOPPED) / on hollow RUNNING",

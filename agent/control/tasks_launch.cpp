@@ -406,7 +406,10 @@ state::task task_actions::impl::new_task(const state::placed_definition& td,
   e.container_instance_arn = on.record.container_instance_arn;
   e.overrides = overrides;
   if (!e.overrides->container_overrides) e.overrides->container_overrides.emplace();
-  e.last_status = "PROVISIONING";
+  // PENDING, as ECS places an EC2 task (PROVISIONING is for what must be made first, an
+  // awsvpc task's network interface, which Berth has not): the instance's agent writes the
+  // task next when it is RUNNING.
+  e.last_status = "PENDING";
   e.desired_status = "RUNNING";
   e.cpu = std::to_string(need.req.cpu);
   e.memory = std::to_string(need.req.mib);

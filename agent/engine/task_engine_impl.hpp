@@ -54,7 +54,8 @@ class task_engine_impl final : public task_engine {
   // starts its stop. At most one launch and one stop per task at a time.
   void drive(const task& t);
 
-  void save(const task& t) { table_.save(t); }
+  // `defer`: bookkeeping no one waits for, written with the task's next status (task_table).
+  void save(const task& t, bool defer = false) { table_.save(t, defer); }
 
   // Kills the containers of a task that is STOPPED already (under mu_).
   void reap(const task& t);

@@ -39,9 +39,13 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
     if (!tasks_.contains(task_arn)) return;
     t = tasks_.at(task_arn);
     if (t.ecs.desired_status == "STOPPED") return;
+    // Placed PENDING, the task is written next when it is RUNNING (or within a second, or
+    // when a container fails); a record placed PROVISIONING (by an older berthd) says at
+    // once that this agent has it.
+    const bool placed_pending = t.ecs.last_status == "PENDING";
     t.ecs.last_status = "PENDING";
     t.ecs.pull_started_at = now_seconds();
-    save(t);
+    save(t, placed_pending);
   }
   const ecs::task_definition& td = *t.berth.task_definition;
   std::string ns_owner;
@@ -96,7 +100,9 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
       for (auto& cc : tt.containers()) {
         if (cc.name == name) cc.runtime_id = docker_id;
       }
-      save(tt);
+      // A crash before it is written is safe: the container, named for the task, is taken
+      // over at the next start (make_container), and not started twice (below).
+      save(tt, true);
     }
     if (ns_owner.empty()) ns_owner = docker_id;  // the first in start order
     auto made = docker_->inspect_container(docker_id);
@@ -106,9 +112,10 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
       std::lock_guard lock(mu_);
       tasks_.at(task_arn).berth.images[name] = made->image_id;
     }
-    if (recorded && made && made->status != "created") {
-      // Recorded before a restart and already past created: never started twice. One that
-      // ran and exited is reported as its die event would have been.
+    if (made && made->status != "created") {
+      // Made before a restart (recorded, or taken over by its name) and already past created:
+      // never started twice. One that ran and exited is reported as its die event would have
+      // been.
       // One running was started just before the crash: what its start would have recorded
       // (bindings, pid) may be missing, and is recorded now.
       if (!made->running) {
@@ -117,7 +124,7 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
         std::lock_guard lock(mu_);
         task& tt = tasks_.at(task_arn);
         record_running(tt, name, *made);
-        save(tt);
+        save(tt, true);
       }
       continue;
     }
@@ -160,7 +167,7 @@ void task_engine_impl::launch_containers(const std::string& task_arn) {
         spdlog::warn("task {} container {}: cgroup {}", task_arn, name, d);
       }
     }
-    save(tt);
+    save(tt, true);  // the task's RUNNING, once every container is, writes it
   }
   std::lock_guard lock(mu_);
   task& tt = tasks_.at(task_arn);

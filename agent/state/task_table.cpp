@@ -182,6 +182,7 @@ void task_table::apply(const event& e) {
     }
     const auto row = rows_.find(k->second.arn);
     dirty_.erase(k->second.arn);
+    deferred_.erase(k->second.arn);
     keys_.erase(k);
     if (row == rows_.end()) return;
     const task last = std::move(row->second);
@@ -282,6 +283,7 @@ agent::result<void> task_table::commit(const task& t) {
   }
   // The whole row is in the store now, the engine's pending observation with it.
   dirty_.erase(rec.arn());
+  deferred_.erase(rec.arn());
   announce(upsert(rec, *w), false);
   return {};
 }
@@ -355,12 +357,19 @@ agent::result<revision> task_table::commit_all(
   return *w;
 }
 
-void task_table::save(const task& t) {
+void task_table::save(const task& t, bool defer) {
   task& row = upsert(t, 0);
   if (writing_) {
-    dirty_.insert(row.arn());
+    const std::string& arn = row.arn();
+    if (!defer) {
+      deferred_.erase(arn);
+      dirty_.insert(arn);
+      pending_cv_.notify_one();
+    } else if (!dirty_.contains(arn) &&
+               deferred_.try_emplace(arn, std::chrono::steady_clock::now() + defer_for).second) {
+      pending_cv_.notify_one();  // the writer's next wake may be sooner now
+    }
     announce(row, false);
-    pending_cv_.notify_one();
     return;
   }
   if (auto w = write(row, writer::engine); w) {
@@ -383,10 +392,36 @@ bool task_table::merge_into_pending(task& local, task stored) {
   return changed;
 }
 
+bool task_table::undefer(std::chrono::steady_clock::time_point now, bool all) {
+  bool any = false;
+  for (auto it = deferred_.begin(); it != deferred_.end();) {
+    if (!all && it->second > now) {
+      ++it;
+      continue;
+    }
+    dirty_.insert(it->first);
+    it = deferred_.erase(it);
+    any = true;
+  }
+  return any;
+}
+
 void task_table::write_behind() {
+  using clock = std::chrono::steady_clock;
   std::unique_lock lock(mu_);
   for (;;) {
-    pending_cv_.wait(lock, [&] { return stop_writing_ || !dirty_.empty(); });
+    // Until something is dirty, or the earliest deferred save is due, or close().
+    for (;;) {
+      undefer(clock::now(), stop_writing_);
+      if (stop_writing_ || !dirty_.empty()) break;
+      if (deferred_.empty()) {
+        pending_cv_.wait(lock);
+        continue;
+      }
+      clock::time_point due = clock::time_point::max();
+      for (const auto& [arn, at] : deferred_) due = std::min(due, at);
+      pending_cv_.wait_until(lock, due);
+    }
     if (dirty_.empty()) break;  // closing, and all written
     write_pending(lock);
     if (failed_writes_ == 0) continue;
@@ -417,6 +452,7 @@ void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
   for (auto it = dirty_.begin(); it != dirty_.end() && items.size() < most;) {
     const std::string arn = *it;
     it = dirty_.erase(it);
+    deferred_.erase(arn);  // written now
     const auto row = rows_.find(arn);
     if (row == rows_.end()) continue;
     std::string key = key_of(row->second);
@@ -474,6 +510,7 @@ void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
       keys_[i.key] = known{i.arn, now.front().mod_revision, false};
       if (changed) announce(row, false);
     }
+    deferred_.erase(i.arn);
     dirty_.insert(i.arn);
   }
   changed_.notify_all();
@@ -481,6 +518,7 @@ void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
 
 bool task_table::flush(std::chrono::steady_clock::duration timeout) {
   std::unique_lock lock(mu_);
+  if (undefer(std::chrono::steady_clock::now(), true)) pending_cv_.notify_one();
   changed_.wait_for(lock, timeout,
                     [&] { return (dirty_.empty() && inflight_.empty()) || failed_writes_ > 0; });
   return dirty_.empty() && inflight_.empty() && failed_writes_ == 0;
@@ -497,6 +535,7 @@ agent::result<void> task_table::erase(const std::string& task_arn) {
   }
   keys_[key] = known{task_arn, d->header_revision, true};
   dirty_.erase(task_arn);
+  deferred_.erase(task_arn);
   const task last = std::move(it->second);
   rows_.erase(it);
   announce(last, true);

@@ -15,7 +15,11 @@
 // the table's writer thread puts every row saved since its last write in one store transaction
 // (compared per record, merged by ownership as above when one lost). Under load that is one
 // transaction for many tasks' changes instead of one each, and no engine thread waits for the
-// store under mutex(). A record the engine has changed and the store does not have yet is
+// store under mutex(). A save may be deferred (bookkeeping no one waits for: a container's Docker
+// id, when its pull began): it is written with the task's next save that is not, or within
+// `defer_for` (or at flush() and close()), so that a task started in less than that is written
+// once, when it is RUNNING, instead of at each step. A record the engine has changed and the
+// store does not have yet is
 // pending: changes the table follows from the store are merged into it, never over it. The
 // control side's writes (commit, commit_all, erase) stay durable before they return.
 //
@@ -91,7 +95,10 @@ class task_table {
   // The engine's write of what it observed: the table follows Docker whatever the store says.
   // Written behind (above) once open(), at once before; a failed store write is logged and made
   // again. One that lost a race keeps the stored record's desired fields.
-  void save(const task& t);
+  // `defer`: written with the next save of this record that is not deferred, or within
+  // defer_for (above); merged and announced as any save.
+  void save(const task& t, bool defer = false);
+  static constexpr std::chrono::milliseconds defer_for{1000};
   // Forgets a record: from the store first, then from the table.
   agent::result<void> erase(const std::string& task_arn);
 
@@ -128,8 +135,11 @@ class task_table {
   // Whether the engine's latest observation of `arn` is in the table only (saved, not yet
   // written, or being written).
   bool pending(const std::string& arn) const {
-    return dirty_.contains(arn) || inflight_.contains(arn);
+    return dirty_.contains(arn) || inflight_.contains(arn) || deferred_.contains(arn);
   }
+  // Deferred saves due by `now` (all of them with `all`) become dirty: written next. Whether
+  // any did.
+  bool undefer(std::chrono::steady_clock::time_point now, bool all = false);
   // `stored` (a record another writer made) into `local`, the engine's newer observation (a
   // pending row, or an engine write that lost its race): the engine's fields stay, a stop stored
   // is taken, and the control side's tags are the stored ones. Whether that changed `local`
@@ -181,6 +191,8 @@ class task_table {
   // Written behind (under mu_): the rows saved and not yet written, those being written, how many
   // writes failed in a row, and the writer thread (running_ while it takes saves).
   std::unordered_set<std::string> dirty_, inflight_;
+  // Saved with `defer`, not yet dirty: when each is due (the writer wakes for the earliest).
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> deferred_;
   int failed_writes_ = 0;
   std::condition_variable pending_cv_;
   std::thread writer_;

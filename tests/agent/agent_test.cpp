@@ -390,9 +390,9 @@ TEST_F(AgentTest, StoppedTaskIsRunningUntilItsContainersExitThenDeprovisioning) 
       EXPECT_EQ(d["containers"][0]["lastStatus"], "STOPPED") << "DEPROVISIONING while it ran";
     }
   }
-  EXPECT_EQ(states, (std::vector<std::string>{"PROVISIONING/RUNNING", "PENDING/RUNNING",
-                                              "RUNNING/RUNNING", "RUNNING/STOPPED",
-                                              "DEPROVISIONING/STOPPED", "STOPPED/STOPPED"}));
+  EXPECT_EQ(states,
+            (std::vector<std::string>{"PENDING/RUNNING", "RUNNING/RUNNING", "RUNNING/STOPPED",
+                                      "DEPROVISIONING/STOPPED", "STOPPED/STOPPED"}));
 }
 
 TEST_F(AgentTest, ImpossiblePlacementsReportEcsFailures) {

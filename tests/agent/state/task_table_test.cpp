@@ -270,6 +270,71 @@ TEST_F(TaskTableTest, SavesAreWrittenBehindAndMergedWithStopsStoredMeanwhile) {
   EXPECT_EQ(table_->rows().at(arn_of("a")).ecs.last_status, "STOPPED");
 }
 
+// A deferred save (bookkeeping no one waits for) is announced at once and written with the
+// record's next save that is not deferred, in one write; alone it is written within defer_for,
+// and flush() writes it at once.
+TEST_F(TaskTableTest, DeferredSavesRideWithTheNextSaveOrAreWrittenSoon) {
+  using clock = std::chrono::steady_clock;
+  ASSERT_TRUE(table_->open("c"));
+  auto st = store_->state();
+  auto stored = [&](const std::string& id) {
+    auto r = st->get(agent::document_key("task", "c/" + id));
+    return r && r->kvs.size() == 1 ? r->kvs[0] : key_value{};
+  };
+  auto docker_of = [](const key_value& kv) {
+    return kv.value.empty() ? json() : json::parse(kv.value)["_berth"]["docker"];
+  };
+  {
+    std::unique_lock lock(table_->mutex());
+    ASSERT_TRUE(table_->commit_all(lock, {record("a", "PENDING"), record("b", "PENDING")}));
+  }
+  const std::int64_t made = stored("a").version;
+  clock::time_point deferred_at;
+  {
+    std::lock_guard lock(table_->mutex());
+    task& a = table_->rows().at(arn_of("a"));
+    a.berth.docker = {{"app", "id-a"}};
+    deferred_at = clock::now();
+    table_->save(a, true);
+    EXPECT_EQ(table_->get(arn_of("a"))->berth.docker.at("app"), "id-a");  // announced at once
+    task& b = table_->rows().at(arn_of("b"));
+    b.ecs.last_status = "RUNNING";
+    table_->save(b);
+  }
+  std::unique_lock lock(table_->mutex());
+  ASSERT_TRUE(table_->changed().wait_for(lock, std::chrono::seconds(10), [&] {
+    return json::parse(stored("b").value)["lastStatus"] == "RUNNING";
+  }));
+  // b's write did not take a along (unless this thread was away for defer_for).
+  if (clock::now() < deferred_at + task_table::defer_for) {
+    EXPECT_EQ(stored("a").version, made);
+    EXPECT_EQ(docker_of(stored("a")), json::object({{"secret", "bookkeeping"}}));
+  }
+  // a's next save takes it: one write with both.
+  task& a = table_->rows().at(arn_of("a"));
+  a.ecs.last_status = "RUNNING";
+  table_->save(a);
+  ASSERT_TRUE(table_->changed().wait_for(lock, std::chrono::seconds(10), [&] {
+    return json::parse(stored("a").value)["lastStatus"] == "RUNNING";
+  }));
+  EXPECT_EQ(stored("a").version, made + 1);
+  EXPECT_EQ(docker_of(stored("a")), json::object({{"app", "id-a"}}));
+
+  // Alone, a deferred save is written soon, without a flush.
+  task& b = table_->rows().at(arn_of("b"));
+  b.berth.docker = {{"app", "id-b"}};
+  table_->save(b, true);
+  ASSERT_TRUE(table_->changed().wait_for(lock, std::chrono::seconds(10), [&] {
+    return docker_of(stored("b")) == json::object({{"app", "id-b"}});
+  }));
+  // And flush() writes one at once.
+  a.berth.pids = {{"app", 42}};
+  table_->save(a, true);
+  lock.unlock();
+  ASSERT_TRUE(table_->flush());
+  EXPECT_EQ(json::parse(stored("a").value)["_berth"]["pids"]["app"], 42);
+}
+
 }  // namespace
 // A control write from a row older than a stop stored meanwhile (this agent's TagResource racing
 // another agent's StopTask) keeps the stop, and its tags.
