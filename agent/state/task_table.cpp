@@ -361,14 +361,17 @@ void task_table::save(const task& t, bool defer) {
   task& row = upsert(t, 0);
   if (writing_) {
     const std::string& arn = row.arn();
-    if (!defer) {
-      deferred_.erase(arn);
-      dirty_.insert(arn);
-      pending_cv_.notify_one();
-    } else if (!dirty_.contains(arn) &&
-               deferred_.try_emplace(arn, std::chrono::steady_clock::now() + defer_for).second) {
-      pending_cv_.notify_one();  // the writer's next wake may be sooner now
+    if (defer) {
+      if (!dirty_.contains(arn) &&
+          deferred_.try_emplace(arn, std::chrono::steady_clock::now() + defer_for).second) {
+        pending_cv_.notify_one();  // the writer's next wake may be sooner now
+      }
+      unannounced_.insert(arn);  // announced when written (write_pending)
+      return;
     }
+    deferred_.erase(arn);
+    dirty_.insert(arn);
+    pending_cv_.notify_one();
     announce(row, false);
     return;
   }
@@ -455,6 +458,7 @@ void task_table::write_pending(std::unique_lock<std::mutex>& lock) {
     deferred_.erase(arn);  // written now
     const auto row = rows_.find(arn);
     if (row == rows_.end()) continue;
+    if (unannounced_.contains(arn)) announce(row->second, false);
     std::string key = key_of(row->second);
     const auto k = keys_.find(key);
     if (k != keys_.end() && k->second.erased) continue;
@@ -550,6 +554,7 @@ std::uint64_t task_table::watch(std::function<void(const change&)> fn) {
 void task_table::unwatch(std::uint64_t id) { watchers_.erase(id); }
 
 void task_table::announce(const task& t, bool erased) {
+  if (!unannounced_.empty()) unannounced_.erase(t.arn());
   if (erased) {
     std::unique_lock lock(pub_mu_);
     if (const auto it = pub_.find(t.arn()); it != pub_.end()) {

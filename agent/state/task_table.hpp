@@ -18,8 +18,9 @@
 // store under mutex(). A save may be deferred (bookkeeping no one waits for: a container's Docker
 // id, when its pull began): it is written with the task's next save that is not, or within
 // `defer_for` (or at flush() and close()), so that a task started in less than that is written
-// once, when it is RUNNING, instead of at each step. A record the engine has changed and the
-// store does not have yet is
+// once, when it is RUNNING, instead of at each step; it is announced (and readers see it) when
+// it is written or with that next save. A record the engine has changed and the store does not
+// have yet is
 // pending: changes the table follows from the store are merged into it, never over it. The
 // control side's writes (commit, commit_all, erase) stay durable before they return.
 //
@@ -95,8 +96,8 @@ class task_table {
   // The engine's write of what it observed: the table follows Docker whatever the store says.
   // Written behind (above) once open(), at once before; a failed store write is logged and made
   // again. One that lost a race keeps the stored record's desired fields.
-  // `defer`: written with the next save of this record that is not deferred, or within
-  // defer_for (above); merged and announced as any save.
+  // `defer`: written and announced with the next save of this record that is not deferred, or
+  // within defer_for (above); pending meanwhile, as any save.
   void save(const task& t, bool defer = false);
   static constexpr std::chrono::milliseconds defer_for{1000};
   // Forgets a record: from the store first, then from the table.
@@ -114,7 +115,7 @@ class task_table {
 
   // ---- readers: never take mutex() ----
   std::shared_ptr<const task> get(const std::string& task_arn) const;
-  std::vector<std::shared_ptr<const task>> all() const;
+  std::vector<std::shared_ptr<const task>> all() const;  // in no order
   // The tasks of one group ("service:<name>", "family:<name>", ...): a service's tasks without
   // a walk over every task of the cluster.
   std::vector<std::shared_ptr<const task>> in_group(const std::string& group) const;
@@ -193,6 +194,8 @@ class task_table {
   std::unordered_set<std::string> dirty_, inflight_;
   // Saved with `defer`, not yet dirty: when each is due (the writer wakes for the earliest).
   std::unordered_map<std::string, std::chrono::steady_clock::time_point> deferred_;
+  // Rows changed by a deferred save and not announced since: announced when written.
+  std::unordered_set<std::string> unannounced_;
   int failed_writes_ = 0;
   std::condition_variable pending_cv_;
   std::thread writer_;
@@ -210,7 +213,9 @@ class task_table {
     std::shared_ptr<const task> record;
     std::shared_ptr<views> text;
   };
-  std::map<std::string, published> pub_;
+  // Hashed: every change looks its task up, and ARNs share their first 50 characters (a tree
+  // compared them at each of its levels). all() is in no order.
+  std::unordered_map<std::string, published> pub_;
   // Indexes of pub_ (under pub_mu_): group -> its tasks' ARNs, container instance -> its
   // tasks' ARNs, lastStatus -> how many tasks.
   using index = std::unordered_map<std::string, std::set<std::string>>;
