@@ -171,6 +171,48 @@ TEST_F(TaskEngineTest, StartedOnAStoreThatSaysRunXItRunsXOnce) {
   EXPECT_EQ(status_of(arn), "RUNNING");
 }
 
+// The engine writes a container's Docker id with the task's next status, not before it starts
+// the container: after a crash in between, the store has the task PENDING with no id. The next
+// start takes the container over by its name and, as it ran already, reports how it ended
+// instead of starting it again.
+TEST_F(TaskEngineTest, AContainerMadeBeforeACrashAndNotRecordedIsNeverStartedTwice) {
+  json x = record(random_hex(32), {"sh", "-c", "exit 3"});
+  x["lastStatus"] = "PENDING";  // as RunTask places it
+  const std::string arn = x["taskArn"];
+  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
+  table_.reset();
+  store_.reset();
+  open();
+  start_engine();
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 60s))
+      << "task is " << status_of(arn);
+  const auto made = containers_of(arn);
+  ASSERT_EQ(made.size(), 1u);
+  const auto first = docker_->inspect_container(made[0].id);
+  ASSERT_TRUE(first) << first.error().message;
+  ASSERT_FALSE(first->running);
+
+  // The crash: the store holds the task as RunTask wrote it, the container exited meanwhile.
+  engine_->shutdown();
+  engine_.reset();
+  ASSERT_TRUE(table_->flush());
+  table_.reset();
+  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
+  store_.reset();
+  open();
+  ASSERT_EQ(status_of(arn), "PENDING");
+  start_engine();
+  ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 60s))
+      << "task is " << status_of(arn);
+  const auto t = table_->get(arn);
+  EXPECT_EQ(t->ecs.containers->at(0).runtime_id.value_or(""), made[0].id);
+  EXPECT_EQ(t->ecs.containers->at(0).exit_code.value_or(-1), 3);
+  ASSERT_EQ(containers_of(arn).size(), 1u);
+  const auto now = docker_->inspect_container(made[0].id);
+  ASSERT_TRUE(now) << now.error().message;
+  EXPECT_EQ(now->started_at, first->started_at) << "started again";
+}
+
 TEST_F(TaskEngineTest, DesiredStoppedWrittenToStateStopsTheTask) {
   start_engine();
   const json x = record(random_hex(32), {"sleep", "300"});
