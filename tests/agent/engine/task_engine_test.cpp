@@ -57,6 +57,15 @@ class TaskEngineTest : public ::testing::Test {
     ASSERT_TRUE(all) << all.error().message;
   }
 
+  // The store holds `x` as it is (as RunTask, or a crash, left it): the table opened on it
+  // afresh, as after berthd's restart.
+  void reopen_with(const json& x) {
+    ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
+    table_.reset();
+    store_.reset();
+    open();
+  }
+
   void start_engine() {
     engine_ = engine::make_task_engine(cfg_, instance_, dir_.string(), *table_, *docker_, *store_,
                                        metrics_);
@@ -147,11 +156,7 @@ TEST_F(TaskEngineTest, StartedOnAStoreThatSaysRunXItRunsXOnce) {
   // The store already says "run X" (as after a crash right after RunTask's commit).
   const json x = record(random_hex(32), {"sleep", "300"});
   const std::string arn = x["taskArn"];
-  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
-  table_.reset();
-  store_.reset();
-  open();
-
+  reopen_with(x);
   start_engine();
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "RUNNING"; }, 60s))
       << "task is " << status_of(arn);
@@ -179,10 +184,7 @@ TEST_F(TaskEngineTest, AContainerMadeBeforeACrashAndNotRecordedIsNeverStartedTwi
   json x = record(random_hex(32), {"sh", "-c", "exit 3"});
   x["lastStatus"] = "PENDING";  // as RunTask places it
   const std::string arn = x["taskArn"];
-  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
-  table_.reset();
-  store_.reset();
-  open();
+  reopen_with(x);
   start_engine();
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 60s))
       << "task is " << status_of(arn);
@@ -196,10 +198,7 @@ TEST_F(TaskEngineTest, AContainerMadeBeforeACrashAndNotRecordedIsNeverStartedTwi
   engine_->shutdown();
   engine_.reset();
   ASSERT_TRUE(table_->flush());
-  table_.reset();
-  ASSERT_TRUE(store_->put("task", state::task_key(typed(x)), x.dump()));
-  store_.reset();
-  open();
+  reopen_with(x);
   ASSERT_EQ(status_of(arn), "PENDING");
   start_engine();
   ASSERT_TRUE(dt::eventually([&] { return status_of(arn) == "STOPPED"; }, 60s))
