@@ -445,7 +445,8 @@ def run(args):
         # The drive's figures at once: the services phase can take long at scale.
         print("drive: " + json.dumps({k: out[k] for k in (
             "accepted", "running", "placements_per_s", "accepted_per_s", "runtask_p50_ms",
-            "runtask_p99_ms", "drive_s", "cpu_s", "etcd_txns_per_task", "etcd_puts_per_task")}), flush=True)
+            "runtask_p99_ms", "drive_s", "cpu_s", "etcd_txns_per_task",
+            "etcd_puts_per_task")}), flush=True)
         if d["errors"]:
             problems.append(f"RunTask errors: {d['errors']}")
         if d["running"] != d["accepted"]:

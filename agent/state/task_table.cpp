@@ -181,8 +181,7 @@ void task_table::apply(const event& e) {
       return;
     }
     const auto row = rows_.find(k->second.arn);
-    dirty_.erase(k->second.arn);
-    deferred_.erase(k->second.arn);
+    unsave(k->second.arn);
     keys_.erase(k);
     if (row == rows_.end()) return;
     const task last = std::move(row->second);
@@ -282,8 +281,7 @@ agent::result<void> task_table::commit(const task& t) {
     return tl::unexpected(w.error());
   }
   // The whole row is in the store now, the engine's pending observation with it.
-  dirty_.erase(rec.arn());
-  deferred_.erase(rec.arn());
+  unsave(rec.arn());
   announce(upsert(rec, *w), false);
   return {};
 }
@@ -538,8 +536,7 @@ agent::result<void> task_table::erase(const std::string& task_arn) {
     return tl::unexpected(from(d.error()));
   }
   keys_[key] = known{task_arn, d->header_revision, true};
-  dirty_.erase(task_arn);
-  deferred_.erase(task_arn);
+  unsave(task_arn);
   const task last = std::move(it->second);
   rows_.erase(it);
   announce(last, true);

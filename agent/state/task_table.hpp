@@ -20,9 +20,8 @@
 // `defer_for` (or at flush() and close()), so that a task started in less than that is written
 // once, when it is RUNNING, instead of at each step; it is announced (and readers see it) when
 // it is written or with that next save. A record the engine has changed and the store does not
-// have yet is
-// pending: changes the table follows from the store are merged into it, never over it. The
-// control side's writes (commit, commit_all, erase) stay durable before they return.
+// have yet is pending: changes the table follows from the store are merged into it, never over it.
+// The control side's writes (commit, commit_all, erase) stay durable before they return.
 //
 // Thread safety: writers hold mutex() for a read-modify-write of rows() and call commit() or
 // save() with it held; every change, the table's own and those it follows, is announced in
@@ -137,6 +136,11 @@ class task_table {
   // written, or being written).
   bool pending(const std::string& arn) const {
     return dirty_.contains(arn) || inflight_.contains(arn) || deferred_.contains(arn);
+  }
+  // The row's saves not yet written are moot (the whole row is stored, or it is gone).
+  void unsave(const std::string& arn) {
+    dirty_.erase(arn);
+    deferred_.erase(arn);
   }
   // Deferred saves due by `now` (all of them with `all`) become dirty: written next. Whether
   // any did.
