@@ -149,11 +149,6 @@ class definition_cache {
   std::size_t prune_at_ = 64;
 };
 
-tl::expected<placed_definition, ecs::decode_error> read_definition(const json& j) {
-  static definition_cache cache;
-  return cache.read(j);
-}
-
 result<task_bookkeeping> read_bookkeeping(const json& j, const std::string& who) {
   if (!j.is_object()) return tl::unexpected(wrong_type(who, "_berth", "an object", j));
   task_bookkeeping b;
@@ -164,7 +159,7 @@ result<task_bookkeeping> read_bookkeeping(const json& j, const std::string& who)
   b.need = std::move(*n);
   const json* td = member_of(j, "taskDefinition");
   if (td == nullptr) return tl::unexpected(damaged(who, "'_berth.taskDefinition' is required"));
-  auto def = read_definition(*td);
+  auto def = detail::read_definition(*td);
   if (!def) return tl::unexpected(damaged(who, "_berth.taskDefinition: " + def.error().message));
   b.task_definition = std::move(*def);
   if (const json* a = member_of(j, "attributes")) {
@@ -271,11 +266,25 @@ result<task> from_json<task>(const json& j) {
 
 template <>
 result<task> parse<task>(std::string_view text, std::string_view key) {
+  if (auto t = detail::read_record_text(text)) return std::move(*t);
+  return detail::read_record_document(text, key);
+}
+
+namespace detail {
+
+result<task> read_record_document(std::string_view text, std::string_view key) {
   const std::string who = "task record '" + std::string(key) + "'";
   const json j = json::parse(text, nullptr, false);
   if (j.is_discarded()) return tl::unexpected(damaged(who, "not JSON"));
   return read_task(j, who);
 }
+
+tl::expected<placed_definition, ecs::decode_error> read_definition(const json& j) {
+  static definition_cache cache;
+  return cache.read(j);
+}
+
+}  // namespace detail
 
 std::string task_key(const task& t) {
   const std::string& cluster = *t.ecs.cluster_arn;

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,6 +59,7 @@ class placed_definition {
       : def_(std::move(td)) {}
   const ecs::task_definition& operator*() const { return def_ ? *def_ : empty(); }
   const ecs::task_definition* operator->() const { return &**this; }
+  std::shared_ptr<const ecs::task_definition> shared() const { return def_; }
   bool operator==(const placed_definition& o) const { return def_ == o.def_ || **this == *o; }
 
  private:
@@ -105,5 +107,18 @@ template <>
 
 // The store key of a task record: "<cluster name>/<task id>".
 [[nodiscard]] std::string task_key(const task& t);
+
+namespace detail {
+// parse<task> reads a record in two ways. First straight from the text (task_record_text.cpp),
+// for the records as Berth writes them: std::nullopt for anything it does not read itself
+// (escapes, bytes above 0x7f, lists it does not read, a member of the wrong type, JSON that is
+// not well formed). Then, when that gave up, through the JSON document (the model's strict
+// decoder), which reads every record and names what is wrong with one. Whatever the first
+// returns, the second returns too.
+[[nodiscard]] std::optional<task> read_record_text(std::string_view text);
+[[nodiscard]] result<task> read_record_document(std::string_view text, std::string_view key);
+// A record's task definition from its JSON, shared with every record holding an equal one.
+[[nodiscard]] tl::expected<placed_definition, ecs::decode_error> read_definition(const json& j);
+}  // namespace detail
 
 }  // namespace berth::state

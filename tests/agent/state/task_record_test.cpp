@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <iterator>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -181,6 +183,174 @@ TEST(TaskRecordTest, DamagedRecordsAreRefusedNamingTheMember) {
   EXPECT_EQ(refusal(parse<task>("{not json", "prod/x")), "task record 'prod/x': not JSON");
   EXPECT_TRUE(refusal(parse<task>(without(good, "/taskArn").dump(), "prod/x"))
                   .starts_with("task record 'prod/x': "));
+}
+
+// ---- the text reader (parse<task>'s first way: detail::read_record_text) ----
+
+// A record berth-hollow ran in bench/cluster_scale.py, as the store held it.
+const char* const hollow_record =
+    R"({"_berth":{"attributes":[29524,4096,0,0,0,0,0,0],"docker":{"app":"00003be1"},"events":[],)"
+    R"("images":{"app":"sha256:613128687688195209"},"need":{"cpu":128,"dynamic":0,"mib":256,)"
+    R"("ports":[]},"pids":{"app":0},"taskDefinition":{"compatibilities":["EC2"],)"
+    R"("containerDefinitions":[{"cpu":128,"environment":[{"name":"REVISION","value":"1"}],)"
+    R"("essential":true,"image":"berth-hollow/app:1","memoryReservation":256,"mountPoints":[],)"
+    R"("name":"app","portMappings":[],"volumesFrom":[]}],"family":"scale","networkMode":"bridge",)"
+    R"("placementConstraints":[],"registeredAt":1796359166.049,"registeredBy":"berth",)"
+    R"("requiresAttributes":[],"revision":1,"status":"ACTIVE","taskDefinitionArn":)"
+    R"("arn:aws:ecs:us-east-1:000000000000:task-definition/scale:1","volumes":[]}},)"
+    R"("attachments":[],"availabilityZone":"us-east-1c","clusterArn":)"
+    R"("arn:aws:ecs:us-east-1:000000000000:cluster/scale","connectivity":"CONNECTED",)"
+    R"("connectivityAt":1796359166.363,"containerInstanceArn":)"
+    R"("arn:aws:ecs:us-east-1:000000000000:container-instance/scale/00000029b011","containers":)"
+    R"([{"containerArn":"arn:aws:ecs:us-east-1:000000000000:container/scale/0114591a/cc18baac",)"
+    R"("cpu":"128","healthStatus":"UNKNOWN","image":"berth-hollow/app:1","lastStatus":"RUNNING",)"
+    R"("memoryReservation":"256","name":"app","networkBindings":[],"networkInterfaces":[],)"
+    R"("runtimeId":"00003be1","taskArn":"arn:aws:ecs:us-east-1:000000000000:task/scale/0114591a"}],)"
+    R"("cpu":"128","createdAt":1796359166.186,"desiredStatus":"RUNNING",)"
+    R"("enableExecuteCommand":false,"group":"distinct-1-2","healthStatus":"UNKNOWN",)"
+    R"("lastStatus":"RUNNING","launchType":"EC2","memory":"256","overrides":)"
+    R"({"containerOverrides":[]},"pullStartedAt":1796359166.26,"pullStoppedAt":1796359166.363,)"
+    R"("startedAt":1796359166.363,"tags":[],"taskArn":)"
+    R"("arn:aws:ecs:us-east-1:000000000000:task/scale/0114591a","taskDefinitionArn":)"
+    R"("arn:aws:ecs:us-east-1:000000000000:task-definition/scale:1","version":2})";
+
+// Two reads agree: the same task, or the same refusal.
+void expect_same(const result<task>& a, const result<task>& b, const std::string& text) {
+  ASSERT_EQ(a.has_value(), b.has_value()) << text;
+  if (a) {
+    EXPECT_EQ(*a, *b) << text;
+  } else {
+    EXPECT_EQ(a.error().detail, b.error().detail) << text;
+  }
+}
+
+// Records as Berth writes them, and as a person might: each read by the text reader, and read
+// by it as the document reader reads it.
+std::vector<std::string> written_records() {
+  std::vector<std::string> out = {hollow_record, to_json(sample_task()).dump(),
+                                  to_json(sample_task()).dump(2)};
+  task stopped = sample_task();
+  stopped.ecs.last_status = "STOPPED";
+  stopped.ecs.desired_status = "STOPPED";
+  stopped.ecs.stop_code = "UserInitiated";
+  stopped.ecs.stopped_reason = "Task stopped by user";
+  stopped.ecs.stopped_at = 1764079999;
+  stopped.ecs.execution_stopped_at = 0.5e10;
+  stopped.containers()[0].exit_code = -1;
+  stopped.containers()[0].reason = "OutOfMemoryError: Container killed due to memory usage";
+  stopped.containers()[0].gpu_ids = std::vector<std::string>{"0", "1"};
+  stopped.ecs.overrides->container_overrides = std::vector<ecs::container_override>{
+      {.name = "main",
+       .command = std::vector<std::string>{"sh", "-c", "exit 3"},
+       .environment = std::vector<ecs::key_value_pair>{{"A", "1"}},
+       .cpu = 128,
+       .memory = -0}};
+  stopped.ecs.overrides->task_role_arn = "arn:aws:iam::000000000000:role/app";
+  stopped.berth.pids = {{"main", -9223372036854775807 - 1}, {"side", 9223372036854775807}};
+  stopped.berth.need.ports = {};
+  out.push_back(to_json(stopped).dump());
+  // Nulls as absent, members neither reader knows, a member given twice (the last counts),
+  // numbers in every form JSON allows.
+  json j = to_json(sample_task());
+  j["startedBy"] = nullptr;
+  j["somethingNewer"] = {{"a", {1, -2.5e-3, true, nullptr, "x\"y\\u00e9"}}};
+  j["_berth"]["later"] = json::array();
+  j["_berth"]["events"][0]["createdAt"] = nullptr;
+  out.push_back(j.dump());
+  std::string twice = j.dump();
+  twice.insert(1, R"("lastStatus":"PENDING","version":1,"cpu":null,)");
+  out.push_back(twice);
+  out.push_back(
+      R"( {"_berth":{"need":{"cpu":1,"mib":null},"taskDefinition":{"family":"web"}},)"
+      R"("taskArn":"t","clusterArn":"c","lastStatus":"PENDING","desiredStatus":"RUNNING",)"
+      R"("createdAt":-0,"connectivityAt":12.5E+3,"pullStartedAt":1e2,"version":-0} )");
+  return out;
+}
+
+TEST(TaskRecordTest, TheTextReaderReadsWhatBerthWritesAsTheDocumentReaderDoes) {
+  for (const std::string& text : written_records()) {
+    const auto fast = detail::read_record_text(text);
+    const auto slow = detail::read_record_document(text, "prod/x");
+    ASSERT_TRUE(slow) << slow.error().detail;
+    ASSERT_TRUE(fast) << text;
+    EXPECT_EQ(*fast, *slow) << text;
+    expect_same(parse<task>(text, "prod/x"), slow, text);
+  }
+  const auto twice = detail::read_record_text(written_records()[5]);
+  ASSERT_TRUE(twice);
+  EXPECT_EQ(twice->ecs.last_status, "RUNNING");  // the later of the two
+  EXPECT_EQ(twice->ecs.cpu, "256");
+}
+
+// What the text reader does not read itself it leaves to the document reader: each of these
+// reads (or is refused) there.
+TEST(TaskRecordTest, TheTextReaderLeavesWhatItDoesNotReadToTheDocumentReader) {
+  const json good = to_json(sample_task());
+  const std::vector<json> left = {
+      with(good, "/stoppedReason", "said \"no\""),
+      with(good, "/group", "caf\u00e9"),
+      with(good, "/attachments", json::parse(R"([{"id":"a","type":"ElasticNetworkInterface"}])")),
+      with(good, "/ephemeralStorage", json::parse(R"({"sizeInGiB":30})")),
+      with(good, "/version", 1.0),
+      with(good, "/version", 18446744073709551615u),
+      with(good, "/containers/0/exitCode", 2147483648),
+      with(good, "/_berth/need/cpu", 4294967296),
+      with(good, "/_berth/docker/main", nullptr),
+      without(good, "/_berth/need"),
+      without(good, "/taskArn"),
+  };
+  for (const json& j : left) {
+    EXPECT_FALSE(detail::read_record_text(j.dump())) << j.dump();
+    expect_same(parse<task>(j.dump(), "prod/x"), detail::read_record_document(j.dump(), "prod/x"),
+                j.dump());
+  }
+  for (const char* text : {"", "{", "[]", "{}", R"({"taskArn":"t"} x)", "{\"a\":01}"}) {
+    EXPECT_FALSE(detail::read_record_text(text)) << text;
+  }
+}
+
+// Random damage to written records: whenever the text reader reads one, the document reader
+// reads the same task. (A deterministic stream, so that a failure repeats.)
+TEST(TaskRecordTest, TheTextReaderNeverDisagreesWithTheDocumentReader) {
+  const std::vector<std::string> bases = written_records();
+  const std::string pieces[] = {"null", "0", "-1", "1.5", "\"x\"", "[]",  "{}",
+                                "true", ",", ":",  "\"",  "\\",    "{",   "}",
+                                "[",    "]", " ",  "e",   "-0",    "1e3", "\xc3\xa9"};
+  std::mt19937_64 rng(19);
+  int read_fast = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string text = bases[rng() % bases.size()];
+    for (int m = 1 + static_cast<int>(rng() % 3); m > 0; --m) {
+      const std::size_t at = rng() % text.size();
+      switch (rng() % 4) {
+        case 0:  // a byte changed
+          text[at] = static_cast<char>(rng() % 128);
+          break;
+        case 1:  // a byte dropped
+          text = text.substr(0, at) + text.substr(at + 1);
+          break;
+        case 2:  // a token put in
+          text = text.substr(0, at) + pieces[rng() % std::size(pieces)] + text.substr(at);
+          break;
+        default: {  // a value replaced: from after a ':' to the next ',' or '}'
+          const std::size_t colon = text.find(':', at);
+          if (colon == std::string::npos) break;
+          const std::size_t end = text.find_first_of(",}", colon + 1);
+          if (end == std::string::npos) break;
+          text = text.substr(0, colon + 1) + pieces[rng() % std::size(pieces)] + text.substr(end);
+        }
+      }
+      if (text.empty()) text.push_back('{');
+    }
+    const auto fast = detail::read_record_text(text);
+    if (!fast) continue;
+    ++read_fast;
+    const auto slow = detail::read_record_document(text, "prod/x");
+    ASSERT_TRUE(slow) << "the text reader read what the document reader refuses ("
+                      << slow.error().detail << "): " << text;
+    ASSERT_EQ(*fast, *slow) << text;
+  }
+  EXPECT_GT(read_fast, 1000);  // the damage left many records readable: the check checked
 }
 
 }  // namespace
