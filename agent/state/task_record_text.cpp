@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <mutex>
+#include <string_view>
 #include <unordered_map>
 
 #include "task_record.hpp"
@@ -172,9 +174,6 @@ class cursor {
 
  private:
   static bool is_digit(char c) { return c >= '0' && c <= '9'; }
-  static bool is_hex(char c) {
-    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-  }
   void space() {
     while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
   }
@@ -236,6 +235,9 @@ bool list(cursor& c, F&& item) {
 
 // ---- values, as the model's readers take them ----
 
+// A negative whole number's value: -m, for m at most 2^63 (what cursor::num reads).
+std::int64_t minus(std::uint64_t m) { return m == 0 ? 0 : -static_cast<std::int64_t>(m - 1) - 1; }
+
 bool read(cursor& c, std::string& out) {
   std::string_view s;
   if (!c.str(s)) return false;
@@ -249,7 +251,7 @@ bool read_whole(cursor& c, std::int64_t lo, std::int64_t hi, std::int64_t& out) 
   if (!c.num(n) || !n.whole) return false;
   if (n.negative) {
     if (n.magnitude > static_cast<std::uint64_t>(-(lo + 1)) + 1) return false;
-    out = n.magnitude == 0 ? 0 : -static_cast<std::int64_t>(n.magnitude - 1) - 1;
+    out = minus(n.magnitude);
   } else {
     if (n.magnitude > static_cast<std::uint64_t>(hi)) return false;
     out = static_cast<std::int64_t>(n.magnitude);
@@ -280,6 +282,18 @@ bool read_unsigned(cursor& c, std::uint64_t max, std::uint64_t& out) {
   return true;
 }
 
+// The bookkeeping's unsigned numbers: each in its type's range (a port at most 65535).
+template <class U>
+bool read_unsigned(cursor& c, U& out) {
+  std::uint64_t v = 0;
+  if (!read_unsigned(c, std::numeric_limits<U>::max(), v)) return false;
+  out = static_cast<U>(v);
+  return true;
+}
+bool read(cursor& c, std::uint64_t& out) { return read_unsigned(c, out); }
+bool read(cursor& c, std::uint32_t& out) { return read_unsigned(c, out); }
+bool read(cursor& c, std::uint16_t& out) { return read_unsigned(c, out); }
+
 // Any number; a whole one converted as nlohmann converts it (so "-0" is 0.0, as there).
 bool read(cursor& c, double& out) {
   cursor::number n;
@@ -287,8 +301,7 @@ bool read(cursor& c, double& out) {
   if (!n.whole) {
     out = n.value;
   } else if (n.negative) {
-    out =
-        static_cast<double>(n.magnitude == 0 ? 0 : -static_cast<std::int64_t>(n.magnitude - 1) - 1);
+    out = static_cast<double>(minus(n.magnitude));
   } else {
     out = static_cast<double>(n.magnitude);
   }
@@ -323,6 +336,17 @@ bool get_empty(cursor& c, std::optional<std::vector<T>>& out) {
   }
   out.emplace();
   return c.eat('[') && c.eat(']');
+}
+
+// A bookkeeping member whose null reads as its empty (or zero) value, as the document reader
+// reads a null or absent one.
+template <class T>
+bool get_or_clear(cursor& c, T& out) {
+  if (c.null()) {
+    out = T{};
+    return true;
+  }
+  return read(c, out);
 }
 
 // An object member this reader does not read: absent only.
@@ -500,10 +524,9 @@ bool read_member(cursor& c, std::string_view k, ecs::task& out) {
 class definition_texts {
  public:
   std::optional<placed_definition> find(std::string_view text) {
-    const std::string key(text);
     {
       std::lock_guard lock(mu_);
-      if (const auto it = by_text_.find(key); it != by_text_.end()) {
+      if (const auto it = by_text_.find(text); it != by_text_.end()) {
         if (auto shared = it->second.lock()) return placed_definition(std::move(shared));
       }
     }
@@ -516,13 +539,20 @@ class definition_texts {
       std::erase_if(by_text_, [](const auto& e) { return e.second.expired(); });
       prune_at_ = std::max<std::size_t>(64, 2 * by_text_.size());
     }
-    by_text_[key] = def->shared();
+    by_text_.insert_or_assign(std::string(text), def->shared());
     return std::move(*def);
   }
 
  private:
   std::mutex mu_;
-  std::unordered_map<std::string, std::weak_ptr<const ecs::task_definition>> by_text_;
+  // Found by a view of the record's text: no copy of the definition's text per read.
+  struct text_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::weak_ptr<const ecs::task_definition>, text_hash,
+                     std::equal_to<>>
+      by_text_;
   std::size_t prune_at_ = 64;
 };
 
@@ -533,26 +563,8 @@ bool read(cursor& c, task_need& out) {
                            : k == "mib"     ? &out.mib
                            : k == "dynamic" ? &out.dynamic
                                             : nullptr;
-    if (count != nullptr) {
-      std::uint64_t v = 0;
-      if (c.null()) {  // absent: 0, as when the document's last one is null
-        *count = 0;
-        return true;
-      }
-      if (!read_unsigned(c, std::numeric_limits<std::uint32_t>::max(), v)) return false;
-      *count = static_cast<std::uint32_t>(v);
-      return true;
-    }
-    if (k == "ports") {
-      out.ports.clear();
-      if (c.null()) return true;
-      return list(c, [&] {
-        std::uint64_t p = 0;
-        if (!read_unsigned(c, 65535, p)) return false;
-        out.ports.push_back(static_cast<std::uint16_t>(p));
-        return true;
-      });
-    }
+    if (count != nullptr) return get_or_clear(c, *count);
+    if (k == "ports") return get_or_clear(c, out.ports);
     return c.skip();
   });
 }
@@ -630,20 +642,11 @@ std::optional<task> read_record_text(std::string_view text) {
         b.task_definition = std::move(*def);
         return true;
       }
-      if (m == "attributes") {
-        b.attributes.clear();
-        if (c.null()) return true;
-        return list(c, [&] {
-          std::uint64_t w = 0;
-          if (!read_unsigned(c, std::numeric_limits<std::uint64_t>::max(), w)) return false;
-          b.attributes.push_back(w);
-          return true;
-        });
-      }
-      if (m == "docker") return c.null() ? (b.docker.clear(), true) : read(c, b.docker);
-      if (m == "images") return c.null() ? (b.images.clear(), true) : read(c, b.images);
-      if (m == "pids") return c.null() ? (b.pids.clear(), true) : read(c, b.pids);
-      if (m == "events") return c.null() ? (b.events.clear(), true) : read(c, b.events);
+      if (m == "attributes") return get_or_clear(c, b.attributes);
+      if (m == "docker") return get_or_clear(c, b.docker);
+      if (m == "images") return get_or_clear(c, b.images);
+      if (m == "pids") return get_or_clear(c, b.pids);
+      if (m == "events") return get_or_clear(c, b.events);
       return c.skip();
     });
   });
