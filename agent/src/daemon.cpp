@@ -692,7 +692,8 @@ result<std::unique_ptr<store>> open_state(const config& c) {
     shared = state::rebased(std::move(shared), "/berth", c.etcd_prefix);
   spdlog::info("cluster state in etcd at {} under {}", c.etcd_endpoints.front(), c.etcd_prefix);
   // While etcd is unreachable, reads are answered from what was read last (stale, logged).
-  return remembering(over_state(std::move(shared)));
+  // RunTask reads its cluster and its task definition: from memory while nothing changes them.
+  return remembering(over_state(std::move(shared)), {"cluster", "taskdef"});
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // Thread-safe. A write either happens whole or not at all; a transaction's writes land together.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -76,7 +77,16 @@ std::unique_ptr<store> over_state(std::shared_ptr<state::store> s);
 // prefix when `s` fails (etcd unreachable), marked stale in the log when that starts and every
 // 10 s while it lasts; a read never made before fails as `s` did. Writes, counters and
 // transactions go to `s` alone: they fail while it does.
-std::unique_ptr<store> remembering(std::unique_ptr<store> s);
+//
+// The documents of the `followed` kinds (read on every request, seldom changed: RunTask reads
+// its cluster and its task definition's family) are also answered from memory while `s` works:
+// a watch on each kind forgets what was read of it at any change there, this store's own
+// writes forget it before they return (a read after a write sees it), and an answer is never
+// older than `fresh_for` (should the watch stall). Another writer's change is seen once its
+// watch event arrives (milliseconds; ECS's own API is eventually consistent so).
+std::unique_ptr<store> remembering(std::unique_ptr<store> s,
+                                   const std::vector<std::string>& followed = {},
+                                   std::chrono::milliseconds fresh_for = std::chrono::seconds(1));
 
 // A handle on a store others use too: every call goes to `s`.
 std::unique_ptr<store> share(std::shared_ptr<store> s);

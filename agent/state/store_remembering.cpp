@@ -1,5 +1,5 @@
-// A store that answers reads from what it last read when the store underneath fails: see
-// store.hpp (remembering).
+// A store that answers reads from what it last read when the store underneath fails, and
+// those of the followed kinds while nothing changed them: see store.hpp (remembering).
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -7,6 +7,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "berth/state.hpp"
 #include "store.hpp"
 
 namespace berth::agent {
@@ -65,11 +66,15 @@ class noting_store final : public store {
 
 class remembering_store final : public store {
  public:
-  explicit remembering_store(std::unique_ptr<store> s) : s_(std::move(s)) {}
+  remembering_store(std::unique_ptr<store> s, const std::vector<std::string>& followed,
+                    std::chrono::milliseconds fresh_for)
+      : s_(std::move(s)), fresh_for_(fresh_for) {
+    follow(followed);
+  }
 
   result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
     return remembered(
-        docs_, {kind, key}, " ", [&] { return s_->get(kind, key); },
+        docs_, current_docs_, {kind, key}, " ", [&] { return s_->get(kind, key); },
         [](const std::optional<std::string>&) {});
   }
 
@@ -97,9 +102,13 @@ class remembering_store final : public store {
       const std::string& kind, const std::string& prefix) override {
     // What a list read fresh holds, a get of one of its keys answers too.
     return remembered(
-        lists_, {kind, prefix}, " list ", [&] { return s_->list(kind, prefix); },
+        lists_, current_lists_, {kind, prefix}, " list ", [&] { return s_->list(kind, prefix); },
         [&](const std::vector<std::pair<std::string, std::string>>& fresh) {
-          for (const auto& [key, value] : fresh) docs_[{kind, key}] = value;
+          for (const auto& [key, value] : fresh) {
+            docs_[{kind, key}] = value;
+            // Read before a change a get read after it, perhaps: the get asks again.
+            current_docs_.erase({kind, key});
+          }
         });
   }
 
@@ -122,18 +131,74 @@ class remembering_store final : public store {
 
  private:
   using id = std::pair<std::string, std::string>;  // kind, key (or prefix)
+  using clock = std::chrono::steady_clock;
+  // Of a followed kind: the reads still current (no change of the kind since), and when each
+  // was made.
+  using current = std::map<id, clock::time_point>;
 
-  // A read through `cache`: the store's answer, remembered under `at` (and handed to
-  // `on_fresh`, under mu_); else, when the store fails, the answer remembered (stale, logged as
-  // kind, `sep`, key), or the failure when there is none. For a second after a failure a remembered
-  // answer is given without asking the store.
+  // A followed kind: its changes so far (each forgets what was read of it) and its watch.
+  struct followed_kind {
+    std::uint64_t changes = 0;
+    std::unique_ptr<state::prefix_follower> follower;
+  };
+
+  // Watches each kind of `kinds` from the store's revision now: none when that cannot be read
+  // (its reads are then never answered from memory while the store works).
+  void follow(const std::vector<std::string>& kinds) {
+    if (kinds.empty()) return;
+    const std::shared_ptr<state::store> st = s_->state();
+    auto now = st->current_revision();
+    if (!now) {
+      spdlog::warn("cluster state: not followed ({}): every read asks the store",
+                   now.error().detail);
+      return;
+    }
+    for (const std::string& kind : kinds) {
+      state::prefix_follower::callbacks cb;
+      cb.on_events = [this, kind](const std::vector<state::event>&) { forget(kind); };
+      cb.relist = [this, kind, st]() -> state::result<state::revision> {
+        forget(kind);
+        return st->current_revision();
+      };
+      auto& f = followed_[kind];
+      f.follower = std::make_unique<state::prefix_follower>(st, document_key(kind, ""),
+                                                            "followed " + kind, std::move(cb));
+      f.follower->start(*now + 1);
+    }
+  }
+
+  // Something of `kind` changed (or may have): what was read of it is asked again.
+  void forget(const std::string& kind) {
+    std::lock_guard lock(mu_);
+    const auto f = followed_.find(kind);
+    if (f == followed_.end()) return;
+    ++f->second.changes;
+    for (current* c : {&current_docs_, &current_lists_}) {
+      c->erase(c->lower_bound({kind, ""}), c->lower_bound({kind + '\0', ""}));
+    }
+  }
+
+  // A read through `cache`: of a followed kind, the answer remembered while it is current;
+  // else the store's answer, remembered under `at` (and handed to `on_fresh`, under mu_); else,
+  // when the store fails, the answer remembered (stale, logged as kind, `sep`, key), or the
+  // failure when there is none. For a second after a failure a remembered answer is given
+  // without asking the store.
   template <class T, class Read, class Fresh>
-  result<T> remembered(std::map<id, T>& cache, const id& at, const char* sep, const Read& read,
-                       const Fresh& on_fresh) {
+  result<T> remembered(std::map<id, T>& cache, current& now_current, const id& at, const char* sep,
+                       const Read& read, const Fresh& on_fresh) {
+    const auto followed = followed_.find(at.first);  // followed_'s keys never change
+    const bool follows = followed != followed_.end();
+    std::uint64_t changes = 0;
+    const clock::time_point asked = clock::now();
     {
       std::lock_guard lock(mu_);
       const auto it = cache.find(at);
-      if (it != cache.end() && resting()) return it->second;
+      if (it != cache.end()) {
+        if (resting()) return it->second;
+        const auto c = follows ? now_current.find(at) : now_current.end();
+        if (c != now_current.end() && asked - c->second < fresh_for_) return it->second;
+      }
+      if (follows) changes = followed->second.changes;
     }
     result<T> r = read();
     std::lock_guard lock(mu_);
@@ -141,6 +206,8 @@ class remembering_store final : public store {
       fresh();
       cache[at] = *r;
       on_fresh(*r);
+      // Current unless the kind changed while it was read (that answer may predate the change).
+      if (follows && followed->second.changes == changes) now_current[at] = asked;
       return r;
     }
     const auto it = cache.find(at);
@@ -152,6 +219,7 @@ class remembering_store final : public store {
   // A write this store made: what its later stale reads answer, too. Under no lock.
   void wrote(const std::string& kind, const std::string& key,
              const std::optional<std::string>& value) {
+    forget(kind);
     std::lock_guard lock(mu_);
     docs_[{kind, key}] = value;
     for (auto it = lists_.lower_bound({kind, ""}); it != lists_.end() && it->first.first == kind;) {
@@ -192,12 +260,18 @@ class remembering_store final : public store {
   std::map<id, std::vector<std::pair<std::string, std::string>>> lists_;
   std::optional<std::chrono::steady_clock::time_point> stale_since_;
   std::chrono::steady_clock::time_point last_said_{}, failed_at_{};
+  const std::chrono::milliseconds fresh_for_;
+  current current_docs_, current_lists_;
+  // Last: its watches stop first, while what they change is still there.
+  std::map<std::string, followed_kind> followed_;
 };
 
 }  // namespace
 
-std::unique_ptr<store> remembering(std::unique_ptr<store> s) {
-  return std::make_unique<remembering_store>(std::move(s));
+std::unique_ptr<store> remembering(std::unique_ptr<store> s,
+                                   const std::vector<std::string>& followed,
+                                   std::chrono::milliseconds fresh_for) {
+  return std::make_unique<remembering_store>(std::move(s), followed, fresh_for);
 }
 
 }  // namespace berth::agent

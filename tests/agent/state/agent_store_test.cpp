@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "berth/state.hpp"
@@ -137,6 +140,116 @@ TEST(AgentStoreTest, ConcurrentCountersNeverRepeat) {
   std::sort(all.begin(), all.end());
   ASSERT_EQ(all.size(), 200u);
   for (std::size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i], i + 1);
+}
+
+// A store over another that counts the reads reaching it: which reads the remembering store
+// answers from memory.
+class counting_store final : public ag::store {
+ public:
+  explicit counting_store(std::unique_ptr<ag::store> s) : s_(std::move(s)) {}
+  std::atomic<int> reads{0};
+
+  ag::result<std::optional<std::string>> get(const std::string& kind,
+                                             const std::string& key) override {
+    ++reads;
+    return s_->get(kind, key);
+  }
+  ag::result<void> put(const std::string& kind, const std::string& key,
+                       const std::string& value) override {
+    return s_->put(kind, key, value);
+  }
+  ag::result<void> erase(const std::string& kind, const std::string& key) override {
+    return s_->erase(kind, key);
+  }
+  ag::result<std::vector<std::pair<std::string, std::string>>> list(
+      const std::string& kind, const std::string& prefix) override {
+    ++reads;
+    return s_->list(kind, prefix);
+  }
+  ag::result<std::uint64_t> next(const std::string& counter) override { return s_->next(counter); }
+  ag::result<std::int64_t> transaction(
+      const std::function<ag::result<void>(ag::store&)>& fn) override {
+    return s_->transaction(fn);
+  }
+  std::shared_ptr<st::store> state() override { return s_->state(); }
+
+ private:
+  std::unique_ptr<ag::store> s_;
+};
+
+// Whether `holds` comes true within 10 s, asking every 5 ms.
+bool within_deadline(const std::function<bool()>& holds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!holds()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// The followed kinds (berthd follows clusters and task definitions) are read from memory until
+// they change: at once for this store's own writes, once the watch brings another writer's.
+TEST(AgentStoreTest, FollowedKindsAreReadFromMemoryUntilTheyChange) {
+  temp_dir t;
+  auto s = ag::open_sqlite_store(t.path.string());
+  ASSERT_TRUE(s) << s.error().message;
+  std::shared_ptr<ag::store> shared = std::move(*s);
+  auto other = ag::share(shared);  // another agent on the same state
+  ASSERT_TRUE(other->put("cluster", "a", "1"));
+  ASSERT_TRUE(other->put("taskdef", "web:01", "r1"));
+  ASSERT_TRUE(other->put("instance", "i", "x"));
+  // Followed from here on: the writes above are history.
+  auto counted = std::make_unique<counting_store>(ag::share(shared));
+  counting_store& c = *counted;
+  auto mem = ag::remembering(std::move(counted), {"cluster", "taskdef"}, std::chrono::minutes(10));
+  const auto cluster = [&] { return mem->get("cluster", "a").value_or(std::nullopt); };
+  const auto revisions = [&] {
+    auto l = mem->list("taskdef", "web:");
+    return l ? l->size() : std::size_t{0};
+  };
+  EXPECT_EQ(cluster(), "1");
+  EXPECT_EQ(revisions(), 1u);
+  const int first = c.reads;
+  EXPECT_EQ(first, 2);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(cluster(), "1");
+    EXPECT_EQ(revisions(), 1u);
+  }
+  EXPECT_EQ(c.reads, first);
+  // A kind not followed: every read asks.
+  EXPECT_TRUE(mem->get("instance", "i"));
+  EXPECT_TRUE(mem->get("instance", "i"));
+  EXPECT_EQ(c.reads, first + 2);
+
+  ASSERT_TRUE(other->put("cluster", "a", "2"));
+  EXPECT_TRUE(within_deadline([&] { return cluster() == "2"; }));
+  ASSERT_TRUE(other->put("taskdef", "web:02", "r2"));
+  EXPECT_TRUE(within_deadline([&] { return revisions() == 2u; }));
+  ASSERT_TRUE(other->erase("cluster", "a"));
+  EXPECT_TRUE(within_deadline([&] { return !cluster(); }));
+
+  // This store's writes: the next read sees them.
+  ASSERT_TRUE(mem->put("cluster", "a", "3"));
+  EXPECT_EQ(cluster(), "3");
+  auto w = mem->transaction([](ag::store& tx) { return tx.put("taskdef", "web:03", "r3"); });
+  ASSERT_TRUE(w) << w.error().message;
+  EXPECT_EQ(revisions(), 3u);
+  ASSERT_TRUE(mem->erase("taskdef", "web:01"));
+  EXPECT_EQ(revisions(), 2u);
+}
+
+// No answer from memory is older than fresh_for, whatever the watch says: none at all with 0.
+TEST(AgentStoreTest, FollowedAnswersAreNoOlderThanFreshFor) {
+  temp_dir t;
+  auto s = ag::open_sqlite_store(t.path.string());
+  ASSERT_TRUE(s) << s.error().message;
+  std::shared_ptr<ag::store> shared = std::move(*s);
+  auto counted = std::make_unique<counting_store>(ag::share(shared));
+  counting_store& c = *counted;
+  auto mem = ag::remembering(std::move(counted), {"cluster"}, std::chrono::milliseconds(0));
+  ASSERT_TRUE(mem->put("cluster", "a", "1"));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(mem->get("cluster", "a").value_or(std::nullopt), "1");
+  EXPECT_EQ(c.reads, 5);
 }
 
 // A berth.db from before berth::state (tables docs and counters): its documents and counters
