@@ -196,10 +196,6 @@ outcome clusters::create(const json& req) {
       std::vector<ecs::capacity_provider_strategy_item>{});
   if (auto ok = check_providers(providers); !ok) return tl::unexpected(ok.error());
   if (auto ok = check_strategy(providers, strategy); !ok) return tl::unexpected(ok.error());
-  BERTH_TRY(found, stored(n));
-  if (found && found->status == "ACTIVE") {
-    return json{{"cluster", view(*found, {}, true)}};  // idempotent, as ECS
-  }
   state::cluster c;
   c.cluster_arn = arn_of(n);
   c.cluster_name = n;
@@ -211,9 +207,25 @@ outcome clusters::create(const json& req) {
   c.default_strategy = strategy;
   if (r.service_connect_defaults)
     c.service_connect_namespace = r.service_connect_defaults->namespace_;
-  if (auto w = store_.put("cluster", n, state::to_json(c).dump()); !w) {
-    return tl::unexpected(server(w.error().message));
-  }
+  // Read in the transaction, not from memory (store.hpp, remembering): another agent's cluster
+  // made a moment ago is kept, not written over.
+  std::optional<state::cluster> found;
+  auto w = store_.transaction([&](store& tx) -> result<void> {
+    found.reset();
+    auto doc = tx.get("cluster", n);
+    if (!doc) return tl::unexpected(doc.error());
+    if (*doc) {
+      auto parsed = state::parse<state::cluster>(**doc, n);
+      if (!parsed) return tl::unexpected(error{parsed.error().detail});
+      if (parsed->status == "ACTIVE") {
+        found = std::move(*parsed);
+        return {};
+      }
+    }
+    return tx.put("cluster", n, state::to_json(c).dump());
+  });
+  if (!w) return tl::unexpected(server(w.error().message));
+  if (found) return json{{"cluster", view(*found, {}, true)}};  // idempotent, as ECS
   return json{{"cluster", view(c, {}, true)}};
 }
 
@@ -257,18 +269,15 @@ outcome clusters::remove(const json& req) {
   BERTH_TRY(r, decode_request<ecs::delete_cluster_request>(req));
   if (auto ok = not_empty(r.cluster, "cluster"); !ok) return tl::unexpected(ok.error());
   const std::string name = name_of(r.cluster);
-  BERTH_TRY(found, stored(name));
-  if (!found || found->status != "ACTIVE") return tl::unexpected(cluster_not_found());
-  if (name == cfg_.cluster) {
-    return tl::unexpected(api_error{
-        "ClusterContainsContainerInstancesException",
-        "The Cluster cannot be deleted while Container Instances are active or draining."});
-  }
-  state::cluster c = std::move(*found);
-  c.status = "INACTIVE";
-  if (auto w = store_.put("cluster", name, state::to_json(c).dump()); !w) {
-    return tl::unexpected(server(w.error().message));
-  }
+  BERTH_TRY(c, change(r.cluster, [&](state::cluster& c) -> tl::expected<void, api_error> {
+              if (name == cfg_.cluster) {
+                return tl::unexpected(api_error{"ClusterContainsContainerInstancesException",
+                                                "The Cluster cannot be deleted while Container "
+                                                "Instances are active or draining."});
+              }
+              c.status = "INACTIVE";
+              return {};
+            }));
   return json{{"cluster", view(c, {}, true)}};
 }
 

@@ -665,14 +665,38 @@ outcome task_definitions::deregister_task_definition(const json& req) {
   if (!names_revision(ref)) {
     return tl::unexpected(client("Revision is missing."));  // ECS's words: a family alone
   }
-  BERTH_TRY(td, find_task_definition(ref, false));
-  td.def.status = "INACTIVE";
-  td.def.deregistered_at = now_seconds();
-  const std::string key = td_key(*td.def.family, static_cast<std::uint64_t>(*td.def.revision));
-  if (auto w = store_->put("taskdef", key, state::to_json(td).dump()); !w) {
-    return tl::unexpected(server(w.error().message));
-  }
+  BERTH_TRY(found, find_task_definition(ref, false));
+  const double at = now_seconds();
+  BERTH_TRY(td, change_revision(found, [&](state::task_definition& t) {
+              t.def.status = "INACTIVE";
+              t.def.deregistered_at = at;
+              return true;
+            }));
   return json{{"taskDefinition", state::response(td)}};
+}
+
+tl::expected<state::task_definition, api_error> task_definitions::change_revision(
+    const state::task_definition& td, const std::function<bool(state::task_definition&)>& fn) {
+  const std::string key = td_key(*td.def.family, static_cast<std::uint64_t>(*td.def.revision));
+  state::task_definition out;
+  bool gone = false;
+  auto w = store_->transaction([&](store& tx) -> result<void> {
+    gone = false;
+    auto doc = tx.get("taskdef", key);
+    if (!doc) return tl::unexpected(doc.error());
+    if (!*doc) {
+      gone = true;
+      return tl::unexpected(error{"erased"});
+    }
+    auto now = state::parse<state::task_definition>(**doc, key);
+    if (!now) return tl::unexpected(error{now.error().detail});
+    out = std::move(*now);
+    if (!fn(out)) return {};
+    return tx.put("taskdef", key, state::to_json(out).dump());
+  });
+  if (gone) return tl::unexpected(client("Unable to describe task definition."));
+  if (!w) return tl::unexpected(server(w.error().message));
+  return out;
 }
 
 outcome task_definitions::delete_task_definitions(const json& req) {
@@ -690,26 +714,30 @@ outcome task_definitions::delete_task_definitions(const json& req) {
           {{"arn", ref}, {"reason", "INVALID_PARAMETER"}, {"detail", "Revision is missing."}});
       continue;
     }
-    auto td = find_task_definition(ref, false);
+    auto found = find_task_definition(ref, false);
+    bool active = false;
+    auto td = found ? change_revision(*found,
+                                      [&](state::task_definition& t) {
+                                        active = t.def.status == "ACTIVE";
+                                        if (active || t.def.status == "DELETE_IN_PROGRESS") {
+                                          return false;
+                                        }
+                                        t.def.status = "DELETE_IN_PROGRESS";
+                                        return true;
+                                      })
+                    : found;
     if (!td) {
       if (td.error().type != "ClientException") return tl::unexpected(td.error());
       out["failures"].push_back(
           {{"arn", ref}, {"reason", "MISSING"}, {"detail", "The task definition does not exist."}});
       continue;
     }
-    if (td->def.status == "ACTIVE") {
+    if (active) {
       out["failures"].push_back(
           {{"arn", *td->def.task_definition_arn},
            {"reason", "TASK_DEFINITION_ACTIVE"},
            {"detail", "The task definition is ACTIVE: deregister it before you delete it."}});
       continue;
-    }
-    if (td->def.status != "DELETE_IN_PROGRESS") {
-      td->def.status = "DELETE_IN_PROGRESS";
-      const auto key = td_key(*td->def.family, static_cast<std::uint64_t>(*td->def.revision));
-      if (auto w = store_->put("taskdef", key, state::to_json(*td).dump()); !w) {
-        return tl::unexpected(server(w.error().message));
-      }
     }
     out["taskDefinitions"].push_back(state::response(*td));
   }

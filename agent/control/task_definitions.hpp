@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -77,6 +78,11 @@ class task_definitions {
   tl::expected<std::vector<state::task_definition>, api_error> stored(
       const std::optional<std::string>& family_prefix, bool exact);
   std::string arn(const std::string& rest) const { return arn_prefix_ + rest; }
+  // Changes the stored revision `td` is by `fn`, read afresh in one transaction (reads outside
+  // one may be answered from memory: store.hpp, remembering), written when `fn` says so: the
+  // revision as stored. ClientException when it was erased meanwhile.
+  tl::expected<state::task_definition, api_error> change_revision(
+      const state::task_definition& td, const std::function<bool(state::task_definition&)>& fn);
 
   store* store_;
   std::string arn_prefix_;

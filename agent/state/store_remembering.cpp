@@ -71,6 +71,12 @@ class remembering_store final : public store {
       : s_(std::move(s)), fresh_for_(fresh_for) {
     follow(followed);
   }
+  // Every watch stopped before any member goes: a watch's forget() reads them all.
+  ~remembering_store() override {
+    for (auto& [kind, f] : followed_) f.follower->stop();
+  }
+  remembering_store(const remembering_store&) = delete;
+  remembering_store& operator=(const remembering_store&) = delete;
 
   result<std::optional<std::string>> get(const std::string& kind, const std::string& key) override {
     return remembered(
@@ -153,18 +159,20 @@ class remembering_store final : public store {
                    now.error().detail);
       return;
     }
+    // Every kind in followed_ before any watch starts: their forget() reads it unlocked.
     for (const std::string& kind : kinds) {
       state::prefix_follower::callbacks cb;
       cb.on_events = [this, kind](const std::vector<state::event>&) { forget(kind); };
       cb.relist = [this, kind, st]() -> state::result<state::revision> {
+        // The revision first: a change after it comes as an event, one before it is forgotten.
+        auto rev = st->current_revision();
         forget(kind);
-        return st->current_revision();
+        return rev;
       };
-      auto& f = followed_[kind];
-      f.follower = std::make_unique<state::prefix_follower>(st, document_key(kind, ""),
-                                                            "followed " + kind, std::move(cb));
-      f.follower->start(*now + 1);
+      followed_[kind].follower = std::make_unique<state::prefix_follower>(
+          st, document_key(kind, ""), "followed " + kind, std::move(cb));
     }
+    for (auto& [kind, f] : followed_) f.follower->start(*now + 1);
   }
 
   // Something of `kind` changed (or may have): what was read of it is asked again.
@@ -204,10 +212,12 @@ class remembering_store final : public store {
     std::lock_guard lock(mu_);
     if (r) {
       fresh();
+      // Of a kind that changed while it was read, the answer may predate the change, and a
+      // read made since may have remembered a newer one: it is only returned.
+      if (follows && followed->second.changes != changes) return r;
       cache[at] = *r;
       on_fresh(*r);
-      // Current unless the kind changed while it was read (that answer may predate the change).
-      if (follows && followed->second.changes == changes) now_current[at] = asked;
+      if (follows) now_current[at] = asked;
       return r;
     }
     const auto it = cache.find(at);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <thread>
+#include <utility>
 
 #include "berth/state.hpp"
 #include "store.hpp"
@@ -148,11 +149,15 @@ class counting_store final : public ag::store {
  public:
   explicit counting_store(std::unique_ptr<ag::store> s) : s_(std::move(s)) {}
   std::atomic<int> reads{0};
+  // Run once, by the next get, between its read and its answer (what happens meanwhile).
+  std::function<void()> meanwhile;
 
   ag::result<std::optional<std::string>> get(const std::string& kind,
                                              const std::string& key) override {
     ++reads;
-    return s_->get(kind, key);
+    auto r = s_->get(kind, key);
+    if (auto m = std::exchange(meanwhile, nullptr)) m();
+    return r;
   }
   ag::result<void> put(const std::string& kind, const std::string& key,
                        const std::string& value) override {
@@ -236,6 +241,27 @@ TEST(AgentStoreTest, FollowedKindsAreReadFromMemoryUntilTheyChange) {
   EXPECT_EQ(revisions(), 3u);
   ASSERT_TRUE(mem->erase("taskdef", "web:01"));
   EXPECT_EQ(revisions(), 2u);
+}
+
+// A read that a change overtook (its answer came back after the change and a newer read) does
+// not replace the newer answer: the next read still sees the change.
+TEST(AgentStoreTest, AFollowedReadOvertakenByAChangeKeepsTheNewerAnswer) {
+  temp_dir t;
+  auto s = ag::open_sqlite_store(t.path.string());
+  ASSERT_TRUE(s) << s.error().message;
+  std::shared_ptr<ag::store> shared = std::move(*s);
+  ASSERT_TRUE(shared->put("cluster", "a", "ACTIVE"));
+  auto counted = std::make_unique<counting_store>(ag::share(shared));
+  counting_store& c = *counted;
+  auto mem = ag::remembering(std::move(counted), {"cluster"}, std::chrono::minutes(10));
+  std::optional<std::string> newer;
+  c.meanwhile = [&] {
+    ASSERT_TRUE(mem->put("cluster", "a", "INACTIVE"));  // DeleteCluster, say
+    newer = mem->get("cluster", "a").value_or(std::nullopt);
+  };
+  EXPECT_EQ(mem->get("cluster", "a").value_or(std::nullopt), "ACTIVE");  // read before the put
+  EXPECT_EQ(newer, "INACTIVE");
+  EXPECT_EQ(mem->get("cluster", "a").value_or(std::nullopt), "INACTIVE");
 }
 
 // No answer from memory is older than fresh_for, whatever the watch says: none at all with 0.
