@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "berth/docker_testing.hpp"
 #include "berth/state.hpp"
 #include "store.hpp"
 #include "temp_dir.hpp"
@@ -20,7 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using berth::docker::testing::eventually;
 using berth::testing::temp_dir;
+using namespace std::chrono_literals;
 
 TEST(AgentStoreTest, DocumentsAreStateKeysAndTransactionsReadTheirOwnWrites) {
   temp_dir t;
@@ -182,16 +185,6 @@ class counting_store final : public ag::store {
   std::unique_ptr<ag::store> s_;
 };
 
-// Whether `holds` comes true within 10 s, asking every 5 ms.
-bool within_deadline(const std::function<bool()>& holds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!holds()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
-
 // The followed kinds (berthd follows clusters and task definitions) are read from memory until
 // they change: at once for this store's own writes, once the watch brings another writer's.
 TEST(AgentStoreTest, FollowedKindsAreReadFromMemoryUntilTheyChange) {
@@ -227,11 +220,11 @@ TEST(AgentStoreTest, FollowedKindsAreReadFromMemoryUntilTheyChange) {
   EXPECT_EQ(c.reads, first + 2);
 
   ASSERT_TRUE(other->put("cluster", "a", "2"));
-  EXPECT_TRUE(within_deadline([&] { return cluster() == "2"; }));
+  EXPECT_TRUE(eventually([&] { return cluster() == "2"; }, 10s));
   ASSERT_TRUE(other->put("taskdef", "web:02", "r2"));
-  EXPECT_TRUE(within_deadline([&] { return revisions() == 2u; }));
+  EXPECT_TRUE(eventually([&] { return revisions() == 2u; }, 10s));
   ASSERT_TRUE(other->erase("cluster", "a"));
-  EXPECT_TRUE(within_deadline([&] { return !cluster(); }));
+  EXPECT_TRUE(eventually([&] { return !cluster(); }, 10s));
 
   // This store's writes: the next read sees them.
   ASSERT_TRUE(mem->put("cluster", "a", "3"));
