@@ -93,13 +93,24 @@ std::string clusters::arn_of(const std::string& name) const {
   return "arn:aws:ecs:" + cfg_.region + ":" + cfg_.account_id + ":cluster/" + name;
 }
 
-tl::expected<std::optional<state::cluster>, api_error> clusters::stored(const std::string& name) {
-  auto doc = store_.get("cluster", name);
-  if (!doc) return tl::unexpected(server(doc.error().message));
+namespace {
+
+// The cluster stored under `name` as `s` reads it: the store, or a transaction's view of it.
+result<std::optional<state::cluster>> read_cluster(store& s, const std::string& name) {
+  auto doc = s.get("cluster", name);
+  if (!doc) return tl::unexpected(doc.error());
   if (!*doc) return std::optional<state::cluster>();
   auto c = state::parse<state::cluster>(**doc, name);
-  if (!c) return tl::unexpected(server(c.error().detail));
+  if (!c) return tl::unexpected(error{c.error().detail});
   return std::optional<state::cluster>(std::move(*c));
+}
+
+}  // namespace
+
+tl::expected<std::optional<state::cluster>, api_error> clusters::stored(const std::string& name) {
+  auto c = read_cluster(store_, name);
+  if (!c) return tl::unexpected(server(c.error().message));
+  return std::move(*c);
 }
 
 tl::expected<state::cluster, api_error> clusters::find(const std::optional<std::string>& ref) {
@@ -147,14 +158,9 @@ tl::expected<state::cluster, api_error> clusters::change(
   state::cluster out;
   auto w = store_.transaction([&](store& tx) -> result<void> {
     refused.reset();
-    auto doc = tx.get("cluster", name);
-    if (!doc) return tl::unexpected(doc.error());
-    std::optional<state::cluster> c;
-    if (*doc) {
-      auto parsed = state::parse<state::cluster>(**doc, name);
-      if (!parsed) return tl::unexpected(error{parsed.error().detail});
-      c = std::move(*parsed);
-    }
+    auto read = read_cluster(tx, name);
+    if (!read) return tl::unexpected(read.error());
+    std::optional<state::cluster>& c = *read;
     if (!c || c->status != "ACTIVE") {
       refused = cluster_not_found();
       return tl::unexpected(error{refused->message});
@@ -212,15 +218,11 @@ outcome clusters::create(const json& req) {
   std::optional<state::cluster> found;
   auto w = store_.transaction([&](store& tx) -> result<void> {
     found.reset();
-    auto doc = tx.get("cluster", n);
-    if (!doc) return tl::unexpected(doc.error());
-    if (*doc) {
-      auto parsed = state::parse<state::cluster>(**doc, n);
-      if (!parsed) return tl::unexpected(error{parsed.error().detail});
-      if (parsed->status == "ACTIVE") {
-        found = std::move(*parsed);
-        return {};
-      }
+    auto read = read_cluster(tx, n);
+    if (!read) return tl::unexpected(read.error());
+    if (*read && (*read)->status == "ACTIVE") {
+      found = std::move(*read);
+      return {};
     }
     return tx.put("cluster", n, state::to_json(c).dump());
   });

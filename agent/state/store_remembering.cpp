@@ -272,7 +272,7 @@ class remembering_store final : public store {
   std::chrono::steady_clock::time_point last_said_{}, failed_at_{};
   const std::chrono::milliseconds fresh_for_;
   current current_docs_, current_lists_;
-  // Last: its watches stop first, while what they change is still there.
+  // Its keys fixed once constructed (read without mu_); its watches stopped by the destructor.
   std::map<std::string, followed_kind> followed_;
 };
 
